@@ -1,0 +1,127 @@
+/* weft/runtime.h: the runtime, tasks and join handles, and the basic combinators.
+ *
+ * Included by <weft.h>; not meant to be included on its own. */
+#ifndef WEFT_RUNTIME_H
+#define WEFT_RUNTIME_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "future.h"
+
+struct weft_runtime;
+struct weft_task;
+
+/* ---- configuration ------------------------------------------------------- */
+
+/* Where the runtime gets its memory (tasks, queues). `alloc` returns memory
+ * aligned for any object (like malloc) or NULL; `free` gets back the size that
+ * was asked for. The library never calls malloc itself when one is given. */
+struct weft_allocator {
+    void *(*alloc)(void *ctx, size_t size);
+    void (*free)(void *ctx, void *p, size_t size);
+    void *ctx;
+};
+
+#define WEFT_MAX_WORKERS 256u
+
+struct weft_runtime_config {
+    uint32_t workers;               /* worker threads; 0: one per online CPU; at most WEFT_MAX_WORKERS */
+    const char *thread_name;        /* worker thread name prefix, at most 12 bytes; NULL: "weft-w" */
+    uint32_t local_queue_size;      /* slots of each worker's run queue: a power of two in [16, 65536]; 0: 256 */
+    uint32_t global_queue_interval; /* a worker checks the global queue at least every this many polls; 0: 61 */
+    const struct weft_allocator *allocator; /* NULL: malloc/free; must outlive the runtime */
+};
+
+/* Fills `cfg` with the defaults (every field zero or NULL). */
+void weft_runtime_config_init(struct weft_runtime_config *cfg);
+
+/* ---- runtime lifecycle ---------------------------------------------------- */
+
+/* Creates a runtime and starts its workers; `cfg` may be NULL for the defaults.
+ * Returns 0 and sets *out, or -EINVAL (bad config), -ENOMEM, or a thread
+ * creation error; on error nothing is left behind. */
+int weft_runtime_create(struct weft_runtime **out, const struct weft_runtime_config *cfg);
+
+/* Stops the workers, drops the future of every unfinished task exactly once
+ * (their joiners see -ECANCELED), and frees the runtime. Must not be called from
+ * one of the runtime's own workers. */
+void weft_runtime_destroy(struct weft_runtime *rt);
+
+/* Runs `f` to completion on the calling thread, which sleeps while `f` is
+ * pending; spawned tasks run on the workers meanwhile. `f` stays at its address
+ * and is not dropped. Returns 0, -EINVAL (NULL argument) or -EDEADLK (called on
+ * a worker thread, which must never block). */
+int weft_block_on(struct weft_runtime *rt, struct weft_future *f);
+
+/* The runtime whose worker is running the calling thread, or NULL. */
+struct weft_runtime *weft_runtime_current(void);
+
+/* Number of worker threads of `rt`. */
+uint32_t weft_runtime_workers(const struct weft_runtime *rt);
+
+/* ---- tasks and join handles ------------------------------------------------
+ * A task owns a copy of a future and polls it on the workers until it is ready;
+ * then the future is dropped at once (its drop releases what it holds but
+ * leaves its output fields as they are). Its join handle is itself a future:
+ * awaiting it yields 0 once the task finished (then weft_join_output gives the
+ * finished future, where the output fields are), or -ECANCELED if it was
+ * aborted or the runtime shut down first. */
+
+struct weft_join {
+    struct weft_future base;
+    struct weft_task *task; /* NULL once detached */
+    int32_t res;            /* set when the handle is ready: 0, -ECANCELED or -EINVAL */
+    uint8_t joined;         /* the handle already returned ready once */
+};
+
+/* Spawns a task running a copy of `f` (`size` bytes, an initialised future
+ * never polled; the caller's copy must not be used or dropped afterwards).
+ * Works from workers and from any other thread. With `join` NULL the task is
+ * detached; otherwise *join becomes its handle and must be dropped with
+ * weft_future_drop (or detached) eventually. Returns 0, -EINVAL (NULL rt or f,
+ * f without ops, size too small or over 1 MiB), -ENOMEM, or -ESHUTDOWN (the
+ * runtime is shutting down); on error *join is left empty and nothing runs. */
+int weft_spawn(struct weft_runtime *rt, const struct weft_future *f, size_t size,
+               struct weft_join *join);
+
+/* The finished (and dropped) future of a task whose handle returned 0, for
+ * reading its output fields; valid until the handle is dropped. NULL before
+ * that, or when the task was cancelled. */
+void *weft_join_output(const struct weft_join *join);
+
+/* Lets the task run on without a handle. The handle is left detached:
+ * polling it gives -EINVAL. */
+void weft_join_detach(struct weft_join *join);
+
+/* Asks the task to stop: its future is dropped at its next scheduling point
+ * (or right away if it is idle), and the joiner sees -ECANCELED. No effect on a
+ * finished task or a detached handle. Callable from any thread. */
+void weft_join_abort(const struct weft_join *join);
+
+/* ---- basic futures --------------------------------------------------------- */
+
+/* Ready on its second poll: the task goes to the back of its worker's queue
+ * once, letting the others run. */
+struct weft_yield_now {
+    struct weft_future base;
+};
+
+/* Initialises a yield-now future. */
+void weft_yield_now_init(struct weft_yield_now *y);
+
+/* Ready when all of `n` futures are. Each poll polls every child not yet ready;
+ * futs[i] is set to NULL once child i is ready. The children stay owned by the
+ * caller (read their outputs, then drop them). */
+struct weft_join_all {
+    struct weft_future base;
+    struct weft_future **futs;
+    size_t n;
+    size_t remaining;
+};
+
+/* Initialises a join-all over futs[0..n). Returns 0, or -EINVAL for a NULL
+ * array with n > 0 or a NULL / empty child. */
+int weft_join_all_init(struct weft_join_all *j, struct weft_future **futs, size_t n);
+
+#endif

@@ -1,0 +1,111 @@
+/* idle.c: which workers are searching for work and which are parked.
+ *
+ * `state` packs the number of searching workers (low 16 bits) and of unparked
+ * workers (high 16 bits). The list of parked workers is under `lock`.
+ *
+ * The protocol that keeps a wakeup from being lost (Go's spinning protocol, as
+ * Tokio's idle.rs also does it):
+ *
+ * - Whoever makes work available (a push to a local or the global queue) then
+ *   runs a seq_cst fence and reads `state` (weft__idle_worker_to_notify). It
+ *   wakes a parked worker only if nobody is searching and some worker is
+ *   parked: a searcher is bound to find the new work.
+ * - A worker about to park first decrements `state` with a seq_cst RMW
+ *   (weft__idle_to_parked). If it was the last searcher, it then re-checks
+ *   every queue (sched.c: notify_if_work_pending) and wakes a worker if it
+ *   finds anything.
+ *
+ * Either the pusher's read of `state` comes after the parker's decrement in
+ * the seq_cst order, and it sees no searcher and wakes someone; or it comes
+ * before, and then the push (before the pusher's fence) is visible to the
+ * parker's re-check (after its RMW). Both orders end with the work found.
+ *
+ * At most half of the workers search at once (weft__idle_to_searching), so an
+ * idle runtime does not burn every core stealing from empty queues; a searcher
+ * that finds work and stops searching as the last one wakes the next
+ * (sched.c), so a burst of work spreads one worker at a time, never with a
+ * thundering herd. */
+#include <assert.h>
+
+#include "internal.h"
+
+#define SEARCH_MASK UINT32_C(0xffff)
+#define UNPARK_ONE  (UINT32_C(1) << 16)
+
+static inline uint32_t searching(uint32_t s)
+{
+    return s & SEARCH_MASK;
+}
+
+static inline uint32_t unparked(uint32_t s)
+{
+    return s >> 16;
+}
+
+bool weft__idle_to_searching(struct idle *idle)
+{
+    uint32_t s = atomic_load_explicit(&idle->state, memory_order_seq_cst);
+    if (2 * searching(s) >= idle->nworkers)
+        return false;
+    /* Seq_cst: part of the total order the notify/park protocol relies on. */
+    atomic_fetch_add_explicit(&idle->state, 1, memory_order_seq_cst);
+    return true;
+}
+
+/* Returns true if the caller was the last searcher (it must then wake one). */
+bool weft__idle_from_searching(struct idle *idle)
+{
+    uint32_t prev = atomic_fetch_sub_explicit(&idle->state, 1, memory_order_seq_cst);
+    assert(searching(prev) > 0);
+    return searching(prev) == 1;
+}
+
+/* Returns true if the caller was the last searcher (it must then re-check
+ * every queue before sleeping). */
+bool weft__idle_to_parked(struct idle *idle, uint32_t worker, bool is_searching)
+{
+    pthread_mutex_lock(&idle->lock);
+    uint32_t dec = UNPARK_ONE | (is_searching ? 1u : 0u);
+    /* Seq_cst RMW: the parker's side of the protocol above. */
+    uint32_t prev = atomic_fetch_sub_explicit(&idle->state, dec, memory_order_seq_cst);
+    idle->sleepers[idle->nsleepers++] = worker;
+    pthread_mutex_unlock(&idle->lock);
+    return is_searching && searching(prev) == 1;
+}
+
+/* True if `worker` is still in the sleepers list (so its wakeup was spurious,
+ * or a shutdown). A worker taken off the list was notified and now searches. */
+bool weft__idle_is_parked(struct idle *idle, uint32_t worker)
+{
+    pthread_mutex_lock(&idle->lock);
+    bool found = false;
+    for (uint32_t i = 0; i < idle->nsleepers && !found; i++)
+        found = idle->sleepers[i] == worker;
+    pthread_mutex_unlock(&idle->lock);
+    return found;
+}
+
+static bool should_wake(struct idle *idle)
+{
+    /* The pusher's side of the protocol: its push happens before this fence,
+     * which orders it against the parker's seq_cst RMW. */
+    atomic_thread_fence(memory_order_seq_cst);
+    uint32_t s = atomic_load_explicit(&idle->state, memory_order_seq_cst);
+    return searching(s) == 0 && unparked(s) < idle->nworkers;
+}
+
+/* Picks a parked worker to wake and counts it as unparked and searching;
+ * returns its index, or -1 when no wakeup is needed. */
+int64_t weft__idle_worker_to_notify(struct idle *idle)
+{
+    if (!should_wake(idle))
+        return -1;
+    pthread_mutex_lock(&idle->lock);
+    int64_t worker = -1;
+    if (should_wake(idle) && idle->nsleepers > 0) {
+        atomic_fetch_add_explicit(&idle->state, UNPARK_ONE | 1u, memory_order_seq_cst);
+        worker = idle->sleepers[--idle->nsleepers];
+    }
+    pthread_mutex_unlock(&idle->lock);
+    return worker;
+}

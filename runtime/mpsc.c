@@ -1,0 +1,494 @@
+/* mpsc.c: the bounded multi-producer, single-consumer channel.
+ *
+ * Contract. Any number of senders on any threads call ring_push (try_send,
+ * send futures); one receiver at a time calls ring_pop (try_recv, receive
+ * futures). Neither takes a lock or allocates when the channel is neither full
+ * (for a sender) nor empty (for the receiver). A receiver that finds the ring
+ * empty waits in `rx`, an awaker (atomic_waker.h); a sender that finds it full
+ * waits in a mutex-protected list, counted by `nwaiters`.
+ *
+ * The ring (Vyukov's bounded queue, with crossbeam's lap encoding so that the
+ * capacity need not be a power of two). A position is lap * one_lap + index,
+ * index < cap; after index cap - 1 the next position is index 0 of the next
+ * lap. one_lap = 2 * mark, where mark, the smallest power of two above cap, is
+ * the bit of `tail` that says the receiver is gone. Slot i holds a stamp:
+ *   stamp == pos        the slot is free for a sender at position pos;
+ *   stamp == pos + 1    the message for position pos is in it;
+ *   then pos + one_lap  once the receiver took it: free for the next lap.
+ * A sender claims position tail by CAS on tail when the slot's stamp equals
+ * tail, copies the message in, and publishes it by storing tail + 1. A stamp
+ * behind tail means the slot still holds (or is about to hold) the message of
+ * the previous lap: the ring is full. A stamp ahead of tail means our tail was
+ * stale: reload it. The receiver alone owns `head`: it takes the message when
+ * the stamp is head + 1, then frees the slot by storing head + one_lap. A
+ * stamp of head means empty, or a sender claimed the slot and is still
+ * copying; either way the receiver waits, and that sender wakes it once it
+ * publishes. Senders never read head, so it is a plain field.
+ *
+ * Orderings. Each slot's stamp is the only thing that orders its message: the
+ * publishing store is release and the receiver's load acquire (the message is
+ * visible), the freeing store is release and the sender's load acquire (the
+ * receiver's read is done before the slot is overwritten). The CAS on tail
+ * only decides who owns a position, so it is relaxed.
+ *
+ * Two Dekker handshakes make them seq_cst (no fences: ThreadSanitizer does not
+ * understand them):
+ *  1. Receiver waiting for a message (awaker contract 3). A sender's
+ *     publishing store, then its awaker_wake load of rx.state; the receiver's
+ *     arming store in awaker_register, then its re-check: the load of the
+ *     stamp. The last sender's decrement of `senders`, then its awaker_wake,
+ *     pairs the same way with the re-check's load of `senders`.
+ *  2. Senders waiting for room. A blocked sender joins the list and increments
+ *     nwaiters, then retries the push (the load of the stamp). The receiver
+ *     frees a slot (the stamp store), then loads nwaiters. All four are
+ *     seq_cst, so in their total order either the receiver's load comes after
+ *     the increment and it wakes a waiter, or the sender's load comes after the
+ *     freeing store and its retry finds the room. Every change of nwaiters is a
+ *     seq_cst RMW under the lock that adds or removes one list entry, so a load
+ *     that sees our increment or anything later sees a count that includes us,
+ *     unless we already left the list (we got the slot, or were woken).
+ *
+ * The wait list. The receiver, after freeing a slot and seeing nwaiters > 0,
+ * takes the first waiter off the list under the lock, marks it notified (its
+ * turn: a slot was freed for it), moves its waker out, and wakes it after
+ * unlocking (the future may be dropped as soon as the lock is free, so it
+ * must not be touched after). A notified sender that finds the ring full
+ * again (a try_send took the slot) rejoins at the front. A waiter that leaves
+ * with a turn it did not use passes it to the next one, so the freed slot is
+ * not left unclaimed while others sleep: one that is dropped, and one whose
+ * push succeeded (say its retry right after joining) before the receiver
+ * picked it for a later slot. The receiver's drop sets the mark bit first and
+ * then empties the list, waking each waiter: a sender that joins the list
+ * afterwards reads tail after taking the lock, so its retry sees the mark and
+ * gives -EPIPE. */
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "atomic_waker.h"
+#include "weft/sync.h"
+
+#define CACHE_LINE 64
+
+struct slot {
+    _Atomic size_t stamp;
+    unsigned char msg[];
+};
+
+/* The padding (not _Alignas: the block comes from malloc, aligned to 16 only)
+ * keeps the words that different threads write on different cache lines. */
+struct weft_mpsc {
+    /* Read-only after create, but for the rarely changing counts. */
+    size_t cap;
+    size_t mark;              /* receiver-gone bit of tail; > any index */
+    size_t one_lap;           /* 2 * mark */
+    size_t stride;            /* bytes per slot */
+    size_t msg_size;
+    _Atomic size_t senders;   /* sender references */
+    _Atomic uint32_t refs;    /* 1 for all senders together + 1 for the receiver */
+    char pad0[CACHE_LINE];
+    _Atomic size_t tail;      /* next position to claim; CAS by senders */
+    char pad1[CACHE_LINE];
+    size_t head;              /* next position to take; the receiver's alone */
+    char pad2[CACHE_LINE];
+    struct awaker rx;         /* read by every send, armed by a waiting receiver */
+    char pad3[CACHE_LINE];
+    _Atomic size_t nwaiters;  /* list length; changed under the lock, read without */
+    pthread_mutex_t lock;     /* guards the list and its waiters' fields */
+    struct weft__mpsc_waiter *first, *last;
+    char pad4[CACHE_LINE];
+    _Alignas(max_align_t) unsigned char slots[];
+};
+
+/* States of both futures, kept in base.resume. */
+enum { FUT_IDLE = 0, FUT_WAITING = 1, FUT_DONE = -1 };
+
+static inline struct slot *slot_at(struct weft_mpsc *ch, size_t pos)
+{
+    return (struct slot *)(ch->slots + (pos & (ch->mark - 1)) * ch->stride);
+}
+
+static inline size_t next_pos(const struct weft_mpsc *ch, size_t pos)
+{
+    if ((pos & (ch->mark - 1)) + 1 < ch->cap)
+        return pos + 1;
+    return (pos & ~(ch->one_lap - 1)) + ch->one_lap;
+}
+
+/* Constant sizes let the compiler turn the copy of a small message into a
+ * few moves instead of a call. */
+static inline void copy_msg(void *dst, const void *src, size_t n)
+{
+    switch (n) {
+    case 4: memcpy(dst, src, 4); break;
+    case 8: memcpy(dst, src, 8); break;
+    case 16: memcpy(dst, src, 16); break;
+    default: memcpy(dst, src, n); break;
+    }
+}
+
+/* 0, -EAGAIN (full) or -EPIPE (receiver gone). Any sender. */
+static int ring_push(struct weft_mpsc *ch, const void *msg)
+{
+    size_t tail = atomic_load_explicit(&ch->tail, memory_order_relaxed);
+    for (;;) {
+        if (tail & ch->mark)
+            return -EPIPE;
+        struct slot *s = slot_at(ch, tail);
+        /* Acquire pairs with the receiver's freeing store (its read of the
+         * old message is done); seq_cst for handshake 2. */
+        size_t stamp = atomic_load(&s->stamp);
+        if (stamp == tail) {
+            if (atomic_compare_exchange_weak_explicit(&ch->tail, &tail, next_pos(ch, tail),
+                                                      memory_order_relaxed, memory_order_relaxed)) {
+                copy_msg(s->msg, msg, ch->msg_size);
+                /* Release pairs with ring_pop's load (the message is
+                 * visible); seq_cst for handshake 1. */
+                atomic_store(&s->stamp, tail + 1);
+                return 0;
+            }
+            /* Lost the position to another sender; tail was reloaded. */
+        } else if ((ptrdiff_t)(stamp - tail) < 0) {
+            return -EAGAIN;
+        } else {
+            tail = atomic_load_explicit(&ch->tail, memory_order_relaxed);
+        }
+    }
+}
+
+/* 0 or -EAGAIN (nothing published at head). Receiver only. */
+static int ring_pop(struct weft_mpsc *ch, void *out)
+{
+    size_t head = ch->head;
+    struct slot *s = slot_at(ch, head);
+    /* Acquire pairs with ring_push's publishing store; seq_cst for the
+     * receiver's re-check in handshake 1. */
+    if (atomic_load(&s->stamp) != head + 1)
+        return -EAGAIN;
+    copy_msg(out, s->msg, ch->msg_size);
+    ch->head = next_pos(ch, head);
+    /* Release pairs with ring_push's load (our read is done before the slot
+     * is reused); seq_cst: the receiver's store of handshake 2. */
+    atomic_store(&s->stamp, head + ch->one_lap);
+    return 0;
+}
+
+/* ---- the list of senders waiting for room ---------------------------------- */
+
+static void list_unlink(struct weft_mpsc *ch, struct weft__mpsc_waiter *w)
+{
+    if (w->prev)
+        w->prev->next = w->next;
+    else
+        ch->first = w->next;
+    if (w->next)
+        w->next->prev = w->prev;
+    else
+        ch->last = w->prev;
+    w->prev = w->next = NULL;
+    w->queued = 0;
+    atomic_fetch_sub(&ch->nwaiters, 1); /* seq_cst: see handshake 2 */
+}
+
+/* Takes the first waiter off the list, marks it notified and moves its waker
+ * to *k; false if the list is empty. Under the lock. The caller wakes *k after
+ * unlocking: a woken sender that ran at once would only block on our lock. */
+static bool take_first(struct weft_mpsc *ch, struct weft_waker *k)
+{
+    struct weft__mpsc_waiter *w = ch->first;
+    if (!w)
+        return false;
+    list_unlink(ch, w);
+    /* Release pairs with the acquire in send_poll, which then also knows the
+     * waiter is off the list. */
+    atomic_store_explicit(&w->notified, 1, memory_order_release);
+    *k = w->waker;
+    w->waker = (struct weft_waker){ 0 };
+    return true;
+}
+
+/* After freeing a slot: hands it to a waiting sender, if any. Receiver only. */
+static void wake_sender(struct weft_mpsc *ch)
+{
+    /* Seq_cst: the receiver's load of handshake 2. */
+    if (atomic_load(&ch->nwaiters) == 0)
+        return;
+    struct weft_waker k;
+    pthread_mutex_lock(&ch->lock);
+    bool found = take_first(ch, &k);
+    pthread_mutex_unlock(&ch->lock);
+    if (found)
+        weft_waker_wake(&k);
+}
+
+/* Joins the list (or just refreshes the waker if already in it). Returns true
+ * if the future was not in the list: the caller must then retry the push. A
+ * waiter that was woken for a slot but lost it (to a try_send) goes back to
+ * the front, so that senders are served in the order they started waiting. */
+static bool waiter_enqueue(struct weft_mpsc *ch, struct weft__mpsc_waiter *w,
+                           const struct weft_waker *waker)
+{
+    pthread_mutex_lock(&ch->lock);
+    bool joined = !w->queued;
+    if (joined && atomic_load_explicit(&w->notified, memory_order_relaxed)) {
+        w->prev = NULL;
+        w->next = ch->first;
+        *(ch->first ? &ch->first->prev : &ch->last) = w;
+        ch->first = w;
+    } else if (joined) {
+        w->prev = ch->last;
+        w->next = NULL;
+        *(ch->last ? &ch->last->next : &ch->first) = w;
+        ch->last = w;
+    }
+    if (joined) {
+        w->queued = 1;
+        atomic_store_explicit(&w->notified, 0, memory_order_relaxed); /* under the lock */
+        w->registered = 1;
+        atomic_fetch_add(&ch->nwaiters, 1); /* seq_cst: the sender's store of handshake 2 */
+    }
+    if (!weft_waker_will_wake(&w->waker, waker)) {
+        weft_waker_drop(&w->waker);
+        w->waker = weft_waker_clone(waker);
+    }
+    pthread_mutex_unlock(&ch->lock);
+    return joined;
+}
+
+/* Leaves the list for good, passing on a turn it did not use (see the wait
+ * list comment): when dropped, and when its push did not follow the turn. */
+static void waiter_leave(struct weft_mpsc *ch, struct weft__mpsc_waiter *w, bool took_turn)
+{
+    if (took_turn) {
+        /* Off the list since take_first, which also took its waker: nobody
+         * else touches this waiter any more, so no lock is needed. */
+        atomic_store_explicit(&w->notified, 0, memory_order_relaxed);
+        w->registered = 0;
+        return;
+    }
+    struct weft_waker k;
+    bool pass = false;
+    pthread_mutex_lock(&ch->lock);
+    if (w->queued)
+        list_unlink(ch, w);
+    else if (atomic_load_explicit(&w->notified, memory_order_relaxed))
+        pass = take_first(ch, &k);
+    atomic_store_explicit(&w->notified, 0, memory_order_relaxed); /* under the lock */
+    w->registered = 0;
+    pthread_mutex_unlock(&ch->lock);
+    weft_waker_drop(&w->waker); /* off the list: nobody else reads it now */
+    if (pass)
+        weft_waker_wake(&k);
+}
+
+/* ---- handles ------------------------------------------------------------------ */
+
+int weft_mpsc_create(struct weft_mpsc **out, size_t capacity, size_t msg_size)
+{
+    if (capacity == 0 || capacity > WEFT_MPSC_CAPACITY_MAX || msg_size == 0 ||
+        msg_size > WEFT_CHANNEL_MSG_MAX)
+        return -EINVAL;
+    const size_t align = _Alignof(struct slot);
+    size_t stride = (sizeof(struct slot) + msg_size + align - 1) & ~(align - 1);
+    if (stride > (SIZE_MAX - sizeof(struct weft_mpsc)) / capacity)
+        return -ENOMEM;
+    struct weft_mpsc *ch = malloc(sizeof(*ch) + capacity * stride);
+    if (!ch)
+        return -ENOMEM;
+    if (pthread_mutex_init(&ch->lock, NULL) != 0) {
+        free(ch);
+        return -ENOMEM;
+    }
+    size_t mark = 1;
+    while (mark <= capacity)
+        mark <<= 1;
+    ch->cap = capacity;
+    ch->mark = mark;
+    ch->one_lap = 2 * mark;
+    ch->stride = stride;
+    ch->msg_size = msg_size;
+    atomic_init(&ch->senders, 1);
+    atomic_init(&ch->refs, 2);
+    atomic_init(&ch->tail, 0);
+    ch->head = 0;
+    awaker_init(&ch->rx);
+    atomic_init(&ch->nwaiters, 0);
+    ch->first = ch->last = NULL;
+    for (size_t i = 0; i < capacity; i++)
+        atomic_init(&slot_at(ch, i)->stamp, i);
+    *out = ch;
+    return 0;
+}
+
+static void release(struct weft_mpsc *ch)
+{
+    /* Acq_rel: whoever frees sees every access the other side made. */
+    if (atomic_fetch_sub_explicit(&ch->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    awaker_fini(&ch->rx);
+    pthread_mutex_destroy(&ch->lock);
+    free(ch);
+}
+
+void weft_mpsc_sender_clone(struct weft_mpsc *ch)
+{
+    /* Relaxed, as for any reference count increment: the caller's own
+     * reference keeps the count above zero. */
+    atomic_fetch_add_explicit(&ch->senders, 1, memory_order_relaxed);
+}
+
+void weft_mpsc_sender_drop(struct weft_mpsc *ch)
+{
+    /* Release pairs with try_recv's load of senders: this sender's messages
+     * are visible before the receiver concludes -EPIPE. Seq_cst: the store
+     * of handshake 1 for the wake below. */
+    if (atomic_fetch_sub(&ch->senders, 1) != 1)
+        return;
+    awaker_wake(&ch->rx);
+    release(ch);
+}
+
+void weft_mpsc_receiver_drop(struct weft_mpsc *ch)
+{
+    /* Relaxed: a sender racing with this may still queue a last message,
+     * which is discarded with the rest; the blocked senders are ordered by the
+     * lock below (see the wait list comment). */
+    atomic_fetch_or_explicit(&ch->tail, ch->mark, memory_order_relaxed);
+    for (;;) {
+        struct weft_waker k;
+        pthread_mutex_lock(&ch->lock);
+        bool found = take_first(ch, &k);
+        pthread_mutex_unlock(&ch->lock);
+        if (!found)
+            break;
+        weft_waker_wake(&k);
+    }
+    awaker_unregister(&ch->rx);
+    release(ch);
+}
+
+int weft_mpsc_try_send(struct weft_mpsc *ch, const void *msg)
+{
+    int r = ring_push(ch, msg);
+    if (r == 0)
+        awaker_wake(&ch->rx);
+    return r;
+}
+
+int weft_mpsc_try_recv(struct weft_mpsc *ch, void *out)
+{
+    if (ring_pop(ch, out) == 0) {
+        wake_sender(ch);
+        return 0;
+    }
+    /* Acquire pairs with the release of every sender's decrement (one release
+     * sequence of RMWs): once the count is zero, everything sent is visible
+     * to the pop below. Seq_cst: the receiver's re-check in handshake 1. */
+    if (atomic_load(&ch->senders) != 0)
+        return -EAGAIN;
+    /* A message may have been published between the first pop and the last
+     * sender's drop: look once more. No sender is left to wake. */
+    return ring_pop(ch, out) == 0 ? 0 : -EPIPE;
+}
+
+/* ---- futures ------------------------------------------------------------------- */
+
+static enum weft_poll send_poll(struct weft_future *f, struct weft_cx *cx)
+{
+    struct weft_mpsc_send *s = (struct weft_mpsc_send *)f;
+    struct weft_mpsc *ch = s->ch;
+
+    if (s->base.resume == FUT_DONE)
+        return WEFT_READY;
+    if (!weft_coop_take(cx))
+        return WEFT_PENDING;
+    /* Whether a slot was freed for us before this push: if the push then
+     * succeeds, it used that turn; a turn that came only after the push is
+     * passed on by waiter_leave. Acquire pairs with take_first's release. */
+    bool took_turn = s->waiter.registered &&
+                     atomic_load_explicit(&s->waiter.notified, memory_order_acquire);
+    int r = ring_push(ch, s->msg);
+    if (r == -EAGAIN) {
+        /* A newly joined waiter retries once: handshake 2. One already in the
+         * list was counted all along, so the next freed slot wakes someone. */
+        if (waiter_enqueue(ch, &s->waiter, cx->waker))
+            r = ring_push(ch, s->msg);
+        if (r == -EAGAIN) {
+            s->base.resume = FUT_WAITING;
+            cx->budget++; /* no progress: give the unit back */
+            return WEFT_PENDING;
+        }
+    }
+    if (r == 0)
+        awaker_wake(&ch->rx);
+    if (s->waiter.registered)
+        waiter_leave(ch, &s->waiter, took_turn);
+    s->res = r;
+    s->base.resume = FUT_DONE;
+    return WEFT_READY;
+}
+
+static void send_drop(struct weft_future *f)
+{
+    struct weft_mpsc_send *s = (struct weft_mpsc_send *)f;
+    if (s->waiter.registered)
+        waiter_leave(s->ch, &s->waiter, false); /* a turn handed to it goes unused */
+}
+
+static const struct weft_future_ops send_ops = { send_poll, send_drop };
+
+void weft_mpsc_send_init(struct weft_mpsc_send *s, struct weft_mpsc *ch, const void *msg)
+{
+    s->base = (struct weft_future){ &send_ops, FUT_IDLE };
+    s->ch = ch;
+    s->msg = msg;
+    s->res = 0;
+    s->waiter = (struct weft__mpsc_waiter){ 0 };
+}
+
+static enum weft_poll recv_poll(struct weft_future *f, struct weft_cx *cx)
+{
+    struct weft_mpsc_recv *r = (struct weft_mpsc_recv *)f;
+    struct weft_mpsc *ch = r->ch;
+
+    if (r->base.resume == FUT_DONE)
+        return WEFT_READY;
+    if (!weft_coop_take(cx))
+        return WEFT_PENDING;
+    int res = weft_mpsc_try_recv(ch, r->out);
+    if (res == -EAGAIN) {
+        awaker_register(&ch->rx, cx->waker);
+        r->base.resume = FUT_WAITING;
+        /* The re-check of handshake 1. */
+        res = weft_mpsc_try_recv(ch, r->out);
+        if (res == -EAGAIN) {
+            cx->budget++; /* no progress: give the unit back */
+            return WEFT_PENDING;
+        }
+    }
+    /* If we registered, the slot may stay armed with this task's waker: at
+     * worst one spurious wake later, and no clone at the next wait. */
+    r->res = res;
+    r->base.resume = FUT_DONE;
+    return WEFT_READY;
+}
+
+static void recv_drop(struct weft_future *f)
+{
+    struct weft_mpsc_recv *r = (struct weft_mpsc_recv *)f;
+    if (r->base.resume == FUT_WAITING)
+        awaker_unregister(&r->ch->rx);
+}
+
+static const struct weft_future_ops recv_ops = { recv_poll, recv_drop };
+
+void weft_mpsc_recv_init(struct weft_mpsc_recv *r, struct weft_mpsc *ch, void *out)
+{
+    r->base = (struct weft_future){ &recv_ops, FUT_IDLE };
+    r->ch = ch;
+    r->out = out;
+    r->res = 0;
+}

@@ -1,0 +1,343 @@
+/* runtime.c: runtime creation and shutdown, the owned-task list, block_on. */
+#include <assert.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#define DEFAULT_QUEUE_SIZE 256u
+#define DEFAULT_GLOBAL_INTERVAL 61u
+#define FOREIGN_SHARDS 8u
+
+static void *malloc_alloc(void *ctx, size_t size)
+{
+    (void)ctx;
+    return malloc(size);
+}
+
+static void malloc_free(void *ctx, void *p, size_t size)
+{
+    (void)ctx;
+    (void)size;
+    free(p);
+}
+
+static const struct weft_allocator malloc_allocator = { malloc_alloc, malloc_free, NULL };
+
+void weft_runtime_config_init(struct weft_runtime_config *cfg)
+{
+    *cfg = (struct weft_runtime_config){ 0 };
+}
+
+/* ---- the owned list ------------------------------------------------------------
+ * Every unfinished task is on one shard's list, so shutdown can find the idle
+ * ones (which sit in no queue) and drop their futures. A worker inserts into
+ * its own shard; foreign threads spread over the extra shards. The shard lock
+ * is a spinlock: it is held for a few pointer writes. */
+
+static void shard_lock(struct owned_shard *s)
+{
+    /* Acquire pairs with the release in shard_unlock. */
+    while (atomic_flag_test_and_set_explicit(&s->lock, memory_order_acquire))
+        __builtin_ia32_pause();
+}
+
+static void shard_unlock(struct owned_shard *s)
+{
+    atomic_flag_clear_explicit(&s->lock, memory_order_release);
+}
+
+int weft__owned_insert(struct weft_runtime *rt, struct weft_task *t, uint32_t shard)
+{
+    struct owned_shard *s = &rt->shards[shard];
+    t->shard = (uint16_t)shard;
+    t->owned_prev = NULL;
+    shard_lock(s);
+    /* Checked under the lock: weft_runtime_destroy sets it, then takes every
+     * shard lock once, so no insert can slip in after the final sweep. */
+    if (atomic_load_explicit(&rt->owned_closed, memory_order_relaxed)) {
+        shard_unlock(s);
+        return -ESHUTDOWN;
+    }
+    t->owned_next = s->head;
+    if (s->head)
+        s->head->owned_prev = t;
+    s->head = t;
+    shard_unlock(s);
+    return 0;
+}
+
+void weft__owned_remove(struct weft_runtime *rt, struct weft_task *t)
+{
+    struct owned_shard *s = &rt->shards[t->shard];
+    shard_lock(s);
+    if (t->owned_prev)
+        t->owned_prev->owned_next = t->owned_next;
+    else
+        s->head = t->owned_next;
+    if (t->owned_next)
+        t->owned_next->owned_prev = t->owned_prev;
+    shard_unlock(s);
+}
+
+/* Cancels every task still on the lists, one at a time, without holding a
+ * lock while a future is dropped (the drop may spawn, wake or join). */
+static void owned_shutdown(struct weft_runtime *rt)
+{
+    for (uint32_t i = 0; i < rt->nshards; i++) {
+        struct owned_shard *s = &rt->shards[i];
+        for (;;) {
+            shard_lock(s);
+            struct weft_task *t = s->head;
+            shard_unlock(s);
+            if (!t)
+                break;
+            /* Removes t from the list (the workers are gone: nothing runs it). */
+            weft__task_shutdown(t);
+        }
+    }
+}
+
+/* ---- lifecycle ------------------------------------------------------------------ */
+
+static int check_config(const struct weft_runtime_config *cfg)
+{
+    if (cfg->workers > WEFT_MAX_WORKERS)
+        return -EINVAL;
+    if (cfg->thread_name && strlen(cfg->thread_name) > 12)
+        return -EINVAL;
+    uint32_t q = cfg->local_queue_size;
+    if (q && (q < 16 || q > 65536 || (q & (q - 1))))
+        return -EINVAL;
+    if (cfg->allocator && (!cfg->allocator->alloc || !cfg->allocator->free))
+        return -EINVAL;
+    return 0;
+}
+
+static void runtime_free(struct weft_runtime *rt)
+{
+    struct weft_allocator a = rt->alloc;
+    for (uint32_t i = 0; i < rt->nworkers; i++) {
+        a.free(a.ctx, rt->workers[i].run.buf, rt->queue_size * sizeof(void *));
+        a.free(a.ctx, rt->workers[i].overflow, (rt->queue_size / 2 + 1) * sizeof(void *));
+    }
+    a.free(a.ctx, rt->idle.sleepers, rt->nworkers * sizeof(uint32_t));
+    a.free(a.ctx, rt->workers, rt->nworkers * sizeof(*rt->workers));
+    a.free(a.ctx, rt->shards, rt->nshards * sizeof(*rt->shards));
+    pthread_mutex_destroy(&rt->inject.lock);
+    pthread_mutex_destroy(&rt->idle.lock);
+    a.free(a.ctx, rt, sizeof(*rt));
+}
+
+void weft__runtime_release(struct weft_runtime *rt)
+{
+    /* Acq_rel: the last release sees every task's and the runtime's last use. */
+    if (atomic_fetch_sub_explicit(&rt->live, 1, memory_order_acq_rel) == 1)
+        runtime_free(rt);
+}
+
+static void *zalloc(const struct weft_allocator *a, size_t size)
+{
+    void *p = a->alloc(a->ctx, size);
+    if (p)
+        memset(p, 0, size);
+    return p;
+}
+
+/* Allocates the runtime and its per-worker memory; NULL on ENOMEM (with
+ * everything allocated so far freed). */
+static struct weft_runtime *runtime_alloc(const struct weft_allocator *a, uint32_t nworkers,
+                                          uint32_t qsize)
+{
+    struct weft_runtime *rt = zalloc(a, sizeof(*rt));
+    if (!rt)
+        return NULL;
+    rt->alloc = *a;
+    rt->nworkers = nworkers;
+    rt->queue_size = qsize;
+    rt->nshards = nworkers + FOREIGN_SHARDS;
+    pthread_mutex_init(&rt->inject.lock, NULL);
+    pthread_mutex_init(&rt->idle.lock, NULL);
+    rt->workers = zalloc(a, nworkers * sizeof(*rt->workers));
+    rt->shards = zalloc(a, rt->nshards * sizeof(*rt->shards));
+    rt->idle.sleepers = zalloc(a, nworkers * sizeof(uint32_t));
+    bool ok = rt->workers && rt->shards && rt->idle.sleepers;
+    for (uint32_t i = 0; ok && i < nworkers; i++) {
+        struct weft__worker *w = &rt->workers[i];
+        w->run.buf = zalloc(a, qsize * sizeof(void *));
+        w->overflow = zalloc(a, (qsize / 2 + 1) * sizeof(void *));
+        ok = w->run.buf && w->overflow;
+    }
+    if (!ok) {
+        /* runtime_free tolerates the NULLs: free(NULL) is fine for malloc,
+         * and a custom allocator gets only what it handed out. */
+        if (rt->workers) {
+            for (uint32_t i = 0; i < nworkers; i++) {
+                if (rt->workers[i].run.buf)
+                    a->free(a->ctx, rt->workers[i].run.buf, qsize * sizeof(void *));
+                if (rt->workers[i].overflow)
+                    a->free(a->ctx, rt->workers[i].overflow, (qsize / 2 + 1) * sizeof(void *));
+            }
+            a->free(a->ctx, rt->workers, nworkers * sizeof(*rt->workers));
+        }
+        if (rt->shards)
+            a->free(a->ctx, rt->shards, rt->nshards * sizeof(*rt->shards));
+        if (rt->idle.sleepers)
+            a->free(a->ctx, rt->idle.sleepers, nworkers * sizeof(uint32_t));
+        pthread_mutex_destroy(&rt->inject.lock);
+        pthread_mutex_destroy(&rt->idle.lock);
+        a->free(a->ctx, rt, sizeof(*rt));
+        return NULL;
+    }
+    return rt;
+}
+
+static void stop_workers(struct weft_runtime *rt, uint32_t started)
+{
+    /* Release pairs with the workers' acquire load of `shutdown`. */
+    atomic_store_explicit(&rt->shutdown, true, memory_order_release);
+    for (uint32_t i = 0; i < started; i++)
+        park_unpark(&rt->workers[i].park);
+    for (uint32_t i = 0; i < started; i++)
+        pthread_join(rt->workers[i].thread, NULL);
+}
+
+int weft_runtime_create(struct weft_runtime **out, const struct weft_runtime_config *cfg)
+{
+    struct weft_runtime_config defaults;
+    weft_runtime_config_init(&defaults);
+    if (!cfg)
+        cfg = &defaults;
+    if (!out)
+        return -EINVAL;
+    int err = check_config(cfg);
+    if (err)
+        return err;
+    uint32_t nworkers = cfg->workers;
+    if (!nworkers) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        nworkers = n < 1 ? 1 : n > (long)WEFT_MAX_WORKERS ? WEFT_MAX_WORKERS : (uint32_t)n;
+    }
+    uint32_t qsize = cfg->local_queue_size ? cfg->local_queue_size : DEFAULT_QUEUE_SIZE;
+    struct weft_runtime *rt = runtime_alloc(cfg->allocator ? cfg->allocator : &malloc_allocator,
+                                            nworkers, qsize);
+    if (!rt)
+        return -ENOMEM;
+    rt->global_interval = cfg->global_queue_interval ? cfg->global_queue_interval
+                                                     : DEFAULT_GLOBAL_INTERVAL;
+    atomic_init(&rt->live, 1);
+    rt->idle.nworkers = nworkers;
+    atomic_init(&rt->idle.state, nworkers << 16); /* all unparked, none searching */
+    for (uint32_t i = 0; i < rt->nshards; i++)
+        atomic_flag_clear(&rt->shards[i].lock);
+    for (uint32_t i = 0; i < nworkers; i++) {
+        struct weft__worker *w = &rt->workers[i];
+        queue_init(&w->run, qsize, w->run.buf);
+        w->rt = rt;
+        w->index = i;
+        w->rand = 0x9e3779b9u * (i + 1);
+    }
+    const char *prefix = cfg->thread_name ? cfg->thread_name : "weft-w";
+    for (uint32_t i = 0; i < nworkers; i++) {
+        err = -pthread_create(&rt->workers[i].thread, NULL, weft__worker_main, &rt->workers[i]);
+        if (err) {
+            stop_workers(rt, i);
+            runtime_free(rt);
+            return err;
+        }
+        char name[16];
+        snprintf(name, sizeof(name), "%s%u", prefix, i);
+        pthread_setname_np(rt->workers[i].thread, name);
+    }
+    *out = rt;
+    return 0;
+}
+
+void weft_runtime_destroy(struct weft_runtime *rt)
+{
+    if (!rt)
+        return;
+    assert(!weft__current || weft__current->rt != rt);
+    /* No new tasks: spawns from here on (from draining futures, or other
+     * threads) fail with -ESHUTDOWN. Taking each shard lock once orders every
+     * insert that got in before the flag ahead of the sweep below. */
+    atomic_store_explicit(&rt->owned_closed, true, memory_order_relaxed);
+    for (uint32_t i = 0; i < rt->nshards; i++) {
+        shard_lock(&rt->shards[i]);
+        shard_unlock(&rt->shards[i]);
+    }
+    stop_workers(rt, rt->nworkers);
+    /* Queued tasks lose their queue reference; wakes from now on find the
+     * global queue closed and release theirs. */
+    weft__inject_close_and_drain(rt);
+    for (uint32_t i = 0; i < rt->nworkers; i++) {
+        struct weft__worker *w = &rt->workers[i];
+        if (w->lifo)
+            weft__task_release(w->lifo);
+        w->lifo = NULL;
+        for (struct weft_task *t; (t = queue_pop(&w->run));)
+            weft__task_release(t);
+    }
+    owned_shutdown(rt);
+    weft__runtime_release(rt);
+}
+
+struct weft_runtime *weft_runtime_current(void)
+{
+    return weft__current ? weft__current->rt : NULL;
+}
+
+uint32_t weft_runtime_workers(const struct weft_runtime *rt)
+{
+    return rt ? rt->nworkers : 0;
+}
+
+/* ---- block_on ---------------------------------------------------------------------
+ * The calling thread polls the future and sleeps on its own parker between
+ * polls. The parker is thread-local, so a waker that outlives the call (kept
+ * by some channel) still points at valid memory: waking it only makes this
+ * thread's next block_on poll once more. */
+
+static _Thread_local struct park thread_parker;
+
+static struct weft_waker parker_clone(const void *data);
+
+static void parker_wake(const void *data)
+{
+    park_unpark((struct park *)data);
+}
+
+static void parker_drop(const void *data)
+{
+    (void)data;
+}
+
+static const struct weft_waker_ops parker_waker_ops = {
+    .clone = parker_clone,
+    .wake = parker_wake,
+    .wake_by_ref = parker_wake,
+    .drop = parker_drop,
+};
+
+static struct weft_waker parker_clone(const void *data)
+{
+    return (struct weft_waker){ data, &parker_waker_ops };
+}
+
+int weft_block_on(struct weft_runtime *rt, struct weft_future *f)
+{
+    if (!rt || !f || !f->ops)
+        return -EINVAL;
+    if (weft__current)
+        return -EDEADLK;
+    struct weft_waker waker = { &thread_parker, &parker_waker_ops };
+    for (;;) {
+        struct weft_cx cx = { &waker, NULL, WEFT_COOP_BUDGET };
+        if (weft_future_poll(f, &cx) == WEFT_READY)
+            return 0;
+        park_wait(&thread_parker);
+    }
+}

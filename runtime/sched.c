@@ -1,0 +1,280 @@
+/* sched.c: the worker loop, scheduling, work stealing and parking.
+ *
+ * Design (Tokio's multi-thread scheduler and Go's proc.go are the models):
+ *
+ * Each worker owns a bounded lock-free run queue (queue.h) and a one-task LIFO
+ * slot. A task woken by the task running on the same worker goes to the LIFO
+ * slot, so a message and its reply are handled back to back while the data is
+ * in cache; the slot is polled at most LIFO_MAX_POLLS times in a row, so two
+ * tasks waking each other cannot starve the queue. Spawns, yields and the
+ * LIFO slot's previous occupant go to the back of the local queue. Wakes from
+ * other threads (or other runtimes' workers) go to the global inject queue, a
+ * mutex-protected list, which also takes half of a local queue when it
+ * overflows, moved in one batch.
+ *
+ * The loop, per tick: every `global_interval` ticks take from the global queue
+ * first (so it cannot starve behind a busy local queue), otherwise the LIFO
+ * slot's chain after each poll, then the local queue, then a batch from the
+ * global queue; with nothing there, become a searcher (if fewer than half the
+ * workers are) and steal half of a random victim's queue; with nothing found,
+ * park. idle.c explains why no wakeup is lost between a push and a park.
+ *
+ * Rejected: one shared queue (every poll contends on it), work pushing
+ * (the busy worker pays for balancing), and waking a worker per spawn (a
+ * thundering herd of futex calls when a burst arrives; one searcher wakes the
+ * next instead). */
+#include <assert.h>
+#include <errno.h>
+#include <stdio.h>
+
+#include "internal.h"
+
+#define LIFO_MAX_POLLS 3
+
+_Thread_local struct weft__worker *weft__current;
+
+/* ---- the global queue ------------------------------------------------------ */
+
+static void inject_link(struct inject *q, struct weft_task *first, struct weft_task *last, size_t n)
+{
+    last->next = NULL;
+    if (q->tail)
+        q->tail->next = first;
+    else
+        q->head = first;
+    q->tail = last;
+    atomic_store_explicit(&q->len, atomic_load_explicit(&q->len, memory_order_relaxed) + n,
+                          memory_order_relaxed);
+}
+
+/* Pushes `n` linked tasks (first..last) and wakes a worker; after shutdown the
+ * queue is closed and their references are released instead. */
+static void inject_push_list(struct weft_runtime *rt, struct weft_task *first,
+                             struct weft_task *last, size_t n)
+{
+    struct inject *q = &rt->inject;
+    pthread_mutex_lock(&q->lock);
+    if (q->closed) {
+        pthread_mutex_unlock(&q->lock);
+        for (struct weft_task *t = first, *next; n--; t = next) {
+            next = t->next;
+            weft__task_release(t);
+        }
+        return;
+    }
+    inject_link(q, first, last, n);
+    pthread_mutex_unlock(&q->lock);
+    weft__notify_parked(rt);
+}
+
+void weft__inject_push_batch(struct weft_runtime *rt, void **items, uint32_t n)
+{
+    for (uint32_t i = 0; i + 1 < n; i++)
+        ((struct weft_task *)items[i])->next = items[i + 1];
+    inject_push_list(rt, items[0], items[n - 1], n);
+}
+
+/* Pops up to `max` tasks: returns the first, the rest go into `w`'s queue. */
+static struct weft_task *inject_pop(struct weft__worker *w, uint32_t max)
+{
+    struct inject *q = &w->rt->inject;
+    /* A relaxed hint: a push we miss here is found through the idle protocol. */
+    if (atomic_load_explicit(&q->len, memory_order_relaxed) == 0)
+        return NULL;
+    pthread_mutex_lock(&q->lock);
+    size_t len = atomic_load_explicit(&q->len, memory_order_relaxed);
+    size_t n = len / w->rt->nworkers + 1;
+    if (n > max)
+        n = max;
+    if (n > len)
+        n = len;
+    struct weft_task *first = q->head;
+    for (size_t i = 0; i < n; i++) {
+        struct weft_task *t = q->head;
+        q->head = t->next;
+        if (i > 0)
+            w->overflow[i - 1] = t;
+    }
+    if (!q->head)
+        q->tail = NULL;
+    atomic_store_explicit(&q->len, len - n, memory_order_relaxed);
+    pthread_mutex_unlock(&q->lock);
+    if (n > 1)
+        queue_push_batch(&w->run, w->overflow, (uint32_t)(n - 1));
+    return first;
+}
+
+void weft__inject_close_and_drain(struct weft_runtime *rt)
+{
+    struct inject *q = &rt->inject;
+    pthread_mutex_lock(&q->lock);
+    q->closed = true;
+    struct weft_task *t = q->head;
+    q->head = q->tail = NULL;
+    atomic_store_explicit(&q->len, 0, memory_order_relaxed);
+    pthread_mutex_unlock(&q->lock);
+    while (t) {
+        struct weft_task *next = t->next;
+        weft__task_release(t);
+        t = next;
+    }
+}
+
+/* ---- waking workers ---------------------------------------------------------- */
+
+void weft__notify_parked(struct weft_runtime *rt)
+{
+    int64_t i = weft__idle_worker_to_notify(&rt->idle);
+    if (i >= 0)
+        park_unpark(&rt->workers[i].park);
+}
+
+/* The last searcher re-checks every queue before it sleeps (see idle.c). */
+static void notify_if_work_pending(struct weft_runtime *rt)
+{
+    bool work = atomic_load_explicit(&rt->inject.len, memory_order_seq_cst) > 0;
+    for (uint32_t i = 0; i < rt->nworkers && !work; i++)
+        work = !queue_is_empty(&rt->workers[i].run);
+    if (work)
+        weft__notify_parked(rt);
+}
+
+/* ---- scheduling -------------------------------------------------------------- */
+
+static void push_local(struct weft__worker *w, struct weft_task *t)
+{
+    uint32_t n = queue_push(&w->run, t, w->overflow);
+    if (n > 0)
+        weft__inject_push_batch(w->rt, w->overflow, n);
+}
+
+void weft__schedule(struct weft_task *t, bool yield)
+{
+    struct weft__worker *w = weft__current;
+    if (!w || w->rt != t->rt) {
+        inject_push_list(t->rt, t, t, 1);
+        return;
+    }
+    bool notify = true;
+    if (yield) {
+        push_local(w, t);
+    } else {
+        /* The task just woken by the running one runs next, in cache. */
+        struct weft_task *prev = w->lifo;
+        w->lifo = t;
+        notify = prev != NULL;
+        if (prev)
+            push_local(w, prev);
+    }
+    /* Wake a sibling only when there is more here than this worker will get
+     * to soon, and nobody is already searching (checked in idle.c). */
+    if (notify && !w->searching && queue_len(&w->run) > 1)
+        weft__notify_parked(w->rt);
+}
+
+/* ---- the worker loop ------------------------------------------------------------ */
+
+static struct weft_task *next_local(struct weft__worker *w)
+{
+    struct weft_runtime *rt = w->rt;
+    if (++w->tick % rt->global_interval == 0) {
+        struct weft_task *t = inject_pop(w, 1);
+        if (t)
+            return t;
+    }
+    struct weft_task *t = queue_pop(&w->run);
+    if (t)
+        return t;
+    uint32_t room = queue_free_slots(&w->run);
+    if (room > rt->queue_size / 2)
+        room = rt->queue_size / 2;
+    return inject_pop(w, room + 1);
+}
+
+static uint32_t next_rand(struct weft__worker *w)
+{
+    uint32_t x = w->rand;
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    return w->rand = x;
+}
+
+static struct weft_task *steal_work(struct weft__worker *w)
+{
+    struct weft_runtime *rt = w->rt;
+    if (!w->searching) {
+        if (!weft__idle_to_searching(&rt->idle))
+            return NULL;
+        w->searching = true;
+    }
+    uint32_t n = rt->nworkers, start = next_rand(w) % n;
+    for (uint32_t i = 0; i < n; i++) {
+        struct weft__worker *victim = &rt->workers[(start + i) % n];
+        if (victim == w)
+            continue;
+        struct weft_task *t = queue_steal_into(&victim->run, &w->run);
+        if (t)
+            return t;
+    }
+    return inject_pop(w, rt->queue_size / 2);
+}
+
+static void run_task(struct weft__worker *w, struct weft_task *t)
+{
+    /* A searcher that found work stops searching; if it was the last one, it
+     * wakes another so the rest of the burst is picked up too. */
+    if (w->searching) {
+        w->searching = false;
+        if (weft__idle_from_searching(&w->rt->idle))
+            weft__notify_parked(w->rt);
+    }
+    weft__task_run(t, w);
+    for (w->lifo_polls = 0; w->lifo; w->lifo_polls++) {
+        t = w->lifo;
+        w->lifo = NULL;
+        if (w->lifo_polls >= LIFO_MAX_POLLS) {
+            push_local(w, t);
+            break;
+        }
+        weft__task_run(t, w);
+    }
+}
+
+static void park_worker(struct weft__worker *w)
+{
+    struct weft_runtime *rt = w->rt;
+    bool was_searching = w->searching;
+    w->searching = false;
+    if (weft__idle_to_parked(&rt->idle, w->index, was_searching))
+        notify_if_work_pending(rt);
+    for (;;) {
+        park_wait(&w->park);
+        if (atomic_load_explicit(&rt->shutdown, memory_order_acquire))
+            return;
+        /* Off the sleepers list: a notifier counted us as searching. */
+        if (!weft__idle_is_parked(&rt->idle, w->index)) {
+            w->searching = true;
+            return;
+        }
+    }
+}
+
+void *weft__worker_main(void *arg)
+{
+    struct weft__worker *w = arg;
+    struct weft_runtime *rt = w->rt;
+    weft__current = w;
+    /* Acquire pairs with the release store in weft_runtime_destroy. */
+    while (!atomic_load_explicit(&rt->shutdown, memory_order_acquire)) {
+        struct weft_task *t = next_local(w);
+        if (!t)
+            t = steal_work(w);
+        if (t)
+            run_task(w, t);
+        else
+            park_worker(w);
+    }
+    weft__current = NULL;
+    return NULL;
+}

@@ -1,0 +1,420 @@
+/* task.c: the task state machine, its waker, spawning and join handles.
+ *
+ * One allocation per task: the header (struct weft_task) with the future
+ * copied inline after it. All coordination goes through the one atomic state
+ * word (flags + reference count, see internal.h):
+ *
+ *   idle ──wake──▶ notified ──worker takes it──▶ running ──READY──▶ complete
+ *     ▲                                            │  (a wake while running sets
+ *     └────────────── PENDING, not notified ───────┘   NOTIFIED: requeued once)
+ *
+ * Every transition is a CAS or RMW with acq_rel order: the release publishes
+ * the future's memory written by one poller, the acquire makes it visible to
+ * the next (possibly on another worker), and the same pairing publishes
+ * `result` and the output fields to whoever sees COMPLETE. Reference count
+ * increments are relaxed (the caller already holds a reference, so the count
+ * cannot be zero); decrements are acq_rel so that the thread freeing the task
+ * sees every other thread's last use of it. */
+#include <assert.h>
+#include <errno.h>
+#include <string.h>
+
+#include "internal.h"
+
+#define REF_MASK (~(TASK_REF_ONE - 1))
+#define MAX_FUTURE_SIZE (1u << 20)
+
+static inline uint64_t refs(uint64_t s)
+{
+    return s >> 6;
+}
+
+static void task_dealloc(struct weft_task *t)
+{
+    struct weft_runtime *rt = t->rt;
+    rt_free(rt, t, t->alloc_size);
+    weft__runtime_release(rt);
+}
+
+static inline void ref_inc(struct weft_task *t)
+{
+    atomic_fetch_add_explicit(&t->state, TASK_REF_ONE, memory_order_relaxed);
+}
+
+static inline void ref_dec_n(struct weft_task *t, uint64_t n)
+{
+    /* Release: our uses of the task happen before its free. Acquire (on the
+     * last one): the freeing thread sees every other thread's uses. */
+    uint64_t prev = atomic_fetch_sub_explicit(&t->state, n * TASK_REF_ONE, memory_order_acq_rel);
+    assert(refs(prev) >= n);
+    if (refs(prev) == n)
+        task_dealloc(t);
+}
+
+static inline void ref_dec(struct weft_task *t)
+{
+    ref_dec_n(t, 1);
+}
+
+/* ---- completion ------------------------------------------------------------ */
+
+/* Marks a running task complete: drops its future (as Rust drops a future the
+ * moment it is ready; the output fields stay readable for the joiner), then
+ * publishes the result and wakes the joiner. Consumes the poller's reference
+ * and the owned list's. */
+static void complete(struct weft_task *t, int32_t result)
+{
+    weft_future_drop(task_future(t));
+    t->result = result;
+    /* Acq_rel: publishes result and the output fields to the joiner, which
+     * reads them after an acquire load that sees COMPLETE. */
+    uint64_t prev = atomic_fetch_xor_explicit(&t->state, TASK_RUNNING | TASK_COMPLETE,
+                                              memory_order_acq_rel);
+    assert((prev & TASK_RUNNING) && !(prev & TASK_COMPLETE));
+    if ((prev & TASK_JOIN_INTEREST) && (prev & TASK_JOIN_WAKER)) {
+        /* The task side owns join_waker while JOIN_WAKER is set. */
+        weft_waker_wake_by_ref(&t->join_waker);
+        uint64_t s = atomic_fetch_and_explicit(&t->state, ~TASK_JOIN_WAKER, memory_order_acq_rel);
+        if (!(s & TASK_JOIN_INTEREST))
+            weft_waker_drop(&t->join_waker); /* the handle went away meanwhile */
+    }
+    weft__owned_remove(t->rt, t);
+    ref_dec_n(t, 2);
+}
+
+/* ---- polling ------------------------------------------------------------- */
+
+static const struct weft_waker_ops task_waker_ops;
+
+enum run_start { START_POLL, START_CANCEL, START_SKIP };
+
+static enum run_start transition_to_running(struct weft_task *t)
+{
+    uint64_t s = atomic_load_explicit(&t->state, memory_order_relaxed);
+    for (;;) {
+        assert(s & TASK_NOTIFIED);
+        if (s & (TASK_RUNNING | TASK_COMPLETE))
+            return START_SKIP; /* finished by shutdown while queued */
+        uint64_t next = (s | TASK_RUNNING) & ~TASK_NOTIFIED;
+        /* Acquire: see the future as the previous poller left it. */
+        if (atomic_compare_exchange_weak_explicit(&t->state, &s, next, memory_order_acq_rel,
+                                                  memory_order_relaxed))
+            return (s & TASK_CANCELLED) ? START_CANCEL : START_POLL;
+    }
+}
+
+/* After a PENDING poll. Returns true when the task was woken during the poll:
+ * the poller's reference then becomes the queue's. */
+static bool transition_to_idle(struct weft_task *t, bool *cancelled)
+{
+    uint64_t s = atomic_load_explicit(&t->state, memory_order_relaxed);
+    for (;;) {
+        assert(s & TASK_RUNNING);
+        if (s & TASK_CANCELLED) {
+            *cancelled = true;
+            return false;
+        }
+        uint64_t next = s & ~TASK_RUNNING;
+        if (!(s & TASK_NOTIFIED))
+            next -= TASK_REF_ONE;
+        /* Release: the next poller (after a wake) sees what this poll wrote. */
+        if (atomic_compare_exchange_weak_explicit(&t->state, &s, next, memory_order_acq_rel,
+                                                  memory_order_relaxed)) {
+            assert(refs(next) > 0); /* the owned list still holds one */
+            return s & TASK_NOTIFIED;
+        }
+    }
+}
+
+void weft__task_run(struct weft_task *t, struct weft__worker *w)
+{
+    switch (transition_to_running(t)) {
+    case START_SKIP:
+        ref_dec(t);
+        return;
+    case START_CANCEL:
+        complete(t, -ECANCELED);
+        return;
+    case START_POLL:
+        break;
+    }
+    struct weft_waker waker = { t, &task_waker_ops };
+    struct weft_cx cx = { &waker, w, WEFT_COOP_BUDGET };
+    if (weft_future_poll(task_future(t), &cx) == WEFT_READY) {
+        complete(t, 0);
+        return;
+    }
+    bool cancelled = false;
+    if (transition_to_idle(t, &cancelled))
+        weft__schedule(t, true);
+    else if (cancelled)
+        complete(t, -ECANCELED);
+}
+
+void weft__task_release(struct weft_task *t)
+{
+    ref_dec(t);
+}
+
+void weft__task_shutdown(struct weft_task *t)
+{
+    uint64_t s = atomic_load_explicit(&t->state, memory_order_relaxed);
+    for (;;) {
+        if (s & (TASK_RUNNING | TASK_COMPLETE))
+            return;
+        uint64_t next = s | TASK_RUNNING | TASK_CANCELLED;
+        if (atomic_compare_exchange_weak_explicit(&t->state, &s, next + TASK_REF_ONE,
+                                                  memory_order_acq_rel, memory_order_relaxed))
+            break;
+    }
+    complete(t, -ECANCELED); /* consumes the reference taken above and the owned list's */
+}
+
+/* ---- the task waker -------------------------------------------------------- */
+
+/* Sets NOTIFIED. Returns true when the caller must schedule the task, having
+ * provided the queue's reference (taken here when `by_ref`). */
+static bool transition_to_notified(struct weft_task *t, bool by_ref)
+{
+    uint64_t s = atomic_load_explicit(&t->state, memory_order_relaxed);
+    for (;;) {
+        uint64_t next = s;
+        bool submit = false;
+        if (s & (TASK_COMPLETE | TASK_NOTIFIED)) {
+            if (!by_ref)
+                next -= TASK_REF_ONE; /* nothing to do: drop the waker's reference */
+        } else if (s & TASK_RUNNING) {
+            next |= TASK_NOTIFIED;    /* the poller requeues it after the poll */
+            if (!by_ref)
+                next -= TASK_REF_ONE; /* the poller's reference keeps it alive */
+        } else {
+            next |= TASK_NOTIFIED;
+            if (by_ref)
+                next += TASK_REF_ONE; /* the queue's reference */
+            submit = true;            /* by value: the waker's becomes the queue's */
+        }
+        /* Release: what the waker wrote before waking is visible to the poll
+         * that follows (which acquires in transition_to_running). */
+        if (atomic_compare_exchange_weak_explicit(&t->state, &s, next, memory_order_acq_rel,
+                                                  memory_order_relaxed)) {
+            if (!by_ref && !submit && refs(next) == 0)
+                task_dealloc(t);
+            return submit;
+        }
+    }
+}
+
+static struct weft_waker waker_clone(const void *data)
+{
+    ref_inc((struct weft_task *)data);
+    return (struct weft_waker){ data, &task_waker_ops };
+}
+
+static void waker_wake(const void *data)
+{
+    struct weft_task *t = (struct weft_task *)data;
+    if (transition_to_notified(t, false))
+        weft__schedule(t, false);
+}
+
+static void waker_wake_by_ref(const void *data)
+{
+    struct weft_task *t = (struct weft_task *)data;
+    if (transition_to_notified(t, true))
+        weft__schedule(t, false);
+}
+
+static void waker_drop(const void *data)
+{
+    ref_dec((struct weft_task *)data);
+}
+
+static const struct weft_waker_ops task_waker_ops = {
+    .clone = waker_clone,
+    .wake = waker_wake,
+    .wake_by_ref = waker_wake_by_ref,
+    .drop = waker_drop,
+};
+
+/* ---- abort ------------------------------------------------------------------ */
+
+static void remote_abort(struct weft_task *t)
+{
+    uint64_t s = atomic_load_explicit(&t->state, memory_order_relaxed);
+    for (;;) {
+        if (s & (TASK_COMPLETE | TASK_CANCELLED))
+            return;
+        uint64_t next = s | TASK_CANCELLED | TASK_NOTIFIED;
+        bool submit = !(s & (TASK_RUNNING | TASK_NOTIFIED));
+        if (submit)
+            next += TASK_REF_ONE;
+        /* Release/acquire as for a wake. */
+        if (atomic_compare_exchange_weak_explicit(&t->state, &s, next, memory_order_acq_rel,
+                                                  memory_order_relaxed)) {
+            if (submit)
+                weft__schedule(t, false);
+            return;
+        }
+    }
+}
+
+/* ---- spawning -------------------------------------------------------------- */
+
+static const struct weft_future_ops join_ops;
+
+int weft_spawn(struct weft_runtime *rt, const struct weft_future *f, size_t size,
+               struct weft_join *join)
+{
+    if (join)
+        *join = (struct weft_join){ 0 };
+    if (!rt || !f || !f->ops || !f->ops->poll || size < sizeof(*f) || size > MAX_FUTURE_SIZE)
+        return -EINVAL;
+    size_t alloc_size = offsetof(struct weft_task, future) + size;
+    struct weft_task *t = rt_alloc(rt, alloc_size);
+    if (!t)
+        return -ENOMEM;
+    uint64_t nrefs = join ? 3 : 2; /* owned list + queue (+ handle) */
+    atomic_init(&t->state, TASK_NOTIFIED | (join ? TASK_JOIN_INTEREST : 0) | nrefs * TASK_REF_ONE);
+    t->next = NULL;
+    t->rt = rt;
+    t->join_waker = (struct weft_waker){ 0 };
+    t->alloc_size = (uint32_t)alloc_size;
+    t->result = 0;
+    memcpy(t->future, f, size);
+
+    struct weft__worker *w = weft__current;
+    uint32_t shard;
+    if (w && w->rt == rt) {
+        t->id = ((uint64_t)(w->index + 1) << 40) | w->next_id++;
+        shard = w->index;
+    } else {
+        t->id = atomic_fetch_add_explicit(&rt->foreign_ids, 1, memory_order_relaxed);
+        shard = rt->nworkers + (uint32_t)(t->id % (rt->nshards - rt->nworkers));
+    }
+    atomic_fetch_add_explicit(&rt->live, 1, memory_order_relaxed);
+    if (weft__owned_insert(rt, t, shard) < 0) {
+        rt_free(rt, t, alloc_size);
+        weft__runtime_release(rt);
+        return -ESHUTDOWN;
+    }
+    if (join)
+        *join = (struct weft_join){ .base = { &join_ops, 0 }, .task = t };
+    weft__schedule(t, false);
+    return 0;
+}
+
+/* ---- join handles --------------------------------------------------------------
+ * The join waker protocol (Tokio's): the handle writes join_waker only while
+ * JOIN_WAKER is clear, then sets JOIN_WAKER with a CAS that fails if the task
+ * completed meanwhile. While JOIN_WAKER is set the task side owns the waker:
+ * it wakes it at completion, then clears the bit. */
+
+/* Publishes `waker` as the join waker; false if the task completed first. */
+static bool set_join_waker(struct weft_task *t, const struct weft_waker *waker)
+{
+    t->join_waker = weft_waker_clone(waker);
+    /* Acquire: if COMPLETE is seen, so are the result and output. */
+    uint64_t s = atomic_load_explicit(&t->state, memory_order_acquire);
+    for (;;) {
+        assert((s & TASK_JOIN_INTEREST) && !(s & TASK_JOIN_WAKER));
+        if (s & TASK_COMPLETE) {
+            weft_waker_drop(&t->join_waker);
+            return false;
+        }
+        /* Release: the completing worker sees join_waker written. */
+        if (atomic_compare_exchange_weak_explicit(&t->state, &s, s | TASK_JOIN_WAKER,
+                                                  memory_order_acq_rel, memory_order_acquire))
+            return true;
+    }
+}
+
+/* True when the output can be read; otherwise the handle's waker is registered. */
+static bool can_read_output(struct weft_task *t, const struct weft_waker *waker)
+{
+    /* Acquire pairs with complete()'s release: result and output are visible. */
+    uint64_t s = atomic_load_explicit(&t->state, memory_order_acquire);
+    if (s & TASK_COMPLETE)
+        return true;
+    if (s & TASK_JOIN_WAKER) {
+        if (weft_waker_will_wake(&t->join_waker, waker))
+            return false;
+        /* Take the waker back to replace it; fails if the task completed. */
+        for (;;) {
+            if (s & TASK_COMPLETE)
+                return true;
+            if (atomic_compare_exchange_weak_explicit(&t->state, &s, s & ~TASK_JOIN_WAKER,
+                                                      memory_order_acq_rel, memory_order_acquire))
+                break;
+        }
+        weft_waker_drop(&t->join_waker);
+    }
+    return !set_join_waker(t, waker);
+}
+
+static enum weft_poll join_poll(struct weft_future *f, struct weft_cx *cx)
+{
+    struct weft_join *j = (struct weft_join *)f;
+    if (!j->task || j->joined) {
+        j->res = -EINVAL; /* detached, or already joined once */
+        return WEFT_READY;
+    }
+    if (!can_read_output(j->task, cx->waker))
+        return WEFT_PENDING;
+    j->joined = 1;
+    j->res = j->task->result;
+    return WEFT_READY;
+}
+
+/* Gives up the handle's interest and reference. */
+static void drop_join_handle(struct weft_task *t)
+{
+    uint64_t s = atomic_load_explicit(&t->state, memory_order_relaxed);
+    uint64_t next;
+    for (;;) {
+        assert(s & TASK_JOIN_INTEREST);
+        next = s & ~TASK_JOIN_INTEREST;
+        if (!(s & TASK_COMPLETE))
+            next &= ~TASK_JOIN_WAKER; /* take the waker back: we drop it below */
+        /* Acq_rel: if COMPLETE with JOIN_WAKER clear, the completing worker
+         * is done with join_waker (its fetch_and released it) and we drop it;
+         * if JOIN_WAKER is still set, complete() sees JOIN_INTEREST gone and
+         * drops the waker itself. */
+        if (atomic_compare_exchange_weak_explicit(&t->state, &s, next, memory_order_acq_rel,
+                                                  memory_order_relaxed))
+            break;
+    }
+    if (!(next & TASK_JOIN_WAKER))
+        weft_waker_drop(&t->join_waker);
+    ref_dec(t);
+}
+
+static void join_drop(struct weft_future *f)
+{
+    struct weft_join *j = (struct weft_join *)f;
+    if (j->task)
+        drop_join_handle(j->task);
+    j->task = NULL;
+}
+
+static const struct weft_future_ops join_ops = { join_poll, join_drop };
+
+void *weft_join_output(const struct weft_join *join)
+{
+    if (!join || !join->task || !join->joined || join->task->result != 0)
+        return NULL;
+    return join->task->future;
+}
+
+void weft_join_detach(struct weft_join *join)
+{
+    if (join && join->task) {
+        drop_join_handle(join->task);
+        join->task = NULL;
+    }
+}
+
+void weft_join_abort(const struct weft_join *join)
+{
+    if (join && join->task)
+        remote_abort(join->task);
+}

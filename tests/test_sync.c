@@ -1,0 +1,485 @@
+/* tests/test_sync.c: the oneshot and mpsc channels (runtime/oneshot.c,
+ * runtime/mpsc.c), driven by hand-made wakers and plain threads, no runtime. */
+#include <criterion/criterion.h>
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "weft/future.h"
+#include "weft/sync.h"
+
+/* The threaded scenarios and their condvar waker (parker, drive, run_mpsc,
+ * run_ping_pong) are shared with the ThreadSanitizer stress program. */
+#define STRESS_SYNC_NO_MAIN
+#include "stress_sync.c"
+
+/* ---- a counting waker -----------------------------------------------------------
+ * Counts wakes, and the clones it handed out and got back. The test's own copy
+ * is borrowed (never counted), so live() is how many wakers the channel holds. */
+struct counter {
+    atomic_int wakes, clones, drops;
+};
+
+static const struct weft_waker_ops counter_ops;
+
+static struct weft_waker counter_clone(const void *d)
+{
+    atomic_fetch_add(&((struct counter *)d)->clones, 1);
+    return (struct weft_waker){ d, &counter_ops };
+}
+
+static void counter_wake_by_ref(const void *d) { atomic_fetch_add(&((struct counter *)d)->wakes, 1); }
+static void counter_drop(const void *d) { atomic_fetch_add(&((struct counter *)d)->drops, 1); }
+static void counter_wake(const void *d) { counter_wake_by_ref(d), counter_drop(d); }
+
+static const struct weft_waker_ops counter_ops = {
+    counter_clone, counter_wake, counter_wake_by_ref, counter_drop,
+};
+
+static int live(struct counter *c) { return atomic_load(&c->clones) - atomic_load(&c->drops); }
+static int wakes(struct counter *c) { return atomic_load(&c->wakes); }
+
+static enum weft_poll poll_with(void *f, struct counter *c)
+{
+    struct weft_waker w = { c, &counter_ops };
+    struct weft_cx cx = weft_cx_from_waker(&w);
+    return weft_future_poll(f, &cx);
+}
+
+/* try_send / try_recv of a u32: the result, or for take() the value. */
+static int put(struct weft_mpsc *ch, uint32_t v) { return weft_mpsc_try_send(ch, &v); }
+
+static int64_t take(struct weft_mpsc *ch)
+{
+    uint32_t v;
+    int r = weft_mpsc_try_recv(ch, &v);
+    return r ? r : (int64_t)v;
+}
+
+static struct weft_mpsc *mpsc_u32(size_t cap)
+{
+    struct weft_mpsc *ch;
+    cr_assert_eq(weft_mpsc_create(&ch, cap, sizeof(uint32_t)), 0);
+    return ch;
+}
+
+static void mpsc_close(struct weft_mpsc *ch)
+{
+    weft_mpsc_sender_drop(ch);
+    weft_mpsc_receiver_drop(ch);
+}
+
+/* Starts a send of *v that must find the ring full. */
+static void send_pending(struct weft_mpsc_send *s, struct weft_mpsc *ch, const uint32_t *v,
+                         struct counter *c)
+{
+    weft_mpsc_send_init(s, ch, v);
+    cr_assert_eq(poll_with(s, c), WEFT_PENDING);
+}
+
+/* A receive future that must be ready at its first poll: its res, or the value. */
+static int64_t recv_ready(struct weft_mpsc *ch, struct counter *c)
+{
+    struct weft_mpsc_recv r;
+    uint32_t v;
+    weft_mpsc_recv_init(&r, ch, &v);
+    cr_assert_eq(poll_with(&r, c), WEFT_READY);
+    weft_future_drop(&r.base);
+    return r.res ? r.res : (int64_t)v;
+}
+
+/* ---- oneshot --------------------------------------------------------------------- */
+
+Test(oneshot, send_then_recv, .timeout = 20)
+{
+    struct weft_oneshot *ch;
+    struct counter c = { 0 };
+    uint64_t v = 0x1122334455667788u, out = 0;
+    struct weft_oneshot_recv r;
+
+    cr_assert_eq(weft_oneshot_create(&ch, sizeof v), 0);
+    cr_assert_eq(weft_oneshot_send(ch, &v), 0);
+    weft_oneshot_recv_init(&r, ch, &out);
+    cr_assert_eq(poll_with(&r, &c), WEFT_READY);
+    cr_assert_eq(r.res, 0);
+    cr_assert_eq(out, v);
+    weft_future_drop(&r.base);
+    cr_assert_eq(wakes(&c) + live(&c), 0);
+}
+
+Test(oneshot, pending_recv_woken_once_by_send, .timeout = 20)
+{
+    struct weft_oneshot *ch;
+    struct counter c = { 0 }, d = { 0 };
+    uint32_t v = 7, out = 0;
+    struct weft_oneshot_recv r;
+
+    cr_assert_eq(weft_oneshot_create(&ch, sizeof v), 0);
+    weft_oneshot_recv_init(&r, ch, &out);
+    cr_assert_eq(poll_with(&r, &d), WEFT_PENDING);
+    cr_assert_eq(poll_with(&r, &c), WEFT_PENDING); /* another task: replaces d */
+    cr_assert_eq(poll_with(&r, &c), WEFT_PENDING);
+    cr_assert_eq(atomic_load(&c.clones), 1, "same task: the waker is kept, not cloned again");
+    cr_assert_eq(live(&d), 0);
+    cr_assert_eq(weft_oneshot_send(ch, &v), 0);
+    cr_assert_eq(wakes(&c), 1);
+    cr_assert_eq(wakes(&d), 0);
+    cr_assert_eq(poll_with(&r, &c), WEFT_READY);
+    cr_assert_eq(r.res, 0);
+    cr_assert_eq(out, 7);
+    weft_future_drop(&r.base);
+    cr_assert_eq(wakes(&c), 1);
+    cr_assert_eq(live(&c), 0);
+}
+
+Test(oneshot, sender_dropped_gives_epipe, .timeout = 20)
+{
+    struct weft_oneshot *ch;
+    struct counter c = { 0 };
+    uint32_t out = 5;
+    struct weft_oneshot_recv r;
+
+    /* The receiver waits when the sender goes away: woken, then -EPIPE. */
+    cr_assert_eq(weft_oneshot_create(&ch, sizeof out), 0);
+    weft_oneshot_recv_init(&r, ch, &out);
+    cr_assert_eq(poll_with(&r, &c), WEFT_PENDING);
+    weft_oneshot_sender_drop(ch);
+    cr_assert_eq(wakes(&c), 1);
+    cr_assert_eq(poll_with(&r, &c), WEFT_READY);
+    cr_assert_eq(r.res, -EPIPE);
+    cr_assert_eq(out, 5, "out is untouched");
+    weft_future_drop(&r.base);
+    cr_assert_eq(live(&c), 0);
+
+    /* The sender is gone before the first poll. */
+    cr_assert_eq(weft_oneshot_create(&ch, sizeof out), 0);
+    weft_oneshot_sender_drop(ch);
+    weft_oneshot_recv_init(&r, ch, &out);
+    cr_assert_eq(poll_with(&r, &c), WEFT_READY);
+    cr_assert_eq(r.res, -EPIPE);
+    weft_future_drop(&r.base);
+}
+
+Test(oneshot, receiver_gone_send_gives_epipe, .timeout = 20)
+{
+    struct weft_oneshot *ch;
+    struct counter c = { 0 };
+    uint32_t v = 1, out;
+    struct weft_oneshot_recv r;
+
+    /* A pending receive future dropped: its waker is released at once. */
+    cr_assert_eq(weft_oneshot_create(&ch, sizeof v), 0);
+    weft_oneshot_recv_init(&r, ch, &out);
+    cr_assert_eq(poll_with(&r, &c), WEFT_PENDING);
+    cr_assert_eq(live(&c), 1);
+    weft_future_drop(&r.base);
+    cr_assert_eq(live(&c), 0);
+    cr_assert_eq(weft_oneshot_send(ch, &v), -EPIPE);
+    cr_assert_eq(wakes(&c), 0);
+
+    cr_assert_eq(weft_oneshot_create(&ch, sizeof v), 0);
+    weft_oneshot_recv_init(&r, ch, &out);
+    weft_future_drop(&r.base); /* never polled */
+    cr_assert_eq(weft_oneshot_send(ch, &v), -EPIPE);
+
+    cr_assert_eq(weft_oneshot_create(&ch, sizeof v), 0);
+    weft_oneshot_receiver_drop(ch);
+    cr_assert_eq(weft_oneshot_send(ch, &v), -EPIPE);
+
+    cr_assert_eq(weft_oneshot_create(&ch, sizeof v), 0); /* both give up */
+    weft_oneshot_receiver_drop(ch);
+    weft_oneshot_sender_drop(ch);
+}
+
+Test(oneshot, bad_sizes_and_largest_message, .timeout = 20)
+{
+    static unsigned char big[WEFT_CHANNEL_MSG_MAX], out[WEFT_CHANNEL_MSG_MAX];
+    struct weft_oneshot *ch = NULL;
+    struct weft_oneshot_recv r;
+    struct counter c = { 0 };
+
+    cr_assert_eq(weft_oneshot_create(&ch, 0), -EINVAL);
+    cr_assert_eq(weft_oneshot_create(&ch, WEFT_CHANNEL_MSG_MAX + 1), -EINVAL);
+    cr_assert_eq(weft_oneshot_create(&ch, SIZE_MAX), -EINVAL);
+    cr_assert_null(ch);
+    for (size_t i = 0; i < sizeof big; i++)
+        big[i] = (unsigned char)(i * 31 + 7);
+    cr_assert_eq(weft_oneshot_create(&ch, sizeof big), 0);
+    cr_assert_eq(weft_oneshot_send(ch, big), 0);
+    weft_oneshot_recv_init(&r, ch, out);
+    cr_assert_eq(poll_with(&r, &c), WEFT_READY);
+    cr_assert_eq(memcmp(big, out, sizeof big), 0);
+    weft_future_drop(&r.base);
+}
+
+/* ---- mpsc, one thread ------------------------------------------------------------ */
+
+Test(mpsc, bad_inputs, .timeout = 20)
+{
+    struct weft_mpsc *ch = NULL;
+
+    cr_assert_eq(weft_mpsc_create(&ch, 0, 8), -EINVAL);
+    cr_assert_eq(weft_mpsc_create(&ch, WEFT_MPSC_CAPACITY_MAX + 1, 8), -EINVAL);
+    cr_assert_eq(weft_mpsc_create(&ch, SIZE_MAX, 8), -EINVAL);
+    cr_assert_eq(weft_mpsc_create(&ch, 4, 0), -EINVAL);
+    cr_assert_eq(weft_mpsc_create(&ch, 4, WEFT_CHANNEL_MSG_MAX + 1), -EINVAL);
+    cr_assert_eq(weft_mpsc_create(&ch, 4, SIZE_MAX), -EINVAL);
+    cr_assert_null(ch);
+    cr_assert_eq(weft_mpsc_create(&ch, 2, WEFT_CHANNEL_MSG_MAX), 0);
+    mpsc_close(ch);
+}
+
+/* FIFO, -EAGAIN at exactly `capacity`, and many laps through rings whose
+ * capacity is not always a power of two. */
+Test(mpsc, fifo_capacity_and_laps, .timeout = 20)
+{
+    const size_t caps[] = { 1, 2, 3, 5, 7, 8, 64, 100 };
+    for (size_t k = 0; k < sizeof caps / sizeof caps[0]; k++) {
+        struct weft_mpsc *ch = mpsc_u32(caps[k]);
+        uint32_t in = 0, out = 0;
+
+        cr_assert_eq(take(ch), -EAGAIN);
+        for (uint32_t round = 0; round < 2000; round++) {
+            while (in - out < round % (caps[k] + 1))
+                cr_assert_eq(put(ch, in++), 0);
+            if (in - out == caps[k])
+                cr_assert_eq(put(ch, in), -EAGAIN, "cap %zu", caps[k]);
+            for (uint32_t n = round % 3 ? (in - out) / 2 + 1 : in - out; n && out < in; n--)
+                cr_assert_eq(take(ch), out++, "cap %zu", caps[k]);
+        }
+        weft_mpsc_sender_drop(ch);
+        while (out < in)
+            cr_assert_eq(take(ch), out++);
+        cr_assert_eq(take(ch), -EPIPE);
+        weft_mpsc_receiver_drop(ch);
+    }
+}
+
+Test(mpsc, pending_recv_woken_once_by_send, .timeout = 20)
+{
+    struct weft_mpsc *ch = mpsc_u32(4);
+    struct counter c = { 0 }, d = { 0 };
+    struct weft_mpsc_recv r;
+    uint32_t out = 0;
+
+    weft_mpsc_recv_init(&r, ch, &out);
+    cr_assert_eq(poll_with(&r, &c), WEFT_PENDING);
+    cr_assert_eq(poll_with(&r, &c), WEFT_PENDING);
+    cr_assert_eq(atomic_load(&c.clones), 1, "same task: no second clone");
+    cr_assert_eq(put(ch, 10), 0);
+    cr_assert_eq(put(ch, 11), 0);
+    cr_assert_eq(wakes(&c), 1, "one wake per wait");
+    cr_assert_eq(poll_with(&r, &c), WEFT_READY);
+    cr_assert_eq(r.res, 0);
+    cr_assert_eq(out, 10);
+    weft_future_drop(&r.base);
+    cr_assert_eq(recv_ready(ch, &c), 11);
+
+    /* A pending receive dropped: its waker is released, nobody is woken. */
+    weft_mpsc_recv_init(&r, ch, &out);
+    cr_assert_eq(poll_with(&r, &d), WEFT_PENDING);
+    cr_assert_eq(live(&d), 1);
+    weft_future_drop(&r.base);
+    cr_assert_eq(live(&d), 0);
+    cr_assert_eq(put(ch, 3), 0);
+    cr_assert_eq(wakes(&d), 0);
+    cr_assert_eq(recv_ready(ch, &c), 3);
+    mpsc_close(ch);
+    cr_assert_eq(live(&c), 0);
+}
+
+Test(mpsc, send_pends_when_full_and_is_woken, .timeout = 20)
+{
+    struct weft_mpsc *ch = mpsc_u32(1);
+    struct counter c = { 0 };
+    struct weft_mpsc_send s;
+    uint32_t v = 2;
+
+    cr_assert_eq(put(ch, 1), 0);
+    send_pending(&s, ch, &v, &c);
+    cr_assert_eq(poll_with(&s, &c), WEFT_PENDING);
+    cr_assert_eq(atomic_load(&c.clones), 1, "same task: no second clone");
+    cr_assert_eq(take(ch), 1);
+    cr_assert_eq(wakes(&c), 1);
+    cr_assert_eq(poll_with(&s, &c), WEFT_READY);
+    cr_assert_eq(s.res, 0);
+    cr_assert_eq(live(&c), 0, "a finished send holds no waker");
+    weft_future_drop(&s.base);
+    cr_assert_eq(take(ch), 2);
+    cr_assert_eq(wakes(&c), 1);
+    mpsc_close(ch);
+}
+
+/* Waiters are served first come, first served, one per freed slot; one that
+ * lost its slot to a try_send keeps its place at the front. */
+Test(mpsc, waiting_senders_take_turns, .timeout = 20)
+{
+    struct weft_mpsc *ch = mpsc_u32(1);
+    struct counter c[3] = { 0 };
+    struct weft_mpsc_send s[3];
+    uint32_t msgs[3] = { 0, 1, 2 };
+
+    cr_assert_eq(put(ch, 100), 0);
+    for (int i = 0; i < 3; i++)
+        send_pending(&s[i], ch, &msgs[i], &c[i]);
+    cr_assert_eq(take(ch), 100);
+    cr_assert_eq(wakes(&c[0]), 1);
+    cr_assert_eq(put(ch, 9), 0); /* a try_send takes the slot first */
+    cr_assert_eq(poll_with(&s[0], &c[0]), WEFT_PENDING);
+    cr_assert_eq(take(ch), 9);
+    cr_assert_eq(wakes(&c[0]), 2, "back at the front of the line");
+    for (int i = 0; i < 3; i++) {
+        cr_assert_eq(wakes(&c[i]), i == 0 ? 2 : 1);
+        for (int j = i + 1; j < 3; j++)
+            cr_assert_eq(wakes(&c[j]), 0);
+        cr_assert_eq(poll_with(&s[i], &c[i]), WEFT_READY);
+        cr_assert_eq(s[i].res, 0);
+        weft_future_drop(&s[i].base);
+        cr_assert_eq(take(ch), i);
+    }
+    mpsc_close(ch);
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(live(&c[i]), 0);
+}
+
+Test(mpsc, dropped_pending_send_unregisters_and_passes_wake_on, .timeout = 20)
+{
+    struct weft_mpsc *ch = mpsc_u32(1);
+    struct counter a = { 0 }, b = { 0 };
+    struct weft_mpsc_send sa, sb;
+    uint32_t va = 2, vb = 3;
+
+    /* Dropped before its turn: it just leaves, nobody is woken. */
+    cr_assert_eq(put(ch, 1), 0);
+    send_pending(&sa, ch, &va, &a);
+    weft_future_drop(&sa.base);
+    cr_assert_eq(live(&a), 0);
+    cr_assert_eq(take(ch), 1);
+    cr_assert_eq(wakes(&a), 0);
+    cr_assert_eq(take(ch), -EAGAIN, "the dropped send queued nothing");
+
+    /* Dropped after being chosen for a slot: the turn passes on. */
+    cr_assert_eq(put(ch, 1), 0);
+    send_pending(&sa, ch, &va, &a);
+    send_pending(&sb, ch, &vb, &b);
+    cr_assert_eq(take(ch), 1);
+    cr_assert_eq(wakes(&a), 1, "the first waiter is chosen");
+    cr_assert_eq(wakes(&b), 0);
+    weft_future_drop(&sa.base);
+    cr_assert_eq(live(&a), 0);
+    cr_assert_eq(wakes(&b), 1, "its turn passes to the next waiter");
+    cr_assert_eq(poll_with(&sb, &b), WEFT_READY);
+    cr_assert_eq(sb.res, 0);
+    weft_future_drop(&sb.base);
+    cr_assert_eq(take(ch), 3);
+    cr_assert_eq(take(ch), -EAGAIN);
+    mpsc_close(ch);
+    cr_assert_eq(live(&b), 0);
+}
+
+Test(mpsc, receiver_drop_gives_senders_epipe, .timeout = 20)
+{
+    struct weft_mpsc *ch = mpsc_u32(1);
+    struct counter a = { 0 };
+    struct weft_mpsc_send sa;
+    uint32_t va = 2;
+
+    cr_assert_eq(put(ch, 1), 0);
+    send_pending(&sa, ch, &va, &a);
+    weft_mpsc_receiver_drop(ch); /* discards the queued message */
+    cr_assert_eq(wakes(&a), 1);
+    cr_assert_eq(poll_with(&sa, &a), WEFT_READY);
+    cr_assert_eq(sa.res, -EPIPE);
+    weft_future_drop(&sa.base);
+    cr_assert_eq(put(ch, 3), -EPIPE);
+    weft_mpsc_send_init(&sa, ch, &va);
+    cr_assert_eq(poll_with(&sa, &a), WEFT_READY);
+    cr_assert_eq(sa.res, -EPIPE);
+    weft_future_drop(&sa.base);
+    weft_mpsc_sender_drop(ch);
+    cr_assert_eq(live(&a), 0);
+}
+
+Test(mpsc, senders_gone_receiver_drains_then_epipe, .timeout = 20)
+{
+    struct weft_mpsc *ch = mpsc_u32(4);
+    struct counter c = { 0 };
+    struct weft_mpsc_recv r;
+    uint32_t out;
+
+    weft_mpsc_sender_clone(ch);
+    for (uint32_t i = 0; i < 3; i++)
+        cr_assert_eq(put(ch, i), 0);
+    weft_mpsc_sender_drop(ch); /* one reference left: still open */
+    cr_assert_eq(take(ch), 0);
+    weft_mpsc_sender_drop(ch);
+    cr_assert_eq(take(ch), 1);
+    cr_assert_eq(recv_ready(ch, &c), 2);
+    cr_assert_eq(take(ch), -EPIPE);
+    cr_assert_eq(recv_ready(ch, &c), -EPIPE);
+    weft_mpsc_receiver_drop(ch);
+
+    /* A receiver already waiting is woken by the last sender's drop. */
+    ch = mpsc_u32(4);
+    weft_mpsc_recv_init(&r, ch, &out);
+    cr_assert_eq(poll_with(&r, &c), WEFT_PENDING);
+    weft_mpsc_sender_drop(ch);
+    cr_assert_eq(wakes(&c), 1);
+    cr_assert_eq(poll_with(&r, &c), WEFT_READY);
+    cr_assert_eq(r.res, -EPIPE);
+    weft_future_drop(&r.base);
+    weft_mpsc_receiver_drop(ch);
+    cr_assert_eq(live(&c), 0);
+}
+
+Test(mpsc, spent_budget_yields, .timeout = 20)
+{
+    struct weft_mpsc *ch = mpsc_u32(2);
+    struct counter c = { 0 };
+    struct weft_waker w = { &c, &counter_ops };
+    struct weft_cx cx = weft_cx_from_waker(&w);
+    struct weft_mpsc_send s;
+    uint32_t v = 4;
+
+    weft_mpsc_send_init(&s, ch, &v);
+    cx.budget = 0;
+    cr_assert_eq(weft_future_poll(&s.base, &cx), WEFT_PENDING);
+    cr_assert_eq(wakes(&c), 1, "the task is woken to run again later");
+    cr_assert_eq(take(ch), -EAGAIN, "nothing was sent");
+    cx.budget = 1;
+    cr_assert_eq(weft_future_poll(&s.base, &cx), WEFT_READY);
+    cr_assert_eq(cx.budget, 0);
+    weft_future_drop(&s.base);
+    cr_assert_eq(take(ch), 4);
+    mpsc_close(ch);
+}
+
+/* ---- threads (the scenarios of stress_sync.c) ---------------------------------------- */
+
+Test(mpsc, threads_4x250k_through_64, .timeout = 20)
+{
+    int r = run_mpsc(250000, 64);
+    cr_assert_eq(r, 0, "%s", strerror(-r));
+}
+
+Test(mpsc, ping_pong_between_threads, .timeout = 20)
+{
+    int r = run_ping_pong(20000, false);
+    cr_assert_eq(r, 0, "%s", strerror(-r));
+}
+
+Test(mpsc, ping_pong_racing_a_spinning_echo, .timeout = 20)
+{
+    int r = run_ping_pong(50000, true);
+    cr_assert_eq(r, 0, "%s", strerror(-r));
+}
+
+Test(oneshot, answered_from_other_thread, .timeout = 20)
+{
+    int r = run_oneshot(50000);
+    cr_assert_eq(r, 0, "%s", strerror(-r));
+}
