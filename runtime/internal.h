@@ -98,8 +98,10 @@ struct weft__worker {
     struct queue run;              /* lock-free: owner pushes/pops, others steal */
     struct weft_task *lifo;        /* task woken by the running one; owner only */
     struct weft_runtime *rt;
+    struct weft_task *running;     /* the task being polled, or NULL */
+    bool self_woken;               /* `running` woke itself by ref during its poll */
     uint32_t index;
-    uint32_t tick;
+    uint32_t global_countdown;     /* polls left until the global queue goes first */
     uint32_t lifo_polls;
     uint32_t rand;                 /* xorshift state for victim choice */
     uint64_t next_id;

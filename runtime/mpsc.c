@@ -202,9 +202,7 @@ static bool take_first(struct weft_mpsc *ch, struct weft_waker *k)
     if (!w)
         return false;
     list_unlink(ch, w);
-    /* Release pairs with the acquire in send_poll, which then also knows the
-     * waiter is off the list. */
-    atomic_store_explicit(&w->notified, 1, memory_order_release);
+    w->notified = 1;
     *k = w->waker;
     w->waker = (struct weft_waker){ 0 };
     return true;
@@ -233,7 +231,7 @@ static bool waiter_enqueue(struct weft_mpsc *ch, struct weft__mpsc_waiter *w,
 {
     pthread_mutex_lock(&ch->lock);
     bool joined = !w->queued;
-    if (joined && atomic_load_explicit(&w->notified, memory_order_relaxed)) {
+    if (joined && w->notified) {
         w->prev = NULL;
         w->next = ch->first;
         *(ch->first ? &ch->first->prev : &ch->last) = w;
@@ -246,7 +244,7 @@ static bool waiter_enqueue(struct weft_mpsc *ch, struct weft__mpsc_waiter *w,
     }
     if (joined) {
         w->queued = 1;
-        atomic_store_explicit(&w->notified, 0, memory_order_relaxed); /* under the lock */
+        w->notified = 0;
         w->registered = 1;
         atomic_fetch_add(&ch->nwaiters, 1); /* seq_cst: the sender's store of handshake 2 */
     }
@@ -258,14 +256,23 @@ static bool waiter_enqueue(struct weft_mpsc *ch, struct weft__mpsc_waiter *w,
     return joined;
 }
 
+/* Whether a slot was freed for this waiter (it was taken off the list). */
+static bool waiter_notified(struct weft_mpsc *ch, struct weft__mpsc_waiter *w)
+{
+    pthread_mutex_lock(&ch->lock);
+    bool notified = w->notified;
+    pthread_mutex_unlock(&ch->lock);
+    return notified;
+}
+
 /* Leaves the list for good, passing on a turn it did not use (see the wait
  * list comment): when dropped, and when its push did not follow the turn. */
 static void waiter_leave(struct weft_mpsc *ch, struct weft__mpsc_waiter *w, bool took_turn)
 {
     if (took_turn) {
-        /* Off the list since take_first, which also took its waker: nobody
-         * else touches this waiter any more, so no lock is needed. */
-        atomic_store_explicit(&w->notified, 0, memory_order_relaxed);
+        /* Off the list since take_first, which also took its waker, and we
+         * saw that under the lock: nobody else touches this waiter now. */
+        w->notified = 0;
         w->registered = 0;
         return;
     }
@@ -274,9 +281,9 @@ static void waiter_leave(struct weft_mpsc *ch, struct weft__mpsc_waiter *w, bool
     pthread_mutex_lock(&ch->lock);
     if (w->queued)
         list_unlink(ch, w);
-    else if (atomic_load_explicit(&w->notified, memory_order_relaxed))
+    else if (w->notified)
         pass = take_first(ch, &k);
-    atomic_store_explicit(&w->notified, 0, memory_order_relaxed); /* under the lock */
+    w->notified = 0;
     w->registered = 0;
     pthread_mutex_unlock(&ch->lock);
     weft_waker_drop(&w->waker); /* off the list: nobody else reads it now */
@@ -405,13 +412,15 @@ static enum weft_poll send_poll(struct weft_future *f, struct weft_cx *cx)
         return WEFT_READY;
     if (!weft_coop_take(cx))
         return WEFT_PENDING;
-    /* Whether a slot was freed for us before this push: if the push then
-     * succeeds, it used that turn; a turn that came only after the push is
-     * passed on by waiter_leave. Acquire pairs with take_first's release. */
-    bool took_turn = s->waiter.registered &&
-                     atomic_load_explicit(&s->waiter.notified, memory_order_acquire);
+    /* Whether a slot was freed for us before this push (only a sender that
+     * waited asks): if the push then succeeds, it used that turn; a turn that
+     * came only after the push is passed on by waiter_leave. */
+    bool took_turn = s->waiter.registered && waiter_notified(ch, &s->waiter);
     int r = ring_push(ch, s->msg);
     if (r == -EAGAIN) {
+        /* Any turn we had went to another sender; we are (re)joining the list,
+         * so leaving it again takes the lock. */
+        took_turn = false;
         /* A newly joined waiter retries once: handshake 2. One already in the
          * list was counted all along, so the next freed slot wakes someone. */
         if (waiter_enqueue(ch, &s->waiter, cx->waker))

@@ -33,10 +33,10 @@ static uint32_t push_overflow(struct queue *q, void *item, uint32_t real, void *
     uint32_t half = capacity(q) / 2;
     uint64_t seen = pack(real, real);
 
-    /* acq_rel: the release half pairs with the acquire loads of head in steal
-     * and queue_len (they must then read a tail >= the new real). Nothing needs
-     * the acquire half, since the owner wrote these slots itself; it is kept
-     * so that every head CAS reads the same way. */
+    /* Release pairs with the acquire loads of head in steal_half and
+     * queue_len: they must then read a tail >= the new real. Nothing needs the
+     * acquire half, since the owner wrote these slots itself; it is there
+     * because every head CAS is acq_rel. */
     if (!atomic_compare_exchange_strong_explicit(&q->head, &seen, pack(real + half, real + half),
                                                  memory_order_acq_rel, memory_order_acquire))
         return 0;
@@ -86,6 +86,7 @@ void queue_push_batch(struct queue *q, void *const *items, uint32_t n)
     uint64_t head = atomic_load_explicit(&q->head, memory_order_acquire);
 
     assert(n <= capacity(q) - (tail - steal_of(head)));
+    (void)head; /* the load is for its ordering; only the assert reads the value */
     for (uint32_t i = 0; i < n; i++)
         q->buf[(tail + i) & q->mask] = items[i];
     /* Release pairs with the thieves' acquire load of tail, as in push. */
@@ -95,9 +96,9 @@ void queue_push_batch(struct queue *q, void *const *items, uint32_t n)
 void *queue_pop(struct queue *q)
 {
     uint32_t tail = atomic_load_explicit(&q->tail, memory_order_relaxed); /* owner only */
-    /* Acquire pairs with the thieves' release CASes, like every read of head.
-     * Pop itself does not depend on it: the slot it reads was written by the
-     * owner, and no thief can claim it once our CAS succeeds. */
+    /* Acquire, like every read of head, though pop does not depend on it: the
+     * slot it reads was written by the owner itself, and no thief can claim it
+     * once our CAS succeeds. */
     uint64_t head = atomic_load_explicit(&q->head, memory_order_acquire);
 
     for (;;) {
@@ -107,8 +108,9 @@ void *queue_pop(struct queue *q)
         /* With no thief copying, steal follows real; otherwise the thief's
          * final CAS brings steal up to the real we leave here. */
         uint64_t next = steal == real ? pack(real + 1, real + 1) : pack(steal, real + 1);
-        /* acq_rel: the release half pairs with the acquire loads of head in
-         * steal and queue_len (they must then read a tail > real). */
+        /* Release pairs with the acquire loads of head in steal_half and
+         * queue_len: they must then read a tail >= the new real. The acquire
+         * halves are not needed, for the same reason as above. */
         if (atomic_compare_exchange_weak_explicit(&q->head, &head, next,
                                                   memory_order_acq_rel, memory_order_acquire))
             return q->buf[real & q->mask];
@@ -118,7 +120,8 @@ void *queue_pop(struct queue *q)
 uint32_t queue_free_slots(const struct queue *q)
 {
     uint32_t tail = atomic_load_explicit(&q->tail, memory_order_relaxed); /* owner only */
-    /* Acquire, as in queue_push: the caller is about to fill these slots. */
+    /* Acquire, like every read of head; push_batch, which fills the slots,
+     * loads head again itself. */
     uint64_t head = atomic_load_explicit(&q->head, memory_order_acquire);
     return capacity(q) - (tail - steal_of(head));
 }
@@ -148,8 +151,10 @@ static uint32_t steal_half(struct queue *src, struct queue *dst, uint32_t dst_ta
             return 0;
         /* Claim by moving real alone. steal stays behind, so the owner will
          * not overwrite the slots we copy and other thieves stay out until our
-         * final CAS. acq_rel: the release half pairs with the acquire loads of
-         * head in other thieves and queue_len, as for pop. */
+         * final CAS. A failure reloads head with acquire, because the retry
+         * uses it like the load above. Of the success order only the release
+         * half is used, by queue_len (other thieves back off on seeing
+         * steal != real): it keeps the tail it reads >= real. */
         if (atomic_compare_exchange_weak_explicit(&src->head, &head, pack(steal, real + n),
                                                   memory_order_acq_rel, memory_order_acquire)) {
             first = real;
@@ -164,10 +169,13 @@ static uint32_t steal_half(struct queue *src, struct queue *dst, uint32_t dst_ta
         dst->buf[(dst_tail + i) & dst->mask] = src->buf[(first + i) & src->mask];
 
     /* Bring steal up to real, which the owner may have moved meanwhile by
-     * popping. Release pairs with the owner's acquire load of head before it
-     * writes a slot: our reads above happen before its overwrites. */
+     * popping. Release pairs with the acquire load of head that comes before
+     * every slot write of src's owner (push, push_batch, steal_into's dst):
+     * our reads above happen before its overwrites. Nothing needs the acquire
+     * half; it is there because every head CAS is acq_rel. */
     uint64_t cur = pack(first, first + n);
-    while (!atomic_compare_exchange_weak_explicit(&src->head, &cur, pack(real_of(cur), real_of(cur)),
+    while (!atomic_compare_exchange_weak_explicit(&src->head, &cur,
+                                                  pack(real_of(cur), real_of(cur)),
                                                   memory_order_acq_rel, memory_order_acquire))
         assert(steal_of(cur) == first);
     return n;

@@ -21,8 +21,11 @@
  *  - The owner writes a slot with a plain store, then publishes it with a
  *    release store of tail. A thief's acquire load of tail, before it reads
  *    slots, pairs with it, so the thief sees the item the owner wrote.
- *  - Every write to head is a CAS, acq_rel on success and acquire on failure,
- *    so each one continues the release sequence of the ones before it.
+ *  - Every write to head is a CAS, acq_rel on success and acquire on failure
+ *    (a failed CAS hands back a fresh head that the caller then uses like an
+ *    acquire load). Being read-modify-writes, they continue one another's
+ *    release sequences, so an acquire load of head synchronizes with every
+ *    release CAS before the value it reads, not only the last one.
  *  - A thief ends its copy with a release CAS that sets steal = real. The
  *    owner's acquire load of head, before it writes a slot (push, push_batch,
  *    and as the `dst` of a steal), pairs with it, so a slot is overwritten only
@@ -33,6 +36,8 @@
  *    and tail - real cannot wrap around to a huge count.
  *  - The owner reads tail relaxed: it is the only writer, so it sees its own
  *    last store.
+ *  tests/relacy_queue.cpp models this algorithm with these orderings; each of
+ *  the orderings above, weakened to relaxed there, makes the model fail.
  *
  * Why every item is taken exactly once. Position p is taken by whoever moves
  * real past p with a successful CAS on the whole of head: a pop (one item), an

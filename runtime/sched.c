@@ -177,7 +177,8 @@ void weft__schedule(struct weft_task *t, bool yield)
 static struct weft_task *next_local(struct weft__worker *w)
 {
     struct weft_runtime *rt = w->rt;
-    if (++w->tick % rt->global_interval == 0) {
+    if (--w->global_countdown == 0) {
+        w->global_countdown = rt->global_interval;
         struct weft_task *t = inject_pop(w, 1);
         if (t)
             return t;
@@ -265,6 +266,7 @@ void *weft__worker_main(void *arg)
     struct weft__worker *w = arg;
     struct weft_runtime *rt = w->rt;
     weft__current = w;
+    w->global_countdown = rt->global_interval;
     /* Acquire pairs with the release store in weft_runtime_destroy. */
     while (!atomic_load_explicit(&rt->shutdown, memory_order_acquire)) {
         struct weft_task *t = next_local(w);

@@ -103,10 +103,13 @@ static enum run_start transition_to_running(struct weft_task *t)
     }
 }
 
-/* After a PENDING poll. Returns true when the task was woken during the poll:
- * the poller's reference then becomes the queue's. */
-static bool transition_to_idle(struct weft_task *t, bool *cancelled)
+/* After a PENDING poll. Returns true when the task was woken during the poll
+ * (by another thread, or by itself: `self_woken`): the poller's reference then
+ * becomes the queue's. */
+static bool transition_to_idle(struct weft_task *t, bool self_woken, bool *cancelled)
 {
+    /* A self-wake is the NOTIFIED that waker_wake_by_ref skipped setting. */
+    const uint64_t self = self_woken ? TASK_NOTIFIED : 0;
     uint64_t s = atomic_load_explicit(&t->state, memory_order_relaxed);
     for (;;) {
         assert(s & TASK_RUNNING);
@@ -114,14 +117,15 @@ static bool transition_to_idle(struct weft_task *t, bool *cancelled)
             *cancelled = true;
             return false;
         }
-        uint64_t next = s & ~TASK_RUNNING;
-        if (!(s & TASK_NOTIFIED))
+        bool notified = (s | self) & TASK_NOTIFIED;
+        uint64_t next = (s | self) & ~TASK_RUNNING;
+        if (!notified)
             next -= TASK_REF_ONE;
         /* Release: the next poller (after a wake) sees what this poll wrote. */
         if (atomic_compare_exchange_weak_explicit(&t->state, &s, next, memory_order_acq_rel,
                                                   memory_order_relaxed)) {
             assert(refs(next) > 0); /* the owned list still holds one */
-            return s & TASK_NOTIFIED;
+            return notified;
         }
     }
 }
@@ -140,12 +144,16 @@ void weft__task_run(struct weft_task *t, struct weft__worker *w)
     }
     struct weft_waker waker = { t, &task_waker_ops };
     struct weft_cx cx = { &waker, w, WEFT_COOP_BUDGET };
-    if (weft_future_poll(task_future(t), &cx) == WEFT_READY) {
+    w->running = t;
+    w->self_woken = false;
+    enum weft_poll r = weft_future_poll(task_future(t), &cx);
+    w->running = NULL;
+    if (r == WEFT_READY) {
         complete(t, 0);
         return;
     }
     bool cancelled = false;
-    if (transition_to_idle(t, &cancelled))
+    if (transition_to_idle(t, w->self_woken, &cancelled))
         weft__schedule(t, true);
     else if (cancelled)
         complete(t, -ECANCELED);
@@ -220,6 +228,14 @@ static void waker_wake(const void *data)
 static void waker_wake_by_ref(const void *data)
 {
     struct weft_task *t = (struct weft_task *)data;
+    /* A task waking itself during its own poll (a yield, a spent budget): its
+     * state is RUNNING, so the wake would only set NOTIFIED. Note it on the
+     * worker instead; transition_to_idle folds it into its one CAS. */
+    struct weft__worker *w = weft__current;
+    if (w && w->running == t) {
+        w->self_woken = true;
+        return;
+    }
     if (transition_to_notified(t, true))
         weft__schedule(t, false);
 }

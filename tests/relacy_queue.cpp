@@ -1,13 +1,17 @@
 // tests/relacy_queue.cpp: a Relacy model of the worker run queue (runtime/queue.c).
 //
-// The functions below transcribe queue.c line for line, with the same memory
-// orderings, onto Relacy's atomics; the slots and the items' payload are
-// rl::var, so Relacy reports any read or write of them that is not ordered by
-// happens-before as a data race. One owner pushes ITEMS items into a queue of
-// capacity 4 (so it overflows), popping now and then; one or two thieves steal
-// into queues of their own, from the owner and from each other, and pop from
-// them. At the end every item must have been taken exactly once with its
-// payload intact. Random scheduler; usage: relacy_queue [ITERATIONS].
+// The functions below transcribe queue.c function for function, with the
+// same memory orderings, onto Relacy's atomics; the slots and the items'
+// payload are rl::var, so Relacy reports any read or write of them that is not
+// ordered by happens-before as a data race. One owner pushes ITEMS items into a
+// queue of capacity 4 (so it overflows), popping now and then; one or two
+// thieves steal into queues of their own, from the owner and from each other,
+// and pop from them. At the end every item must have been taken exactly once
+// with its payload intact. Random scheduler; usage: relacy_queue [ITERATIONS].
+//
+// Relacy lets a load return only one of the last three values of an atomic,
+// so the scripts in thread() are shaped to make the stale values that matter
+// reachable; each shape is explained where it is made.
 //
 // Building with -DMUTANT=n weakens one ordering to relaxed (or, for 9 and 10,
 // breaks one rule) so the model can be seen to catch it; the run must fail.
@@ -15,6 +19,7 @@
 //   3 steal: final CAS             4 steal: src tail load
 //   5 steal_into: dst tail store   6 steal_into: dst head load
 //   7 pop: CAS                     8 push: overflow CAS
+//  11 steal: src head load        12 steal: claim CAS
 //   9 push counts fullness from real instead of steal
 //  10 steal does not back off while another thief copies
 #include <cstdint>
@@ -44,7 +49,7 @@ static rl::memory_order fail_of(rl::memory_order mo)
 struct queue {
     rl::atomic<uint64_t> head;
     rl::atomic<uint32_t> tail;
-    rl::var<int> buf[CAP];          // items are 1..ITEMS; 0 means none
+    rl::var<int> buf[CAP];          // items are numbered from 1; 0 means none
 };
 
 static void init(queue &q, uint32_t pos)
@@ -107,7 +112,7 @@ static int pop(queue &q)
 
 static uint32_t steal_half(queue &src, queue &dst, uint32_t dst_tail, uint32_t room)
 {
-    uint64_t head = src.head.load(rl::mo_acquire, $);
+    uint64_t head = src.head.load(MO(11, rl::mo_acquire), $);
     uint32_t first, n;
     for (;;) {
         uint32_t steal = steal_of(head), real = real_of(head);
@@ -120,12 +125,13 @@ static uint32_t steal_half(queue &src, queue &dst, uint32_t dst_tail, uint32_t r
             n = room;
         if (n == 0)
             return 0;
-        if (src.head.compare_exchange_weak(head, pack(steal, real + n),
-                                           rl::mo_acq_rel, $, rl::mo_acquire, $)) {
+        rl::memory_order mo = MO(12, rl::mo_acq_rel);
+        if (src.head.compare_exchange_weak(head, pack(steal, real + n), mo, $, fail_of(mo), $)) {
             first = real;
             break;
         }
     }
+    RL_ASSERT(n <= HALF);
     for (uint32_t i = 0; i < n; i++)
         dst.buf[(dst_tail + i) % CAP]($) = int(src.buf[(first + i) % CAP]($));
 

@@ -1,13 +1,14 @@
 /* tests/stress_queue.c: one owner and two thieves hammer the worker run queue.
  *
  * A plain program rather than a Criterion test so that it runs under
- * ThreadSanitizer (which cannot start Criterion). Usage: stress_queue [ITEMS].
+ * ThreadSanitizer (which cannot start Criterion).
+ *   stress_queue [small | full | N]   N items per run (small: 2M, for the
+ *                                     sanitizer builds; full and default: 10M)
  * Each of two runs, with queue capacities 256 and 16 (the small one overflows
- * constantly), moves ITEMS items (default 10M) from the owner through the
- * queues and a mutex-protected global queue, the way a runtime's workers do,
- * then checks that every item was consumed exactly once with its payload
- * intact. Prints one line per run and exits 0 only if both pass. */
-#define _GNU_SOURCE
+ * constantly), moves that many items from the owner through the queues and a
+ * mutex-protected global queue, the way a runtime's workers do, then checks
+ * that every item was consumed exactly once with its payload intact. Prints
+ * one line per run and exits 0 only if both pass. */
 #include <inttypes.h>
 #include <pthread.h>
 #include <sched.h>
@@ -15,6 +16,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include "../runtime/queue.h"
@@ -32,7 +34,8 @@ struct worker {
     void **slots;
     pthread_t thread;
     unsigned idx;
-    uint64_t steals, overflows, global_takes;   /* private to the worker */
+    uint64_t steals, global_takes;   /* counters private to the worker */
+    uint64_t overflows, lone_overflows;  /* lone: only the item, during a steal */
 };
 
 static struct {
@@ -99,14 +102,17 @@ static uint32_t next_rand(uint32_t *s)
 }
 
 /* What every worker does once there is nothing left to produce: its own
- * queue first, then a steal from a random other worker, then the global
- * queue, until every item has been consumed. */
+ * queue first, then steals from the other workers, then the global queue,
+ * until every item has been consumed. */
 static void run_worker(struct worker *w, uint32_t seed)
 {
     while (atomic_load_explicit(&st.done, memory_order_relaxed) < st.items_n) {
         void *it = queue_pop(&w->q);
-        if (it == NULL) {
-            unsigned victim = (w->idx + 1 + next_rand(&seed) % (WORKERS - 1)) % WORKERS;
+        /* Every other worker is tried before the global queue, starting at
+         * a random one, so that steals race the owner's pushes and pops. */
+        unsigned start = next_rand(&seed);
+        for (unsigned k = 0; it == NULL && k < WORKERS - 1; k++) {
+            unsigned victim = (w->idx + 1 + (start + k) % (WORKERS - 1)) % WORKERS;
             it = queue_steal_into(&st.w[victim].q, &w->q);
             w->steals += it != NULL;
         }
@@ -134,10 +140,12 @@ static void *owner_main(void *arg)
         uint32_t n = queue_push(&w->q, &st.items[i], ovf);
         if (n != 0) {
             w->overflows++;
+            w->lone_overflows += n == 1;
             global_push(ovf, n);
         }
-        /* Pop about one item in three, in bursts, so the queue both fills
-         * (overflow) and drains (pops racing steals for the last items). */
+        /* Pop about one item for every two pushed, in bursts of up to three,
+         * so the queue both fills (overflow) and drains (pops racing steals
+         * for the last items). */
         uint32_t r = next_rand(&seed);
         for (uint32_t k = r % 3 == 0 ? r % 4 : 0; k > 0; k--) {
             void *it = queue_pop(&w->q);
@@ -217,10 +225,10 @@ static int run(uint32_t items_n, uint32_t cap)
     rc |= errors != 0 || missing != 0 || dup != 0 || done != items_n || st.ghead != NULL;
 
     printf("stress_queue: %s cap=%" PRIu32 " items=%" PRIu32 " secs=%.2f steals=%" PRIu64
-           " overflows=%" PRIu64 " global_takes=%" PRIu64 " missing=%" PRIu32 " dup=%" PRIu32
-           " bad=%" PRIu32 "\n",
-           rc ? "FAIL" : "ok", cap, items_n, secs, steals, st.w[0].overflows, takes, missing,
-           dup, errors);
+           " overflows=%" PRIu64 " lone=%" PRIu64 " global_takes=%" PRIu64
+           " missing=%" PRIu32 " dup=%" PRIu32 " bad=%" PRIu32 "\n",
+           rc ? "FAIL" : "ok", cap, items_n, secs, steals, st.w[0].overflows,
+           st.w[0].lone_overflows, takes, missing, dup, errors);
 
     for (unsigned i = 0; i < WORKERS; i++)
         free(st.w[i].slots);
@@ -232,9 +240,14 @@ static int run(uint32_t items_n, uint32_t cap)
 int main(int argc, char **argv)
 {
     uint32_t items_n = 10u * 1000 * 1000;
+    char *end = "";
 
-    if (argc > 2 || (argc == 2 && (items_n = (uint32_t)strtoul(argv[1], NULL, 10)) == 0)) {
-        fprintf(stderr, "usage: stress_queue [ITEMS]   (ITEMS > 0, default 10000000)\n");
+    if (argc == 2 && strcmp(argv[1], "small") == 0)
+        items_n = 2u * 1000 * 1000;
+    else if (argc == 2 && strcmp(argv[1], "full") != 0)
+        items_n = (uint32_t)strtoul(argv[1], &end, 10);
+    if (argc > 2 || items_n == 0 || *end != '\0') {
+        fprintf(stderr, "usage: stress_queue [small | full | items-per-run]\n");
         return 2;
     }
     st.items = malloc((size_t)items_n * sizeof *st.items);

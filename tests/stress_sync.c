@@ -282,9 +282,12 @@ static int echo_move(struct echo_arg *e, bool in, uint64_t *v)
 {
     int r;
     if (e->spin) {
-        while ((r = in ? weft_mpsc_try_recv(e->ping, v) : weft_mpsc_try_send(e->pong, v)) == -EAGAIN)
+        for (unsigned n = 1; (r = in ? weft_mpsc_try_recv(e->ping, v) : weft_mpsc_try_send(e->pong, v)) == -EAGAIN; n++) {
             if (atomic_load_explicit(&aborted, memory_order_relaxed))
                 return -ETIMEDOUT;
+            if (n % 256 == 0)
+                sched_yield(); /* let a starved driver run on a busy machine */
+        }
         return r;
     }
     struct weft_mpsc_recv rv;

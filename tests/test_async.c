@@ -437,6 +437,66 @@ Test(async, join_all_bad_input, .timeout = 30)
         cr_assert_eq(kids[i].polls, 0, "a failed join-all polled a child");
 }
 
+/* ---- awaiting join handles inside a task ------------------------------------------------ */
+
+/* Pending forever without a wake: finishes only by abort. */
+static enum weft_poll never_poll(struct weft_future *f, struct weft_cx *cx)
+{
+    (void)f, (void)cx;
+    return WEFT_PENDING;
+}
+
+static const struct weft_future_ops never_ops = { never_poll, leaf_drop };
+
+struct awaiter {
+    struct weft_future base;
+    struct weft_join ok, aborted;
+    int32_t res_ok, res_aborted, out;
+};
+
+/* Spawns two children from its own worker and awaits their handles: one
+ * finishes (its output is read), the other is aborted. */
+static enum weft_poll awaiter_poll(struct weft_future *f, struct weft_cx *cx)
+{
+    struct awaiter *s = (struct awaiter *)f;
+    WEFT_ASYNC_BEGIN(f);
+    struct leaf child;
+    leaf_init(&child, 3, 77, 5);
+    if (weft_spawn(weft_runtime_current(), &child.base, sizeof child, &s->ok) != 0)
+        WEFT_RETURN(f);
+    WEFT_AWAIT(f, cx, &s->ok);
+    s->res_ok = s->ok.res;
+    s->out = ((struct leaf *)weft_join_output(&s->ok))->out;
+    weft_future_drop(&s->ok.base);
+    struct leaf stuck = { { &never_ops, 0 }, 0, 0, 0, 0, 6 };
+    if (weft_spawn(weft_runtime_current(), &stuck.base, sizeof stuck, &s->aborted) != 0)
+        WEFT_RETURN(f);
+    weft_join_abort(&s->aborted);
+    WEFT_AWAIT(f, cx, &s->aborted);
+    s->res_aborted = s->aborted.res;
+    WEFT_ASYNC_END(f);
+}
+
+static void awaiter_drop(struct weft_future *f)
+{
+    weft_future_drop(&((struct awaiter *)f)->ok.base);
+    weft_future_drop(&((struct awaiter *)f)->aborted.base);
+}
+
+static const struct weft_future_ops awaiter_ops = { awaiter_poll, awaiter_drop };
+
+Test(async, await_join_handles_in_task, .timeout = 30)
+{
+    struct awaiter s = { .base = { &awaiter_ops, 0 }, .res_ok = 1, .res_aborted = 1 }, out;
+
+    run_spawned(&s.base, sizeof s, &out);
+    cr_assert_eq(out.res_ok, 0);
+    cr_assert_eq(out.out, 77);
+    cr_assert_eq(out.res_aborted, -ECANCELED);
+    cr_assert_eq(atomic_load(&leaf_drops[5]), 1);
+    cr_assert_eq(atomic_load(&leaf_drops[6]), 1, "the aborted child is dropped");
+}
+
 /* ---- yield_now ---------------------------------------------------------------------------- */
 
 Test(async, yield_now_by_hand, .timeout = 30)

@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -247,6 +248,33 @@ Test(config, out_of_memory_at_each_allocation, .timeout = 30)
     }
     cr_assert_eq(rc, 0);
     cr_assert_gt(k, 3, "create made fewer allocations than expected (%ld)", k);
+}
+
+/* A worker thread that cannot be created (address space limited to ~20 MiB
+ * more than in use, for 64 stacks): the error comes back, the workers already
+ * started are stopped, and everything is freed. */
+Test(config, thread_creation_failure, .timeout = 30)
+{
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+    cr_skip_test("a sanitizer's shadow memory does not fit under RLIMIT_AS");
+#else
+    struct weft_runtime_config cfg = config(64);
+    struct counting_alloc ca;
+    struct weft_runtime *rt = SENTINEL;
+    long pages = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+
+    cr_assert(f && fscanf(f, "%ld", &pages) == 1);
+    fclose(f);
+    struct rlimit rl = { (rlim_t)pages * (rlim_t)sysconf(_SC_PAGESIZE) + (20u << 20), RLIM_INFINITY };
+    cr_assert_eq(setrlimit(RLIMIT_AS, &rl), 0);
+    counting_init(&ca, -1);
+    cfg.allocator = &ca.a;
+    int rc = weft_runtime_create(&rt, &cfg);
+    cr_assert(rc == -EAGAIN || rc == -ENOMEM, "got %d", rc);
+    cr_assert_eq(rt, SENTINEL);
+    assert_balanced(&ca);
+#endif
 }
 
 /* ---- what a created runtime looks like ------------------------------------------------- */

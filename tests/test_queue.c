@@ -1,5 +1,4 @@
 /* tests/test_queue.c: the worker run queue (runtime/queue.c). */
-#define _GNU_SOURCE
 #include <criterion/criterion.h>
 
 #include <errno.h>
@@ -262,7 +261,8 @@ static uint32_t checksum(uint32_t id) { return id * 2654435761u ^ 0x5bd1e995u; }
 static void consume(void *p)
 {
     struct item *it = p;
-    if (it->check != checksum(it->id) || it->id >= MT_ITEMS || atomic_fetch_add(&mt.seen[it->id], 1) != 0)
+    if (it->check != checksum(it->id) || it->id >= MT_ITEMS ||
+        atomic_fetch_add(&mt.seen[it->id], 1) != 0)
         atomic_fetch_add(&mt.errors, 1);
     atomic_fetch_add(&mt.done, 1);
 }
@@ -304,9 +304,11 @@ static void run_worker(struct worker *w, uint32_t seed)
 {
     while (atomic_load(&mt.done) < MT_ITEMS) {
         void *it = queue_pop(&w->q);
-        if (it == NULL) {
-            seed = seed * 1103515245u + 12345u;
-            unsigned victim = (w->idx + 1 + (seed >> 16) % (MT_WORKERS - 1)) % MT_WORKERS;
+        /* Every other worker is tried before the global queue, starting at
+         * a random one, so that steals race the owner's pushes and pops. */
+        seed = seed * 1103515245u + 12345u;
+        for (unsigned k = 0; it == NULL && k < MT_WORKERS - 1; k++) {
+            unsigned victim = (w->idx + 1 + ((seed >> 16) + k) % (MT_WORKERS - 1)) % MT_WORKERS;
             it = queue_steal_into(&mt.w[victim].q, &w->q);
         }
         if (it == NULL)

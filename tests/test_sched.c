@@ -184,6 +184,15 @@ static int32_t join_and_drop(struct weft_runtime *rt, struct weft_join *j)
     return res;
 }
 
+/* Publishes a clone of the task's waker in *slot (once), then sets *set. */
+static void keep_waker(struct weft_waker *slot, _Atomic int *set, struct weft_cx *cx)
+{
+    if (!atomic_load(set)) {
+        *slot = weft_waker_clone(cx->waker);
+        atomic_store(set, 1);
+    }
+}
+
 static enum weft_poll body_mark(struct tf *t, struct weft_cx *cx)
 {
     (void)cx;
@@ -271,10 +280,7 @@ static enum weft_poll body_pingpong(struct tf *t, struct weft_cx *cx)
 {
     struct pingpong *pp = t->arg;
     uint32_t me = t->idx, peer = 1 - me;
-    if (t->polls == 1) {
-        pp->w[me] = weft_waker_clone(cx->waker);
-        atomic_store(&pp->set[me], 1);
-    }
+    keep_waker(&pp->w[me], &pp->set[me], cx);
     if (me == 0 && t->polls == 10)
         CHECK(spawn_tf(pp->rt, body_third, NULL, pp, 2, NULL) == 0);
     if (!atomic_load(&pp->third_ran))
@@ -357,10 +363,7 @@ struct counter {
 static enum weft_poll body_consume(struct tf *t, struct weft_cx *cx)
 {
     struct counter *c = t->arg;
-    if (t->polls == 1) {
-        c->w = weft_waker_clone(cx->waker);
-        atomic_store(&c->w_set, 1);
-    }
+    keep_waker(&c->w, &c->w_set, cx);
     return atomic_load(&c->produced) == c->total ? WEFT_READY : WEFT_PENDING;
 }
 
@@ -426,6 +429,45 @@ Test(sched, foreign_thread_spawns_run_once, .timeout = 30)
     for (uint32_t i = 0; i < THREADS * PER; i++)
         cr_assert_eq(atomic_load(&ran[i]), 1, "task %u ran %u times", i, atomic_load(&ran[i]));
     assert_each_dropped_once(THREADS * PER);
+}
+
+/* Task 0 sleeps on runtime b; task 1, on runtime a, spawns task 2 onto b and
+ * wakes task 0: both must run on b's worker, not a's. */
+struct cross {
+    struct weft_runtime *a, *b;
+    struct weft_runtime *_Atomic where[3];
+    struct weft_waker w;
+    _Atomic int w_set, go;
+};
+
+static enum weft_poll body_cross(struct tf *t, struct weft_cx *cx)
+{
+    struct cross *x = t->arg;
+    atomic_store(&x->where[t->idx], weft_runtime_current());
+    if (t->idx == 0) {
+        keep_waker(&x->w, &x->w_set, cx);
+    } else if (t->idx == 1) {
+        CHECK(spawn_tf(x->b, body_cross, NULL, x, 2, NULL) == 0);
+        atomic_store(&x->go, 1);
+        weft_waker_wake(&x->w);
+    }
+    return t->idx != 0 || atomic_load(&x->go) ? WEFT_READY : WEFT_PENDING;
+}
+
+Test(sched, spawn_and_wake_across_runtimes, .timeout = 30)
+{
+    struct cross x = { .a = start_rt(2, NULL), .b = start_rt(1, NULL) };
+
+    cr_assert_eq(spawn_tf(x.b, body_cross, NULL, &x, 0, NULL), 0);
+    WAIT_UNTIL(atomic_load(&x.w_set));
+    cr_assert_eq(spawn_tf(x.a, body_cross, NULL, &x, 1, NULL), 0);
+    WAIT_UNTIL(atomic_load(&finished) == 3);
+    cr_assert_eq(atomic_load(&x.where[0]), x.b);
+    cr_assert_eq(atomic_load(&x.where[1]), x.a);
+    cr_assert_eq(atomic_load(&x.where[2]), x.b, "spawned onto b but ran on a's worker");
+    weft_runtime_destroy(x.a);
+    weft_runtime_destroy(x.b);
+    assert_each_dropped_once(3);
 }
 
 /* ---- shutdown ------------------------------------------------------------------------------ */
@@ -613,10 +655,7 @@ static void *race_waker(void *arg)
 static enum weft_poll body_keep_waker(struct tf *t, struct weft_cx *cx)
 {
     struct race *r = t->arg;
-    if (!atomic_load(&r->w_set)) {
-        r->w = weft_waker_clone(cx->waker);
-        atomic_store(&r->w_set, 1);
-    }
+    keep_waker(&r->w, &r->w_set, cx);
     return WEFT_PENDING;
 }
 

@@ -474,7 +474,7 @@ Test(mpsc, ping_pong_between_threads, .timeout = 20)
 
 Test(mpsc, ping_pong_racing_a_spinning_echo, .timeout = 20)
 {
-    int r = run_ping_pong(50000, true);
+    int r = run_ping_pong(20000, true);
     cr_assert_eq(r, 0, "%s", strerror(-r));
 }
 

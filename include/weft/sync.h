@@ -14,7 +14,7 @@
  *  4. Sending works from any thread, inside a runtime or not: a foreign thread
  *     uses the try_ call, or awaits a send future under weft_block_on.
  *  5. A future dropped while pending unregisters its waker; nothing points at
- *     it afterwards.
+ *     it afterwards (a wake already under way may still reach its task once).
  *  6. The futures count against the cooperative budget (WEFT_COOP_BUDGET) when
  *     they complete, as Tokio's do, so a task that finds its channel always
  *     ready still lets the others run.
@@ -72,8 +72,9 @@ void weft_oneshot_recv_init(struct weft_oneshot_recv *r, struct weft_oneshot *ch
  * (weft_mpsc_sender_clone / _drop); the receiver is one handle, used by one
  * thread or task at a time (its try_recv and receive futures never run
  * concurrently). The state is one malloc'd block, freed when the last sender
- * and the receiver are both released. Neither try call nor the fast path of a
- * future takes a lock or allocates. */
+ * and the receiver are both released. Nothing allocates after create, and
+ * the only lock is taken on the slow path: by a sender that must wait for
+ * room, and by the receiver when it frees a slot while a sender waits. */
 
 struct weft_mpsc;
 
@@ -96,14 +97,14 @@ int weft_mpsc_try_send(struct weft_mpsc *ch, const void *msg);
 int weft_mpsc_try_recv(struct weft_mpsc *ch, void *out);
 
 /* Private: a pending send future's place in the channel's list of senders
- * waiting for room. The channel's lock guards the fields; `notified` is also
- * read without it by the owning future, and `registered` is the owner's own. */
+ * waiting for room. The channel's lock guards every field but `registered`,
+ * which is the owning future's own. */
 struct weft__mpsc_waiter {
     struct weft__mpsc_waiter *prev, *next;
     struct weft_waker waker;
-    uint8_t queued;            /* in the list */
-    _Atomic uint8_t notified;  /* taken off the list and woken: a slot was freed for it */
-    uint8_t registered;        /* the future joined the list and has not left yet */
+    uint8_t queued;     /* in the list */
+    uint8_t notified;   /* taken off the list and woken: a slot was freed for it */
+    uint8_t registered; /* the future joined the list and has not left yet */
 };
 
 /* Awaits room and queues a copy of *msg. Ready with res 0 or -EPIPE (the
