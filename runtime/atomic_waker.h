@@ -16,8 +16,9 @@
  *     side makes its condition true with a seq_cst store or RMW and then calls
  *     awaker_wake; the registrar calls awaker_register and then checks the
  *     condition with a seq_cst load, returning PENDING only if it is false.
- *     Every access to `state` is seq_cst, so all of these sit in one total
- *     order S. If the waker's load of state comes before the registrar's arming
+ *     Every access to `state` but the release store that ends a wake is
+ *     seq_cst, so all of these sit in one total order S (awaker_wake says why
+ *     that one store need not be). If the waker's load of state comes before the registrar's arming
  *     store in S, the condition store comes before the registrar's check in S
  *     and the check sees it. Otherwise the waker's load sees the arming store
  *     and wakes the task, or a later state: WAKING or IDLE left by another
@@ -83,7 +84,7 @@ static inline void awaker_fini(struct awaker *aw)
  * its condition with a seq_cst load (contract 3). */
 static inline void awaker_register(struct awaker *aw, const struct weft_waker *w)
 {
-    /* Seq_cst, as every access to state, for the Dekker pairing of contract 3.
+    /* Seq_cst for the Dekker pairing of contract 3.
      * It is also at least acquire: when it reads the IDLE stored at the end of
      * a wake, that waker's read of the slot happened before we rewrite it. */
     uint32_t s = atomic_load(&aw->state);
@@ -130,9 +131,14 @@ static inline void awaker_wake(struct awaker *aw)
     if (!atomic_compare_exchange_strong(&aw->state, &s, AWAKER_WAKING))
         return;
     struct weft_waker w = aw->waker; /* ours now; the slot's copy goes stale */
-    /* Release half pairs with the registrar's load of IDLE: our read of the
-     * slot is over before it is rewritten. */
-    atomic_store(&aw->state, AWAKER_IDLE);
+    /* Release pairs with the registrar's load of IDLE: our read of the slot is
+     * over before it is rewritten. It need not be seq_cst (a plain mov, not an
+     * xchg, on x86): a waker whose seq_cst load reads this IDLE comes before
+     * the registrar's next arming store in S, because this store happens
+     * before that one, and a seq_cst load cannot read a store that happens
+     * before the last seq_cst store preceding it in S ([atomics.order]).
+     * tests/relacy_sync.cpp models it this way. */
+    atomic_store_explicit(&aw->state, AWAKER_IDLE, memory_order_release);
     weft_waker_wake(&w);
 }
 

@@ -17,7 +17,8 @@
 
 /* ---- tasks (task.c) --------------------------------------------------------
  * The state word packs the flags below and, from bit 6 up, the reference
- * count. References are held by: the owned list (until the task finishes), the
+ * count. References are held by: the task being unfinished (one, released at
+ * completion), the
  * one queue entry or poller of a notified task, the join handle, and every
  * waker. The transitions are Tokio's (tokio/src/runtime/task/state.rs), written
  * anew; docs/design.md walks through them. */
@@ -39,6 +40,7 @@ struct weft_task {
     uint64_t id;
     uint32_t alloc_size;
     uint16_t shard;                  /* owned-list shard */
+    uint8_t owned;                   /* on the owned list; changed only under RUNNING */
     int32_t result;                  /* 0 or -ECANCELED; published by COMPLETE */
     alignas(max_align_t) unsigned char future[];
 };
@@ -50,12 +52,17 @@ static inline struct weft_future *task_future(struct weft_task *t)
 
 /* Polls a notified task taken from a queue (consumes that reference). */
 void weft__task_run(struct weft_task *t, struct weft__worker *w);
-/* Releases a queue's reference to a task that will never run (shutdown). */
-void weft__task_release(struct weft_task *t);
-/* Cancels an idle task at shutdown: drops its future, completes it. */
+/* A queued task that will never run (shutdown): cancels it unless it
+ * finished, and releases the queue's reference. */
+void weft__task_drop_notified(struct weft_task *t);
+/* Cancels a task at shutdown unless it finished: drops its future, completes
+ * it. Idempotent. */
 void weft__task_shutdown(struct weft_task *t);
 
-/* ---- owned list (runtime.c): every unfinished task, for shutdown ---------- */
+/* ---- owned list (runtime.c): every task that may sit idle, for shutdown -----
+ * A task joins it the first time its poll returns PENDING (a task that
+ * finishes in its first poll never does: no lock on the spawn-and-run path)
+ * and leaves it when it completes. Queued tasks are found through the queues. */
 /* Padded (not aligned: the allocator hook promises only malloc's alignment)
  * so that two shards never share a cache line. */
 struct owned_shard {
@@ -64,7 +71,7 @@ struct owned_shard {
     char pad[CACHE_LINE - sizeof(atomic_flag) - sizeof(struct weft_task *)];
 };
 
-/* Adds a new task; returns -ESHUTDOWN once the runtime closed the list. */
+/* Adds a running task; returns -ESHUTDOWN once the runtime closed the list. */
 int weft__owned_insert(struct weft_runtime *rt, struct weft_task *t, uint32_t shard);
 void weft__owned_remove(struct weft_runtime *rt, struct weft_task *t);
 
@@ -105,6 +112,7 @@ struct weft__worker {
     uint32_t lifo_polls;
     uint32_t rand;                 /* xorshift state for victim choice */
     uint64_t next_id;
+    int64_t live_delta;            /* task allocations - frees on this worker */
     bool searching;
     pthread_t thread;
     void **overflow;               /* room for half the queue + 1 */
@@ -118,14 +126,13 @@ struct weft_runtime {
     uint32_t nworkers;
     uint32_t global_interval;
     uint32_t queue_size;
-    uint32_t nshards;
     struct weft__worker *workers;
     struct owned_shard *shards;
     _Atomic bool owned_closed;
     _Atomic bool shutdown;
     /* The padding keeps the contended words on lines of their own. */
     char pad1[CACHE_LINE];
-    _Atomic uint64_t live;         /* 1 for the runtime + 1 per task allocation */
+    _Atomic int64_t live;          /* LIVE_BIAS + foreign allocations - frees (runtime.c) */
     _Atomic uint64_t foreign_ids;
     char pad2[CACHE_LINE];
     struct inject inject;
@@ -140,8 +147,9 @@ extern _Thread_local struct weft__worker *weft__current;
 void weft__schedule(struct weft_task *t, bool yield);
 /* Worker thread entry point. */
 void *weft__worker_main(void *arg);
-/* Drops the runtime's or a task's share of the runtime memory. */
-void weft__runtime_release(struct weft_runtime *rt);
+/* Counts a task allocation / free for the runtime's lifetime (runtime.c). */
+void weft__runtime_task_alloc(struct weft_runtime *rt);
+void weft__runtime_task_free(struct weft_runtime *rt);
 
 void weft__inject_push_batch(struct weft_runtime *rt, void **items, uint32_t n);
 void weft__inject_close_and_drain(struct weft_runtime *rt);

@@ -2,65 +2,58 @@
  *
  * Contract. Any number of senders on any threads call ring_push (try_send,
  * send futures); one receiver at a time calls ring_pop (try_recv, receive
- * futures). Neither takes a lock or allocates when the channel is neither full
- * (for a sender) nor empty (for the receiver). A receiver that finds the ring
- * empty waits in `rx`, an awaker (atomic_waker.h); a sender that finds it full
+ * futures). Neither locks nor allocates. A receiver that finds the ring empty
+ * waits in `rx`, an awaker (atomic_waker.h); a sender that finds it full
  * waits in a mutex-protected list, counted by `nwaiters`.
  *
- * The ring (Vyukov's bounded queue, with crossbeam's lap encoding so that the
- * capacity need not be a power of two). A position is lap * one_lap + index,
- * index < cap; after index cap - 1 the next position is index 0 of the next
- * lap. one_lap = 2 * mark, where mark, the smallest power of two above cap, is
- * the bit of `tail` that says the receiver is gone. Slot i holds a stamp:
- *   stamp == pos        the slot is free for a sender at position pos;
- *   stamp == pos + 1    the message for position pos is in it;
- *   then pos + one_lap  once the receiver took it: free for the next lap.
- * A sender claims position tail by CAS on tail when the slot's stamp equals
- * tail, copies the message in, and publishes it by storing tail + 1. A stamp
- * behind tail means the slot still holds (or is about to hold) the message of
- * the previous lap: the ring is full. A stamp ahead of tail means our tail was
- * stale: reload it. The receiver alone owns `head`: it takes the message when
- * the stamp is head + 1, then frees the slot by storing head + one_lap. A
- * stamp of head means empty, or a sender claimed the slot and is still
- * copying; either way the receiver waits, and that sender wakes it once it
- * publishes. Senders never read head, so it is a plain field.
+ * The ring: Vyukov's bounded queue, with crossbeam's lap encoding so that the
+ * capacity need not be a power of two. A position is lap * one_lap + index,
+ * index < cap; after index cap - 1 comes index 0 of the next lap. one_lap is
+ * 2 * mark, and mark, the smallest power of two above cap, is the bit of
+ * `tail` that says the receiver is gone. Slot i's stamp reads pos when the
+ * slot is free for the sender at position pos, pos + 1 once that message is
+ * in it, and pos + one_lap once the receiver took it. A sender claims the
+ * position `tail` by CAS when the slot's stamp equals it, copies the message
+ * in, and publishes it by storing tail + 1. A stamp behind tail means the
+ * slot still holds (or is about to hold) the previous lap's message: full. A
+ * stamp ahead of tail means our tail was stale. The receiver alone owns
+ * `head` (senders never read it): it takes the message when the stamp is
+ * head + 1, then frees the slot by storing head + one_lap. A stamp of head
+ * means empty, or a sender claimed the slot and is still copying; either way
+ * the receiver waits, and that sender wakes it once it publishes.
  *
- * Orderings. Each slot's stamp is the only thing that orders its message: the
- * publishing store is release and the receiver's load acquire (the message is
- * visible), the freeing store is release and the sender's load acquire (the
- * receiver's read is done before the slot is overwritten). The CAS on tail
- * only decides who owns a position, so it is relaxed.
- *
- * Two Dekker handshakes make them seq_cst (no fences: ThreadSanitizer does not
- * understand them):
- *  1. Receiver waiting for a message (awaker contract 3). A sender's
+ * Orderings. A slot's stamp alone orders its message: the publishing store
+ * is (at least) release and the receiver's load acquire, so the message is
+ * visible; the freeing store is release and the sender's load acquire, so the
+ * receiver's read is done before the slot is overwritten. The CAS on tail only
+ * decides who owns a position: relaxed. Two Dekker handshakes make these
+ * seq_cst (not fences, which ThreadSanitizer does not understand):
+ *  1. A receiver waiting for a message (awaker contract 3). A sender's
  *     publishing store, then its awaker_wake load of rx.state; the receiver's
  *     arming store in awaker_register, then its re-check: the load of the
  *     stamp. The last sender's decrement of `senders`, then its awaker_wake,
  *     pairs the same way with the re-check's load of `senders`.
  *  2. Senders waiting for room. A blocked sender joins the list and increments
- *     nwaiters, then retries the push (the load of the stamp). The receiver
- *     frees a slot (the stamp store), then loads nwaiters. All four are
- *     seq_cst, so in their total order either the receiver's load comes after
- *     the increment and it wakes a waiter, or the sender's load comes after the
- *     freeing store and its retry finds the room. Every change of nwaiters is a
- *     seq_cst RMW under the lock that adds or removes one list entry, so a load
- *     that sees our increment or anything later sees a count that includes us,
- *     unless we already left the list (we got the slot, or were woken).
+ *     nwaiters, then retries the push (the load of the stamp); the receiver
+ *     frees a slot (the stamp store), then loads nwaiters. In the total order
+ *     of these four, either the receiver's load follows the increment and it
+ *     wakes a waiter, or the sender's load follows the freeing store and its
+ *     retry finds the room. Every change of nwaiters is a seq_cst RMW under
+ *     the lock for one list entry, so a load that sees our increment or
+ *     anything later counts us, unless we left the list (got a slot, or woken).
  *
  * The wait list. The receiver, after freeing a slot and seeing nwaiters > 0,
  * takes the first waiter off the list under the lock, marks it notified (its
  * turn: a slot was freed for it), moves its waker out, and wakes it after
- * unlocking (the future may be dropped as soon as the lock is free, so it
- * must not be touched after). A notified sender that finds the ring full
- * again (a try_send took the slot) rejoins at the front. A waiter that leaves
- * with a turn it did not use passes it to the next one, so the freed slot is
- * not left unclaimed while others sleep: one that is dropped, and one whose
- * push succeeded (say its retry right after joining) before the receiver
- * picked it for a later slot. The receiver's drop sets the mark bit first and
- * then empties the list, waking each waiter: a sender that joins the list
- * afterwards reads tail after taking the lock, so its retry sees the mark and
- * gives -EPIPE. */
+ * unlocking (the future may be dropped as soon as the lock is free). A
+ * notified sender that finds the ring full again (a try_send took the slot)
+ * rejoins at the front. A waiter that leaves with a turn it did not use passes
+ * it on, so the freed slot is not left unclaimed while others sleep: one that
+ * is dropped, and one whose push succeeded (say its retry right after
+ * joining) before the receiver picked it for a later slot. The receiver's
+ * drop sets the mark bit first and then empties the list, waking each waiter:
+ * a sender that joins the list afterwards reads tail after taking the lock,
+ * so its retry sees the mark and gives -EPIPE. */
 #include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -118,16 +111,14 @@ static inline size_t next_pos(const struct weft_mpsc *ch, size_t pos)
     return (pos & ~(ch->one_lap - 1)) + ch->one_lap;
 }
 
-/* Constant sizes let the compiler turn the copy of a small message into a
- * few moves instead of a call. */
+/* A constant size lets the compiler copy the common 8-byte message (a
+ * pointer, an integer) with one move instead of a call. */
 static inline void copy_msg(void *dst, const void *src, size_t n)
 {
-    switch (n) {
-    case 4: memcpy(dst, src, 4); break;
-    case 8: memcpy(dst, src, 8); break;
-    case 16: memcpy(dst, src, 16); break;
-    default: memcpy(dst, src, n); break;
-    }
+    if (n == 8)
+        memcpy(dst, src, 8);
+    else
+        memcpy(dst, src, n);
 }
 
 /* 0, -EAGAIN (full) or -EPIPE (receiver gone). Any sender. */
@@ -180,14 +171,8 @@ static int ring_pop(struct weft_mpsc *ch, void *out)
 
 static void list_unlink(struct weft_mpsc *ch, struct weft__mpsc_waiter *w)
 {
-    if (w->prev)
-        w->prev->next = w->next;
-    else
-        ch->first = w->next;
-    if (w->next)
-        w->next->prev = w->prev;
-    else
-        ch->last = w->prev;
+    *(w->prev ? &w->prev->next : &ch->first) = w->next;
+    *(w->next ? &w->next->prev : &ch->last) = w->prev;
     w->prev = w->next = NULL;
     w->queued = 0;
     atomic_fetch_sub(&ch->nwaiters, 1); /* seq_cst: see handshake 2 */
@@ -208,18 +193,24 @@ static bool take_first(struct weft_mpsc *ch, struct weft_waker *k)
     return true;
 }
 
-/* After freeing a slot: hands it to a waiting sender, if any. Receiver only. */
-static void wake_sender(struct weft_mpsc *ch)
+/* Gives the first waiter its turn and wakes it; false if none was waiting. */
+static bool wake_first(struct weft_mpsc *ch)
 {
-    /* Seq_cst: the receiver's load of handshake 2. */
-    if (atomic_load(&ch->nwaiters) == 0)
-        return;
     struct weft_waker k;
     pthread_mutex_lock(&ch->lock);
     bool found = take_first(ch, &k);
     pthread_mutex_unlock(&ch->lock);
     if (found)
         weft_waker_wake(&k);
+    return found;
+}
+
+/* After freeing a slot: hands it to a waiting sender, if any. Receiver only. */
+static void wake_sender(struct weft_mpsc *ch)
+{
+    /* Seq_cst: the receiver's load of handshake 2. */
+    if (atomic_load(&ch->nwaiters) != 0)
+        wake_first(ch);
 }
 
 /* Joins the list (or just refreshes the waker if already in it). Returns true
@@ -231,18 +222,18 @@ static bool waiter_enqueue(struct weft_mpsc *ch, struct weft__mpsc_waiter *w,
 {
     pthread_mutex_lock(&ch->lock);
     bool joined = !w->queued;
-    if (joined && w->notified) {
-        w->prev = NULL;
-        w->next = ch->first;
-        *(ch->first ? &ch->first->prev : &ch->last) = w;
-        ch->first = w;
-    } else if (joined) {
-        w->prev = ch->last;
-        w->next = NULL;
-        *(ch->last ? &ch->last->next : &ch->first) = w;
-        ch->last = w;
-    }
     if (joined) {
+        if (w->notified) { /* to the front */
+            w->prev = NULL;
+            w->next = ch->first;
+            *(ch->first ? &ch->first->prev : &ch->last) = w;
+            ch->first = w;
+        } else {
+            w->prev = ch->last;
+            w->next = NULL;
+            *(ch->last ? &ch->last->next : &ch->first) = w;
+            ch->last = w;
+        }
         w->queued = 1;
         w->notified = 0;
         w->registered = 1;
@@ -364,15 +355,8 @@ void weft_mpsc_receiver_drop(struct weft_mpsc *ch)
      * which is discarded with the rest; the blocked senders are ordered by the
      * lock below (see the wait list comment). */
     atomic_fetch_or_explicit(&ch->tail, ch->mark, memory_order_relaxed);
-    for (;;) {
-        struct weft_waker k;
-        pthread_mutex_lock(&ch->lock);
-        bool found = take_first(ch, &k);
-        pthread_mutex_unlock(&ch->lock);
-        if (!found)
-            break;
-        weft_waker_wake(&k);
-    }
+    while (wake_first(ch))
+        ;
     awaker_unregister(&ch->rx);
     release(ch);
 }

@@ -10,7 +10,9 @@
 
 #define DEFAULT_QUEUE_SIZE 256u
 #define DEFAULT_GLOBAL_INTERVAL 61u
-#define FOREIGN_SHARDS 8u
+/* The live count starts here, for the runtime's own share: it cannot reach
+ * zero before weft_runtime_destroy takes the bias away. */
+#define LIVE_BIAS (INT64_C(1) << 62)
 
 static void *malloc_alloc(void *ctx, size_t size)
 {
@@ -33,9 +35,9 @@ void weft_runtime_config_init(struct weft_runtime_config *cfg)
 }
 
 /* ---- the owned list ------------------------------------------------------------
- * Every unfinished task is on one shard's list, so shutdown can find the idle
- * ones (which sit in no queue) and drop their futures. A worker inserts into
- * its own shard; foreign threads spread over the extra shards. The shard lock
+ * Every task that returned PENDING and has not finished is on one shard's
+ * list, so shutdown can find the idle ones (which sit in no queue) and drop
+ * their futures. Only workers insert, each into its own shard. The shard lock
  * is a spinlock: it is held for a few pointer writes. */
 
 static void shard_lock(struct owned_shard *s)
@@ -57,7 +59,8 @@ int weft__owned_insert(struct weft_runtime *rt, struct weft_task *t, uint32_t sh
     t->owned_prev = NULL;
     shard_lock(s);
     /* Checked under the lock: weft_runtime_destroy sets it, then takes every
-     * shard lock once, so no insert can slip in after the final sweep. */
+     * shard lock once, so no insert can slip in after the final sweep (and
+     * the workers are stopped before it anyway). */
     if (atomic_load_explicit(&rt->owned_closed, memory_order_relaxed)) {
         shard_unlock(s);
         return -ESHUTDOWN;
@@ -87,7 +90,7 @@ void weft__owned_remove(struct weft_runtime *rt, struct weft_task *t)
  * lock while a future is dropped (the drop may spawn, wake or join). */
 static void owned_shutdown(struct weft_runtime *rt)
 {
-    for (uint32_t i = 0; i < rt->nshards; i++) {
+    for (uint32_t i = 0; i < rt->nworkers; i++) {
         struct owned_shard *s = &rt->shards[i];
         for (;;) {
             shard_lock(s);
@@ -126,17 +129,46 @@ static void runtime_free(struct weft_runtime *rt)
     }
     a.free(a.ctx, rt->idle.sleepers, rt->nworkers * sizeof(uint32_t));
     a.free(a.ctx, rt->workers, rt->nworkers * sizeof(*rt->workers));
-    a.free(a.ctx, rt->shards, rt->nshards * sizeof(*rt->shards));
+    a.free(a.ctx, rt->shards, rt->nworkers * sizeof(*rt->shards));
     pthread_mutex_destroy(&rt->inject.lock);
     pthread_mutex_destroy(&rt->idle.lock);
     a.free(a.ctx, rt, sizeof(*rt));
 }
 
-void weft__runtime_release(struct weft_runtime *rt)
+/* ---- the runtime's lifetime ------------------------------------------------------
+ * The runtime's memory lives until it is destroyed and every task allocation
+ * is freed (a join handle or a waker may keep a task past destroy). Workers
+ * count their own allocations and frees in a plain per-worker delta, so the
+ * spawn-and-free path touches no shared counter; other threads count in
+ * `live`, which starts at LIVE_BIAS. Destroy, once the workers are stopped,
+ * folds the deltas in and takes the bias away: `live` is then the number of
+ * task allocations left, and whoever brings it to zero frees the runtime. */
+
+void weft__runtime_task_alloc(struct weft_runtime *rt)
 {
-    /* Acq_rel: the last release sees every task's and the runtime's last use. */
-    if (atomic_fetch_sub_explicit(&rt->live, 1, memory_order_acq_rel) == 1)
+    struct weft__worker *w = weft__current;
+    if (w && w->rt == rt)
+        w->live_delta++;
+    else
+        atomic_fetch_add_explicit(&rt->live, 1, memory_order_relaxed);
+}
+
+static void live_sub(struct weft_runtime *rt, int64_t n)
+{
+    /* Acq_rel: the thread that brings it to zero sees every other thread's
+     * last use of the runtime. */
+    if (atomic_fetch_sub_explicit(&rt->live, n, memory_order_acq_rel) == n)
         runtime_free(rt);
+}
+
+void weft__runtime_task_free(struct weft_runtime *rt)
+{
+    /* A worker of rt runs only before destroy folds its delta in. */
+    struct weft__worker *w = weft__current;
+    if (w && w->rt == rt)
+        w->live_delta--;
+    else
+        live_sub(rt, 1);
 }
 
 static void *zalloc(const struct weft_allocator *a, size_t size)
@@ -158,11 +190,10 @@ static struct weft_runtime *runtime_alloc(const struct weft_allocator *a, uint32
     rt->alloc = *a;
     rt->nworkers = nworkers;
     rt->queue_size = qsize;
-    rt->nshards = nworkers + FOREIGN_SHARDS;
     pthread_mutex_init(&rt->inject.lock, NULL);
     pthread_mutex_init(&rt->idle.lock, NULL);
     rt->workers = zalloc(a, nworkers * sizeof(*rt->workers));
-    rt->shards = zalloc(a, rt->nshards * sizeof(*rt->shards));
+    rt->shards = zalloc(a, rt->nworkers * sizeof(*rt->shards));
     rt->idle.sleepers = zalloc(a, nworkers * sizeof(uint32_t));
     bool ok = rt->workers && rt->shards && rt->idle.sleepers;
     for (uint32_t i = 0; ok && i < nworkers; i++) {
@@ -184,7 +215,7 @@ static struct weft_runtime *runtime_alloc(const struct weft_allocator *a, uint32
             a->free(a->ctx, rt->workers, nworkers * sizeof(*rt->workers));
         }
         if (rt->shards)
-            a->free(a->ctx, rt->shards, rt->nshards * sizeof(*rt->shards));
+            a->free(a->ctx, rt->shards, rt->nworkers * sizeof(*rt->shards));
         if (rt->idle.sleepers)
             a->free(a->ctx, rt->idle.sleepers, nworkers * sizeof(uint32_t));
         pthread_mutex_destroy(&rt->inject.lock);
@@ -228,10 +259,10 @@ int weft_runtime_create(struct weft_runtime **out, const struct weft_runtime_con
         return -ENOMEM;
     rt->global_interval = cfg->global_queue_interval ? cfg->global_queue_interval
                                                      : DEFAULT_GLOBAL_INTERVAL;
-    atomic_init(&rt->live, 1);
+    atomic_init(&rt->live, LIVE_BIAS);
     rt->idle.nworkers = nworkers;
     atomic_init(&rt->idle.state, nworkers << 16); /* all unparked, none searching */
-    for (uint32_t i = 0; i < rt->nshards; i++)
+    for (uint32_t i = 0; i < nworkers; i++)
         atomic_flag_clear(&rt->shards[i].lock);
     for (uint32_t i = 0; i < nworkers; i++) {
         struct weft__worker *w = &rt->workers[i];
@@ -262,27 +293,31 @@ void weft_runtime_destroy(struct weft_runtime *rt)
         return;
     assert(!weft__current || weft__current->rt != rt);
     /* No new tasks: spawns from here on (from draining futures, or other
-     * threads) fail with -ESHUTDOWN. Taking each shard lock once orders every
-     * insert that got in before the flag ahead of the sweep below. */
-    atomic_store_explicit(&rt->owned_closed, true, memory_order_relaxed);
-    for (uint32_t i = 0; i < rt->nshards; i++) {
+     * threads) fail with -ESHUTDOWN; release pairs with weft_spawn's acquire.
+     * Taking each shard lock once orders every owned-list insert that got in
+     * before the flag ahead of the sweep below. */
+    atomic_store_explicit(&rt->owned_closed, true, memory_order_release);
+    for (uint32_t i = 0; i < rt->nworkers; i++) {
         shard_lock(&rt->shards[i]);
         shard_unlock(&rt->shards[i]);
     }
     stop_workers(rt, rt->nworkers);
-    /* Queued tasks lose their queue reference; wakes from now on find the
-     * global queue closed and release theirs. */
+    /* Every queued task is cancelled. Wakes (and spawns that raced with the
+     * flag) from now on find the global queue closed and cancel theirs. */
     weft__inject_close_and_drain(rt);
+    int64_t delta = 0;
     for (uint32_t i = 0; i < rt->nworkers; i++) {
         struct weft__worker *w = &rt->workers[i];
         if (w->lifo)
-            weft__task_release(w->lifo);
+            weft__task_drop_notified(w->lifo);
         w->lifo = NULL;
         for (struct weft_task *t; (t = queue_pop(&w->run));)
-            weft__task_release(t);
+            weft__task_drop_notified(t);
     }
     owned_shutdown(rt);
-    weft__runtime_release(rt);
+    for (uint32_t i = 0; i < rt->nworkers; i++)
+        delta += rt->workers[i].live_delta;
+    live_sub(rt, LIVE_BIAS - delta);
 }
 
 struct weft_runtime *weft_runtime_current(void)

@@ -47,8 +47,9 @@ static void inject_link(struct inject *q, struct weft_task *first, struct weft_t
                           memory_order_relaxed);
 }
 
-/* Pushes `n` linked tasks (first..last) and wakes a worker; after shutdown the
- * queue is closed and their references are released instead. */
+/* Pushes `n` linked tasks (first..last) and wakes a worker. Once shutdown has
+ * closed the queue, the tasks are cancelled instead (a spawn that raced with
+ * shutdown, or a wake of a task the shutdown sweep has not reached yet). */
 static void inject_push_list(struct weft_runtime *rt, struct weft_task *first,
                              struct weft_task *last, size_t n)
 {
@@ -58,7 +59,7 @@ static void inject_push_list(struct weft_runtime *rt, struct weft_task *first,
         pthread_mutex_unlock(&q->lock);
         for (struct weft_task *t = first, *next; n--; t = next) {
             next = t->next;
-            weft__task_release(t);
+            weft__task_drop_notified(t);
         }
         return;
     }
@@ -115,7 +116,7 @@ void weft__inject_close_and_drain(struct weft_runtime *rt)
     pthread_mutex_unlock(&q->lock);
     while (t) {
         struct weft_task *next = t->next;
-        weft__task_release(t);
+        weft__task_drop_notified(t);
         t = next;
     }
 }

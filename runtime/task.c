@@ -33,7 +33,7 @@ static void task_dealloc(struct weft_task *t)
 {
     struct weft_runtime *rt = t->rt;
     rt_free(rt, t, t->alloc_size);
-    weft__runtime_release(rt);
+    weft__runtime_task_free(rt);
 }
 
 static inline void ref_inc(struct weft_task *t)
@@ -61,7 +61,7 @@ static inline void ref_dec(struct weft_task *t)
 /* Marks a running task complete: drops its future (as Rust drops a future the
  * moment it is ready; the output fields stay readable for the joiner), then
  * publishes the result and wakes the joiner. Consumes the poller's reference
- * and the owned list's. */
+ * and the unfinished one. */
 static void complete(struct weft_task *t, int32_t result)
 {
     weft_future_drop(task_future(t));
@@ -78,7 +78,8 @@ static void complete(struct weft_task *t, int32_t result)
         if (!(s & TASK_JOIN_INTEREST))
             weft_waker_drop(&t->join_waker); /* the handle went away meanwhile */
     }
-    weft__owned_remove(t->rt, t);
+    if (t->owned)
+        weft__owned_remove(t->rt, t);
     ref_dec_n(t, 2);
 }
 
@@ -124,7 +125,7 @@ static bool transition_to_idle(struct weft_task *t, bool self_woken, bool *cance
         /* Release: the next poller (after a wake) sees what this poll wrote. */
         if (atomic_compare_exchange_weak_explicit(&t->state, &s, next, memory_order_acq_rel,
                                                   memory_order_relaxed)) {
-            assert(refs(next) > 0); /* the owned list still holds one */
+            assert(refs(next) > 0); /* the unfinished reference is still there */
             return notified;
         }
     }
@@ -152,6 +153,15 @@ void weft__task_run(struct weft_task *t, struct weft__worker *w)
         complete(t, 0);
         return;
     }
+    /* The task may now sit idle, out of every queue: put it where shutdown
+     * finds it. A runtime already shutting down cancels it instead. */
+    if (!t->owned) {
+        if (weft__owned_insert(t->rt, t, w->index) < 0) {
+            complete(t, -ECANCELED);
+            return;
+        }
+        t->owned = 1;
+    }
     bool cancelled = false;
     if (transition_to_idle(t, w->self_woken, &cancelled))
         weft__schedule(t, true);
@@ -159,8 +169,9 @@ void weft__task_run(struct weft_task *t, struct weft__worker *w)
         complete(t, -ECANCELED);
 }
 
-void weft__task_release(struct weft_task *t)
+void weft__task_drop_notified(struct weft_task *t)
 {
+    weft__task_shutdown(t);
     ref_dec(t);
 }
 
@@ -175,7 +186,7 @@ void weft__task_shutdown(struct weft_task *t)
                                                   memory_order_acq_rel, memory_order_relaxed))
             break;
     }
-    complete(t, -ECANCELED); /* consumes the reference taken above and the owned list's */
+    complete(t, -ECANCELED); /* consumes the reference taken above and the unfinished one */
 }
 
 /* ---- the task waker -------------------------------------------------------- */
@@ -285,11 +296,16 @@ int weft_spawn(struct weft_runtime *rt, const struct weft_future *f, size_t size
         *join = (struct weft_join){ 0 };
     if (!rt || !f || !f->ops || !f->ops->poll || size < sizeof(*f) || size > MAX_FUTURE_SIZE)
         return -EINVAL;
+    /* Acquire pairs with the release in weft_runtime_destroy: a spawn that
+     * sees the runtime open may still race with its shutdown, which then
+     * finds the task in a queue and cancels it (sched.c, runtime.c). */
+    if (atomic_load_explicit(&rt->owned_closed, memory_order_acquire))
+        return -ESHUTDOWN;
     size_t alloc_size = offsetof(struct weft_task, future) + size;
     struct weft_task *t = rt_alloc(rt, alloc_size);
     if (!t)
         return -ENOMEM;
-    uint64_t nrefs = join ? 3 : 2; /* owned list + queue (+ handle) */
+    uint64_t nrefs = join ? 3 : 2; /* unfinished + queue (+ handle) */
     atomic_init(&t->state, TASK_NOTIFIED | (join ? TASK_JOIN_INTEREST : 0) | nrefs * TASK_REF_ONE);
     t->next = NULL;
     t->rt = rt;
@@ -298,21 +314,13 @@ int weft_spawn(struct weft_runtime *rt, const struct weft_future *f, size_t size
     t->result = 0;
     memcpy(t->future, f, size);
 
+    t->owned = 0;
     struct weft__worker *w = weft__current;
-    uint32_t shard;
-    if (w && w->rt == rt) {
+    if (w && w->rt == rt)
         t->id = ((uint64_t)(w->index + 1) << 40) | w->next_id++;
-        shard = w->index;
-    } else {
+    else
         t->id = atomic_fetch_add_explicit(&rt->foreign_ids, 1, memory_order_relaxed);
-        shard = rt->nworkers + (uint32_t)(t->id % (rt->nshards - rt->nworkers));
-    }
-    atomic_fetch_add_explicit(&rt->live, 1, memory_order_relaxed);
-    if (weft__owned_insert(rt, t, shard) < 0) {
-        rt_free(rt, t, alloc_size);
-        weft__runtime_release(rt);
-        return -ESHUTDOWN;
-    }
+    weft__runtime_task_alloc(rt);
     if (join)
         *join = (struct weft_join){ .base = { &join_ops, 0 }, .task = t };
     weft__schedule(t, false);

@@ -607,12 +607,15 @@ Test(sched, spawn_from_drop_during_destroy_fails, .timeout = 30)
     assert_balanced(&ca);
 }
 
-/* Spawns and wakes from foreign threads race destroy's first steps; a drop run
- * by destroy holds it until both threads saw the shutdown. */
+/* Spawns and wakes from foreign threads race destroy's first steps. The gate
+ * task, spawned from a worker (so destroy sweeps its shard first), holds
+ * destroy in its drop until both threads saw the shutdown, and wakes an idle
+ * task destroy has not reached yet: that wake meets the closed global queue,
+ * which must release the queue's reference (else the allocator leaks). */
 struct race {
     struct weft_runtime *rt;
-    struct weft_waker w;
-    _Atomic int w_set, in_destroy, spawner_done, waker_done;
+    struct weft_waker w, idle_w;
+    _Atomic int w_set, idle_set, in_destroy, spawner_done, waker_done;
     _Atomic uint32_t spawned;
 };
 
@@ -640,6 +643,16 @@ static void *race_spawner(void *arg)
     return NULL;
 }
 
+static void hold_destroy(struct tf *t);
+
+/* Spawns the gate (task 2) from a worker, so it sits in a worker's shard. */
+static enum weft_poll body_spawn_gate(struct tf *t, struct weft_cx *cx)
+{
+    (void)cx;
+    CHECK(spawn_tf(weft_runtime_current(), body_pending, hold_destroy, t->arg, 2, NULL) == 0);
+    return WEFT_READY;
+}
+
 static void *race_waker(void *arg)
 {
     struct race *r = arg;
@@ -659,10 +672,18 @@ static enum weft_poll body_keep_waker(struct tf *t, struct weft_cx *cx)
     return WEFT_PENDING;
 }
 
+static enum weft_poll body_keep_idle_waker(struct tf *t, struct weft_cx *cx)
+{
+    struct race *r = t->arg;
+    keep_waker(&r->idle_w, &r->idle_set, cx);
+    return WEFT_PENDING;
+}
+
 static void hold_destroy(struct tf *t)
 {
     struct race *r = t->arg;
     double deadline = now_s() + WAIT_SECS;
+    weft_waker_wake_by_ref(&r->idle_w);
     atomic_store(&r->in_destroy, 1);
     while (!(atomic_load(&r->spawner_done) && atomic_load(&r->waker_done)) && now_s() < deadline)
         sleep_us(100);
@@ -675,8 +696,9 @@ Test(sched, spawns_and_wakes_racing_destroy, .timeout = 30)
     pthread_t sp, wk;
 
     cr_assert_eq(spawn_tf(r.rt, body_keep_waker, NULL, &r, 0, NULL), 0);
-    cr_assert_eq(spawn_tf(r.rt, body_pending, hold_destroy, &r, 1, NULL), 0);
-    WAIT_UNTIL(atomic_load(&r.w_set));
+    cr_assert_eq(spawn_tf(r.rt, body_spawn_gate, NULL, &r, 1, NULL), 0);
+    cr_assert_eq(spawn_tf(r.rt, body_keep_idle_waker, NULL, &r, 3, NULL), 0);
+    WAIT_UNTIL(atomic_load(&r.w_set) && atomic_load(&r.idle_set) && atomic_load(&ran[2]));
     cr_assert_eq(pthread_create(&sp, NULL, race_spawner, &r), 0);
     cr_assert_eq(pthread_create(&wk, NULL, race_waker, &r), 0);
     sleep_us(30000);
@@ -686,7 +708,8 @@ Test(sched, spawns_and_wakes_racing_destroy, .timeout = 30)
     cr_assert(atomic_load(&r.spawner_done) && atomic_load(&r.waker_done));
     cr_assert_gt(atomic_load(&r.spawned), 0);
     cr_assert_eq(atomic_load(&racer_drops), atomic_load(&r.spawned));
-    assert_each_dropped_once(2);
+    weft_waker_drop(&r.idle_w);
+    assert_each_dropped_once(4);
     assert_balanced(&ca);
 }
 
