@@ -52,8 +52,10 @@ static inline struct weft_future *task_future(struct weft_task *t)
 
 /* Polls a notified task taken from a queue (consumes that reference). */
 void weft__task_run(struct weft_task *t, struct weft__worker *w);
-/* A queued task that will never run (shutdown): cancels it unless it
- * finished, and releases the queue's reference. */
+/* Takes a reference (the caller holds one, or the owned-list lock). */
+void weft__task_ref(struct weft_task *t);
+/* A task that will never run (shutdown): cancels it unless it finished, and
+ * releases the caller's reference (a queue's, or one from weft__task_ref). */
 void weft__task_drop_notified(struct weft_task *t);
 /* Cancels a task at shutdown unless it finished: drops its future, completes
  * it. Idempotent. */

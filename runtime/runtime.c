@@ -87,7 +87,10 @@ void weft__owned_remove(struct weft_runtime *rt, struct weft_task *t)
 }
 
 /* Cancels every task still on the lists, one at a time, without holding a
- * lock while a future is dropped (the drop may spawn, wake or join). */
+ * lock while a future is dropped (the drop may spawn, wake or join). The
+ * reference taken under the lock keeps the task alive once the lock is gone:
+ * another thread may cancel and release it meanwhile (a wake that finds the
+ * global queue closed). */
 static void owned_shutdown(struct weft_runtime *rt)
 {
     for (uint32_t i = 0; i < rt->nworkers; i++) {
@@ -95,11 +98,13 @@ static void owned_shutdown(struct weft_runtime *rt)
         for (;;) {
             shard_lock(s);
             struct weft_task *t = s->head;
+            if (t)
+                weft__task_ref(t);
             shard_unlock(s);
             if (!t)
                 break;
-            /* Removes t from the list (the workers are gone: nothing runs it). */
-            weft__task_shutdown(t);
+            /* Cancels t (completion takes it off the list) and drops our reference. */
+            weft__task_drop_notified(t);
         }
     }
 }
@@ -331,35 +336,85 @@ uint32_t weft_runtime_workers(const struct weft_runtime *rt)
 }
 
 /* ---- block_on ---------------------------------------------------------------------
- * The calling thread polls the future and sleeps on its own parker between
- * polls. The parker is thread-local, so a waker that outlives the call (kept
- * by some channel) still points at valid memory: waking it only makes this
- * thread's next block_on poll once more. */
+ * The calling thread polls the future and sleeps on its parker between polls.
+ * The parker is allocated once per thread and reference counted: the thread
+ * holds one reference (released by a thread-exit destructor) and every waker
+ * clone holds one, so a waker that outlives the call, or the thread, still
+ * points at live memory; waking it only makes the thread's next block_on poll
+ * once more. */
 
-static _Thread_local struct park thread_parker;
+struct thread_parker {
+    struct park park;
+    _Atomic size_t refs;
+};
+
+static pthread_key_t parker_key;
+static pthread_once_t parker_once = PTHREAD_ONCE_INIT;
+static _Thread_local struct thread_parker *thread_parker;
+
+static void parker_release(struct thread_parker *p)
+{
+    /* Acq_rel: the last release sees every other holder's last use. */
+    if (atomic_fetch_sub_explicit(&p->refs, 1, memory_order_acq_rel) == 1)
+        free(p);
+}
+
+static void parker_key_destroy(void *p)
+{
+    parker_release(p);
+}
+
+static void parker_key_create(void)
+{
+    pthread_key_create(&parker_key, parker_key_destroy);
+}
 
 static struct weft_waker parker_clone(const void *data);
 
+static void parker_wake_by_ref(const void *data)
+{
+    park_unpark(&((struct thread_parker *)data)->park);
+}
+
 static void parker_wake(const void *data)
 {
-    park_unpark((struct park *)data);
+    parker_wake_by_ref(data);
+    parker_release((struct thread_parker *)data);
 }
 
 static void parker_drop(const void *data)
 {
-    (void)data;
+    parker_release((struct thread_parker *)data);
 }
 
 static const struct weft_waker_ops parker_waker_ops = {
     .clone = parker_clone,
     .wake = parker_wake,
-    .wake_by_ref = parker_wake,
+    .wake_by_ref = parker_wake_by_ref,
     .drop = parker_drop,
 };
 
 static struct weft_waker parker_clone(const void *data)
 {
+    struct thread_parker *p = (struct thread_parker *)data;
+    atomic_fetch_add_explicit(&p->refs, 1, memory_order_relaxed);
     return (struct weft_waker){ data, &parker_waker_ops };
+}
+
+/* The calling thread's parker, made on first use; NULL on ENOMEM. */
+static struct thread_parker *current_parker(void)
+{
+    if (!thread_parker) {
+        pthread_once(&parker_once, parker_key_create);
+        struct thread_parker *p = calloc(1, sizeof(*p));
+        if (!p || pthread_setspecific(parker_key, p)) {
+            free(p);
+            return NULL;
+        }
+        atomic_init(&p->refs, 1);
+        thread_parker = p;
+    }
+    return thread_parker;
 }
 
 int weft_block_on(struct weft_runtime *rt, struct weft_future *f)
@@ -368,11 +423,14 @@ int weft_block_on(struct weft_runtime *rt, struct weft_future *f)
         return -EINVAL;
     if (weft__current)
         return -EDEADLK;
-    struct weft_waker waker = { &thread_parker, &parker_waker_ops };
+    struct thread_parker *p = current_parker();
+    if (!p)
+        return -ENOMEM;
+    struct weft_waker waker = { p, &parker_waker_ops }; /* borrows the thread's reference */
     for (;;) {
         struct weft_cx cx = { &waker, NULL, WEFT_COOP_BUDGET };
         if (weft_future_poll(f, &cx) == WEFT_READY)
             return 0;
-        park_wait(&thread_parker);
+        park_wait(&p->park);
     }
 }

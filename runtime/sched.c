@@ -6,8 +6,10 @@
  * slot. A task woken by the task running on the same worker goes to the LIFO
  * slot, so a message and its reply are handled back to back while the data is
  * in cache; the slot is polled at most LIFO_MAX_POLLS times in a row, so two
- * tasks waking each other cannot starve the queue. Spawns, yields and the
- * LIFO slot's previous occupant go to the back of the local queue. Wakes from
+ * tasks waking each other cannot starve the queue. A task spawned on a worker
+ * goes to the LIFO slot too (as in Tokio: a spawned child usually runs next,
+ * in cache); yields and the LIFO slot's previous occupant go to the back of
+ * the local queue. Wakes from
  * other threads (or other runtimes' workers) go to the global inject queue, a
  * mutex-protected list, which also takes half of a local queue when it
  * overflows, moved in one batch.

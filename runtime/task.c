@@ -169,6 +169,11 @@ void weft__task_run(struct weft_task *t, struct weft__worker *w)
         complete(t, -ECANCELED);
 }
 
+void weft__task_ref(struct weft_task *t)
+{
+    ref_inc(t);
+}
+
 void weft__task_drop_notified(struct weft_task *t)
 {
     weft__task_shutdown(t);

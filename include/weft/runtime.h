@@ -14,9 +14,10 @@ struct weft_task;
 
 /* ---- configuration ------------------------------------------------------- */
 
-/* Where the runtime gets its memory (tasks, queues). `alloc` returns memory
- * aligned for any object (like malloc) or NULL; `free` gets back the size that
- * was asked for. The library never calls malloc itself when one is given. */
+/* Where the runtime gets its memory: the runtime itself, its queues and every
+ * task. `alloc` returns memory aligned for any object (like malloc) or NULL;
+ * `free` gets back the size that was asked for. (Channels and the per-thread
+ * state of weft_block_on use malloc.) */
 struct weft_allocator {
     void *(*alloc)(void *ctx, size_t size);
     void (*free)(void *ctx, void *p, size_t size);
@@ -50,8 +51,9 @@ void weft_runtime_destroy(struct weft_runtime *rt);
 
 /* Runs `f` to completion on the calling thread, which sleeps while `f` is
  * pending; spawned tasks run on the workers meanwhile. `f` stays at its address
- * and is not dropped. Returns 0, -EINVAL (NULL argument) or -EDEADLK (called on
- * a worker thread, which must never block). */
+ * and is not dropped. Returns 0, -EINVAL (NULL argument), -EDEADLK (called on
+ * a worker thread, which must never block) or -ENOMEM (the thread's first
+ * block_on could not allocate its parker). */
 int weft_block_on(struct weft_runtime *rt, struct weft_future *f);
 
 /* The runtime whose worker is running the calling thread, or NULL. */
