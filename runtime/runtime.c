@@ -125,16 +125,26 @@ static int check_config(const struct weft_runtime_config *cfg)
     return 0;
 }
 
+/* A custom allocator gets back only what it handed out: skip the NULLs a
+ * failed runtime_alloc leaves. */
+static void free_some(const struct weft_allocator *a, void *p, size_t size)
+{
+    if (p)
+        a->free(a->ctx, p, size);
+}
+
+/* Frees the runtime, also a partly allocated one (runtime_alloc's failure). */
 static void runtime_free(struct weft_runtime *rt)
 {
-    struct weft_allocator a = rt->alloc;
-    for (uint32_t i = 0; i < rt->nworkers; i++) {
-        a.free(a.ctx, rt->workers[i].run.buf, rt->queue_size * sizeof(void *));
-        a.free(a.ctx, rt->workers[i].overflow, (rt->queue_size / 2 + 1) * sizeof(void *));
+    const struct weft_allocator a = rt->alloc;
+    uint32_t q = rt->queue_size;
+    for (uint32_t i = 0; rt->workers && i < rt->nworkers; i++) {
+        free_some(&a, rt->workers[i].run.buf, q * sizeof(void *));
+        free_some(&a, rt->workers[i].overflow, (q / 2 + 1) * sizeof(void *));
     }
-    a.free(a.ctx, rt->idle.sleepers, rt->nworkers * sizeof(uint32_t));
-    a.free(a.ctx, rt->workers, rt->nworkers * sizeof(*rt->workers));
-    a.free(a.ctx, rt->shards, rt->nworkers * sizeof(*rt->shards));
+    free_some(&a, rt->idle.sleepers, rt->nworkers * sizeof(uint32_t));
+    free_some(&a, rt->workers, rt->nworkers * sizeof(*rt->workers));
+    free_some(&a, rt->shards, rt->nworkers * sizeof(*rt->shards));
     pthread_mutex_destroy(&rt->inject.lock);
     pthread_mutex_destroy(&rt->idle.lock);
     a.free(a.ctx, rt, sizeof(*rt));
@@ -198,7 +208,7 @@ static struct weft_runtime *runtime_alloc(const struct weft_allocator *a, uint32
     pthread_mutex_init(&rt->inject.lock, NULL);
     pthread_mutex_init(&rt->idle.lock, NULL);
     rt->workers = zalloc(a, nworkers * sizeof(*rt->workers));
-    rt->shards = zalloc(a, rt->nworkers * sizeof(*rt->shards));
+    rt->shards = zalloc(a, nworkers * sizeof(*rt->shards));
     rt->idle.sleepers = zalloc(a, nworkers * sizeof(uint32_t));
     bool ok = rt->workers && rt->shards && rt->idle.sleepers;
     for (uint32_t i = 0; ok && i < nworkers; i++) {
@@ -208,24 +218,7 @@ static struct weft_runtime *runtime_alloc(const struct weft_allocator *a, uint32
         ok = w->run.buf && w->overflow;
     }
     if (!ok) {
-        /* runtime_free tolerates the NULLs: free(NULL) is fine for malloc,
-         * and a custom allocator gets only what it handed out. */
-        if (rt->workers) {
-            for (uint32_t i = 0; i < nworkers; i++) {
-                if (rt->workers[i].run.buf)
-                    a->free(a->ctx, rt->workers[i].run.buf, qsize * sizeof(void *));
-                if (rt->workers[i].overflow)
-                    a->free(a->ctx, rt->workers[i].overflow, (qsize / 2 + 1) * sizeof(void *));
-            }
-            a->free(a->ctx, rt->workers, nworkers * sizeof(*rt->workers));
-        }
-        if (rt->shards)
-            a->free(a->ctx, rt->shards, rt->nworkers * sizeof(*rt->shards));
-        if (rt->idle.sleepers)
-            a->free(a->ctx, rt->idle.sleepers, nworkers * sizeof(uint32_t));
-        pthread_mutex_destroy(&rt->inject.lock);
-        pthread_mutex_destroy(&rt->idle.lock);
-        a->free(a->ctx, rt, sizeof(*rt));
+        runtime_free(rt);
         return NULL;
     }
     return rt;
