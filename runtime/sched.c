@@ -25,10 +25,6 @@
  * (the busy worker pays for balancing), and waking a worker per spawn (a
  * thundering herd of futex calls when a burst arrives; one searcher wakes the
  * next instead). */
-#include <assert.h>
-#include <errno.h>
-#include <stdio.h>
-
 #include "internal.h"
 
 #define LIFO_MAX_POLLS 3
