@@ -6,7 +6,8 @@
  * sizeof(struct weft_future), size 1 MiB + 1 (exactly 1 MiB must work), and
  * with an allocator that fails (-ENOMEM); a join handle polled again after
  * READY; a detached handle polled; weft_block_on with a NULL runtime, a NULL
- * future, an empty future, and from inside a task (-EDEADLK);
+ * future, an empty future, and from inside a task (-EDEADLK); a block_on
+ * waker used after its thread exited;
  * weft_join_abort / weft_join_detach / weft_join_output on NULL and on a
  * detached handle. */
 #ifndef _GNU_SOURCE
@@ -742,6 +743,47 @@ Test(task, spawn_size_limits, .timeout = 30)
     cr_assert_eq(weft_spawn(rt, &y.base, sizeof y, &j), 0);
     cr_assert_eq(join_wait(&j), 0);
     weft_future_drop(&j.base);
+    weft_runtime_destroy(rt);
+}
+
+/* A waker handed out by weft_block_on can outlive the call and its thread (a
+ * future registered it elsewhere): waking and dropping it later must be
+ * harmless. The threads' stacks are too big for glibc's stack cache, so an
+ * exited thread's memory (and thread-local storage) is unmapped at once. */
+static struct weft_waker outlived[2];
+
+static enum weft_poll keep_and_finish(struct weft_future *f, struct weft_cx *cx)
+{
+    outlived[f->resume] = weft_waker_clone(cx->waker);
+    return WEFT_READY;
+}
+
+static void *block_on_and_exit(void *arg)
+{
+    static const struct weft_future_ops ops = { keep_and_finish, NULL };
+    struct joiner *jn = arg;
+    struct weft_future f = { &ops, jn->rc };
+    jn->rc = weft_block_on(jn->rt, &f);
+    return NULL;
+}
+
+Test(task, block_on_waker_outlives_its_thread, .timeout = 30)
+{
+    struct weft_runtime *rt = start_rt(1, NULL);
+    pthread_attr_t attr;
+
+    cr_assert_eq(pthread_attr_init(&attr), 0);
+    cr_assert_eq(pthread_attr_setstacksize(&attr, (size_t)256 << 20), 0);
+    for (int i = 0; i < 2; i++) { /* the second thread also trims the cache */
+        struct joiner jn = { .rt = rt, .rc = i };
+        cr_assert_eq(pthread_create(&jn.th, &attr, block_on_and_exit, &jn), 0);
+        pthread_join(jn.th, NULL);
+        cr_assert_eq(jn.rc, 0);
+    }
+    weft_waker_wake_by_ref(&outlived[0]);
+    weft_waker_wake(&outlived[0]);
+    weft_waker_drop(&outlived[1]);
+    pthread_attr_destroy(&attr);
     weft_runtime_destroy(rt);
 }
 
