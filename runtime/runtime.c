@@ -277,8 +277,10 @@ int weft_runtime_create(struct weft_runtime **out, const struct weft_runtime_con
             runtime_free(rt);
             return err;
         }
-        char name[16];
-        snprintf(name, sizeof(name), "%s%u", prefix, i);
+        /* At most 12 + 3 bytes (checked in check_config and WEFT_MAX_WORKERS):
+         * within the 15 a thread name may have. */
+        char name[32];
+        snprintf(name, sizeof(name), "%.12s%u", prefix, i);
         pthread_setname_np(rt->workers[i].thread, name);
     }
     *out = rt;

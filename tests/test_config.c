@@ -24,59 +24,9 @@
 
 #include <weft.h>
 
+#include "common.h"
+
 static struct weft_runtime *const SENTINEL = (struct weft_runtime *)(uintptr_t)0x5eed;
-
-/* ---- an allocator that counts, and fails from a chosen allocation on ------- */
-
-#define HDR alignof(max_align_t)
-
-struct counting_alloc {
-    struct weft_allocator a;
-    _Atomic long allocs, frees, bad_frees;
-    long fail_at; /* the allocation number that fails (and all after); -1: none */
-};
-
-static void *count_alloc(void *ctx, size_t size)
-{
-    struct counting_alloc *ca = ctx;
-    if (ca->fail_at >= 0 && atomic_load(&ca->allocs) >= ca->fail_at)
-        return NULL;
-    char *p = malloc(HDR + size);
-    if (!p)
-        return NULL;
-    memcpy(p, &size, sizeof size);
-    atomic_fetch_add(&ca->allocs, 1);
-    return p + HDR;
-}
-
-static void count_free(void *ctx, void *q, size_t size)
-{
-    struct counting_alloc *ca = ctx;
-    size_t asked;
-    if (!q) {
-        atomic_fetch_add(&ca->bad_frees, 1);
-        return;
-    }
-    memcpy(&asked, (char *)q - HDR, sizeof asked);
-    if (asked != size)
-        atomic_fetch_add(&ca->bad_frees, 1);
-    atomic_fetch_add(&ca->frees, 1);
-    free((char *)q - HDR);
-}
-
-static void counting_init(struct counting_alloc *ca, long fail_at)
-{
-    memset(ca, 0, sizeof *ca);
-    ca->a = (struct weft_allocator){ count_alloc, count_free, ca };
-    ca->fail_at = fail_at;
-}
-
-static void assert_balanced(struct counting_alloc *ca)
-{
-    cr_assert_eq(atomic_load(&ca->allocs), atomic_load(&ca->frees), "leak: %ld allocs, %ld frees",
-                 atomic_load(&ca->allocs), atomic_load(&ca->frees));
-    cr_assert_eq(atomic_load(&ca->bad_frees), 0, "free of NULL or with a wrong size");
-}
 
 /* ---- helpers ---------------------------------------------------------------------- */
 

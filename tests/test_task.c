@@ -26,98 +26,7 @@
 
 #include <weft.h>
 
-#define WAIT_SECS 10.0
-
-/* ---- time and waiting ------------------------------------------------------ */
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static void sleep_us(long us)
-{
-    struct timespec ts = { us / 1000000, (us % 1000000) * 1000 };
-    nanosleep(&ts, NULL);
-}
-
-/* Fails the test (instead of hanging) when `cond` stays false for WAIT_SECS. */
-#define WAIT_UNTIL(cond)                                                     \
-    do {                                                                     \
-        double wait_deadline_ = now_s() + WAIT_SECS;                         \
-        while (!(cond)) {                                                    \
-            cr_assert(now_s() < wait_deadline_, "timed out waiting for %s", #cond); \
-            sleep_us(100);                                                   \
-        }                                                                    \
-    } while (0)
-
-/* Spins until *flag is set; gives up after WAIT_SECS so that a failing test
- * does not keep a worker busy forever. */
-static void spin_until(_Atomic int *flag)
-{
-    double deadline = now_s() + WAIT_SECS;
-    while (!atomic_load(flag) && now_s() < deadline)
-        sched_yield();
-}
-
-/* ---- a counting allocator: every free must match an alloc and its size ---- */
-
-#define HDR alignof(max_align_t)
-
-struct counting_alloc {
-    struct weft_allocator a;
-    _Atomic long allocs, frees, bad_frees;
-    _Atomic int fail; /* when set, alloc returns NULL */
-};
-
-static void *count_alloc(void *ctx, size_t size)
-{
-    struct counting_alloc *ca = ctx;
-    char *p = atomic_load(&ca->fail) ? NULL : malloc(HDR + size);
-    if (!p)
-        return NULL;
-    memcpy(p, &size, sizeof size);
-    atomic_fetch_add(&ca->allocs, 1);
-    return p + HDR;
-}
-
-static void count_free(void *ctx, void *q, size_t size)
-{
-    struct counting_alloc *ca = ctx;
-    size_t asked = 0;
-    if (q)
-        memcpy(&asked, (char *)q - HDR, sizeof asked);
-    if (!q || asked != size)
-        atomic_fetch_add(&ca->bad_frees, 1);
-    atomic_fetch_add(&ca->frees, 1);
-    free(q ? (char *)q - HDR : NULL);
-}
-
-static void assert_balanced(struct counting_alloc *ca)
-{
-    cr_assert_gt(atomic_load(&ca->allocs), 0);
-    cr_assert_eq(atomic_load(&ca->allocs), atomic_load(&ca->frees), "leak: %ld allocs, %ld frees",
-                 atomic_load(&ca->allocs), atomic_load(&ca->frees));
-    cr_assert_eq(atomic_load(&ca->bad_frees), 0, "free of a NULL pointer or with a wrong size");
-}
-
-/* Starts a runtime; with `ca`, resets it and makes it the allocator. */
-static struct weft_runtime *start_rt(uint32_t workers, struct counting_alloc *ca)
-{
-    struct weft_runtime_config cfg;
-    struct weft_runtime *rt = NULL;
-    weft_runtime_config_init(&cfg);
-    cfg.workers = workers;
-    if (ca) {
-        memset(ca, 0, sizeof *ca);
-        ca->a = (struct weft_allocator){ count_alloc, count_free, ca };
-        cfg.allocator = &ca->a;
-    }
-    cr_assert_eq(weft_runtime_create(&rt, &cfg), 0);
-    return rt;
-}
+#include "common.h"
 
 /* ---- the probe future: counts polls and drops, runs a per-test step ------- */
 
@@ -707,9 +616,9 @@ Test(task, spawn_bad_input, .timeout = 30)
     expect_spawn_fails(rt, &p.base, sizeof(struct weft_future) - 1, -EINVAL);
     expect_spawn_fails(rt, &p.base, ((size_t)1 << 20) + 1, -EINVAL);
     cr_assert_eq(atomic_load(&ca.allocs), allocs, "a failed spawn allocated");
-    atomic_store(&ca.fail, 1);
+    atomic_store(&ca.fail_at, 0);
     expect_spawn_fails(rt, &p.base, sizeof p, -ENOMEM);
-    atomic_store(&ca.fail, 0);
+    atomic_store(&ca.fail_at, -1);
     cr_assert_eq(atomic_load(&c.polls) + atomic_load(&c.drops), 0, "a failed spawn ran");
 
     struct weft_join j;
