@@ -52,14 +52,17 @@ static inline struct weft_future *task_future(struct weft_task *t)
 
 /* Polls a notified task taken from a queue (consumes that reference). */
 void weft__task_run(struct weft_task *t, struct weft__worker *w);
-/* Takes a reference (the caller holds one, or the owned-list lock). */
+/* Takes / releases a reference (to take one, the caller holds one already, or
+ * the owned-list lock). */
 void weft__task_ref(struct weft_task *t);
+void weft__task_unref(struct weft_task *t);
 /* A task that will never run (shutdown): cancels it unless it finished, and
- * releases the caller's reference (a queue's, or one from weft__task_ref). */
-void weft__task_drop_notified(struct weft_task *t);
-/* Cancels a task at shutdown unless it finished: drops its future, completes
- * it. Idempotent. */
-void weft__task_shutdown(struct weft_task *t);
+ * releases the caller's reference (a queue's, or one from weft__task_ref).
+ * Returns whether it cancelled the task. */
+bool weft__task_drop_notified(struct weft_task *t);
+/* Cancels a task at shutdown unless it finished or another thread is on it:
+ * drops its future, completes it. Returns whether it did. */
+bool weft__task_shutdown(struct weft_task *t);
 
 /* ---- owned list (runtime.c): every task that may sit idle, for shutdown -----
  * A task joins it the first time its poll returns PENDING (a task that
@@ -149,8 +152,10 @@ extern _Thread_local struct weft__worker *weft__current;
 void weft__schedule(struct weft_task *t, bool yield);
 /* Worker thread entry point. */
 void *weft__worker_main(void *arg);
-/* Counts a task allocation / free for the runtime's lifetime (runtime.c). */
-void weft__runtime_task_alloc(struct weft_runtime *rt);
+/* Counts a task allocation about to be made, keeping the runtime's memory
+ * alive; false (nothing counted) once the runtime is shutting down. And the
+ * matching count of a free (runtime.c). */
+bool weft__runtime_pin(struct weft_runtime *rt, bool on_worker);
 void weft__runtime_task_free(struct weft_runtime *rt);
 
 void weft__inject_push_batch(struct weft_runtime *rt, void **items, uint32_t n);

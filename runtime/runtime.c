@@ -1,6 +1,7 @@
 /* runtime.c: runtime creation and shutdown, the owned-task list, block_on. */
 #include <assert.h>
 #include <errno.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -103,8 +104,11 @@ static void owned_shutdown(struct weft_runtime *rt)
             shard_unlock(s);
             if (!t)
                 break;
-            /* Cancels t (completion takes it off the list) and drops our reference. */
-            weft__task_drop_notified(t);
+            /* Cancels t (completion takes it off the list) and drops our
+             * reference. If another thread is cancelling it (a wake that found
+             * the global queue closed), let that thread finish its drop. */
+            if (!weft__task_drop_notified(t))
+                sched_yield();
         }
     }
 }
@@ -159,13 +163,28 @@ static void runtime_free(struct weft_runtime *rt)
  * folds the deltas in and takes the bias away: `live` is then the number of
  * task allocations left, and whoever brings it to zero frees the runtime. */
 
-void weft__runtime_task_alloc(struct weft_runtime *rt)
+static void live_sub(struct weft_runtime *rt, int64_t n);
+
+bool weft__runtime_pin(struct weft_runtime *rt, bool on_worker)
 {
-    struct weft__worker *w = weft__current;
-    if (w && w->rt == rt)
-        w->live_delta++;
-    else
-        atomic_fetch_add_explicit(&rt->live, 1, memory_order_relaxed);
+    if (on_worker) {
+        /* The worker itself keeps the runtime alive until destroy joins it. */
+        if (atomic_load_explicit(&rt->owned_closed, memory_order_relaxed))
+            return false;
+        weft__current->live_delta++;
+        return true;
+    }
+    /* Seq_cst increment, then seq_cst load of the flag; destroy stores the
+     * flag seq_cst before its final live_sub. If we see the flag clear, our
+     * increment comes before that live_sub (were it after, live_sub's release
+     * would happen before our increment, so our load would see the flag), so
+     * `live` cannot reach zero while this task's memory is counted. */
+    atomic_fetch_add_explicit(&rt->live, 1, memory_order_seq_cst);
+    if (atomic_load_explicit(&rt->owned_closed, memory_order_seq_cst)) {
+        live_sub(rt, 1);
+        return false;
+    }
+    return true;
 }
 
 static void live_sub(struct weft_runtime *rt, int64_t n)
@@ -293,10 +312,10 @@ void weft_runtime_destroy(struct weft_runtime *rt)
         return;
     assert(!weft__current || weft__current->rt != rt);
     /* No new tasks: spawns from here on (from draining futures, or other
-     * threads) fail with -ESHUTDOWN; release pairs with weft_spawn's acquire.
+     * threads) fail with -ESHUTDOWN; seq_cst for weft__runtime_pin's argument.
      * Taking each shard lock once orders every owned-list insert that got in
      * before the flag ahead of the sweep below. */
-    atomic_store_explicit(&rt->owned_closed, true, memory_order_release);
+    atomic_store_explicit(&rt->owned_closed, true, memory_order_seq_cst);
     for (uint32_t i = 0; i < rt->nworkers; i++) {
         shard_lock(&rt->shards[i]);
         shard_unlock(&rt->shards[i]);
@@ -356,6 +375,7 @@ static void parker_release(struct thread_parker *p)
 
 static void parker_key_destroy(void *p)
 {
+    thread_parker = NULL; /* a later destructor's block_on makes a new one */
     parker_release(p);
 }
 

@@ -131,6 +131,10 @@ void weft__notify_parked(struct weft_runtime *rt)
 /* The last searcher re-checks every queue before it sleeps (see idle.c). */
 static void notify_if_work_pending(struct weft_runtime *rt)
 {
+    /* Orders the queue loads below after the seq_cst RMW of idle_to_parked
+     * (the parker's side of the protocol in idle.c), also for the local
+     * queues' acquire loads. */
+    atomic_thread_fence(memory_order_seq_cst);
     bool work = atomic_load_explicit(&rt->inject.len, memory_order_seq_cst) > 0;
     for (uint32_t i = 0; i < rt->nworkers && !work; i++)
         work = !queue_is_empty(&rt->workers[i].run);
@@ -151,7 +155,12 @@ void weft__schedule(struct weft_task *t, bool yield)
 {
     struct weft__worker *w = weft__current;
     if (!w || w->rt != t->rt) {
+        /* Our reference keeps the task, and so the runtime's memory, alive
+         * through the push and the notify: once pushed, the queue's reference
+         * may be dropped at any time by a shutdown on another thread. */
+        weft__task_ref(t);
         inject_push_list(t->rt, t, t, 1);
+        weft__task_unref(t);
         return;
     }
     bool notify = true;

@@ -174,24 +174,31 @@ void weft__task_ref(struct weft_task *t)
     ref_inc(t);
 }
 
-void weft__task_drop_notified(struct weft_task *t)
+void weft__task_unref(struct weft_task *t)
 {
-    weft__task_shutdown(t);
     ref_dec(t);
 }
 
-void weft__task_shutdown(struct weft_task *t)
+bool weft__task_drop_notified(struct weft_task *t)
+{
+    bool cancelled = weft__task_shutdown(t);
+    ref_dec(t);
+    return cancelled;
+}
+
+bool weft__task_shutdown(struct weft_task *t)
 {
     uint64_t s = atomic_load_explicit(&t->state, memory_order_relaxed);
     for (;;) {
         if (s & (TASK_RUNNING | TASK_COMPLETE))
-            return;
+            return false;
         uint64_t next = s | TASK_RUNNING | TASK_CANCELLED;
         if (atomic_compare_exchange_weak_explicit(&t->state, &s, next + TASK_REF_ONE,
                                                   memory_order_acq_rel, memory_order_relaxed))
             break;
     }
     complete(t, -ECANCELED); /* consumes the reference taken above and the unfinished one */
+    return true;
 }
 
 /* ---- the task waker -------------------------------------------------------- */
@@ -301,15 +308,20 @@ int weft_spawn(struct weft_runtime *rt, const struct weft_future *f, size_t size
         *join = (struct weft_join){ 0 };
     if (!rt || !f || !f->ops || !f->ops->poll || size < sizeof(*f) || size > MAX_FUTURE_SIZE)
         return -EINVAL;
-    /* Acquire pairs with the release in weft_runtime_destroy: a spawn that
-     * sees the runtime open may still race with its shutdown, which then
-     * finds the task in a queue and cancels it (sched.c, runtime.c). */
-    if (atomic_load_explicit(&rt->owned_closed, memory_order_acquire))
+    /* Count the task before looking at the flag: if the spawn sees the runtime
+     * open, the runtime's memory outlives it (runtime.c, weft__runtime_pin);
+     * a task that then races with the shutdown is found in the closed global
+     * queue and cancelled (sched.c). */
+    struct weft__worker *w = weft__current;
+    bool on_worker = w && w->rt == rt;
+    if (!weft__runtime_pin(rt, on_worker))
         return -ESHUTDOWN;
     size_t alloc_size = offsetof(struct weft_task, future) + size;
     struct weft_task *t = rt_alloc(rt, alloc_size);
-    if (!t)
+    if (!t) {
+        weft__runtime_task_free(rt);
         return -ENOMEM;
+    }
     uint64_t nrefs = join ? 3 : 2; /* unfinished + queue (+ handle) */
     atomic_init(&t->state, TASK_NOTIFIED | (join ? TASK_JOIN_INTEREST : 0) | nrefs * TASK_REF_ONE);
     t->next = NULL;
@@ -320,12 +332,10 @@ int weft_spawn(struct weft_runtime *rt, const struct weft_future *f, size_t size
     memcpy(t->future, f, size);
 
     t->owned = 0;
-    struct weft__worker *w = weft__current;
-    if (w && w->rt == rt)
+    if (on_worker)
         t->id = ((uint64_t)(w->index + 1) << 40) | w->next_id++;
     else
         t->id = atomic_fetch_add_explicit(&rt->foreign_ids, 1, memory_order_relaxed);
-    weft__runtime_task_alloc(rt);
     if (join)
         *join = (struct weft_join){ .base = { &join_ops, 0 }, .task = t };
     weft__schedule(t, false);

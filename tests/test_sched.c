@@ -665,3 +665,52 @@ Test(sched, work_spreads_from_foreign_thread, .timeout = 30)
 {
     check_spread(false);
 }
+
+/* ---- a foreign spawn held up inside the allocator while destroy runs ------ */
+
+/* The spawning thread's allocation sleeps, so weft_runtime_destroy runs to
+ * its end while the spawn is between its shutdown check and its push. The
+ * spawn must keep the runtime's memory alive (ASan reports a use-after-free
+ * otherwise) and the late task must be cancelled, not leaked. */
+static struct counting_alloc slow_ca;
+static _Thread_local int slow_once;
+static _Atomic int spawn_entered;
+
+static void *slow_alloc(void *ctx, size_t size)
+{
+    if (slow_once) {
+        slow_once = 0;
+        atomic_store(&spawn_entered, 1);
+        sleep_us(200000);
+    }
+    return count_alloc(ctx, size);
+}
+
+static void *late_spawner(void *arg)
+{
+    struct weft_runtime *rt = arg;
+    struct tf f = { .base = { &tf_ops, 0 }, .body = body_mark, .idx = 1 };
+    slow_once = 1;
+    return (void *)(intptr_t)weft_spawn(rt, &f.base, sizeof(f), NULL);
+}
+
+Test(sched, foreign_spawn_racing_destroy_keeps_runtime_alive, .timeout = 30)
+{
+    struct weft_runtime_config cfg;
+    struct weft_runtime *rt = NULL;
+    counting_init(&slow_ca, -1);
+    slow_ca.a.alloc = slow_alloc;
+    weft_runtime_config_init(&cfg);
+    cfg.workers = 1;
+    cfg.allocator = &slow_ca.a;
+    cr_assert_eq(weft_runtime_create(&rt, &cfg), 0);
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, late_spawner, rt), 0);
+    WAIT_UNTIL(atomic_load(&spawn_entered));
+    weft_runtime_destroy(rt);
+    void *res;
+    pthread_join(th, &res);
+    cr_assert_eq((intptr_t)res, 0, "the spawn began before destroy: it succeeds (then is cancelled)");
+    cr_assert_leq(atomic_load(&drops[1]), 1);
+    assert_balanced(&slow_ca);
+}
