@@ -18,9 +18,8 @@
 /* ---- tasks (task.c) --------------------------------------------------------
  * The state word packs the flags below and, from bit 6 up, the reference
  * count. References are held by: the task being unfinished (one, released at
- * completion), the
- * one queue entry or poller of a notified task, the join handle, and every
- * waker. The transitions are Tokio's (tokio/src/runtime/task/state.rs), written
+ * completion), the one queue entry or poller of a notified task, the join
+ * handle, and every waker. The transitions are Tokio's (tokio/src/runtime/task/state.rs), written
  * anew; docs/design.md walks through them. */
 #define TASK_RUNNING       (UINT64_C(1) << 0) /* a worker is polling the future */
 #define TASK_COMPLETE      (UINT64_C(1) << 1) /* finished or cancelled; never polled again */
@@ -60,9 +59,6 @@ void weft__task_unref(struct weft_task *t);
  * releases the caller's reference (a queue's, or one from weft__task_ref).
  * Returns whether it cancelled the task. */
 bool weft__task_drop_notified(struct weft_task *t);
-/* Cancels a task at shutdown unless it finished or another thread is on it:
- * drops its future, completes it. Returns whether it did. */
-bool weft__task_shutdown(struct weft_task *t);
 
 /* ---- owned list (runtime.c): every task that may sit idle, for shutdown -----
  * A task joins it the first time its poll returns PENDING (a task that
@@ -155,7 +151,7 @@ void *weft__worker_main(void *arg);
 /* Counts a task allocation about to be made, keeping the runtime's memory
  * alive; false (nothing counted) once the runtime is shutting down. And the
  * matching count of a free (runtime.c). */
-bool weft__runtime_pin(struct weft_runtime *rt, bool on_worker);
+bool weft__runtime_pin(struct weft_runtime *rt);
 void weft__runtime_task_free(struct weft_runtime *rt);
 
 void weft__inject_push_batch(struct weft_runtime *rt, void **items, uint32_t n);

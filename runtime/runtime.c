@@ -165,13 +165,14 @@ static void runtime_free(struct weft_runtime *rt)
 
 static void live_sub(struct weft_runtime *rt, int64_t n);
 
-bool weft__runtime_pin(struct weft_runtime *rt, bool on_worker)
+bool weft__runtime_pin(struct weft_runtime *rt)
 {
-    if (on_worker) {
+    struct weft__worker *w = weft__current;
+    if (w && w->rt == rt) {
         /* The worker itself keeps the runtime alive until destroy joins it. */
         if (atomic_load_explicit(&rt->owned_closed, memory_order_relaxed))
             return false;
-        weft__current->live_delta++;
+        w->live_delta++;
         return true;
     }
     /* Seq_cst increment, then seq_cst load of the flag; destroy stores the

@@ -179,14 +179,9 @@ void weft__task_unref(struct weft_task *t)
     ref_dec(t);
 }
 
-bool weft__task_drop_notified(struct weft_task *t)
-{
-    bool cancelled = weft__task_shutdown(t);
-    ref_dec(t);
-    return cancelled;
-}
-
-bool weft__task_shutdown(struct weft_task *t)
+/* Cancels a task at shutdown unless it finished or another thread is on it:
+ * drops its future, completes it. Returns whether it did. */
+static bool task_shutdown(struct weft_task *t)
 {
     uint64_t s = atomic_load_explicit(&t->state, memory_order_relaxed);
     for (;;) {
@@ -199,6 +194,13 @@ bool weft__task_shutdown(struct weft_task *t)
     }
     complete(t, -ECANCELED); /* consumes the reference taken above and the unfinished one */
     return true;
+}
+
+bool weft__task_drop_notified(struct weft_task *t)
+{
+    bool cancelled = task_shutdown(t);
+    ref_dec(t);
+    return cancelled;
 }
 
 /* ---- the task waker -------------------------------------------------------- */
@@ -312,9 +314,7 @@ int weft_spawn(struct weft_runtime *rt, const struct weft_future *f, size_t size
      * open, the runtime's memory outlives it (runtime.c, weft__runtime_pin);
      * a task that then races with the shutdown is found in the closed global
      * queue and cancelled (sched.c). */
-    struct weft__worker *w = weft__current;
-    bool on_worker = w && w->rt == rt;
-    if (!weft__runtime_pin(rt, on_worker))
+    if (!weft__runtime_pin(rt))
         return -ESHUTDOWN;
     size_t alloc_size = offsetof(struct weft_task, future) + size;
     struct weft_task *t = rt_alloc(rt, alloc_size);
@@ -332,7 +332,8 @@ int weft_spawn(struct weft_runtime *rt, const struct weft_future *f, size_t size
     memcpy(t->future, f, size);
 
     t->owned = 0;
-    if (on_worker)
+    struct weft__worker *w = weft__current;
+    if (w && w->rt == rt)
         t->id = ((uint64_t)(w->index + 1) << 40) | w->next_id++;
     else
         t->id = atomic_fetch_add_explicit(&rt->foreign_ids, 1, memory_order_relaxed);
