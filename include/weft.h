@@ -2,7 +2,7 @@
  *
  * Poll-based futures (weft/future.h), run by a multi-threaded work-stealing
  * executor (weft/runtime.h), with channels to pass values between tasks and
- * threads (weft/sync.h). Read docs/tutorial.md first; docs/lifetimes.md holds
+ * threads (weft/sync.h), and timers, TCP and files over io_uring (weft/io.h). Read docs/tutorial.md first; docs/lifetimes.md holds
  * the ownership rules and docs/errors.md the error conventions.
  *
  * Every function returns 0 or a value >= 0 on success and -errno on failure,
@@ -17,6 +17,7 @@ extern "C" {
 #include "weft/future.h"
 #include "weft/runtime.h"
 #include "weft/sync.h"
+#include "weft/io.h"
 
 #ifdef __cplusplus
 }

@@ -73,16 +73,29 @@ bool weft__idle_to_parked(struct idle *idle, uint32_t worker, bool is_searching)
     return is_searching && searching(prev) == 1;
 }
 
-/* True if `worker` is still in the sleepers list (so its wakeup was spurious,
- * or a shutdown). A worker taken off the list was notified and now searches. */
-bool weft__idle_is_parked(struct idle *idle, uint32_t worker)
+/* A parked worker that woke up: if it is off the sleepers list, a notifier
+ * took it off and counted it as searching (NOTIFIED). If it is still on the
+ * list (a spurious wakeup, a shutdown, or its own ring's completions), it
+ * stays there unless it has work of its own (`has_work`): then it takes itself
+ * off and counts itself as unparked, not searching (SELF). */
+enum idle_wake weft__idle_wake_self(struct idle *idle, uint32_t worker, bool has_work)
 {
     pthread_mutex_lock(&idle->lock);
-    bool found = false;
-    for (uint32_t i = 0; i < idle->nsleepers && !found; i++)
-        found = idle->sleepers[i] == worker;
+    enum idle_wake r = IDLE_NOTIFIED;
+    for (uint32_t i = 0; i < idle->nsleepers; i++) {
+        if (idle->sleepers[i] != worker)
+            continue;
+        r = IDLE_STILL_PARKED;
+        if (has_work) {
+            idle->sleepers[i] = idle->sleepers[--idle->nsleepers];
+            /* Seq_cst, as every change of the counts (see the top). */
+            atomic_fetch_add_explicit(&idle->state, UNPARK_ONE, memory_order_seq_cst);
+            r = IDLE_SELF;
+        }
+        break;
+    }
     pthread_mutex_unlock(&idle->lock);
-    return found;
+    return r;
 }
 
 static bool should_wake(struct idle *idle)

@@ -98,7 +98,8 @@ struct idle {
 bool weft__idle_to_searching(struct idle *idle);
 bool weft__idle_from_searching(struct idle *idle);
 bool weft__idle_to_parked(struct idle *idle, uint32_t worker, bool searching);
-bool weft__idle_is_parked(struct idle *idle, uint32_t worker);
+enum idle_wake { IDLE_STILL_PARKED, IDLE_NOTIFIED, IDLE_SELF };
+enum idle_wake weft__idle_wake_self(struct idle *idle, uint32_t worker, bool has_work);
 int64_t weft__idle_worker_to_notify(struct idle *idle);
 
 /* ---- workers and the runtime ---------------------------------------------- */
@@ -115,17 +116,20 @@ struct weft__worker {
     uint64_t next_id;
     int64_t live_delta;            /* task allocations - frees on this worker */
     bool searching;
+    bool draining;                 /* shutdown: wakes go to the global queue */
+    uint32_t event_countdown;      /* polls left until the next reactor turn */
     pthread_t thread;
     void **overflow;               /* room for half the queue + 1 */
-    char pad[CACHE_LINE];          /* keeps park off the lines above */
-    struct park park;              /* written by unparkers on other threads */
-    char pad2[CACHE_LINE];         /* and off the next worker's queue */
+    struct weft__io *io;           /* the worker's ring (io/io.h); its park word
+                                    * is what other threads write */
+    char pad[CACHE_LINE];          /* keeps the next worker's queue off these lines */
 };
 
 struct weft_runtime {
     struct weft_allocator alloc;
     uint32_t nworkers;
     uint32_t global_interval;
+    uint32_t event_interval;
     uint32_t queue_size;
     struct weft__worker *workers;
     struct owned_shard *shards;
@@ -139,6 +143,10 @@ struct weft_runtime {
     struct inject inject;
     char pad3[CACHE_LINE];
     struct idle idle;
+    /* Shutdown (runtime.c): workers that dropped their queued tasks, and the
+     * word that lets them stop once their rings are empty. */
+    _Atomic uint32_t drained;
+    _Atomic bool io_closing;
 };
 
 /* The worker running on this thread, or NULL. */
@@ -157,6 +165,11 @@ void weft__runtime_task_free(struct weft_runtime *rt);
 void weft__inject_push_batch(struct weft_runtime *rt, void **items, uint32_t n);
 void weft__inject_close_and_drain(struct weft_runtime *rt);
 void weft__notify_parked(struct weft_runtime *rt);
+/* Ends a worker's park (any thread). */
+void weft__worker_unpark(struct weft__worker *w);
+/* A stopping worker: drops its queued tasks, then keeps its ring going until
+ * destroy lets it go and nothing is in flight (sched.c). */
+void weft__worker_drain(struct weft__worker *w);
 
 static inline void *rt_alloc(struct weft_runtime *rt, size_t size)
 {

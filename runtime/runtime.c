@@ -5,12 +5,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/futex.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "internal.h"
+#include "../io/io.h"
 
 #define DEFAULT_QUEUE_SIZE 256u
 #define DEFAULT_GLOBAL_INTERVAL 61u
+#define DEFAULT_EVENT_INTERVAL 61u
 /* The live count starts here, for the runtime's own share: it cannot reach
  * zero before weft_runtime_destroy takes the bias away. */
 #define LIVE_BIAS (INT64_C(1) << 62)
@@ -126,6 +130,13 @@ static int check_config(const struct weft_runtime_config *cfg)
         return -EINVAL;
     if (cfg->allocator && (!cfg->allocator->alloc || !cfg->allocator->free))
         return -EINVAL;
+    uint32_t e = cfg->io_entries, b = cfg->io_buffers, bs = cfg->io_buffer_size;
+    if (e && (e < 8 || e > 4096 || (e & (e - 1))))
+        return -EINVAL;
+    if (b && (b > 32768 || (b & (b - 1))))
+        return -EINVAL;
+    if (bs && (bs < 64 || bs > (1u << 20)))
+        return -EINVAL;
     return 0;
 }
 
@@ -145,6 +156,9 @@ static void runtime_free(struct weft_runtime *rt)
     for (uint32_t i = 0; rt->workers && i < rt->nworkers; i++) {
         free_some(&a, rt->workers[i].run.buf, q * sizeof(void *));
         free_some(&a, rt->workers[i].overflow, (q / 2 + 1) * sizeof(void *));
+        if (rt->workers[i].io)
+            weft__io_fini(rt->workers[i].io);
+        free_some(&a, rt->workers[i].io, sizeof(struct weft__io));
     }
     free_some(&a, rt->idle.sleepers, rt->nworkers * sizeof(uint32_t));
     free_some(&a, rt->workers, rt->nworkers * sizeof(*rt->workers));
@@ -235,7 +249,8 @@ static struct weft_runtime *runtime_alloc(const struct weft_allocator *a, uint32
         struct weft__worker *w = &rt->workers[i];
         w->run.buf = zalloc(a, qsize * sizeof(void *));
         w->overflow = zalloc(a, (qsize / 2 + 1) * sizeof(void *));
-        ok = w->run.buf && w->overflow;
+        w->io = zalloc(a, sizeof(struct weft__io));
+        ok = w->run.buf && w->overflow && w->io;
     }
     if (!ok) {
         runtime_free(rt);
@@ -244,14 +259,42 @@ static struct weft_runtime *runtime_alloc(const struct weft_allocator *a, uint32
     return rt;
 }
 
-static void stop_workers(struct weft_runtime *rt, uint32_t started)
+static void unpark_all(struct weft_runtime *rt, uint32_t started)
+{
+    for (uint32_t i = 0; i < started; i++)
+        weft__worker_unpark(&rt->workers[i]);
+}
+
+/* Stops the workers (the first `started`): they leave their loops and drop
+ * their queued tasks; `drop_all` then runs while their rings still turn, so
+ * the operations of the futures it drops are cancelled and completed; then
+ * the workers wait for their rings to empty and exit. */
+static void stop_workers(struct weft_runtime *rt, uint32_t started,
+                         void (*drop_all)(struct weft_runtime *))
 {
     /* Release pairs with the workers' acquire load of `shutdown`. */
     atomic_store_explicit(&rt->shutdown, true, memory_order_release);
-    for (uint32_t i = 0; i < started; i++)
-        park_unpark(&rt->workers[i].park);
+    unpark_all(rt, started);
+    uint32_t n;
+    /* Acquire pairs with weft__worker_drain's release. */
+    while ((n = atomic_load_explicit(&rt->drained, memory_order_acquire)) < started)
+        syscall(SYS_futex, &rt->drained, FUTEX_WAIT_PRIVATE, n, NULL, NULL, 0);
+    if (drop_all)
+        drop_all(rt);
+    /* Release: every future is dropped before a worker lets its ring go. */
+    atomic_store_explicit(&rt->io_closing, true, memory_order_release);
+    unpark_all(rt, started);
     for (uint32_t i = 0; i < started; i++)
         pthread_join(rt->workers[i].thread, NULL);
+}
+
+/* Cancels every task still alive (destroy, while the rings still turn). */
+static void drop_all_tasks(struct weft_runtime *rt)
+{
+    /* Wakes (and spawns that raced with the flag) from now on find the
+     * global queue closed and cancel their task. */
+    weft__inject_close_and_drain(rt);
+    owned_shutdown(rt);
 }
 
 int weft_runtime_create(struct weft_runtime **out, const struct weft_runtime_config *cfg)
@@ -277,6 +320,7 @@ int weft_runtime_create(struct weft_runtime **out, const struct weft_runtime_con
         return -ENOMEM;
     rt->global_interval = cfg->global_queue_interval ? cfg->global_queue_interval
                                                      : DEFAULT_GLOBAL_INTERVAL;
+    rt->event_interval = cfg->event_interval ? cfg->event_interval : DEFAULT_EVENT_INTERVAL;
     atomic_init(&rt->live, LIVE_BIAS);
     rt->idle.nworkers = nworkers;
     atomic_init(&rt->idle.state, nworkers << 16); /* all unparked, none searching */
@@ -288,12 +332,17 @@ int weft_runtime_create(struct weft_runtime **out, const struct weft_runtime_con
         w->rt = rt;
         w->index = i;
         w->rand = 0x9e3779b9u * (i + 1);
+        err = weft__io_init(w->io, rt, i, cfg);
+        if (err) {
+            runtime_free(rt);
+            return err;
+        }
     }
     const char *prefix = cfg->thread_name ? cfg->thread_name : "weft-w";
     for (uint32_t i = 0; i < nworkers; i++) {
         err = -pthread_create(&rt->workers[i].thread, NULL, weft__worker_main, &rt->workers[i]);
         if (err) {
-            stop_workers(rt, i);
+            stop_workers(rt, i, NULL);
             runtime_free(rt);
             return err;
         }
@@ -321,20 +370,10 @@ void weft_runtime_destroy(struct weft_runtime *rt)
         shard_lock(&rt->shards[i]);
         shard_unlock(&rt->shards[i]);
     }
-    stop_workers(rt, rt->nworkers);
-    /* Every queued task is cancelled. Wakes (and spawns that raced with the
-     * flag) from now on find the global queue closed and cancel theirs. */
-    weft__inject_close_and_drain(rt);
+    stop_workers(rt, rt->nworkers, drop_all_tasks);
+    for (uint32_t i = 0; i < rt->nworkers; i++)
+        weft__io_fini(rt->workers[i].io); /* nothing in flight any more */
     int64_t delta = 0;
-    for (uint32_t i = 0; i < rt->nworkers; i++) {
-        struct weft__worker *w = &rt->workers[i];
-        if (w->lifo)
-            weft__task_drop_notified(w->lifo);
-        w->lifo = NULL;
-        for (struct weft_task *t; (t = queue_pop(&w->run));)
-            weft__task_drop_notified(t);
-    }
-    owned_shutdown(rt);
     for (uint32_t i = 0; i < rt->nworkers; i++)
         delta += rt->workers[i].live_delta;
     live_sub(rt, LIVE_BIAS - delta);
@@ -433,6 +472,36 @@ static struct thread_parker *current_parker(void)
     return thread_parker;
 }
 
+/* block_on runs the caller's future in a task, so that it is polled on a
+ * worker (leaf I/O futures need the worker's ring), and waits for the task's
+ * join handle on the thread's parker. */
+struct block_on_task {
+    struct weft_future base;
+    struct weft_future *inner;
+    bool done;
+};
+
+static enum weft_poll block_on_poll(struct weft_future *f, struct weft_cx *cx)
+{
+    struct block_on_task *b = (struct block_on_task *)f;
+    if (weft_future_poll(b->inner, cx) == WEFT_PENDING)
+        return WEFT_PENDING;
+    b->done = true;
+    return WEFT_READY;
+}
+
+/* Dropped unfinished only when the runtime shuts down first: the inner
+ * future goes with it, on the runtime's side, while its I/O can still be
+ * cancelled. */
+static void block_on_drop(struct weft_future *f)
+{
+    struct block_on_task *b = (struct block_on_task *)f;
+    if (!b->done)
+        weft_future_drop(b->inner);
+}
+
+static const struct weft_future_ops block_on_ops = { block_on_poll, block_on_drop };
+
 int weft_block_on(struct weft_runtime *rt, struct weft_future *f)
 {
     if (!rt || !f || !f->ops)
@@ -442,11 +511,16 @@ int weft_block_on(struct weft_runtime *rt, struct weft_future *f)
     struct thread_parker *p = current_parker();
     if (!p)
         return -ENOMEM;
+    struct block_on_task b = { { &block_on_ops, 0 }, f, false };
+    struct weft_join join;
+    int err = weft_spawn(rt, &b.base, sizeof(b), &join);
+    if (err)
+        return err;
     struct weft_waker waker = { p, &parker_waker_ops }; /* borrows the thread's reference */
-    for (;;) {
-        struct weft_cx cx = { &waker, NULL, WEFT_COOP_BUDGET };
-        if (weft_future_poll(f, &cx) == WEFT_READY)
-            return 0;
+    struct weft_cx cx = { &waker, NULL, WEFT_COOP_BUDGET };
+    while (weft_future_poll(&join.base, &cx) == WEFT_PENDING)
         park_wait(&p->park);
-    }
+    err = join.res;
+    weft_future_drop(&join.base);
+    return err;
 }

@@ -25,7 +25,14 @@
  * (the busy worker pays for balancing), and waking a worker per spawn (a
  * thundering herd of futex calls when a burst arrives; one searcher wakes the
  * next instead). */
+#include <linux/futex.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include "internal.h"
+#include "../io/io.h"
 
 #define LIFO_MAX_POLLS 3
 
@@ -121,11 +128,16 @@ void weft__inject_close_and_drain(struct weft_runtime *rt)
 
 /* ---- waking workers ---------------------------------------------------------- */
 
+void weft__worker_unpark(struct weft__worker *w)
+{
+    weft__io_unpark(w->io);
+}
+
 void weft__notify_parked(struct weft_runtime *rt)
 {
     int64_t i = weft__idle_worker_to_notify(&rt->idle);
     if (i >= 0)
-        park_unpark(&rt->workers[i].park);
+        weft__worker_unpark(&rt->workers[i]);
 }
 
 /* The last searcher re-checks every queue before it sleeps (see idle.c). */
@@ -154,7 +166,7 @@ static void push_local(struct weft__worker *w, struct weft_task *t)
 void weft__schedule(struct weft_task *t, bool yield)
 {
     struct weft__worker *w = weft__current;
-    if (!w || w->rt != t->rt) {
+    if (!w || w->rt != t->rt || w->draining) {
         /* Our reference keeps the task, and so the runtime's memory, alive
          * through the push and the notify: once pushed, the queue's reference
          * may be dropped at any time by a shutdown on another thread. */
@@ -164,7 +176,10 @@ void weft__schedule(struct weft_task *t, bool yield)
         return;
     }
     bool notify = true;
-    if (yield) {
+    /* Outside a poll (a completion or timer reaped by the worker's reactor
+     * turn) there is no running task to follow: the LIFO slot is only
+     * drained after a poll, so go to the queue. */
+    if (yield || !w->running) {
         push_local(w, t);
     } else {
         /* The task just woken by the running one runs next, in cache. */
@@ -250,6 +265,11 @@ static void run_task(struct weft__worker *w, struct weft_task *t)
     }
 }
 
+static bool has_local_work(struct weft__worker *w)
+{
+    return w->lifo || !queue_is_empty(&w->run);
+}
+
 static void park_worker(struct weft__worker *w)
 {
     struct weft_runtime *rt = w->rt;
@@ -258,13 +278,19 @@ static void park_worker(struct weft__worker *w)
     if (weft__idle_to_parked(&rt->idle, w->index, was_searching))
         notify_if_work_pending(rt);
     for (;;) {
-        park_wait(&w->park);
+        /* Sleeps in io_uring_enter until an unpark, a completion or the next
+         * timer; completions and timers it reaps may queue work here. */
+        weft__io_park(w->io);
         if (atomic_load_explicit(&rt->shutdown, memory_order_acquire))
             return;
-        /* Off the sleepers list: a notifier counted us as searching. */
-        if (!weft__idle_is_parked(&rt->idle, w->index)) {
+        switch (weft__idle_wake_self(&rt->idle, w->index, has_local_work(w))) {
+        case IDLE_NOTIFIED: /* off the sleepers list: a notifier counted us searching */
             w->searching = true;
             return;
+        case IDLE_SELF:
+            return;
+        case IDLE_STILL_PARKED:
+            break;
         }
     }
 }
@@ -275,16 +301,62 @@ void *weft__worker_main(void *arg)
     struct weft_runtime *rt = w->rt;
     weft__current = w;
     w->global_countdown = rt->global_interval;
+    w->event_countdown = rt->event_interval;
+    int err = weft__io_start(w->io);
+    if (err)
+        fprintf(stderr, "weft: worker %u: enabling its io_uring failed (%s); I/O on it "
+                        "fails with EOPNOTSUPP\n", w->index, strerror(-err));
     /* Acquire pairs with the release store in weft_runtime_destroy. */
     while (!atomic_load_explicit(&rt->shutdown, memory_order_acquire)) {
         struct weft_task *t = next_local(w);
+        if (!t) {
+            /* Out of local work: completions and timers may make some. */
+            weft__io_tick(w->io);
+            t = next_local(w);
+        }
         if (!t)
             t = steal_work(w);
-        if (t)
+        if (t) {
             run_task(w, t);
-        else
+            if (--w->event_countdown == 0) {
+                w->event_countdown = rt->event_interval;
+                weft__io_tick(w->io);
+            }
+        } else {
             park_worker(w);
+        }
     }
+    weft__worker_drain(w);
     weft__current = NULL;
     return NULL;
+}
+
+void weft__worker_drain(struct weft__worker *w)
+{
+    struct weft_runtime *rt = w->rt;
+    /* Queued tasks are cancelled here, on their worker, so a dropped
+     * future's operations are cancelled on this ring directly. */
+    w->draining = true;
+    if (w->lifo)
+        weft__task_drop_notified(w->lifo);
+    w->lifo = NULL;
+    for (struct weft_task *t; (t = queue_pop(&w->run));)
+        weft__task_drop_notified(t);
+    /* Release: our queue is empty before destroy goes on (its acquire). */
+    atomic_fetch_add_explicit(&rt->drained, 1, memory_order_release);
+    syscall(SYS_futex, &rt->drained, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+    /* Destroy now drops every other task, which releases their operations;
+     * keep the ring turning (cancels, final completions) until it says all
+     * futures are gone, then cancel whatever is left and wait for it. */
+    bool cancelled = false;
+    for (;;) {
+        bool closing = atomic_load_explicit(&rt->io_closing, memory_order_acquire);
+        if (closing && w->io->inflight == 0)
+            break;
+        if (closing && !cancelled) {
+            weft__io_cancel_all(w->io);
+            cancelled = true;
+        }
+        weft__io_park(w->io);
+    }
 }

@@ -463,9 +463,9 @@ Test(sched, shutdown_drops_everything_once, .timeout = 30)
     weft_runtime_destroy(s.rt);
     for (int i = 0; i < 3; i++) {
         pthread_join(jn[i].th, NULL);
-        cr_assert_eq(jn[i].rc, 0);
-        cr_assert_eq(jn[i].j.res, -ECANCELED);
-        weft_future_drop(&jn[i].j.base);
+        /* block_on's own task was cancelled too, dropping the handle it polled. */
+        cr_assert_eq(jn[i].rc, -ECANCELED);
+        cr_assert_null(jn[i].j.base.ops);
     }
     atomic_store(&s.holder_go, 1);
     pthread_join(holder, NULL);

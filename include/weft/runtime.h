@@ -4,6 +4,7 @@
 #ifndef WEFT_RUNTIME_H
 #define WEFT_RUNTIME_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -32,6 +33,12 @@ struct weft_runtime_config {
     uint32_t local_queue_size;      /* slots of each worker's run queue: a power of two in [16, 65536]; 0: 256 */
     uint32_t global_queue_interval; /* a worker checks the global queue at least every this many polls; 0: 61 */
     const struct weft_allocator *allocator; /* NULL: malloc/free; must outlive the runtime */
+    /* I/O (weft/io.h): each worker's io_uring and provided buffers. */
+    uint32_t io_entries;            /* SQ entries per ring: a power of two in [8, 4096]; 0: 256 (the CQ has 16x) */
+    uint32_t io_buffers;            /* provided receive buffers per worker: a power of two in [1, 32768]; 0: 256 */
+    uint32_t io_buffer_size;        /* bytes per buffer, in [64, 1 MiB]; 0: 4096 */
+    uint32_t event_interval;        /* a busy worker reaps completions at least every this many polls; 0: 61 */
+    bool no_io_uring;               /* run without io_uring: timers work, I/O gives -EOPNOTSUPP */
 };
 
 /* Fills `cfg` with the defaults (every field zero or NULL). */
@@ -40,8 +47,9 @@ void weft_runtime_config_init(struct weft_runtime_config *cfg);
 /* ---- runtime lifecycle ---------------------------------------------------- */
 
 /* Creates a runtime and starts its workers; `cfg` may be NULL for the defaults.
- * Returns 0 and sets *out, or -EINVAL (bad config), -ENOMEM, or a thread
- * creation error; on error nothing is left behind. */
+ * Returns 0 and sets *out, or -EINVAL (bad config), -ENOMEM, an io_uring setup
+ * error, or a thread creation error; on error nothing is left behind. Without
+ * io_uring (ENOSYS/EPERM from the kernel) it still succeeds: see no_io_uring. */
 int weft_runtime_create(struct weft_runtime **out, const struct weft_runtime_config *cfg);
 
 /* Stops the workers, drops the future of every unfinished task exactly once
@@ -49,11 +57,11 @@ int weft_runtime_create(struct weft_runtime **out, const struct weft_runtime_con
  * one of the runtime's own workers. */
 void weft_runtime_destroy(struct weft_runtime *rt);
 
-/* Runs `f` to completion on the calling thread, which sleeps while `f` is
- * pending; spawned tasks run on the workers meanwhile. `f` stays at its address
- * and is not dropped. Returns 0, -EINVAL (NULL argument), -EDEADLK (called on
- * a worker thread, which must never block) or -ENOMEM (the thread's first
- * block_on could not allocate its parker). */
+/* Runs `f` to completion as a task on the workers (so its I/O has a ring)
+ * while the calling thread sleeps. `f` stays at its address and is not
+ * dropped when it finishes. Returns 0, -EINVAL (NULL argument), -EDEADLK
+ * (called on a worker thread, which must never block), -ENOMEM, -ESHUTDOWN, or
+ * -ECANCELED when the runtime was destroyed first (then `f` was dropped). */
 int weft_block_on(struct weft_runtime *rt, struct weft_future *f);
 
 /* The runtime whose worker is running the calling thread, or NULL. */

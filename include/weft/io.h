@@ -1,0 +1,233 @@
+/* weft/io.h: timers, TCP, and files as leaf futures over io_uring.
+ *
+ * Included by <weft.h>; not meant to be included on its own.
+ *
+ * Every worker owns an io_uring. A leaf future submits its operation on the
+ * ring of the worker that first polls it and returns WEFT_PENDING; the
+ * completion wakes the task wherever it runs next (tasks move between
+ * workers). These futures must be polled by a runtime's worker (a task, or
+ * weft_block_on); polled anywhere else they are ready at once with -ENXIO.
+ *
+ * Ownership (docs/io.md): the kernel may use an operation's memory until its
+ * final completion. Dropping a future whose operation is in flight cancels it.
+ * Where the operation only uses memory the runtime owns (sleeps, accept,
+ * connect, weft_recv, close, shutdown, fsync) the drop returns at once and the
+ * runtime frees that memory later; where it uses the caller's memory (a buffer,
+ * an iovec array, a path) the drop waits until the kernel has let go of it, so
+ * the caller may free the memory as soon as the drop returns. A resource that
+ * a cancelled operation produced anyway (an accepted socket, an opened file) is
+ * closed, never leaked.
+ *
+ * Results follow the rest of weft: a byte count or descriptor >= 0, or -errno.
+ * An operation the kernel lacks gives -EOPNOTSUPP (with one line on stderr). */
+#ifndef WEFT_IO_H
+#define WEFT_IO_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+#include "future.h"
+
+struct weft__op;
+struct weft__acceptq;
+
+#define WEFT_NS_PER_MS UINT64_C(1000000)
+#define WEFT_NS_PER_SEC UINT64_C(1000000000)
+
+/* ---- time ------------------------------------------------------------------ */
+
+/* The monotonic clock (CLOCK_MONOTONIC) in nanoseconds: the clock of deadlines. */
+uint64_t weft_now_ns(void);
+
+/* Ready once the deadline has passed (never earlier). result: 0, -ENXIO
+ * (not on a worker) or -ENOMEM. */
+struct weft_sleep {
+    struct weft_future base;
+    int result;
+    uint64_t deadline_ns;      /* on the weft_now_ns clock */
+    struct weft__op *op;       /* the registered timer, or NULL */
+};
+
+/* Initialises a sleep of `duration_ns` from now. */
+void weft_sleep_init(struct weft_sleep *s, uint64_t duration_ns);
+
+/* Initialises a sleep until `deadline_ns` (weft_now_ns clock; a past
+ * deadline is ready at the first poll). */
+void weft_sleep_until_init(struct weft_sleep *s, uint64_t deadline_ns);
+
+/* Ticks every `period_ns`: the first poll is ready at once, and each poll
+ * after a READY waits for the next tick. Ticks missed while the task was busy
+ * are skipped (counted in `missed`), not delivered in a burst. */
+struct weft_interval {
+    struct weft_future base;
+    int result;                /* 0 at each tick, or the sleep's error */
+    uint64_t period_ns;
+    uint64_t ticks;            /* ticks delivered so far */
+    uint64_t missed;           /* ticks skipped because the task was late */
+    struct weft_sleep sleep;
+};
+
+/* Initialises an interval of `period_ns` (> 0, else every poll gives -EINVAL). */
+void weft_interval_init(struct weft_interval *iv, uint64_t period_ns);
+
+/* Polls `inner` until it is ready or `duration_ns` passes; at the deadline the
+ * inner future is dropped (cancelling its I/O) and result is -ETIMEDOUT. On
+ * time, result is 0 and the inner future is left as it finished, for the
+ * caller to read and drop. `inner` is the caller's and must outlive this. */
+struct weft_timeout {
+    struct weft_future base;
+    int result;
+    struct weft_future *inner;
+    uint64_t duration_ns;
+    struct weft_sleep sleep;   /* started at the first poll that finds `inner` pending */
+};
+
+/* Initialises a timeout around `inner` (NULL or empty gives -EINVAL). The
+ * duration runs from the first poll; a ready inner future never starts a timer. */
+void weft_timeout_init(struct weft_timeout *t, struct weft_future *inner, uint64_t duration_ns);
+
+/* ---- TCP --------------------------------------------------------------------- */
+
+struct weft_listen_opts {
+    int backlog;               /* 0: 4096 (the kernel caps it at somaxconn) */
+    bool reuseport;            /* SO_REUSEPORT, for one listener per worker */
+};
+
+/* A listening socket. Accepts run as one multishot accept underneath; accepted
+ * sockets wait in a small queue until an accept future takes them. */
+struct weft_tcp_listener {
+    int fd;
+    struct weft__acceptq *q;
+};
+
+/* Binds and listens on `addr` (a numeric IPv4 or IPv6 address such as
+ * "127.0.0.1" or "::1"; NULL: "0.0.0.0") and `port` (0: any free port), with
+ * SO_REUSEADDR. `opts` may be NULL. Synchronous. Returns 0, or -EINVAL (NULL
+ * listener, bad address), -EADDRINUSE, -ENOMEM or another socket error. */
+int weft_tcp_listen(struct weft_tcp_listener *l, const char *addr, uint16_t port,
+                    const struct weft_listen_opts *opts);
+
+/* The port the listener is bound to, or -EBADF for a closed listener. */
+int weft_tcp_listener_port(const struct weft_tcp_listener *l);
+
+/* Stops accepting and closes the listener; sockets accepted but not yet taken
+ * are closed. No accept future may be pending on it. Safe on a closed one. */
+void weft_tcp_listener_close(struct weft_tcp_listener *l);
+
+/* Ready with the next accepted connection. result: the new socket (yours to
+ * close), or -errno: -EMFILE/-ENFILE/-ENOBUFS/-ENOMEM when the process is out
+ * of resources (the next accept re-arms after a short back-off; accepting never
+ * stops for good), -EBADF for a closed listener, -EBUSY when another accept is
+ * pending on the same listener. Dropping it mid-wait loses no connection. */
+struct weft_accept {
+    struct weft_future base;
+    int result;
+    struct weft_tcp_listener *l;
+    bool waiting;              /* registered as the listener's acceptor */
+    struct weft_sleep backoff;
+};
+
+/* Initialises an accept on `l`. */
+void weft_accept_init(struct weft_accept *a, struct weft_tcp_listener *l);
+
+/* Connects to `addr`:`port` (numeric IPv4 or IPv6). result: the connected
+ * socket (yours to close), or -errno: -ECONNREFUSED, -ETIMEDOUT (after
+ * `timeout_ns`, if not 0), -EINVAL (bad address). */
+struct weft_connect {
+    struct weft_future base;
+    int result;
+    uint64_t timeout_ns;
+    unsigned char addr[28];    /* the parsed sockaddr_in or sockaddr_in6 */
+    uint32_t addrlen;
+    struct weft__op *op;
+};
+
+/* Initialises a connect (the address is checked at the first poll). */
+void weft_connect_init(struct weft_connect *c, const char *addr, uint16_t port,
+                       uint64_t timeout_ns);
+
+/* Receives into a buffer of the worker's provided-buffer ring, so a connection
+ * waiting for data holds no buffer. result: bytes received (0 at end of
+ * stream) or -errno; the bytes are at `data` until the future is dropped, which
+ * gives the buffer back. When the ring is empty the receive waits for a
+ * buffer to come back (no data is lost). */
+struct weft_recv {
+    struct weft_future base;
+    int result;
+    int fd;
+    const unsigned char *data;
+    struct weft__op *op;
+};
+
+/* Initialises a receive from the buffer ring on socket `fd`. */
+void weft_recv_init(struct weft_recv *r, int fd);
+
+/* One future type for the operations below: initialise it with one of the
+ * weft_*_init functions that follow, await it, read `result`, drop it. */
+struct weft_io {
+    struct weft_future base;
+    int result;
+    uint8_t kind;
+    int fd;
+    const void *buf;           /* or the iovec array, or the path */
+    uint64_t len;              /* bytes, or iovec count, or open flags */
+    uint64_t off;              /* file offset, or open mode, or shutdown how */
+    uint64_t done;             /* bytes sent so far (send_all) */
+    struct weft__op *op;
+};
+
+/* Receives up to `len` bytes into `buf` (the caller's; it must stay valid
+ * until the future is dropped). result: bytes (0 at end of stream) or -errno. */
+void weft_recv_into_init(struct weft_io *io, int fd, void *buf, size_t len);
+
+/* Sends once: result is the bytes sent (possibly fewer than `len`) or -errno
+ * (-EPIPE after the peer closed, -ECONNRESET). `buf` must stay valid until the
+ * future is dropped. */
+void weft_send_init(struct weft_io *io, int fd, const void *buf, size_t len);
+
+/* Sends all `len` bytes, as many sends as it takes. result: `len` or -errno
+ * (bytes already sent are lost to the caller; `done` says how many). */
+void weft_send_all_init(struct weft_io *io, int fd, const void *buf, size_t len);
+
+/* Writes the `iovcnt` buffers of `iov` in order (once: may be short). `iov`
+ * and the buffers must stay valid until the future is dropped. */
+void weft_writev_init(struct weft_io *io, int fd, const struct iovec *iov, int iovcnt);
+
+/* Shuts down the reading and/or writing side (SHUT_RD, SHUT_WR, SHUT_RDWR). */
+void weft_shutdown_init(struct weft_io *io, int fd, int how);
+
+/* Closes `fd` through the ring. result: 0 or -errno. */
+void weft_close_init(struct weft_io *io, int fd);
+
+/* Socket options, synchronous; each returns 0 or -errno (-EBADF, -ENOTSOCK). */
+int weft_tcp_set_nodelay(int fd, bool on);
+int weft_tcp_set_keepalive(int fd, bool on);
+int weft_socket_set_sndbuf(int fd, int bytes);
+int weft_socket_set_rcvbuf(int fd, int bytes);
+/* Sets SO_LINGER; `seconds` 0 makes close send a reset. */
+int weft_socket_set_linger(int fd, bool on, int seconds);
+
+/* Writes the peer's (or the local) numeric address into buf[len] and its port
+ * into *port. Returns 0 or -errno (-ENOTCONN, -ENOSPC for a short buffer). */
+int weft_tcp_peer_addr(int fd, char *buf, size_t len, uint16_t *port);
+int weft_tcp_local_addr(int fd, char *buf, size_t len, uint16_t *port);
+
+/* ---- files --------------------------------------------------------------------- */
+
+/* Opens `path` (open(2) flags and mode; O_CLOEXEC is added). result: the file
+ * descriptor or -errno. `path` must stay valid until the future is dropped. */
+void weft_open_init(struct weft_io *io, const char *path, int flags, unsigned mode);
+
+/* Reads up to `len` bytes at `offset`. result: bytes (0 at end of file). */
+void weft_read_at_init(struct weft_io *io, int fd, void *buf, size_t len, uint64_t offset);
+
+/* Writes up to `len` bytes at `offset` (once: may be short). */
+void weft_write_at_init(struct weft_io *io, int fd, const void *buf, size_t len,
+                        uint64_t offset);
+
+/* Flushes the file to storage (fdatasync when `data_only`). */
+void weft_fsync_init(struct weft_io *io, int fd, bool data_only);
+
+#endif

@@ -1,0 +1,109 @@
+/* bufring.c: the worker's provided-buffer ring (buffer group 0).
+ *
+ * A weft_recv asks the kernel to pick a buffer only when data arrives, so an
+ * idle connection holds none. liburing 2.3 has no io_uring_setup_buf_ring:
+ * the ring is mapped here and registered with io_uring_register_buf_ring.
+ * Only the owner adds buffers (the ring's tail is ours); a buffer used by a
+ * future on another thread comes back through the owner's remote list with
+ * its slot (op.c). A receive that finds the ring empty (-ENOBUFS) waits here,
+ * owned by the ring, and is resubmitted when a buffer comes back: the data
+ * stays in the socket meanwhile, so none is lost. */
+#include <errno.h>
+#include <sys/mman.h>
+
+#include "io.h"
+#include "../runtime/internal.h"
+
+int weft__bufring_init(struct weft__io *io, uint32_t nbufs, uint32_t size)
+{
+    size_t bytes = nbufs * sizeof(struct io_uring_buf);
+    void *ring = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (ring == MAP_FAILED)
+        return -ENOMEM;
+    /* Buffers are mapped, not allocated: pages are touched only when used. */
+    unsigned char *bufs = mmap(NULL, (size_t)nbufs * size, PROT_READ | PROT_WRITE,
+                               MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (bufs == MAP_FAILED) {
+        munmap(ring, bytes);
+        return -ENOMEM;
+    }
+    struct io_uring_buf_reg reg = { .ring_addr = (uint64_t)(uintptr_t)ring,
+                                    .ring_entries = nbufs, .bgid = 0 };
+    int err = io_uring_register_buf_ring(&io->ring, &reg, 0);
+    if (err) {
+        munmap(bufs, (size_t)nbufs * size);
+        munmap(ring, bytes);
+        return err;
+    }
+    io->br = ring;
+    io->bufs = bufs;
+    io->nbufs = nbufs;
+    io->buf_size = size;
+    io->br_bytes = bytes;
+    io->br_mask = (uint32_t)io_uring_buf_ring_mask(nbufs);
+    io_uring_buf_ring_init(io->br);
+    for (uint32_t i = 0; i < nbufs; i++)
+        io_uring_buf_ring_add(io->br, bufs + (size_t)i * size, size, (uint16_t)i, (int)io->br_mask,
+                              (int)i);
+    io_uring_buf_ring_advance(io->br, (int)nbufs);
+    io->bufs_free = nbufs;
+    return 0;
+}
+
+void weft__bufring_fini(struct weft__io *io)
+{
+    if (!io->br)
+        return;
+    io_uring_unregister_buf_ring(&io->ring, 0);
+    munmap(io->bufs, (size_t)io->nbufs * io->buf_size);
+    munmap(io->br, io->br_bytes);
+    io->br = NULL;
+}
+
+void weft__bufring_put(struct weft__io *io, uint16_t bid)
+{
+    io_uring_buf_ring_add(io->br, io->bufs + (size_t)bid * io->buf_size, io->buf_size, bid,
+                          (int)io->br_mask, 0);
+    io_uring_buf_ring_advance(io->br, 1);
+    io->bufs_free++;
+    struct weft__op *op = io->bufwait_head;
+    if (op) {
+        io->bufwait_head = op->next;
+        if (!io->bufwait_head)
+            io->bufwait_tail = NULL;
+        io->inflight--; /* weft__op_submit counts it again */
+        weft__op_submit(io, op);
+    }
+}
+
+void weft__bufring_wait(struct weft__io *io, struct weft__op *op)
+{
+    /* Buffers may have come back between the kernel's miss and this CQE:
+     * then nobody would resubmit it, so go again now. */
+    if (io->bufs_free > 0) {
+        io->inflight--;
+        weft__op_submit(io, op);
+        return;
+    }
+    /* Still counted in flight: the ring owns the slot until it completes. */
+    op->next = NULL;
+    if (io->bufwait_tail)
+        io->bufwait_tail->next = op;
+    else
+        io->bufwait_head = op;
+    io->bufwait_tail = op;
+}
+
+bool weft__bufring_unwait(struct weft__io *io, struct weft__op *op)
+{
+    struct weft__op **pp = &io->bufwait_head, *prev = NULL;
+    for (; *pp; prev = *pp, pp = &(*pp)->next) {
+        if (*pp == op) {
+            *pp = op->next;
+            if (io->bufwait_tail == op)
+                io->bufwait_tail = prev;
+            return true;
+        }
+    }
+    return false;
+}

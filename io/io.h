@@ -1,0 +1,226 @@
+/* io/io.h: the reactor's internal types: a worker's ring and its operations.
+ * Never installed. docs/io.md tells the same story for users.
+ *
+ * Each worker owns a `struct weft__io`: an io_uring created disabled by
+ * weft_runtime_create and enabled by the worker itself (so SINGLE_ISSUER names
+ * it), a slab of operation slots, a timer heap and a provided-buffer ring.
+ * Only the owner submits SQEs, reaps CQEs, and touches the slab, the heap and
+ * the buffer ring. Other threads reach the owner through one lock-free list
+ * (`remote`) and its park word (park.h, with the ring's eventfd).
+ *
+ * An operation slot (`struct weft__op`) is the memory the kernel may use: its
+ * address is the SQE's user_data, and addresses, timespecs and iovecs the
+ * kernel reads live in it. The future points at its slot. The slot's `state`
+ * says who owns it:
+ *
+ *   PENDING  in flight (or a timer in the heap, or a receive waiting for a
+ *            buffer); the owner publishes the result with PENDING -> DONE
+ *            and wakes the future's task.
+ *   DONE     the result is published; the future reads it and then frees the
+ *            slot (directly on the owner, else by pushing it, DONE|QUEUED, on
+ *            the owner's remote list).
+ *   ORPHAN   the future was dropped in flight: the owner cancels the operation
+ *            and frees the slot at the final completion, closing a descriptor
+ *            or returning a buffer the operation produced anyway.
+ *   QUEUED   (flag) the slot is on the owner's remote list, which must see it
+ *            before the slot is freed; FINAL (flag) marks a final completion
+ *            that arrived meanwhile, so the list's pass frees it.
+ *   WAITER   (flag) the dropper waits until the kernel let go of memory the
+ *            caller owns (a buffer, an iovec array, a path): the owner signals
+ *            `waiter` after the final completion.
+ *
+ * The future's thread drives PENDING -> ORPHAN/DONE|QUEUED with a CAS; the
+ * owner drives PENDING -> DONE with a CAS; after an ORPHAN only the owner
+ * writes the state. Orderings are stated where each happens (ring.c). */
+#ifndef WEFT_IO_INTERNAL_H
+#define WEFT_IO_INTERNAL_H
+
+#include <liburing.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "weft.h"
+#include "../runtime/atomic_waker.h"
+#include "../runtime/park.h"
+
+enum op_kind {
+    OP_TIMER,
+    OP_RECV_BUF,     /* recv from the provided-buffer ring */
+    OP_RECV,
+    OP_SEND,
+    OP_WRITEV,
+    OP_SHUTDOWN,
+    OP_CLOSE,
+    OP_CONNECT,
+    OP_OPEN,
+    OP_READ,
+    OP_WRITE,
+    OP_FSYNC,
+    OP_ACCEPT,       /* the listener's multishot accept */
+    OP_NKINDS,
+};
+
+enum {
+    OPS_PENDING = 0,
+    OPS_DONE = 1,
+    OPS_ORPHAN = 2,
+    OPS_QUEUED = 4,
+    OPS_FINAL = 8,
+    OPS_WAITER = 16,
+};
+
+/* A dropper waiting for the kernel to let go of its memory. */
+struct op_waiter {
+    _Atomic uint32_t done;
+    struct weft__io *io;       /* the waiter's own ring (woken through it), or NULL: futex */
+};
+
+struct weft__op {
+    _Atomic uint32_t state;
+    uint8_t kind;
+    uint8_t borrowed;          /* uses the caller's memory: a drop waits (WAITER) */
+    uint8_t linked;            /* followed by a LINK_TIMEOUT SQE (connect) */
+    int32_t res;
+    uint32_t cqe_flags;
+    int32_t fd;
+    uint32_t len;
+    uint64_t addr;             /* buffer, iovec array or path */
+    uint64_t off;
+    struct weft__io *io;       /* the owner */
+    struct weft__op *next;     /* free list, buffer-wait list */
+    struct weft__op *rnext;    /* remote list */
+    struct op_waiter *waiter;  /* with OPS_WAITER */
+    struct awaker waker;
+    union {
+        struct { uint64_t deadline; uint32_t heap_idx; } timer;
+        struct { struct sockaddr_in6 sa; uint32_t salen; struct __kernel_timespec ts; } conn;
+        struct msghdr msg;
+        struct weft__acceptq *acceptq;
+    } u;
+};
+
+/* A timer heap entry: the deadline kept beside the slot so that sifting never
+ * touches the slots. */
+struct timer_ent {
+    uint64_t deadline;
+    struct weft__op *op;
+};
+
+struct weft__io {
+    struct io_uring ring;
+    struct park park;                  /* unparkers write `efd` when the owner sleeps */
+    char pad[64];
+    _Atomic(struct weft__op *) remote; /* pushed by any thread, taken by the owner */
+    char pad2[64];
+    struct weft_runtime *rt;
+    uint32_t index;                    /* the worker's */
+    int efd;                           /* eventfd the owner keeps a read armed on */
+    bool efd_armed;
+    uint64_t efd_val;
+    uint32_t features;                 /* IORING_FEAT_* */
+    uint32_t supported;                /* bit per op_kind the kernel can do */
+    uint32_t warned;                   /* bit per op_kind already reported missing */
+    bool has_ring;                     /* false: io_uring unavailable, timers only */
+    uint32_t inflight;                 /* slots owned by the kernel or the heap */
+    /* slab */
+    struct weft__op *free;
+    struct slab_chunk *chunks;
+    /* timers: a binary min-heap */
+    struct timer_ent *heap;
+    uint32_t nheap, heap_cap;
+    /* provided buffers */
+    struct io_uring_buf_ring *br;
+    unsigned char *bufs;
+    uint32_t nbufs, buf_size, br_mask;
+    uint32_t bufs_free;                /* buffers in the ring, as far as we know */
+    size_t br_bytes;
+    struct weft__op *bufwait_head, *bufwait_tail; /* receives waiting for a buffer */
+    bool draining;                     /* shutdown: wakes go to the global queue */
+};
+
+/* user_data of CQEs that are not a slot's */
+#define IO_UD_IGNORE  UINT64_C(0) /* cancels, link timeouts */
+#define IO_UD_EVENTFD UINT64_C(1) /* the unpark eventfd's read */
+
+/* ---- ring.c: setup, the reactor turn, parking ---------------------------- */
+struct weft_runtime_config;
+/* Creates (disabled) the ring and its state for worker `index`. 0 or -errno. */
+int weft__io_init(struct weft__io *io, struct weft_runtime *rt, uint32_t index,
+                  const struct weft_runtime_config *cfg);
+/* On the worker thread, before it polls anything: enables the ring. */
+int weft__io_start(struct weft__io *io);
+/* Frees everything; the ring must have no operation in flight. */
+void weft__io_fini(struct weft__io *io);
+/* Submits queued SQEs and reaps completions and expired timers without
+ * sleeping; skips the syscall when there is nothing to submit or reap. */
+void weft__io_tick(struct weft__io *io);
+/* Sleeps until an unpark, a completion or the next timer, then reaps. */
+void weft__io_park(struct weft__io *io);
+/* Shutdown: fails the timers and waiting receives, cancels all in the kernel. */
+void weft__io_cancel_all(struct weft__io *io);
+/* Ends the owner's weft__io_park (or makes the next one return). Any thread. */
+void weft__io_unpark(struct weft__io *io);
+/* Reaps every CQE in the ring and dispatches it (owner only). */
+void weft__io_reap(struct weft__io *io);
+/* Reports once per kind that the kernel lacks an operation. */
+void weft__io_unsupported(struct weft__io *io, const char *name);
+/* The calling thread's ring: its worker's, or NULL. */
+struct weft__io *weft__io_current(void);
+
+/* ---- op.c: slots and their ownership ------------------------------------ */
+/* A slot from `io`'s slab (owner only), PENDING with the task's waker
+ * armed; NULL on ENOMEM. */
+struct weft__op *weft__op_alloc(struct weft__io *io, enum op_kind kind,
+                                const struct weft_waker *waker);
+/* An SQE of `io` (submitting to make room when the SQ is full). */
+struct io_uring_sqe *weft__io_sqe(struct weft__io *io);
+/* Prepares and queues the SQE(s) of a PENDING slot (owner only). */
+void weft__op_submit(struct weft__io *io, struct weft__op *op);
+/* Polls a slot: true with the result in op->res once DONE; otherwise the
+ * task's waker is registered and false is returned. */
+bool weft__op_ready(struct weft__op *op, const struct weft_waker *waker);
+/* Gives up the slot from any thread, finished or not (see the states). */
+void weft__op_release(struct weft__op *op);
+/* Owner: the completion of a slot. */
+void weft__op_complete(struct weft__io *io, struct weft__op *op, int32_t res, uint32_t flags);
+/* Owner: submits a cancel of the slot's operation. */
+void weft__op_cancel(struct weft__io *io, struct weft__op *op);
+/* Owner: the final completion of a slot whose future let go (state `s`). */
+void weft__op_orphan_final(struct weft__io *io, struct weft__op *op, uint32_t s);
+/* Owner: handles the slots other threads pushed. */
+void weft__io_run_remote(struct weft__io *io);
+/* The io_uring opcode behind a kind (for probing). */
+uint8_t weft__op_opcode(enum op_kind kind);
+/* Frees every chunk of the slab (ring teardown). */
+void weft__slab_fini(struct weft__io *io);
+/* Owner: returns slot memory to the slab. */
+void weft__op_free(struct weft__io *io, struct weft__op *op);
+/* Starts an operation of `kind` on the polling worker's ring: *opp is the new
+ * slot, or the result (< 0) is returned when none could start (-ENXIO off a
+ * worker, -ENOMEM, -EOPNOTSUPP). 0 when submitted. */
+int weft__op_start(struct weft_cx *cx, struct weft__op **opp, enum op_kind kind);
+
+/* ---- timer.c --------------------------------------------------------------- */
+void weft__timer_insert(struct weft__io *io, struct weft__op *op);
+void weft__timer_remove(struct weft__io *io, struct weft__op *op);
+/* Fires expired timers; returns the next deadline or UINT64_MAX. */
+uint64_t weft__timers_run(struct weft__io *io);
+
+/* ---- bufring.c ----------------------------------------------------------- */
+int weft__bufring_init(struct weft__io *io, uint32_t nbufs, uint32_t size);
+void weft__bufring_fini(struct weft__io *io);
+/* Gives buffer `bid` back to the ring, resubmitting a receive waiting for one. */
+void weft__bufring_put(struct weft__io *io, uint16_t bid);
+/* Parks a receive that found the ring empty until a buffer comes back. */
+void weft__bufring_wait(struct weft__io *io, struct weft__op *op);
+/* Removes a parked receive; false if it was not parked. */
+bool weft__bufring_unwait(struct weft__io *io, struct weft__op *op);
+
+/* ---- tcp.c ------------------------------------------------------------------- */
+/* Owner: one CQE of the multishot accept. */
+void weft__accept_complete(struct weft__io *io, struct weft__op *op, int32_t res, uint32_t flags);
+
+#endif

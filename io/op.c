@@ -1,0 +1,371 @@
+/* op.c: operation slots, their SQEs, and who frees them (the states are in io.h).
+ *
+ * Orderings:
+ * - The owner publishes a result with a seq_cst CAS PENDING -> DONE and then
+ *   reads the awaker (awaker_wake's seq_cst load). The future registers its
+ *   waker (a seq_cst store) and then re-reads the state (seq_cst). Dekker: either
+ *   the future sees DONE, or the owner sees the armed waker and wakes it. The
+ *   CAS's release half publishes `res` and `cqe_flags` to the future's load.
+ * - A dropper on another thread CASes PENDING -> ORPHAN|QUEUED (acq_rel: its
+ *   release publishes `waiter`; on failure, its acquire sees the owner's DONE)
+ *   and pushes the slot with a release CAS on the remote list, which the
+ *   owner's acquire exchange pairs with. From then on only the owner writes
+ *   the state.
+ * - A waiter's `done` is stored with release after the owner's last use of the
+ *   slot and the caller's memory; the waiter reads it with acquire. */
+#include <errno.h>
+#include <linux/futex.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "io.h"
+#include "../runtime/internal.h"
+
+#define SLAB_CHUNK 256
+
+struct slab_chunk {
+    struct slab_chunk *next;
+    struct weft__op ops[SLAB_CHUNK];
+};
+
+static const struct { uint8_t opcode; const char *name; } kind_info[OP_NKINDS] = {
+    [OP_TIMER] = { IORING_OP_NOP, "timer" },
+    [OP_RECV_BUF] = { IORING_OP_RECV, "recv" },
+    [OP_RECV] = { IORING_OP_RECV, "recv" },
+    [OP_SEND] = { IORING_OP_SEND, "send" },
+    [OP_WRITEV] = { IORING_OP_SENDMSG, "sendmsg" },
+    [OP_SHUTDOWN] = { IORING_OP_SHUTDOWN, "shutdown" },
+    [OP_CLOSE] = { IORING_OP_CLOSE, "close" },
+    [OP_CONNECT] = { IORING_OP_CONNECT, "connect" },
+    [OP_OPEN] = { IORING_OP_OPENAT, "openat" },
+    [OP_READ] = { IORING_OP_READ, "read" },
+    [OP_WRITE] = { IORING_OP_WRITE, "write" },
+    [OP_FSYNC] = { IORING_OP_FSYNC, "fsync" },
+    [OP_ACCEPT] = { IORING_OP_ACCEPT, "accept" },
+};
+
+uint8_t weft__op_opcode(enum op_kind kind)
+{
+    return kind_info[kind].opcode;
+}
+
+/* ---- the slab --------------------------------------------------------------- */
+
+static bool slab_grow(struct weft__io *io)
+{
+    struct slab_chunk *c = rt_alloc(io->rt, sizeof(*c));
+    if (!c)
+        return false;
+    c->next = io->chunks;
+    io->chunks = c;
+    for (uint32_t i = SLAB_CHUNK; i-- > 0;) {
+        c->ops[i].next = io->free;
+        io->free = &c->ops[i];
+    }
+    return true;
+}
+
+void weft__slab_fini(struct weft__io *io)
+{
+    for (struct slab_chunk *c = io->chunks, *next; c; c = next) {
+        next = c->next;
+        rt_free(io->rt, c, sizeof(*c));
+    }
+    io->chunks = NULL;
+    io->free = NULL;
+}
+
+struct weft__op *weft__op_alloc(struct weft__io *io, enum op_kind kind,
+                                const struct weft_waker *waker)
+{
+    if (!io->free && !slab_grow(io))
+        return NULL;
+    struct weft__op *op = io->free;
+    io->free = op->next;
+    atomic_init(&op->state, OPS_PENDING);
+    op->kind = (uint8_t)kind;
+    op->borrowed = 0;
+    op->linked = 0;
+    op->res = 0;
+    op->cqe_flags = 0;
+    op->io = io;
+    op->next = op->rnext = NULL;
+    op->waiter = NULL;
+    /* Armed before the slot is visible to anyone: the SQE goes to the kernel
+     * from this thread later, so the owner's completion happens after. */
+    op->waker.waker = weft_waker_clone(waker);
+    atomic_init(&op->waker.state, AWAKER_ARMED);
+    return op;
+}
+
+void weft__op_free(struct weft__io *io, struct weft__op *op)
+{
+    op->next = io->free;
+    io->free = op;
+}
+
+/* ---- SQEs ------------------------------------------------------------------- */
+
+struct io_uring_sqe *weft__io_sqe(struct weft__io *io)
+{
+    for (;;) {
+        struct io_uring_sqe *sqe = io_uring_get_sqe(&io->ring);
+        if (sqe)
+            return sqe;
+        /* The SQ is full: submit what is queued to make room. -EBUSY means
+         * the CQ is overflowing: reaping makes room there first. */
+        if (io_uring_submit(&io->ring) == -EBUSY)
+            weft__io_reap(io);
+    }
+}
+
+void weft__op_submit(struct weft__io *io, struct weft__op *op)
+{
+    struct io_uring_sqe *sqe = weft__io_sqe(io);
+    int fd = op->fd;
+    void *addr = (void *)(uintptr_t)op->addr;
+    switch ((enum op_kind)op->kind) {
+    case OP_RECV_BUF:
+        io_uring_prep_recv(sqe, fd, NULL, io->buf_size, 0);
+        sqe->flags |= IOSQE_BUFFER_SELECT;
+        sqe->buf_group = 0;
+        break;
+    case OP_RECV:
+        io_uring_prep_recv(sqe, fd, addr, op->len, 0);
+        break;
+    case OP_SEND:
+        io_uring_prep_send(sqe, fd, addr, op->len, MSG_NOSIGNAL);
+        break;
+    case OP_WRITEV:
+        op->u.msg = (struct msghdr){ .msg_iov = addr, .msg_iovlen = op->len };
+        io_uring_prep_sendmsg(sqe, fd, &op->u.msg, MSG_NOSIGNAL);
+        break;
+    case OP_SHUTDOWN:
+        io_uring_prep_shutdown(sqe, fd, (int)op->off);
+        break;
+    case OP_CLOSE:
+        io_uring_prep_close(sqe, fd);
+        break;
+    case OP_CONNECT:
+        io_uring_prep_connect(sqe, fd, (struct sockaddr *)&op->u.conn.sa, op->u.conn.salen);
+        if (op->linked) {
+            sqe->flags |= IOSQE_IO_LINK;
+            io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)op);
+            sqe = weft__io_sqe(io);
+            io_uring_prep_link_timeout(sqe, &op->u.conn.ts, 0);
+            io_uring_sqe_set_data64(sqe, IO_UD_IGNORE);
+            io->inflight++;
+            return;
+        }
+        break;
+    case OP_OPEN:
+        io_uring_prep_openat(sqe, AT_FDCWD, addr, (int)op->len | O_CLOEXEC, (mode_t)op->off);
+        break;
+    case OP_READ:
+        io_uring_prep_read(sqe, fd, addr, op->len, op->off);
+        break;
+    case OP_WRITE:
+        io_uring_prep_write(sqe, fd, addr, op->len, op->off);
+        break;
+    case OP_FSYNC:
+        io_uring_prep_fsync(sqe, fd, op->off ? IORING_FSYNC_DATASYNC : 0);
+        break;
+    case OP_ACCEPT:
+        io_uring_prep_multishot_accept(sqe, fd, NULL, NULL, SOCK_CLOEXEC);
+        break;
+    case OP_TIMER:
+    case OP_NKINDS:
+        abort();
+    }
+    io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)op);
+    io->inflight++;
+}
+
+void weft__op_cancel(struct weft__io *io, struct weft__op *op)
+{
+    struct io_uring_sqe *sqe = weft__io_sqe(io);
+    io_uring_prep_cancel64(sqe, (uint64_t)(uintptr_t)op, 0);
+    io_uring_sqe_set_data64(sqe, IO_UD_IGNORE);
+}
+
+int weft__op_start(struct weft_cx *cx, struct weft__op **opp, enum op_kind kind)
+{
+    struct weft__io *io = cx->worker ? cx->worker->io : NULL;
+    if (!io)
+        return -ENXIO;
+    if (!(io->supported & (UINT32_C(1) << kind))) {
+        weft__io_unsupported(io, kind_info[kind].name);
+        return -EOPNOTSUPP;
+    }
+    struct weft__op *op = weft__op_alloc(io, kind, cx->waker);
+    if (!op)
+        return -ENOMEM;
+    *opp = op;
+    return 0;
+}
+
+/* ---- completion and release -------------------------------------------------- */
+
+static void signal_waiter(struct op_waiter *w)
+{
+    struct weft__io *wio = w->io;
+    /* Release: the kernel and the owner are done with the caller's memory. */
+    atomic_store_explicit(&w->done, 1, memory_order_release);
+    if (wio)
+        weft__io_unpark(wio);
+    else /* w may be gone by now; a stray wake of its address is harmless */
+        syscall(SYS_futex, &w->done, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+}
+
+/* Frees a slot whose result the future consumed (or will never read). */
+static void free_done(struct weft__io *io, struct weft__op *op)
+{
+    if (op->kind == OP_RECV_BUF && (op->cqe_flags & IORING_CQE_F_BUFFER))
+        weft__bufring_put(io, (uint16_t)(op->cqe_flags >> IORING_CQE_BUFFER_SHIFT));
+    weft__op_free(io, op);
+}
+
+/* The final completion of an orphan: release what the operation produced. */
+void weft__op_orphan_final(struct weft__io *io, struct weft__op *op, uint32_t s)
+{
+    if (op->kind == OP_CONNECT)
+        close(op->fd);
+    else if (op->kind == OP_OPEN && op->res >= 0)
+        close(op->res);
+    if (op->kind == OP_RECV_BUF && (op->cqe_flags & IORING_CQE_F_BUFFER)) {
+        weft__bufring_put(io, (uint16_t)(op->cqe_flags >> IORING_CQE_BUFFER_SHIFT));
+        op->cqe_flags = 0;
+    }
+    if (s & OPS_QUEUED) {
+        /* The remote list still holds it: its pass frees it. */
+        atomic_store_explicit(&op->state, s | OPS_FINAL, memory_order_relaxed);
+        return;
+    }
+    if (s & OPS_WAITER)
+        signal_waiter(op->waiter);
+    weft__op_free(io, op);
+}
+
+void weft__op_complete(struct weft__io *io, struct weft__op *op, int32_t res, uint32_t flags)
+{
+    io->inflight--;
+    op->res = res;
+    op->cqe_flags = flags;
+    uint32_t s = OPS_PENDING;
+    /* Seq_cst: the owner's half of the Dekker pair (top of file). */
+    if (atomic_compare_exchange_strong(&op->state, &s, OPS_DONE)) {
+        awaker_wake(&op->waker);
+        return;
+    }
+    weft__op_orphan_final(io, op, s);
+}
+
+/* Stops an orphan's operation (owner). Returns true if the slot is gone. */
+static bool cancel_orphan(struct weft__io *io, struct weft__op *op)
+{
+    if (op->kind == OP_TIMER) {
+        weft__timer_remove(io, op);
+    } else if (op->kind == OP_RECV_BUF && weft__bufring_unwait(io, op)) {
+        /* it was waiting for a buffer, never in the kernel */
+    } else {
+        weft__op_cancel(io, op);
+        return false;
+    }
+    io->inflight--;
+    weft__op_free(io, op);
+    return true;
+}
+
+void weft__io_run_remote(struct weft__io *io)
+{
+    /* Acquire pairs with the release of every push. */
+    struct weft__op *op = atomic_exchange_explicit(&io->remote, NULL, memory_order_acquire);
+    while (op) {
+        struct weft__op *next = op->rnext;
+        uint32_t s = atomic_load_explicit(&op->state, memory_order_relaxed);
+        if (s & OPS_DONE) {
+            free_done(io, op);
+        } else if (s & OPS_FINAL) {
+            if (s & OPS_WAITER)
+                signal_waiter(op->waiter);
+            weft__op_free(io, op);
+        } else {
+            atomic_store_explicit(&op->state, s & ~(uint32_t)OPS_QUEUED, memory_order_relaxed);
+            cancel_orphan(io, op);
+        }
+        op = next;
+    }
+}
+
+static void push_remote(struct weft__io *io, struct weft__op *op)
+{
+    struct weft__op *head = atomic_load_explicit(&io->remote, memory_order_relaxed);
+    do
+        op->rnext = head;
+    /* Release: the slot's state and waiter are visible to the owner's pass. */
+    while (!atomic_compare_exchange_weak_explicit(&io->remote, &head, op, memory_order_release,
+                                                  memory_order_relaxed));
+    weft__io_unpark(io);
+}
+
+static void wait_done(struct op_waiter *w)
+{
+    /* Acquire pairs with signal_waiter's release. */
+    while (!atomic_load_explicit(&w->done, memory_order_acquire)) {
+        if (w->io)
+            weft__io_park(w->io); /* keeps our own ring going meanwhile */
+        else
+            syscall(SYS_futex, &w->done, FUTEX_WAIT_PRIVATE, 0, NULL, NULL, 0);
+    }
+}
+
+bool weft__op_ready(struct weft__op *op, const struct weft_waker *waker)
+{
+    /* Acquire pairs with the owner's CAS: res and cqe_flags are visible. */
+    if (atomic_load_explicit(&op->state, memory_order_acquire) == OPS_DONE)
+        return true;
+    awaker_register(&op->waker, waker);
+    /* Seq_cst: the future's half of the Dekker pair. */
+    return atomic_load(&op->state) == OPS_DONE;
+}
+
+void weft__op_release(struct weft__op *op)
+{
+    struct weft__io *io = op->io, *me = weft__io_current();
+    bool borrowed = op->borrowed; /* the slot may be gone once pushed */
+    awaker_unregister(&op->waker);
+    struct op_waiter w = { 0, me };
+    if (me == io) {
+        if (atomic_load_explicit(&op->state, memory_order_relaxed) == OPS_DONE) {
+            free_done(io, op);
+            return;
+        }
+        /* Only this thread completes the slot: no race with the owner. */
+        uint32_t s = OPS_ORPHAN;
+        if (borrowed) {
+            op->waiter = &w;
+            s |= OPS_WAITER;
+        }
+        atomic_store_explicit(&op->state, s, memory_order_relaxed);
+        if (!cancel_orphan(io, op) && borrowed)
+            wait_done(&w);
+        return;
+    }
+    uint32_t s = OPS_PENDING, orphan = OPS_ORPHAN | OPS_QUEUED;
+    if (borrowed) {
+        op->waiter = &w;
+        orphan |= OPS_WAITER;
+    }
+    if (atomic_compare_exchange_strong_explicit(&op->state, &s, orphan, memory_order_acq_rel,
+                                                memory_order_acquire)) {
+        push_remote(io, op);
+        if (borrowed)
+            wait_done(&w);
+        return;
+    }
+    /* DONE: the owner frees it at its next pass. */
+    atomic_store_explicit(&op->state, OPS_DONE | OPS_QUEUED, memory_order_relaxed);
+    push_remote(io, op);
+}

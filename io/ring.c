@@ -1,0 +1,321 @@
+/* ring.c: a worker's io_uring: setup with feature fallback, the reactor turn,
+ * and the park point.
+ *
+ * Setup: the ring is created by weft_runtime_create with IORING_SETUP_R_DISABLED
+ * (so errors reach the caller) and enabled by its worker thread, which makes
+ * that thread the single issuer. Flags are tried from the best set down:
+ * SINGLE_ISSUER|DEFER_TASKRUN|COOP_TASKRUN|TASKRUN_FLAG|SUBMIT_ALL, then
+ * COOP_TASKRUN|TASKRUN_FLAG|SUBMIT_ALL, then none. Without io_uring at all
+ * (an old kernel, a seccomp filter, io_uring_disabled) the runtime still runs:
+ * the worker parks on its futex with the next timer as timeout, timers work,
+ * and every I/O future gives -EOPNOTSUPP.
+ *
+ * The turn (weft__io_tick, every few dozen polls and whenever the worker runs
+ * out of local work): handle slots other threads pushed, then one
+ * io_uring_enter that both submits every SQE queued since the last turn and
+ * runs the deferred completions, only if there is something to submit or the
+ * kernel flags pending completions (IORING_SQ_TASKRUN, CQ overflow); then reap
+ * and fire expired timers.
+ *
+ * Parking (weft__io_park) follows park.h's contract: an unpark that comes
+ * first is remembered, several collapse into one. The owner moves the park
+ * word EMPTY -> PARKED and sleeps in io_uring_enter(min_complete = 1, timeout
+ * = next timer) with a read of its eventfd armed; an unparker that swaps the
+ * word from PARKED writes the eventfd, which completes that read and ends the
+ * wait. An eventfd was chosen over IORING_OP_MSG_RING because any thread can
+ * write it (MSG_RING needs a ring of the sender's own) and it costs the same
+ * one syscall. */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "io.h"
+#include "../runtime/internal.h"
+
+#define DEFAULT_ENTRIES 256u
+#define CQ_FACTOR 16u
+#define DEFAULT_BUFFERS 256u
+#define DEFAULT_BUFFER_SIZE 4096u
+
+uint64_t weft_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * WEFT_NS_PER_SEC + (uint64_t)ts.tv_nsec;
+}
+
+struct weft__io *weft__io_current(void)
+{
+    return weft__current ? weft__current->io : NULL;
+}
+
+void weft__io_unsupported(struct weft__io *io, const char *name)
+{
+    uint32_t bit = 0;
+    for (uint32_t k = 0; k < OP_NKINDS; k++)
+        if (!(io->supported & (UINT32_C(1) << k)))
+            bit |= UINT32_C(1) << k;
+    if (io->warned & bit)
+        return;
+    io->warned |= bit;
+    fprintf(stderr, "weft: io_uring %s is not available (%s): the operation fails with "
+                    "EOPNOTSUPP\n", name, io->has_ring ? "kernel too old" : "no io_uring");
+}
+
+static const unsigned setup_ladder[] = {
+    IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_COOP_TASKRUN |
+        IORING_SETUP_TASKRUN_FLAG | IORING_SETUP_SUBMIT_ALL,
+    IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG | IORING_SETUP_SUBMIT_ALL,
+    0,
+};
+
+static int ring_create(struct weft__io *io, uint32_t entries)
+{
+    int err = -EINVAL;
+    for (size_t i = 0; i < sizeof(setup_ladder) / sizeof(setup_ladder[0]); i++) {
+        struct io_uring_params p;
+        memset(&p, 0, sizeof(p));
+        p.flags = setup_ladder[i] | IORING_SETUP_R_DISABLED | IORING_SETUP_CQSIZE;
+        p.cq_entries = entries * CQ_FACTOR;
+        err = io_uring_queue_init_params(entries, &io->ring, &p);
+        if (err == 0) {
+            io->features = p.features;
+            return 0;
+        }
+        if (err != -EINVAL)
+            break; /* ENOSYS, EPERM, ENOMEM: not a matter of flags */
+    }
+    return err;
+}
+
+static void probe(struct weft__io *io)
+{
+    struct io_uring_probe *p = io_uring_get_probe_ring(&io->ring);
+    io->supported = UINT32_C(1) << OP_TIMER;
+    for (uint32_t k = 0; k < OP_NKINDS; k++)
+        if (k != OP_TIMER && p && io_uring_opcode_supported(p, weft__op_opcode(k)))
+            io->supported |= UINT32_C(1) << k;
+    if (p)
+        io_uring_free_probe(p);
+}
+
+int weft__io_init(struct weft__io *io, struct weft_runtime *rt, uint32_t index,
+                  const struct weft_runtime_config *cfg)
+{
+    io->rt = rt;
+    io->index = index;
+    io->efd = -1;
+    atomic_init(&io->remote, NULL);
+    atomic_init(&io->park.state, PARK_EMPTY);
+    io->supported = UINT32_C(1) << OP_TIMER;
+    if (cfg->no_io_uring)
+        return 0;
+    int err = ring_create(io, cfg->io_entries ? cfg->io_entries : DEFAULT_ENTRIES);
+    if (err == -ENOSYS || err == -EPERM)
+        return 0; /* no io_uring here: timers only (see the top) */
+    if (err)
+        return err;
+    io->has_ring = true;
+    probe(io);
+    io->efd = eventfd(0, EFD_CLOEXEC);
+    if (io->efd < 0) {
+        err = -errno;
+        io_uring_queue_exit(&io->ring);
+        io->has_ring = false;
+        return err;
+    }
+    err = weft__bufring_init(io, cfg->io_buffers ? cfg->io_buffers : DEFAULT_BUFFERS,
+                             cfg->io_buffer_size ? cfg->io_buffer_size : DEFAULT_BUFFER_SIZE);
+    if (err == -EINVAL || err == -EOPNOTSUPP) {
+        io->supported &= ~(UINT32_C(1) << OP_RECV_BUF); /* kernel without buffer rings */
+        err = 0;
+    }
+    if (err)
+        weft__io_fini(io);
+    return err;
+}
+
+int weft__io_start(struct weft__io *io)
+{
+    if (!io->has_ring)
+        return 0;
+    /* io_uring_enable_rings is not exported by liburing 2.3 (TOOLCHAIN.md). */
+    int err = io_uring_register(io->ring.ring_fd, IORING_REGISTER_ENABLE_RINGS, NULL, 0);
+    return err < 0 ? err : 0;
+}
+
+void weft__io_fini(struct weft__io *io)
+{
+    if (!io->rt)
+        return; /* never initialised, or already finished */
+    if (io->has_ring) {
+        weft__bufring_fini(io);
+        io_uring_queue_exit(&io->ring);
+        io->has_ring = false;
+    }
+    if (io->efd >= 0)
+        close(io->efd);
+    io->efd = -1;
+    weft__slab_fini(io);
+    if (io->heap)
+        rt_free(io->rt, io->heap, io->heap_cap * sizeof(*io->heap));
+    io->heap = NULL;
+    io->rt = NULL;
+}
+
+/* ---- the turn ------------------------------------------------------------------ */
+
+void weft__io_reap(struct weft__io *io)
+{
+    struct io_uring_cqe *cqe;
+    while (io_uring_peek_cqe(&io->ring, &cqe) == 0) {
+        uint64_t ud = cqe->user_data;
+        int32_t res = cqe->res;
+        uint32_t flags = cqe->flags;
+        /* Consumed before dispatch: a dispatch may reap again (a drop that
+         * waits for its cancel), and must not see this CQE twice. */
+        io_uring_cqe_seen(&io->ring, cqe);
+        if (ud == IO_UD_IGNORE)
+            continue;
+        if (ud == IO_UD_EVENTFD) {
+            io->efd_armed = false;
+            continue;
+        }
+        struct weft__op *op = (struct weft__op *)(uintptr_t)ud;
+        if (flags & IORING_CQE_F_BUFFER)
+            io->bufs_free--;
+        if (op->kind == OP_ACCEPT)
+            weft__accept_complete(io, op, res, flags);
+        else if (op->kind == OP_RECV_BUF && res == -ENOBUFS &&
+                 atomic_load_explicit(&op->state, memory_order_relaxed) == OPS_PENDING)
+            weft__bufring_wait(io, op); /* retried when a buffer comes back */
+        else
+            weft__op_complete(io, op, res, flags);
+    }
+}
+
+static bool kernel_has_work(struct weft__io *io)
+{
+    return io_uring_sq_ready(&io->ring) > 0 ||
+           (IO_URING_READ_ONCE(*io->ring.sq.kflags) & (IORING_SQ_TASKRUN | IORING_SQ_CQ_OVERFLOW));
+}
+
+static void enter(struct weft__io *io, struct __kernel_timespec *ts, unsigned wait_nr)
+{
+    struct io_uring_cqe *cqe;
+    int ret;
+    do {
+        if (wait_nr)
+            ret = io_uring_submit_and_wait_timeout(&io->ring, &cqe, wait_nr, ts, NULL);
+        else
+            ret = io_uring_submit_and_get_events(&io->ring);
+        if (ret == -EBUSY) /* CQ overflowing: make room and go again */
+            weft__io_reap(io);
+    } while (ret == -EBUSY);
+}
+
+void weft__io_tick(struct weft__io *io)
+{
+    if (atomic_load_explicit(&io->remote, memory_order_relaxed))
+        weft__io_run_remote(io);
+    if (io->has_ring) {
+        if (kernel_has_work(io))
+            enter(io, NULL, 0);
+        if (io_uring_cq_ready(&io->ring))
+            weft__io_reap(io);
+    }
+    if (io->nheap)
+        weft__timers_run(io);
+}
+
+/* ---- parking -------------------------------------------------------------------- */
+
+static void arm_eventfd(struct weft__io *io)
+{
+    if (io->efd_armed)
+        return;
+    struct io_uring_sqe *sqe = weft__io_sqe(io);
+    io_uring_prep_read(sqe, io->efd, &io->efd_val, sizeof(io->efd_val), 0);
+    io_uring_sqe_set_data64(sqe, IO_UD_EVENTFD);
+    io->efd_armed = true;
+}
+
+static void futex_wait_until(struct park *p, uint64_t deadline)
+{
+    struct timespec ts, *tsp = NULL;
+    if (deadline != UINT64_MAX) {
+        uint64_t now = weft_now_ns(), d = deadline > now ? deadline - now : 0;
+        ts.tv_sec = (time_t)(d / WEFT_NS_PER_SEC);
+        ts.tv_nsec = (long)(d % WEFT_NS_PER_SEC);
+        tsp = &ts;
+    }
+    syscall(SYS_futex, &p->state, FUTEX_WAIT_PRIVATE, PARK_PARKED, tsp, NULL, 0);
+}
+
+void weft__io_park(struct weft__io *io)
+{
+    uint64_t next = UINT64_MAX;
+    if (io->nheap)
+        next = weft__timers_run(io);
+    uint32_t expect = PARK_EMPTY;
+    /* Relaxed: nothing is published by parking. On failure (NOTIFIED) the
+     * unpark came first: consume it below without sleeping. */
+    if (atomic_compare_exchange_strong_explicit(&io->park.state, &expect, PARK_PARKED,
+                                                memory_order_relaxed, memory_order_relaxed)) {
+        if (io->has_ring) {
+            arm_eventfd(io);
+            struct __kernel_timespec ts, *tsp = NULL;
+            if (next != UINT64_MAX) {
+                uint64_t now = weft_now_ns(), d = next > now ? next - now : 0;
+                ts.tv_sec = (int64_t)(d / WEFT_NS_PER_SEC);
+                ts.tv_nsec = (long long)(d % WEFT_NS_PER_SEC);
+                tsp = &ts;
+            }
+            enter(io, tsp, 1);
+        } else {
+            futex_wait_until(&io->park, next);
+        }
+    }
+    /* Acquire pairs with the unparker's release: what it wrote before
+     * unparking is visible from here on. */
+    atomic_exchange_explicit(&io->park.state, PARK_EMPTY, memory_order_acquire);
+    weft__io_tick(io);
+}
+
+void weft__io_unpark(struct weft__io *io)
+{
+    /* Release pairs with the acquire exchange at the end of weft__io_park. */
+    if (atomic_exchange_explicit(&io->park.state, PARK_NOTIFIED, memory_order_acq_rel) !=
+        PARK_PARKED)
+        return;
+    if (io->has_ring) {
+        uint64_t one = 1;
+        ssize_t r = write(io->efd, &one, sizeof(one));
+        (void)r; /* only fails if the counter is saturated: the read is due anyway */
+    } else {
+        syscall(SYS_futex, &io->park.state, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+    }
+}
+
+void weft__io_cancel_all(struct weft__io *io)
+{
+    while (io->nheap) {
+        struct weft__op *op = io->heap[0].op;
+        weft__timer_remove(io, op);
+        weft__op_complete(io, op, -ECANCELED, 0);
+    }
+    while (io->bufwait_head) {
+        struct weft__op *op = io->bufwait_head;
+        io->bufwait_head = op->next;
+        weft__op_complete(io, op, -ECANCELED, 0);
+    }
+    io->bufwait_tail = NULL;
+    if (io->has_ring) {
+        struct io_uring_sqe *sqe = weft__io_sqe(io);
+        io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY);
+        io_uring_sqe_set_data64(sqe, IO_UD_IGNORE);
+    }
+}

@@ -1,0 +1,220 @@
+/* stream.c: the single-operation futures: weft_recv (provided buffers) and
+ * struct weft_io (recv_into, send, send_all, writev, shutdown, close, and the
+ * file operations). Each poll: take a unit of budget; at the first poll start
+ * the operation on the polling worker's ring; later, wait for its slot to be
+ * DONE, read the result and let the slot go. */
+#include <errno.h>
+#include <limits.h>
+#include <sys/socket.h>
+
+#include "io.h"
+#include "../runtime/internal.h"
+
+/* Kinds of struct weft_io (its `kind` field). */
+enum io_kind {
+    IO_RECV,
+    IO_SEND,
+    IO_SEND_ALL,
+    IO_WRITEV,
+    IO_SHUTDOWN,
+    IO_CLOSE,
+    IO_OPEN,
+    IO_READ,
+    IO_WRITE,
+    IO_FSYNC,
+};
+
+static const struct { uint8_t op; uint8_t borrowed; } io_kinds[] = {
+    [IO_RECV] = { OP_RECV, 1 },      [IO_SEND] = { OP_SEND, 1 },
+    [IO_SEND_ALL] = { OP_SEND, 1 },  [IO_WRITEV] = { OP_WRITEV, 1 },
+    [IO_SHUTDOWN] = { OP_SHUTDOWN, 0 }, [IO_CLOSE] = { OP_CLOSE, 0 },
+    [IO_OPEN] = { OP_OPEN, 1 },      [IO_READ] = { OP_READ, 1 },
+    [IO_WRITE] = { OP_WRITE, 1 },    [IO_FSYNC] = { OP_FSYNC, 0 },
+};
+
+/* A length the kernel's 32-bit result can report. */
+static uint32_t clamp_len(uint64_t len)
+{
+    return len > INT_MAX ? INT_MAX : (uint32_t)len;
+}
+
+/* Starts the next operation of `io`; returns 0 or the error to finish with. */
+static int io_start(struct weft_io *io, struct weft_cx *cx)
+{
+    int err = weft__op_start(cx, &io->op, (enum op_kind)io_kinds[io->kind].op);
+    if (err)
+        return err;
+    struct weft__op *op = io->op;
+    op->borrowed = io_kinds[io->kind].borrowed;
+    op->fd = io->fd;
+    op->addr = (uint64_t)(uintptr_t)io->buf;
+    op->len = clamp_len(io->len);
+    op->off = io->off;
+    if (io->kind == IO_SEND_ALL) {
+        op->addr += io->done;
+        op->len = clamp_len(io->len - io->done);
+    } else if (io->kind == IO_OPEN) {
+        op->len = (uint32_t)io->len; /* the flags */
+    }
+    weft__op_submit(op->io, op);
+    return 0;
+}
+
+static enum weft_poll io_poll(struct weft_future *f, struct weft_cx *cx)
+{
+    struct weft_io *io = (struct weft_io *)f;
+    if (io->base.resume)
+        return WEFT_READY;
+    if (!weft_coop_take(cx))
+        return WEFT_PENDING;
+    for (;;) {
+        int res;
+        if (!io->op) {
+            res = io_start(io, cx);
+            if (res == 0)
+                return WEFT_PENDING;
+        } else {
+            if (!weft__op_ready(io->op, cx->waker))
+                return WEFT_PENDING;
+            res = io->op->res;
+            weft__op_release(io->op);
+            io->op = NULL;
+        }
+        if (io->kind == IO_SEND_ALL && res > 0) {
+            io->done += (uint64_t)res;
+            if (io->done < io->len)
+                continue; /* the rest, in another send */
+            res = (int)clamp_len(io->len);
+        }
+        io->result = res;
+        io->base.resume = 1;
+        return WEFT_READY;
+    }
+}
+
+static void io_drop(struct weft_future *f)
+{
+    struct weft_io *io = (struct weft_io *)f;
+    if (io->op)
+        weft__op_release(io->op); /* waits if the kernel may still use our memory */
+    io->op = NULL;
+}
+
+static const struct weft_future_ops io_ops = { io_poll, io_drop };
+
+static void io_init(struct weft_io *io, enum io_kind kind, int fd, const void *buf, uint64_t len,
+                    uint64_t off)
+{
+    io->base.ops = &io_ops;
+    io->base.resume = 0;
+    io->result = 0;
+    io->kind = (uint8_t)kind;
+    io->fd = fd;
+    io->buf = buf;
+    io->len = len;
+    io->off = off;
+    io->done = 0;
+    io->op = NULL;
+}
+
+void weft_recv_into_init(struct weft_io *io, int fd, void *buf, size_t len)
+{
+    io_init(io, IO_RECV, fd, buf, len, 0);
+}
+
+void weft_send_init(struct weft_io *io, int fd, const void *buf, size_t len)
+{
+    io_init(io, IO_SEND, fd, buf, len, 0);
+}
+
+void weft_send_all_init(struct weft_io *io, int fd, const void *buf, size_t len)
+{
+    io_init(io, IO_SEND_ALL, fd, buf, len, 0);
+}
+
+void weft_writev_init(struct weft_io *io, int fd, const struct iovec *iov, int iovcnt)
+{
+    io_init(io, IO_WRITEV, fd, iov, iovcnt < 0 ? 0 : (uint64_t)iovcnt, 0);
+}
+
+void weft_shutdown_init(struct weft_io *io, int fd, int how)
+{
+    io_init(io, IO_SHUTDOWN, fd, NULL, 0, (uint64_t)how);
+}
+
+void weft_close_init(struct weft_io *io, int fd)
+{
+    io_init(io, IO_CLOSE, fd, NULL, 0, 0);
+}
+
+void weft_open_init(struct weft_io *io, const char *path, int flags, unsigned mode)
+{
+    io_init(io, IO_OPEN, -1, path, (uint64_t)(unsigned)flags, mode);
+}
+
+void weft_read_at_init(struct weft_io *io, int fd, void *buf, size_t len, uint64_t offset)
+{
+    io_init(io, IO_READ, fd, buf, len, offset);
+}
+
+void weft_write_at_init(struct weft_io *io, int fd, const void *buf, size_t len,
+                        uint64_t offset)
+{
+    io_init(io, IO_WRITE, fd, buf, len, offset);
+}
+
+void weft_fsync_init(struct weft_io *io, int fd, bool data_only)
+{
+    io_init(io, IO_FSYNC, fd, NULL, 0, data_only);
+}
+
+/* ---- weft_recv: from the provided-buffer ring ------------------------------------ */
+
+static enum weft_poll recv_poll(struct weft_future *f, struct weft_cx *cx)
+{
+    struct weft_recv *r = (struct weft_recv *)f;
+    if (r->base.resume)
+        return WEFT_READY;
+    if (!weft_coop_take(cx))
+        return WEFT_PENDING;
+    if (!r->op) {
+        int err = weft__op_start(cx, &r->op, OP_RECV_BUF);
+        if (err) {
+            r->result = err;
+            r->base.resume = 1;
+            return WEFT_READY;
+        }
+        r->op->fd = r->fd;
+        weft__op_submit(r->op->io, r->op);
+        return WEFT_PENDING;
+    }
+    if (!weft__op_ready(r->op, cx->waker))
+        return WEFT_PENDING;
+    /* The slot keeps the buffer until the drop gives both back. */
+    struct weft__op *op = r->op;
+    r->result = op->res;
+    if (op->cqe_flags & IORING_CQE_F_BUFFER)
+        r->data = op->io->bufs + (size_t)(op->cqe_flags >> IORING_CQE_BUFFER_SHIFT) * op->io->buf_size;
+    r->base.resume = 1;
+    return WEFT_READY;
+}
+
+static void recv_drop(struct weft_future *f)
+{
+    struct weft_recv *r = (struct weft_recv *)f;
+    if (r->op)
+        weft__op_release(r->op);
+    r->op = NULL;
+}
+
+static const struct weft_future_ops recv_ops = { recv_poll, recv_drop };
+
+void weft_recv_init(struct weft_recv *r, int fd)
+{
+    r->base.ops = &recv_ops;
+    r->base.resume = 0;
+    r->result = 0;
+    r->fd = fd;
+    r->data = NULL;
+    r->op = NULL;
+}

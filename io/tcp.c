@@ -1,0 +1,456 @@
+/* tcp.c: listeners (one multishot accept each), connect, and socket options.
+ *
+ * The accept queue. A listener's multishot accept runs on the ring of the
+ * worker that first needed it; each accepted socket goes into the listener's
+ * single-producer (that worker) / single-consumer (the one pending accept
+ * future) queue, and the future takes sockets from it. The producer publishes
+ * `tail` with a seq_cst store and then checks the awaker (seq_cst); the
+ * consumer registers (seq_cst) and then re-reads `tail`, `error` and `armed`
+ * (seq_cst): the Dekker pattern, so a socket is never left unseen. When the
+ * queue holds ACCEPTQ_PAUSE sockets the multishot is cancelled (the backlog
+ * stays in the kernel) and re-armed when the queue is empty again.
+ *
+ * `armed` is 0 (no multishot), 1 (armed) or 2 (armed, and the listener is
+ * closing: the closer owns the cancel). The multishot's final CQE (F_MORE
+ * clear: an error such as -EMFILE, or a cancel) disarms it; the next accept
+ * future re-arms, after a back-off for resource errors, so accepting never
+ * stops for good. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "io.h"
+#include "../runtime/internal.h"
+
+#define ACCEPTQ_CAP 256u
+#define ACCEPTQ_PAUSE 128u
+#define ACCEPT_BACKOFF_NS (10 * WEFT_NS_PER_MS)
+
+struct weft__acceptq {
+    _Atomic uint32_t refs;         /* the listener, and the armed multishot */
+    _Atomic uint32_t armed;
+    _Atomic uint32_t acceptor;     /* an accept future is pending */
+    _Atomic bool closed;
+    _Atomic int error;             /* a final CQE's error, for the next accept */
+    _Atomic uint64_t backoff_until;
+    int lfd;
+    bool pausing;                  /* owner: a cancel for the pause is on its way */
+    struct weft__op *op;           /* the multishot, while armed */
+    struct awaker waker;
+    _Atomic uint32_t head;         /* consumer */
+    _Atomic uint32_t tail;         /* producer */
+    int fds[ACCEPTQ_CAP];
+};
+
+/* ---- addresses -------------------------------------------------------------------- */
+
+/* Parses a numeric IPv4/IPv6 address into `sa`; returns its length or 0. */
+static socklen_t parse_addr(const char *addr, uint16_t port, struct sockaddr_in6 *sa)
+{
+    memset(sa, 0, sizeof(*sa));
+    struct sockaddr_in *in4 = (struct sockaddr_in *)sa;
+    if (!addr)
+        addr = "0.0.0.0";
+    if (inet_pton(AF_INET, addr, &in4->sin_addr) == 1) {
+        in4->sin_family = AF_INET;
+        in4->sin_port = htons(port);
+        return sizeof(*in4);
+    }
+    if (inet_pton(AF_INET6, addr, &sa->sin6_addr) == 1) {
+        sa->sin6_family = AF_INET6;
+        sa->sin6_port = htons(port);
+        return sizeof(*sa);
+    }
+    return 0;
+}
+
+static int format_addr(const struct sockaddr_storage *ss, char *buf, size_t len, uint16_t *port)
+{
+    const void *src;
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *in4 = (const struct sockaddr_in *)ss;
+        src = &in4->sin_addr;
+        *port = ntohs(in4->sin_port);
+    } else if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)ss;
+        src = &in6->sin6_addr;
+        *port = ntohs(in6->sin6_port);
+    } else {
+        return -EAFNOSUPPORT;
+    }
+    if (!inet_ntop(ss->ss_family, src, buf, (socklen_t)len))
+        return -ENOSPC;
+    return 0;
+}
+
+static int sock_addr(int fd, char *buf, size_t len, uint16_t *port,
+                     int (*get)(int, struct sockaddr *, socklen_t *))
+{
+    if (!buf || !port)
+        return -EINVAL;
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    if (get(fd, (struct sockaddr *)&ss, &sl) < 0)
+        return -errno;
+    return format_addr(&ss, buf, len, port);
+}
+
+int weft_tcp_peer_addr(int fd, char *buf, size_t len, uint16_t *port)
+{
+    return sock_addr(fd, buf, len, port, getpeername);
+}
+
+int weft_tcp_local_addr(int fd, char *buf, size_t len, uint16_t *port)
+{
+    return sock_addr(fd, buf, len, port, getsockname);
+}
+
+/* ---- options ------------------------------------------------------------------------ */
+
+static int set_int(int fd, int level, int name, int value)
+{
+    return setsockopt(fd, level, name, &value, sizeof(value)) < 0 ? -errno : 0;
+}
+
+int weft_tcp_set_nodelay(int fd, bool on)
+{
+    return set_int(fd, IPPROTO_TCP, TCP_NODELAY, on);
+}
+
+int weft_tcp_set_keepalive(int fd, bool on)
+{
+    return set_int(fd, SOL_SOCKET, SO_KEEPALIVE, on);
+}
+
+int weft_socket_set_sndbuf(int fd, int bytes)
+{
+    return bytes < 0 ? -EINVAL : set_int(fd, SOL_SOCKET, SO_SNDBUF, bytes);
+}
+
+int weft_socket_set_rcvbuf(int fd, int bytes)
+{
+    return bytes < 0 ? -EINVAL : set_int(fd, SOL_SOCKET, SO_RCVBUF, bytes);
+}
+
+int weft_socket_set_linger(int fd, bool on, int seconds)
+{
+    if (seconds < 0)
+        return -EINVAL;
+    struct linger lg = { on, seconds };
+    return setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)) < 0 ? -errno : 0;
+}
+
+/* ---- listen ---------------------------------------------------------------------------- */
+
+static void acceptq_drain(struct weft__acceptq *q)
+{
+    uint32_t tail = atomic_load_explicit(&q->tail, memory_order_acquire);
+    for (uint32_t h = atomic_load_explicit(&q->head, memory_order_relaxed); h != tail; h++)
+        close(q->fds[h % ACCEPTQ_CAP]);
+    atomic_store_explicit(&q->head, tail, memory_order_relaxed);
+}
+
+static void acceptq_unref(struct weft__acceptq *q)
+{
+    /* Acq_rel: the last one sees every other holder's writes. */
+    if (atomic_fetch_sub_explicit(&q->refs, 1, memory_order_acq_rel) == 1) {
+        acceptq_drain(q);
+        free(q);
+    }
+}
+
+int weft_tcp_listen(struct weft_tcp_listener *l, const char *addr, uint16_t port,
+                    const struct weft_listen_opts *opts)
+{
+    if (!l)
+        return -EINVAL;
+    l->fd = -1;
+    l->q = NULL;
+    struct sockaddr_in6 sa;
+    socklen_t sl = parse_addr(addr, port, &sa);
+    if (!sl)
+        return -EINVAL;
+    struct weft__acceptq *q = calloc(1, sizeof(*q));
+    if (!q)
+        return -ENOMEM;
+    int fd = socket(sa.sin6_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int err = fd < 0 ? -errno : 0;
+    if (!err)
+        err = set_int(fd, SOL_SOCKET, SO_REUSEADDR, 1);
+    if (!err && opts && opts->reuseport)
+        err = set_int(fd, SOL_SOCKET, SO_REUSEPORT, 1);
+    if (!err && bind(fd, (struct sockaddr *)&sa, sl) < 0)
+        err = -errno;
+    if (!err && listen(fd, opts && opts->backlog > 0 ? opts->backlog : 4096) < 0)
+        err = -errno;
+    if (err) {
+        if (fd >= 0)
+            close(fd);
+        free(q);
+        return err;
+    }
+    atomic_init(&q->refs, 1);
+    awaker_init(&q->waker);
+    q->lfd = fd;
+    l->fd = fd;
+    l->q = q;
+    return 0;
+}
+
+int weft_tcp_listener_port(const struct weft_tcp_listener *l)
+{
+    if (!l || l->fd < 0)
+        return -EBADF;
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    if (getsockname(l->fd, (struct sockaddr *)&ss, &sl) < 0)
+        return -errno;
+    char buf[INET6_ADDRSTRLEN];
+    uint16_t port;
+    int err = format_addr(&ss, buf, sizeof(buf), &port);
+    return err ? err : port;
+}
+
+void weft_tcp_listener_close(struct weft_tcp_listener *l)
+{
+    if (!l || !l->q)
+        return;
+    struct weft__acceptq *q = l->q;
+    atomic_store(&q->closed, true);
+    uint32_t a = 1;
+    /* Claiming the multishot (1 -> 2) keeps its slot alive until our release,
+     * which cancels it on its ring; its final CQE closes what it queued. */
+    if (atomic_compare_exchange_strong(&q->armed, &a, 2))
+        weft__op_release(q->op);
+    else
+        acceptq_drain(q); /* no producer any more */
+    close(l->fd);
+    l->fd = -1;
+    l->q = NULL;
+    acceptq_unref(q);
+}
+
+/* ---- the multishot's completions (owner) --------------------------------------------- */
+
+static void accept_final(struct weft__io *io, struct weft__op *op, struct weft__acceptq *q)
+{
+    io->inflight--;
+    q->pausing = false;
+    uint32_t a = 1;
+    if (atomic_compare_exchange_strong(&q->armed, &a, 0)) {
+        weft__op_free(io, op);
+    } else {
+        /* The closer claimed the slot: hand it over as any finished op. */
+        uint32_t s = OPS_PENDING;
+        if (!atomic_compare_exchange_strong(&op->state, &s, OPS_DONE))
+            weft__op_orphan_final(io, op, s);
+        acceptq_drain(q);
+    }
+    /* Woken after the disarm, so the acceptor's re-check sees armed == 0. */
+    awaker_wake(&q->waker);
+    acceptq_unref(q);
+}
+
+void weft__accept_complete(struct weft__io *io, struct weft__op *op, int32_t res, uint32_t flags)
+{
+    struct weft__acceptq *q = op->u.acceptq;
+    if (res >= 0) {
+        uint32_t tail = atomic_load_explicit(&q->tail, memory_order_relaxed);
+        uint32_t len = tail - atomic_load_explicit(&q->head, memory_order_acquire);
+        if (len >= ACCEPTQ_CAP || atomic_load_explicit(&q->closed, memory_order_relaxed)) {
+            close(res); /* the multishot outran its pause; the peer sees a reset */
+        } else {
+            q->fds[tail % ACCEPTQ_CAP] = res;
+            atomic_store(&q->tail, tail + 1); /* seq_cst: Dekker with the consumer */
+            if (len + 1 >= ACCEPTQ_PAUSE && !q->pausing) {
+                q->pausing = true;
+                weft__op_cancel(io, op);
+            }
+        }
+    } else if (!(flags & IORING_CQE_F_MORE) && res != -ECANCELED) {
+        if (res == -EMFILE || res == -ENFILE || res == -ENOBUFS || res == -ENOMEM)
+            atomic_store(&q->backoff_until, weft_now_ns() + ACCEPT_BACKOFF_NS);
+        atomic_store(&q->error, res);
+    }
+    if (flags & IORING_CQE_F_MORE)
+        awaker_wake(&q->waker);
+    else
+        accept_final(io, op, q); /* wakes, and may free q */
+}
+
+/* ---- the accept future ----------------------------------------------------------------- */
+
+static int arm(struct weft_cx *cx, struct weft__acceptq *q)
+{
+    struct weft__op *op;
+    int err = weft__op_start(cx, &op, OP_ACCEPT);
+    if (err)
+        return err;
+    awaker_unregister(&op->waker); /* the queue's awaker wakes the acceptor */
+    op->fd = q->lfd;
+    op->u.acceptq = q;
+    atomic_fetch_add_explicit(&q->refs, 1, memory_order_relaxed);
+    q->op = op;
+    /* Release: q->op is visible to a closer that claims it. */
+    atomic_store_explicit(&q->armed, 1, memory_order_release);
+    weft__op_submit(op->io, op);
+    return 0;
+}
+
+static enum weft_poll accept_finish(struct weft_accept *a, int result)
+{
+    struct weft__acceptq *q = a->l->q;
+    a->result = result;
+    if (a->waiting) {
+        awaker_unregister(&q->waker);
+        atomic_store_explicit(&q->acceptor, 0, memory_order_release);
+        a->waiting = false;
+    }
+    weft_future_drop(&a->backoff.base);
+    return WEFT_READY;
+}
+
+static enum weft_poll accept_poll(struct weft_future *f, struct weft_cx *cx)
+{
+    struct weft_accept *a = (struct weft_accept *)f;
+    struct weft__acceptq *q = a->l ? a->l->q : NULL;
+    if (!q || atomic_load_explicit(&q->closed, memory_order_relaxed)) {
+        a->result = -EBADF;
+        return WEFT_READY;
+    }
+    if (!weft_coop_take(cx))
+        return WEFT_PENDING;
+    if (!a->waiting) {
+        uint32_t none = 0;
+        if (!atomic_compare_exchange_strong(&q->acceptor, &none, 1)) {
+            a->result = -EBUSY;
+            return WEFT_READY;
+        }
+        a->waiting = true;
+    }
+    for (bool registered = false;; registered = true) {
+        uint32_t head = atomic_load_explicit(&q->head, memory_order_relaxed);
+        /* Seq_cst: the consumer's re-check of the Dekker pair (top). */
+        if (head != atomic_load(&q->tail)) {
+            int fd = q->fds[head % ACCEPTQ_CAP];
+            atomic_store_explicit(&q->head, head + 1, memory_order_release);
+            return accept_finish(a, fd);
+        }
+        int err = atomic_exchange(&q->error, 0);
+        if (err)
+            return accept_finish(a, err);
+        if (atomic_load(&q->armed) == 0) {
+            uint64_t until = atomic_load_explicit(&q->backoff_until, memory_order_relaxed);
+            if (until > weft_now_ns()) {
+                if (!a->backoff.base.ops)
+                    weft_sleep_until_init(&a->backoff, until);
+                if (weft_future_poll(&a->backoff.base, cx) == WEFT_PENDING)
+                    return WEFT_PENDING;
+            }
+            weft_future_drop(&a->backoff.base);
+            err = arm(cx, q);
+            if (err)
+                return accept_finish(a, err);
+        }
+        if (registered)
+            return WEFT_PENDING;
+        awaker_register(&q->waker, cx->waker);
+    }
+}
+
+static void accept_drop(struct weft_future *f)
+{
+    struct weft_accept *a = (struct weft_accept *)f;
+    if (a->waiting)
+        accept_finish(a, a->result);
+    weft_future_drop(&a->backoff.base);
+}
+
+static const struct weft_future_ops accept_ops = { accept_poll, accept_drop };
+
+void weft_accept_init(struct weft_accept *a, struct weft_tcp_listener *l)
+{
+    a->base.ops = &accept_ops;
+    a->base.resume = 0;
+    a->result = 0;
+    a->l = l;
+    a->waiting = false;
+    a->backoff.base.ops = NULL;
+    a->backoff.op = NULL;
+}
+
+/* ---- connect ----------------------------------------------------------------------------- */
+
+static enum weft_poll connect_poll(struct weft_future *f, struct weft_cx *cx)
+{
+    struct weft_connect *c = (struct weft_connect *)f;
+    if (!weft_coop_take(cx))
+        return WEFT_PENDING;
+    if (!c->op) {
+        if (!c->addrlen) {
+            c->result = -EINVAL;
+            return WEFT_READY;
+        }
+        int family = ((struct sockaddr *)c->addr)->sa_family;
+        int fd = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        int err = fd < 0 ? -errno : weft__op_start(cx, &c->op, OP_CONNECT);
+        if (err) {
+            if (fd >= 0)
+                close(fd);
+            c->result = err;
+            return WEFT_READY;
+        }
+        struct weft__op *op = c->op;
+        op->fd = fd;
+        memcpy(&op->u.conn.sa, c->addr, c->addrlen);
+        op->u.conn.salen = c->addrlen;
+        if (c->timeout_ns) {
+            op->linked = 1;
+            op->u.conn.ts.tv_sec = (int64_t)(c->timeout_ns / WEFT_NS_PER_SEC);
+            op->u.conn.ts.tv_nsec = (long long)(c->timeout_ns % WEFT_NS_PER_SEC);
+        }
+        weft__op_submit(op->io, op);
+        return WEFT_PENDING;
+    }
+    if (!weft__op_ready(c->op, cx->waker))
+        return WEFT_PENDING;
+    int res = c->op->res, fd = c->op->fd;
+    weft__op_release(c->op);
+    c->op = NULL;
+    if (res < 0) {
+        close(fd);
+        c->result = res == -ECANCELED && c->timeout_ns ? -ETIMEDOUT : res;
+    } else {
+        c->result = fd;
+    }
+    return WEFT_READY;
+}
+
+static void connect_drop(struct weft_future *f)
+{
+    struct weft_connect *c = (struct weft_connect *)f;
+    if (c->op)
+        weft__op_release(c->op); /* the final CQE closes the socket */
+    c->op = NULL;
+}
+
+static const struct weft_future_ops connect_ops = { connect_poll, connect_drop };
+
+void weft_connect_init(struct weft_connect *c, const char *addr, uint16_t port,
+                       uint64_t timeout_ns)
+{
+    c->base.ops = &connect_ops;
+    c->base.resume = 0;
+    c->result = 0;
+    c->timeout_ns = timeout_ns;
+    c->op = NULL;
+    struct sockaddr_in6 sa;
+    c->addrlen = addr ? parse_addr(addr, port, &sa) : 0;
+    memcpy(c->addr, &sa, sizeof(c->addr));
+}
