@@ -13,42 +13,10 @@
  *   chained_spawn(1000x100)      each task spawns the next, 1000 deep; the last
  *                                sends on a oneshot; 100 times in sequence */
 #include <errno.h>
-#include <stdatomic.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <time.h>
 
-#include <weft.h>
+#include "common/bench.h"
 
 static struct weft_runtime *rt;
-
-static void check(int err, const char *what)
-{
-    if (err) {
-        fprintf(stderr, "weft-rt-bench: %s: %s\n", what, strerror(-err));
-        exit(1);
-    }
-}
-
-/* ---- a latch: n tasks count down, the last sends on a oneshot ------------------ */
-
-struct latch {
-    _Atomic long left;
-    struct weft_oneshot *done;
-};
-
-static void latch_init(struct latch *l, long n)
-{
-    atomic_init(&l->left, n);
-    check(weft_oneshot_create(&l->done, 1), "oneshot");
-}
-
-static void latch_hit(struct latch *l)
-{
-    if (atomic_fetch_sub_explicit(&l->left, 1, memory_order_acq_rel) == 1)
-        weft_oneshot_send(l->done, "");
-}
 
 /* ---- task bodies ------------------------------------------------------------------ */
 
@@ -242,30 +210,10 @@ static enum weft_poll driver_poll(struct weft_future *f, struct weft_cx *cx)
 
 static const struct weft_future_ops driver_ops = { driver_poll, NULL };
 
-static double now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e9 + ts.tv_nsec;
-}
-
 static double run_once(enum workload kind, long a, long b)
 {
     struct driver d = { .base = { &driver_ops, 0 }, .kind = kind, .a = a, .b = b };
-    struct weft_join j;
-    double t0 = now_ns();
-    check(weft_spawn(rt, &d.base, sizeof(d), &j), "spawn");
-    check(weft_block_on(rt, &j.base), "block_on");
-    double t1 = now_ns();
-    check(j.res, "join");
-    weft_future_drop(&j.base);
-    return t1 - t0;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
+    return run_body(rt, &d.base, sizeof(d));
 }
 
 static const char *only; /* run only the benchmarks whose name contains this */
@@ -278,10 +226,10 @@ static void bench(const char *name, int reps, long ops, enum workload kind, long
     run_once(kind, a, b); /* warm-up */
     for (int r = 0; r < reps; r++)
         ns[r] = run_once(kind, a, b) / (double)ops;
-    qsort(ns, (size_t)reps, sizeof(double), cmp_double);
-    printf("%-32s %10.1f ns/op  (min %8.1f, max %8.1f)  ops=%ld\n", name, ns[reps / 2], ns[0],
+    double med = median(ns, reps);
+    printf("%-32s %10.1f ns/op  (min %8.1f, max %8.1f)  ops=%ld\n", name, med, ns[0],
            ns[reps - 1], ops);
-    printf("RESULT weft %s %.1f\n", name, ns[reps / 2]);
+    printf("RESULT weft %s %.1f\n", name, med);
     fflush(stdout);
 }
 

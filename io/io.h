@@ -125,6 +125,7 @@ struct weft__io {
     uint32_t warned;                   /* bit per op_kind already reported missing */
     bool has_ring;                     /* false: io_uring unavailable, timers only */
     uint32_t inflight;                 /* slots owned by the kernel or the heap */
+    uint64_t wakes;                    /* completions delivered to a future */
     /* slab */
     struct weft__op *free;
     struct slab_chunk *chunks;

@@ -256,6 +256,7 @@ void weft__op_complete(struct weft__io *io, struct weft__op *op, int32_t res, ui
     uint32_t s = OPS_PENDING;
     /* Seq_cst: the owner's half of the Dekker pair (top of file). */
     if (atomic_compare_exchange_strong(&op->state, &s, OPS_DONE)) {
+        io->wakes++;
         awaker_wake(&op->waker);
         return;
     }

@@ -257,13 +257,15 @@ static void futex_wait_until(struct park *p, uint64_t deadline)
 
 void weft__io_park(struct weft__io *io)
 {
-    uint64_t next = UINT64_MAX;
+    uint64_t next = UINT64_MAX, wakes = io->wakes;
     if (io->nheap)
         next = weft__timers_run(io);
     uint32_t expect = PARK_EMPTY;
-    /* Relaxed: nothing is published by parking. On failure (NOTIFIED) the
+    /* A timer that just fired woke a task: run it rather than sleep.
+     * Relaxed CAS: nothing is published by parking. On failure (NOTIFIED) the
      * unpark came first: consume it below without sleeping. */
-    if (atomic_compare_exchange_strong_explicit(&io->park.state, &expect, PARK_PARKED,
+    if (io->wakes == wakes &&
+        atomic_compare_exchange_strong_explicit(&io->park.state, &expect, PARK_PARKED,
                                                 memory_order_relaxed, memory_order_relaxed)) {
         if (io->has_ring) {
             arm_eventfd(io);
