@@ -123,6 +123,9 @@ struct io_uring_sqe *weft__io_sqe(struct weft__io *io)
 
 void weft__op_submit(struct weft__io *io, struct weft__op *op)
 {
+    /* A linked pair must go to the kernel in one submission. */
+    if (op->linked && io_uring_sq_space_left(&io->ring) < 2)
+        io_uring_submit(&io->ring);
     struct io_uring_sqe *sqe = weft__io_sqe(io);
     int fd = op->fd;
     void *addr = (void *)(uintptr_t)op->addr;
