@@ -8,7 +8,12 @@
  * consumer registers (seq_cst) and then re-reads `tail`, `error` and `armed`
  * (seq_cst): the Dekker pattern, so a socket is never left unseen. When the
  * queue holds ACCEPTQ_PAUSE sockets the multishot is cancelled (the backlog
- * stays in the kernel) and re-armed when the queue is empty again.
+ * stays in the kernel) and re-armed when the queue is empty again. The
+ * multishot may post many more completions before that cancel lands (the
+ * whole backlog at once): what the ring cannot hold goes to an overflow array
+ * under a mutex, taken only on that path, so an accepted socket is never
+ * dropped; the producer keeps using the overflow until the consumer empties
+ * it, and `novf` (seq_cst, like `tail`) tells the consumer to look there.
  *
  * `armed` is 0 (no multishot), 1 (armed) or 2 (armed, and the listener is
  * closing: the closer owns the cancel). The multishot's final CQE (F_MORE
@@ -19,6 +24,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,6 +52,10 @@ struct weft__acceptq {
     _Atomic uint32_t head;         /* consumer */
     _Atomic uint32_t tail;         /* producer */
     int fds[ACCEPTQ_CAP];
+    pthread_mutex_t ovf_lock;      /* guards the overflow array */
+    _Atomic uint32_t novf;         /* sockets in the overflow */
+    uint32_t ovf_head, ovf_cap;
+    int *ovf;
 };
 
 /* ---- addresses -------------------------------------------------------------------- */
@@ -148,12 +158,62 @@ int weft_socket_set_linger(int fd, bool on, int seconds)
 
 /* ---- listen ---------------------------------------------------------------------------- */
 
+/* Producer: queues an accepted socket; false only when memory ran out. */
+static bool acceptq_push(struct weft__acceptq *q, int fd)
+{
+    uint32_t tail = atomic_load_explicit(&q->tail, memory_order_relaxed);
+    uint32_t len = tail - atomic_load_explicit(&q->head, memory_order_acquire);
+    if (len < ACCEPTQ_CAP && atomic_load_explicit(&q->novf, memory_order_relaxed) == 0) {
+        q->fds[tail % ACCEPTQ_CAP] = fd;
+        atomic_store(&q->tail, tail + 1); /* seq_cst: Dekker with the consumer */
+        return true;
+    }
+    pthread_mutex_lock(&q->ovf_lock);
+    uint32_t n = atomic_load_explicit(&q->novf, memory_order_relaxed);
+    if (q->ovf_head + n == q->ovf_cap) { /* full: compact, or grow */
+        memmove(q->ovf, q->ovf + q->ovf_head, n * sizeof(int));
+        q->ovf_head = 0;
+        if (n == q->ovf_cap) {
+            uint32_t cap = q->ovf_cap ? 2 * q->ovf_cap : ACCEPTQ_CAP;
+            int *grown = realloc(q->ovf, cap * sizeof(int));
+            if (!grown) {
+                pthread_mutex_unlock(&q->ovf_lock);
+                return false;
+            }
+            q->ovf = grown;
+            q->ovf_cap = cap;
+        }
+    }
+    q->ovf[q->ovf_head + n] = fd;
+    atomic_store(&q->novf, n + 1); /* seq_cst: Dekker with the consumer */
+    pthread_mutex_unlock(&q->ovf_lock);
+    return true;
+}
+
+/* Consumer: the next socket, or -1. */
+static int acceptq_pop(struct weft__acceptq *q)
+{
+    uint32_t head = atomic_load_explicit(&q->head, memory_order_relaxed);
+    /* Seq_cst: the consumer's re-check of the Dekker pair (top). */
+    if (head != atomic_load(&q->tail)) {
+        int fd = q->fds[head % ACCEPTQ_CAP];
+        atomic_store_explicit(&q->head, head + 1, memory_order_release);
+        return fd;
+    }
+    if (atomic_load(&q->novf) == 0)
+        return -1;
+    pthread_mutex_lock(&q->ovf_lock);
+    int fd = q->ovf[q->ovf_head++];
+    atomic_store(&q->novf, atomic_load_explicit(&q->novf, memory_order_relaxed) - 1);
+    pthread_mutex_unlock(&q->ovf_lock);
+    return fd;
+}
+
+/* Closes every queued socket (no producer or consumer runs any more). */
 static void acceptq_drain(struct weft__acceptq *q)
 {
-    uint32_t tail = atomic_load_explicit(&q->tail, memory_order_acquire);
-    for (uint32_t h = atomic_load_explicit(&q->head, memory_order_relaxed); h != tail; h++)
-        close(q->fds[h % ACCEPTQ_CAP]);
-    atomic_store_explicit(&q->head, tail, memory_order_relaxed);
+    for (int fd; (fd = acceptq_pop(q)) >= 0;)
+        close(fd);
 }
 
 static void acceptq_unref(struct weft__acceptq *q)
@@ -161,6 +221,8 @@ static void acceptq_unref(struct weft__acceptq *q)
     /* Acq_rel: the last one sees every other holder's writes. */
     if (atomic_fetch_sub_explicit(&q->refs, 1, memory_order_acq_rel) == 1) {
         acceptq_drain(q);
+        pthread_mutex_destroy(&q->ovf_lock);
+        free(q->ovf);
         free(q);
     }
 }
@@ -196,6 +258,7 @@ int weft_tcp_listen(struct weft_tcp_listener *l, const char *addr, uint16_t port
         return err;
     }
     atomic_init(&q->refs, 1);
+    pthread_mutex_init(&q->ovf_lock, NULL);
     awaker_init(&q->waker);
     q->lfd = fd;
     l->fd = fd;
@@ -261,17 +324,14 @@ void weft__accept_complete(struct weft__io *io, struct weft__op *op, int32_t res
 {
     struct weft__acceptq *q = op->u.acceptq;
     if (res >= 0) {
-        uint32_t tail = atomic_load_explicit(&q->tail, memory_order_relaxed);
-        uint32_t len = tail - atomic_load_explicit(&q->head, memory_order_acquire);
-        if (len >= ACCEPTQ_CAP || atomic_load_explicit(&q->closed, memory_order_relaxed)) {
-            close(res); /* the multishot outran its pause; the peer sees a reset */
-        } else {
-            q->fds[tail % ACCEPTQ_CAP] = res;
-            atomic_store(&q->tail, tail + 1); /* seq_cst: Dekker with the consumer */
-            if (len + 1 >= ACCEPTQ_PAUSE && !q->pausing) {
-                q->pausing = true;
-                weft__op_cancel(io, op);
-            }
+        /* Closed: nobody will take it (the closer drains what is queued). */
+        if (atomic_load_explicit(&q->closed, memory_order_relaxed) || !acceptq_push(q, res))
+            close(res);
+        uint32_t len = atomic_load_explicit(&q->tail, memory_order_relaxed) -
+                       atomic_load_explicit(&q->head, memory_order_relaxed);
+        if (len >= ACCEPTQ_PAUSE && !q->pausing) {
+            q->pausing = true;
+            weft__op_cancel(io, op);
         }
     } else if (!(flags & IORING_CQE_F_MORE) && res != -ECANCELED) {
         if (res == -EMFILE || res == -ENFILE || res == -ENOBUFS || res == -ENOMEM)
@@ -335,13 +395,9 @@ static enum weft_poll accept_poll(struct weft_future *f, struct weft_cx *cx)
         a->waiting = true;
     }
     for (bool registered = false;; registered = true) {
-        uint32_t head = atomic_load_explicit(&q->head, memory_order_relaxed);
-        /* Seq_cst: the consumer's re-check of the Dekker pair (top). */
-        if (head != atomic_load(&q->tail)) {
-            int fd = q->fds[head % ACCEPTQ_CAP];
-            atomic_store_explicit(&q->head, head + 1, memory_order_release);
+        int fd = acceptq_pop(q);
+        if (fd >= 0)
             return accept_finish(a, fd);
-        }
         int err = atomic_exchange(&q->error, 0);
         if (err)
             return accept_finish(a, err);

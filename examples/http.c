@@ -1,0 +1,259 @@
+/* http.c: weft-http, a minimal HTTP/1.1 server answering every GET with
+ * "Hello, World!".
+ *
+ *   weft-http [--port P] [--workers N] [--addr A] [--drain-ms MS]
+ *
+ * The protocol is the one the peer servers of the benchmarks speak. A request
+ * is everything up to CRLFCRLF (bodies are not supported); each one gets
+ *
+ *   HTTP/1.1 200 OK\r\nContent-Length: 13\r\nContent-Type: text/plain\r\n\r\nHello, World!
+ *
+ * on a keep-alive connection. Pipelined requests are answered in order, with
+ * one send for all the complete requests a read brought (one more per BATCH
+ * responses past the first BATCH), from a static buffer that holds the
+ * response BATCH times. An error is answered, then the connection is closed:
+ *  - 400 when a request line is not `METHOD SP target SP HTTP/1.x`;
+ *  - 405 for any method but GET: the server does not read Content-Length, so
+ *    it could not skip a body, and must not read on past one;
+ *  - 431 when the head of a request passes 8 KiB (MAX_HEAD).
+ * The requests before the bad one are answered first. Neither "Connection:
+ * close" nor HTTP/1.0's default is honoured: the client closes when it is done.
+ *
+ * Memory: a connection is one task holding a `struct conn` (136 bytes on
+ * x86-64) and, while it waits, the slot of its pending receive: about 370
+ * bytes of RSS per idle connection, measured with 10,000 of them. Requests are
+ * parsed straight from the provided buffer the bytes arrived in; only a
+ * request split across reads needs memory of its own, the `carry` buffer:
+ * malloc'd when that happens, grown up to MAX_HEAD plus one read, and freed as
+ * soon as no partial request is left. Nothing is allocated per request.
+ *
+ * examples/server.h holds the skeleton both example servers share (the
+ * command line, signals, the accept loop, the graceful stop). At a stop, a
+ * connection in the middle of a request is left to finish it (within the
+ * drain timeout), and closes after its response; the others close at once. */
+#include <assert.h>
+
+#include "server.h"
+
+#define READ_SIZE 4096  /* bytes per provided buffer: the most one read brings */
+#define MAX_HEAD 8192   /* the longest request head; longer gets 431 */
+#define BATCH 32        /* responses per send */
+
+static const char OK[] =
+    "HTTP/1.1 200 OK\r\nContent-Length: 13\r\nContent-Type: text/plain\r\n\r\nHello, World!";
+#define OK_LEN (sizeof(OK) - 1)
+static char batch[BATCH * OK_LEN]; /* OK, BATCH times over (filled by main) */
+
+enum { REPLY_NONE, REPLY_400, REPLY_405, REPLY_431 };
+static const char *const replies[] = {
+    [REPLY_400] = "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    [REPLY_405] = "HTTP/1.1 405 Method Not Allowed\r\nAllow: GET\r\nContent-Length: 0\r\n"
+                  "Connection: close\r\n\r\n",
+    [REPLY_431] = "HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\n"
+                  "Connection: close\r\n\r\n",
+};
+
+/* ---- a connection ------------------------------------------------------------ */
+
+struct conn {
+    struct weft_future base;
+    struct conn_sock sock;     /* the socket, on the server's list; sock.partial: carry != NULL */
+    uint32_t count;            /* 200 responses still to send */
+    uint32_t carry_len, carry_cap;
+    uint8_t reply;             /* the error to answer after them (REPLY_*), or 0 */
+    unsigned char *carry;      /* the start of a request split across reads, or NULL */
+    union {                    /* one operation at a time */
+        struct weft_future any;
+        struct weft_recv rx;
+        struct weft_io tx;
+    } io;
+};
+
+_Static_assert(sizeof(struct conn) <= 192, "an idle connection should stay small");
+
+/* ---- parsing ------------------------------------------------------------------ */
+
+/* A character of a token (RFC 9110 tchar): what a method is made of. */
+static bool is_tchar(unsigned char c)
+{
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+           (c && strchr("!#$%&'*+-.^_`|~", c));
+}
+
+/* Checks a request line (without its CRLF): REPLY_NONE for a GET, REPLY_405
+ * for another method, REPLY_400 when it is not `METHOD SP target SP HTTP/1.x`. */
+static int check_line(const unsigned char *s, size_t n)
+{
+    size_t i = 0, method, target;
+    while (i < n && is_tchar(s[i]))
+        i++;
+    method = i;
+    if (method == 0 || i == n || s[i++] != ' ')
+        return REPLY_400;
+    for (target = i; i < n && s[i] > ' ' && s[i] < 0x7f; i++)
+        ;
+    if (i == target || i == n || s[i++] != ' ')
+        return REPLY_400;
+    if (n - i != 8 || memcmp(s + i, "HTTP/1.", 7) != 0 || s[i + 7] < '0' || s[i + 7] > '9')
+        return REPLY_400;
+    return method == 3 && memcmp(s, "GET", 3) == 0 ? REPLY_NONE : REPLY_405;
+}
+
+/* Counts the complete requests at the start of p[0..len) into c->count,
+ * stopping at a bad one (c->reply). Returns the bytes they take; the rest is
+ * the start of a request still incomplete (none after a bad one). */
+static size_t scan(struct conn *c, const unsigned char *p, size_t len)
+{
+    size_t pos = 0;
+    const unsigned char *end;
+    while ((end = memmem(p + pos, len - pos, "\r\n\r\n", 4)) != NULL) {
+        size_t head = (size_t)(end - (p + pos)) + 4;
+        /* The request line ends at the first CR, which must start a CRLF. */
+        const unsigned char *cr = memchr(p + pos, '\r', head);
+        int reply = cr[1] != '\n' ? REPLY_400 : check_line(p + pos, (size_t)(cr - (p + pos)));
+        if (reply == REPLY_NONE && head > MAX_HEAD)
+            reply = REPLY_431;
+        if (reply != REPLY_NONE) {
+            c->reply = (uint8_t)reply;
+            return len;
+        }
+        c->count++;
+        pos += head;
+    }
+    return pos;
+}
+
+static void carry_free(struct conn *c)
+{
+    free(c->carry);
+    c->carry = NULL;
+    c->carry_len = c->carry_cap = 0;
+    atomic_store_explicit(&c->sock.partial, false, memory_order_relaxed);
+}
+
+/* Appends n bytes to the carry buffer, making or growing it: from 512 bytes
+ * up to CARRY_MAX, as consume never keeps more than MAX_HEAD and a read brings
+ * at most READ_SIZE. */
+#define CARRY_MAX (MAX_HEAD + READ_SIZE)
+static bool carry_append(struct conn *c, const unsigned char *p, size_t n)
+{
+    size_t need = c->carry_len + n;
+    assert(need <= CARRY_MAX);
+    if (need > c->carry_cap) {
+        size_t cap = c->carry_cap ? 2 * c->carry_cap : 512;
+        cap = cap < need ? need : cap;
+        cap = cap > CARRY_MAX ? CARRY_MAX : cap;
+        unsigned char *m = realloc(c->carry, cap);
+        if (!m)
+            return false;
+        c->carry = m;
+        c->carry_cap = (uint32_t)cap;
+    }
+    memcpy(c->carry + c->carry_len, p, n);
+    c->carry_len = (uint32_t)need;
+    atomic_store_explicit(&c->sock.partial, true, memory_order_relaxed);
+    return true;
+}
+
+/* Takes the n bytes a read brought: counts the requests they complete (and a
+ * bad one), and keeps the start of an unfinished one in the carry buffer.
+ * Returns false when out of memory. */
+static bool consume(struct conn *c, const unsigned char *data, size_t n)
+{
+    if (c->carry) { /* the rest of a split request: parse from the carry buffer */
+        if (!carry_append(c, data, n))
+            return false;
+        data = c->carry;
+        n = c->carry_len;
+    }
+    size_t used = scan(c, data, n), left = n - used;
+    if (left > MAX_HEAD)
+        c->reply = REPLY_431;
+    if (left == 0 || c->reply) {
+        if (c->carry)
+            carry_free(c);
+        return true;
+    }
+    if (!c->carry)
+        return carry_append(c, data + used, left);
+    memmove(c->carry, c->carry + used, left);
+    c->carry_len = (uint32_t)left;
+    return true;
+}
+
+/* Before closing after an error reply: drops what the client sent and we did
+ * not read, so that the close sends a FIN, not a reset that could make the
+ * client lose the reply. Never blocks. */
+static void discard_input(int fd)
+{
+    char sink[512];
+    for (int i = 0; i < 64 && recv(fd, sink, sizeof(sink), MSG_DONTWAIT) > 0; i++)
+        ;
+}
+
+#define MIN(a, b) ((a) < (b) ? (a) : (b))
+
+static enum weft_poll conn_poll(struct weft_future *f, struct weft_cx *cx)
+{
+    struct conn *self = (struct conn *)f;
+    WEFT_ASYNC_BEGIN(f);
+    if (!conn_join(&self->sock))
+        WEFT_RETURN(f); /* accepted just before a stop */
+    for (;;) {
+        weft_recv_init(&self->io.rx, self->sock.fd);
+        WEFT_AWAIT(f, cx, &self->io.rx);
+        if (self->io.rx.result <= 0) /* end of stream, or an error such as a reset */
+            WEFT_RETURN(f);
+        bool ok = consume(self, self->io.rx.data, (size_t)self->io.rx.result);
+        weft_future_drop(&self->io.any); /* the buffer goes back to the ring */
+        if (!ok)
+            WEFT_RETURN(f);
+
+        /* The answers: one send per BATCH responses, so usually one. */
+        while (self->count > 0) {
+            size_t n = MIN(self->count, BATCH);
+            weft_send_all_init(&self->io.tx, self->sock.fd, batch, n * OK_LEN);
+            WEFT_AWAIT(f, cx, &self->io.tx);
+            if (self->io.tx.result < 0)
+                WEFT_RETURN(f);
+            weft_future_drop(&self->io.any);
+            self->count -= MIN(self->count, BATCH);
+        }
+        if (self->reply) {
+            const char *r = replies[self->reply];
+            weft_send_all_init(&self->io.tx, self->sock.fd, r, strlen(r));
+            WEFT_AWAIT(f, cx, &self->io.tx);
+            discard_input(self->sock.fd);
+            WEFT_RETURN(f);
+        }
+        if (server_stopping() && !self->carry)
+            WEFT_RETURN(f); /* stopping, and the request in hand is answered */
+    }
+    WEFT_ASYNC_END(f);
+}
+
+/* Runs once: when the task finishes, or when the runtime drops it at exit. */
+static void conn_drop(struct weft_future *f)
+{
+    struct conn *self = (struct conn *)f;
+    weft_future_drop(&self->io.any); /* whichever operation is live: its own drop runs */
+    free(self->carry);
+    conn_close(&self->sock);
+}
+
+static const struct weft_future_ops conn_ops = { conn_poll, conn_drop };
+
+/* Called by the accept loop for each new socket. */
+static void conn_start(struct weft_runtime *rt, int fd)
+{
+    struct conn c = { .base = { &conn_ops, 0 }, .sock = { .fd = fd } };
+    conn_spawn(rt, &c.base, sizeof(c), fd); /* copies c into the new task */
+}
+
+int main(int argc, char **argv)
+{
+    for (size_t i = 0; i < BATCH; i++)
+        memcpy(batch + i * OK_LEN, OK, OK_LEN);
+    static const struct server_def def = { "weft-http", conn_start, READ_SIZE };
+    return server_main(argc, argv, &def);
+}

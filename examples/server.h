@@ -1,0 +1,330 @@
+/* server.h: the skeleton the example servers share (examples/echo.c,
+ * examples/http.c): the command line, signals, the accept loop, the list of
+ * live connections and the graceful stop. A program defines its connection
+ * future, whose struct embeds a `struct conn_sock`, and a function that spawns
+ * one; then its main calls server_main. Every function here is static: the
+ * header is included by one file of each program.
+ *
+ *   NAME [--port P] [--workers N] [--addr A] [--drain-ms MS]
+ *
+ * Defaults: port 8080, one worker per CPU (0), address 127.0.0.1, a drain
+ * timeout of 5000 ms. At start the server prints one line to stdout, "NAME
+ * listening on ADDR:PORT", with the port actually bound (so --port 0 works).
+ *
+ * The shape of it:
+ *  - main blocks SIGINT and SIGTERM before the runtime starts its threads
+ *    (they inherit the mask), so the signals wait in a signalfd; it binds the
+ *    listener and runs the server future with weft_block_on.
+ *  - The server future accepts in a loop and spawns one detached task per
+ *    connection. It waits for the accept and for a read of the signalfd at
+ *    the same time (the `either` future), so a signal stops it at once.
+ *  - On a signal it drops the pending accept, closes the listener, shuts down
+ *    the reading side of every connection not in the middle of a request (an
+ *    idle one then sees end of stream and finishes; the others finish their
+ *    request, see server_stopping() and close), and waits until the last
+ *    connection task is gone or the drain timeout passes. main then destroys
+ *    the runtime, which drops the tasks still running (their drop closes the
+ *    socket), and exits 0. */
+#ifndef EXAMPLES_SERVER_H
+#define EXAMPLES_SERVER_H
+
+#include <errno.h>
+#include <getopt.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <weft.h>
+
+/* ---- the live connections ----------------------------------------------------- */
+
+/* A connection's socket, and its place on the list of live connections. Every
+ * running connection is on the list, so that a stop can reach the idle ones
+ * (they sit in a receive, and would otherwise wait for the drain timeout).
+ * The lock is taken when a connection starts and when it ends, never per read. */
+struct conn_sock {
+    struct conn_sock *prev, *next;
+    int fd;
+    _Atomic bool partial;      /* holds part of a request: a stop lets it finish */
+};
+
+static struct {
+    pthread_mutex_t lock;
+    struct conn_sock head;     /* sentinel of a circular list */
+    atomic_bool stopping;      /* set under the lock; connections may read it without */
+} conns = { PTHREAD_MUTEX_INITIALIZER, { .prev = &conns.head, .next = &conns.head }, false };
+
+static atomic_uint live;       /* connection tasks spawned and not yet dropped */
+
+/* Spawns the connection future f (size bytes) for socket fd, detached. */
+static void conn_spawn(struct weft_runtime *rt, const struct weft_future *f, size_t size, int fd)
+{
+    weft_tcp_set_nodelay(fd, true);
+    atomic_fetch_add(&live, 1);
+    if (weft_spawn(rt, f, size, NULL) < 0) { /* nothing ran: undo by hand */
+        atomic_fetch_sub(&live, 1);
+        close(fd);
+    }
+}
+
+/* At the connection's first poll (its address is final then): puts it on the
+ * list. False when the server is stopping already: finish at once. */
+static bool conn_join(struct conn_sock *s)
+{
+    pthread_mutex_lock(&conns.lock);
+    bool ok = !atomic_load(&conns.stopping);
+    if (ok) {
+        s->prev = &conns.head;
+        s->next = conns.head.next;
+        s->next->prev = s;
+        conns.head.next = s;
+    }
+    pthread_mutex_unlock(&conns.lock);
+    return ok;
+}
+
+/* In the connection's drop, after its operations are dropped: leaves the list
+ * (before the close, so that a stop never shuts down a reused descriptor),
+ * closes the socket, and stops counting the connection. */
+static void conn_close(struct conn_sock *s)
+{
+    pthread_mutex_lock(&conns.lock);
+    if (s->next) {
+        s->prev->next = s->next;
+        s->next->prev = s->prev;
+        s->next = s->prev = NULL;
+    }
+    pthread_mutex_unlock(&conns.lock);
+    close(s->fd);
+    atomic_fetch_sub(&live, 1);
+}
+
+/* True once the server is stopping: a connection closes after the request in hand. */
+static inline bool server_stopping(void)
+{
+    return atomic_load_explicit(&conns.stopping, memory_order_relaxed);
+}
+
+/* No connection joins from now on, and the reading side of those not in the
+ * middle of a request is shut down: their receive ends with 0 (end of stream)
+ * once the bytes already there are read. (A request whose first bytes arrive
+ * while this runs may still be cut: the window is one read wide.) */
+static void conns_stop(void)
+{
+    pthread_mutex_lock(&conns.lock);
+    atomic_store(&conns.stopping, true);
+    for (struct conn_sock *s = conns.head.next; s != &conns.head; s = s->next)
+        if (!atomic_load_explicit(&s->partial, memory_order_relaxed))
+            shutdown(s->fd, SHUT_RD);
+    pthread_mutex_unlock(&conns.lock);
+}
+
+/* ---- the server future ------------------------------------------------------------ */
+
+/* Ready as soon as one of two futures is; `which` says which (0: a, 1: b).
+ * Neither is dropped: the caller reads the ready one and decides. */
+struct either {
+    struct weft_future base;
+    struct weft_future *a, *b;
+    int which;
+};
+
+static enum weft_poll either_poll(struct weft_future *f, struct weft_cx *cx)
+{
+    struct either *e = (struct either *)f;
+    e->which = 0;
+    if (weft_future_poll(e->a, cx) == WEFT_READY)
+        return WEFT_READY;
+    e->which = 1;
+    return weft_future_poll(e->b, cx);
+}
+
+static const struct weft_future_ops either_ops = { either_poll, NULL };
+
+/* Errors after which accepting again is pointless (the listener is unusable);
+ * the others are transient (out of descriptors or memory, for which the
+ * accept backs off by itself, or a connection that failed early). */
+static bool accept_fatal(int err)
+{
+    return err == -EBADF || err == -EINVAL || err == -ENOTSOCK || err == -EBUSY ||
+           err == -ENXIO || err == -EOPNOTSUPP;
+}
+
+struct server {
+    struct weft_future base;
+    const char *name;
+    void (*conn_start)(struct weft_runtime *rt, int fd);
+    struct weft_runtime *rt;
+    struct weft_tcp_listener *l;
+    int sfd;                       /* signalfd of SIGINT and SIGTERM */
+    int status;                    /* exit status: 1 after a fatal error */
+    uint64_t drain_ns, deadline;
+    struct signalfd_siginfo si;
+    struct weft_io sig;            /* the read of sfd into si */
+    struct weft_accept accept;
+    struct either first;           /* the signal or the accept */
+    struct weft_sleep tick;        /* while draining */
+};
+
+static enum weft_poll server_poll(struct weft_future *f, struct weft_cx *cx)
+{
+    struct server *self = (struct server *)f;
+    WEFT_ASYNC_BEGIN(f);
+    /* Offset -1: read at the current position, as read(2) does. */
+    weft_read_at_init(&self->sig, self->sfd, &self->si, sizeof(self->si), (uint64_t)-1);
+    for (;;) {
+        weft_accept_init(&self->accept, self->l);
+        self->first = (struct either){ { &either_ops, 0 }, &self->sig.base, &self->accept.base, 0 };
+        WEFT_AWAIT(f, cx, &self->first);
+        if (self->first.which == 0) { /* a signal, or the read failed */
+            if (self->sig.result < 0) {
+                fprintf(stderr, "%s: signalfd read: %s\n", self->name, strerror(-self->sig.result));
+                self->status = 1;
+            }
+            break;
+        }
+        weft_future_drop(&self->accept.base);
+        if (self->accept.result >= 0) {
+            self->conn_start(self->rt, self->accept.result);
+        } else if (accept_fatal(self->accept.result)) {
+            fprintf(stderr, "%s: accept: %s\n", self->name, strerror(-self->accept.result));
+            self->status = 1;
+            break;
+        }
+    }
+
+    /* Stop: the listener may close only once no accept is pending on it. */
+    weft_future_drop(&self->accept.base);
+    weft_future_drop(&self->sig.base);
+    weft_tcp_listener_close(self->l);
+    conns_stop();
+    /* The last connection could wake us, but polling the count every 10 ms
+     * while draining is simpler and costs nothing the rest of the time. */
+    self->deadline = weft_now_ns() + self->drain_ns;
+    while (atomic_load(&live) > 0 && weft_now_ns() < self->deadline) {
+        weft_sleep_init(&self->tick, 10 * WEFT_NS_PER_MS);
+        WEFT_AWAIT(f, cx, &self->tick);
+        weft_future_drop(&self->tick.base);
+    }
+    WEFT_ASYNC_END(f);
+}
+
+static void server_drop(struct weft_future *f)
+{
+    struct server *self = (struct server *)f;
+    weft_future_drop(&self->accept.base);
+    weft_future_drop(&self->sig.base);
+    weft_future_drop(&self->tick.base);
+}
+
+static const struct weft_future_ops server_ops = { server_poll, server_drop };
+
+/* ---- main ------------------------------------------------------------------------- */
+
+static void usage(const char *name)
+{
+    fprintf(stderr, "usage: %s [--port P] [--workers N] [--addr A] [--drain-ms MS]\n", name);
+    exit(2);
+}
+
+static unsigned long number(const char *name, const char *s, unsigned long max)
+{
+    char *end;
+    errno = 0;
+    unsigned long v = strtoul(s, &end, 10);
+    if (errno || end == s || *end || *s == '-' || v > max)
+        usage(name);
+    return v;
+}
+
+/* What a program gives server_main. */
+struct server_def {
+    const char *name;              /* for the messages */
+    void (*conn_start)(struct weft_runtime *rt, int fd); /* spawns a connection task */
+    uint32_t io_buffer_size;       /* bytes per provided receive buffer; 0: the default */
+};
+
+/* Parses the command line, serves until SIGINT or SIGTERM, and returns the
+ * exit status: 0, 1 on an error, 2 (with a usage line) for a bad command line. */
+static int server_main(int argc, char **argv, const struct server_def *def)
+{
+    static const struct option opts[] = {
+        { "port", required_argument, NULL, 'p' },
+        { "workers", required_argument, NULL, 'w' },
+        { "addr", required_argument, NULL, 'a' },
+        { "drain-ms", required_argument, NULL, 'd' },
+        { NULL, 0, NULL, 0 },
+    };
+    const char *name = def->name, *addr = "127.0.0.1";
+    unsigned long port = 8080, workers = 0, drain_ms = 5000;
+    for (int c; (c = getopt_long(argc, argv, "", opts, NULL)) != -1;) {
+        if (c == 'p')
+            port = number(name, optarg, 65535);
+        else if (c == 'w')
+            workers = number(name, optarg, WEFT_MAX_WORKERS);
+        else if (c == 'a')
+            addr = optarg;
+        else if (c == 'd')
+            drain_ms = number(name, optarg, 24 * 3600 * 1000UL);
+        else
+            usage(name);
+    }
+    if (optind < argc)
+        usage(name);
+
+    /* Blocked before any thread exists, so that every thread inherits the
+     * mask and the signals stay queued for the signalfd. */
+    sigset_t stop;
+    sigemptyset(&stop);
+    sigaddset(&stop, SIGINT);
+    sigaddset(&stop, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &stop, NULL);
+    int sfd = signalfd(-1, &stop, SFD_CLOEXEC);
+    if (sfd < 0) {
+        fprintf(stderr, "%s: signalfd: %s\n", name, strerror(errno));
+        return 1;
+    }
+
+    struct weft_tcp_listener l;
+    int err = weft_tcp_listen(&l, addr, (uint16_t)port, NULL);
+    if (err) {
+        fprintf(stderr, "%s: listen on %s port %lu: %s\n", name, addr, port, strerror(-err));
+        return 1;
+    }
+    struct weft_runtime_config cfg;
+    weft_runtime_config_init(&cfg);
+    cfg.workers = (uint32_t)workers;
+    cfg.io_buffer_size = def->io_buffer_size;
+    struct weft_runtime *rt;
+    err = weft_runtime_create(&rt, &cfg);
+    if (err) {
+        fprintf(stderr, "%s: runtime: %s\n", name, strerror(-err));
+        weft_tcp_listener_close(&l);
+        return 1;
+    }
+    printf(strchr(addr, ':') ? "%s listening on [%s]:%d\n" : "%s listening on %s:%d\n", name,
+           addr, weft_tcp_listener_port(&l));
+    fflush(stdout);
+
+    struct server srv = { .base = { &server_ops, 0 }, .name = name, .conn_start = def->conn_start,
+                          .rt = rt, .l = &l, .sfd = sfd, .drain_ns = drain_ms * WEFT_NS_PER_MS };
+    err = weft_block_on(rt, &srv.base);
+    if (err)
+        fprintf(stderr, "%s: %s\n", name, strerror(-err));
+    weft_future_drop(&srv.base);
+    unsigned left = atomic_load(&live);
+    weft_runtime_destroy(rt);    /* drops the connections still running */
+    weft_tcp_listener_close(&l); /* closed already, unless block_on failed */
+    close(sfd);
+    if (left)
+        fprintf(stderr, "%s: drain timeout: closed %u connection(s)\n", name, left);
+    return err ? 1 : srv.status;
+}
+
+#endif

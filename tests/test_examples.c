@@ -1,0 +1,551 @@
+/* tests/test_examples.c: the example servers, run as programs: weft-echo
+ * (examples/echo.c) and weft-http (examples/http.c). Each test starts one with
+ * fork/exec (--port 0 --workers 2), reads its "listening on" line from a pipe
+ * and talks to it over plain blocking sockets on 127.0.0.1.
+ *
+ * Tested: the startup line; echo of 100 KB written in odd-sized chunks, and
+ * of many connections at once; HTTP: one request, keep-alive, 16 pipelined
+ * requests in one write (exactly 16 responses, in order), a request split
+ * across two writes 50 ms apart, 300 pipelined requests of varied sizes
+ * dribbled in odd-sized writes (requests split at every possible place, more
+ * than one send's batch); graceful stop: SIGTERM/SIGINT with idle connections
+ * (exit 0 at once, the clients see end of stream, new connections are
+ * refused), SIGTERM in the middle of a request (the request is answered when
+ * its rest comes within the drain timeout, then the connection closes; when
+ * it never comes, the server exits 0 at the drain timeout and the client sees
+ * the connection closed without a response).
+ *
+ * Bad inputs tried: request lines without a version, with two spaces, with
+ * HTTP/2.0, with a bare CR, an empty request line, garbage (400, then the
+ * connection closes); a good request pipelined before a bad one (its 200
+ * first) and one after it (never answered); POST, HEAD and a lower-case
+ * method (405 and close); 9 KiB and 20 KiB of head without CRLFCRLF, and a
+ * complete request whose head is over 8 KiB (431 and close); bad command
+ * lines (exit 2) and a port in use (exit 1).
+ *
+ * The executables are found at ../examples/ relative to this test's own
+ * executable (/proc/self/exe), which is where the build tree puts them
+ * (build/tests/test_examples, build/examples/weft-*); tests/CMakeLists.txt
+ * passes no arguments, and examples/CMakeLists.txt makes this test depend on
+ * both servers. A server that outlives a failed test is killed by the
+ * fixture, and by PR_SET_PDEATHSIG if the test process itself dies. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <criterion/criterion.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "common.h"
+
+#define OK "HTTP/1.1 200 OK\r\nContent-Length: 13\r\nContent-Type: text/plain\r\n\r\nHello, World!"
+#define OK_LEN (sizeof(OK) - 1)
+#define R400 "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+#define R405                                                                           \
+    "HTTP/1.1 405 Method Not Allowed\r\nAllow: GET\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+#define R431                                                                           \
+    "HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+#define GET "GET /plaintext HTTP/1.1\r\nHost: x\r\n\r\n"
+
+/* ---- the server process ------------------------------------------------------ */
+
+static pid_t server_pid = -1; /* the running server, if any */
+static int server_out = -1;   /* the read end of its stdout */
+
+/* The fixture of every test: no server outlives it. */
+static void kill_server(void)
+{
+    if (server_pid > 0) {
+        kill(server_pid, SIGKILL);
+        waitpid(server_pid, NULL, 0);
+        server_pid = -1;
+    }
+    if (server_out >= 0)
+        close(server_out);
+    server_out = -1;
+}
+
+static void exe_path(const char *name, char *buf, size_t len)
+{
+    char self[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+    cr_assert(n > 0, "readlink /proc/self/exe: %s", strerror(errno));
+    self[n] = '\0';
+    snprintf(buf, len, "%s/../examples/%s", dirname(self), name);
+    cr_assert(access(buf, X_OK) == 0, "%s: %s (build the examples first)", buf, strerror(errno));
+}
+
+/* Runs examples/`name` with `args` (NULL-terminated, after argv[0]); its
+ * stdout goes to `out` if not NULL. Returns the pid. */
+static pid_t spawn(const char *name, const char *const *args, int *out)
+{
+    char path[PATH_MAX + 32];
+    exe_path(name, path, sizeof(path));
+    const char *argv[16] = { name };
+    for (size_t i = 0; args[i]; i++) {
+        cr_assert(i + 2 < 16);
+        argv[i + 1] = args[i];
+    }
+    int pfd[2] = { -1, -1 };
+    if (out)
+        cr_assert_eq(pipe2(pfd, O_CLOEXEC), 0);
+    pid_t pid = fork();
+    cr_assert(pid >= 0, "fork: %s", strerror(errno));
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (out)
+            dup2(pfd[1], STDOUT_FILENO);
+        execv(path, (char *const *)argv);
+        _exit(127);
+    }
+    if (out) {
+        close(pfd[1]);
+        *out = pfd[0];
+    }
+    return pid;
+}
+
+/* Starts a server on a free port with 2 workers and the given drain timeout
+ * (ms, as a string); checks its startup line and returns the port. */
+static int start_server(const char *name, const char *drain_ms)
+{
+    const char *args[] = { "--port", "0", "--workers", "2", "--drain-ms", drain_ms, NULL };
+    server_pid = spawn(name, args, &server_out);
+    char line[256];
+    size_t n = 0;
+    while (!memchr(line, '\n', n)) {
+        struct pollfd p = { server_out, POLLIN, 0 };
+        cr_assert_eq(poll(&p, 1, 10000), 1, "%s printed no line in 10 s", name);
+        ssize_t r = read(server_out, line + n, sizeof(line) - 1 - n);
+        cr_assert(r > 0, "%s exited before its startup line", name);
+        n += (size_t)r;
+    }
+    line[n] = '\0';
+    int port = 0;
+    char want[64];
+    snprintf(want, sizeof(want), "%s listening on 127.0.0.1:", name);
+    cr_assert(strncmp(line, want, strlen(want)) == 0, "startup line: %s", line);
+    port = atoi(line + strlen(want));
+    char exact[128];
+    snprintf(exact, sizeof(exact), "%s%d\n", want, port);
+    cr_assert_str_eq(line, exact, "exactly one line, and nothing after the port");
+    cr_assert(port > 0 && port < 65536);
+    return port;
+}
+
+/* Sends `sig` and waits for the server to exit (at most `secs`): returns the
+ * seconds it took, and asserts exit status 0. */
+static double stop_server(int sig, double secs)
+{
+    double t0 = now_s();
+    cr_assert_eq(kill(server_pid, sig), 0);
+    int status;
+    pid_t r;
+    while ((r = waitpid(server_pid, &status, WNOHANG)) == 0) {
+        cr_assert(now_s() - t0 < secs, "the server did not exit within %.1f s", secs);
+        sleep_us(2000);
+    }
+    cr_assert_eq(r, server_pid);
+    server_pid = -1;
+    cr_assert(WIFEXITED(status), "the server died of signal %d", WTERMSIG(status));
+    cr_assert_eq(WEXITSTATUS(status), 0, "exit status %d", WEXITSTATUS(status));
+    return now_s() - t0;
+}
+
+/* Runs examples/`name` with `args` to completion; returns its exit status. */
+static int run_status(const char *name, const char *const *args)
+{
+    pid_t pid = spawn(name, args, NULL);
+    int status;
+    double t0 = now_s();
+    while (waitpid(pid, &status, WNOHANG) == 0) {
+        if (now_s() - t0 > 10) {
+            kill(pid, SIGKILL);
+            waitpid(pid, NULL, 0);
+            cr_assert_fail("%s did not exit", name);
+        }
+        sleep_us(2000);
+    }
+    cr_assert(WIFEXITED(status));
+    return WEXITSTATUS(status);
+}
+
+/* ---- a client ---------------------------------------------------------------- */
+
+static int try_dial(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    cr_assert(fd >= 0);
+    struct timeval tv = { 5, 0 }; /* no read or write blocks a test for longer */
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+        int err = errno;
+        close(fd);
+        return -err;
+    }
+    return fd;
+}
+
+static int dial(int port)
+{
+    int fd = try_dial(port);
+    cr_assert(fd >= 0, "connect: %s", strerror(-fd));
+    return fd;
+}
+
+static void send_bytes(int fd, const void *p, size_t n)
+{
+    for (size_t done = 0; done < n;) {
+        ssize_t r = send(fd, (const char *)p + done, n - done, MSG_NOSIGNAL);
+        cr_assert(r > 0, "send: %s", strerror(errno));
+        done += (size_t)r;
+    }
+}
+
+static void send_str(int fd, const char *s)
+{
+    send_bytes(fd, s, strlen(s));
+}
+
+/* Reads until n bytes came, the end of stream or an error (the 5 s timeout). */
+static size_t read_n(int fd, char *buf, size_t n)
+{
+    size_t got = 0;
+    while (got < n) {
+        ssize_t r = recv(fd, buf + got, n - got, 0);
+        if (r <= 0)
+            break;
+        got += (size_t)r;
+    }
+    return got;
+}
+
+/* Reads exactly the bytes of `want` and compares. */
+static void expect(int fd, const char *want, size_t n)
+{
+    char *buf = malloc(n + 1);
+    cr_assert(buf);
+    size_t got = read_n(fd, buf, n);
+    cr_assert_eq(got, n, "got %zu of %zu bytes", got, n);
+    buf[n] = '\0';
+    cr_assert(memcmp(buf, want, n) == 0, "got: %.200s", buf);
+    free(buf);
+}
+
+static void expect_str(int fd, const char *want)
+{
+    expect(fd, want, strlen(want));
+}
+
+/* Expects `n` copies of the 200 response, in one or more reads. */
+static void expect_oks(int fd, size_t n)
+{
+    char *want = malloc(n * OK_LEN);
+    cr_assert(want);
+    for (size_t i = 0; i < n; i++)
+        memcpy(want + i * OK_LEN, OK, OK_LEN);
+    expect(fd, want, n * OK_LEN);
+    free(want);
+}
+
+/* The server closed the connection: the next read is the end of stream. */
+static void expect_eof(int fd)
+{
+    char c;
+    ssize_t r = recv(fd, &c, 1, 0);
+    cr_assert_eq(r, 0, "expected end of stream, got %zd (%s)", r, r < 0 ? strerror(errno) : "data");
+}
+
+/* Nothing more arrives within `ms`. */
+static void expect_quiet(int fd, int ms)
+{
+    struct pollfd p = { fd, POLLIN, 0 };
+    cr_assert_eq(poll(&p, 1, ms), 0, "unexpected bytes (or close) from the server");
+}
+
+/* ---- echo ---------------------------------------------------------------------- */
+
+Test(echo, hundred_kb_in_odd_sized_chunks, .fini = kill_server, .timeout = 30)
+{
+    int fd = dial(start_server("weft-echo", "5000"));
+    static const size_t sizes[] = { 1, 7, 3001, 2, 4095, 4097, 13, 8191, 1000, 65537 };
+    enum { TOTAL = 100000 };
+    static char payload[TOTAL], back[TOTAL];
+    for (size_t i = 0; i < TOTAL; i++)
+        payload[i] = (char)(i * 7 + i / 251);
+    size_t off = 0;
+    for (size_t k = 0; off < TOTAL; k++) {
+        size_t n = sizes[k % 10] < TOTAL - off ? sizes[k % 10] : TOTAL - off;
+        send_bytes(fd, payload + off, n);
+        cr_assert_eq(read_n(fd, back + off, n), n, "chunk %zu (%zu bytes at %zu)", k, n, off);
+        off += n;
+    }
+    cr_assert(memcmp(payload, back, TOTAL) == 0);
+    expect_quiet(fd, 50);
+    close(fd);
+    stop_server(SIGTERM, 5);
+}
+
+Test(echo, many_connections_at_once, .fini = kill_server, .timeout = 30)
+{
+    int port = start_server("weft-echo", "5000");
+    enum { N = 64 };
+    int fds[N];
+    for (int i = 0; i < N; i++)
+        fds[i] = dial(port);
+    for (int round = 0; round < 3; round++) {
+        char msg[N][32];
+        for (int i = 0; i < N; i++) {
+            snprintf(msg[i], sizeof(msg[i]), "conn %d round %d", i, round);
+            send_str(fds[i], msg[i]);
+        }
+        for (int i = 0; i < N; i++)
+            expect_str(fds[i], msg[i]);
+    }
+    for (int i = 0; i < N; i++)
+        close(fds[i]);
+    stop_server(SIGTERM, 5);
+}
+
+Test(echo, sigint_with_idle_connections_exits_at_once, .fini = kill_server, .timeout = 30)
+{
+    int port = start_server("weft-echo", "5000");
+    int idle = dial(port), used = dial(port);
+    send_str(used, "ping");
+    expect_str(used, "ping");
+    sleep_us(50000); /* let the server take `idle` from the backlog */
+    double took = stop_server(SIGINT, 2.5); /* well within the 5 s drain timeout */
+    cr_assert(took < 2.5);
+    expect_eof(idle);
+    expect_eof(used);
+    int again = try_dial(port);
+    cr_assert_eq(again, -ECONNREFUSED, "the listener is closed");
+    close(idle);
+    close(used);
+}
+
+/* ---- http: the happy paths ------------------------------------------------------- */
+
+Test(http, single_request, .fini = kill_server, .timeout = 30)
+{
+    int fd = dial(start_server("weft-http", "5000"));
+    send_str(fd, GET);
+    expect_oks(fd, 1);
+    expect_quiet(fd, 100);
+    close(fd);
+    stop_server(SIGTERM, 5);
+}
+
+Test(http, keep_alive_three_requests, .fini = kill_server, .timeout = 30)
+{
+    int fd = dial(start_server("weft-http", "5000"));
+    for (int i = 0; i < 3; i++) {
+        send_str(fd, i == 1 ? "GET /a?b=c HTTP/1.0\r\n\r\n" : GET);
+        expect_oks(fd, 1);
+    }
+    expect_quiet(fd, 50);
+    close(fd);
+    stop_server(SIGTERM, 5);
+}
+
+Test(http, sixteen_pipelined_in_one_write, .fini = kill_server, .timeout = 30)
+{
+    int fd = dial(start_server("weft-http", "5000"));
+    char req[16 * sizeof(GET)] = "";
+    for (int i = 0; i < 16; i++)
+        strcat(req, GET);
+    send_str(fd, req);
+    expect_oks(fd, 16);
+    expect_quiet(fd, 100); /* exactly 16 */
+    close(fd);
+    stop_server(SIGTERM, 5);
+}
+
+Test(http, request_split_across_two_writes, .fini = kill_server, .timeout = 30)
+{
+    int fd = dial(start_server("weft-http", "5000"));
+    send_bytes(fd, GET, 10);
+    sleep_us(50000);
+    expect_quiet(fd, 0);
+    send_str(fd, GET + 10);
+    expect_oks(fd, 1);
+    /* Split inside the CRLFCRLF itself, then a whole request after it. */
+    send_bytes(fd, GET, sizeof(GET) - 3);
+    sleep_us(50000);
+    send_str(fd, GET + sizeof(GET) - 3);
+    send_str(fd, GET);
+    expect_oks(fd, 2);
+    expect_quiet(fd, 50);
+    close(fd);
+    stop_server(SIGTERM, 5);
+}
+
+Test(http, many_pipelined_requests_dribbled, .fini = kill_server, .timeout = 30)
+{
+    int fd = dial(start_server("weft-http", "5000"));
+    enum { N = 300 };
+    static char all[N * 128];
+    size_t len = 0;
+    for (int i = 0; i < N; i++)
+        len += (size_t)sprintf(all + len, "GET /%d HTTP/1.1\r\nHost: x\r\nX-Pad: %.*s\r\n\r\n", i,
+                               i % 40, "........................................");
+    /* Odd-sized writes, so that requests are split everywhere. */
+    for (size_t off = 0, k = 0; off < len; k++) {
+        size_t n = (size_t[]){ 1, 333, 17, 4099, 2 }[k % 5];
+        n = n < len - off ? n : len - off;
+        send_bytes(fd, all + off, n);
+        off += n;
+        if (k % 7 == 0)
+            sleep_us(1000);
+    }
+    expect_oks(fd, N);
+    expect_quiet(fd, 100);
+    close(fd);
+    stop_server(SIGTERM, 5);
+}
+
+/* ---- http: bad requests ------------------------------------------------------- */
+
+/* Sends `req` on a new connection and expects `want`, then the close. */
+static void expect_reply_and_close(int port, const char *req, size_t req_len, const char *want)
+{
+    int fd = dial(port);
+    send_bytes(fd, req, req_len);
+    expect_str(fd, want);
+    expect_eof(fd);
+    close(fd);
+}
+
+Test(http, malformed_request_gets_400_and_close, .fini = kill_server, .timeout = 30)
+{
+    int port = start_server("weft-http", "5000");
+    static const char *const bad[] = {
+        "GARBAGE\r\n\r\n",
+        "GET /\r\n\r\n",
+        "GET  / HTTP/1.1\r\n\r\n",
+        "GET / HTTP/2.0\r\n\r\n",
+        "GET / HTTP/1.1 \r\n\r\n",
+        "GET / HTTP/1.1\rX\r\n\r\n",
+        "\r\n\r\n",
+        "G(T / HTTP/1.1\r\nHost: x\r\n\r\n",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        expect_reply_and_close(port, bad[i], strlen(bad[i]), R400);
+    /* A good request before the bad one is answered first; none after it. */
+    expect_reply_and_close(port, GET "BAD\r\n\r\n" GET, strlen(GET "BAD\r\n\r\n" GET), OK R400);
+    stop_server(SIGTERM, 5);
+}
+
+Test(http, other_methods_get_405_and_close, .fini = kill_server, .timeout = 30)
+{
+    int port = start_server("weft-http", "5000");
+    static const char *const reqs[] = {
+        "POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+        "HEAD / HTTP/1.1\r\n\r\n",
+        "get / HTTP/1.1\r\n\r\n",
+    };
+    for (size_t i = 0; i < sizeof(reqs) / sizeof(reqs[0]); i++)
+        expect_reply_and_close(port, reqs[i], strlen(reqs[i]), R405);
+    stop_server(SIGTERM, 5);
+}
+
+Test(http, oversized_head_gets_431_and_close, .fini = kill_server, .timeout = 30)
+{
+    int port = start_server("weft-http", "5000");
+    static char big[20 * 1024 + 64];
+    int n = sprintf(big, "GET / HTTP/1.1\r\nX-Big: ");
+    memset(big + n, 'a', sizeof(big) - (size_t)n);
+    expect_reply_and_close(port, big, 9 * 1024, R431);  /* no CRLFCRLF yet at 8 KiB */
+    expect_reply_and_close(port, big, 20 * 1024, R431); /* more than the server reads */
+    /* A complete request, but its head is over 8 KiB. */
+    memcpy(big + 9000, "\r\n\r\n", 4);
+    expect_reply_and_close(port, big, 9004, R431);
+    stop_server(SIGTERM, 5);
+}
+
+/* ---- http: graceful stop --------------------------------------------------------- */
+
+Test(http, sigterm_with_idle_connections_exits_at_once, .fini = kill_server, .timeout = 30)
+{
+    int port = start_server("weft-http", "5000");
+    int idle = dial(port), kept = dial(port);
+    send_str(kept, GET); /* keep-alive, now idle between requests */
+    expect_oks(kept, 1);
+    sleep_us(50000);
+    double took = stop_server(SIGTERM, 2.5);
+    cr_assert(took < 2.5, "took %.2f s", took);
+    expect_eof(idle);
+    expect_eof(kept);
+    close(idle);
+    close(kept);
+}
+
+Test(http, sigterm_mid_request_answers_it_then_closes, .fini = kill_server, .timeout = 30)
+{
+    int port = start_server("weft-http", "5000");
+    int fd = dial(port);
+    send_bytes(fd, GET, 12); /* half a request */
+    sleep_us(100000);
+    cr_assert_eq(kill(server_pid, SIGTERM), 0);
+    sleep_us(100000);
+    cr_assert_eq(try_dial(port), -ECONNREFUSED, "the listener is closed while draining");
+    send_str(fd, GET + 12); /* the rest, within the drain timeout */
+    expect_oks(fd, 1);
+    expect_eof(fd); /* closed after the answer */
+    close(fd);
+    stop_server(0, 2.5); /* signal 0: already sent, just wait */
+}
+
+Test(http, sigterm_mid_request_closes_at_drain_timeout, .fini = kill_server, .timeout = 30)
+{
+    int port = start_server("weft-http", "300");
+    int fd = dial(port);
+    send_bytes(fd, GET, 12);
+    sleep_us(100000);
+    double took = stop_server(SIGTERM, 3);
+    cr_assert(took >= 0.25, "exited after %.2f s, before the 300 ms drain timeout", took);
+    expect_eof(fd); /* no response: the request never completed */
+    close(fd);
+}
+
+/* ---- the command line ---------------------------------------------------------------- */
+
+Test(cli, bad_options_exit_2, .fini = kill_server, .timeout = 30)
+{
+    static const char *const bad[][4] = {
+        { "--port", "70000", NULL }, { "--port", "-1", NULL }, { "--workers", "x", NULL },
+        { "--workers", "100000", NULL }, { "--bogus", NULL }, { "extra", NULL },
+        { "--drain-ms", "", NULL },
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        cr_assert_eq(run_status("weft-echo", bad[i]), 2, "case %zu", i);
+        cr_assert_eq(run_status("weft-http", bad[i]), 2, "case %zu", i);
+    }
+}
+
+Test(cli, port_in_use_exits_1, .fini = kill_server, .timeout = 30)
+{
+    int port = start_server("weft-http", "5000");
+    char p[16];
+    snprintf(p, sizeof(p), "%d", port);
+    const char *args[] = { "--port", p, NULL };
+    cr_assert_eq(run_status("weft-echo", args), 1);
+    stop_server(SIGTERM, 5);
+}
