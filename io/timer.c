@@ -102,6 +102,12 @@ uint64_t weft__timers_run(struct weft__io *io)
 
 /* ---- sleep ------------------------------------------------------------------ */
 
+/* a + b, or UINT64_MAX (never) when that overflows. */
+static uint64_t sat_add(uint64_t a, uint64_t b)
+{
+    return b > UINT64_MAX - a ? UINT64_MAX : a + b;
+}
+
 static enum weft_poll sleep_poll(struct weft_future *f, struct weft_cx *cx)
 {
     struct weft_sleep *s = (struct weft_sleep *)f;
@@ -117,7 +123,9 @@ static enum weft_poll sleep_poll(struct weft_future *f, struct weft_cx *cx)
             s->op->u.timer.deadline = s->deadline_ns;
             if (timer_insert(s->op->io, s->op))
                 return WEFT_PENDING;
-            weft__op_release(s->op); /* not in the heap: freed at once */
+            /* Never in the heap (it could not grow): ours to free at once. */
+            awaker_unregister(&s->op->waker);
+            weft__op_free(s->op->io, s->op);
             s->op = NULL;
             err = -ENOMEM;
         }
@@ -153,8 +161,7 @@ void weft_sleep_until_init(struct weft_sleep *s, uint64_t deadline_ns)
 
 void weft_sleep_init(struct weft_sleep *s, uint64_t duration_ns)
 {
-    uint64_t now = weft_now_ns();
-    weft_sleep_until_init(s, duration_ns > UINT64_MAX - now ? UINT64_MAX : now + duration_ns);
+    weft_sleep_until_init(s, sat_add(weft_now_ns(), duration_ns));
 }
 
 /* ---- interval --------------------------------------------------------------------- */
@@ -174,11 +181,11 @@ static enum weft_poll interval_poll(struct weft_future *f, struct weft_cx *cx)
     iv->ticks++;
     /* The next tick is one period after this one; ticks already in the past
      * are skipped (counted), so a late task gets one tick, not a burst. */
-    uint64_t next = iv->sleep.deadline_ns + iv->period_ns, now = weft_now_ns();
+    uint64_t next = sat_add(iv->sleep.deadline_ns, iv->period_ns), now = weft_now_ns();
     if (next <= now) {
         uint64_t skip = (now - next) / iv->period_ns + 1;
         iv->missed += skip;
-        next += skip * iv->period_ns;
+        next = skip > (UINT64_MAX - next) / iv->period_ns ? UINT64_MAX : next + skip * iv->period_ns;
     }
     weft_sleep_until_init(&iv->sleep, next);
     return WEFT_READY;

@@ -42,7 +42,7 @@ struct weft__acceptq;
 uint64_t weft_now_ns(void);
 
 /* Ready once the deadline has passed (never earlier). result: 0, -ENXIO
- * (not on a worker) or -ENOMEM. */
+ * (a sleep not yet due, polled off a worker) or -ENOMEM. */
 struct weft_sleep {
     struct weft_future base;
     int result;

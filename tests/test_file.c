@@ -1,0 +1,564 @@
+/* tests/test_file.c: file operations through the ring (io/stream.c, io/op.c):
+ * open, write_at, read_at, fsync (full and data only), close; a 4 MiB file
+ * written and read back in 64 KiB chunks by 4 tasks at once; dropping a read
+ * in flight on a pipe, on the worker that started it, on another worker and on
+ * a thread that is no worker (the drop waits until the kernel let go of the
+ * buffer; the pipe still works after); dropping opens in flight (no descriptor
+ * leaks). Every test checks /proc/self/fd has as many entries after as before.
+ *
+ * Bad inputs tried: open of a missing path (-ENOENT), of a NULL path (-EFAULT),
+ * O_CREAT|O_EXCL of an existing file (-EEXIST); read_at on fd -1, on a closed
+ * fd and on an O_WRONLY fd, write_at on an O_RDONLY fd, fsync and close of fd
+ * -1 (-EBADF); read_at of a directory (-EISDIR); read_at into a NULL buffer
+ * (-EFAULT); a second close of the same fd (-EBADF); read_at and open polled
+ * off any worker (-ENXIO); reads at and far beyond the end of file (0). */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <criterion/criterion.h>
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <weft.h>
+
+#include "common.h"
+
+#define CHUNK (64u * 1024u)
+#define FILE_SIZE (4u * 1024u * 1024u)
+#define NCHUNKS (FILE_SIZE / CHUNK)
+#define LANES 4u
+
+/* ---- descriptors and a scratch directory ---------------------------------------- */
+
+static int count_fds(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    cr_assert_not_null(d);
+    int n = 0;
+    while (readdir(d))
+        n++;
+    closedir(d);
+    return n;
+}
+
+static char dir[64];
+static int fds_before;
+
+/* Every test: a fresh directory, and the descriptor count to come back to. */
+static void setup(void)
+{
+    fds_before = count_fds();
+    strcpy(dir, "/tmp/weft-test-file-XXXXXX");
+    cr_assert_not_null(mkdtemp(dir));
+}
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st, (void)flag, (void)ftw;
+    return remove(path);
+}
+
+static void teardown(void)
+{
+    nftw(dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
+}
+
+TestSuite(file, .init = setup, .fini = teardown);
+
+/* The last line of every test body. */
+static void assert_no_fd_leak(void)
+{
+    cr_assert_eq(count_fds(), fds_before, "descriptor leak: %d before, %d after", fds_before,
+                 count_fds());
+}
+
+static void path_in_dir(char *out, size_t len, const char *name)
+{
+    snprintf(out, len, "%s/%s", dir, name);
+}
+
+/* ---- a task future running a per-test body over one weft_io --------------------- */
+
+struct ft;
+typedef enum weft_poll body_fn(struct ft *t, struct weft_cx *cx);
+
+struct ft {
+    struct weft_future base;
+    body_fn *body;
+    void *arg;
+    void (*on_drop)(struct ft *t);
+    uint32_t lane, polls, n, c;
+    uint64_t done;
+    int res[24];              /* the results, in order */
+    struct weft_io io;
+};
+
+static _Atomic uint32_t finished;
+
+static enum weft_poll ft_poll(struct weft_future *f, struct weft_cx *cx)
+{
+    struct ft *t = (struct ft *)f;
+    t->polls++;
+    enum weft_poll r = t->body(t, cx);
+    if (r == WEFT_READY)
+        atomic_fetch_add(&finished, 1);
+    return r;
+}
+
+static void ft_drop(struct weft_future *f)
+{
+    struct ft *t = (struct ft *)f;
+    if (t->on_drop)
+        t->on_drop(t);
+    else
+        weft_future_drop(&t->io.base);
+}
+
+static const struct weft_future_ops ft_ops = { ft_poll, ft_drop };
+
+static int spawn_ft(struct weft_runtime *rt, body_fn *body, void *arg, uint32_t lane,
+                    struct weft_join *j)
+{
+    struct ft t = { .base = { &ft_ops, 0 }, .body = body, .arg = arg, .lane = lane };
+    return weft_spawn(rt, &t.base, sizeof t, j);
+}
+
+/* Runs `body` as a task to its end; returns its finished future's copy. */
+static struct ft run_ft(struct weft_runtime *rt, body_fn *body, void *arg)
+{
+    struct weft_join j;
+    cr_assert_eq(spawn_ft(rt, body, arg, 0, &j), 0);
+    cr_assert_eq(weft_block_on(rt, &j.base), 0);
+    cr_assert_eq(j.res, 0);
+    struct ft out = *(struct ft *)weft_join_output(&j);
+    weft_future_drop(&j.base);
+    return out;
+}
+
+/* One operation, awaited; its result goes to res[n++]. One per source line. */
+#define DO_IO(t, cx, init)                                 \
+    do {                                                   \
+        init;                                              \
+        WEFT_AWAIT(&(t)->base, (cx), &(t)->io);            \
+        (t)->res[(t)->n++] = (t)->io.result;               \
+        weft_future_drop(&(t)->io.base);                   \
+    } while (0)
+
+/* A waker for polling off any worker. */
+static void nop(const void *d)
+{
+    (void)d;
+}
+
+static struct weft_waker nop_clone(const void *d);
+static const struct weft_waker_ops nop_ops = { nop_clone, nop, nop, nop };
+
+static struct weft_waker nop_clone(const void *d)
+{
+    return (struct weft_waker){ d, &nop_ops };
+}
+
+static const struct weft_waker nop_waker = { NULL, &nop_ops };
+
+/* ---- open, write, read, fsync, close ------------------------------------------------ */
+
+struct rt_files {
+    char path[128];
+    int fd, cloexec, closed_errno;
+    char b[8][16];
+};
+
+static enum weft_poll body_roundtrip(struct ft *t, struct weft_cx *cx)
+{
+    struct rt_files *F = t->arg;
+    WEFT_ASYNC_BEGIN(&t->base);
+    DO_IO(t, cx, weft_open_init(&t->io, F->path, O_CREAT | O_RDWR | O_TRUNC, 0600));
+    F->fd = t->res[0];
+    if (F->fd < 0)
+        WEFT_RETURN(&t->base);
+    DO_IO(t, cx, weft_write_at_init(&t->io, F->fd, "hello world", 11, 0));
+    DO_IO(t, cx, weft_write_at_init(&t->io, F->fd, "XYZ", 3, 100));
+    DO_IO(t, cx, weft_read_at_init(&t->io, F->fd, F->b[0], 5, 0));
+    DO_IO(t, cx, weft_read_at_init(&t->io, F->fd, F->b[1], 5, 6));
+    DO_IO(t, cx, weft_read_at_init(&t->io, F->fd, F->b[2], 10, 50));      /* the hole */
+    DO_IO(t, cx, weft_read_at_init(&t->io, F->fd, F->b[3], 10, 101));     /* across EOF */
+    DO_IO(t, cx, weft_read_at_init(&t->io, F->fd, F->b[4], 10, 103));     /* at EOF */
+    DO_IO(t, cx, weft_read_at_init(&t->io, F->fd, F->b[5], 10, UINT64_C(1) << 40));
+    DO_IO(t, cx, weft_read_at_init(&t->io, F->fd, F->b[6], 0, 0));        /* empty read */
+    DO_IO(t, cx, weft_fsync_init(&t->io, F->fd, false));
+    DO_IO(t, cx, weft_fsync_init(&t->io, F->fd, true));
+    F->cloexec = (fcntl(F->fd, F_GETFD) & FD_CLOEXEC) != 0;
+    DO_IO(t, cx, weft_close_init(&t->io, F->fd));
+    F->closed_errno = fcntl(F->fd, F_GETFD) == -1 ? errno : 0;
+    DO_IO(t, cx, weft_close_init(&t->io, F->fd)); /* nobody opens anything meanwhile */
+    WEFT_ASYNC_END(&t->base);
+}
+
+Test(file, open_write_read_fsync_close, .timeout = 30)
+{
+    struct weft_runtime *rt = start_rt(2, NULL);
+    struct rt_files F;
+    memset(&F, 0xff, sizeof F);
+    path_in_dir(F.path, sizeof F.path, "a");
+    struct ft out = run_ft(rt, body_roundtrip, &F);
+    weft_runtime_destroy(rt);
+    cr_assert_geq(out.res[0], 0, "open: %d", out.res[0]);
+    const int want[] = { 0, 11, 3, 5, 5, 10, 2, 0, 0, 0, 0, 0, 0, -EBADF };
+    cr_assert_eq(out.n, 14);
+    for (uint32_t k = 1; k < out.n; k++)
+        cr_assert_eq(out.res[k], want[k], "operation %u gave %d, not %d", k, out.res[k], want[k]);
+    cr_assert_eq(memcmp(F.b[0], "hello", 5), 0);
+    cr_assert_eq(memcmp(F.b[1], "world", 5), 0);
+    cr_assert_eq(memcmp(F.b[2], "\0\0\0\0\0\0\0\0\0\0", 10), 0, "the hole did not read as zeros");
+    cr_assert_eq(memcmp(F.b[3], "YZ", 2), 0);
+    cr_assert_eq((unsigned char)F.b[3][2], 0xff, "a short read wrote past its count");
+    cr_assert_eq(F.cloexec, 1, "O_CLOEXEC was not added");
+    cr_assert_eq(F.closed_errno, EBADF, "the ring's close left the fd open");
+    struct stat st;
+    cr_assert_eq(stat(F.path, &st), 0);
+    cr_assert_eq(st.st_size, 103);
+    assert_no_fd_leak();
+}
+
+/* ---- 4 MiB in 64 KiB chunks, 4 tasks at once --------------------------------------------- */
+
+struct bulk {
+    int fd;
+    bool reading;
+    unsigned char *src, *dst;
+    _Atomic int errors;
+    int first_error;
+};
+
+/* Lane i handles the chunks c with c % 4 == i (when reading: those of lane
+ * i + 1, so no task reads back what it wrote), finishing short transfers. */
+static enum weft_poll body_bulk(struct ft *t, struct weft_cx *cx)
+{
+    struct bulk *B = t->arg;
+    uint64_t off;
+    WEFT_ASYNC_BEGIN(&t->base);
+    for (t->c = (t->lane + B->reading) % LANES; t->c < NCHUNKS; t->c += LANES) {
+        for (t->done = 0; t->done < CHUNK;) {
+            off = (uint64_t)t->c * CHUNK + t->done;
+            if (B->reading)
+                weft_read_at_init(&t->io, B->fd, B->dst + off, CHUNK - t->done, off);
+            else
+                weft_write_at_init(&t->io, B->fd, B->src + off, CHUNK - t->done, off);
+            WEFT_AWAIT(&t->base, cx, &t->io);
+            if (t->io.result <= 0) {
+                if (atomic_fetch_add(&B->errors, 1) == 0)
+                    B->first_error = t->io.result;
+                WEFT_RETURN(&t->base);
+            }
+            t->done += (uint64_t)t->io.result;
+            weft_future_drop(&t->io.base);
+        }
+    }
+    if (!B->reading) {
+        DO_IO(t, cx, weft_fsync_init(&t->io, B->fd, t->lane % 2));
+        if (t->res[0] != 0 && atomic_fetch_add(&B->errors, 1) == 0)
+            B->first_error = t->res[0];
+    }
+    WEFT_ASYNC_END(&t->base);
+}
+
+static void run_lanes(struct weft_runtime *rt, struct bulk *B)
+{
+    struct weft_join j[LANES];
+    for (uint32_t i = 0; i < LANES; i++)
+        cr_assert_eq(spawn_ft(rt, body_bulk, B, i, &j[i]), 0);
+    for (uint32_t i = 0; i < LANES; i++) {
+        cr_assert_eq(weft_block_on(rt, &j[i].base), 0);
+        cr_assert_eq(j[i].res, 0);
+        weft_future_drop(&j[i].base);
+    }
+    cr_assert_eq(atomic_load(&B->errors), 0, "%d errors, the first %d", atomic_load(&B->errors),
+                 B->first_error);
+}
+
+Test(file, four_mib_in_chunks_from_four_tasks, .timeout = 30)
+{
+    struct weft_runtime *rt = start_rt(2, NULL);
+    struct bulk B = { .src = malloc(FILE_SIZE), .dst = malloc(FILE_SIZE) };
+    char path[128];
+    path_in_dir(path, sizeof path, "big");
+    cr_assert(B.src && B.dst);
+    for (uint32_t w = 0; w < FILE_SIZE / 4; w++) { /* every 4-byte word distinct */
+        uint32_t v = w * 2654435761u;
+        memcpy(B.src + 4 * (size_t)w, &v, 4);
+    }
+    memset(B.dst, 0, FILE_SIZE);
+    B.fd = open(path, O_CREAT | O_RDWR | O_TRUNC | O_CLOEXEC, 0600);
+    cr_assert_geq(B.fd, 0);
+    run_lanes(rt, &B);
+    B.reading = true;
+    run_lanes(rt, &B);
+    weft_runtime_destroy(rt);
+    cr_assert_eq(memcmp(B.src, B.dst, FILE_SIZE), 0, "read back differs from what was written");
+    memset(B.dst, 0, FILE_SIZE); /* and the file itself, read without the ring */
+    cr_assert_eq(pread(B.fd, B.dst, FILE_SIZE, 0), (ssize_t)FILE_SIZE);
+    cr_assert_eq(memcmp(B.src, B.dst, FILE_SIZE), 0, "the file differs from what was written");
+    close(B.fd);
+    free(B.src);
+    free(B.dst);
+    assert_no_fd_leak();
+}
+
+/* ---- bad inputs -------------------------------------------------------------------------- */
+
+struct bad {
+    char missing[128], existing[128];
+    int rdonly, wronly, dirfd, closed;
+    char buf[16];
+};
+
+static enum weft_poll body_bad(struct ft *t, struct weft_cx *cx)
+{
+    struct bad *X = t->arg;
+    WEFT_ASYNC_BEGIN(&t->base);
+    DO_IO(t, cx, weft_open_init(&t->io, X->missing, O_RDONLY, 0));
+    DO_IO(t, cx, weft_open_init(&t->io, NULL, O_RDONLY, 0));
+    DO_IO(t, cx, weft_open_init(&t->io, X->existing, O_CREAT | O_EXCL | O_RDWR, 0600));
+    DO_IO(t, cx, weft_read_at_init(&t->io, -1, X->buf, sizeof X->buf, 0));
+    DO_IO(t, cx, weft_read_at_init(&t->io, X->closed, X->buf, sizeof X->buf, 0));
+    DO_IO(t, cx, weft_read_at_init(&t->io, X->wronly, X->buf, sizeof X->buf, 0));
+    DO_IO(t, cx, weft_write_at_init(&t->io, X->rdonly, "x", 1, 0));
+    DO_IO(t, cx, weft_fsync_init(&t->io, -1, false));
+    DO_IO(t, cx, weft_close_init(&t->io, -1));
+    DO_IO(t, cx, weft_read_at_init(&t->io, X->dirfd, X->buf, sizeof X->buf, 0));
+    DO_IO(t, cx, weft_read_at_init(&t->io, X->rdonly, NULL, sizeof X->buf, 0));
+    WEFT_ASYNC_END(&t->base);
+}
+
+Test(file, bad_inputs, .timeout = 30)
+{
+    struct bad X;
+    int p[2];
+    path_in_dir(X.missing, sizeof X.missing, "no/such/file");
+    path_in_dir(X.existing, sizeof X.existing, "exists");
+    X.wronly = open(X.existing, O_CREAT | O_WRONLY | O_CLOEXEC, 0600);
+    cr_assert_eq(write(X.wronly, "content", 7), 7);
+    X.rdonly = open(X.existing, O_RDONLY | O_CLOEXEC);
+    X.dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    cr_assert(X.wronly >= 0 && X.rdonly >= 0 && X.dirfd >= 0);
+    struct weft_runtime *rt = start_rt(2, NULL);
+    cr_assert_eq(pipe(p), 0); /* after the runtime's own descriptors exist */
+    close(p[0]);
+    X.closed = p[0];
+    struct ft out = run_ft(rt, body_bad, &X);
+    weft_runtime_destroy(rt);
+    close(p[1]);
+    const int want[] = { -ENOENT, -EFAULT, -EEXIST, -EBADF, -EBADF, -EBADF, -EBADF, -EBADF, -EBADF,
+                         -EISDIR, -EFAULT };
+    cr_assert_eq(out.n, 11);
+    cr_assert_lt(out.res[1], 0, "open(NULL) gave %d", out.res[1]);
+    for (uint32_t k = 0; k < out.n; k++)
+        cr_assert_eq(out.res[k], want[k], "operation %u gave %d, not %d", k, out.res[k], want[k]);
+
+    /* Off any worker: -ENXIO at once, nothing submitted. */
+    struct weft_cx cx = weft_cx_from_waker(&nop_waker);
+    struct weft_io io;
+    weft_read_at_init(&io, X.rdonly, X.buf, sizeof X.buf, 0);
+    cr_assert_eq(weft_future_poll(&io.base, &cx), WEFT_READY);
+    cr_assert_eq(io.result, -ENXIO);
+    weft_future_drop(&io.base);
+    weft_open_init(&io, X.existing, O_RDONLY, 0);
+    cr_assert_eq(weft_future_poll(&io.base, &cx), WEFT_READY);
+    cr_assert_eq(io.result, -ENXIO);
+    weft_future_drop(&io.base);
+    close(X.rdonly);
+    close(X.wronly);
+    close(X.dirfd);
+    assert_no_fd_leak();
+}
+
+/* ---- dropping a read in flight ------------------------------------------------------------------- */
+
+#define CANARY 0x5a
+#define RBUF 64
+
+struct pipe_read {
+    int p[2];
+    unsigned char *buf;          /* the dropped read's buffer */
+    unsigned char buf2[RBUF];    /* the next read's */
+    _Atomic int polled, spinning, stop, drop_started, drop_done;
+    bool spin;
+};
+
+static enum weft_poll body_spinner(struct ft *t, struct weft_cx *cx)
+{
+    struct pipe_read *P = t->arg;
+    (void)cx;
+    atomic_store(&P->spinning, 1);
+    spin_until(&P->stop);
+    return WEFT_READY;
+}
+
+static void drop_read_slowly(struct ft *t)
+{
+    struct pipe_read *P = t->arg;
+    atomic_store(&P->drop_started, 1);
+    weft_future_drop(&t->io.base);
+    atomic_store(&P->drop_done, 1);
+}
+
+/* A read of the pipe that never completes; with `spin`, its worker is then
+ * kept busy, so that the drop runs on the other one. */
+static enum weft_poll body_stuck_read(struct ft *t, struct weft_cx *cx)
+{
+    struct pipe_read *P = t->arg;
+    if (t->polls == 1) {
+        t->on_drop = drop_read_slowly;
+        weft_read_at_init(&t->io, P->p[0], P->buf, RBUF, 0);
+        if (P->spin)
+            CHECK(spawn_ft(weft_runtime_current(), body_spinner, P, 1, NULL) == 0);
+    }
+    enum weft_poll r = weft_future_poll(&t->io.base, cx);
+    atomic_store(&P->polled, 1);
+    return r;
+}
+
+static enum weft_poll body_read_pipe(struct ft *t, struct weft_cx *cx)
+{
+    struct pipe_read *P = t->arg;
+    WEFT_ASYNC_BEGIN(&t->base);
+    DO_IO(t, cx, weft_read_at_init(&t->io, P->p[0], P->buf2, RBUF, 0));
+    WEFT_ASYNC_END(&t->base);
+}
+
+static void open_pipe(struct pipe_read *P)
+{
+    cr_assert_eq(pipe2(P->p, O_CLOEXEC), 0);
+    P->buf = malloc(RBUF);
+    cr_assert_not_null(P->buf);
+    memset(P->buf, CANARY, RBUF);
+}
+
+/* After the drop: data written now goes to the next read, and the dropped
+ * read's buffer is untouched (the kernel let go of it). Frees it. */
+static void check_pipe_after_drop(struct weft_runtime *rt, struct pipe_read *P)
+{
+    cr_assert_eq(write(P->p[1], "ping", 4), 4);
+    struct ft out = run_ft(rt, body_read_pipe, P);
+    cr_assert_eq(out.res[0], 4, "the read after the drop gave %d", out.res[0]);
+    cr_assert_eq(memcmp(P->buf2, "ping", 4), 0);
+    for (int k = 0; k < RBUF; k++)
+        cr_assert_eq(P->buf[k], CANARY, "the dropped read wrote its buffer (byte %d)", k);
+    free(P->buf);
+    close(P->p[0]);
+    close(P->p[1]);
+}
+
+static void abort_stuck_read(uint32_t workers, bool spin)
+{
+    struct counting_alloc ca;
+    struct weft_runtime *rt = start_rt(workers, &ca);
+    struct pipe_read P = { .spin = spin };
+    struct weft_join j;
+    open_pipe(&P);
+    cr_assert_eq(spawn_ft(rt, body_stuck_read, &P, 0, &j), 0);
+    WAIT_UNTIL(atomic_load(&P.polled) && (!spin || atomic_load(&P.spinning)));
+    sleep_us(20000); /* the read reaches the kernel */
+    weft_join_abort(&j);
+    if (spin) {
+        /* The owner is busy: nobody can cancel the read, so the drop waits. */
+        WAIT_UNTIL(atomic_load(&P.drop_started));
+        sleep_us(50000);
+        cr_assert_eq(atomic_load(&P.drop_done), 0, "the drop returned while the kernel had the buffer");
+        atomic_store(&P.stop, 1);
+    }
+    WAIT_UNTIL(atomic_load(&P.drop_done));
+    cr_assert_eq(weft_block_on(rt, &j.base), 0);
+    cr_assert_eq(j.res, -ECANCELED);
+    weft_future_drop(&j.base);
+    check_pipe_after_drop(rt, &P);
+    weft_runtime_destroy(rt);
+    assert_balanced(&ca);
+}
+
+Test(file, drop_read_in_flight_on_its_worker, .timeout = 30)
+{
+    abort_stuck_read(1, false);
+    assert_no_fd_leak();
+}
+
+Test(file, drop_read_in_flight_on_another_worker, .timeout = 30)
+{
+    abort_stuck_read(2, true);
+    assert_no_fd_leak();
+}
+
+/* The test thread owns the read: a task polls it once, then this thread,
+ * which is no worker, drops it while its worker sleeps. */
+static struct weft_io ext_read;
+
+static enum weft_poll body_poll_ext_once(struct ft *t, struct weft_cx *cx)
+{
+    struct pipe_read *P = t->arg;
+    CHECK(weft_future_poll(&ext_read.base, cx) == WEFT_PENDING);
+    atomic_store(&P->polled, 1);
+    return WEFT_READY;
+}
+
+Test(file, drop_read_in_flight_from_non_worker, .timeout = 30)
+{
+    struct counting_alloc ca;
+    struct weft_runtime *rt = start_rt(2, &ca);
+    struct pipe_read P = { 0 };
+    open_pipe(&P);
+    weft_read_at_init(&ext_read, P.p[0], P.buf, RBUF, 0);
+    cr_assert_eq(spawn_ft(rt, body_poll_ext_once, &P, 0, NULL), 0);
+    WAIT_UNTIL(atomic_load(&P.polled));
+    sleep_us(20000); /* the worker submits the read and parks */
+    double t0 = now_s();
+    weft_future_drop(&ext_read.base);
+    cr_assert_lt(now_s() - t0, 1.0, "the drop took %.3f s", now_s() - t0);
+    check_pipe_after_drop(rt, &P);
+    weft_runtime_destroy(rt);
+    assert_balanced(&ca);
+    assert_no_fd_leak();
+}
+
+/* ---- dropping opens in flight ---------------------------------------------------------------------- */
+
+/* 200 opens, each dropped right after its first poll (before or after the
+ * kernel opened the file): a file it opened anyway must be closed. */
+static enum weft_poll body_drop_opens(struct ft *t, struct weft_cx *cx)
+{
+    const char *path = t->arg;
+    for (int k = 0; k < 200; k++) {
+        weft_open_init(&t->io, path, k % 2 ? O_RDONLY : O_RDWR, 0);
+        t->res[0] += weft_future_poll(&t->io.base, cx) == WEFT_PENDING;
+        weft_future_drop(&t->io.base);
+        if (k % 16 == 0)
+            usleep(100); /* let some complete before their drop */
+    }
+    return WEFT_READY;
+}
+
+Test(file, drop_open_in_flight_leaks_no_fd, .timeout = 30)
+{
+    char path[128];
+    path_in_dir(path, sizeof path, "f");
+    int fd = open(path, O_CREAT | O_RDWR | O_CLOEXEC, 0600);
+    cr_assert_geq(fd, 0);
+    close(fd);
+    struct counting_alloc ca;
+    struct weft_runtime *rt = start_rt(2, &ca);
+    int fds_with_rt = count_fds();
+    struct ft out = run_ft(rt, body_drop_opens, path);
+    cr_assert_eq(out.res[0], 200, "an open was ready at its first poll");
+    cr_assert_eq(count_fds(), fds_with_rt, "dropped opens left %d descriptors open",
+                 count_fds() - fds_with_rt);
+    weft_runtime_destroy(rt);
+    assert_balanced(&ca);
+    assert_no_fd_leak();
+}
