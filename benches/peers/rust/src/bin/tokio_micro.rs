@@ -30,46 +30,10 @@
 //! Output: a human-readable line per benchmark, then `RESULT tokio <name> <median>`.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot};
+use weft_peers::{arg, black_box, Done};
 
-/// Positional argument `i`, or `default` if absent/unparsable.
-fn arg<T: std::str::FromStr>(i: usize, default: T) -> T {
-    std::env::args().nth(i).and_then(|s| s.parse().ok()).unwrap_or(default)
-}
-
-/// Optimization barrier. Written by hand rather than std::hint::black_box so the
-/// crate still builds with Debian 12's rustc 1.63.
-#[inline(never)]
-fn black_box<T>(x: T) -> T {
-    // SAFETY: reads a valid, initialized value once and forgets the original.
-    unsafe {
-        let r = std::ptr::read_volatile(&x);
-        std::mem::forget(x);
-        r
-    }
-}
-
-/// Countdown latch: wakes the waiter once `n` tasks have called hit().
-/// Notify::notify_one stores a permit, so hitting zero before wait() is fine.
-#[derive(Clone)]
-struct Done(Arc<(AtomicUsize, Notify)>);
-
-impl Done {
-    fn new(n: usize) -> Self {
-        Done(Arc::new((AtomicUsize::new(n), Notify::new())))
-    }
-    fn hit(&self) {
-        if self.0 .0.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0 .1.notify_one();
-        }
-    }
-    async fn wait(&self) {
-        self.0 .1.notified().await
-    }
-}
 
 async fn spawn_many(n: usize) {
     let d = Done::new(n);

@@ -44,47 +44,9 @@
 //!
 //! Output: a human-readable line per metric, then `RESULT tokio <name> <median>`.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::runtime::Runtime;
-use tokio::sync::Notify;
-
-/// Positional argument `i`, or `default` if absent/unparsable.
-fn arg<T: std::str::FromStr>(i: usize, default: T) -> T {
-    std::env::args().nth(i).and_then(|s| s.parse().ok()).unwrap_or(default)
-}
-
-/// Optimization barrier. Written by hand rather than std::hint::black_box so the
-/// crate still builds with Debian 12's rustc 1.63.
-#[inline(never)]
-fn black_box<T>(x: T) -> T {
-    // SAFETY: reads a valid, initialized value once and forgets the original.
-    unsafe {
-        let r = std::ptr::read_volatile(&x);
-        std::mem::forget(x);
-        r
-    }
-}
-
-/// Countdown latch: wakes the waiter once `n` tasks have called hit().
-/// Notify::notify_one stores a permit, so hitting zero before wait() is fine.
-#[derive(Clone)]
-struct Done(Arc<(AtomicUsize, Notify)>);
-
-impl Done {
-    fn new(n: usize) -> Self {
-        Done(Arc::new((AtomicUsize::new(n), Notify::new())))
-    }
-    fn hit(&self) {
-        if self.0 .0.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0 .1.notify_one();
-        }
-    }
-    async fn wait(&self) {
-        self.0 .1.notified().await
-    }
-}
+use weft_peers::{arg, black_box, Done};
 
 /// SplitMix64: a small deterministic hash, used as the per-task PRNG.
 fn splitmix64(i: u64) -> u64 {
