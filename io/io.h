@@ -185,6 +185,14 @@ void weft__op_submit(struct weft__io *io, struct weft__op *op);
 bool weft__op_ready(struct weft__op *op, const struct weft_waker *waker);
 /* Gives up the slot from any thread, finished or not (see the states). */
 void weft__op_release(struct weft__op *op);
+
+/* A future's drop: gives up its slot, if it holds one. */
+static inline void weft__op_drop(struct weft__op **opp)
+{
+    if (*opp)
+        weft__op_release(*opp);
+    *opp = NULL;
+}
 /* Owner: the completion of a slot. */
 void weft__op_complete(struct weft__io *io, struct weft__op *op, int32_t res, uint32_t flags);
 /* Owner: submits a cancel of the slot's operation. */

@@ -94,10 +94,8 @@ static enum weft_poll io_poll(struct weft_future *f, struct weft_cx *cx)
 
 static void io_drop(struct weft_future *f)
 {
-    struct weft_io *io = (struct weft_io *)f;
-    if (io->op)
-        weft__op_release(io->op); /* waits if the kernel may still use our memory */
-    io->op = NULL;
+    /* Waits if the kernel may still use the caller's memory. */
+    weft__op_drop(&((struct weft_io *)f)->op);
 }
 
 static const struct weft_future_ops io_ops = { io_poll, io_drop };
@@ -201,10 +199,7 @@ static enum weft_poll recv_poll(struct weft_future *f, struct weft_cx *cx)
 
 static void recv_drop(struct weft_future *f)
 {
-    struct weft_recv *r = (struct weft_recv *)f;
-    if (r->op)
-        weft__op_release(r->op);
-    r->op = NULL;
+    weft__op_drop(&((struct weft_recv *)f)->op);
 }
 
 static const struct weft_future_ops recv_ops = { recv_poll, recv_drop };

@@ -490,10 +490,8 @@ static enum weft_poll connect_poll(struct weft_future *f, struct weft_cx *cx)
 
 static void connect_drop(struct weft_future *f)
 {
-    struct weft_connect *c = (struct weft_connect *)f;
-    if (c->op)
-        weft__op_release(c->op); /* the final CQE closes the socket */
-    c->op = NULL;
+    /* In flight: the final CQE closes the socket. */
+    weft__op_drop(&((struct weft_connect *)f)->op);
 }
 
 static const struct weft_future_ops connect_ops = { connect_poll, connect_drop };

@@ -142,10 +142,7 @@ static enum weft_poll sleep_poll(struct weft_future *f, struct weft_cx *cx)
 
 static void sleep_drop(struct weft_future *f)
 {
-    struct weft_sleep *s = (struct weft_sleep *)f;
-    if (s->op)
-        weft__op_release(s->op);
-    s->op = NULL;
+    weft__op_drop(&((struct weft_sleep *)f)->op);
 }
 
 static const struct weft_future_ops sleep_ops = { sleep_poll, sleep_drop };
