@@ -23,11 +23,15 @@
 struct conn {
     struct weft_future base;
     struct conn_sock sock;     /* the socket, on the server's list */
-    struct weft_recv rx;       /* the bytes received ... */
-    struct weft_io tx;         /* ... are sent back from the same buffer */
+    struct weft_recv rx[2];    /* the bytes of one receive are sent back from its
+                                * buffer while the other receive waits */
+    struct weft_io tx;
+    struct weft_future *both[2];
+    struct weft_join_all join;
+    uint8_t cur;               /* the receive of this round */
 };
 
-_Static_assert(sizeof(struct conn) <= 192, "an idle connection should stay small");
+_Static_assert(sizeof(struct conn) <= 320, "an idle connection should stay small");
 
 static enum weft_poll conn_poll(struct weft_future *f, struct weft_cx *cx)
 {
@@ -36,16 +40,26 @@ static enum weft_poll conn_poll(struct weft_future *f, struct weft_cx *cx)
     if (!conn_join(&self->sock))
         WEFT_RETURN(f); /* accepted just before a stop */
     for (;;) {
-        weft_recv_init(&self->rx, self->sock.fd);
-        WEFT_AWAIT(f, cx, &self->rx);
-        if (self->rx.result <= 0) /* end of stream, or an error such as a reset */
+        weft_recv_init(&self->rx[self->cur], self->sock.fd);
+        if (self->tx.base.ops) {
+            /* Echo the last receive while this one waits: both SQEs leave in
+             * the same io_uring_enter. */
+            self->both[0] = &self->tx.base;
+            self->both[1] = &self->rx[self->cur].base;
+            weft_join_all_init(&self->join, self->both, 2);
+            WEFT_AWAIT(f, cx, &self->join);
+            weft_future_drop(&self->tx.base);
+            weft_future_drop(&self->rx[!self->cur].base); /* its buffer goes back to the ring */
+            if (self->tx.result < 0)
+                break;
+        } else {
+            WEFT_AWAIT(f, cx, &self->rx[self->cur]);
+        }
+        struct weft_recv *rx = &self->rx[self->cur];
+        if (rx->result <= 0) /* end of stream, or an error such as a reset */
             break;
-        weft_send_all_init(&self->tx, self->sock.fd, self->rx.data, (size_t)self->rx.result);
-        WEFT_AWAIT(f, cx, &self->tx);
-        weft_future_drop(&self->tx.base);
-        weft_future_drop(&self->rx.base); /* the buffer goes back to the ring */
-        if (self->tx.result < 0)
-            break;
+        weft_send_all_init(&self->tx, self->sock.fd, rx->data, (size_t)rx->result);
+        self->cur = !self->cur;
     }
     WEFT_ASYNC_END(f);
 }
@@ -54,8 +68,9 @@ static enum weft_poll conn_poll(struct weft_future *f, struct weft_cx *cx)
 static void conn_drop(struct weft_future *f)
 {
     struct conn *self = (struct conn *)f;
-    weft_future_drop(&self->tx.base); /* the send first: it uses the receive's buffer */
-    weft_future_drop(&self->rx.base);
+    weft_future_drop(&self->tx.base); /* the send first: it uses a receive's buffer */
+    weft_future_drop(&self->rx[0].base);
+    weft_future_drop(&self->rx[1].base);
     conn_close(&self->sock);
 }
 

@@ -62,14 +62,13 @@ struct conn {
     uint32_t carry_len, carry_cap;
     uint8_t reply;             /* the error to answer after them (REPLY_*), or 0 */
     unsigned char *carry;      /* the start of a request split across reads, or NULL */
-    union {                    /* one operation at a time */
-        struct weft_future any;
-        struct weft_recv rx;
-        struct weft_io tx;
-    } io;
+    struct weft_recv rx;       /* the next read ... */
+    struct weft_io tx;         /* ... runs beside the send of the last batch's responses */
+    struct weft_future *both[2];
+    struct weft_join_all join;
 };
 
-_Static_assert(sizeof(struct conn) <= 192, "an idle connection should stay small");
+_Static_assert(sizeof(struct conn) <= 320, "an idle connection should stay small");
 
 /* ---- parsing ------------------------------------------------------------------ */
 
@@ -200,34 +199,57 @@ static enum weft_poll conn_poll(struct weft_future *f, struct weft_cx *cx)
     if (!conn_join(&self->sock))
         WEFT_RETURN(f); /* accepted just before a stop */
     for (;;) {
-        weft_recv_init(&self->io.rx, self->sock.fd);
-        WEFT_AWAIT(f, cx, &self->io.rx);
-        if (self->io.rx.result <= 0) /* end of stream, or an error such as a reset */
+        weft_recv_init(&self->rx, self->sock.fd);
+        if (self->tx.base.ops) {
+            /* The last batch's responses go out while the next read waits:
+             * both SQEs leave in the same io_uring_enter. */
+            self->both[0] = &self->tx.base;
+            self->both[1] = &self->rx.base;
+            weft_join_all_init(&self->join, self->both, 2);
+            WEFT_AWAIT(f, cx, &self->join);
+            weft_future_drop(&self->tx.base);
+            if (self->tx.result < 0)
+                WEFT_RETURN(f);
+        } else {
+            WEFT_AWAIT(f, cx, &self->rx);
+        }
+        if (self->rx.result <= 0) /* end of stream, or an error such as a reset */
             WEFT_RETURN(f);
-        bool ok = consume(self, self->io.rx.data, (size_t)self->io.rx.result);
-        weft_future_drop(&self->io.any); /* the buffer goes back to the ring */
+        bool ok = consume(self, self->rx.data, (size_t)self->rx.result);
+        weft_future_drop(&self->rx.base); /* the buffer goes back to the ring */
         if (!ok)
             WEFT_RETURN(f);
 
-        /* The answers: one send per BATCH responses, so usually one. */
-        while (self->count > 0) {
-            size_t n = MIN(self->count, BATCH);
-            weft_send_all_init(&self->io.tx, self->sock.fd, batch, n * OK_LEN);
-            WEFT_AWAIT(f, cx, &self->io.tx);
-            if (self->io.tx.result < 0)
+        /* The answers: one send per BATCH responses, so usually one. All but
+         * the last batch are awaited here (a rare, deep pipeline). */
+        while (self->count > BATCH) {
+            weft_send_all_init(&self->tx, self->sock.fd, batch, BATCH * OK_LEN);
+            WEFT_AWAIT(f, cx, &self->tx);
+            weft_future_drop(&self->tx.base);
+            if (self->tx.result < 0)
                 WEFT_RETURN(f);
-            weft_future_drop(&self->io.any);
-            self->count -= MIN(self->count, BATCH);
+            self->count -= BATCH;
         }
         if (self->reply) {
+            if (self->count) {
+                weft_send_all_init(&self->tx, self->sock.fd, batch, self->count * OK_LEN);
+                WEFT_AWAIT(f, cx, &self->tx);
+                weft_future_drop(&self->tx.base);
+            }
             const char *r = replies[self->reply];
-            weft_send_all_init(&self->io.tx, self->sock.fd, r, strlen(r));
-            WEFT_AWAIT(f, cx, &self->io.tx);
+            weft_send_all_init(&self->tx, self->sock.fd, r, strlen(r));
+            WEFT_AWAIT(f, cx, &self->tx);
             discard_input(self->sock.fd);
             WEFT_RETURN(f);
         }
-        if (server_stopping() && !self->carry)
+        if (self->count)
+            weft_send_all_init(&self->tx, self->sock.fd, batch, self->count * OK_LEN);
+        self->count = 0;
+        if (server_stopping() && !self->carry) {
+            if (self->tx.base.ops)
+                WEFT_AWAIT(f, cx, &self->tx);
             WEFT_RETURN(f); /* stopping, and the request in hand is answered */
+        }
     }
     WEFT_ASYNC_END(f);
 }
@@ -236,7 +258,8 @@ static enum weft_poll conn_poll(struct weft_future *f, struct weft_cx *cx)
 static void conn_drop(struct weft_future *f)
 {
     struct conn *self = (struct conn *)f;
-    weft_future_drop(&self->io.any); /* whichever operation is live: its own drop runs */
+    weft_future_drop(&self->tx.base); /* whichever operations are live: their drops run */
+    weft_future_drop(&self->rx.base);
     free(self->carry);
     conn_close(&self->sock);
 }

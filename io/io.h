@@ -158,6 +158,12 @@ void weft__io_fini(struct weft__io *io);
 /* Submits queued SQEs and reaps completions and expired timers without
  * sleeping; skips the syscall when there is nothing to submit or reap. */
 void weft__io_tick(struct weft__io *io);
+/* True when a turn would find something without waiting: completions ready
+ * or held back by the kernel, slots pushed by other threads, a timer due. No
+ * syscall. */
+bool weft__io_has_events(struct weft__io *io);
+/* Submits the queued SQEs, if any (one io_uring_enter that also reaps). */
+void weft__io_flush(struct weft__io *io);
 /* Sleeps until an unpark, a completion or the next timer, then reaps. */
 void weft__io_park(struct weft__io *io);
 /* Shutdown: fails the timers and waiting receives, cancels all in the kernel. */

@@ -197,11 +197,27 @@ void weft__io_reap(struct weft__io *io)
     }
 }
 
+/* Completions the kernel holds back for us (DEFER_TASKRUN or COOP_TASKRUN
+ * with TASKRUN_FLAG set the flag), or an overflowing CQ. */
+static bool kernel_pending(struct weft__io *io)
+{
+    return IO_URING_READ_ONCE(*io->ring.sq.kflags) & (IORING_SQ_TASKRUN | IORING_SQ_CQ_OVERFLOW);
+}
+
 static bool kernel_has_work(struct weft__io *io)
 {
-    return io_uring_sq_ready(&io->ring) > 0 ||
-           (IO_URING_READ_ONCE(*io->ring.sq.kflags) & (IORING_SQ_TASKRUN | IORING_SQ_CQ_OVERFLOW));
+    return io_uring_sq_ready(&io->ring) > 0 || kernel_pending(io);
 }
+
+bool weft__io_has_events(struct weft__io *io)
+{
+    if (atomic_load_explicit(&io->remote, memory_order_relaxed))
+        return true;
+    if (io->has_ring && (io_uring_cq_ready(&io->ring) || kernel_pending(io)))
+        return true;
+    return io->nheap && io->heap[0].deadline <= weft_now_ns();
+}
+
 
 static void enter(struct weft__io *io, struct __kernel_timespec *ts, unsigned wait_nr)
 {
@@ -215,6 +231,12 @@ static void enter(struct weft__io *io, struct __kernel_timespec *ts, unsigned wa
         if (ret == -EBUSY) /* CQ overflowing: make room and go again */
             weft__io_reap(io);
     } while (ret == -EBUSY);
+}
+
+void weft__io_flush(struct weft__io *io)
+{
+    if (io->has_ring && io_uring_sq_ready(&io->ring))
+        enter(io, NULL, 0);
 }
 
 void weft__io_tick(struct weft__io *io)

@@ -313,13 +313,19 @@ void *weft__worker_main(void *arg)
     /* Acquire pairs with the release store in weft_runtime_destroy. */
     while (!atomic_load_explicit(&rt->shutdown, memory_order_acquire)) {
         struct weft_task *t = next_local(w);
-        if (!t) {
-            /* Out of local work: completions and timers may make some. */
+        if (!t && weft__io_has_events(w->io)) {
+            /* Out of local work: completions and timers make some. */
             weft__io_tick(w->io);
             t = next_local(w);
         }
-        if (!t)
+        if (!t) {
+            /* Queued SQEs wait for the park's io_uring_enter, which submits
+             * them and sleeps in one syscall; a worker that finds work to
+             * steal submits them first instead. */
             t = steal_work(w);
+            if (t)
+                weft__io_flush(w->io);
+        }
         if (t) {
             run_task(w, t);
             if (--w->event_countdown == 0) {
