@@ -23,15 +23,11 @@
 struct conn {
     struct weft_future base;
     struct conn_sock sock;     /* the socket, on the server's list */
-    struct weft_recv rx[2];    /* the bytes of one receive are sent back from its
-                                * buffer while the other receive waits */
-    struct weft_io tx;
-    struct weft_future *both[2];
-    struct weft_join_all join;
+    struct weft_recv rx[2];    /* this round's receive sends back the last one's bytes */
     uint8_t cur;               /* the receive of this round */
 };
 
-_Static_assert(sizeof(struct conn) <= 320, "an idle connection should stay small");
+_Static_assert(sizeof(struct conn) <= 192, "an idle connection should stay small");
 
 static enum weft_poll conn_poll(struct weft_future *f, struct weft_cx *cx)
 {
@@ -39,27 +35,17 @@ static enum weft_poll conn_poll(struct weft_future *f, struct weft_cx *cx)
     WEFT_ASYNC_BEGIN(f);
     if (!conn_join(&self->sock))
         WEFT_RETURN(f); /* accepted just before a stop */
+    weft_recv_init(&self->rx[0], self->sock.fd);
     for (;;) {
-        weft_recv_init(&self->rx[self->cur], self->sock.fd);
-        if (self->tx.base.ops) {
-            /* Echo the last receive while this one waits: both SQEs leave in
-             * the same io_uring_enter. */
-            self->both[0] = &self->tx.base;
-            self->both[1] = &self->rx[self->cur].base;
-            weft_join_all_init(&self->join, self->both, 2);
-            WEFT_AWAIT(f, cx, &self->join);
-            weft_future_drop(&self->tx.base);
-            weft_future_drop(&self->rx[!self->cur].base); /* its buffer goes back to the ring */
-            if (self->tx.result < 0)
-                break;
-        } else {
-            WEFT_AWAIT(f, cx, &self->rx[self->cur]);
-        }
+        WEFT_AWAIT(f, cx, &self->rx[self->cur]);
+        weft_future_drop(&self->rx[!self->cur].base); /* its buffer, echoed, goes back */
         struct weft_recv *rx = &self->rx[self->cur];
         if (rx->result <= 0) /* end of stream, or an error such as a reset */
             break;
-        weft_send_all_init(&self->tx, self->sock.fd, rx->data, (size_t)rx->result);
+        /* Echo these bytes and receive the next ones: one linked pair in the
+         * kernel, one completion for both. */
         self->cur = !self->cur;
+        weft_send_recv_init(&self->rx[self->cur], self->sock.fd, rx->data, (size_t)rx->result);
     }
     WEFT_ASYNC_END(f);
 }
@@ -68,9 +54,9 @@ static enum weft_poll conn_poll(struct weft_future *f, struct weft_cx *cx)
 static void conn_drop(struct weft_future *f)
 {
     struct conn *self = (struct conn *)f;
-    weft_future_drop(&self->tx.base); /* the send first: it uses a receive's buffer */
-    weft_future_drop(&self->rx[0].base);
-    weft_future_drop(&self->rx[1].base);
+    /* The sending receive first: it uses the other's buffer. */
+    weft_future_drop(&self->rx[self->cur].base);
+    weft_future_drop(&self->rx[!self->cur].base);
     conn_close(&self->sock);
 }
 

@@ -62,13 +62,11 @@ struct conn {
     uint32_t carry_len, carry_cap;
     uint8_t reply;             /* the error to answer after them (REPLY_*), or 0 */
     unsigned char *carry;      /* the start of a request split across reads, or NULL */
-    struct weft_recv rx;       /* the next read ... */
-    struct weft_io tx;         /* ... runs beside the send of the last batch's responses */
-    struct weft_future *both[2];
-    struct weft_join_all join;
+    struct weft_recv rx;       /* sends the last batch's responses, then reads */
+    struct weft_io tx;         /* the other sends */
 };
 
-_Static_assert(sizeof(struct conn) <= 320, "an idle connection should stay small");
+_Static_assert(sizeof(struct conn) <= 256, "an idle connection should stay small");
 
 /* ---- parsing ------------------------------------------------------------------ */
 
@@ -199,20 +197,11 @@ static enum weft_poll conn_poll(struct weft_future *f, struct weft_cx *cx)
     if (!conn_join(&self->sock))
         WEFT_RETURN(f); /* accepted just before a stop */
     for (;;) {
-        weft_recv_init(&self->rx, self->sock.fd);
-        if (self->tx.base.ops) {
-            /* The last batch's responses go out while the next read waits:
-             * both SQEs leave in the same io_uring_enter. */
-            self->both[0] = &self->tx.base;
-            self->both[1] = &self->rx.base;
-            weft_join_all_init(&self->join, self->both, 2);
-            WEFT_AWAIT(f, cx, &self->join);
-            weft_future_drop(&self->tx.base);
-            if (self->tx.result < 0)
-                WEFT_RETURN(f);
-        } else {
-            WEFT_AWAIT(f, cx, &self->rx);
-        }
+        /* The responses of the last batch, and the next read: one linked
+         * pair in the kernel, one completion for both. */
+        weft_send_recv_init(&self->rx, self->sock.fd, batch, self->count * OK_LEN);
+        self->count = 0;
+        WEFT_AWAIT(f, cx, &self->rx);
         if (self->rx.result <= 0) /* end of stream, or an error such as a reset */
             WEFT_RETURN(f);
         bool ok = consume(self, self->rx.data, (size_t)self->rx.result);
@@ -220,8 +209,9 @@ static enum weft_poll conn_poll(struct weft_future *f, struct weft_cx *cx)
         if (!ok)
             WEFT_RETURN(f);
 
-        /* The answers: one send per BATCH responses, so usually one. All but
-         * the last batch are awaited here (a rare, deep pipeline). */
+        /* The answers: one send per BATCH responses, so usually one, linked
+         * to the next read. All but the last batch are sent here (a rare,
+         * deep pipeline). */
         while (self->count > BATCH) {
             weft_send_all_init(&self->tx, self->sock.fd, batch, BATCH * OK_LEN);
             WEFT_AWAIT(f, cx, &self->tx);
@@ -242,12 +232,11 @@ static enum weft_poll conn_poll(struct weft_future *f, struct weft_cx *cx)
             discard_input(self->sock.fd);
             WEFT_RETURN(f);
         }
-        if (self->count)
-            weft_send_all_init(&self->tx, self->sock.fd, batch, self->count * OK_LEN);
-        self->count = 0;
         if (server_stopping() && !self->carry) {
-            if (self->tx.base.ops)
+            if (self->count) {
+                weft_send_all_init(&self->tx, self->sock.fd, batch, self->count * OK_LEN);
                 WEFT_AWAIT(f, cx, &self->tx);
+            }
             WEFT_RETURN(f); /* stopping, and the request in hand is answered */
         }
     }

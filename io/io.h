@@ -60,6 +60,7 @@ enum op_kind {
     OP_WRITE,
     OP_FSYNC,
     OP_ACCEPT,       /* the listener's multishot accept */
+    OP_SEND_RECV,    /* a send linked to a recv from the buffer ring */
     OP_NKINDS,
 };
 
@@ -99,6 +100,7 @@ struct weft__op {
         struct { struct sockaddr_in6 sa; uint32_t salen; struct __kernel_timespec ts; } conn;
         struct msghdr msg;
         struct weft__acceptq *acceptq;
+        int32_t send_res;      /* OP_SEND_RECV: the send's CQE, if it failed */
     } u;
 };
 
@@ -145,6 +147,7 @@ struct weft__io {
 /* user_data of CQEs that are not a slot's */
 #define IO_UD_IGNORE  UINT64_C(0) /* cancels, link timeouts */
 #define IO_UD_EVENTFD UINT64_C(1) /* the unpark eventfd's read */
+#define IO_UD_SEND_PART UINT64_C(1) /* or'ed into a slot's address: the send of an OP_SEND_RECV */
 
 /* ---- ring.c: setup, the reactor turn, parking ---------------------------- */
 struct weft_runtime_config;
@@ -191,6 +194,13 @@ void weft__op_submit(struct weft__io *io, struct weft__op *op);
 bool weft__op_ready(struct weft__op *op, const struct weft_waker *waker);
 /* Gives up the slot from any thread, finished or not (see the states). */
 void weft__op_release(struct weft__op *op);
+
+/* The slot holds a provided buffer the kernel picked for it. */
+static inline bool weft__op_has_buffer(const struct weft__op *op)
+{
+    return (op->kind == OP_RECV_BUF || op->kind == OP_SEND_RECV) &&
+           (op->cqe_flags & IORING_CQE_F_BUFFER);
+}
 
 /* A future's drop: gives up its slot, if it holds one. */
 static inline void weft__op_drop(struct weft__op **opp)

@@ -44,6 +44,7 @@ static const struct { uint8_t opcode; const char *name; } kind_info[OP_NKINDS] =
     [OP_WRITE] = { IORING_OP_WRITE, "write" },
     [OP_FSYNC] = { IORING_OP_FSYNC, "fsync" },
     [OP_ACCEPT] = { IORING_OP_ACCEPT, "accept" },
+    [OP_SEND_RECV] = { IORING_OP_SEND, "send" },
 };
 
 uint8_t weft__op_opcode(enum op_kind kind)
@@ -124,12 +125,26 @@ struct io_uring_sqe *weft__io_sqe(struct weft__io *io)
 void weft__op_submit(struct weft__io *io, struct weft__op *op)
 {
     /* A linked pair must go to the kernel in one submission. */
-    if (op->linked && io_uring_sq_space_left(&io->ring) < 2)
+    if ((op->linked || op->kind == OP_SEND_RECV) && io_uring_sq_space_left(&io->ring) < 2)
         io_uring_submit(&io->ring);
     struct io_uring_sqe *sqe = weft__io_sqe(io);
     int fd = op->fd;
     void *addr = (void *)(uintptr_t)op->addr;
     switch ((enum op_kind)op->kind) {
+    case OP_SEND_RECV:
+        /* The send posts a CQE only if it fails; then the recv is cancelled. */
+        io_uring_prep_send(sqe, fd, addr, op->len, MSG_NOSIGNAL | MSG_WAITALL);
+        sqe->flags |= IOSQE_IO_LINK | IOSQE_CQE_SKIP_SUCCESS;
+        io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)op | IO_UD_SEND_PART);
+        op->u.send_res = 0;
+        sqe = weft__io_sqe(io);
+        io_uring_prep_recv(sqe, fd, NULL, io->buf_size, 0);
+        sqe->flags |= IOSQE_BUFFER_SELECT;
+        sqe->buf_group = 0;
+        /* The peer answers what we just sent: nothing to read yet, so wait
+         * for data rather than try (and fail) first. */
+        sqe->ioprio |= IORING_RECVSEND_POLL_FIRST;
+        break;
     case OP_RECV_BUF:
         io_uring_prep_recv(sqe, fd, NULL, io->buf_size, 0);
         sqe->flags |= IOSQE_BUFFER_SELECT;
@@ -225,7 +240,7 @@ static void signal_waiter(struct op_waiter *w)
 /* Frees a slot whose result the future consumed (or will never read). */
 static void free_done(struct weft__io *io, struct weft__op *op)
 {
-    if (op->kind == OP_RECV_BUF && (op->cqe_flags & IORING_CQE_F_BUFFER))
+    if (weft__op_has_buffer(op))
         weft__bufring_put(io, (uint16_t)(op->cqe_flags >> IORING_CQE_BUFFER_SHIFT));
     weft__op_free(io, op);
 }
@@ -237,7 +252,7 @@ void weft__op_orphan_final(struct weft__io *io, struct weft__op *op, uint32_t s)
         close(op->fd);
     else if (op->kind == OP_OPEN && op->res >= 0)
         close(op->res);
-    if (op->kind == OP_RECV_BUF && (op->cqe_flags & IORING_CQE_F_BUFFER)) {
+    if (weft__op_has_buffer(op)) {
         weft__bufring_put(io, (uint16_t)(op->cqe_flags >> IORING_CQE_BUFFER_SHIFT));
         op->cqe_flags = 0;
     }
@@ -274,6 +289,11 @@ static bool cancel_orphan(struct weft__io *io, struct weft__op *op)
     } else if (op->kind == OP_RECV_BUF && weft__bufring_unwait(io, op)) {
         /* it was waiting for a buffer, never in the kernel */
     } else {
+        if (op->kind == OP_SEND_RECV) { /* the send may still be running */
+            struct io_uring_sqe *sqe = weft__io_sqe(io);
+            io_uring_prep_cancel64(sqe, (uint64_t)(uintptr_t)op | IO_UD_SEND_PART, 0);
+            io_uring_sqe_set_data64(sqe, IO_UD_IGNORE);
+        }
         weft__op_cancel(io, op);
         return false;
     }

@@ -100,6 +100,8 @@ static void probe(struct weft__io *io)
             io->supported |= UINT32_C(1) << k;
     if (p)
         io_uring_free_probe(p);
+    if (!(io->features & IORING_FEAT_CQE_SKIP)) /* the send of a send+recv would post */
+        io->supported &= ~(UINT32_C(1) << OP_SEND_RECV);
 }
 
 int weft__io_init(struct weft__io *io, struct weft_runtime *rt, uint32_t index,
@@ -130,7 +132,8 @@ int weft__io_init(struct weft__io *io, struct weft_runtime *rt, uint32_t index,
     err = weft__bufring_init(io, cfg->io_buffers ? cfg->io_buffers : DEFAULT_BUFFERS,
                              cfg->io_buffer_size ? cfg->io_buffer_size : DEFAULT_BUFFER_SIZE);
     if (err == -EINVAL || err == -EOPNOTSUPP) {
-        io->supported &= ~(UINT32_C(1) << OP_RECV_BUF); /* kernel without buffer rings */
+        /* kernel without buffer rings */
+        io->supported &= ~((UINT32_C(1) << OP_RECV_BUF) | (UINT32_C(1) << OP_SEND_RECV));
         err = 0;
     }
     if (err)
@@ -184,15 +187,23 @@ void weft__io_reap(struct weft__io *io)
             io->efd_armed = false;
             continue;
         }
-        struct weft__op *op = (struct weft__op *)(uintptr_t)ud;
+        struct weft__op *op = (struct weft__op *)(uintptr_t)(ud & ~IO_UD_SEND_PART);
+        if (ud & IO_UD_SEND_PART) {
+            /* Only a failed (or cut short) send posts: its recv ends -ECANCELED. */
+            op->u.send_res = res < 0 ? res : -EIO;
+            continue;
+        }
         if (flags & IORING_CQE_F_BUFFER)
             io->bufs_free--;
-        if (op->kind == OP_ACCEPT)
+        if (op->kind == OP_ACCEPT) {
             weft__accept_complete(io, op, res, flags);
-        else if (op->kind == OP_RECV_BUF && res == -ENOBUFS &&
-                 atomic_load_explicit(&op->state, memory_order_relaxed) == OPS_PENDING)
-            weft__bufring_wait(io, op); /* retried when a buffer comes back */
-        else
+        } else if ((op->kind == OP_RECV_BUF || op->kind == OP_SEND_RECV) && res == -ENOBUFS &&
+                   atomic_load_explicit(&op->state, memory_order_relaxed) == OPS_PENDING) {
+            /* The send (if any) went out; the recv is retried when a buffer
+             * comes back. */
+            op->kind = OP_RECV_BUF;
+            weft__bufring_wait(io, op);
+        } else
             weft__op_complete(io, op, res, flags);
     }
 }

@@ -176,13 +176,18 @@ static enum weft_poll recv_poll(struct weft_future *f, struct weft_cx *cx)
     if (!weft_coop_take(cx))
         return WEFT_PENDING;
     if (!r->op) {
-        int err = weft__op_start(cx, &r->op, OP_RECV_BUF);
+        /* With something to send first: a send linked to the recv, one CQE. */
+        enum op_kind kind = r->send_len ? OP_SEND_RECV : OP_RECV_BUF;
+        int err = weft__op_start(cx, &r->op, kind);
         if (err) {
             r->result = err;
             r->base.resume = 1;
             return WEFT_READY;
         }
         r->op->fd = r->fd;
+        r->op->addr = (uint64_t)(uintptr_t)r->send;
+        r->op->len = r->send_len;
+        r->op->borrowed = r->send_len > 0; /* the caller's bytes to send */
         weft__op_submit(r->op->io, r->op);
         return WEFT_PENDING;
     }
@@ -191,6 +196,8 @@ static enum weft_poll recv_poll(struct weft_future *f, struct weft_cx *cx)
     /* The slot keeps the buffer until the drop gives both back. */
     struct weft__op *op = r->op;
     r->result = op->res;
+    if (r->send_len && op->kind == OP_SEND_RECV && op->u.send_res)
+        r->result = op->u.send_res; /* the send failed; nothing was received */
     if (op->cqe_flags & IORING_CQE_F_BUFFER)
         r->data = op->io->bufs + (size_t)(op->cqe_flags >> IORING_CQE_BUFFER_SHIFT) * op->io->buf_size;
     r->base.resume = 1;
@@ -204,7 +211,7 @@ static void recv_drop(struct weft_future *f)
 
 static const struct weft_future_ops recv_ops = { recv_poll, recv_drop };
 
-void weft_recv_init(struct weft_recv *r, int fd)
+void weft_send_recv_init(struct weft_recv *r, int fd, const void *buf, size_t len)
 {
     r->base.ops = &recv_ops;
     r->base.resume = 0;
@@ -212,4 +219,11 @@ void weft_recv_init(struct weft_recv *r, int fd)
     r->fd = fd;
     r->data = NULL;
     r->op = NULL;
+    r->send = buf;
+    r->send_len = clamp_len(len);
+}
+
+void weft_recv_init(struct weft_recv *r, int fd)
+{
+    weft_send_recv_init(r, fd, NULL, 0);
 }
