@@ -66,14 +66,19 @@ void weft__bufring_put(struct weft__io *io, uint16_t bid)
                           (int)io->br_mask, 0);
     io_uring_buf_ring_advance(io->br, 1);
     io->bufs_free++;
+    weft__bufring_kick(io);
+}
+
+void weft__bufring_kick(struct weft__io *io)
+{
     struct weft__op *op = io->bufwait_head;
-    if (op) {
-        io->bufwait_head = op->next;
-        if (!io->bufwait_head)
-            io->bufwait_tail = NULL;
-        io->inflight--; /* weft__op_submit counts it again */
-        weft__op_submit(io, op);
-    }
+    if (!op || io->bufs_free == 0)
+        return;
+    io->bufwait_head = op->next;
+    if (!io->bufwait_head)
+        io->bufwait_tail = NULL;
+    io->inflight--; /* weft__op_submit counts it again */
+    weft__op_submit(io, op);
 }
 
 void weft__bufring_wait(struct weft__io *io, struct weft__op *op)

@@ -202,6 +202,13 @@ static inline bool weft__op_has_buffer(const struct weft__op *op)
            (op->cqe_flags & IORING_CQE_F_BUFFER);
 }
 
+/* The future took what its operation produced (a socket, a file): the slot
+ * no longer closes it when freed. */
+static inline void weft__op_take(struct weft__op *op)
+{
+    op->fd = op->res = -1;
+}
+
 /* A future's drop: gives up its slot, if it holds one. */
 static inline void weft__op_drop(struct weft__op **opp)
 {
@@ -239,6 +246,8 @@ int weft__bufring_init(struct weft__io *io, uint32_t nbufs, uint32_t size);
 void weft__bufring_fini(struct weft__io *io);
 /* Gives buffer `bid` back to the ring, resubmitting a receive waiting for one. */
 void weft__bufring_put(struct weft__io *io, uint16_t bid);
+/* Resubmits the first parked receive if a buffer is free. */
+void weft__bufring_kick(struct weft__io *io);
 /* Parks a receive that found the ring empty until a buffer comes back. */
 void weft__bufring_wait(struct weft__io *io, struct weft__op *op);
 /* Removes a parked receive; false if it was not parked. */

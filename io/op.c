@@ -237,25 +237,32 @@ static void signal_waiter(struct op_waiter *w)
         syscall(SYS_futex, &w->done, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
 }
 
+/* Releases what a finished operation produced and its future did not take
+ * (weft__op_take): a connect's socket, an opened file, a provided buffer. */
+static void release_products(struct weft__io *io, struct weft__op *op)
+{
+    if (op->kind == OP_CONNECT && op->fd >= 0)
+        close(op->fd);
+    else if (op->kind == OP_OPEN && op->res >= 0)
+        close(op->res);
+    op->fd = op->res = -1;
+    if (weft__op_has_buffer(op)) {
+        weft__bufring_put(io, (uint16_t)(op->cqe_flags >> IORING_CQE_BUFFER_SHIFT));
+        op->cqe_flags = 0;
+    }
+}
+
 /* Frees a slot whose result the future consumed (or will never read). */
 static void free_done(struct weft__io *io, struct weft__op *op)
 {
-    if (weft__op_has_buffer(op))
-        weft__bufring_put(io, (uint16_t)(op->cqe_flags >> IORING_CQE_BUFFER_SHIFT));
+    release_products(io, op);
     weft__op_free(io, op);
 }
 
 /* The final completion of an orphan: release what the operation produced. */
 void weft__op_orphan_final(struct weft__io *io, struct weft__op *op, uint32_t s)
 {
-    if (op->kind == OP_CONNECT)
-        close(op->fd);
-    else if (op->kind == OP_OPEN && op->res >= 0)
-        close(op->res);
-    if (weft__op_has_buffer(op)) {
-        weft__bufring_put(io, (uint16_t)(op->cqe_flags >> IORING_CQE_BUFFER_SHIFT));
-        op->cqe_flags = 0;
-    }
+    release_products(io, op);
     if (s & OPS_QUEUED) {
         /* The remote list still holds it: its pass frees it. */
         atomic_store_explicit(&op->state, s | OPS_FINAL, memory_order_relaxed);
@@ -298,6 +305,8 @@ static bool cancel_orphan(struct weft__io *io, struct weft__op *op)
         return false;
     }
     io->inflight--;
+    if (atomic_load_explicit(&op->state, memory_order_relaxed) & OPS_WAITER)
+        signal_waiter(op->waiter); /* a receive parked for a buffer, dropped elsewhere */
     weft__op_free(io, op);
     return true;
 }

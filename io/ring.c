@@ -203,6 +203,12 @@ void weft__io_reap(struct weft__io *io)
              * comes back. */
             op->kind = OP_RECV_BUF;
             weft__bufring_wait(io, op);
+        } else if ((op->kind == OP_RECV_BUF || op->kind == OP_SEND_RECV) &&
+                   !(flags & IORING_CQE_F_BUFFER)) {
+            /* A receive may have had a returned buffer's turn and ended
+             * without using it (end of stream, an error): pass the turn on. */
+            weft__op_complete(io, op, res, flags);
+            weft__bufring_kick(io);
         } else
             weft__op_complete(io, op, res, flags);
     }

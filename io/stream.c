@@ -77,6 +77,7 @@ static enum weft_poll io_poll(struct weft_future *f, struct weft_cx *cx)
             if (!weft__op_ready(io->op, cx->waker))
                 return WEFT_PENDING;
             res = io->op->res;
+            weft__op_take(io->op); /* an opened file is ours now */
             weft__op_release(io->op);
             io->op = NULL;
         }
@@ -187,7 +188,9 @@ static enum weft_poll recv_poll(struct weft_future *f, struct weft_cx *cx)
         r->op->fd = r->fd;
         r->op->addr = (uint64_t)(uintptr_t)r->send;
         r->op->len = r->send_len;
-        r->op->borrowed = r->send_len > 0; /* the caller's bytes to send */
+        /* A drop waits for the final completion: the caller's bytes to send,
+         * and a receive still armed would take bytes sent after the drop. */
+        r->op->borrowed = 1;
         weft__op_submit(r->op->io, r->op);
         return WEFT_PENDING;
     }

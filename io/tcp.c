@@ -171,7 +171,8 @@ static bool acceptq_push(struct weft__acceptq *q, int fd)
     pthread_mutex_lock(&q->ovf_lock);
     uint32_t n = atomic_load_explicit(&q->novf, memory_order_relaxed);
     if (q->ovf_head + n == q->ovf_cap) { /* full: compact, or grow */
-        memmove(q->ovf, q->ovf + q->ovf_head, n * sizeof(int));
+        if (n)
+            memmove(q->ovf, q->ovf + q->ovf_head, n * sizeof(int));
         q->ovf_head = 0;
         if (n == q->ovf_cap) {
             uint32_t cap = q->ovf_cap ? 2 * q->ovf_cap : ACCEPTQ_CAP;
@@ -477,6 +478,7 @@ static enum weft_poll connect_poll(struct weft_future *f, struct weft_cx *cx)
     if (!weft__op_ready(c->op, cx->waker))
         return WEFT_PENDING;
     int res = c->op->res, fd = c->op->fd;
+    weft__op_take(c->op); /* the socket is ours now */
     weft__op_release(c->op);
     c->op = NULL;
     if (res < 0) {

@@ -1,0 +1,497 @@
+/* tests/io_common.h: helpers shared by the TCP test files: a generic task
+ * future holding one of each I/O child, blocking-socket helpers for the peers
+ * driven from plain threads, a data pattern to check streams byte for byte,
+ * file-descriptor counting, and a gate many tasks can wait on.
+ * Include it after defining _GNU_SOURCE; everything is static inline. */
+#ifndef WEFT_TESTS_IO_COMMON_H
+#define WEFT_TESTS_IO_COMMON_H
+
+#include "common.h"
+
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+/* ---- a gate: tasks wait until it opens --------------------------------------------
+ * A future that is ready once the gate is open. Waiters park their wakers in a
+ * mutex-protected array; opening wakes them all. */
+
+struct gate {
+    pthread_mutex_t lock;
+    bool open;
+    struct weft_waker *w;
+    size_t n, cap;
+};
+
+static inline void gate_init(struct gate *g, size_t cap)
+{
+    pthread_mutex_init(&g->lock, NULL);
+    g->open = false;
+    g->w = calloc(cap, sizeof *g->w);
+    cr_assert_not_null(g->w);
+    g->n = 0;
+    g->cap = cap;
+}
+
+static inline void gate_open(struct gate *g)
+{
+    pthread_mutex_lock(&g->lock);
+    g->open = true;
+    size_t n = g->n;
+    g->n = 0;
+    pthread_mutex_unlock(&g->lock);
+    for (size_t i = 0; i < n; i++)
+        weft_waker_wake(&g->w[i]);
+}
+
+static inline void gate_fini(struct gate *g)
+{
+    for (size_t i = 0; i < g->n; i++)
+        weft_waker_drop(&g->w[i]);
+    free(g->w);
+    pthread_mutex_destroy(&g->lock);
+}
+
+struct gate_wait {
+    struct weft_future base;
+    struct gate *g;
+    bool queued;
+};
+
+/* Every poll before the gate opens queues one more waker clone: a waiter
+ * is polled again only when woken, so that happens once per opening. */
+static inline enum weft_poll gate_wait_poll(struct weft_future *f, struct weft_cx *cx)
+{
+    struct gate_wait *gw = (struct gate_wait *)f;
+    pthread_mutex_lock(&gw->g->lock);
+    bool open = gw->g->open;
+    if (!open && !gw->queued) {
+        CHECK(gw->g->n < gw->g->cap);
+        gw->g->w[gw->g->n++] = weft_waker_clone(cx->waker);
+        gw->queued = true;
+    }
+    pthread_mutex_unlock(&gw->g->lock);
+    return open ? WEFT_READY : WEFT_PENDING;
+}
+
+static const struct weft_future_ops gate_wait_ops = { gate_wait_poll, NULL };
+
+static inline void gate_wait_init(struct gate_wait *gw, struct gate *g)
+{
+    gw->base.ops = &gate_wait_ops;
+    gw->base.resume = 0;
+    gw->g = g;
+    gw->queued = false;
+}
+
+/* ---- a task future with one child of each kind ------------------------------
+ * A test writes a body (a poll function with the WEFT_ASYNC macros) and keeps
+ * its state in these fields. The drop calls on_drop first (it may record the
+ * dropping thread), then drops every child, then closes `fd` if `own_fd`. */
+
+struct iot;
+typedef enum weft_poll iot_body_fn(struct iot *t, struct weft_cx *cx);
+
+struct iot {
+    struct weft_future base;
+    iot_body_fn *body;
+    void (*on_drop)(struct iot *t);
+    void *arg;                 /* the test's shared state */
+    uint32_t idx;
+    int fd;
+    bool own_fd;               /* the drop closes fd */
+    int res;                   /* the body's result */
+    uint32_t i, n, polls;
+    uint64_t got, sent, u64;
+    unsigned char *buf;        /* a buffer the test hands the body */
+    unsigned char msg[128];    /* a small buffer of the task's own */
+    struct weft_tcp_listener *lst;
+    struct weft_recv r;
+    struct weft_io io, io2;
+    struct weft_accept acc;
+    struct weft_connect conn;
+    struct weft_sleep sl;
+    struct weft_timeout to;
+    struct weft_yield_now y;
+    struct weft_join_all ja;
+    struct weft_future *futs[2];
+    struct gate_wait gw;
+};
+
+static inline enum weft_poll iot_poll(struct weft_future *f, struct weft_cx *cx)
+{
+    struct iot *t = (struct iot *)f;
+    t->polls++;
+    return t->body(t, cx);
+}
+
+static inline void iot_drop(struct weft_future *f)
+{
+    struct iot *t = (struct iot *)f;
+    if (t->on_drop)
+        t->on_drop(t);
+    weft_future_drop(&t->to.base); /* before its inner future */
+    weft_future_drop(&t->ja.base);
+    weft_future_drop(&t->r.base);
+    weft_future_drop(&t->io.base);
+    weft_future_drop(&t->io2.base);
+    weft_future_drop(&t->acc.base);
+    weft_future_drop(&t->conn.base);
+    weft_future_drop(&t->sl.base);
+    weft_future_drop(&t->y.base);
+    if (t->own_fd && t->fd >= 0)
+        close(t->fd);
+    t->own_fd = false;
+}
+
+static const struct weft_future_ops iot_ops = { iot_poll, iot_drop };
+
+static inline struct iot iot_make(iot_body_fn *body, void *arg, uint32_t idx, int fd)
+{
+    struct iot t;
+    memset(&t, 0, sizeof t);
+    t.base.ops = &iot_ops;
+    t.body = body;
+    t.arg = arg;
+    t.idx = idx;
+    t.fd = fd;
+    return t;
+}
+
+static inline int iot_spawn(struct weft_runtime *rt, iot_body_fn *body, void *arg, uint32_t idx,
+                            int fd, struct weft_join *j)
+{
+    struct iot t = iot_make(body, arg, idx, fd);
+    return weft_spawn(rt, &t.base, sizeof t, j);
+}
+
+/* Runs a body to completion with weft_block_on; returns the finished (and
+ * dropped) task for its fields. */
+static inline struct iot iot_run(struct weft_runtime *rt, iot_body_fn *body, void *arg, int fd)
+{
+    struct iot t = iot_make(body, arg, 0, fd);
+    cr_assert_eq(weft_block_on(rt, &t.base), 0);
+    weft_future_drop(&t.base);
+    return t;
+}
+
+/* Joins a task from the test thread; returns the join result (0 or
+ * -ECANCELED) and copies the finished task to *out when it finished. */
+static inline int32_t iot_join(struct weft_runtime *rt, struct weft_join *j, struct iot *out)
+{
+    cr_assert_eq(weft_block_on(rt, &j->base), 0);
+    int32_t res = j->res;
+    if (res == 0 && out)
+        memcpy(out, weft_join_output(j), sizeof *out);
+    weft_future_drop(&j->base);
+    return res;
+}
+
+/* ---- runtimes ----------------------------------------------------------------- */
+
+static inline struct weft_runtime *start_rt_cfg(struct weft_runtime_config *cfg,
+                                                struct counting_alloc *ca)
+{
+    struct weft_runtime *rt = NULL;
+    if (ca) {
+        counting_init(ca, -1);
+        cfg->allocator = &ca->a;
+    }
+    cr_assert_eq(weft_runtime_create(&rt, cfg), 0);
+    return rt;
+}
+
+/* ---- threads ---------------------------------------------------------------------- */
+
+static inline pid_t tid_now(void)
+{
+    return gettid();
+}
+
+/* ---- blocking sockets (the peer side, driven from plain threads) ------------------ */
+
+static inline socklen_t make_addr(const char *addr, uint16_t port, struct sockaddr_in6 *sa)
+{
+    memset(sa, 0, sizeof *sa);
+    struct sockaddr_in *in4 = (struct sockaddr_in *)sa;
+    if (inet_pton(AF_INET, addr, &in4->sin_addr) == 1) {
+        in4->sin_family = AF_INET;
+        in4->sin_port = htons(port);
+        return sizeof *in4;
+    }
+    CHECK(inet_pton(AF_INET6, addr, &sa->sin6_addr) == 1);
+    sa->sin6_family = AF_INET6;
+    sa->sin6_port = htons(port);
+    return sizeof *sa;
+}
+
+/* A connected blocking socket, or -errno. */
+static inline int cli_connect(const char *addr, uint16_t port)
+{
+    struct sockaddr_in6 sa;
+    socklen_t sl = make_addr(addr, port, &sa);
+    int fd = socket(sa.sin6_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    if (connect(fd, (struct sockaddr *)&sa, sl) < 0) {
+        int err = -errno;
+        close(fd);
+        return err;
+    }
+    return fd;
+}
+
+/* A socket with a non-blocking connect started (for filling a backlog). */
+static inline int cli_connect_nb(const char *addr, uint16_t port)
+{
+    struct sockaddr_in6 sa;
+    socklen_t sl = make_addr(addr, port, &sa);
+    int fd = socket(sa.sin6_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    CHECK(fd >= 0);
+    CHECK(connect(fd, (struct sockaddr *)&sa, sl) == 0 || errno == EINPROGRESS);
+    return fd;
+}
+
+static inline void write_full(int fd, const void *buf, size_t len)
+{
+    const unsigned char *p = buf;
+    while (len > 0) {
+        ssize_t n = write(fd, p, len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        CHECK(n > 0);
+        p += n;
+        len -= (size_t)n;
+    }
+}
+
+/* Reads until `len` bytes or end of stream; returns the bytes read, or
+ * -errno (-EAGAIN when SO_RCVTIMEO ran out first). */
+static inline ssize_t read_full(int fd, void *buf, size_t len)
+{
+    unsigned char *p = buf;
+    size_t got = 0;
+    while (got < len) {
+        ssize_t n = read(fd, p + got, len - got);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return -errno;
+        if (n == 0)
+            break;
+        got += (size_t)n;
+    }
+    return (ssize_t)got;
+}
+
+static inline void set_rcvtimeo(int fd, int ms)
+{
+    struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+    CHECK(setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) == 0);
+}
+
+/* Listens on addr:0 and returns the port. */
+static inline uint16_t listen_any(struct weft_tcp_listener *l, const char *addr)
+{
+    cr_assert_eq(weft_tcp_listen(l, addr, 0, NULL), 0);
+    int port = weft_tcp_listener_port(l);
+    cr_assert_gt(port, 0);
+    return (uint16_t)port;
+}
+
+static inline bool have_ipv6_loopback(void)
+{
+    int fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return false;
+    struct sockaddr_in6 sa = { .sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT };
+    bool ok = bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0;
+    close(fd);
+    return ok;
+}
+
+/* The number of open file descriptors of this process. */
+static inline int count_fds(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    cr_assert_not_null(d);
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d));)
+        if (e->d_name[0] != '.')
+            n++;
+    closedir(d);
+    return n - 1; /* the directory's own descriptor */
+}
+
+/* Raises the soft RLIMIT_NOFILE to the hard limit; returns the hard limit. */
+static inline rlim_t raise_nofile(void)
+{
+    struct rlimit rl;
+    cr_assert_eq(getrlimit(RLIMIT_NOFILE, &rl), 0);
+    rl.rlim_cur = rl.rlim_max;
+    cr_assert_eq(setrlimit(RLIMIT_NOFILE, &rl), 0);
+    return rl.rlim_max;
+}
+
+/* ---- a data pattern: byte `off` of stream `seed` -------------------------------- */
+
+static inline uint64_t mix64(uint64_t x)
+{
+    x ^= x >> 33;
+    x *= UINT64_C(0xff51afd7ed558ccd);
+    x ^= x >> 33;
+    x *= UINT64_C(0xc4ceb9fe1a85ec53);
+    x ^= x >> 33;
+    return x;
+}
+
+static inline unsigned char pat_byte(uint64_t seed, uint64_t off)
+{
+    return (unsigned char)(mix64(seed * UINT64_C(0x9e3779b97f4a7c15) + off / 8) >> (off % 8 * 8));
+}
+
+/* One mix per 8 bytes: the pattern is cheap enough for tens of MiB. */
+static inline void pat_fill(unsigned char *p, size_t len, uint64_t seed, uint64_t off)
+{
+    uint64_t w = 0, wi = UINT64_MAX;
+    for (size_t i = 0; i < len; i++, off++) {
+        if (off / 8 != wi) {
+            wi = off / 8;
+            w = mix64(seed * UINT64_C(0x9e3779b97f4a7c15) + wi);
+        }
+        p[i] = (unsigned char)(w >> (off % 8 * 8));
+    }
+}
+
+/* True when p[0..len) is the pattern from `off`. */
+static inline bool pat_ok(const unsigned char *p, size_t len, uint64_t seed, uint64_t off)
+{
+    uint64_t w = 0, wi = UINT64_MAX;
+    for (size_t i = 0; i < len; i++, off++) {
+        if (off / 8 != wi) {
+            wi = off / 8;
+            w = mix64(seed * UINT64_C(0x9e3779b97f4a7c15) + wi);
+        }
+        if (p[i] != (unsigned char)(w >> (off % 8 * 8)))
+            return false;
+    }
+    return true;
+}
+
+/* FNV-1a, continued from `h` (start with FNV_START). */
+#define FNV_START UINT64_C(0xcbf29ce484222325)
+static inline uint64_t fnv(uint64_t h, const unsigned char *p, size_t len)
+{
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ p[i]) * UINT64_C(0x100000001b3);
+    return h;
+}
+
+/* ---- TCP helpers shared by the test files ---------------------------------------- */
+
+#define MS WEFT_NS_PER_MS
+#define MIB (1024 * 1024)
+
+/* A connected pair made by weft_accept and weft_connect together. */
+struct pairing {
+    struct weft_tcp_listener *l;
+    const char *addr;
+    uint16_t port;
+};
+
+static inline enum weft_poll body_pair(struct iot *t, struct weft_cx *cx)
+{
+    struct pairing *p = t->arg;
+    WEFT_ASYNC_BEGIN(&t->base);
+    weft_accept_init(&t->acc, p->l);
+    weft_connect_init(&t->conn, p->addr, p->port, 0);
+    t->futs[0] = &t->acc.base;
+    t->futs[1] = &t->conn.base;
+    CHECK(weft_join_all_init(&t->ja, t->futs, 2) == 0);
+    WEFT_AWAIT(&t->base, cx, &t->ja.base);
+    t->fd = t->acc.result;
+    t->res = t->conn.result;
+    WEFT_ASYNC_END(&t->base);
+}
+
+/* *srv is the accepted socket, *cli the connected one (both blocking). */
+static inline void tcp_pair(struct weft_runtime *rt, const char *addr, int *srv, int *cli)
+{
+    struct weft_tcp_listener l;
+    struct pairing p = { &l, addr, listen_any(&l, addr) };
+    struct iot t = iot_run(rt, body_pair, &p, -1);
+    cr_assert_geq(t.fd, 0, "accept: %s", strerror(-t.fd));
+    cr_assert_geq(t.res, 0, "connect: %s", strerror(-t.res));
+    weft_tcp_listener_close(&l);
+    *srv = t.fd;
+    *cli = t.res;
+}
+
+static inline void check_addr(int fd, bool peer, const char *want, uint16_t want_port)
+{
+    char a[INET6_ADDRSTRLEN];
+    uint16_t port = 0;
+    int err = peer ? weft_tcp_peer_addr(fd, a, sizeof a, &port)
+                   : weft_tcp_local_addr(fd, a, sizeof a, &port);
+    cr_assert_eq(err, 0, "%s_addr: %s", peer ? "peer" : "local", strerror(-err));
+    cr_assert_str_eq(a, want);
+    if (want_port)
+        cr_assert_eq(port, want_port, "%s port %u, want %u", peer ? "peer" : "local", port,
+                     want_port);
+}
+
+struct conn_args {
+    const char *addr;
+    uint16_t port;
+    uint64_t timeout_ns;
+};
+
+static inline enum weft_poll body_connect(struct iot *t, struct weft_cx *cx)
+{
+    struct conn_args *a = t->arg;
+    WEFT_ASYNC_BEGIN(&t->base);
+    weft_connect_init(&t->conn, a->addr, a->port, a->timeout_ns);
+    WEFT_AWAIT(&t->base, cx, &t->conn.base);
+    t->res = t->conn.result;
+    WEFT_ASYNC_END(&t->base);
+}
+
+/* Connects to a->addr:a->port (a->timeout_ns); t->res is the result. */
+/* A listener with backlog 0 and its queue full: further SYNs are dropped, so
+ * a connect hangs (the kernel would retry for minutes). */
+struct full_backlog {
+    int lfd;
+    uint16_t port;
+    int fill[3];
+};
+
+static inline void full_backlog_open(struct full_backlog *b)
+{
+    b->lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in6 sa;
+    socklen_t sl = make_addr("127.0.0.1", 0, &sa);
+    cr_assert_eq(bind(b->lfd, (struct sockaddr *)&sa, sl), 0);
+    cr_assert_eq(listen(b->lfd, 0), 0);
+    cr_assert_eq(getsockname(b->lfd, (struct sockaddr *)&sa, &sl), 0);
+    b->port = ntohs(sa.sin6_port);
+    for (int i = 0; i < 3; i++)
+        b->fill[i] = cli_connect_nb("127.0.0.1", b->port);
+    sleep_us(50000);
+}
+
+static inline void full_backlog_close(struct full_backlog *b)
+{
+    for (int i = 0; i < 3; i++)
+        close(b->fill[i]);
+    close(b->lfd);
+}
+
+#endif

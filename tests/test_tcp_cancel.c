@@ -1,0 +1,822 @@
+/* tests/test_tcp_cancel.c: cancellation of TCP operations and tasks moving
+ * between workers with an operation in flight (io/op.c's slot states,
+ * io/tcp.c, io/stream.c, io/bufring.c). Dropped mid-wait on the ring's own
+ * worker: weft_recv and recv_into (20 times each, on a ring of 2 buffers,
+ * with a canary buffer), accept, connect (with and without a linked timeout,
+ * on a full backlog) and sleep; after each, the socket or listener is used
+ * again and gets what is sent afterwards. Aborted from the test thread and
+ * from a task on the other worker while the ring's owner is held: a recv_into
+ * (the join returns only after the owner let go; then the buffer is freed)
+ * and a weft_recv (the peer sends while the owner is still held); the next
+ * receive gets the bytes. A weft_recv dropped on the other worker, then the
+ * owner's SQ filled: the bytes sent after the drop reach the next receive.
+ * The sockets a dropped accept's multishot queued, closed with the listener
+ * (descriptors counted). A connect that finished but was not yet seen when
+ * its task was aborted: its socket is closed. Destroying the runtime with
+ * every kind of operation in flight. A task stolen by the other worker while
+ * its receive (buffer ring, recv_into) is in flight: the data is right
+ * wherever it completes, and the thread of every poll is reported. Every test
+ * checks the counting allocator after destroy.
+ *
+ * Bad inputs tried: drops of every pending operation kind, from the owning
+ * worker, another worker and a plain thread; an abort racing a completion
+ * already reaped; a shutdown with operations in the kernel; a full SQ. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <criterion/criterion.h>
+
+#include <weft.h>
+
+#include "io_common.h"
+
+/* ---- cancellation, on the ring's own worker ------------------------------------------------ */
+
+#define DROPS 20
+
+struct cancel_state {
+    _Atomic int dropped;       /* every pending operation was dropped */
+    int results[DROPS];
+    unsigned char canary[64];
+    int final;
+    char got[16];
+};
+
+/* Drops DROPS receives mid-wait (a timeout around each), then receives what
+ * the peer sends afterwards. */
+static enum weft_poll body_drop_recv(struct iot *t, struct weft_cx *cx)
+{
+    struct cancel_state *s = t->arg;
+    WEFT_ASYNC_BEGIN(&t->base);
+    for (t->i = 0; t->i < DROPS; t->i++) {
+        if (t->n)
+            weft_recv_into_init(&t->io, t->fd, s->canary, sizeof s->canary);
+        else
+            weft_recv_init(&t->r, t->fd);
+        weft_timeout_init(&t->to, t->n ? &t->io.base : &t->r.base, 5 * MS);
+        WEFT_AWAIT(&t->base, cx, &t->to.base);
+        s->results[t->i] = t->to.result;
+        weft_future_drop(&t->to.base);
+        weft_future_drop(&t->io.base);
+        weft_future_drop(&t->r.base);
+    }
+    atomic_store(&s->dropped, 1);
+    if (t->n)
+        weft_recv_into_init(&t->io, t->fd, s->got, sizeof s->got);
+    else
+        weft_recv_init(&t->r, t->fd);
+    WEFT_AWAIT(&t->base, cx, t->n ? &t->io.base : &t->r.base);
+    s->final = t->n ? t->io.result : t->r.result;
+    if (!t->n && s->final > 0)
+        memcpy(s->got, t->r.data, (size_t)s->final < sizeof s->got ? (size_t)s->final : 15);
+    WEFT_ASYNC_END(&t->base);
+}
+
+static void check_drop_recv(bool into)
+{
+    /* Two buffers: a receive that kept one after its drop would soon starve
+     * the ring, and the final receive would hang. */
+    struct weft_runtime_config cfg;
+    weft_runtime_config_init(&cfg);
+    cfg.workers = 2;
+    cfg.io_buffers = 2;
+    struct counting_alloc ca;
+    struct weft_runtime *rt = start_rt_cfg(&cfg, &ca);
+    int srv, cli;
+    tcp_pair(rt, "127.0.0.1", &srv, &cli);
+    struct cancel_state s = { 0 };
+    memset(s.canary, 0xAA, sizeof s.canary);
+    struct iot t = iot_make(body_drop_recv, &s, 0, srv);
+    t.n = into;
+    struct weft_join j;
+    cr_assert_eq(weft_spawn(rt, &t.base, sizeof t, &j), 0);
+    WAIT_UNTIL(atomic_load(&s.dropped));
+    write_full(cli, "after", 5);
+    cr_assert_eq(iot_join(rt, &j, NULL), 0);
+    for (int i = 0; i < DROPS; i++)
+        cr_assert_eq(s.results[i], -ETIMEDOUT, "drop %d: %d", i, s.results[i]);
+    cr_assert_eq(s.final, 5, "the receive after %d drops gave %d", DROPS, s.final);
+    cr_assert_str_eq(s.got, "after");
+    for (size_t i = 0; i < sizeof s.canary; i++)
+        cr_assert_eq(s.canary[i], 0xAA, "a dropped recv_into wrote its buffer");
+    close(srv);
+    close(cli);
+    weft_runtime_destroy(rt);
+    assert_balanced(&ca);
+}
+
+Test(cancel, drop_mid_recv_then_reuse, .timeout = 20)
+{
+    check_drop_recv(false);
+}
+
+Test(cancel, drop_mid_recv_into_then_reuse, .timeout = 20)
+{
+    check_drop_recv(true);
+}
+
+struct accept_state {
+    struct weft_tcp_listener *l;
+    uint32_t drops;            /* accepts to drop mid-wait first */
+    _Atomic int dropped;
+    int results[DROPS];
+    int fd;
+};
+
+static enum weft_poll body_drop_accept(struct iot *t, struct weft_cx *cx)
+{
+    struct accept_state *s = t->arg;
+    WEFT_ASYNC_BEGIN(&t->base);
+    for (t->i = 0; t->i < s->drops; t->i++) {
+        weft_accept_init(&t->acc, s->l);
+        weft_timeout_init(&t->to, &t->acc.base, 5 * MS);
+        WEFT_AWAIT(&t->base, cx, &t->to.base);
+        s->results[t->i] = t->to.result;
+        weft_future_drop(&t->to.base);
+        weft_future_drop(&t->acc.base);
+    }
+    atomic_store(&s->dropped, 1);
+    weft_accept_init(&t->acc, s->l);
+    WEFT_AWAIT(&t->base, cx, &t->acc.base);
+    s->fd = t->acc.result;
+    WEFT_ASYNC_END(&t->base);
+}
+
+Test(cancel, drop_mid_accept_loses_no_connection, .timeout = 20)
+{
+    struct counting_alloc ca;
+    struct weft_runtime *rt = start_rt(2, &ca);
+    struct weft_tcp_listener l;
+    uint16_t port = listen_any(&l, "127.0.0.1");
+    struct accept_state s = { .l = &l, .drops = DROPS };
+    struct weft_join j;
+    cr_assert_eq(iot_spawn(rt, body_drop_accept, &s, 0, -1, &j), 0);
+    WAIT_UNTIL(atomic_load(&s.dropped));
+    int cli = cli_connect("127.0.0.1", port);
+    cr_assert_geq(cli, 0);
+    cr_assert_eq(iot_join(rt, &j, NULL), 0);
+    for (int i = 0; i < DROPS; i++)
+        cr_assert_eq(s.results[i], -ETIMEDOUT, "drop %d: %d", i, s.results[i]);
+    cr_assert_geq(s.fd, 0, "accept after the drops: %s", strerror(-s.fd));
+    char a[INET6_ADDRSTRLEN];
+    uint16_t cport;
+    cr_assert_eq(weft_tcp_local_addr(cli, a, sizeof a, &cport), 0);
+    check_addr(s.fd, true, "127.0.0.1", cport); /* this very client */
+    close(s.fd);
+    close(cli);
+    weft_tcp_listener_close(&l);
+    weft_runtime_destroy(rt);
+    assert_balanced(&ca);
+}
+
+/* Drops connects that hang (a full backlog), half of them with a linked
+ * timeout of their own: the sockets they made are closed, not leaked. */
+static enum weft_poll body_drop_connect(struct iot *t, struct weft_cx *cx)
+{
+    struct conn_args *a = t->arg;
+    WEFT_ASYNC_BEGIN(&t->base);
+    for (t->i = 0; t->i < DROPS; t->i++) {
+        weft_connect_init(&t->conn, a->addr, a->port, t->i % 2 ? 10 * WEFT_NS_PER_SEC : 0);
+        weft_timeout_init(&t->to, &t->conn.base, 5 * MS);
+        WEFT_AWAIT(&t->base, cx, &t->to.base);
+        CHECK(t->to.result == -ETIMEDOUT);
+        weft_future_drop(&t->to.base);
+        weft_future_drop(&t->conn.base);
+    }
+    WEFT_ASYNC_END(&t->base);
+}
+
+Test(cancel, drop_mid_connect_closes_its_socket, .timeout = 20)
+{
+    struct counting_alloc ca;
+    struct weft_runtime *rt = start_rt(2, &ca);
+    struct full_backlog b;
+    full_backlog_open(&b);
+    int before = count_fds();
+    struct conn_args a = { "127.0.0.1", b.port, 0 };
+    iot_run(rt, body_drop_connect, &a, -1);
+    WAIT_UNTIL(count_fds() == before); /* the final completions close them */
+    full_backlog_close(&b);
+    weft_runtime_destroy(rt);
+    assert_balanced(&ca);
+}
+
+static enum weft_poll body_drop_sleep(struct iot *t, struct weft_cx *cx)
+{
+    WEFT_ASYNC_BEGIN(&t->base);
+    for (t->i = 0; t->i < 100; t->i++) {
+        weft_sleep_init(&t->sl, 10 * WEFT_NS_PER_SEC);
+        weft_timeout_init(&t->to, &t->sl.base, 1 * MS);
+        WEFT_AWAIT(&t->base, cx, &t->to.base);
+        CHECK(t->to.result == -ETIMEDOUT);
+        weft_future_drop(&t->to.base);
+        weft_future_drop(&t->sl.base);
+    }
+    weft_sleep_init(&t->sl, 1 * MS);
+    WEFT_AWAIT(&t->base, cx, &t->sl.base);
+    t->res = t->sl.result;
+    WEFT_ASYNC_END(&t->base);
+}
+
+Test(cancel, drop_mid_sleep, .timeout = 20)
+{
+    struct counting_alloc ca;
+    struct weft_runtime *rt = start_rt(2, &ca);
+    double t0 = now_s();
+    cr_assert_eq(iot_run(rt, body_drop_sleep, NULL, -1).res, 0);
+    /* A dropped 10 s sleep holds neither the task nor the shutdown. */
+    weft_runtime_destroy(rt);
+    cr_assert_lt(now_s() - t0, 5.0);
+    assert_balanced(&ca);
+}
+
+/* When a drop that is expected to return at once started (0: not yet). A
+ * spinner holding the ring's worker lets go DROP_GRACE after it anyway: a
+ * runtime whose drop waits for that worker must not deadlock the test. */
+#define DROP_GRACE 0.5
+
+static bool grace_over(_Atomic uint64_t *drop_at)
+{
+    uint64_t t = atomic_load(drop_at);
+    return t && (double)(weft_now_ns() - t) * 1e-9 > DROP_GRACE;
+}
+
+/* Does nothing: spawned from the test thread, it wakes a parked worker. */
+static enum weft_poll body_nop(struct iot *t, struct weft_cx *cx)
+{
+    (void)t;
+    (void)cx;
+    return WEFT_READY;
+}
+
+/* ---- cancellation from another thread ------------------------------------------------------ */
+
+/* The victim sleeps (so that the worker its spawn woke parks again: it would
+ * steal the victim at its first yield), starts a recv_into (or a weft_recv)
+ * on worker A, lets A submit it (event_interval 1 turns the ring after every
+ * poll), then spawns a spinner that holds A. The victim is then aborted from the test thread or
+ * from a task, which runs on B: the drop happens on B while A owns the
+ * operation. A recv_into's drop waits for A to let go of the buffer (the
+ * spinner lets A go DROP_GRACE after the drop started: the join must not
+ * return before); once the join says the task is gone the buffer is freed. A
+ * weft_recv's drop returns at once: the peer sends while A is still held,
+ * then A is let go. Either way the receive that
+ * follows must get the bytes sent after the drop. */
+struct xabort {
+    struct weft_runtime *rt;
+    unsigned char *buf;
+    bool ring;                 /* the victim uses weft_recv, not recv_into */
+    struct weft_join victim;
+    _Atomic int spinning, drop_started, abort_done, release, spin_done;
+    _Atomic uint64_t drop_at;
+    _Atomic pid_t owner_tid, spin_tid, drop_tid, aborter_tid;
+    int unexpected;
+};
+
+static enum weft_poll body_spin_until_drop(struct iot *t, struct weft_cx *cx)
+{
+    struct xabort *x = t->arg;
+    (void)cx;
+    atomic_store(&x->spin_tid, tid_now());
+    atomic_store(&x->spinning, 1);
+    double end = now_s() + 3.0;
+    while (!atomic_load(&x->release) && !grace_over(&x->drop_at) && now_s() < end)
+        ;
+    atomic_store(&x->spin_done, 1);
+    return WEFT_READY;
+}
+
+static void victim_dropped(struct iot *t)
+{
+    struct xabort *x = t->arg;
+    atomic_store(&x->drop_tid, tid_now());
+    atomic_store(&x->drop_at, weft_now_ns());
+    atomic_store(&x->drop_started, 1);
+}
+
+static enum weft_poll body_victim(struct iot *t, struct weft_cx *cx)
+{
+    struct xabort *x = t->arg;
+    WEFT_ASYNC_BEGIN(&t->base);
+    weft_sleep_init(&t->sl, 20 * MS); /* the worker the spawn woke parks again */
+    WEFT_AWAIT(&t->base, cx, &t->sl.base);
+    atomic_store(&x->owner_tid, tid_now());
+    if (x->ring)
+        weft_recv_init(&t->r, t->fd);
+    else
+        weft_recv_into_init(&t->io, t->fd, x->buf, 64);
+    CHECK(weft_future_poll(x->ring ? &t->r.base : &t->io.base, cx) == WEFT_PENDING);
+    WEFT_YIELD(&t->base, cx); /* the worker turns its ring: the recv is in the kernel */
+    CHECK(iot_spawn(x->rt, body_spin_until_drop, x, 0, -1, NULL) == 0); /* runs next, here */
+    WEFT_AWAIT(&t->base, cx, x->ring ? &t->r.base : &t->io.base);
+    x->unexpected = x->ring ? t->r.result : t->io.result;
+    WEFT_ASYNC_END(&t->base);
+}
+
+static enum weft_poll body_aborter(struct iot *t, struct weft_cx *cx)
+{
+    struct xabort *x = t->arg;
+    (void)cx;
+    atomic_store(&x->aborter_tid, tid_now());
+    weft_join_abort(&x->victim);
+    atomic_store(&x->abort_done, 1);
+    return WEFT_READY;
+}
+
+/* recv_into 16 bytes at t->arg, giving up after 2 s (-ETIMEDOUT). */
+static enum weft_poll body_recv_into_copy(struct iot *t, struct weft_cx *cx)
+{
+    WEFT_ASYNC_BEGIN(&t->base);
+    weft_recv_into_init(&t->io, t->fd, t->arg, 16);
+    weft_timeout_init(&t->to, &t->io.base, 2 * WEFT_NS_PER_SEC);
+    WEFT_AWAIT(&t->base, cx, &t->to.base);
+    t->res = t->to.result ? t->to.result : t->io.result;
+    WEFT_ASYNC_END(&t->base);
+}
+
+static void check_cross_thread_abort(bool from_task, bool ring)
+{
+    struct weft_runtime_config cfg;
+    weft_runtime_config_init(&cfg);
+    cfg.workers = 2;
+    cfg.event_interval = 1;
+    struct counting_alloc ca;
+    struct weft_runtime *rt = start_rt_cfg(&cfg, &ca);
+    int srv, cli;
+    tcp_pair(rt, "127.0.0.1", &srv, &cli);
+    struct xabort *x = calloc(1, sizeof *x);
+    x->rt = rt;
+    x->ring = ring;
+    x->buf = malloc(64);
+    struct iot v = iot_make(body_victim, x, 0, srv);
+    v.on_drop = victim_dropped;
+    cr_assert_eq(weft_spawn(rt, &v.base, sizeof v, &x->victim), 0);
+    WAIT_UNTIL(atomic_load(&x->spinning));
+    cr_assert_eq(atomic_load(&x->spin_tid), atomic_load(&x->owner_tid),
+                 "setup: the spinner does not hold the ring's worker");
+    if (from_task) {
+        cr_assert_eq(iot_spawn(rt, body_aborter, x, 1, -1, NULL), 0);
+        WAIT_UNTIL(atomic_load(&x->abort_done));
+    } else {
+        weft_join_abort(&x->victim);
+    }
+    cr_assert_eq(iot_join(rt, &x->victim, NULL), -ECANCELED);
+    /* The task is gone: its drop returned, so the kernel let go of the buffer,
+     * which only A can tell (so A was let go first). */
+    if (!ring)
+        cr_assert(atomic_load(&x->spin_done), "the recv_into's drop returned while the ring's "
+                  "worker was still held: the kernel may still write the buffer");
+    free(x->buf);
+    if (ring) {
+        write_full(cli, "after", 5); /* while A still holds the dropped receive */
+        sleep_us(20000);
+        atomic_store(&x->release, 1);
+    }
+    cr_assert_neq(atomic_load(&x->drop_tid), atomic_load(&x->owner_tid),
+                  "the drop ran on the ring's own worker: not a cross-thread drop");
+    if (from_task)
+        cr_assert_eq(atomic_load(&x->drop_tid), atomic_load(&x->aborter_tid));
+    cr_assert_eq(x->unexpected, 0);
+    if (!ring)
+        write_full(cli, "after", 5);
+    char got[16] = { 0 };
+    int res = iot_run(rt, body_recv_into_copy, got, srv).res;
+    cr_assert_eq(res, 5, "the receive after the drop gave %d (%s): the bytes sent after the "
+                 "drop returned were lost", res, res < 0 ? strerror(-res) : "short");
+    cr_assert_str_eq(got, "after");
+    close(srv);
+    close(cli);
+    weft_runtime_destroy(rt);
+    free(x);
+    assert_balanced(&ca);
+}
+
+Test(cancel, abort_recv_into_from_test_thread, .timeout = 20)
+{
+    check_cross_thread_abort(false, false);
+}
+
+Test(cancel, abort_recv_into_from_task_on_other_worker, .timeout = 20)
+{
+    check_cross_thread_abort(true, false);
+}
+
+Test(cancel, abort_recv_from_test_thread_then_reuse, .timeout = 20)
+{
+    check_cross_thread_abort(false, true);
+}
+
+Test(cancel, abort_recv_from_task_on_other_worker_then_reuse, .timeout = 20)
+{
+    check_cross_thread_abort(true, true);
+}
+
+/* Bytes sent after a weft_recv was dropped off its ring's worker must reach
+ * the next receive. The drop returns at once and the receive stays armed in
+ * the owner's ring until the owner submits the cancel; any io_uring_enter of
+ * the owner before that runs it. Here that enter is the submit weft__io_sqe
+ * makes when the SQ (io_entries 8) is full: liburing adds GETEVENTS when the
+ * kernel has task work pending. The victim sleeps (the worker the spawn woke
+ * parks again), starts a weft_recv on A (event_interval 1: A submits it),
+ * spawns a spinner that holds A, and yields: B steals it and drops the
+ * receive. The peer writes; the spinner then starts 12 closes of a bad
+ * descriptor, filling A's SQ; the receive that follows must get the bytes. */
+#define SQ_CLOSES 12
+
+struct sq_full {
+    struct weft_runtime *rt;
+    _Atomic int spinning, written, filled;
+    _Atomic uint64_t drop_at;
+    _Atomic pid_t tid_a, tid_spin, tid_drop;
+    struct weft_io closes[SQ_CLOSES];
+    struct weft_future *futs[SQ_CLOSES];
+};
+
+static enum weft_poll body_fill_sq(struct iot *t, struct weft_cx *cx)
+{
+    struct sq_full *q = t->arg;
+    if (t->polls == 1) {
+        atomic_store(&q->tid_spin, tid_now());
+        atomic_store(&q->spinning, 1);
+        double end = now_s() + 3.0;
+        while (!atomic_load(&q->written) && !grace_over(&q->drop_at) && now_s() < end)
+            ;
+        for (int i = 0; i < SQ_CLOSES; i++) {
+            weft_close_init(&q->closes[i], 999999);
+            q->futs[i] = &q->closes[i].base;
+        }
+        CHECK(weft_join_all_init(&t->ja, q->futs, SQ_CLOSES) == 0);
+    }
+    enum weft_poll r = weft_future_poll(&t->ja.base, cx); /* the SQ fills up */
+    atomic_store(&q->filled, 1);
+    if (r == WEFT_PENDING)
+        return WEFT_PENDING;
+    for (int i = 0; i < SQ_CLOSES; i++)
+        weft_future_drop(&q->closes[i].base);
+    return WEFT_READY;
+}
+
+static enum weft_poll body_drop_recv_elsewhere(struct iot *t, struct weft_cx *cx)
+{
+    struct sq_full *q = t->arg;
+    WEFT_ASYNC_BEGIN(&t->base);
+    weft_sleep_init(&t->sl, 20 * MS);
+    WEFT_AWAIT(&t->base, cx, &t->sl.base);
+    atomic_store(&q->tid_a, tid_now());
+    weft_recv_init(&t->r, t->fd);
+    CHECK(weft_future_poll(&t->r.base, cx) == WEFT_PENDING);
+    WEFT_YIELD(&t->base, cx); /* A submits the receive */
+    CHECK(iot_spawn(q->rt, body_fill_sq, q, 0, -1, NULL) == 0); /* runs next on A */
+    WEFT_YIELD(&t->base, cx); /* waits in A's queue: B steals it */
+    atomic_store(&q->tid_drop, tid_now());
+    atomic_store(&q->drop_at, weft_now_ns());
+    weft_future_drop(&t->r.base);
+    WEFT_ASYNC_END(&t->base);
+}
+
+Test(cancel, bytes_after_a_drop_on_another_worker_reach_the_next_recv, .timeout = 20)
+{
+    struct weft_runtime_config cfg;
+    weft_runtime_config_init(&cfg);
+    cfg.workers = 2;
+    cfg.event_interval = 1;
+    cfg.io_entries = 8;
+    struct counting_alloc ca;
+    struct weft_runtime *rt = start_rt_cfg(&cfg, &ca);
+    int srv, cli;
+    tcp_pair(rt, "127.0.0.1", &srv, &cli);
+    struct sq_full *q = calloc(1, sizeof *q);
+    q->rt = rt;
+    struct weft_join j;
+    cr_assert_eq(iot_spawn(rt, body_drop_recv_elsewhere, q, 0, srv, &j), 0);
+    WAIT_UNTIL(atomic_load(&q->spinning));
+    cr_assert_eq(iot_spawn(rt, body_nop, NULL, 1, -1, NULL), 0); /* wakes B */
+    cr_assert_eq(iot_join(rt, &j, NULL), 0);
+    cr_assert_eq(atomic_load(&q->tid_spin), atomic_load(&q->tid_a),
+                 "setup: the spinner is not on the receive's worker");
+    cr_assert_neq(atomic_load(&q->tid_drop), atomic_load(&q->tid_a),
+                  "setup: the receive was dropped on its own worker");
+    write_full(cli, "after", 5);
+    sleep_us(10000);
+    atomic_store(&q->written, 1);
+    WAIT_UNTIL(atomic_load(&q->filled)); /* before the next receive races for the bytes */
+    char got[16] = { 0 };
+    int res = iot_run(rt, body_recv_into_copy, got, srv).res;
+    cr_assert_eq(res, 5, "the receive after the drop gave %d (%s): the dropped weft_recv, "
+                 "still armed in its ring, took the bytes", res,
+                 res < 0 ? strerror(-res) : "short");
+    cr_assert_str_eq(got, "after");
+    close(srv);
+    close(cli);
+    weft_runtime_destroy(rt);
+    free(q);
+    assert_balanced(&ca);
+}
+
+/* An accept future is dropped; clients keep connecting and the multishot
+ * accept keeps queueing their sockets; closing the listener closes them all. */
+Test(cancel, late_accepts_closed_with_listener, .timeout = 20)
+{
+    enum { CLIENTS = 8 };
+    struct counting_alloc ca;
+    struct weft_runtime *rt = start_rt(2, &ca);
+    int before = count_fds();
+    struct weft_tcp_listener l;
+    uint16_t port = listen_any(&l, "127.0.0.1");
+    struct accept_state s = { .l = &l, .drops = 1 }; /* the multishot stays armed */
+    struct weft_join j;
+    cr_assert_eq(iot_spawn(rt, body_drop_accept, &s, 0, -1, &j), 0);
+    WAIT_UNTIL(atomic_load(&s.dropped));
+    weft_join_abort(&j); /* its last accept too, mid-wait */
+    cr_assert_eq(iot_join(rt, &j, NULL), -ECANCELED);
+    int cli[CLIENTS];
+    for (int i = 0; i < CLIENTS; i++) {
+        cli[i] = cli_connect("127.0.0.1", port);
+        cr_assert_geq(cli[i], 0);
+    }
+    /* Listener + clients + the sockets the multishot accepted meanwhile. */
+    WAIT_UNTIL(count_fds() == before + 1 + 2 * CLIENTS);
+    weft_tcp_listener_close(&l);
+    WAIT_UNTIL(count_fds() == before + CLIENTS);
+    for (int i = 0; i < CLIENTS; i++) {
+        char c;
+        set_rcvtimeo(cli[i], 5000);
+        ssize_t n = read(cli[i], &c, 1);
+        cr_assert(n == 0 || (n < 0 && errno == ECONNRESET),
+                  "client %d: the queued socket was not closed (%zd, %s)", i, n,
+                  strerror(errno));
+        close(cli[i]);
+    }
+    cr_assert_eq(count_fds(), before);
+    weft_runtime_destroy(rt);
+    assert_balanced(&ca);
+}
+
+/* A connect whose completion was reaped but not yet seen by its task when
+ * the task is aborted: the connected socket must be closed, not leaked. One
+ * worker, event_interval 1. The task starts the connect (its SQE waits for
+ * the worker's next turn) and spawns a spinner that holds the worker; the test
+ * aborts the task and lets the spinner go; the worker's turn submits the
+ * connect, which completes at once on loopback and is reaped (DONE); then the
+ * aborted task runs and its drop lets go of the finished slot. */
+struct late_connect {
+    struct weft_runtime *rt;
+    uint16_t port;
+    _Atomic int spinning, release, unexpected;
+};
+
+static enum weft_poll body_spin_until_release(struct iot *t, struct weft_cx *cx)
+{
+    struct late_connect *lc = t->arg;
+    (void)cx;
+    atomic_store(&lc->spinning, 1);
+    double end = now_s() + 3.0;
+    while (!atomic_load(&lc->release) && now_s() < end)
+        ;
+    return WEFT_READY;
+}
+
+static enum weft_poll body_connect_then_hold(struct iot *t, struct weft_cx *cx)
+{
+    struct late_connect *lc = t->arg;
+    WEFT_ASYNC_BEGIN(&t->base);
+    weft_connect_init(&t->conn, "127.0.0.1", lc->port, 0);
+    CHECK(weft_future_poll(&t->conn.base, cx) == WEFT_PENDING);
+    CHECK(iot_spawn(lc->rt, body_spin_until_release, lc, 0, -1, NULL) == 0);
+    WEFT_AWAIT(&t->base, cx, &t->conn.base);
+    atomic_store(&lc->unexpected, 1);
+    if (t->conn.result >= 0)
+        close(t->conn.result);
+    WEFT_ASYNC_END(&t->base);
+}
+
+Test(cancel, abort_after_connect_completed_closes_socket, .timeout = 20)
+{
+    struct weft_runtime_config cfg;
+    weft_runtime_config_init(&cfg);
+    cfg.workers = 1;
+    cfg.event_interval = 1;
+    struct counting_alloc ca;
+    struct weft_runtime *rt = start_rt_cfg(&cfg, &ca);
+    int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in6 sa;
+    socklen_t sl = make_addr("127.0.0.1", 0, &sa);
+    cr_assert_eq(bind(lfd, (struct sockaddr *)&sa, sl), 0);
+    cr_assert_eq(listen(lfd, 16), 0);
+    cr_assert_eq(getsockname(lfd, (struct sockaddr *)&sa, &sl), 0);
+    struct late_connect lc = { .rt = rt, .port = ntohs(sa.sin6_port) };
+    int before = count_fds();
+    struct weft_join j;
+    cr_assert_eq(iot_spawn(rt, body_connect_then_hold, &lc, 0, -1, &j), 0);
+    WAIT_UNTIL(atomic_load(&lc.spinning));
+    weft_join_abort(&j);
+    atomic_store(&lc.release, 1);
+    cr_assert_eq(iot_join(rt, &j, NULL), -ECANCELED);
+    cr_assert_eq(atomic_load(&lc.unexpected), 0, "setup: the task saw its connect finish");
+    /* The connection reached the backlog; its client end must be closed. */
+    int s = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+    cr_assert_geq(s, 0);
+    set_rcvtimeo(s, 1000);
+    char c;
+    ssize_t n = read(s, &c, 1);
+    int err = errno;
+    close(s);
+    cr_assert_eq(n, 0, "the aborted task's connected socket is still open (read: %zd, %s)", n,
+                 n < 0 ? strerror(err) : "data");
+    WAIT_UNTIL(count_fds() == before);
+    close(lfd);
+    weft_runtime_destroy(rt);
+    assert_balanced(&ca);
+}
+
+/* Destroying the runtime with every kind of operation pending: the tasks are
+ * dropped, their operations cancelled, the buffers they borrowed let go of
+ * before destroy returns, and no slot, task or descriptor is left behind. */
+#define INFLIGHT_PAIRS 4
+
+struct inflight {
+    struct weft_tcp_listener *l;
+    struct conn_args hang;
+    _Atomic uint32_t started;
+};
+
+static enum weft_poll body_pending_op(struct iot *t, struct weft_cx *cx)
+{
+    struct inflight *f = t->arg;
+    WEFT_ASYNC_BEGIN(&t->base);
+    /* Which operation: by the task's index. */
+    if (t->idx % 6 == 0) {
+        weft_recv_init(&t->r, t->fd);
+        t->futs[0] = &t->r.base;
+    } else if (t->idx % 6 == 1) {
+        weft_recv_into_init(&t->io, t->fd, t->buf, 4096);
+        t->futs[0] = &t->io.base;
+    } else if (t->idx % 6 == 2) {
+        weft_send_all_init(&t->io, t->fd, t->buf, MIB); /* the peer never reads */
+        t->futs[0] = &t->io.base;
+    } else if (t->idx % 6 == 3) {
+        weft_accept_init(&t->acc, f->l);
+        t->futs[0] = &t->acc.base;
+    } else if (t->idx % 6 == 4) {
+        weft_connect_init(&t->conn, f->hang.addr, f->hang.port,
+                          t->idx % 12 < 6 ? 0 : 60 * WEFT_NS_PER_SEC);
+        t->futs[0] = &t->conn.base;
+    } else {
+        weft_sleep_init(&t->sl, 60 * WEFT_NS_PER_SEC);
+        t->futs[0] = &t->sl.base;
+    }
+    atomic_fetch_add(&f->started, 1);
+    WEFT_AWAIT(&t->base, cx, t->futs[0]);
+    CHECK(!"a pending operation finished before the shutdown");
+    WEFT_ASYNC_END(&t->base);
+}
+
+Test(cancel, destroy_with_io_in_flight, .timeout = 30)
+{
+    struct full_backlog b;
+    full_backlog_open(&b);
+    int before = count_fds(); /* the runtime's rings and eventfds come and go */
+    struct counting_alloc ca;
+    struct weft_runtime *rt = start_rt(2, &ca);
+    struct weft_tcp_listener l;
+    listen_any(&l, "127.0.0.1");
+    struct inflight f = { .l = &l, .hang = { "127.0.0.1", b.port, 0 } };
+    int srv[INFLIGHT_PAIRS * 6], cli[INFLIGHT_PAIRS * 6];
+    unsigned char *bufs[INFLIGHT_PAIRS * 6];
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < INFLIGHT_PAIRS * 6; i++) {
+        if (i % 6 == 3 && i != 3)
+            continue; /* one accept per listener */
+        tcp_pair(rt, "127.0.0.1", &srv[n], &cli[n]);
+        cr_assert_eq(weft_socket_set_sndbuf(srv[n], 4096), 0);
+        bufs[n] = calloc(1, MIB);
+        struct iot t = iot_make(body_pending_op, &f, i, srv[n]);
+        t.buf = bufs[n];
+        cr_assert_eq(weft_spawn(rt, &t.base, sizeof t, NULL), 0);
+        n++;
+    }
+    WAIT_UNTIL(atomic_load(&f.started) == n);
+    sleep_us(50000); /* in the kernel, and the send buffers full */
+    double t0 = now_s();
+    weft_runtime_destroy(rt);
+    cr_assert_lt(now_s() - t0, 5.0, "destroy took %.2f s", now_s() - t0);
+    for (uint32_t i = 0; i < n; i++) {
+        free(bufs[i]); /* let go of by the kernel before destroy returned */
+        close(srv[i]);
+        close(cli[i]);
+    }
+    weft_tcp_listener_close(&l);
+    cr_assert_eq(count_fds(), before, "descriptors leaked by the shutdown");
+    full_backlog_close(&b);
+    assert_balanced(&ca);
+}
+
+/* ---- a task stolen while its receive is in flight ------------------------------------------- */
+
+/* The task starts its receive on worker A and spawns a spinner that holds A
+ * (it runs next, from A's LIFO slot), then yields: it waits in A's run queue.
+ * A kicker spawned from the test thread wakes B, which steals the task and
+ * polls it with its receive still in A's ring (not even submitted: A is
+ * busy). Then the data is sent and the spinner let go: A submits, reaps and
+ * wakes the task. Correctness is asserted always; whether the task ran on B
+ * is reported. */
+struct mig {
+    struct weft_runtime *rt;
+    bool into;
+    _Atomic int spinning, stop_spin;
+    _Atomic uint32_t npolls;
+    _Atomic pid_t tids[64];
+    _Atomic pid_t spin_tid;
+    unsigned char ibuf[64];
+    int res;
+    unsigned char got[64];
+};
+
+static enum weft_poll body_mig_spin(struct iot *t, struct weft_cx *cx)
+{
+    struct mig *m = t->arg;
+    (void)cx;
+    atomic_store(&m->spin_tid, tid_now());
+    atomic_store(&m->spinning, 1);
+    double end = now_s() + 3.0;
+    while (!atomic_load(&m->stop_spin) && now_s() < end)
+        ;
+    return WEFT_READY;
+}
+
+static enum weft_poll body_mig(struct iot *t, struct weft_cx *cx)
+{
+    struct mig *m = t->arg;
+    uint32_t k = atomic_fetch_add(&m->npolls, 1);
+    if (k < 64)
+        atomic_store(&m->tids[k], tid_now());
+    WEFT_ASYNC_BEGIN(&t->base);
+    if (m->into)
+        weft_recv_into_init(&t->io, t->fd, m->ibuf, sizeof m->ibuf);
+    else
+        weft_recv_init(&t->r, t->fd);
+    CHECK(weft_future_poll(m->into ? &t->io.base : &t->r.base, cx) == WEFT_PENDING);
+    CHECK(iot_spawn(m->rt, body_mig_spin, m, 0, -1, NULL) == 0);
+    WEFT_YIELD(&t->base, cx);
+    WEFT_AWAIT(&t->base, cx, m->into ? &t->io.base : &t->r.base);
+    m->res = m->into ? t->io.result : t->r.result;
+    if (m->res > 0)
+        memcpy(m->got, m->into ? m->ibuf : t->r.data, (size_t)m->res);
+    WEFT_ASYNC_END(&t->base);
+}
+
+static void check_migration(bool into)
+{
+    struct counting_alloc ca;
+    struct weft_runtime *rt = start_rt(2, &ca);
+    int srv, cli;
+    tcp_pair(rt, "127.0.0.1", &srv, &cli);
+    struct mig *m = calloc(1, sizeof *m);
+    m->rt = rt;
+    m->into = into;
+    struct weft_join j;
+    cr_assert_eq(iot_spawn(rt, body_mig, m, 0, srv, &j), 0);
+    WAIT_UNTIL(atomic_load(&m->spinning));
+    cr_assert_eq(atomic_load(&m->spin_tid), atomic_load(&m->tids[0]),
+                 "setup: the spinner is not on the task's first worker");
+    cr_assert_eq(iot_spawn(rt, body_nop, NULL, 1, -1, NULL), 0); /* wakes B */
+    double end = now_s() + 1.0;
+    while (atomic_load(&m->npolls) < 2 && now_s() < end)
+        sleep_us(100);
+    bool stolen = atomic_load(&m->npolls) >= 2;
+    write_full(cli, "migrated-data", 13);
+    sleep_us(20000);
+    atomic_store(&m->stop_spin, 1);
+    cr_assert_eq(iot_join(rt, &j, NULL), 0);
+    cr_assert_eq(m->res, 13, "the receive gave %d", m->res);
+    cr_assert_eq(memcmp(m->got, "migrated-data", 13), 0);
+    uint32_t n = atomic_load(&m->npolls);
+    char trail[256];
+    int off = 0;
+    bool moved = false;
+    for (uint32_t i = 0; i < n && i < 64; i++) {
+        pid_t tid = atomic_load(&m->tids[i]);
+        moved |= tid != atomic_load(&m->tids[0]);
+        off += snprintf(trail + off, sizeof trail - (size_t)off, "%s%s", i ? " " : "",
+                        tid == atomic_load(&m->tids[0]) ? "A" : "B");
+        if (off >= (int)sizeof trail - 8)
+            break;
+    }
+    fprintf(stderr, "migration (%s): polls on %s; stolen while in flight: %s\n",
+            into ? "recv_into" : "weft_recv", trail, stolen && moved ? "yes" : "no");
+    close(srv);
+    close(cli);
+    weft_runtime_destroy(rt);
+    free(m);
+    assert_balanced(&ca);
+}
+
+Test(migration, stolen_with_recv_in_flight, .timeout = 20)
+{
+    check_migration(false);
+}
+
+Test(migration, stolen_with_recv_into_in_flight, .timeout = 20)
+{
+    check_migration(true);
+}

@@ -1,0 +1,878 @@
+/* tests/test_tcp_load.c: TCP under load (io/tcp.c, io/stream.c, io/bufring.c):
+ * 32 MiB echoed through one connection with the client writing and reading
+ * at once (byte-exact both ways, checksummed), 10k concurrent connections of
+ * 5 round trips each (skipped when the hard RLIMIT_NOFILE is below 25000;
+ * WEFT_TEST_TCP_CONNS=n runs n connections instead, for machines with a lower
+ * limit), accepting at the RLIMIT_NOFILE limit (-EMFILE, then accepting
+ * resumes when descriptors are freed), a burst of 300 pending connections
+ * (more than the listener's queue holds) all accepted, none closed by the
+ * listener, a ring of 2 provided buffers shared by
+ * 64 connections sending at once (the runtime's -ENOBUFS path: every byte
+ * arrives, no error reaches the user), a receive parked for a buffer whose
+ * turn went to a receive that met end of stream, and the cooperative budget (a task
+ * looping on receives lets another run between them; a task accepting from a
+ * full queue completes at most WEFT_COOP_BUDGET accepts per poll).
+ *
+ * Bad inputs tried: the descriptor limit lowered below what the clients
+ * need, a buffer ring far smaller than the connections reading from it. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <criterion/criterion.h>
+
+#include <inttypes.h>
+
+#include <weft.h>
+
+#include "io_common.h"
+
+/* ---- an echo task: weft_recv, send_all the same bytes back, until EOF -------- */
+
+struct echo_stats {
+    _Atomic uint32_t done, errors;
+    _Atomic uint64_t hash, bytes;  /* of the one connection of a big transfer */
+};
+
+static enum weft_poll body_echo(struct iot *t, struct weft_cx *cx)
+{
+    struct echo_stats *st = t->arg;
+    WEFT_ASYNC_BEGIN(&t->base);
+    t->own_fd = true;
+    t->u64 = FNV_START;
+    for (;;) {
+        weft_recv_init(&t->r, t->fd);
+        WEFT_AWAIT(&t->base, cx, &t->r.base);
+        if (t->r.result <= 0)
+            break;
+        t->u64 = fnv(t->u64, t->r.data, (size_t)t->r.result);
+        t->got += (uint64_t)t->r.result;
+        weft_send_all_init(&t->io, t->fd, t->r.data, (size_t)t->r.result);
+        WEFT_AWAIT(&t->base, cx, &t->io.base);
+        if (t->io.result != t->r.result)
+            break;
+        weft_future_drop(&t->io.base);
+        weft_future_drop(&t->r.base);
+    }
+    if (t->r.result != 0)
+        atomic_fetch_add(&st->errors, 1);
+    atomic_store(&st->hash, t->u64);
+    atomic_store(&st->bytes, t->got);
+    atomic_fetch_add(&st->done, 1);
+    WEFT_ASYNC_END(&t->base);
+}
+
+/* Accepts t->n connections and spawns an echo task for each. */
+static enum weft_poll body_accept_echo(struct iot *t, struct weft_cx *cx)
+{
+    WEFT_ASYNC_BEGIN(&t->base);
+    for (t->i = 0; t->i < t->n; t->i++) {
+        weft_accept_init(&t->acc, t->lst);
+        WEFT_AWAIT(&t->base, cx, &t->acc.base);
+        if (t->acc.result < 0) {
+            t->res = t->acc.result;
+            WEFT_RETURN(&t->base);
+        }
+        CHECK(iot_spawn(weft_runtime_current(), body_echo, t->arg, t->i, t->acc.result, NULL) == 0);
+        weft_future_drop(&t->acc.base);
+    }
+    WEFT_ASYNC_END(&t->base);
+}
+
+/* ---- 32 MiB through one connection ------------------------------------------------ */
+
+#define BIG_TOTAL (32u * 1024 * 1024)
+#define BIG_CHUNK (64u * 1024)
+#define BIG_SEED 5
+
+struct big_client {
+    unsigned char *wbuf, *rbuf;
+    uint64_t rhash, rgot;
+    bool rok;
+    int wres, rres;
+};
+
+/* Sends the pattern in 64 KiB send_alls, then shuts down its writing side. */
+static enum weft_poll body_big_writer(struct iot *t, struct weft_cx *cx)
+{
+    struct big_client *c = t->arg;
+    WEFT_ASYNC_BEGIN(&t->base);
+    for (t->sent = 0; t->sent < BIG_TOTAL; t->sent += BIG_CHUNK) {
+        pat_fill(c->wbuf, BIG_CHUNK, BIG_SEED, t->sent);
+        weft_send_all_init(&t->io, t->fd, c->wbuf, BIG_CHUNK);
+        WEFT_AWAIT(&t->base, cx, &t->io.base);
+        c->wres = t->io.result;
+        weft_future_drop(&t->io.base);
+        if (c->wres != (int)BIG_CHUNK)
+            WEFT_RETURN(&t->base);
+    }
+    weft_shutdown_init(&t->io, t->fd, SHUT_WR);
+    WEFT_AWAIT(&t->base, cx, &t->io.base);
+    c->wres = t->io.result;
+    WEFT_ASYNC_END(&t->base);
+}
+
+/* Receives the echo until end of stream, checking every byte. */
+static enum weft_poll body_big_reader(struct iot *t, struct weft_cx *cx)
+{
+    struct big_client *c = t->arg;
+    WEFT_ASYNC_BEGIN(&t->base);
+    c->rok = true;
+    c->rhash = FNV_START;
+    for (;;) {
+        weft_recv_into_init(&t->io, t->fd, c->rbuf, BIG_CHUNK);
+        WEFT_AWAIT(&t->base, cx, &t->io.base);
+        c->rres = t->io.result;
+        weft_future_drop(&t->io.base);
+        if (c->rres <= 0)
+            break;
+        if (!pat_ok(c->rbuf, (size_t)c->rres, BIG_SEED, c->rgot))
+            c->rok = false;
+        c->rhash = fnv(c->rhash, c->rbuf, (size_t)c->rres);
+        c->rgot += (uint64_t)c->rres;
+    }
+    WEFT_ASYNC_END(&t->base);
+}
+
+Test(load, echo_32_mib_reading_while_writing, .timeout = 120)
+{
+    struct counting_alloc ca;
+    struct weft_runtime *rt = start_rt(2, &ca);
+    struct weft_tcp_listener l;
+    uint16_t port = listen_any(&l, "127.0.0.1");
+    struct echo_stats st = { 0 };
+    struct iot srv = iot_make(body_accept_echo, &st, 0, -1);
+    srv.lst = &l;
+    srv.n = 1;
+    struct weft_join js, jw, jr;
+    cr_assert_eq(weft_spawn(rt, &srv.base, sizeof srv, &js), 0);
+    int cli = cli_connect("127.0.0.1", port);
+    cr_assert_geq(cli, 0);
+    struct big_client c = { .wbuf = malloc(BIG_CHUNK), .rbuf = malloc(BIG_CHUNK) };
+    double t0 = now_s();
+    cr_assert_eq(iot_spawn(rt, body_big_writer, &c, 0, cli, &jw), 0);
+    cr_assert_eq(iot_spawn(rt, body_big_reader, &c, 1, cli, &jr), 0);
+    cr_assert_eq(iot_join(rt, &jw, NULL), 0);
+    cr_assert_eq(iot_join(rt, &jr, NULL), 0);
+    double el = now_s() - t0;
+    cr_assert_eq(iot_join(rt, &js, NULL), 0);
+    WAIT_UNTIL(atomic_load(&st.done) == 1);
+
+    /* The checksum of the stream as sent, computed here. */
+    uint64_t want = FNV_START;
+    for (uint64_t off = 0; off < BIG_TOTAL; off += BIG_CHUNK) {
+        pat_fill(c.wbuf, BIG_CHUNK, BIG_SEED, off);
+        want = fnv(want, c.wbuf, BIG_CHUNK);
+    }
+    cr_assert_eq(c.wres, 0, "the writer ended with %d", c.wres);
+    cr_assert_eq(atomic_load(&st.errors), 0);
+    cr_assert_eq(atomic_load(&st.bytes), BIG_TOTAL, "the server got %" PRIu64 " bytes",
+                 atomic_load(&st.bytes));
+    cr_assert_eq(atomic_load(&st.hash), want, "client -> server checksum differs");
+    cr_assert_eq(c.rres, 0, "the reader ended with %d", c.rres);
+    cr_assert_eq(c.rgot, BIG_TOTAL, "the echo gave %" PRIu64 " bytes", c.rgot);
+    cr_assert_eq(c.rhash, want, "server -> client checksum differs");
+    cr_assert(c.rok, "the echo was corrupted");
+    fprintf(stderr, "32 MiB echoed in %.2f s (%.0f MiB/s each way)\n", el, 32 / el);
+    free(c.wbuf);
+    free(c.rbuf);
+    close(cli);
+    weft_tcp_listener_close(&l);
+    weft_runtime_destroy(rt);
+    assert_balanced(&ca);
+}
+
+/* ---- 10k concurrent connections ------------------------------------------------------ */
+
+#define RT_MSG 64
+#define ROUND_TRIPS 5
+
+struct many {
+    const char *addr;
+    uint16_t port;
+    struct gate gate;
+    _Atomic uint32_t connected, done, errors;
+    _Atomic int first_error;
+};
+
+static void many_error(struct many *m, int err)
+{
+    int none = 0;
+    atomic_compare_exchange_strong(&m->first_error, &none, err);
+    atomic_fetch_add(&m->errors, 1);
+}
+
+/* Connects, waits at the gate until every client is connected, then does
+ * ROUND_TRIPS echoes of RT_MSG bytes, checking each. */
+static enum weft_poll body_many_client(struct iot *t, struct weft_cx *cx)
+{
+    struct many *m = t->arg;
+    WEFT_ASYNC_BEGIN(&t->base);
+    weft_connect_init(&t->conn, m->addr, m->port, 0);
+    WEFT_AWAIT(&t->base, cx, &t->conn.base);
+    if (t->conn.result < 0) {
+        many_error(m, t->conn.result);
+        WEFT_RETURN(&t->base);
+    }
+    t->fd = t->conn.result;
+    t->own_fd = true;
+    atomic_fetch_add(&m->connected, 1);
+    gate_wait_init(&t->gw, &m->gate);
+    WEFT_AWAIT(&t->base, cx, &t->gw.base);
+    for (t->i = 0; t->i < ROUND_TRIPS; t->i++) {
+        pat_fill(t->msg, RT_MSG, t->idx, t->i * RT_MSG);
+        weft_send_all_init(&t->io, t->fd, t->msg, RT_MSG);
+        WEFT_AWAIT(&t->base, cx, &t->io.base);
+        if (t->io.result != RT_MSG) {
+            many_error(m, t->io.result < 0 ? t->io.result : -EIO);
+            WEFT_RETURN(&t->base);
+        }
+        weft_future_drop(&t->io.base);
+        for (t->got = 0; t->got < RT_MSG; t->got += (uint64_t)t->io.result) {
+            weft_recv_into_init(&t->io, t->fd, t->msg + RT_MSG + t->got, RT_MSG - t->got);
+            WEFT_AWAIT(&t->base, cx, &t->io.base);
+            if (t->io.result <= 0) {
+                many_error(m, t->io.result < 0 ? t->io.result : -EPIPE);
+                WEFT_RETURN(&t->base);
+            }
+            weft_future_drop(&t->io.base);
+        }
+        if (memcmp(t->msg, t->msg + RT_MSG, RT_MSG) != 0) {
+            many_error(m, -EBADMSG);
+            WEFT_RETURN(&t->base);
+        }
+    }
+    atomic_fetch_add(&m->done, 1);
+    WEFT_ASYNC_END(&t->base);
+}
+
+static uint32_t many_count(void)
+{
+    const char *e = getenv("WEFT_TEST_TCP_CONNS");
+    return e && atoi(e) > 0 ? (uint32_t)atoi(e) : 10000;
+}
+
+Test(load, ten_thousand_connections, .timeout = 240)
+{
+    uint32_t n = many_count();
+    rlim_t hard = raise_nofile();
+    rlim_t need = n == 10000 ? 25000 : 2 * (rlim_t)n + 1000;
+    if (hard < need)
+        cr_skip_test("the hard RLIMIT_NOFILE is %lu: %u connections need %lu (both ends are "
+                     "in this process); WEFT_TEST_TCP_CONNS=n runs fewer",
+                     (unsigned long)hard, n, (unsigned long)need);
+    struct counting_alloc ca;
+    struct weft_runtime *rt = start_rt(2, &ca);
+    struct weft_tcp_listener l;
+    struct many *m = calloc(1, sizeof *m);
+    m->addr = "127.0.0.1";
+    m->port = listen_any(&l, m->addr);
+    gate_init(&m->gate, n);
+    struct echo_stats st = { 0 };
+    struct iot acc = iot_make(body_accept_echo, &st, 0, -1);
+    acc.lst = &l;
+    acc.n = n;
+    struct weft_join ja;
+    double t0 = now_s();
+    cr_assert_eq(weft_spawn(rt, &acc.base, sizeof acc, &ja), 0);
+    /* Clients connect in waves of 1000, each wave once the last is in, so
+     * the backlog (somaxconn) never drops a SYN (that costs a 1 s retry). */
+    for (uint32_t i = 0; i < n; i++) {
+        if (i % 1000 == 0 && i > 0) {
+            double end = now_s() + 60;
+            while (atomic_load(&m->connected) + atomic_load(&m->errors) < i && now_s() < end)
+                sleep_us(1000);
+        }
+        cr_assert_eq(iot_spawn(rt, body_many_client, m, i, -1, NULL), 0);
+    }
+    double end = now_s() + 60;
+    while (atomic_load(&m->connected) + atomic_load(&m->errors) < n && now_s() < end)
+        sleep_us(1000);
+    cr_assert_eq(atomic_load(&m->errors), 0, "%u clients failed, the first with %d (%s)",
+                 atomic_load(&m->errors), atomic_load(&m->first_error),
+                 strerror(-atomic_load(&m->first_error)));
+    cr_assert_eq(atomic_load(&m->connected), n);
+    double t1 = now_s();
+    int fds = count_fds();
+    cr_assert_geq(fds, 2 * (int)n, "only %d descriptors open: not all connections are", fds);
+    gate_open(&m->gate);
+    end = now_s() + 120;
+    while (atomic_load(&m->done) + atomic_load(&m->errors) < n && now_s() < end)
+        sleep_us(1000);
+    cr_assert_eq(atomic_load(&m->errors), 0, "%u clients failed, the first with %d (%s)",
+                 atomic_load(&m->errors), atomic_load(&m->first_error),
+                 strerror(-atomic_load(&m->first_error)));
+    cr_assert_eq(atomic_load(&m->done), n);
+    cr_assert_eq(iot_join(rt, &ja, NULL), 0);
+    WAIT_UNTIL(atomic_load(&st.done) == n); /* every echo task saw its client close */
+    cr_assert_eq(atomic_load(&st.errors), 0);
+    fprintf(stderr, "%u connections: connected in %.2f s, %u round trips each in %.2f s\n", n,
+            t1 - t0, ROUND_TRIPS, now_s() - t1);
+    weft_tcp_listener_close(&l);
+    weft_runtime_destroy(rt);
+    gate_fini(&m->gate);
+    free(m);
+    assert_balanced(&ca);
+}
+
+/* ---- a burst of pending connections ------------------------------------------------ */
+
+#define BURST_CLIENTS 300
+
+struct burst {
+    struct weft_tcp_listener *l;
+    int fds[BURST_CLIENTS];
+    _Atomic uint32_t accepted;
+    _Atomic int err;
+};
+
+static enum weft_poll body_accept_burst(struct iot *t, struct weft_cx *cx)
+{
+    struct burst *b = t->arg;
+    WEFT_ASYNC_BEGIN(&t->base);
+    for (t->i = 0; t->i < BURST_CLIENTS; t->i++) {
+        weft_accept_init(&t->acc, b->l);
+        WEFT_AWAIT(&t->base, cx, &t->acc.base);
+        if (t->acc.result < 0) {
+            atomic_store(&b->err, t->acc.result);
+            WEFT_RETURN(&t->base);
+        }
+        b->fds[t->i] = t->acc.result;
+        atomic_fetch_add(&b->accepted, 1);
+        weft_future_drop(&t->acc.base);
+    }
+    WEFT_ASYNC_END(&t->base);
+}
+
+/* More connections wait in the backlog than the listener's queue holds (256)
+ * when the first accept arms the multishot: every one must be accepted, none
+ * closed by the listener. */
+Test(load, accept_burst_loses_no_connection, .timeout = 30)
+{
+    struct counting_alloc ca;
+    struct weft_runtime *rt = start_rt(2, &ca);
+    struct weft_tcp_listener l;
+    uint16_t port = listen_any(&l, "127.0.0.1");
+    int cli[BURST_CLIENTS];
+    for (int i = 0; i < BURST_CLIENTS; i++) {
+        cli[i] = cli_connect("127.0.0.1", port); /* waits in the backlog */
+        cr_assert_geq(cli[i], 0);
+    }
+    struct burst *b = calloc(1, sizeof *b);
+    b->l = &l;
+    struct weft_join j;
+    cr_assert_eq(iot_spawn(rt, body_accept_burst, b, 0, -1, &j), 0);
+    double end = now_s() + 5.0;
+    while (atomic_load(&b->accepted) < BURST_CLIENTS && !atomic_load(&b->err) && now_s() < end)
+        sleep_us(1000);
+    int closed = 0;
+    for (int i = 0; i < BURST_CLIENTS; i++) {
+        char c;
+        closed += recv(cli[i], &c, 1, MSG_DONTWAIT | MSG_PEEK) == 0;
+    }
+    uint32_t accepted = atomic_load(&b->accepted);
+    if (accepted < BURST_CLIENTS)
+        weft_join_abort(&j);
+    iot_join(rt, &j, NULL);
+    cr_assert_eq(atomic_load(&b->err), 0, "accept: %d", atomic_load(&b->err));
+    cr_assert_eq(closed, 0, "%d clients saw their connection closed by the listener (%u of %d "
+                 "accepted)", closed, accepted, BURST_CLIENTS);
+    cr_assert_eq(accepted, BURST_CLIENTS);
+    for (uint32_t i = 0; i < accepted; i++)
+        close(b->fds[i]);
+    for (int i = 0; i < BURST_CLIENTS; i++)
+        close(cli[i]);
+    free(b);
+    weft_tcp_listener_close(&l);
+    weft_runtime_destroy(rt);
+    assert_balanced(&ca);
+}
+
+/* ---- accepting at the descriptor limit ---------------------------------------------- */
+
+#define EMFILE_CLIENTS 12
+
+struct emfile {
+    struct weft_tcp_listener *l;
+    int fds[EMFILE_CLIENTS];
+    _Atomic uint32_t accepted, emfiles;
+    _Atomic int other_error;
+};
+
+/* Accepts until every client is in, counting -EMFILE results on the way. */
+static enum weft_poll body_accept_through_emfile(struct iot *t, struct weft_cx *cx)
+{
+    struct emfile *e = t->arg;
+    WEFT_ASYNC_BEGIN(&t->base);
+    while (atomic_load(&e->accepted) < EMFILE_CLIENTS) {
+        weft_accept_init(&t->acc, e->l);
+        WEFT_AWAIT(&t->base, cx, &t->acc.base);
+        if (t->acc.result >= 0) {
+            e->fds[atomic_load(&e->accepted)] = t->acc.result;
+            atomic_fetch_add(&e->accepted, 1); /* publishes fds[] to the test thread */
+        } else if (t->acc.result == -EMFILE) {
+            if (atomic_fetch_add(&e->emfiles, 1) > 5000) {
+                atomic_store(&e->other_error, -EMFILE); /* never resumed */
+                WEFT_RETURN(&t->base);
+            }
+        } else {
+            atomic_store(&e->other_error, t->acc.result);
+            WEFT_RETURN(&t->base);
+        }
+        weft_future_drop(&t->acc.base);
+    }
+    WEFT_ASYNC_END(&t->base);
+}
+
+/* The soft limit that leaves exactly `room` descriptor numbers free. */
+static rlim_t limit_leaving(int room)
+{
+    bool open_fd[4096] = { false };
+    DIR *d = opendir("/proc/self/fd");
+    cr_assert_not_null(d);
+    for (struct dirent *e; (e = readdir(d));) {
+        int fd = atoi(e->d_name);
+        if (e->d_name[0] != '.' && fd != dirfd(d) && fd < 4096)
+            open_fd[fd] = true;
+    }
+    closedir(d);
+    int lim = 0;
+    for (int free_below = 0; free_below < room || open_fd[lim]; lim++)
+        if (!open_fd[lim])
+            free_below++;
+    return (rlim_t)lim;
+}
+
+Test(load, emfile_then_accepting_resumes, .timeout = 60)
+{
+    struct counting_alloc ca;
+    struct weft_runtime *rt = start_rt(2, &ca);
+    struct weft_tcp_listener l;
+    uint16_t port = listen_any(&l, "127.0.0.1");
+    int cli[EMFILE_CLIENTS];
+    uint16_t cport[EMFILE_CLIENTS];
+    for (int i = 0; i < EMFILE_CLIENTS; i++) {
+        cli[i] = cli_connect("127.0.0.1", port); /* completes into the backlog */
+        cr_assert_geq(cli[i], 0);
+        char a[INET6_ADDRSTRLEN];
+        cr_assert_eq(weft_tcp_local_addr(cli[i], a, sizeof a, &cport[i]), 0);
+    }
+    struct rlimit saved;
+    cr_assert_eq(getrlimit(RLIMIT_NOFILE, &saved), 0);
+    struct rlimit low = { limit_leaving(3), saved.rlim_max };
+    cr_assert_eq(setrlimit(RLIMIT_NOFILE, &low), 0);
+
+    struct emfile *e = calloc(1, sizeof *e);
+    e->l = &l;
+    struct weft_join j;
+    cr_assert_eq(iot_spawn(rt, body_accept_through_emfile, e, 0, -1, &j), 0);
+    WAIT_UNTIL(atomic_load(&e->emfiles) > 0 || atomic_load(&e->other_error));
+    cr_assert_eq(atomic_load(&e->other_error), 0);
+    uint32_t first = atomic_load(&e->accepted);
+    cr_assert_leq(first, 3, "%u accepted with room for 3", first);
+    /* Two freed descriptors: accepting resumes even under the low limit. */
+    close(e->fds[0]);
+    close(e->fds[1]);
+    e->fds[0] = e->fds[1] = -1;
+    WAIT_UNTIL(atomic_load(&e->accepted) >= first + 2 || atomic_load(&e->other_error));
+    uint32_t emfiles = atomic_load(&e->emfiles);
+    WAIT_UNTIL(atomic_load(&e->emfiles) > emfiles); /* and hits the limit again */
+    cr_assert_eq(setrlimit(RLIMIT_NOFILE, &saved), 0);
+    WAIT_UNTIL(atomic_load(&e->accepted) == EMFILE_CLIENTS || atomic_load(&e->other_error));
+    cr_assert_eq(atomic_load(&e->other_error), 0, "accept gave %d",
+                 atomic_load(&e->other_error));
+    cr_assert_eq(iot_join(rt, &j, NULL), 0);
+    /* Every client was accepted exactly once (the first two by port are gone). */
+    bool seen[EMFILE_CLIENTS] = { false };
+    for (int i = 2; i < EMFILE_CLIENTS; i++) {
+        char a[INET6_ADDRSTRLEN];
+        uint16_t p;
+        cr_assert_eq(weft_tcp_peer_addr(e->fds[i], a, sizeof a, &p), 0);
+        int k = 0;
+        while (k < EMFILE_CLIENTS && cport[k] != p)
+            k++;
+        cr_assert_lt(k, EMFILE_CLIENTS, "accepted a connection from an unknown port %u", p);
+        cr_assert(!seen[k], "client %d accepted twice", k);
+        seen[k] = true;
+        close(e->fds[i]);
+    }
+    fprintf(stderr, "EMFILE: %u accepted before the first -EMFILE, %u -EMFILE results in all\n",
+            first, atomic_load(&e->emfiles));
+    for (int i = 0; i < EMFILE_CLIENTS; i++)
+        close(cli[i]);
+    free(e);
+    weft_tcp_listener_close(&l);
+    weft_runtime_destroy(rt);
+    assert_balanced(&ca);
+}
+
+/* ---- a ring of 2 buffers, 64 connections sending at once ---------------------------------- */
+
+#define NB_CONNS 64
+#define NB_BYTES (16 * 1024)
+
+struct nobufs {
+    _Atomic uint32_t done, errors;
+    _Atomic uint64_t bytes[NB_CONNS];
+    _Atomic int bad[NB_CONNS];
+};
+
+/* Reads a connection to its end with weft_recv, holding each buffer across a
+ * yield; the first 4 bytes name the client, the rest is its pattern. Replies
+ * with the byte count. */
+static enum weft_poll body_nobufs_reader(struct iot *t, struct weft_cx *cx)
+{
+    struct nobufs *nb = t->arg;
+    WEFT_ASYNC_BEGIN(&t->base);
+    t->own_fd = true;
+    for (;;) {
+        weft_recv_init(&t->r, t->fd);
+        WEFT_AWAIT(&t->base, cx, &t->r.base);
+        if (t->r.result <= 0)
+            break;
+        for (int k = 0; k < t->r.result; k++, t->got++) {
+            if (t->got < 4)
+                t->msg[t->got] = t->r.data[k];
+            else if (t->got == 4)
+                memcpy(&t->i, t->msg, 4);
+            if (t->got >= 4 && (t->i >= NB_CONNS || t->r.data[k] != pat_byte(t->i, t->got)))
+                t->res = -EBADMSG;
+        }
+        weft_yield_now_init(&t->y);
+        WEFT_AWAIT(&t->base, cx, &t->y.base);
+        weft_future_drop(&t->r.base);
+    }
+    if (t->r.result < 0 || t->res < 0 || t->got <= 4) {
+        atomic_fetch_add(&nb->errors, 1);
+    } else {
+        atomic_store(&nb->bytes[t->i], t->got - 4);
+        atomic_store(&nb->bad[t->i], t->res);
+    }
+    weft_send_all_init(&t->io, t->fd, &t->got, sizeof t->got);
+    WEFT_AWAIT(&t->base, cx, &t->io.base);
+    atomic_fetch_add(&nb->done, 1);
+    WEFT_ASYNC_END(&t->base);
+}
+
+static enum weft_poll body_accept_nobufs(struct iot *t, struct weft_cx *cx)
+{
+    WEFT_ASYNC_BEGIN(&t->base);
+    for (t->i = 0; t->i < NB_CONNS; t->i++) {
+        weft_accept_init(&t->acc, t->lst);
+        WEFT_AWAIT(&t->base, cx, &t->acc.base);
+        CHECK(t->acc.result >= 0);
+        CHECK(iot_spawn(weft_runtime_current(), body_nobufs_reader, t->arg, t->i,
+                        t->acc.result, NULL) == 0);
+        weft_future_drop(&t->acc.base);
+    }
+    WEFT_ASYNC_END(&t->base);
+}
+
+Test(load, two_buffers_for_64_connections, .timeout = 60)
+{
+    struct weft_runtime_config cfg;
+    weft_runtime_config_init(&cfg);
+    cfg.workers = 2;
+    cfg.io_buffers = 2;
+    struct counting_alloc ca;
+    struct weft_runtime *rt = start_rt_cfg(&cfg, &ca);
+    struct weft_tcp_listener l;
+    uint16_t port = listen_any(&l, "127.0.0.1");
+    struct nobufs *nb = calloc(1, sizeof *nb);
+    struct iot acc = iot_make(body_accept_nobufs, nb, 0, -1);
+    acc.lst = &l;
+    struct weft_join ja;
+    cr_assert_eq(weft_spawn(rt, &acc.base, sizeof acc, &ja), 0);
+    int cli[NB_CONNS];
+    for (int i = 0; i < NB_CONNS; i++) {
+        cli[i] = cli_connect("127.0.0.1", port);
+        cr_assert_geq(cli[i], 0);
+    }
+    cr_assert_eq(iot_join(rt, &ja, NULL), 0); /* every reader is waiting */
+    unsigned char *msg = malloc(4 + NB_BYTES);
+    for (uint32_t i = 0; i < NB_CONNS; i++) {
+        memcpy(msg, &i, 4);
+        pat_fill(msg + 4, NB_BYTES, i, 4);
+        write_full(cli[i], msg, 4 + NB_BYTES); /* fits the socket buffers */
+    }
+    for (int i = 0; i < NB_CONNS; i++)
+        cr_assert_eq(shutdown(cli[i], SHUT_WR), 0);
+    for (int i = 0; i < NB_CONNS; i++) {
+        uint64_t n = 0;
+        set_rcvtimeo(cli[i], 5000);
+        ssize_t r = read_full(cli[i], &n, sizeof n);
+        cr_assert_eq(r, (ssize_t)sizeof n, "client %d got no reply in 5 s (%s): its reader "
+                     "(%u of %d finished) never saw its data or end of stream", i,
+                     r < 0 ? strerror((int)-r) : "closed", atomic_load(&nb->done), NB_CONNS);
+        cr_assert_eq(n, 4 + NB_BYTES, "connection %d: the server read %" PRIu64 " bytes", i, n);
+        close(cli[i]);
+    }
+    WAIT_UNTIL(atomic_load(&nb->done) == NB_CONNS);
+    cr_assert_eq(atomic_load(&nb->errors), 0);
+    for (int i = 0; i < NB_CONNS; i++) {
+        cr_assert_eq(atomic_load(&nb->bytes[i]), NB_BYTES, "client %d", i);
+        cr_assert_eq(atomic_load(&nb->bad[i]), 0, "client %d: corrupted bytes", i);
+    }
+    free(msg);
+    free(nb);
+    weft_tcp_listener_close(&l);
+    weft_runtime_destroy(rt);
+    assert_balanced(&ca);
+}
+
+/* A receive parked for a buffer must get its turn even when the receive a
+ * returned buffer went to ends without using it. One worker, one buffer,
+ * three connections whose bytes and end of stream are queued before the
+ * readers start (spawned by a task, so that their first receives go to the
+ * kernel in one submission, in a fixed order); each reader holds its buffer
+ * across a yield. A takes the buffer, B and C are parked; A's drop gives B
+ * its turn and parks A's next receive (an empty ring gives -ENOBUFS even at
+ * end of stream); B's drop gives C its turn and parks B; C's drop gives A its
+ * turn: A finds end of stream, uses no buffer, and B must still be woken. */
+#define TURN_CONNS 3
+
+struct turns {
+    int srv[TURN_CONNS];
+    _Atomic uint32_t finished;
+    _Atomic uint64_t bytes[TURN_CONNS];
+};
+
+static enum weft_poll body_turn_reader(struct iot *t, struct weft_cx *cx)
+{
+    struct turns *tu = t->arg;
+    WEFT_ASYNC_BEGIN(&t->base);
+    for (;;) {
+        weft_recv_init(&t->r, t->fd);
+        WEFT_AWAIT(&t->base, cx, &t->r.base);
+        if (t->r.result <= 0)
+            break;
+        atomic_fetch_add(&tu->bytes[t->idx], (uint64_t)t->r.result);
+        weft_yield_now_init(&t->y);
+        WEFT_AWAIT(&t->base, cx, &t->y.base);
+        weft_future_drop(&t->r.base);
+    }
+    if (t->r.result == 0)
+        atomic_fetch_add(&tu->finished, 1);
+    WEFT_ASYNC_END(&t->base);
+}
+
+static enum weft_poll body_spawn_turn_readers(struct iot *t, struct weft_cx *cx)
+{
+    struct turns *tu = t->arg;
+    (void)cx;
+    for (uint32_t i = 0; i < TURN_CONNS; i++)
+        CHECK(iot_spawn(weft_runtime_current(), body_turn_reader, tu, i, tu->srv[i], NULL) == 0);
+    return WEFT_READY;
+}
+
+Test(load, parked_receive_gets_a_turn_unused_at_end_of_stream, .timeout = 30)
+{
+    struct weft_runtime_config cfg;
+    weft_runtime_config_init(&cfg);
+    cfg.workers = 1;
+    cfg.io_buffers = 1;
+    struct counting_alloc ca;
+    struct weft_runtime *rt = start_rt_cfg(&cfg, &ca);
+    struct weft_tcp_listener l;
+    uint16_t port = listen_any(&l, "127.0.0.1");
+    struct turns *tu = calloc(1, sizeof *tu);
+    int cli[TURN_CONNS];
+    for (int i = 0; i < TURN_CONNS; i++) {
+        cli[i] = cli_connect("127.0.0.1", port);
+        cr_assert_geq(cli[i], 0);
+        tu->srv[i] = accept4(l.fd, NULL, NULL, SOCK_CLOEXEC);
+        cr_assert_geq(tu->srv[i], 0);
+        write_full(cli[i], "hello", 5);
+        cr_assert_eq(shutdown(cli[i], SHUT_WR), 0);
+    }
+    sleep_us(10000); /* the bytes and the FINs are in the server sockets */
+    cr_assert_eq(iot_spawn(rt, body_spawn_turn_readers, tu, 0, -1, NULL), 0);
+    double end = now_s() + 3.0;
+    while (atomic_load(&tu->finished) < TURN_CONNS && now_s() < end)
+        sleep_us(1000);
+    for (int i = 0; i < TURN_CONNS; i++)
+        cr_assert_eq(atomic_load(&tu->bytes[i]), 5, "reader %d got %" PRIu64 " bytes", i,
+                     atomic_load(&tu->bytes[i]));
+    cr_assert_eq(atomic_load(&tu->finished), TURN_CONNS, "%u of %d readers saw end of stream: "
+                 "a receive stays parked for a buffer while the ring has one free",
+                 atomic_load(&tu->finished), TURN_CONNS);
+    for (int i = 0; i < TURN_CONNS; i++) {
+        close(tu->srv[i]);
+        close(cli[i]);
+    }
+    free(tu);
+    weft_tcp_listener_close(&l);
+    weft_runtime_destroy(rt);
+    assert_balanced(&ca);
+}
+
+/* ---- the cooperative budget ----------------------------------------------------------------- */
+
+#define BUDGET_RECVS 1000
+#define BUDGET_LEN 16
+
+struct budget {
+    _Atomic uint64_t other_polls;
+    _Atomic int stop;
+    uint32_t max_gap;          /* most receives in a row with no poll of the other */
+    int err;
+};
+
+static enum weft_poll body_other(struct iot *t, struct weft_cx *cx)
+{
+    struct budget *b = t->arg;
+    WEFT_ASYNC_BEGIN(&t->base);
+    while (!atomic_load(&b->stop)) {
+        atomic_fetch_add(&b->other_polls, 1);
+        weft_yield_now_init(&t->y);
+        WEFT_AWAIT(&t->base, cx, &t->y.base);
+    }
+    WEFT_ASYNC_END(&t->base);
+}
+
+static enum weft_poll body_recv_1000(struct iot *t, struct weft_cx *cx)
+{
+    struct budget *b = t->arg;
+    WEFT_ASYNC_BEGIN(&t->base);
+    t->u64 = atomic_load(&b->other_polls);
+    for (t->i = 0; t->i < BUDGET_RECVS; t->i++) {
+        for (t->got = 0; t->got < BUDGET_LEN; t->got += (uint64_t)t->io.result) {
+            weft_recv_into_init(&t->io, t->fd, t->msg + t->got, BUDGET_LEN - t->got);
+            WEFT_AWAIT(&t->base, cx, &t->io.base);
+            weft_future_drop(&t->io.base);
+            if (t->io.result <= 0) {
+                b->err = t->io.result ? t->io.result : -EPIPE;
+                WEFT_RETURN(&t->base);
+            }
+        }
+        if (!pat_ok(t->msg, BUDGET_LEN, 9, (uint64_t)t->i * BUDGET_LEN))
+            b->err = -EBADMSG;
+        if (atomic_load(&b->other_polls) == t->u64) {
+            if (++t->n > b->max_gap)
+                b->max_gap = t->n;
+        } else {
+            t->u64 = atomic_load(&b->other_polls);
+            t->n = 0;
+        }
+    }
+    atomic_store(&b->stop, 1);
+    WEFT_ASYNC_END(&t->base);
+}
+
+Test(load, budget_recv_loop_lets_another_task_run, .timeout = 30)
+{
+    struct counting_alloc ca;
+    struct weft_runtime *rt = start_rt(1, &ca);
+    struct weft_tcp_listener l;
+    uint16_t port = listen_any(&l, "127.0.0.1");
+    int cli = cli_connect("127.0.0.1", port);
+    cr_assert_geq(cli, 0);
+    int srv = accept4(l.fd, NULL, NULL, SOCK_CLOEXEC);
+    cr_assert_geq(srv, 0);
+    unsigned char *data = malloc(BUDGET_RECVS * BUDGET_LEN);
+    pat_fill(data, BUDGET_RECVS * BUDGET_LEN, 9, 0);
+    write_full(cli, data, BUDGET_RECVS * BUDGET_LEN); /* all buffered before the loop */
+    struct budget b = { 0 };
+    struct weft_join jo, jr;
+    cr_assert_eq(iot_spawn(rt, body_other, &b, 0, -1, &jo), 0);
+    cr_assert_eq(iot_spawn(rt, body_recv_1000, &b, 1, srv, &jr), 0);
+    cr_assert_eq(iot_join(rt, &jr, NULL), 0);
+    cr_assert_eq(iot_join(rt, &jo, NULL), 0);
+    cr_assert_eq(b.err, 0, "the receive loop failed: %d", b.err);
+    cr_assert_leq(b.max_gap, WEFT_COOP_BUDGET, "%u receives in a row kept the other task out",
+                  b.max_gap);
+    cr_assert_gt(atomic_load(&b.other_polls), 0);
+    fprintf(stderr, "budget: at most %u receives in a row without the other task; it ran %"
+            PRIu64 " times\n", b.max_gap, atomic_load(&b.other_polls));
+    free(data);
+    close(srv);
+    close(cli);
+    weft_tcp_listener_close(&l);
+    weft_runtime_destroy(rt);
+    assert_balanced(&ca);
+}
+
+#define BUDGET_CLIENTS 300
+
+struct accept_budget {
+    struct weft_tcp_listener *l;
+    uint32_t per_poll[BUDGET_CLIENTS + 2];   /* accepts completed in each poll */
+    int fds[BUDGET_CLIENTS];
+    _Atomic uint32_t accepted;
+    int err;
+};
+
+/* Accepts every client as fast as it can; each accept is counted against the
+ * poll it completed in. */
+static enum weft_poll body_accept_all(struct iot *t, struct weft_cx *cx)
+{
+    struct accept_budget *ab = t->arg;
+    WEFT_ASYNC_BEGIN(&t->base);
+    for (t->i = 0; t->i < BUDGET_CLIENTS; t->i++) {
+        weft_accept_init(&t->acc, ab->l);
+        WEFT_AWAIT(&t->base, cx, &t->acc.base);
+        if (t->acc.result < 0) {
+            ab->err = t->acc.result;
+            WEFT_RETURN(&t->base);
+        }
+        ab->fds[t->i] = t->acc.result;
+        atomic_fetch_add(&ab->accepted, 1);
+        if (t->polls < BUDGET_CLIENTS + 2)
+            ab->per_poll[t->polls]++;
+        weft_future_drop(&t->acc.base);
+    }
+    WEFT_ASYNC_END(&t->base);
+}
+
+Test(load, budget_bounds_accepts_per_poll, .timeout = 30)
+{
+    struct counting_alloc ca;
+    struct weft_runtime *rt = start_rt(1, &ca);
+    struct weft_tcp_listener l;
+    uint16_t port = listen_any(&l, "127.0.0.1");
+    int cli[BUDGET_CLIENTS];
+    for (int i = 0; i < BUDGET_CLIENTS; i++) {
+        cli[i] = cli_connect("127.0.0.1", port); /* waits in the backlog */
+        cr_assert_geq(cli[i], 0);
+    }
+    struct accept_budget *ab = calloc(1, sizeof *ab);
+    ab->l = &l;
+    struct budget b = { 0 };
+    struct weft_join jo, ja;
+    cr_assert_eq(iot_spawn(rt, body_accept_all, ab, 1, -1, &ja), 0);
+    cr_assert_eq(iot_spawn(rt, body_other, &b, 0, -1, &jo), 0);
+    double end = now_s() + 5.0;
+    while (atomic_load(&ab->accepted) < BUDGET_CLIENTS && !ab->err && now_s() < end)
+        sleep_us(1000);
+    atomic_store(&b.stop, 1);
+    cr_assert_eq(iot_join(rt, &jo, NULL), 0);
+    uint32_t accepted = atomic_load(&ab->accepted);
+    if (accepted < BUDGET_CLIENTS) {
+        weft_join_abort(&ja);
+        int closed = 0;
+        for (int i = 0; i < BUDGET_CLIENTS; i++) {
+            char c;
+            closed += recv(cli[i], &c, 1, MSG_DONTWAIT | MSG_PEEK) == 0;
+        }
+        cr_assert_fail("%u of %d pending connections accepted in 5 s; %d clients saw their "
+                       "connection closed by the server", accepted, BUDGET_CLIENTS, closed);
+    }
+    cr_assert_eq(iot_join(rt, &ja, NULL), 0);
+    cr_assert_eq(ab->err, 0, "accept: %d", ab->err);
+    uint32_t max = 0, polls = 0;
+    for (int p = 0; p < BUDGET_CLIENTS + 2; p++) {
+        if (ab->per_poll[p] > max)
+            max = ab->per_poll[p];
+        polls += ab->per_poll[p] > 0;
+    }
+    cr_assert_leq(max, WEFT_COOP_BUDGET, "%u accepts in one poll", max);
+    fprintf(stderr, "budget: %d accepts over %u polls, at most %u in one\n", BUDGET_CLIENTS,
+            polls, max);
+    for (int i = 0; i < BUDGET_CLIENTS; i++) {
+        close(ab->fds[i]);
+        close(cli[i]);
+    }
+    free(ab);
+    weft_tcp_listener_close(&l);
+    weft_runtime_destroy(rt);
+    assert_balanced(&ca);
+}
