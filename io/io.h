@@ -100,7 +100,6 @@ struct weft__op {
         struct { struct sockaddr_in6 sa; uint32_t salen; struct __kernel_timespec ts; } conn;
         struct msghdr msg;
         struct weft__acceptq *acceptq;
-        int32_t send_res;      /* OP_SEND_RECV: the send's CQE, if it failed */
     } u;
 };
 

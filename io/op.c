@@ -132,11 +132,10 @@ void weft__op_submit(struct weft__io *io, struct weft__op *op)
     void *addr = (void *)(uintptr_t)op->addr;
     switch ((enum op_kind)op->kind) {
     case OP_SEND_RECV:
-        /* The send posts a CQE only if it fails; then the recv is cancelled. */
+        /* The send posts a CQE only if it fails, and then the recv none. */
         io_uring_prep_send(sqe, fd, addr, op->len, MSG_NOSIGNAL | MSG_WAITALL);
         sqe->flags |= IOSQE_IO_LINK | IOSQE_CQE_SKIP_SUCCESS;
         io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)op | IO_UD_SEND_PART);
-        op->u.send_res = 0;
         sqe = weft__io_sqe(io);
         io_uring_prep_recv(sqe, fd, NULL, io->buf_size, 0);
         sqe->flags |= IOSQE_BUFFER_SELECT;

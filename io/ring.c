@@ -189,8 +189,10 @@ void weft__io_reap(struct weft__io *io)
         }
         struct weft__op *op = (struct weft__op *)(uintptr_t)(ud & ~IO_UD_SEND_PART);
         if (ud & IO_UD_SEND_PART) {
-            /* Only a failed (or cut short) send posts: its recv ends -ECANCELED. */
-            op->u.send_res = res < 0 ? res : -EIO;
+            /* Only a failed (or cut short) send posts, and then its linked
+             * recv posts nothing (the kernel skips the CQEs of a failed
+             * CQE_SKIP_SUCCESS request's link): this is the final CQE. */
+            weft__op_complete(io, op, res < 0 ? res : -EIO, 0);
             continue;
         }
         if (flags & IORING_CQE_F_BUFFER)

@@ -198,9 +198,7 @@ static enum weft_poll recv_poll(struct weft_future *f, struct weft_cx *cx)
         return WEFT_PENDING;
     /* The slot keeps the buffer until the drop gives both back. */
     struct weft__op *op = r->op;
-    r->result = op->res;
-    if (r->send_len && op->kind == OP_SEND_RECV && op->u.send_res)
-        r->result = op->u.send_res; /* the send failed; nothing was received */
+    r->result = op->res; /* the recv's, or the failed send's */
     if (op->cqe_flags & IORING_CQE_F_BUFFER)
         r->data = op->io->bufs + (size_t)(op->cqe_flags >> IORING_CQE_BUFFER_SHIFT) * op->io->buf_size;
     r->base.resume = 1;

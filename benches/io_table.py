@@ -1,0 +1,126 @@
+#!/usr/bin/env python3
+"""Ratio table of a benches/io_compare.sh run (the shared peers' summary.md).
+
+usage: io_table.py SUMMARY.md
+
+Reads the Markdown tables run.sh's summarize.py wrote (HTTP, pipelined HTTP,
+echo, idle connections, timers) and prints one table: weft's figure, Tokio's,
+the hand-written io_uring server's, the ratios weft / peer (below 1 is better
+for costs, above 1 for throughput), the target and whether it is met. Every
+figure is already a median across the interleaved runs.
+"""
+import re
+import sys
+
+
+def tables(text):
+    """{section title: [row dicts]} for every '### title' followed by a table."""
+    out, title, header = {}, None, None
+    for line in text.splitlines():
+        if line.startswith("### "):
+            title, header = line[4:].strip(), None
+            out[title] = []
+        elif title and line.startswith("|"):
+            cells = [c.strip().strip("*") for c in line.strip().strip("|").split("|")]
+            if header is None:
+                header = cells
+            elif not set(line) <= set("|-: "):
+                out[title].append(dict(zip(header, cells)))
+    return out
+
+
+def num(s):
+    """'1.64 ms' / '783 us' / '48,909' / '8,514 B' -> float (times in us)."""
+    if s is None or s in ("-", ""):
+        return None
+    m = re.match(r"([-\d.,]+)\s*(ms|us|s|B)?", s)
+    if not m:
+        return None
+    v = float(m.group(1).replace(",", ""))
+    return v * {"ms": 1000.0, "s": 1e6}.get(m.group(2), 1.0)
+
+
+def find(tabs, prefix):
+    for title, rows in tabs.items():
+        if title.startswith(prefix):
+            return rows
+    return []
+
+
+def cell(rows, server, col, key="server"):
+    for r in rows:
+        if r.get(key) == server:
+            return num(r.get(col))
+    return None
+
+
+# (label, section prefix, column, lower is better, target: max ratio vs tokio, vs io_uring)
+SERVER_ROWS = [
+    ("HTTP: server CPU us/request", "HTTP plaintext, wrk", "server CPU us/op", True, 0.8, 1.0),
+    ("HTTP: requests/s", "HTTP plaintext, wrk", "req/s (median)", False, 1.0, None),
+    ("HTTP: p99 latency (us)", "HTTP plaintext, wrk", "p99", True, 1.0, None),
+    ("HTTP x16 pipelined: server CPU us/request", "HTTP plaintext pipelined", "server CPU us/op", True, 0.8, 1.0),
+    ("HTTP x16 pipelined: requests/s", "HTTP plaintext pipelined", "req/s (median)", False, 1.0, None),
+    ("echo: server CPU us/message", "TCP echo", "server CPU us/op", True, 0.8, 1.0),
+    ("echo: messages/s", "TCP echo", "msgs/s (median)", False, 1.0, None),
+    ("echo: p99 latency (us)", "TCP echo", "p99", True, 1.0, None),
+    ("idle: RSS per idle connection (B)", "Idle connections", "RSS growth per conn", True, None, None),
+]
+
+TIMER_ROWS = [
+    ("sleep_random_1_100ms(1M tasks)_wall_ms", 1.0),
+    ("sleep_random_1_100ms(1M tasks)_peak_rss_MiB", None),
+    ("sleep_random_1_100ms(1M tasks)_bytes_per_task", 0.3),
+    ("timeout_ready(100000)", 0.8),
+    ("timeout_ready(2x50000 concurrent)", 0.8),
+    ("sleep_1ms_oversleep_p50_us", None),
+    ("sleep_1ms_oversleep_p99_us", None),
+]
+
+
+def fmt(v):
+    return "-" if v is None else f"{v:,.2f}" if v < 100 else f"{v:,.0f}"
+
+
+def ratio(a, b):
+    return None if a is None or not b else a / b
+
+
+def verdict(r, target, lower=True):
+    if target is None or r is None:
+        return "-"
+    return "met" if (r <= target if lower else r >= target) else "**not met**"
+
+
+def main(path):
+    tabs = tables(open(path).read())
+    print("| benchmark | weft | tokio | io_uring (hand-written) | weft / tokio | weft / io_uring | target | met |")
+    print("|---|---|---|---|---|---|---|---|")
+    for label, sec, col, lower, t_tokio, t_uring in SERVER_ROWS:
+        rows = find(tabs, sec)
+        w, t, u = (cell(rows, s, col) for s in ("weft", "tokio", "io_uring"))
+        rt, ru = ratio(w, t), ratio(w, u)
+        target = []
+        if t_tokio is not None:
+            target.append(f"<= {t_tokio}x tokio" if lower else f">= tokio")
+        if t_uring is not None:
+            target.append("<= io_uring")
+        if label.startswith("idle"):
+            target, met = ["< 2048 B"], ("met" if w is not None and w < 2048 else "**not met**")
+        else:
+            checks = [verdict(rt, t_tokio, lower)] + ([verdict(ru, t_uring)] if t_uring else [])
+            met = "**not met**" if "**not met**" in checks else ("met" if "met" in checks else "-")
+        print(f"| {label} | {fmt(w)} | {fmt(t)} | {fmt(u)} | {fmt(rt) + 'x' if rt else '-'} "
+              f"| {fmt(ru) + 'x' if ru else '-'} | {', '.join(target) or '-'} | {met} |")
+    timers = find(tabs, "Timers")
+    for name, t_tokio in TIMER_ROWS:
+        w, t = cell(timers, name, "weft", "benchmark"), cell(timers, name, "tokio", "benchmark")
+        r = ratio(w, t)
+        target, met = (f"<= {t_tokio}x tokio", verdict(r, t_tokio)) if t_tokio else ("-", "-")
+        if name == "sleep_1ms_oversleep_p99_us":
+            target, met = "<= 200 us", ("met" if w is not None and w <= 200 else "**not met**")
+        print(f"| {name} | {fmt(w)} | {fmt(t)} | - | {fmt(r) + 'x' if r else '-'} | - | {target} | {met} |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

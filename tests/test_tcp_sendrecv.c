@@ -1,0 +1,328 @@
+/* tests/test_tcp_sendrecv.c: weft_send_recv (io/stream.c, io/op.c): a send
+ * linked to the next buffer-ring receive, one completion for the pair. Over
+ * real sockets on 127.0.0.1: a request/response loop of 1000 rounds checked
+ * byte for byte; a 1 MiB reply linked to the next request (the send outlasts
+ * the socket buffer, so the receive waits behind it in the kernel); a failed
+ * send reported instead of the receive; dropping a pending pair (the drop
+ * waits for the kernel, so the send buffer may be freed right after and bytes
+ * sent later reach the next receive); a ring of 2 buffers under 16 echoing
+ * connections (the receive half parks for a buffer and must lose nothing).
+ *
+ * Bad inputs tried: a descriptor that is not open (the send fails: -EBADF),
+ * a pipe instead of a socket (-ENOTSOCK), a zero-length send (a plain
+ * receive), a peer that reset the connection (the send fails: -EPIPE or
+ * -ECONNRESET, and nothing is received). */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <criterion/criterion.h>
+
+#include <weft.h>
+
+#include "io_common.h"
+
+/* ---- request / response ------------------------------------------------------------ */
+
+enum { ROUNDS = 1000, MSG = 32 };
+
+/* Server: answers each request "q<i>" with "a<i>" linked to the next receive. */
+static enum weft_poll body_answer(struct iot *t, struct weft_cx *cx)
+{
+    WEFT_ASYNC_BEGIN(&t->base);
+    weft_recv_init(&t->r, t->fd);
+    for (;;) {
+        WEFT_AWAIT(&t->base, cx, &t->r.base);
+        t->res = t->r.result;
+        if (t->res <= 0)
+            break;
+        CHECK(t->res == MSG && t->r.data[0] == 'q');
+        memcpy(t->msg, t->r.data, MSG);
+        t->msg[0] = 'a';
+        t->n++;
+        weft_future_drop(&t->r.base);
+        weft_send_recv_init(&t->r, t->fd, t->msg, MSG);
+    }
+    weft_future_drop(&t->r.base);
+    WEFT_ASYNC_END(&t->base);
+}
+
+Test(sendrecv, request_response_rounds, .timeout = 30)
+{
+    struct counting_alloc ca;
+    struct weft_runtime *rt = start_rt(2, &ca);
+    int srv, cli;
+    tcp_pair(rt, "127.0.0.1", &srv, &cli);
+    struct weft_join j;
+    cr_assert_eq(iot_spawn(rt, body_answer, NULL, 0, srv, &j), 0);
+    char q[MSG], a[MSG];
+    for (int i = 0; i < ROUNDS; i++) {
+        memset(q, 'x', MSG);
+        snprintf(q, MSG, "q%d", i);
+        write_full(cli, q, MSG);
+        cr_assert_eq(read_full(cli, a, MSG), MSG, "round %d", i);
+        q[0] = 'a';
+        cr_assert_eq(memcmp(a, q, MSG), 0, "round %d: wrong answer", i);
+    }
+    cr_assert_eq(shutdown(cli, SHUT_WR), 0);
+    struct iot out;
+    cr_assert_eq(iot_join(rt, &j, &out), 0);
+    cr_assert_eq(out.res, 0, "end of stream after the last answer");
+    cr_assert_eq(out.n, ROUNDS);
+    close(srv);
+    close(cli);
+    weft_runtime_destroy(rt);
+    assert_balanced(&ca);
+}
+
+/* ---- a reply larger than the socket buffers ------------------------------------------- */
+
+#define BIG (1024 * 1024)
+
+struct big_state {
+    unsigned char *reply;
+    int recv_res;
+    char next[8];
+};
+
+static enum weft_poll body_big_reply(struct iot *t, struct weft_cx *cx)
+{
+    struct big_state *s = t->arg;
+    WEFT_ASYNC_BEGIN(&t->base);
+    weft_send_recv_init(&t->r, t->fd, s->reply, BIG);
+    WEFT_AWAIT(&t->base, cx, &t->r.base);
+    s->recv_res = t->r.result;
+    if (s->recv_res > 0)
+        memcpy(s->next, t->r.data, (size_t)s->recv_res < sizeof s->next ? (size_t)s->recv_res : sizeof s->next);
+    weft_future_drop(&t->r.base);
+    WEFT_ASYNC_END(&t->base);
+}
+
+struct reader {
+    int fd;
+    unsigned char *buf;
+    ssize_t got;
+};
+
+static void *read_all_then_ask(void *arg)
+{
+    struct reader *r = arg;
+    usleep(50000); /* the sender fills the socket buffers and waits */
+    r->got = read_full(r->fd, r->buf, BIG);
+    write_full(r->fd, "next", 4);
+    return NULL;
+}
+
+Test(sendrecv, reply_larger_than_socket_buffers, .timeout = 30)
+{
+    struct counting_alloc ca;
+    struct weft_runtime *rt = start_rt(2, &ca);
+    int srv, cli;
+    tcp_pair(rt, "127.0.0.1", &srv, &cli);
+    struct big_state s = { .reply = malloc(BIG) };
+    struct reader r = { cli, malloc(BIG), 0 };
+    cr_assert(s.reply && r.buf);
+    pat_fill(s.reply, BIG, 7, 0);
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, read_all_then_ask, &r), 0);
+    iot_run(rt, body_big_reply, &s, srv);
+    pthread_join(th, NULL);
+    cr_assert_eq(r.got, BIG);
+    cr_assert(pat_ok(r.buf, BIG, 7, 0), "the reply was corrupted");
+    cr_assert_eq(s.recv_res, 4, "the receive ran after the whole send: %d", s.recv_res);
+    cr_assert_eq(memcmp(s.next, "next", 4), 0);
+    free(s.reply);
+    free(r.buf);
+    close(srv);
+    close(cli);
+    weft_runtime_destroy(rt);
+    assert_balanced(&ca);
+}
+
+/* ---- failures and bad inputs ----------------------------------------------------------- */
+
+static enum weft_poll body_one(struct iot *t, struct weft_cx *cx)
+{
+    WEFT_ASYNC_BEGIN(&t->base);
+    weft_send_recv_init(&t->r, t->fd, t->arg, t->n);
+    WEFT_AWAIT(&t->base, cx, &t->r.base);
+    t->res = t->r.result;
+    if (t->res > 0)
+        memcpy(t->msg, t->r.data, (size_t)t->res < sizeof t->msg ? (size_t)t->res : sizeof t->msg);
+    weft_future_drop(&t->r.base);
+    WEFT_ASYNC_END(&t->base);
+}
+
+static struct iot run_one(struct weft_runtime *rt, int fd, const char *send, uint32_t len)
+{
+    struct iot t = iot_make(body_one, (void *)send, 0, fd);
+    t.n = len;
+    cr_assert_eq(weft_block_on(rt, &t.base), 0);
+    weft_future_drop(&t.base);
+    return t;
+}
+
+Test(sendrecv, failures_and_bad_inputs, .timeout = 20)
+{
+    struct counting_alloc ca;
+    struct weft_runtime *rt = start_rt(2, &ca);
+    int fds_before = count_fds();
+
+    struct iot t = run_one(rt, 1000, "x", 1); /* not open */
+    cr_assert_eq(t.res, -EBADF, "got %d", t.res);
+    int p[2];
+    cr_assert_eq(pipe(p), 0);
+    t = run_one(rt, p[1], "x", 1);
+    cr_assert_eq(t.res, -ENOTSOCK, "got %d", t.res);
+    close(p[0]);
+    close(p[1]);
+
+    /* Zero bytes to send: a plain receive. */
+    int srv, cli;
+    tcp_pair(rt, "127.0.0.1", &srv, &cli);
+    write_full(cli, "hey", 3);
+    t = run_one(rt, srv, NULL, 0);
+    cr_assert_eq(t.res, 3);
+    cr_assert_eq(memcmp(t.msg, "hey", 3), 0);
+
+    /* The peer reset the connection: the send fails, nothing is received. */
+    cr_assert_eq(weft_socket_set_linger(cli, true, 0), 0);
+    close(cli);
+    usleep(20000);
+    t = run_one(rt, srv, "late", 4);
+    cr_assert(t.res == -EPIPE || t.res == -ECONNRESET, "got %d (%s)", t.res, strerror(-t.res));
+    close(srv);
+    cr_assert_eq(count_fds(), fds_before);
+    weft_runtime_destroy(rt);
+    assert_balanced(&ca);
+}
+
+/* ---- dropping a pending pair --------------------------------------------------------- */
+
+/* Parks on a send+recv until aborted: the receive half waits for a request
+ * that only comes after the abort. */
+static enum weft_poll body_park(struct iot *t, struct weft_cx *cx)
+{
+    WEFT_ASYNC_BEGIN(&t->base);
+    weft_send_recv_init(&t->r, t->fd, t->buf, 4);
+    atomic_store((_Atomic int *)t->arg, 1);
+    WEFT_AWAIT(&t->base, cx, &t->r.base);
+    t->res = t->r.result;
+    weft_future_drop(&t->r.base);
+    WEFT_ASYNC_END(&t->base);
+}
+
+Test(sendrecv, drop_pending_then_reuse, .timeout = 20)
+{
+    struct counting_alloc ca;
+    struct weft_runtime *rt = start_rt(2, &ca);
+    int srv, cli;
+    tcp_pair(rt, "127.0.0.1", &srv, &cli);
+    _Atomic int started = 0;
+    struct iot t = iot_make(body_park, &started, 0, srv);
+    t.buf = malloc(4);
+    cr_assert_not_null(t.buf);
+    memcpy(t.buf, "pong", 4);
+    unsigned char *sendbuf = t.buf;
+    struct weft_join j;
+    cr_assert_eq(weft_spawn(rt, &t.base, sizeof t, &j), 0);
+    WAIT_UNTIL(atomic_load(&started));
+    char got[4];
+    cr_assert_eq(read_full(cli, got, 4), 4); /* the send half went out */
+    cr_assert_eq(memcmp(got, "pong", 4), 0);
+    weft_join_abort(&j);
+    cr_assert_eq(iot_join(rt, &j, NULL), -ECANCELED);
+    free(sendbuf); /* the drop waited for the kernel: nothing touches it any more */
+
+    /* Bytes sent after the drop reach the next receive, none lost. */
+    write_full(cli, "after", 5);
+    struct iot u = run_one(rt, srv, NULL, 0);
+    cr_assert_eq(u.res, 5, "got %d", u.res);
+    cr_assert_eq(memcmp(u.msg, "after", 5), 0);
+    close(srv);
+    close(cli);
+    weft_runtime_destroy(rt);
+    assert_balanced(&ca);
+}
+
+/* ---- a ring of two buffers ------------------------------------------------------------- */
+
+enum { CONNS = 16, PER_CONN = 64 * 1024 };
+
+/* Echoes with send_recv: each round sends back the last receive's bytes. */
+static enum weft_poll body_echo(struct iot *t, struct weft_cx *cx)
+{
+    WEFT_ASYNC_BEGIN(&t->base);
+    weft_recv_init(&t->r, t->fd);
+    for (;;) {
+        WEFT_AWAIT(&t->base, cx, &t->r.base);
+        t->res = t->r.result;
+        if (t->res <= 0)
+            break;
+        /* The bytes must outlive the linked send: copy them out of the
+         * buffer, which goes back to the (tiny) ring at once. */
+        CHECK((size_t)t->res <= sizeof t->msg);
+        memcpy(t->msg, t->r.data, (size_t)t->res);
+        t->got += (uint64_t)t->res;
+        weft_future_drop(&t->r.base);
+        weft_send_recv_init(&t->r, t->fd, t->msg, (size_t)t->res);
+    }
+    weft_future_drop(&t->r.base);
+    WEFT_ASYNC_END(&t->base);
+}
+
+struct client {
+    int fd;
+    uint64_t seed;
+    bool ok;
+};
+
+static void *client_run(void *arg)
+{
+    struct client *c = arg;
+    unsigned char out[1000], in[1000];
+    size_t done = 0;
+    c->ok = true;
+    while (done < PER_CONN && c->ok) {
+        size_t n = PER_CONN - done < sizeof out ? PER_CONN - done : sizeof out;
+        pat_fill(out, n, c->seed, done);
+        write_full(c->fd, out, n);
+        c->ok = read_full(c->fd, in, n) == (ssize_t)n && pat_ok(in, n, c->seed, done);
+        done += n;
+    }
+    shutdown(c->fd, SHUT_WR);
+    return NULL;
+}
+
+Test(sendrecv, two_buffers_many_connections, .timeout = 60)
+{
+    struct weft_runtime_config cfg;
+    weft_runtime_config_init(&cfg);
+    cfg.workers = 2;
+    cfg.io_buffers = 2;
+    cfg.io_buffer_size = 128; /* the echo copies at most sizeof(msg) bytes */
+    struct counting_alloc ca;
+    struct weft_runtime *rt = start_rt_cfg(&cfg, &ca);
+    struct client c[CONNS];
+    int srv[CONNS];
+    struct weft_join j[CONNS];
+    pthread_t th[CONNS];
+    for (int i = 0; i < CONNS; i++) {
+        tcp_pair(rt, "127.0.0.1", &srv[i], &c[i].fd);
+        c[i].seed = (uint64_t)i + 1;
+        cr_assert_eq(iot_spawn(rt, body_echo, NULL, (uint32_t)i, srv[i], &j[i]), 0);
+    }
+    for (int i = 0; i < CONNS; i++)
+        cr_assert_eq(pthread_create(&th[i], NULL, client_run, &c[i]), 0);
+    for (int i = 0; i < CONNS; i++) {
+        pthread_join(th[i], NULL);
+        cr_assert(c[i].ok, "connection %d lost or corrupted bytes", i);
+        struct iot out;
+        cr_assert_eq(iot_join(rt, &j[i], &out), 0);
+        cr_assert_eq(out.res, 0, "connection %d ended with %d", i, out.res);
+        cr_assert_eq(out.got, PER_CONN);
+        close(srv[i]);
+        close(c[i].fd);
+    }
+    weft_runtime_destroy(rt);
+    assert_balanced(&ca);
+}
