@@ -93,7 +93,11 @@ def verdict(r, target, lower=True):
 
 
 def main(path):
-    tabs = tables(open(path).read())
+    text = open(path).read()
+    tabs = tables(text)
+    stamp = next((l for l in text.splitlines() if l.startswith("_20")), None)
+    if stamp:  # the run's date and settings, as summarize.py wrote them
+        print(stamp + "\n")
     print("| benchmark | weft | tokio | io_uring (hand-written) | weft / tokio | weft / io_uring | target | met |")
     print("|---|---|---|---|---|---|---|---|")
     for label, sec, col, lower, t_tokio, t_uring in SERVER_ROWS:

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Regenerates docs/performance.md: builds weft (release), runs the runtime
-# microbenchmarks beside Tokio's and Go's, interleaved, and fills the template
-# benches/performance.md.in with the table.
+# microbenchmarks beside Tokio's and Go's, then the I/O comparison
+# (benches/io_compare.sh: servers and timers beside Tokio and the hand-written
+# io_uring server), interleaved, and fills the template benches/performance.md.in
+# with both tables and benches/performance_io_notes.md (the reading of the
+# I/O table, written by hand: update it when the figures move).
 # usage: benches/update_performance.sh [RUNS=5] [WORKERS=2] [REPS=7]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,10 +14,16 @@ cmake --build build-release -j"$(nproc)" >/dev/null
 OUT=${PEERS_OUT:-${XDG_CACHE_HOME:-$HOME/.cache}/weft-peers}
 export RESULTS=${RESULTS:-$OUT/results/micro-$(date -u +%Y%m%d-%H%M%S)}
 BUILD=build-release benches/micro_compare.sh "$RUNS" "$WORKERS" "$REPS" > /dev/null
-python3 - "$RESULTS/table.md" benches/performance.md.in docs/performance.md <<'PY'
+IO_RESULTS=$OUT/results/io-$(date -u +%Y%m%d-%H%M%S)
+RESULTS=$IO_RESULTS BUILD=build-release benches/io_compare.sh 3 5 > /dev/null
+python3 benches/io_table.py "$IO_RESULTS/summary.md" > "$IO_RESULTS/table.md"
+python3 - "$RESULTS/table.md" "$IO_RESULTS/table.md" benches/performance.md.in \
+    benches/performance_io_notes.md docs/performance.md <<'PY'
 import sys
-table, template, out = sys.argv[1:]
-text = open(template).read().replace("@MICRO_TABLE@", open(table).read().strip())
+micro, io, template, notes, out = sys.argv[1:]
+text = open(template).read().replace("@MICRO_TABLE@", open(micro).read().strip())
+text = text.replace("@IO_TABLE@", open(io).read().strip())
+text = text.replace("@IO_NOTES@", open(notes).read().strip())
 open(out, "w").write(text)
 PY
 echo "docs/performance.md updated from $RESULTS" >&2

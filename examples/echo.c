@@ -8,11 +8,12 @@
  *
  * A connection receives with weft_recv: the bytes land in a buffer of the
  * worker's provided-buffer ring, so an idle connection holds no buffer, only
- * its task (sizeof(struct conn) is 152 bytes on x86-64) and the slot of its
+ * its task (sizeof(struct conn) is 160 bytes on x86-64) and the slot of its
  * pending receive: about 400 bytes of RSS per idle connection in all. The echo
- * is sent from that same buffer, which goes back to the ring when the send is
- * done. The price of that choice: a client that sends but never reads keeps
- * one buffer; when a worker's ring runs dry, its receives wait until buffers
+ * is sent from that same buffer, linked in the kernel to the next receive
+ * (weft_send_recv: one completion per round), and the buffer goes back to the
+ * ring when that receive completes. The price of that choice: a client that
+ * sends but never reads keeps one or two buffers; when a worker's ring runs dry, its receives wait until buffers
  * come back (the bytes wait in the socket meanwhile: none are lost).
  *
  * At a stop the server shuts down the reading side of every connection, so a
