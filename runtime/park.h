@@ -8,8 +8,9 @@
  * with the acquire in park_wait's CAS: whatever the unparker wrote before
  * unparking is visible to the owner after it wakes.
  *
- * A worker parks here until the reactor issue makes its park point
- * io_uring_enter; the contract (remembered, collapsing unparks) stays. */
+ * weft_block_on's threads park here. A worker keeps the same word and the same
+ * contract but sleeps in io_uring_enter and is woken through an eventfd
+ * (io/ring.c: weft__io_park / weft__io_unpark). */
 #ifndef WEFT_PARK_H
 #define WEFT_PARK_H
 
