@@ -175,7 +175,7 @@ void weft__io_unpark(struct weft__io *io);
 /* Reaps every CQE in the ring and dispatches it (owner only). */
 void weft__io_reap(struct weft__io *io);
 /* Reports once per kind that the kernel lacks an operation. */
-void weft__io_unsupported(struct weft__io *io, const char *name);
+void weft__io_unsupported(struct weft__io *io, enum op_kind kind, const char *name);
 /* The calling thread's ring: its worker's, or NULL. */
 struct weft__io *weft__io_current(void);
 

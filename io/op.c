@@ -213,7 +213,7 @@ int weft__op_start(struct weft_cx *cx, struct weft__op **opp, enum op_kind kind)
     if (!io)
         return -ENXIO;
     if (!(io->supported & (UINT32_C(1) << kind))) {
-        weft__io_unsupported(io, kind_info[kind].name);
+        weft__io_unsupported(io, kind, kind_info[kind].name);
         return -EOPNOTSUPP;
     }
     struct weft__op *op = weft__op_alloc(io, kind, cx->waker);

@@ -52,12 +52,9 @@ struct weft__io *weft__io_current(void)
     return weft__current ? weft__current->io : NULL;
 }
 
-void weft__io_unsupported(struct weft__io *io, const char *name)
+void weft__io_unsupported(struct weft__io *io, enum op_kind kind, const char *name)
 {
-    uint32_t bit = 0;
-    for (uint32_t k = 0; k < OP_NKINDS; k++)
-        if (!(io->supported & (UINT32_C(1) << k)))
-            bit |= UINT32_C(1) << k;
+    uint32_t bit = UINT32_C(1) << kind;
     if (io->warned & bit)
         return;
     io->warned |= bit;
