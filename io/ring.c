@@ -144,7 +144,15 @@ int weft__io_start(struct weft__io *io)
         return 0;
     /* io_uring_enable_rings is not exported by liburing 2.3 (TOOLCHAIN.md). */
     int err = io_uring_register(io->ring.ring_fd, IORING_REGISTER_ENABLE_RINGS, NULL, 0);
-    return err < 0 ? err : 0;
+    if (err >= 0)
+        return 0;
+    /* A disabled ring cannot be used: run this worker without one (timers
+     * only, parks on the futex) rather than spin on failing enters. */
+    weft__bufring_fini(io);
+    io_uring_queue_exit(&io->ring);
+    io->has_ring = false;
+    io->supported = UINT32_C(1) << OP_TIMER;
+    return err;
 }
 
 void weft__io_fini(struct weft__io *io)
