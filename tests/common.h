@@ -9,6 +9,7 @@
 #include <sched.h>
 #include <stdalign.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -123,20 +124,51 @@ static inline void assert_balanced(struct counting_alloc *ca)
     cr_assert_eq(atomic_load(&ca->bad_frees), 0, "free of a NULL pointer or with a wrong size");
 }
 
-/* Starts a runtime of `workers` workers; with `ca`, resets it and makes it the
- * allocator. */
-static inline struct weft_runtime *start_rt(uint32_t workers, struct counting_alloc *ca)
+/* What a test sets over weft_runtime_config_init's defaults; a field left 0
+ * (or false) keeps the default. */
+struct rt_opts {
+    uint32_t workers, io_entries, io_buffers, io_buffer_size, event_interval;
+    bool no_io_uring;
+};
+
+/* Starts a runtime with `o`; with `ca`, resets it and makes it the allocator. */
+static inline struct weft_runtime *start_rt_opts(struct rt_opts o, struct counting_alloc *ca)
 {
     struct weft_runtime_config cfg;
     struct weft_runtime *rt = NULL;
     weft_runtime_config_init(&cfg);
-    cfg.workers = workers;
+    cfg.workers = o.workers;
+    if (o.io_entries)
+        cfg.io_entries = o.io_entries;
+    if (o.io_buffers)
+        cfg.io_buffers = o.io_buffers;
+    if (o.io_buffer_size)
+        cfg.io_buffer_size = o.io_buffer_size;
+    if (o.event_interval)
+        cfg.event_interval = o.event_interval;
+    if (o.no_io_uring)
+        cfg.no_io_uring = true;
     if (ca) {
         counting_init(ca, -1);
         cfg.allocator = &ca->a;
     }
     cr_assert_eq(weft_runtime_create(&rt, &cfg), 0);
     return rt;
+}
+
+/* Starts a runtime of `workers` workers; with `ca`, resets it and makes it the
+ * allocator. */
+static inline struct weft_runtime *start_rt(uint32_t workers, struct counting_alloc *ca)
+{
+    return start_rt_opts((struct rt_opts){ .workers = workers }, ca);
+}
+
+/* Destroys the runtime; with `ca`, then asserts that its allocations balance. */
+static inline void stop_rt(struct weft_runtime *rt, struct counting_alloc *ca)
+{
+    weft_runtime_destroy(rt);
+    if (ca)
+        assert_balanced(ca);
 }
 
 #endif

@@ -195,20 +195,6 @@ static inline int32_t iot_join(struct weft_runtime *rt, struct weft_join *j, str
     return res;
 }
 
-/* ---- runtimes ----------------------------------------------------------------- */
-
-static inline struct weft_runtime *start_rt_cfg(struct weft_runtime_config *cfg,
-                                                struct counting_alloc *ca)
-{
-    struct weft_runtime *rt = NULL;
-    if (ca) {
-        counting_init(ca, -1);
-        cfg->allocator = &ca->a;
-    }
-    cr_assert_eq(weft_runtime_create(&rt, cfg), 0);
-    return rt;
-}
-
 /* ---- threads ---------------------------------------------------------------------- */
 
 static inline pid_t tid_now(void)
@@ -258,6 +244,48 @@ static inline int cli_connect_nb(const char *addr, uint16_t port)
     CHECK(fd >= 0);
     CHECK(connect(fd, (struct sockaddr *)&sa, sl) == 0 || errno == EINPROGRESS);
     return fd;
+}
+
+/* A connected blocking socket; fails the test when the connect fails. */
+static inline int cli_dial(const char *addr, uint16_t port)
+{
+    int fd = cli_connect(addr, port);
+    cr_assert_geq(fd, 0, "connect: %s", strerror(-fd));
+    return fd;
+}
+
+/* n blocking clients connected to addr:port (to a listener nobody accepts
+ * from, each waits in its backlog); fails the test when one cannot connect. */
+static inline void cli_dial_n(int *cli, int n, const char *addr, uint16_t port)
+{
+    for (int i = 0; i < n; i++) {
+        cli[i] = cli_connect(addr, port);
+        cr_assert_geq(cli[i], 0, "client %d: %s", i, strerror(-cli[i]));
+    }
+}
+
+/* How many of the n clients see their connection closed by the server: a
+ * read that would not block gives end of stream. */
+static inline int count_closed_by_peer(const int *cli, int n)
+{
+    int closed = 0;
+    for (int i = 0; i < n; i++) {
+        char c;
+        closed += recv(cli[i], &c, 1, MSG_DONTWAIT | MSG_PEEK) == 0;
+    }
+    return closed;
+}
+
+static inline void close_fds(const int *fds, int n)
+{
+    for (int i = 0; i < n; i++)
+        close(fds[i]);
+}
+
+static inline void close_pair(int a, int b)
+{
+    close(a);
+    close(b);
 }
 
 static inline void write_full(int fd, const void *buf, size_t len)
@@ -435,6 +463,15 @@ static inline void tcp_pair(struct weft_runtime *rt, const char *addr, int *srv,
     *cli = t.res;
 }
 
+/* Starts a runtime as start_rt does and makes a tcp_pair on 127.0.0.1. */
+static inline struct weft_runtime *start_rt_pair(uint32_t workers, struct counting_alloc *ca,
+                                                 int *srv, int *cli)
+{
+    struct weft_runtime *rt = start_rt(workers, ca);
+    tcp_pair(rt, "127.0.0.1", srv, cli);
+    return rt;
+}
+
 static inline void check_addr(int fd, bool peer, const char *want, uint16_t want_port)
 {
     char a[INET6_ADDRSTRLEN];
@@ -454,6 +491,7 @@ struct conn_args {
     uint64_t timeout_ns;
 };
 
+/* Connects to a->addr:a->port (a->timeout_ns); t->res is the result. */
 static inline enum weft_poll body_connect(struct iot *t, struct weft_cx *cx)
 {
     struct conn_args *a = t->arg;
@@ -464,7 +502,6 @@ static inline enum weft_poll body_connect(struct iot *t, struct weft_cx *cx)
     WEFT_ASYNC_END(&t->base);
 }
 
-/* Connects to a->addr:a->port (a->timeout_ns); t->res is the result. */
 /* A listener with backlog 0 and its queue full: further SYNs are dropped, so
  * a connect hangs (the kernel would retry for minutes). */
 struct full_backlog {
@@ -473,15 +510,24 @@ struct full_backlog {
     int fill[3];
 };
 
-static inline void full_backlog_open(struct full_backlog *b)
+/* A plain listening socket on 127.0.0.1 (not a weft listener) with the given
+ * backlog; *port is its port. */
+static inline int plain_listen(int backlog, uint16_t *port)
 {
-    b->lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    cr_assert_geq(lfd, 0);
     struct sockaddr_in6 sa;
     socklen_t sl = make_addr("127.0.0.1", 0, &sa);
-    cr_assert_eq(bind(b->lfd, (struct sockaddr *)&sa, sl), 0);
-    cr_assert_eq(listen(b->lfd, 0), 0);
-    cr_assert_eq(getsockname(b->lfd, (struct sockaddr *)&sa, &sl), 0);
-    b->port = ntohs(sa.sin6_port);
+    cr_assert_eq(bind(lfd, (struct sockaddr *)&sa, sl), 0);
+    cr_assert_eq(listen(lfd, backlog), 0);
+    cr_assert_eq(getsockname(lfd, (struct sockaddr *)&sa, &sl), 0);
+    *port = ntohs(sa.sin6_port); /* same offset in sockaddr_in */
+    return lfd;
+}
+
+static inline void full_backlog_open(struct full_backlog *b)
+{
+    b->lfd = plain_listen(0, &b->port);
     for (int i = 0; i < 3; i++)
         b->fill[i] = cli_connect_nb("127.0.0.1", b->port);
     sleep_us(50000);

@@ -280,11 +280,26 @@ static void expect_quiet(int fd, int ms)
     cr_assert_eq(poll(&p, 1, ms), 0, "unexpected bytes (or close) from the server");
 }
 
+/* Starts examples/`name` (a 5 s drain timeout) and connects a client to it. */
+static int start_and_dial(const char *name)
+{
+    return dial(start_server(name, "5000"));
+}
+
+/* Nothing more arrives on `fd` within `ms`; then closes it and stops the
+ * server with SIGTERM (exit status 0 within 5 s). */
+static void expect_quiet_then_stop(int fd, int ms)
+{
+    expect_quiet(fd, ms);
+    close(fd);
+    stop_server(SIGTERM, 5);
+}
+
 /* ---- echo ---------------------------------------------------------------------- */
 
 Test(echo, hundred_kb_in_odd_sized_chunks, .fini = kill_server, .timeout = 30)
 {
-    int fd = dial(start_server("weft-echo", "5000"));
+    int fd = start_and_dial("weft-echo");
     static const size_t sizes[] = { 1, 7, 3001, 2, 4095, 4097, 13, 8191, 1000, 65537 };
     enum { TOTAL = 100000 };
     static char payload[TOTAL], back[TOTAL];
@@ -298,9 +313,7 @@ Test(echo, hundred_kb_in_odd_sized_chunks, .fini = kill_server, .timeout = 30)
         off += n;
     }
     cr_assert(memcmp(payload, back, TOTAL) == 0);
-    expect_quiet(fd, 50);
-    close(fd);
-    stop_server(SIGTERM, 5);
+    expect_quiet_then_stop(fd, 50);
 }
 
 Test(echo, many_connections_at_once, .fini = kill_server, .timeout = 30)
@@ -345,42 +358,36 @@ Test(echo, sigint_with_idle_connections_exits_at_once, .fini = kill_server, .tim
 
 Test(http, single_request, .fini = kill_server, .timeout = 30)
 {
-    int fd = dial(start_server("weft-http", "5000"));
+    int fd = start_and_dial("weft-http");
     send_str(fd, GET);
     expect_oks(fd, 1);
-    expect_quiet(fd, 100);
-    close(fd);
-    stop_server(SIGTERM, 5);
+    expect_quiet_then_stop(fd, 100);
 }
 
 Test(http, keep_alive_three_requests, .fini = kill_server, .timeout = 30)
 {
-    int fd = dial(start_server("weft-http", "5000"));
+    int fd = start_and_dial("weft-http");
     for (int i = 0; i < 3; i++) {
         send_str(fd, i == 1 ? "GET /a?b=c HTTP/1.0\r\n\r\n" : GET);
         expect_oks(fd, 1);
     }
-    expect_quiet(fd, 50);
-    close(fd);
-    stop_server(SIGTERM, 5);
+    expect_quiet_then_stop(fd, 50);
 }
 
 Test(http, sixteen_pipelined_in_one_write, .fini = kill_server, .timeout = 30)
 {
-    int fd = dial(start_server("weft-http", "5000"));
+    int fd = start_and_dial("weft-http");
     char req[16 * sizeof(GET)] = "";
     for (int i = 0; i < 16; i++)
         strcat(req, GET);
     send_str(fd, req);
     expect_oks(fd, 16);
-    expect_quiet(fd, 100); /* exactly 16 */
-    close(fd);
-    stop_server(SIGTERM, 5);
+    expect_quiet_then_stop(fd, 100); /* exactly 16 */
 }
 
 Test(http, request_split_across_two_writes, .fini = kill_server, .timeout = 30)
 {
-    int fd = dial(start_server("weft-http", "5000"));
+    int fd = start_and_dial("weft-http");
     send_bytes(fd, GET, 10);
     sleep_us(50000);
     expect_quiet(fd, 0);
@@ -392,14 +399,12 @@ Test(http, request_split_across_two_writes, .fini = kill_server, .timeout = 30)
     send_str(fd, GET + sizeof(GET) - 3);
     send_str(fd, GET);
     expect_oks(fd, 2);
-    expect_quiet(fd, 50);
-    close(fd);
-    stop_server(SIGTERM, 5);
+    expect_quiet_then_stop(fd, 50);
 }
 
 Test(http, many_pipelined_requests_dribbled, .fini = kill_server, .timeout = 30)
 {
-    int fd = dial(start_server("weft-http", "5000"));
+    int fd = start_and_dial("weft-http");
     enum { N = 300 };
     static char all[N * 128];
     size_t len = 0;
@@ -416,9 +421,7 @@ Test(http, many_pipelined_requests_dribbled, .fini = kill_server, .timeout = 30)
             sleep_us(1000);
     }
     expect_oks(fd, N);
-    expect_quiet(fd, 100);
-    close(fd);
-    stop_server(SIGTERM, 5);
+    expect_quiet_then_stop(fd, 100);
 }
 
 /* ---- http: bad requests ------------------------------------------------------- */

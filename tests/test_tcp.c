@@ -58,13 +58,11 @@ static void check_connect_accept(const char *addr)
     write_full(srv, "pong", 4);
     cr_assert_eq(read_full(cli, buf, 4), 4);
     cr_assert_str_eq(buf, "pong");
-    close(srv);
-    close(cli);
+    close_pair(srv, cli);
     weft_tcp_listener_close(&l);
     cr_assert_eq(l.fd, -1);
     weft_tcp_listener_close(&l); /* safe twice */
-    weft_runtime_destroy(rt);
-    assert_balanced(&ca);
+    stop_rt(rt, &ca);
 }
 
 Test(tcp, listen_accept_connect_ipv4, .timeout = 20)
@@ -115,12 +113,9 @@ static enum weft_poll body_recv_n(struct iot *t, struct weft_cx *cx)
 Test(tcp, recv_from_buffer_ring, .timeout = 20)
 {
     enum { BIG = 10000, BUFSZ = 512 };
-    struct weft_runtime_config cfg;
-    weft_runtime_config_init(&cfg);
-    cfg.workers = 2;
-    cfg.io_buffer_size = BUFSZ;
     struct counting_alloc ca;
-    struct weft_runtime *rt = start_rt_cfg(&cfg, &ca);
+    struct weft_runtime *rt =
+        start_rt_opts((struct rt_opts){ .workers = 2, .io_buffer_size = BUFSZ }, &ca);
     int srv, cli;
     tcp_pair(rt, "127.0.0.1", &srv, &cli);
     unsigned char buf[BIG];
@@ -150,10 +145,8 @@ Test(tcp, recv_from_buffer_ring, .timeout = 20)
     iot_run(rt, body_recv_n, &x, srv);
     cr_assert_eq(x.last, 0);
     cr_assert_eq(x.got, 0);
-    close(srv);
-    close(cli);
-    weft_runtime_destroy(rt);
-    assert_balanced(&ca);
+    close_pair(srv, cli);
+    stop_rt(rt, &ca);
 }
 
 /* ---- send, send_all, writev, recv_into ------------------------------------------- */
@@ -193,9 +186,8 @@ static enum weft_poll body_ops(struct iot *t, struct weft_cx *cx)
 Test(tcp, send_send_all_writev_recv_into, .timeout = 20)
 {
     struct counting_alloc ca;
-    struct weft_runtime *rt = start_rt(2, &ca);
     int srv, cli;
-    tcp_pair(rt, "127.0.0.1", &srv, &cli);
+    struct weft_runtime *rt = start_rt_pair(2, &ca, &srv, &cli);
     struct ops_state s = { .big = malloc(SEND_BIG) };
     cr_assert_not_null(s.big);
     pat_fill(s.big, SEND_BIG, 2, 0);
@@ -224,10 +216,8 @@ Test(tcp, send_send_all_writev_recv_into, .timeout = 20)
     cr_assert_eq(memcmp(s.in, "reply", 5), 0);
     free(in);
     free(s.big);
-    close(srv);
-    close(cli);
-    weft_runtime_destroy(rt);
-    assert_balanced(&ca);
+    close_pair(srv, cli);
+    stop_rt(rt, &ca);
 }
 
 /* ---- half-close, close -------------------------------------------------------------- */
@@ -300,8 +290,7 @@ Test(tcp, half_close_both_ways, .timeout = 20)
     cr_assert_eq(t.got, 5);
     cr_assert_eq(memcmp(buf, "still", 5), 0);
     cr_assert_eq(iot_run(rt, body_send_x, NULL, srv).res, -EPIPE);
-    close(srv);
-    close(cli);
+    close_pair(srv, cli);
 
     /* The peer shuts its writing side: our recv gives 0, our sends still arrive. */
     tcp_pair(rt, "127.0.0.1", &srv, &cli);
@@ -310,10 +299,8 @@ Test(tcp, half_close_both_ways, .timeout = 20)
     memset(buf, 0, sizeof buf);
     cr_assert_eq(read_full(cli, buf, 16), 16);
     cr_assert_str_eq(buf, "after-half-close");
-    close(srv);
-    close(cli);
-    weft_runtime_destroy(rt);
-    assert_balanced(&ca);
+    close_pair(srv, cli);
+    stop_rt(rt, &ca);
 }
 
 static enum weft_poll body_close(struct iot *t, struct weft_cx *cx)
@@ -328,9 +315,8 @@ static enum weft_poll body_close(struct iot *t, struct weft_cx *cx)
 Test(tcp, close_through_the_ring, .timeout = 20)
 {
     struct counting_alloc ca;
-    struct weft_runtime *rt = start_rt(2, &ca);
     int srv, cli;
-    tcp_pair(rt, "127.0.0.1", &srv, &cli);
+    struct weft_runtime *rt = start_rt_pair(2, &ca, &srv, &cli);
     int before = count_fds();
     cr_assert_eq(iot_run(rt, body_close, NULL, srv).res, 0);
     cr_assert_eq(count_fds(), before - 1);
@@ -341,8 +327,7 @@ Test(tcp, close_through_the_ring, .timeout = 20)
     cr_assert_eq(read(cli, &c, 1), 0, "the peer did not see the close");
     close(cli);
     cr_assert_eq(iot_run(rt, body_close, NULL, 999999).res, -EBADF);
-    weft_runtime_destroy(rt);
-    assert_balanced(&ca);
+    stop_rt(rt, &ca);
 }
 
 /* ---- socket options and addresses ----------------------------------------------------- */
@@ -408,8 +393,7 @@ Test(tcp, socket_options_and_addresses, .timeout = 20)
     close(lone);
     close(p[0]);
     close(p[1]);
-    close(srv);
-    close(cli);
+    close_pair(srv, cli);
     weft_runtime_destroy(rt);
 }
 
@@ -464,9 +448,8 @@ static enum weft_poll body_short_writes(struct iot *t, struct weft_cx *cx)
 Test(tcp, short_writes_then_send_all_delivers_all, .timeout = 30)
 {
     struct counting_alloc ca;
-    struct weft_runtime *rt = start_rt(2, &ca);
     int srv, cli;
-    tcp_pair(rt, "127.0.0.1", &srv, &cli);
+    struct weft_runtime *rt = start_rt_pair(2, &ca, &srv, &cli);
     cr_assert_eq(weft_socket_set_sndbuf(srv, 4096), 0);
     unsigned char *data = malloc(2 * MIB);
     cr_assert_not_null(data);
@@ -486,10 +469,8 @@ Test(tcp, short_writes_then_send_all_delivers_all, .timeout = 30)
                  t.sent + MIB);
     cr_assert(s.ok, "the stream was corrupted");
     free(data);
-    close(srv);
-    close(cli);
-    weft_runtime_destroy(rt);
-    assert_balanced(&ca);
+    close_pair(srv, cli);
+    stop_rt(rt, &ca);
 }
 
 /* ---- the peer resets --------------------------------------------------------------------- */
@@ -548,8 +529,7 @@ Test(tcp, peer_reset, .timeout = 20)
     cr_assert_eq(iot_run(rt, body_send_x, NULL, srv).res, -ECONNRESET);
     cr_assert_eq(iot_run(rt, body_send_x, NULL, srv).res, -EPIPE);
     close(srv);
-    weft_runtime_destroy(rt);
-    assert_balanced(&ca);
+    stop_rt(rt, &ca);
 }
 
 /* ---- connect: refused, timing out -------------------------------------------------------- */
@@ -582,8 +562,7 @@ Test(tcp, connect_refused, .timeout = 20)
         close(fd);
     }
     cr_assert_eq(count_fds(), before, "a failed connect leaked its socket");
-    weft_runtime_destroy(rt);
-    assert_balanced(&ca);
+    stop_rt(rt, &ca);
 }
 
 Test(tcp, connect_timeout_fires, .timeout = 20)
@@ -603,8 +582,7 @@ Test(tcp, connect_timeout_fires, .timeout = 20)
     cr_assert_leq(el, 0.4 + 0.5, "timed out after %.3f s, for a 0.2 s timeout", el);
     cr_assert_eq(count_fds(), before, "the timed-out connect leaked its socket");
     full_backlog_close(&b);
-    weft_runtime_destroy(rt);
-    assert_balanced(&ca);
+    stop_rt(rt, &ca);
 }
 
 Test(tcp, connect_timeout_non_routable, .timeout = 20)
@@ -744,7 +722,6 @@ Test(tcp, bad_inputs, .timeout = 20)
     cr_assert_eq(weft_future_poll(&r.base, &cx), WEFT_READY);
     cr_assert_eq(r.result, -ENXIO);
     weft_future_drop(&r.base);
-    weft_runtime_destroy(rt);
-    assert_balanced(&ca);
+    stop_rt(rt, &ca);
 }
 

@@ -76,12 +76,8 @@ static void check_drop_recv(bool into)
 {
     /* Two buffers: a receive that kept one after its drop would soon starve
      * the ring, and the final receive would hang. */
-    struct weft_runtime_config cfg;
-    weft_runtime_config_init(&cfg);
-    cfg.workers = 2;
-    cfg.io_buffers = 2;
     struct counting_alloc ca;
-    struct weft_runtime *rt = start_rt_cfg(&cfg, &ca);
+    struct weft_runtime *rt = start_rt_opts((struct rt_opts){ .workers = 2, .io_buffers = 2 }, &ca);
     int srv, cli;
     tcp_pair(rt, "127.0.0.1", &srv, &cli);
     struct cancel_state s = { 0 };
@@ -99,10 +95,8 @@ static void check_drop_recv(bool into)
     cr_assert_str_eq(s.got, "after");
     for (size_t i = 0; i < sizeof s.canary; i++)
         cr_assert_eq(s.canary[i], 0xAA, "a dropped recv_into wrote its buffer");
-    close(srv);
-    close(cli);
-    weft_runtime_destroy(rt);
-    assert_balanced(&ca);
+    close_pair(srv, cli);
+    stop_rt(rt, &ca);
 }
 
 Test(cancel, drop_mid_recv_then_reuse, .timeout = 20)
@@ -152,8 +146,7 @@ Test(cancel, drop_mid_accept_loses_no_connection, .timeout = 20)
     struct weft_join j;
     cr_assert_eq(iot_spawn(rt, body_drop_accept, &s, 0, -1, &j), 0);
     WAIT_UNTIL(atomic_load(&s.dropped));
-    int cli = cli_connect("127.0.0.1", port);
-    cr_assert_geq(cli, 0);
+    int cli = cli_dial("127.0.0.1", port);
     cr_assert_eq(iot_join(rt, &j, NULL), 0);
     for (int i = 0; i < DROPS; i++)
         cr_assert_eq(s.results[i], -ETIMEDOUT, "drop %d: %d", i, s.results[i]);
@@ -165,8 +158,7 @@ Test(cancel, drop_mid_accept_loses_no_connection, .timeout = 20)
     close(s.fd);
     close(cli);
     weft_tcp_listener_close(&l);
-    weft_runtime_destroy(rt);
-    assert_balanced(&ca);
+    stop_rt(rt, &ca);
 }
 
 /* Drops connects that hang (a full backlog), half of them with a linked
@@ -197,8 +189,7 @@ Test(cancel, drop_mid_connect_closes_its_socket, .timeout = 20)
     iot_run(rt, body_drop_connect, &a, -1);
     WAIT_UNTIL(count_fds() == before); /* the final completions close them */
     full_backlog_close(&b);
-    weft_runtime_destroy(rt);
-    assert_balanced(&ca);
+    stop_rt(rt, &ca);
 }
 
 static enum weft_poll body_drop_sleep(struct iot *t, struct weft_cx *cx)
@@ -336,12 +327,9 @@ static enum weft_poll body_recv_into_copy(struct iot *t, struct weft_cx *cx)
 
 static void check_cross_thread_abort(bool from_task, bool ring)
 {
-    struct weft_runtime_config cfg;
-    weft_runtime_config_init(&cfg);
-    cfg.workers = 2;
-    cfg.event_interval = 1;
     struct counting_alloc ca;
-    struct weft_runtime *rt = start_rt_cfg(&cfg, &ca);
+    struct weft_runtime *rt =
+        start_rt_opts((struct rt_opts){ .workers = 2, .event_interval = 1 }, &ca);
     int srv, cli;
     tcp_pair(rt, "127.0.0.1", &srv, &cli);
     struct xabort *x = calloc(1, sizeof *x);
@@ -384,8 +372,7 @@ static void check_cross_thread_abort(bool from_task, bool ring)
     cr_assert_eq(res, 5, "the receive after the drop gave %d (%s): the bytes sent after the "
                  "drop returned were lost", res, res < 0 ? strerror(-res) : "short");
     cr_assert_str_eq(got, "after");
-    close(srv);
-    close(cli);
+    close_pair(srv, cli);
     weft_runtime_destroy(rt);
     free(x);
     assert_balanced(&ca);
@@ -476,13 +463,9 @@ static enum weft_poll body_drop_recv_elsewhere(struct iot *t, struct weft_cx *cx
 
 Test(cancel, bytes_after_a_drop_on_another_worker_reach_the_next_recv, .timeout = 20)
 {
-    struct weft_runtime_config cfg;
-    weft_runtime_config_init(&cfg);
-    cfg.workers = 2;
-    cfg.event_interval = 1;
-    cfg.io_entries = 8;
     struct counting_alloc ca;
-    struct weft_runtime *rt = start_rt_cfg(&cfg, &ca);
+    struct rt_opts o = { .workers = 2, .event_interval = 1, .io_entries = 8 };
+    struct weft_runtime *rt = start_rt_opts(o, &ca);
     int srv, cli;
     tcp_pair(rt, "127.0.0.1", &srv, &cli);
     struct sq_full *q = calloc(1, sizeof *q);
@@ -506,8 +489,7 @@ Test(cancel, bytes_after_a_drop_on_another_worker_reach_the_next_recv, .timeout 
                  "still armed in its ring, took the bytes", res,
                  res < 0 ? strerror(-res) : "short");
     cr_assert_str_eq(got, "after");
-    close(srv);
-    close(cli);
+    close_pair(srv, cli);
     weft_runtime_destroy(rt);
     free(q);
     assert_balanced(&ca);
@@ -530,10 +512,7 @@ Test(cancel, late_accepts_closed_with_listener, .timeout = 20)
     weft_join_abort(&j); /* its last accept too, mid-wait */
     cr_assert_eq(iot_join(rt, &j, NULL), -ECANCELED);
     int cli[CLIENTS];
-    for (int i = 0; i < CLIENTS; i++) {
-        cli[i] = cli_connect("127.0.0.1", port);
-        cr_assert_geq(cli[i], 0);
-    }
+    cli_dial_n(cli, CLIENTS, "127.0.0.1", port);
     /* Listener + clients + the sockets the multishot accepted meanwhile. */
     WAIT_UNTIL(count_fds() == before + 1 + 2 * CLIENTS);
     weft_tcp_listener_close(&l);
@@ -548,8 +527,7 @@ Test(cancel, late_accepts_closed_with_listener, .timeout = 20)
         close(cli[i]);
     }
     cr_assert_eq(count_fds(), before);
-    weft_runtime_destroy(rt);
-    assert_balanced(&ca);
+    stop_rt(rt, &ca);
 }
 
 /* A connect whose completion was reaped but not yet seen by its task when
@@ -592,19 +570,11 @@ static enum weft_poll body_connect_then_hold(struct iot *t, struct weft_cx *cx)
 
 Test(cancel, abort_after_connect_completed_closes_socket, .timeout = 20)
 {
-    struct weft_runtime_config cfg;
-    weft_runtime_config_init(&cfg);
-    cfg.workers = 1;
-    cfg.event_interval = 1;
     struct counting_alloc ca;
-    struct weft_runtime *rt = start_rt_cfg(&cfg, &ca);
-    int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_in6 sa;
-    socklen_t sl = make_addr("127.0.0.1", 0, &sa);
-    cr_assert_eq(bind(lfd, (struct sockaddr *)&sa, sl), 0);
-    cr_assert_eq(listen(lfd, 16), 0);
-    cr_assert_eq(getsockname(lfd, (struct sockaddr *)&sa, &sl), 0);
-    struct late_connect lc = { .rt = rt, .port = ntohs(sa.sin6_port) };
+    struct weft_runtime *rt =
+        start_rt_opts((struct rt_opts){ .workers = 1, .event_interval = 1 }, &ca);
+    struct late_connect lc = { .rt = rt };
+    int lfd = plain_listen(16, &lc.port);
     int before = count_fds();
     struct weft_join j;
     cr_assert_eq(iot_spawn(rt, body_connect_then_hold, &lc, 0, -1, &j), 0);
@@ -625,8 +595,7 @@ Test(cancel, abort_after_connect_completed_closes_socket, .timeout = 20)
                  n < 0 ? strerror(err) : "data");
     WAIT_UNTIL(count_fds() == before);
     close(lfd);
-    weft_runtime_destroy(rt);
-    assert_balanced(&ca);
+    stop_rt(rt, &ca);
 }
 
 /* Destroying the runtime with every kind of operation pending: the tasks are
@@ -768,9 +737,8 @@ static enum weft_poll body_mig(struct iot *t, struct weft_cx *cx)
 static void check_migration(bool into)
 {
     struct counting_alloc ca;
-    struct weft_runtime *rt = start_rt(2, &ca);
     int srv, cli;
-    tcp_pair(rt, "127.0.0.1", &srv, &cli);
+    struct weft_runtime *rt = start_rt_pair(2, &ca, &srv, &cli);
     struct mig *m = calloc(1, sizeof *m);
     m->rt = rt;
     m->into = into;
@@ -804,8 +772,7 @@ static void check_migration(bool into)
     }
     fprintf(stderr, "migration (%s): polls on %s; stolen while in flight: %s\n",
             into ? "recv_into" : "weft_recv", trail, stolen && moved ? "yes" : "no");
-    close(srv);
-    close(cli);
+    close_pair(srv, cli);
     weft_runtime_destroy(rt);
     free(m);
     assert_balanced(&ca);

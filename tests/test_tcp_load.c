@@ -145,8 +145,7 @@ Test(load, echo_32_mib_reading_while_writing, .timeout = 120)
     srv.n = 1;
     struct weft_join js, jw, jr;
     cr_assert_eq(weft_spawn(rt, &srv.base, sizeof srv, &js), 0);
-    int cli = cli_connect("127.0.0.1", port);
-    cr_assert_geq(cli, 0);
+    int cli = cli_dial("127.0.0.1", port);
     struct big_client c = { .wbuf = malloc(BIG_CHUNK), .rbuf = malloc(BIG_CHUNK) };
     double t0 = now_s();
     cr_assert_eq(iot_spawn(rt, body_big_writer, &c, 0, cli, &jw), 0);
@@ -177,8 +176,7 @@ Test(load, echo_32_mib_reading_while_writing, .timeout = 120)
     free(c.rbuf);
     close(cli);
     weft_tcp_listener_close(&l);
-    weft_runtime_destroy(rt);
-    assert_balanced(&ca);
+    stop_rt(rt, &ca);
 }
 
 /* ---- 10k concurrent connections ------------------------------------------------------ */
@@ -314,33 +312,68 @@ Test(load, ten_thousand_connections, .timeout = 240)
     assert_balanced(&ca);
 }
 
-/* ---- a burst of pending connections ------------------------------------------------ */
+/* ---- a backlog of pending connections ------------------------------------------------ */
 
-#define BURST_CLIENTS 300
+#define PENDING_CLIENTS 300 /* more than the listener's queue holds (256) */
 
-struct burst {
+struct accept_all {
     struct weft_tcp_listener *l;
-    int fds[BURST_CLIENTS];
+    int fds[PENDING_CLIENTS];
+    uint32_t per_poll[PENDING_CLIENTS + 2];   /* accepts completed in each poll */
     _Atomic uint32_t accepted;
     _Atomic int err;
 };
 
-static enum weft_poll body_accept_burst(struct iot *t, struct weft_cx *cx)
+/* Accepts PENDING_CLIENTS connections as fast as it can, until the first
+ * error; each accept is counted against the poll it completed in. */
+static enum weft_poll body_accept_all(struct iot *t, struct weft_cx *cx)
 {
-    struct burst *b = t->arg;
+    struct accept_all *aa = t->arg;
     WEFT_ASYNC_BEGIN(&t->base);
-    for (t->i = 0; t->i < BURST_CLIENTS; t->i++) {
-        weft_accept_init(&t->acc, b->l);
+    for (t->i = 0; t->i < PENDING_CLIENTS; t->i++) {
+        weft_accept_init(&t->acc, aa->l);
         WEFT_AWAIT(&t->base, cx, &t->acc.base);
         if (t->acc.result < 0) {
-            atomic_store(&b->err, t->acc.result);
+            atomic_store(&aa->err, t->acc.result);
             WEFT_RETURN(&t->base);
         }
-        b->fds[t->i] = t->acc.result;
-        atomic_fetch_add(&b->accepted, 1);
+        aa->fds[t->i] = t->acc.result;
+        atomic_fetch_add(&aa->accepted, 1);
+        if (t->polls < PENDING_CLIENTS + 2)
+            aa->per_poll[t->polls]++;
         weft_future_drop(&t->acc.base);
     }
     WEFT_ASYNC_END(&t->base);
+}
+
+/* Listens on 127.0.0.1 with PENDING_CLIENTS clients in cli[] waiting in the
+ * backlog; returns an accept_all for the listener. */
+static struct accept_all *listen_with_pending(struct weft_tcp_listener *l, int *cli)
+{
+    uint16_t port = listen_any(l, "127.0.0.1");
+    cli_dial_n(cli, PENDING_CLIENTS, "127.0.0.1", port);
+    struct accept_all *aa = calloc(1, sizeof *aa);
+    cr_assert_not_null(aa);
+    aa->l = l;
+    return aa;
+}
+
+/* Closes what listen_with_pending made and what was accepted. */
+static void close_pending(struct accept_all *aa, int *cli)
+{
+    close_fds(aa->fds, (int)atomic_load(&aa->accepted));
+    close_fds(cli, PENDING_CLIENTS);
+    weft_tcp_listener_close(aa->l);
+    free(aa);
+}
+
+/* Waits at most 5 s for every client to be accepted or an accept to fail. */
+static void wait_accepted(struct accept_all *aa)
+{
+    double end = now_s() + 5.0;
+    while (atomic_load(&aa->accepted) < PENDING_CLIENTS && !atomic_load(&aa->err) &&
+           now_s() < end)
+        sleep_us(1000);
 }
 
 /* More connections wait in the backlog than the listener's queue holds (256)
@@ -351,40 +384,22 @@ Test(load, accept_burst_loses_no_connection, .timeout = 30)
     struct counting_alloc ca;
     struct weft_runtime *rt = start_rt(2, &ca);
     struct weft_tcp_listener l;
-    uint16_t port = listen_any(&l, "127.0.0.1");
-    int cli[BURST_CLIENTS];
-    for (int i = 0; i < BURST_CLIENTS; i++) {
-        cli[i] = cli_connect("127.0.0.1", port); /* waits in the backlog */
-        cr_assert_geq(cli[i], 0);
-    }
-    struct burst *b = calloc(1, sizeof *b);
-    b->l = &l;
+    int cli[PENDING_CLIENTS];
+    struct accept_all *aa = listen_with_pending(&l, cli);
     struct weft_join j;
-    cr_assert_eq(iot_spawn(rt, body_accept_burst, b, 0, -1, &j), 0);
-    double end = now_s() + 5.0;
-    while (atomic_load(&b->accepted) < BURST_CLIENTS && !atomic_load(&b->err) && now_s() < end)
-        sleep_us(1000);
-    int closed = 0;
-    for (int i = 0; i < BURST_CLIENTS; i++) {
-        char c;
-        closed += recv(cli[i], &c, 1, MSG_DONTWAIT | MSG_PEEK) == 0;
-    }
-    uint32_t accepted = atomic_load(&b->accepted);
-    if (accepted < BURST_CLIENTS)
+    cr_assert_eq(iot_spawn(rt, body_accept_all, aa, 0, -1, &j), 0);
+    wait_accepted(aa);
+    int closed = count_closed_by_peer(cli, PENDING_CLIENTS);
+    uint32_t accepted = atomic_load(&aa->accepted);
+    if (accepted < PENDING_CLIENTS)
         weft_join_abort(&j);
     iot_join(rt, &j, NULL);
-    cr_assert_eq(atomic_load(&b->err), 0, "accept: %d", atomic_load(&b->err));
+    cr_assert_eq(atomic_load(&aa->err), 0, "accept: %d", atomic_load(&aa->err));
     cr_assert_eq(closed, 0, "%d clients saw their connection closed by the listener (%u of %d "
-                 "accepted)", closed, accepted, BURST_CLIENTS);
-    cr_assert_eq(accepted, BURST_CLIENTS);
-    for (uint32_t i = 0; i < accepted; i++)
-        close(b->fds[i]);
-    for (int i = 0; i < BURST_CLIENTS; i++)
-        close(cli[i]);
-    free(b);
-    weft_tcp_listener_close(&l);
-    weft_runtime_destroy(rt);
-    assert_balanced(&ca);
+                 "accepted)", closed, accepted, PENDING_CLIENTS);
+    cr_assert_eq(accepted, PENDING_CLIENTS);
+    close_pending(aa, cli);
+    stop_rt(rt, &ca);
 }
 
 /* ---- accepting at the descriptor limit ---------------------------------------------- */
@@ -450,9 +465,8 @@ Test(load, emfile_then_accepting_resumes, .timeout = 60)
     uint16_t port = listen_any(&l, "127.0.0.1");
     int cli[EMFILE_CLIENTS];
     uint16_t cport[EMFILE_CLIENTS];
+    cli_dial_n(cli, EMFILE_CLIENTS, "127.0.0.1", port); /* each completes into the backlog */
     for (int i = 0; i < EMFILE_CLIENTS; i++) {
-        cli[i] = cli_connect("127.0.0.1", port); /* completes into the backlog */
-        cr_assert_geq(cli[i], 0);
         char a[INET6_ADDRSTRLEN];
         cr_assert_eq(weft_tcp_local_addr(cli[i], a, sizeof a, &cport[i]), 0);
     }
@@ -497,12 +511,10 @@ Test(load, emfile_then_accepting_resumes, .timeout = 60)
     }
     fprintf(stderr, "EMFILE: %u accepted before the first -EMFILE, %u -EMFILE results in all\n",
             first, atomic_load(&e->emfiles));
-    for (int i = 0; i < EMFILE_CLIENTS; i++)
-        close(cli[i]);
+    close_fds(cli, EMFILE_CLIENTS);
     free(e);
     weft_tcp_listener_close(&l);
-    weft_runtime_destroy(rt);
-    assert_balanced(&ca);
+    stop_rt(rt, &ca);
 }
 
 /* ---- a ring of 2 buffers, 64 connections sending at once ---------------------------------- */
@@ -569,12 +581,8 @@ static enum weft_poll body_accept_nobufs(struct iot *t, struct weft_cx *cx)
 
 Test(load, two_buffers_for_64_connections, .timeout = 60)
 {
-    struct weft_runtime_config cfg;
-    weft_runtime_config_init(&cfg);
-    cfg.workers = 2;
-    cfg.io_buffers = 2;
     struct counting_alloc ca;
-    struct weft_runtime *rt = start_rt_cfg(&cfg, &ca);
+    struct weft_runtime *rt = start_rt_opts((struct rt_opts){ .workers = 2, .io_buffers = 2 }, &ca);
     struct weft_tcp_listener l;
     uint16_t port = listen_any(&l, "127.0.0.1");
     struct nobufs *nb = calloc(1, sizeof *nb);
@@ -583,10 +591,7 @@ Test(load, two_buffers_for_64_connections, .timeout = 60)
     struct weft_join ja;
     cr_assert_eq(weft_spawn(rt, &acc.base, sizeof acc, &ja), 0);
     int cli[NB_CONNS];
-    for (int i = 0; i < NB_CONNS; i++) {
-        cli[i] = cli_connect("127.0.0.1", port);
-        cr_assert_geq(cli[i], 0);
-    }
+    cli_dial_n(cli, NB_CONNS, "127.0.0.1", port);
     cr_assert_eq(iot_join(rt, &ja, NULL), 0); /* every reader is waiting */
     unsigned char *msg = malloc(4 + NB_BYTES);
     for (uint32_t i = 0; i < NB_CONNS; i++) {
@@ -615,8 +620,7 @@ Test(load, two_buffers_for_64_connections, .timeout = 60)
     free(msg);
     free(nb);
     weft_tcp_listener_close(&l);
-    weft_runtime_destroy(rt);
-    assert_balanced(&ca);
+    stop_rt(rt, &ca);
 }
 
 /* A receive parked for a buffer must get its turn even when the receive a
@@ -666,19 +670,14 @@ static enum weft_poll body_spawn_turn_readers(struct iot *t, struct weft_cx *cx)
 
 Test(load, parked_receive_gets_a_turn_unused_at_end_of_stream, .timeout = 30)
 {
-    struct weft_runtime_config cfg;
-    weft_runtime_config_init(&cfg);
-    cfg.workers = 1;
-    cfg.io_buffers = 1;
     struct counting_alloc ca;
-    struct weft_runtime *rt = start_rt_cfg(&cfg, &ca);
+    struct weft_runtime *rt = start_rt_opts((struct rt_opts){ .workers = 1, .io_buffers = 1 }, &ca);
     struct weft_tcp_listener l;
     uint16_t port = listen_any(&l, "127.0.0.1");
     struct turns *tu = calloc(1, sizeof *tu);
     int cli[TURN_CONNS];
     for (int i = 0; i < TURN_CONNS; i++) {
-        cli[i] = cli_connect("127.0.0.1", port);
-        cr_assert_geq(cli[i], 0);
+        cli[i] = cli_dial("127.0.0.1", port);
         tu->srv[i] = accept4(l.fd, NULL, NULL, SOCK_CLOEXEC);
         cr_assert_geq(tu->srv[i], 0);
         write_full(cli[i], "hello", 5);
@@ -695,14 +694,11 @@ Test(load, parked_receive_gets_a_turn_unused_at_end_of_stream, .timeout = 30)
     cr_assert_eq(atomic_load(&tu->finished), TURN_CONNS, "%u of %d readers saw end of stream: "
                  "a receive stays parked for a buffer while the ring has one free",
                  atomic_load(&tu->finished), TURN_CONNS);
-    for (int i = 0; i < TURN_CONNS; i++) {
-        close(tu->srv[i]);
-        close(cli[i]);
-    }
+    close_fds(tu->srv, TURN_CONNS);
+    close_fds(cli, TURN_CONNS);
     free(tu);
     weft_tcp_listener_close(&l);
-    weft_runtime_destroy(rt);
-    assert_balanced(&ca);
+    stop_rt(rt, &ca);
 }
 
 /* ---- the cooperative budget ----------------------------------------------------------------- */
@@ -761,13 +757,8 @@ static enum weft_poll body_recv_1000(struct iot *t, struct weft_cx *cx)
 Test(load, budget_recv_loop_lets_another_task_run, .timeout = 30)
 {
     struct counting_alloc ca;
-    struct weft_runtime *rt = start_rt(1, &ca);
-    struct weft_tcp_listener l;
-    uint16_t port = listen_any(&l, "127.0.0.1");
-    int cli = cli_connect("127.0.0.1", port);
-    cr_assert_geq(cli, 0);
-    int srv = accept4(l.fd, NULL, NULL, SOCK_CLOEXEC);
-    cr_assert_geq(srv, 0);
+    int srv, cli;
+    struct weft_runtime *rt = start_rt_pair(1, &ca, &srv, &cli);
     unsigned char *data = malloc(BUDGET_RECVS * BUDGET_LEN);
     pat_fill(data, BUDGET_RECVS * BUDGET_LEN, 9, 0);
     write_full(cli, data, BUDGET_RECVS * BUDGET_LEN); /* all buffered before the loop */
@@ -784,43 +775,8 @@ Test(load, budget_recv_loop_lets_another_task_run, .timeout = 30)
     fprintf(stderr, "budget: at most %u receives in a row without the other task; it ran %"
             PRIu64 " times\n", b.max_gap, atomic_load(&b.other_polls));
     free(data);
-    close(srv);
-    close(cli);
-    weft_tcp_listener_close(&l);
-    weft_runtime_destroy(rt);
-    assert_balanced(&ca);
-}
-
-#define BUDGET_CLIENTS 300
-
-struct accept_budget {
-    struct weft_tcp_listener *l;
-    uint32_t per_poll[BUDGET_CLIENTS + 2];   /* accepts completed in each poll */
-    int fds[BUDGET_CLIENTS];
-    _Atomic uint32_t accepted;
-    int err;
-};
-
-/* Accepts every client as fast as it can; each accept is counted against the
- * poll it completed in. */
-static enum weft_poll body_accept_all(struct iot *t, struct weft_cx *cx)
-{
-    struct accept_budget *ab = t->arg;
-    WEFT_ASYNC_BEGIN(&t->base);
-    for (t->i = 0; t->i < BUDGET_CLIENTS; t->i++) {
-        weft_accept_init(&t->acc, ab->l);
-        WEFT_AWAIT(&t->base, cx, &t->acc.base);
-        if (t->acc.result < 0) {
-            ab->err = t->acc.result;
-            WEFT_RETURN(&t->base);
-        }
-        ab->fds[t->i] = t->acc.result;
-        atomic_fetch_add(&ab->accepted, 1);
-        if (t->polls < BUDGET_CLIENTS + 2)
-            ab->per_poll[t->polls]++;
-        weft_future_drop(&t->acc.base);
-    }
-    WEFT_ASYNC_END(&t->base);
+    close_pair(srv, cli);
+    stop_rt(rt, &ca);
 }
 
 Test(load, budget_bounds_accepts_per_poll, .timeout = 30)
@@ -828,51 +784,33 @@ Test(load, budget_bounds_accepts_per_poll, .timeout = 30)
     struct counting_alloc ca;
     struct weft_runtime *rt = start_rt(1, &ca);
     struct weft_tcp_listener l;
-    uint16_t port = listen_any(&l, "127.0.0.1");
-    int cli[BUDGET_CLIENTS];
-    for (int i = 0; i < BUDGET_CLIENTS; i++) {
-        cli[i] = cli_connect("127.0.0.1", port); /* waits in the backlog */
-        cr_assert_geq(cli[i], 0);
-    }
-    struct accept_budget *ab = calloc(1, sizeof *ab);
-    ab->l = &l;
+    int cli[PENDING_CLIENTS];
+    struct accept_all *aa = listen_with_pending(&l, cli);
     struct budget b = { 0 };
     struct weft_join jo, ja;
-    cr_assert_eq(iot_spawn(rt, body_accept_all, ab, 1, -1, &ja), 0);
+    cr_assert_eq(iot_spawn(rt, body_accept_all, aa, 1, -1, &ja), 0);
     cr_assert_eq(iot_spawn(rt, body_other, &b, 0, -1, &jo), 0);
-    double end = now_s() + 5.0;
-    while (atomic_load(&ab->accepted) < BUDGET_CLIENTS && !ab->err && now_s() < end)
-        sleep_us(1000);
+    wait_accepted(aa);
     atomic_store(&b.stop, 1);
     cr_assert_eq(iot_join(rt, &jo, NULL), 0);
-    uint32_t accepted = atomic_load(&ab->accepted);
-    if (accepted < BUDGET_CLIENTS) {
+    uint32_t accepted = atomic_load(&aa->accepted);
+    if (accepted < PENDING_CLIENTS) {
         weft_join_abort(&ja);
-        int closed = 0;
-        for (int i = 0; i < BUDGET_CLIENTS; i++) {
-            char c;
-            closed += recv(cli[i], &c, 1, MSG_DONTWAIT | MSG_PEEK) == 0;
-        }
         cr_assert_fail("%u of %d pending connections accepted in 5 s; %d clients saw their "
-                       "connection closed by the server", accepted, BUDGET_CLIENTS, closed);
+                       "connection closed by the server", accepted, PENDING_CLIENTS,
+                       count_closed_by_peer(cli, PENDING_CLIENTS));
     }
     cr_assert_eq(iot_join(rt, &ja, NULL), 0);
-    cr_assert_eq(ab->err, 0, "accept: %d", ab->err);
+    cr_assert_eq(atomic_load(&aa->err), 0, "accept: %d", atomic_load(&aa->err));
     uint32_t max = 0, polls = 0;
-    for (int p = 0; p < BUDGET_CLIENTS + 2; p++) {
-        if (ab->per_poll[p] > max)
-            max = ab->per_poll[p];
-        polls += ab->per_poll[p] > 0;
+    for (int p = 0; p < PENDING_CLIENTS + 2; p++) {
+        if (aa->per_poll[p] > max)
+            max = aa->per_poll[p];
+        polls += aa->per_poll[p] > 0;
     }
     cr_assert_leq(max, WEFT_COOP_BUDGET, "%u accepts in one poll", max);
-    fprintf(stderr, "budget: %d accepts over %u polls, at most %u in one\n", BUDGET_CLIENTS,
+    fprintf(stderr, "budget: %d accepts over %u polls, at most %u in one\n", PENDING_CLIENTS,
             polls, max);
-    for (int i = 0; i < BUDGET_CLIENTS; i++) {
-        close(ab->fds[i]);
-        close(cli[i]);
-    }
-    free(ab);
-    weft_tcp_listener_close(&l);
-    weft_runtime_destroy(rt);
-    assert_balanced(&ca);
+    close_pending(aa, cli);
+    stop_rt(rt, &ca);
 }

@@ -49,9 +49,8 @@ static enum weft_poll body_answer(struct iot *t, struct weft_cx *cx)
 Test(sendrecv, request_response_rounds, .timeout = 30)
 {
     struct counting_alloc ca;
-    struct weft_runtime *rt = start_rt(2, &ca);
     int srv, cli;
-    tcp_pair(rt, "127.0.0.1", &srv, &cli);
+    struct weft_runtime *rt = start_rt_pair(2, &ca, &srv, &cli);
     struct weft_join j;
     cr_assert_eq(iot_spawn(rt, body_answer, NULL, 0, srv, &j), 0);
     char q[MSG], a[MSG];
@@ -68,10 +67,8 @@ Test(sendrecv, request_response_rounds, .timeout = 30)
     cr_assert_eq(iot_join(rt, &j, &out), 0);
     cr_assert_eq(out.res, 0, "end of stream after the last answer");
     cr_assert_eq(out.n, ROUNDS);
-    close(srv);
-    close(cli);
-    weft_runtime_destroy(rt);
-    assert_balanced(&ca);
+    close_pair(srv, cli);
+    stop_rt(rt, &ca);
 }
 
 /* ---- a reply larger than the socket buffers ------------------------------------------- */
@@ -115,9 +112,8 @@ static void *read_all_then_ask(void *arg)
 Test(sendrecv, reply_larger_than_socket_buffers, .timeout = 30)
 {
     struct counting_alloc ca;
-    struct weft_runtime *rt = start_rt(2, &ca);
     int srv, cli;
-    tcp_pair(rt, "127.0.0.1", &srv, &cli);
+    struct weft_runtime *rt = start_rt_pair(2, &ca, &srv, &cli);
     struct big_state s = { .reply = malloc(BIG) };
     struct reader r = { cli, malloc(BIG), 0 };
     cr_assert(s.reply && r.buf);
@@ -132,10 +128,8 @@ Test(sendrecv, reply_larger_than_socket_buffers, .timeout = 30)
     cr_assert_eq(memcmp(s.next, "next", 4), 0);
     free(s.reply);
     free(r.buf);
-    close(srv);
-    close(cli);
-    weft_runtime_destroy(rt);
-    assert_balanced(&ca);
+    close_pair(srv, cli);
+    stop_rt(rt, &ca);
 }
 
 /* ---- failures and bad inputs ----------------------------------------------------------- */
@@ -192,8 +186,7 @@ Test(sendrecv, failures_and_bad_inputs, .timeout = 20)
     cr_assert(t.res == -EPIPE || t.res == -ECONNRESET, "got %d (%s)", t.res, strerror(-t.res));
     close(srv);
     cr_assert_eq(count_fds(), fds_before);
-    weft_runtime_destroy(rt);
-    assert_balanced(&ca);
+    stop_rt(rt, &ca);
 }
 
 /* ---- dropping a pending pair --------------------------------------------------------- */
@@ -214,9 +207,8 @@ static enum weft_poll body_park(struct iot *t, struct weft_cx *cx)
 Test(sendrecv, drop_pending_then_reuse, .timeout = 20)
 {
     struct counting_alloc ca;
-    struct weft_runtime *rt = start_rt(2, &ca);
     int srv, cli;
-    tcp_pair(rt, "127.0.0.1", &srv, &cli);
+    struct weft_runtime *rt = start_rt_pair(2, &ca, &srv, &cli);
     _Atomic int started = 0;
     struct iot t = iot_make(body_park, &started, 0, srv);
     t.buf = malloc(4);
@@ -238,10 +230,8 @@ Test(sendrecv, drop_pending_then_reuse, .timeout = 20)
     struct iot u = run_one(rt, srv, NULL, 0);
     cr_assert_eq(u.res, 5, "got %d", u.res);
     cr_assert_eq(memcmp(u.msg, "after", 5), 0);
-    close(srv);
-    close(cli);
-    weft_runtime_destroy(rt);
-    assert_balanced(&ca);
+    close_pair(srv, cli);
+    stop_rt(rt, &ca);
 }
 
 /* ---- a ring of two buffers ------------------------------------------------------------- */
@@ -295,13 +285,10 @@ static void *client_run(void *arg)
 
 Test(sendrecv, two_buffers_many_connections, .timeout = 60)
 {
-    struct weft_runtime_config cfg;
-    weft_runtime_config_init(&cfg);
-    cfg.workers = 2;
-    cfg.io_buffers = 2;
-    cfg.io_buffer_size = 128; /* the echo copies at most sizeof(msg) bytes */
+    /* Buffers of 128 bytes: the echo copies at most sizeof(msg) bytes. */
+    struct rt_opts o = { .workers = 2, .io_buffers = 2, .io_buffer_size = 128 };
     struct counting_alloc ca;
-    struct weft_runtime *rt = start_rt_cfg(&cfg, &ca);
+    struct weft_runtime *rt = start_rt_opts(o, &ca);
     struct client c[CONNS];
     int srv[CONNS];
     struct weft_join j[CONNS];
@@ -323,6 +310,5 @@ Test(sendrecv, two_buffers_many_connections, .timeout = 60)
         close(srv[i]);
         close(c[i].fd);
     }
-    weft_runtime_destroy(rt);
-    assert_balanced(&ca);
+    stop_rt(rt, &ca);
 }
