@@ -520,7 +520,7 @@ Test(file, drop_read_in_flight_from_non_worker, .timeout = 30)
     sleep_us(20000); /* the worker submits the read and parks */
     double t0 = now_s();
     weft_future_drop(&ext_read.base);
-    cr_assert_lt(now_s() - t0, 1.0, "the drop took %.3f s", now_s() - t0);
+    cr_assert_lt(now_s() - t0, 3.0, "the drop took %.3f s", now_s() - t0);
     check_pipe_after_drop(rt, &P);
     weft_runtime_destroy(rt);
     assert_balanced(&ca);
