@@ -124,9 +124,12 @@ struct io_uring_sqe *weft__io_sqe(struct weft__io *io)
 
 void weft__op_submit(struct weft__io *io, struct weft__op *op)
 {
-    /* A linked pair must go to the kernel in one submission. */
-    if ((op->linked || op->kind == OP_SEND_RECV) && io_uring_sq_space_left(&io->ring) < 2)
-        io_uring_submit(&io->ring);
+    /* A linked pair must go to the kernel in one submission: make room for
+     * both first (a split pair would run unlinked, and the second's CQE
+     * could land on a slot already freed). */
+    while ((op->linked || op->kind == OP_SEND_RECV) && io_uring_sq_space_left(&io->ring) < 2)
+        if (io_uring_submit(&io->ring) == -EBUSY)
+            weft__io_reap(io);
     struct io_uring_sqe *sqe = weft__io_sqe(io);
     int fd = op->fd;
     void *addr = (void *)(uintptr_t)op->addr;
@@ -339,7 +342,10 @@ static void push_remote(struct weft__io *io, struct weft__op *op)
     /* Release: the slot's state and waiter are visible to the owner's pass. */
     while (!atomic_compare_exchange_weak_explicit(&io->remote, &head, op, memory_order_release,
                                                   memory_order_relaxed));
-    weft__io_unpark(io);
+    /* One unpark per batch: a list that was not empty has a pusher that
+     * unparks (or did), and the owner takes the whole list at once. */
+    if (!head)
+        weft__io_unpark(io);
 }
 
 static void wait_done(struct op_waiter *w)

@@ -308,11 +308,12 @@ void weft__io_park(struct weft__io *io)
         next = weft__timers_run(io);
     uint32_t expect = PARK_EMPTY;
     /* A timer that just fired woke a task: run it rather than sleep.
-     * Relaxed CAS: nothing is published by parking. On failure (NOTIFIED) the
-     * unpark came first: consume it below without sleeping. */
+     * Release CAS: an unparker that sees PARKED (acquire) also sees has_ring
+     * as this thread left it (weft__io_start may clear it). On failure
+     * (NOTIFIED) the unpark came first: consume it below without sleeping. */
     if (io->wakes == wakes &&
         atomic_compare_exchange_strong_explicit(&io->park.state, &expect, PARK_PARKED,
-                                                memory_order_relaxed, memory_order_relaxed)) {
+                                                memory_order_release, memory_order_relaxed)) {
         if (io->has_ring) {
             arm_eventfd(io);
             struct __kernel_timespec ts, *tsp = NULL;
@@ -335,7 +336,8 @@ void weft__io_park(struct weft__io *io)
 
 void weft__io_unpark(struct weft__io *io)
 {
-    /* Release pairs with the acquire exchange at the end of weft__io_park. */
+    /* Release pairs with the acquire exchange at the end of weft__io_park;
+     * acquire with the parker's release CAS to PARKED (has_ring below). */
     if (atomic_exchange_explicit(&io->park.state, PARK_NOTIFIED, memory_order_acq_rel) !=
         PARK_PARKED)
         return;

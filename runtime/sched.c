@@ -368,12 +368,16 @@ void weft__worker_drain(struct weft__worker *w)
      * futures are gone, then cancel whatever is left and wait for it. */
     bool cancelled = false;
     for (;;) {
-        bool closing = atomic_load_explicit(&rt->io_closing, memory_order_acquire);
-        if (closing && w->io->inflight == 0)
-            break;
-        if (closing && !cancelled) {
-            weft__io_cancel_all(w->io);
-            cancelled = true;
+        if (atomic_load_explicit(&rt->io_closing, memory_order_acquire)) {
+            /* The acquire orders every drop's push before this pass: slots
+             * finished but never read (a connect's socket) are released. */
+            weft__io_run_remote(w->io);
+            if (w->io->inflight == 0)
+                break;
+            if (!cancelled) {
+                weft__io_cancel_all(w->io);
+                cancelled = true;
+            }
         }
         weft__io_park(w->io);
     }
