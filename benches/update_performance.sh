@@ -15,7 +15,7 @@ OUT=${PEERS_OUT:-${XDG_CACHE_HOME:-$HOME/.cache}/weft-peers}
 export RESULTS=${RESULTS:-$OUT/results/micro-$(date -u +%Y%m%d-%H%M%S)}
 BUILD=build-release benches/micro_compare.sh "$RUNS" "$WORKERS" "$REPS" > /dev/null
 IO_RESULTS=$OUT/results/io-$(date -u +%Y%m%d-%H%M%S)
-RESULTS=$IO_RESULTS BUILD=build-release benches/io_compare.sh 3 5 > /dev/null
+RESULTS=$IO_RESULTS BUILD=build-release benches/io_compare.sh 5 5 > /dev/null
 python3 benches/io_table.py "$IO_RESULTS/summary.md" > "$IO_RESULTS/table.md"
 python3 - "$RESULTS/table.md" "$IO_RESULTS/table.md" benches/performance.md.in \
     benches/performance_io_notes.md docs/performance.md <<'PY'
