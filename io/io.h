@@ -26,12 +26,13 @@
  *            before the slot is freed; FINAL (flag) marks a final completion
  *            that arrived meanwhile, so the list's pass frees it.
  *   WAITER   (flag) the dropper waits until the kernel let go of memory the
- *            caller owns (a buffer, an iovec array, a path): the owner signals
+ *            caller owns (a buffer, an iovec array, a path), or for a
+ *            receive to stop taking bytes: the owner signals
  *            `waiter` after the final completion.
  *
  * The future's thread drives PENDING -> ORPHAN/DONE|QUEUED with a CAS; the
  * owner drives PENDING -> DONE with a CAS; after an ORPHAN only the owner
- * writes the state. Orderings are stated where each happens (ring.c). */
+ * writes the state. The orderings are stated at the top of op.c. */
 #ifndef WEFT_IO_INTERNAL_H
 #define WEFT_IO_INTERNAL_H
 
@@ -235,7 +236,6 @@ void weft__op_free(struct weft__io *io, struct weft__op *op);
 int weft__op_start(struct weft_cx *cx, struct weft__op **opp, enum op_kind kind);
 
 /* ---- timer.c --------------------------------------------------------------- */
-void weft__timer_insert(struct weft__io *io, struct weft__op *op);
 void weft__timer_remove(struct weft__io *io, struct weft__op *op);
 /* Fires expired timers; returns the next deadline or UINT64_MAX. */
 uint64_t weft__timers_run(struct weft__io *io);

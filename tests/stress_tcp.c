@@ -52,6 +52,8 @@
 
 #include <weft.h>
 
+#include "pattern.h"
+
 #define WORKERS 4
 #define WAVE 128
 #define FULL_WAVES 60
@@ -124,21 +126,6 @@ static int count_fds(void)
         n += e->d_name[0] != '.';
     closedir(d);
     return n - 1;
-}
-
-static uint64_t mix64(uint64_t x)
-{
-    x ^= x >> 33;
-    x *= UINT64_C(0xff51afd7ed558ccd);
-    x ^= x >> 33;
-    x *= UINT64_C(0xc4ceb9fe1a85ec53);
-    x ^= x >> 33;
-    return x;
-}
-
-static unsigned char pat(uint64_t seed, uint64_t off)
-{
-    return (unsigned char)(mix64(seed * UINT64_C(0x9e3779b97f4a7c15) + off / 8) >> (off % 8 * 8));
 }
 
 /* ---- a counting allocator (the runtime's memory must balance) ------------------- */
@@ -328,7 +315,7 @@ static enum weft_poll client_poll(struct weft_future *f, struct weft_cx *cx)
         }
         c->len = 1 + (uint32_t)(next_rng(c) % MAXMSG);
         for (uint32_t i = 0; i < c->len; i++)
-            c->buf[i] = pat(c->id, c->off + i);
+            c->buf[i] = pat_byte(c->id, c->off + i);
         set_phase(c->id, PH_SEND);
         weft_send_all_init(&c->io, c->fd, c->buf, c->len);
         WEFT_AWAIT(f, cx, &c->io.base);
@@ -365,7 +352,7 @@ static enum weft_poll client_poll(struct weft_future *f, struct weft_cx *cx)
             }
         }
         for (uint32_t i = 0; i < c->len; i++) {
-            if (c->buf[MAXMSG + i] != pat(c->id, c->off + i)) {
+            if (c->buf[MAXMSG + i] != pat_byte(c->id, c->off + i)) {
                 fail_client(-EBADMSG, c->id);
                 WEFT_RETURN(f);
             }
