@@ -1,8 +1,9 @@
 #!/bin/bash
 # Build the peers that weft is compared against into $PEERS_OUT/bin, for
-# $SHARED_PEERS/run.sh (same PEERS_OUT) sections http, echo, echo_open, idle, micro:
+# $SHARED_PEERS/run.sh (same PEERS_OUT) sections http, echo, echo_open, idle, stall,
+# micro, and for benches/stall_compare.sh:
 #   tokio_micro tokio_srv tokio_timers   from benches/peers/rust (our rebuilds; the
-#                                        shared peers' Rust sources are missing)
+#   tokio_stall                          shared peers' Rust sources are missing)
 #   loadgen epoll_srv uring_srv uv_srv   from $SHARED_PEERS/c (same flags as its build.sh)
 #   gomicro                              from $SHARED_PEERS/go/cmd/gomicro
 # Idempotent: an unchanged tree is a no-op (a few seconds).
@@ -61,7 +62,7 @@ RS=$OUT/rust-src-weft
 rm -rf "$RS" && mkdir -p "$RS"
 cp -R --preserve=timestamps "$HERE/rust/Cargo.toml" "$HERE/rust/Cargo.lock" \
     "$HERE/rust/src" "$HERE/rust/.cargo" "$RS/"
-RUST_BINS="tokio_micro tokio_srv tokio_timers"
+RUST_BINS="tokio_micro tokio_srv tokio_timers tokio_stall"
 (cd "$RS" && CARGO_TARGET_DIR="$OUT/cargo-target-weft" cargo build --release --offline -q)
 for b in $RUST_BINS; do cp -p "$OUT/cargo-target-weft/release/$b" "$OUT/bin/"; done
 
