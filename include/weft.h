@@ -18,6 +18,8 @@ extern "C" {
 #include "weft/runtime.h"
 #include "weft/sync.h"
 #include "weft/io.h"
+#include "weft/blocking.h"
+#include "weft/metrics.h"
 
 #ifdef __cplusplus
 }

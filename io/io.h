@@ -128,6 +128,7 @@ struct weft__io {
     bool has_ring;                     /* false: io_uring unavailable, timers only */
     uint32_t inflight;                 /* slots owned by the kernel or the heap */
     uint64_t wakes;                    /* completions delivered to a future */
+    struct wstats *stats;              /* the worker's metrics: sqes, cqes, enters */
     /* slab */
     struct weft__op *free;
     struct slab_chunk *chunks;
@@ -172,7 +173,7 @@ void weft__io_park(struct weft__io *io);
 /* Shutdown: fails the timers and waiting receives, cancels all in the kernel. */
 void weft__io_cancel_all(struct weft__io *io);
 /* Ends the owner's weft__io_park (or makes the next one return). Any thread. */
-void weft__io_unpark(struct weft__io *io);
+bool weft__io_unpark(struct weft__io *io);
 /* Reaps every CQE in the ring and dispatches it (owner only). */
 void weft__io_reap(struct weft__io *io);
 /* Reports once per kind that the kernel lacks an operation. */

@@ -109,16 +109,23 @@ void weft__op_free(struct weft__io *io, struct weft__op *op)
 
 /* ---- SQEs ------------------------------------------------------------------- */
 
+/* The SQ is full: submit what is queued to make room. -EBUSY means the CQ
+ * is overflowing: reaping makes room there first. */
+static void make_room(struct weft__io *io)
+{
+    stat_add(&io->stats->sqes, io_uring_sq_ready(&io->ring));
+    stat_add(&io->stats->enters, 1);
+    if (io_uring_submit(&io->ring) == -EBUSY)
+        weft__io_reap(io);
+}
+
 struct io_uring_sqe *weft__io_sqe(struct weft__io *io)
 {
     for (;;) {
         struct io_uring_sqe *sqe = io_uring_get_sqe(&io->ring);
         if (sqe)
             return sqe;
-        /* The SQ is full: submit what is queued to make room. -EBUSY means
-         * the CQ is overflowing: reaping makes room there first. */
-        if (io_uring_submit(&io->ring) == -EBUSY)
-            weft__io_reap(io);
+        make_room(io);
     }
 }
 
@@ -128,8 +135,7 @@ void weft__op_submit(struct weft__io *io, struct weft__op *op)
      * both first (a split pair would run unlinked, and the second's CQE
      * could land on a slot already freed). */
     while ((op->linked || op->kind == OP_SEND_RECV) && io_uring_sq_space_left(&io->ring) < 2)
-        if (io_uring_submit(&io->ring) == -EBUSY)
-            weft__io_reap(io);
+        make_room(io);
     struct io_uring_sqe *sqe = weft__io_sqe(io);
     int fd = op->fd;
     void *addr = (void *)(uintptr_t)op->addr;

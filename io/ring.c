@@ -106,6 +106,7 @@ int weft__io_init(struct weft__io *io, struct weft_runtime *rt, uint32_t index,
 {
     io->rt = rt;
     io->index = index;
+    io->stats = rt->workers[index].stats;
     io->efd = -1;
     atomic_init(&io->remote, NULL);
     atomic_init(&io->park.state, PARK_EMPTY);
@@ -186,6 +187,7 @@ void weft__io_reap(struct weft__io *io)
         /* Consumed before dispatch: a dispatch may reap again (a drop that
          * waits for its cancel), and must not see this CQE twice. */
         io_uring_cqe_seen(&io->ring, cqe);
+        stat_add(&io->stats->cqes, 1);
         if (ud == IO_UD_IGNORE)
             continue;
         if (ud == IO_UD_EVENTFD) {
@@ -248,6 +250,8 @@ static void enter(struct weft__io *io, struct __kernel_timespec *ts, unsigned wa
     struct io_uring_cqe *cqe;
     int ret;
     do {
+        stat_add(&io->stats->sqes, io_uring_sq_ready(&io->ring));
+        stat_add(&io->stats->enters, 1);
         if (wait_nr)
             ret = io_uring_submit_and_wait_timeout(&io->ring, &cqe, wait_nr, ts, NULL);
         else
@@ -334,13 +338,13 @@ void weft__io_park(struct weft__io *io)
     weft__io_tick(io);
 }
 
-void weft__io_unpark(struct weft__io *io)
+bool weft__io_unpark(struct weft__io *io)
 {
     /* Release pairs with the acquire exchange at the end of weft__io_park;
      * acquire with the parker's release CAS to PARKED (has_ring below). */
     if (atomic_exchange_explicit(&io->park.state, PARK_NOTIFIED, memory_order_acq_rel) !=
         PARK_PARKED)
-        return;
+        return false;
     if (io->has_ring) {
         uint64_t one = 1;
         ssize_t r = write(io->efd, &one, sizeof(one));
@@ -348,6 +352,7 @@ void weft__io_unpark(struct weft__io *io)
     } else {
         syscall(SYS_futex, &io->park.state, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
     }
+    return true;
 }
 
 void weft__io_cancel_all(struct weft__io *io)

@@ -37,12 +37,28 @@ struct weft_task {
     struct weft_runtime *rt;
     struct weft_waker join_waker;    /* see TASK_JOIN_WAKER */
     uint64_t id;
+    const char *name;                /* weft_spawn_named's, or NULL */
     uint32_t alloc_size;
+    int32_t result;                  /* 0 or -ECANCELED; published by COMPLETE */
     uint16_t shard;                  /* owned-list shard */
     uint8_t owned;                   /* on the owned list; changed only under RUNNING */
-    int32_t result;                  /* 0 or -ECANCELED; published by COMPLETE */
+    /* Metrics, 32 bits each so that the header stays at 96 bytes (a task
+     * with a 24-byte future then fits glibc's fastbins: 128 B chunks).
+     * sched_stamp: STAMP_SHIFT units of CLOCK_MONOTONIC when a sampled wake
+     * queued it (0: not sampled); written by the holder of the NOTIFIED
+     * reference, read by the next poller. polled_ms: POLLED_SHIFT units of
+     * the coarse clock at its last poll's start; written by the poller, read
+     * by weft_task_dump (relaxed, under the owned-list lock). */
+    uint32_t sched_stamp;
+    _Atomic uint32_t polled_ms;
     alignas(max_align_t) unsigned char future[];
 };
+
+/* sched_stamp: 32 ns units, wrapping every 137 s (longer latencies than that
+ * would be misread; a histogram of them would say little anyway). */
+#define STAMP_SHIFT 5
+/* polled_ms: about 1.05 ms units (2^20 ns), wrapping every 52 days. */
+#define POLLED_SHIFT 20
 
 static inline struct weft_future *task_future(struct weft_task *t)
 {
@@ -72,6 +88,9 @@ struct owned_shard {
     char pad[CACHE_LINE - sizeof(atomic_flag) - sizeof(struct weft_task *)];
 };
 
+/* The shard's spinlock: held for a few pointer writes (and weft_task_dump's copy). */
+void weft__owned_lock(struct owned_shard *s);
+void weft__owned_unlock(struct owned_shard *s);
 /* Adds a running task; returns -ESHUTDOWN once the runtime closed the list. */
 int weft__owned_insert(struct weft_runtime *rt, struct weft_task *t, uint32_t shard);
 void weft__owned_remove(struct weft_runtime *rt, struct weft_task *t);
@@ -102,6 +121,73 @@ enum idle_wake { IDLE_STILL_PARKED, IDLE_NOTIFIED, IDLE_SELF };
 enum idle_wake weft__idle_wake_self(struct idle *idle, uint32_t worker, bool has_work);
 int64_t weft__idle_worker_to_notify(struct idle *idle);
 
+/* ---- metrics (metrics.c) ---------------------------------------------------
+ * Per-worker counters, written only by their worker with a relaxed load and
+ * store (a plain add on x86, no lock prefix) and read by any thread. */
+#define HIST_BUCKETS WEFT_HIST_BUCKETS
+struct hist {
+    _Atomic uint64_t buckets[HIST_BUCKETS];
+};
+
+struct wstats {
+    _Atomic uint64_t polls, steals, steal_ops, parks, local_schedules, overflows,
+        budget_yields, lifo_hits, busy_ns, sqes, cqes, enters, spawns;
+    _Atomic int64_t live_delta;    /* task allocations - frees on this worker */
+    /* The poll in progress, for the stall monitor: a seqlock whose sequence
+     * is odd during a poll (sched.c's poll_begin/poll_end, metrics.c). */
+    _Atomic uint64_t poll_seq;
+    _Atomic uint64_t poll_task;
+    _Atomic(const char *) poll_name;
+    struct hist poll_ns, sched_latency;
+    char pad[CACHE_LINE];
+    _Atomic uint64_t unparks;      /* RMW by the unparking threads: own line */
+    char pad2[CACHE_LINE];
+};
+
+static inline void stat_add(_Atomic uint64_t *c, uint64_t n)
+{
+    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + n,
+                          memory_order_relaxed);
+}
+
+void weft__hist_record(struct hist *h, uint64_t ns);
+
+/* Around every poll (task.c): the counters, the sampled timings, and the
+ * stall monitor's seqlock. */
+struct poll_timing {
+    uint64_t seq;
+    uint64_t start;  /* ns, when this poll is timed; else 0 */
+};
+
+static inline struct poll_timing weft__poll_begin(struct weft__worker *w, struct weft_task *t);
+static inline void weft__poll_end(struct weft__worker *w, const struct poll_timing *pt,
+                                  bool budget_spent);
+
+struct weft__monitor;
+/* Starts the stall monitor thread (unless the config turns it off). */
+int weft__monitor_start(struct weft_runtime *rt, const struct weft_runtime_config *cfg);
+void weft__monitor_stop(struct weft_runtime *rt);
+
+/* ---- the blocking pool (blocking.c) ----------------------------------------- */
+struct blocking_pool {
+    pthread_mutex_t lock;
+    pthread_cond_t work;           /* idle threads wait here for a job */
+    pthread_cond_t gone;           /* shutdown waits here for threads to exit */
+    struct weft__job *head, *tail; /* queued jobs */
+    struct weft_spawn_blocking_wait *whead, *wtail; /* spawns waiting for room */
+    uint32_t queued, threads, idle, notified;
+    uint32_t max_threads, queue_max, priority;
+    uint64_t keepalive_ns;
+    uint64_t jobs_done;
+    bool closed;
+};
+
+int weft__blocking_init(struct weft_runtime *rt, const struct weft_runtime_config *cfg);
+/* Closes the pool, cancels queued jobs, waits up to `timeout_ms` for the
+ * running ones; returns how many threads still run a job. */
+uint32_t weft__blocking_shutdown(struct weft_runtime *rt, uint32_t timeout_ms);
+void weft__blocking_fini(struct weft_runtime *rt);
+
 /* ---- workers and the runtime ---------------------------------------------- */
 struct weft__worker {
     struct queue run;              /* lock-free: owner pushes/pops, others steal */
@@ -113,8 +199,6 @@ struct weft__worker {
     uint32_t global_countdown;     /* polls left until the global queue goes first */
     uint32_t lifo_polls;
     uint32_t rand;                 /* xorshift state for victim choice */
-    uint64_t next_id;
-    int64_t live_delta;            /* task allocations - frees on this worker */
     bool searching;
     bool draining;                 /* shutdown: wakes go to the global queue */
     uint32_t event_countdown;      /* polls left until the next reactor turn */
@@ -122,6 +206,9 @@ struct weft__worker {
     void **overflow;               /* room for half the queue + 1 */
     struct weft__io *io;           /* the worker's ring (io/io.h); its park word
                                     * is what other threads write */
+    uint64_t busy_since;           /* when it last left its park (metrics) */
+    uint32_t clock;                /* POLLED_SHIFT units, read at timed polls and parks */
+    struct wstats *stats;          /* its metrics, read by any thread */
     char pad[CACHE_LINE];          /* keeps the next worker's queue off these lines */
 };
 
@@ -147,6 +234,11 @@ struct weft_runtime {
      * word that lets them stop once their rings are empty. */
     _Atomic uint32_t drained;
     _Atomic bool io_closing;
+    _Atomic uint64_t remote_schedules; /* wakes and spawns from other threads */
+    _Atomic uint64_t stalls;
+    struct blocking_pool blocking;
+    struct weft__monitor *monitor;     /* NULL: no stall detector */
+    uint32_t blocking_shutdown_ms;
 };
 
 /* The worker running on this thread, or NULL. */
@@ -161,6 +253,12 @@ void *weft__worker_main(void *arg);
  * matching count of a free (runtime.c). */
 bool weft__runtime_pin(struct weft_runtime *rt);
 void weft__runtime_task_free(struct weft_runtime *rt);
+/* A blocking-pool thread keeps the runtime's memory alive while it runs
+ * (hold: while the pool is open; release: its very last use of rt). */
+void weft__runtime_hold(struct weft_runtime *rt);
+/* Task allocations counted outside the workers (metrics: live tasks). */
+int64_t weft__runtime_foreign_live(struct weft_runtime *rt);
+void weft__runtime_release(struct weft_runtime *rt);
 
 void weft__inject_push_batch(struct weft_runtime *rt, void **items, uint32_t n);
 void weft__inject_close_and_drain(struct weft_runtime *rt);
@@ -179,6 +277,49 @@ static inline void *rt_alloc(struct weft_runtime *rt, size_t size)
 static inline void rt_free(struct weft_runtime *rt, void *p, size_t size)
 {
     rt->alloc.free(rt->alloc.ctx, p, size);
+}
+
+/* ---- the poll's metrics (after struct weft__worker) ---------------------------- */
+
+static inline struct poll_timing weft__poll_begin(struct weft__worker *w, struct weft_task *t)
+{
+    struct wstats *st = w->stats;
+    uint64_t polls = atomic_load_explicit(&st->polls, memory_order_relaxed);
+    stat_add(&st->polls, 1);
+    struct poll_timing pt = { atomic_load_explicit(&st->poll_seq, memory_order_relaxed), 0 };
+    bool timed = polls % WEFT_METRICS_SAMPLE == 0;
+    if (timed || t->sched_stamp) {
+        uint64_t now = weft_now_ns();
+        if (t->sched_stamp) {
+            uint32_t waited = (uint32_t)(now >> STAMP_SHIFT) - t->sched_stamp;
+            weft__hist_record(&st->sched_latency, (uint64_t)waited << STAMP_SHIFT);
+            t->sched_stamp = 0;
+        }
+        pt.start = timed ? now : 0;
+        w->clock = (uint32_t)(now >> POLLED_SHIFT);
+    }
+    atomic_store_explicit(&t->polled_ms, w->clock, memory_order_relaxed);
+    /* Seqlock write side (the reader is metrics.c's monitor). The release
+     * fence orders the previous poll's even sequence before the new task's
+     * fields: a reader that reads those fields then sees the sequence moved
+     * on. The release store publishes the fields with the odd sequence. On
+     * x86 all of this compiles to plain moves. */
+    atomic_thread_fence(memory_order_release);
+    atomic_store_explicit(&st->poll_task, t->id, memory_order_relaxed);
+    atomic_store_explicit(&st->poll_name, t->name, memory_order_relaxed);
+    atomic_store_explicit(&st->poll_seq, pt.seq + 1, memory_order_release);
+    return pt;
+}
+
+static inline void weft__poll_end(struct weft__worker *w, const struct poll_timing *pt,
+                                  bool budget_spent)
+{
+    struct wstats *st = w->stats;
+    atomic_store_explicit(&st->poll_seq, pt->seq + 2, memory_order_release);
+    if (pt->start)
+        weft__hist_record(&st->poll_ns, weft_now_ns() - pt->start);
+    if (budget_spent)
+        stat_add(&st->budget_yields, 1);
 }
 
 #endif

@@ -15,6 +15,7 @@
 #define DEFAULT_QUEUE_SIZE 256u
 #define DEFAULT_GLOBAL_INTERVAL 61u
 #define DEFAULT_EVENT_INTERVAL 61u
+#define DEFAULT_BLOCKING_SHUTDOWN_MS 5000u
 /* The live count starts here, for the runtime's own share: it cannot reach
  * zero before weft_runtime_destroy takes the bias away. */
 #define LIVE_BIAS (INT64_C(1) << 62)
@@ -45,14 +46,14 @@ void weft_runtime_config_init(struct weft_runtime_config *cfg)
  * their futures. Only workers insert, each into its own shard. The shard lock
  * is a spinlock: it is held for a few pointer writes. */
 
-static void shard_lock(struct owned_shard *s)
+void weft__owned_lock(struct owned_shard *s)
 {
     /* Acquire pairs with the release in shard_unlock. */
     while (atomic_flag_test_and_set_explicit(&s->lock, memory_order_acquire))
         __builtin_ia32_pause();
 }
 
-static void shard_unlock(struct owned_shard *s)
+void weft__owned_unlock(struct owned_shard *s)
 {
     atomic_flag_clear_explicit(&s->lock, memory_order_release);
 }
@@ -62,33 +63,33 @@ int weft__owned_insert(struct weft_runtime *rt, struct weft_task *t, uint32_t sh
     struct owned_shard *s = &rt->shards[shard];
     t->shard = (uint16_t)shard;
     t->owned_prev = NULL;
-    shard_lock(s);
+    weft__owned_lock(s);
     /* Checked under the lock: weft_runtime_destroy sets it, then takes every
      * shard lock once, so no insert can slip in after the final sweep (and
      * the workers are stopped before it anyway). */
     if (atomic_load_explicit(&rt->owned_closed, memory_order_relaxed)) {
-        shard_unlock(s);
+        weft__owned_unlock(s);
         return -ESHUTDOWN;
     }
     t->owned_next = s->head;
     if (s->head)
         s->head->owned_prev = t;
     s->head = t;
-    shard_unlock(s);
+    weft__owned_unlock(s);
     return 0;
 }
 
 void weft__owned_remove(struct weft_runtime *rt, struct weft_task *t)
 {
     struct owned_shard *s = &rt->shards[t->shard];
-    shard_lock(s);
+    weft__owned_lock(s);
     if (t->owned_prev)
         t->owned_prev->owned_next = t->owned_next;
     else
         s->head = t->owned_next;
     if (t->owned_next)
         t->owned_next->owned_prev = t->owned_prev;
-    shard_unlock(s);
+    weft__owned_unlock(s);
 }
 
 /* Cancels every task still on the lists, one at a time, without holding a
@@ -101,11 +102,11 @@ static void owned_shutdown(struct weft_runtime *rt)
     for (uint32_t i = 0; i < rt->nworkers; i++) {
         struct owned_shard *s = &rt->shards[i];
         for (;;) {
-            shard_lock(s);
+            weft__owned_lock(s);
             struct weft_task *t = s->head;
             if (t)
                 weft__task_ref(t);
-            shard_unlock(s);
+            weft__owned_unlock(s);
             if (!t)
                 break;
             /* Cancels t (completion takes it off the list) and drops our
@@ -137,6 +138,8 @@ static int check_config(const struct weft_runtime_config *cfg)
         return -EINVAL;
     if (bs && (bs < 64 || bs > (1u << 20)))
         return -EINVAL;
+    if (cfg->blocking_max_threads > 65536 || cfg->blocking_priority > WEFT_BLOCKING_PRIO_IDLE)
+        return -EINVAL;
     return 0;
 }
 
@@ -159,12 +162,14 @@ static void runtime_free(struct weft_runtime *rt)
         if (rt->workers[i].io)
             weft__io_fini(rt->workers[i].io);
         free_some(&a, rt->workers[i].io, sizeof(struct weft__io));
+        free_some(&a, rt->workers[i].stats, sizeof(struct wstats));
     }
     free_some(&a, rt->idle.sleepers, rt->nworkers * sizeof(uint32_t));
     free_some(&a, rt->workers, rt->nworkers * sizeof(*rt->workers));
     free_some(&a, rt->shards, rt->nworkers * sizeof(*rt->shards));
     pthread_mutex_destroy(&rt->inject.lock);
     pthread_mutex_destroy(&rt->idle.lock);
+    weft__blocking_fini(rt);
     a.free(a.ctx, rt, sizeof(*rt));
 }
 
@@ -186,7 +191,7 @@ bool weft__runtime_pin(struct weft_runtime *rt)
         /* The worker itself keeps the runtime alive until destroy joins it. */
         if (atomic_load_explicit(&rt->owned_closed, memory_order_relaxed))
             return false;
-        w->live_delta++;
+        stat_add((_Atomic uint64_t *)&w->stats->live_delta, 1);
         return true;
     }
     /* Seq_cst increment, then seq_cst load of the flag; destroy stores the
@@ -215,9 +220,26 @@ void weft__runtime_task_free(struct weft_runtime *rt)
     /* A worker of rt runs only before destroy folds its delta in. */
     struct weft__worker *w = weft__current;
     if (w && w->rt == rt)
-        w->live_delta--;
+        stat_add((_Atomic uint64_t *)&w->stats->live_delta, (uint64_t)-1);
     else
         live_sub(rt, 1);
+}
+
+int64_t weft__runtime_foreign_live(struct weft_runtime *rt)
+{
+    return atomic_load_explicit(&rt->live, memory_order_relaxed) - LIVE_BIAS;
+}
+
+void weft__runtime_hold(struct weft_runtime *rt)
+{
+    /* Relaxed: the caller holds the pool lock with the pool open, and
+     * destroy closes the pool (under that lock) before its final live_sub. */
+    atomic_fetch_add_explicit(&rt->live, 1, memory_order_relaxed);
+}
+
+void weft__runtime_release(struct weft_runtime *rt)
+{
+    live_sub(rt, 1);
 }
 
 static void *zalloc(const struct weft_allocator *a, size_t size)
@@ -231,7 +253,7 @@ static void *zalloc(const struct weft_allocator *a, size_t size)
 /* Allocates the runtime and its per-worker memory; NULL on ENOMEM (with
  * everything allocated so far freed). */
 static struct weft_runtime *runtime_alloc(const struct weft_allocator *a, uint32_t nworkers,
-                                          uint32_t qsize)
+                                          uint32_t qsize, const struct weft_runtime_config *cfg)
 {
     struct weft_runtime *rt = zalloc(a, sizeof(*rt));
     if (!rt)
@@ -241,6 +263,7 @@ static struct weft_runtime *runtime_alloc(const struct weft_allocator *a, uint32
     rt->queue_size = qsize;
     pthread_mutex_init(&rt->inject.lock, NULL);
     pthread_mutex_init(&rt->idle.lock, NULL);
+    weft__blocking_init(rt, cfg);
     rt->workers = zalloc(a, nworkers * sizeof(*rt->workers));
     rt->shards = zalloc(a, nworkers * sizeof(*rt->shards));
     rt->idle.sleepers = zalloc(a, nworkers * sizeof(uint32_t));
@@ -250,7 +273,8 @@ static struct weft_runtime *runtime_alloc(const struct weft_allocator *a, uint32
         w->run.buf = zalloc(a, qsize * sizeof(void *));
         w->overflow = zalloc(a, (qsize / 2 + 1) * sizeof(void *));
         w->io = zalloc(a, sizeof(struct weft__io));
-        ok = w->run.buf && w->overflow && w->io;
+        w->stats = zalloc(a, sizeof(struct wstats));
+        ok = w->run.buf && w->overflow && w->io && w->stats;
     }
     if (!ok) {
         runtime_free(rt);
@@ -315,12 +339,14 @@ int weft_runtime_create(struct weft_runtime **out, const struct weft_runtime_con
     }
     uint32_t qsize = cfg->local_queue_size ? cfg->local_queue_size : DEFAULT_QUEUE_SIZE;
     struct weft_runtime *rt = runtime_alloc(cfg->allocator ? cfg->allocator : &malloc_allocator,
-                                            nworkers, qsize);
+                                            nworkers, qsize, cfg);
     if (!rt)
         return -ENOMEM;
     rt->global_interval = cfg->global_queue_interval ? cfg->global_queue_interval
                                                      : DEFAULT_GLOBAL_INTERVAL;
     rt->event_interval = cfg->event_interval ? cfg->event_interval : DEFAULT_EVENT_INTERVAL;
+    rt->blocking_shutdown_ms = cfg->blocking_shutdown_ms ? cfg->blocking_shutdown_ms
+                                                         : DEFAULT_BLOCKING_SHUTDOWN_MS;
     atomic_init(&rt->live, LIVE_BIAS);
     rt->idle.nworkers = nworkers;
     atomic_init(&rt->idle.state, nworkers << 16); /* all unparked, none searching */
@@ -352,14 +378,19 @@ int weft_runtime_create(struct weft_runtime **out, const struct weft_runtime_con
         snprintf(name, sizeof(name), "%.12s%u", prefix, i);
         pthread_setname_np(rt->workers[i].thread, name);
     }
+    err = weft__monitor_start(rt, cfg);
+    if (err) {
+        stop_workers(rt, nworkers, NULL);
+        runtime_free(rt);
+        return err;
+    }
     *out = rt;
     return 0;
 }
 
-void weft_runtime_destroy(struct weft_runtime *rt)
+/* Destroys rt; returns the number of blocking jobs left running. */
+static uint32_t runtime_destroy(struct weft_runtime *rt, uint32_t blocking_timeout_ms)
 {
-    if (!rt)
-        return;
     assert(!weft__current || weft__current->rt != rt);
     /* No new tasks: spawns from here on (from draining futures, or other
      * threads) fail with -ESHUTDOWN; seq_cst for weft__runtime_pin's argument.
@@ -367,16 +398,40 @@ void weft_runtime_destroy(struct weft_runtime *rt)
      * before the flag ahead of the sweep below. */
     atomic_store_explicit(&rt->owned_closed, true, memory_order_seq_cst);
     for (uint32_t i = 0; i < rt->nworkers; i++) {
-        shard_lock(&rt->shards[i]);
-        shard_unlock(&rt->shards[i]);
+        weft__owned_lock(&rt->shards[i]);
+        weft__owned_unlock(&rt->shards[i]);
     }
+    weft__monitor_stop(rt);
     stop_workers(rt, rt->nworkers, drop_all_tasks);
+    /* After the workers: a running job may wait for a task (a block_on),
+     * which the stop has just cancelled. */
+    uint32_t left = weft__blocking_shutdown(rt, blocking_timeout_ms);
     for (uint32_t i = 0; i < rt->nworkers; i++)
         weft__io_fini(rt->workers[i].io); /* nothing in flight any more */
     int64_t delta = 0;
     for (uint32_t i = 0; i < rt->nworkers; i++)
-        delta += rt->workers[i].live_delta;
+        delta += atomic_load_explicit(&rt->workers[i].stats->live_delta, memory_order_relaxed);
     live_sub(rt, LIVE_BIAS - delta);
+    return left;
+}
+
+void weft_runtime_destroy(struct weft_runtime *rt)
+{
+    if (!rt)
+        return;
+    uint32_t timeout_ms = rt->blocking_shutdown_ms;
+    uint32_t left = runtime_destroy(rt, timeout_ms);
+    if (left)
+        fprintf(stderr, "weft: runtime destroyed with %u blocking job%s still running after "
+                        "%u ms; %s left to finish on %s own\n", left, left == 1 ? "" : "s",
+                timeout_ms, left == 1 ? "it is" : "they are", left == 1 ? "its" : "their");
+}
+
+int weft_runtime_shutdown(struct weft_runtime *rt, uint32_t timeout_ms)
+{
+    if (!rt)
+        return -EINVAL;
+    return (int)runtime_destroy(rt, timeout_ms);
 }
 
 struct weft_runtime *weft_runtime_current(void)

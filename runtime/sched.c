@@ -133,7 +133,8 @@ void weft__inject_close_and_drain(struct weft_runtime *rt)
 
 void weft__worker_unpark(struct weft__worker *w)
 {
-    weft__io_unpark(w->io);
+    if (weft__io_unpark(w->io))
+        atomic_fetch_add_explicit(&w->stats->unparks, 1, memory_order_relaxed);
 }
 
 void weft__notify_parked(struct weft_runtime *rt)
@@ -162,14 +163,28 @@ static void notify_if_work_pending(struct weft_runtime *rt)
 static void push_local(struct weft__worker *w, struct weft_task *t)
 {
     uint32_t n = queue_push(&w->run, t, w->overflow);
-    if (n > 0)
+    if (n > 0) {
+        stat_add(&w->stats->overflows, 1);
         weft__inject_push_batch(w->rt, w->overflow, n);
+    }
+}
+
+/* One wake in WEFT_METRICS_SAMPLE is timed, for the schedule latency
+ * histogram; the poll that follows reads the stamp (weft__poll_begin). */
+static void sample_wake(struct weft_task *t, uint64_t count)
+{
+    if (count % WEFT_METRICS_SAMPLE == 0) {
+        uint32_t stamp = (uint32_t)(weft_now_ns() >> STAMP_SHIFT);
+        t->sched_stamp = stamp ? stamp : 1;
+    }
 }
 
 void weft__schedule(struct weft_task *t, bool yield)
 {
     struct weft__worker *w = weft__current;
     if (!w || w->rt != t->rt || w->draining) {
+        sample_wake(t, atomic_fetch_add_explicit(&t->rt->remote_schedules, 1,
+                                                 memory_order_relaxed));
         /* Our reference keeps the task, and so the runtime's memory, alive
          * through the push and the notify: once pushed, the queue's reference
          * may be dropped at any time by a shutdown on another thread. */
@@ -179,6 +194,9 @@ void weft__schedule(struct weft_task *t, bool yield)
         return;
     }
     bool notify = true;
+    uint64_t n = atomic_load_explicit(&w->stats->local_schedules, memory_order_relaxed);
+    stat_add(&w->stats->local_schedules, 1);
+    sample_wake(t, n);
     /* Outside a poll (a completion or timer reaped by the worker's reactor
      * turn) there is no running task to follow: the LIFO slot is only
      * drained after a poll, so go to the queue. */
@@ -247,8 +265,12 @@ static struct weft_task *steal_work(struct weft__worker *w)
         if (victim == w)
             continue;
         struct weft_task *t = queue_steal_into(&victim->run, &w->run);
-        if (t)
+        if (t) {
+            /* Our queue was empty: what is in it now came with t. */
+            stat_add(&w->stats->steals, 1 + queue_len(&w->run));
+            stat_add(&w->stats->steal_ops, 1);
             return t;
+        }
     }
     return inject_pop(w, rt->queue_size / 2);
 }
@@ -270,6 +292,7 @@ static void run_task(struct weft__worker *w, struct weft_task *t)
             push_local(w, t);
             break;
         }
+        stat_add(&w->stats->lifo_hits, 1);
         weft__task_run(t, w);
     }
 }
@@ -288,8 +311,14 @@ static void park_worker(struct weft__worker *w)
         notify_if_work_pending(rt);
     for (;;) {
         /* Sleeps in io_uring_enter until an unpark, a completion or the next
-         * timer; completions and timers it reaps may queue work here. */
+         * timer; completions and timers it reaps may queue work here. Busy
+         * time is counted up to here and from the wake-up on. */
+        uint64_t now = weft_now_ns();
+        stat_add(&w->stats->busy_ns, now - w->busy_since);
+        stat_add(&w->stats->parks, 1);
         weft__io_park(w->io);
+        w->busy_since = weft_now_ns();
+        w->clock = (uint32_t)(w->busy_since >> POLLED_SHIFT);
         if (atomic_load_explicit(&rt->shutdown, memory_order_acquire))
             return;
         switch (weft__idle_wake_self(&rt->idle, w->index, has_local_work(w))) {
@@ -311,6 +340,7 @@ void *weft__worker_main(void *arg)
     weft__current = w;
     w->global_countdown = rt->global_interval;
     w->event_countdown = rt->event_interval;
+    w->busy_since = weft_now_ns();
     /* Timer wakeups to the microsecond: the default 50 us of slack is a
      * quarter of the oversleep budget of a 1 ms sleep. */
     prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0);

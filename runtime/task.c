@@ -24,6 +24,8 @@
 #define REF_MASK (~(TASK_REF_ONE - 1))
 #define MAX_FUTURE_SIZE (1u << 20)
 
+static_assert(offsetof(struct weft_task, future) == 96, "the task header grew (internal.h)");
+
 static inline uint64_t refs(uint64_t s)
 {
     return s >> 6;
@@ -147,7 +149,9 @@ void weft__task_run(struct weft_task *t, struct weft__worker *w)
     struct weft_cx cx = { &waker, w, WEFT_COOP_BUDGET };
     w->running = t;
     w->self_woken = false;
+    struct poll_timing pt = weft__poll_begin(w, t);
     enum weft_poll r = weft_future_poll(task_future(t), &cx);
+    weft__poll_end(w, &pt, r == WEFT_PENDING && cx.budget == 0 && w->self_woken);
     w->running = NULL;
     if (r == WEFT_READY) {
         complete(t, 0);
@@ -306,6 +310,12 @@ static const struct weft_future_ops join_ops;
 int weft_spawn(struct weft_runtime *rt, const struct weft_future *f, size_t size,
                struct weft_join *join)
 {
+    return weft_spawn_named(rt, f, size, join, NULL);
+}
+
+int weft_spawn_named(struct weft_runtime *rt, const struct weft_future *f, size_t size,
+                     struct weft_join *join, const char *name)
+{
     if (join)
         *join = (struct weft_join){ 0 };
     if (!rt || !f || !f->ops || !f->ops->poll || size < sizeof(*f) || size > MAX_FUTURE_SIZE)
@@ -329,13 +339,18 @@ int weft_spawn(struct weft_runtime *rt, const struct weft_future *f, size_t size
     t->join_waker = (struct weft_waker){ 0 };
     t->alloc_size = (uint32_t)alloc_size;
     t->result = 0;
+    t->name = name;
+    t->sched_stamp = 0;
+    atomic_init(&t->polled_ms, 0);
     memcpy(t->future, f, size);
 
     t->owned = 0;
     struct weft__worker *w = weft__current;
-    if (w && w->rt == rt)
-        t->id = ((uint64_t)(w->index + 1) << 40) | w->next_id++;
-    else
+    if (w && w->rt == rt) {
+        uint64_t n = atomic_load_explicit(&w->stats->spawns, memory_order_relaxed);
+        stat_add(&w->stats->spawns, 1);
+        t->id = ((uint64_t)(w->index + 1) << 40) | n;
+    } else
         t->id = atomic_fetch_add_explicit(&rt->foreign_ids, 1, memory_order_relaxed);
     if (join)
         *join = (struct weft_join){ .base = { &join_ops, 0 }, .task = t };

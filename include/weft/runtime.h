@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "future.h"
+#include "metrics.h"
 
 struct weft_runtime;
 struct weft_task;
@@ -27,6 +28,14 @@ struct weft_allocator {
 
 #define WEFT_MAX_WORKERS 256u
 
+/* The OS priority of blocking-pool threads (config.blocking_priority). */
+enum weft_blocking_priority {
+    WEFT_BLOCKING_PRIO_DEFAULT = 0, /* = WEFT_BLOCKING_PRIO_IDLE (docs/blocking.md: measured) */
+    WEFT_BLOCKING_PRIO_NORMAL,      /* the workers' own priority */
+    WEFT_BLOCKING_PRIO_NICE,        /* nice 19: about 1.5% of a CPU against a busy worker */
+    WEFT_BLOCKING_PRIO_IDLE,        /* SCHED_IDLE: runs when a CPU has nothing else to do */
+};
+
 struct weft_runtime_config {
     uint32_t workers;               /* worker threads; 0: one per online CPU; at most WEFT_MAX_WORKERS */
     const char *thread_name;        /* worker thread name prefix, at most 12 bytes; NULL: "weft-w" */
@@ -39,6 +48,17 @@ struct weft_runtime_config {
     uint32_t io_buffer_size;        /* bytes per buffer, in [64, 1 MiB]; 0: 4096 */
     uint32_t event_interval;        /* a busy worker reaps completions at least every this many polls; 0: 61 */
     bool no_io_uring;               /* run without io_uring: timers work, I/O gives -EOPNOTSUPP */
+    /* The blocking pool (weft/blocking.h). */
+    uint32_t blocking_max_threads;  /* at most this many pool threads, in [1, 65536]; 0: 512 */
+    uint32_t blocking_keepalive_ms; /* an idle pool thread exits after this; 0: 10000 */
+    uint32_t blocking_queue_max;    /* bound seen by the try_ and waiting spawns; 0: none */
+    uint32_t blocking_shutdown_ms;  /* destroy waits this long for running jobs; 0: 5000 */
+    uint32_t blocking_priority;     /* enum weft_blocking_priority */
+    /* The stall detector (weft/metrics.h). */
+    uint32_t stall_threshold_us;    /* a poll longer than this is a stall; 0: 10000 (10 ms) */
+    bool no_stall_detector;         /* no monitor thread at all */
+    weft_stall_fn *on_stall;        /* NULL: one line on stderr per stall */
+    void *stall_ctx;                /* passed to on_stall */
 };
 
 /* Fills `cfg` with the defaults (every field zero or NULL). */
@@ -53,9 +73,18 @@ void weft_runtime_config_init(struct weft_runtime_config *cfg);
 int weft_runtime_create(struct weft_runtime **out, const struct weft_runtime_config *cfg);
 
 /* Stops the workers, drops the future of every unfinished task exactly once
- * (their joiners see -ECANCELED), and frees the runtime. Must not be called from
+ * (their joiners see -ECANCELED), cancels the blocking jobs not yet started
+ * (-ECANCELED), waits up to config.blocking_shutdown_ms for running ones (a
+ * line on stderr says how many it left behind), and frees the runtime. Must not be called from
  * one of the runtime's own workers. */
 void weft_runtime_destroy(struct weft_runtime *rt);
+
+/* As weft_runtime_destroy, but waits at most `timeout_ms` (instead of
+ * config.blocking_shutdown_ms) for blocking jobs still running, and returns
+ * how many it left behind (0 when all finished; their threads finish them
+ * and exit on their own, keeping only the runtime's memory alive until
+ * then). Also prints nothing. -EINVAL for a NULL rt. */
+int weft_runtime_shutdown(struct weft_runtime *rt, uint32_t timeout_ms);
 
 /* Runs `f` to completion as a task on the workers (so its I/O has a ring)
  * while the calling thread sleeps. `f` stays at its address and is not
@@ -94,6 +123,12 @@ struct weft_join {
  * runtime is shutting down); on error *join is left empty and nothing runs. */
 int weft_spawn(struct weft_runtime *rt, const struct weft_future *f, size_t size,
                struct weft_join *join);
+
+/* As weft_spawn, and names the task: the stall detector and weft_task_dump
+ * show the name. `name` is not copied: it must outlive the task (a string
+ * literal, typically); NULL for none. */
+int weft_spawn_named(struct weft_runtime *rt, const struct weft_future *f, size_t size,
+                     struct weft_join *join, const char *name);
 
 /* The finished (and dropped) future of a task whose handle returned 0, for
  * reading its output fields; valid until the handle is dropped. NULL before

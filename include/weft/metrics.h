@@ -1,0 +1,112 @@
+/* weft/metrics.h: runtime metrics, the stall detector and the task dump.
+ *
+ * Metrics are always on. Each worker counts into its own cache lines with
+ * plain (relaxed) stores; weft_metrics_read sums them from any thread. The
+ * snapshot is consistent enough, not atomic: counters read a few nanoseconds
+ * apart may disagree by the work done meanwhile. Timing is sampled: one poll
+ * in WEFT_METRICS_SAMPLE is timed for the poll-duration histogram, one wake in
+ * WEFT_METRICS_SAMPLE for the schedule-latency one (a clock read costs about
+ * as much as a whole yield); busy time is measured at every park.
+ *
+ * The stall detector is a monitor thread that looks at every worker each
+ * threshold/2 and reports a worker that has been inside one poll for longer
+ * than the threshold, once per stall. docs/blocking.md explains how to read
+ * both.
+ *
+ * Included by <weft.h>; not meant to be included on its own. */
+#ifndef WEFT_METRICS_H
+#define WEFT_METRICS_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+struct weft_runtime;
+
+#define WEFT_METRICS_SAMPLE 64u
+
+/* ---- histograms ------------------------------------------------------------
+ * Log-linear buckets of nanoseconds: bucket 0 holds [0, 128); then every power
+ * of two from 128 ns up is split into 4 equal buckets (128, 160, 192, 224, 256,
+ * 320, ...), up to the last bucket, which holds everything from about 69 s. */
+#define WEFT_HIST_BUCKETS 118u
+
+struct weft_histogram {
+    uint64_t count;                     /* samples */
+    uint64_t buckets[WEFT_HIST_BUCKETS];
+};
+
+/* The smallest value (ns) bucket `i` holds; UINT64_MAX for i out of range. */
+uint64_t weft_histogram_bucket_min(uint32_t i);
+
+/* An upper bound (ns) of the q-quantile (0 <= q <= 1) of `h`: the top of the
+ * bucket holding it; 0 for an empty histogram or a NULL one. */
+uint64_t weft_histogram_quantile(const struct weft_histogram *h, double q);
+
+/* ---- the snapshot ---------------------------------------------------------- */
+
+struct weft_worker_metrics {
+    uint64_t polls;              /* futures polled (task polls) */
+    uint64_t steals;             /* tasks this worker stole from others */
+    uint64_t steal_ops;          /* steal operations that got at least one task */
+    uint64_t parks;              /* times it went to sleep */
+    uint64_t unparks;            /* wake-ups other threads sent it */
+    uint64_t local_schedules;    /* wakes and spawns onto its own queue or LIFO slot */
+    uint64_t overflows;          /* times its queue was full and spilled half to the global queue */
+    uint64_t budget_yields;      /* polls that ended because the coop budget was spent */
+    uint64_t lifo_hits;          /* tasks run from the LIFO slot */
+    uint64_t busy_ns;            /* time not parked */
+    uint64_t sqes;               /* SQEs submitted */
+    uint64_t cqes;               /* CQEs reaped */
+    uint64_t enters;             /* io_uring_enter calls */
+    uint64_t queue_depth;        /* tasks in its run queue now */
+};
+
+struct weft_metrics {
+    uint32_t workers;
+    struct weft_worker_metrics worker[256]; /* [0, workers) are filled */
+    /* global */
+    uint64_t global_queue_depth;    /* tasks in the global (inject) queue */
+    uint64_t remote_schedules;      /* wakes and spawns from outside the workers */
+    uint64_t live_tasks;            /* spawned and not yet freed */
+    uint64_t spawned;               /* tasks spawned since creation */
+    uint64_t stalls;                /* stalls the detector reported */
+    /* the blocking pool */
+    uint64_t blocking_threads;      /* pool threads alive */
+    uint64_t blocking_idle;         /* of which waiting for a job */
+    uint64_t blocking_queue_depth;  /* jobs queued, not yet started */
+    uint64_t blocking_jobs;         /* jobs run to completion */
+    /* histograms, summed over the workers (sampled: see above) */
+    struct weft_histogram poll_ns;        /* how long one poll took */
+    struct weft_histogram sched_latency;  /* woken (or spawned) to polled */
+};
+
+/* Fills *m with a snapshot of `rt`'s metrics. Any thread, any time while rt
+ * lives. Returns 0 or -EINVAL (NULL argument). */
+int weft_metrics_read(struct weft_runtime *rt, struct weft_metrics *m);
+
+/* Writes a snapshot as text a person can read (docs/blocking.md explains
+ * every line) to `out`. Returns 0, -EINVAL or -EIO (the write failed). */
+int weft_metrics_dump(struct weft_runtime *rt, FILE *out);
+
+/* Writes one line per live task that has been polled at least once (tasks
+ * never polled yet are counted, not listed): id, name, state, and the time
+ * since its last poll started (to within the last WEFT_METRICS_SAMPLE polls of its worker). Returns the number of tasks
+ * listed, -EINVAL or -ENOMEM or -EIO. */
+int weft_task_dump(struct weft_runtime *rt, FILE *out);
+
+/* ---- the stall detector ------------------------------------------------------ */
+
+/* One stall: worker `worker` has been polling task `task_id` (named
+ * `task_name`, or NULL) for at least `elapsed_ns` without returning. */
+struct weft_stall {
+    uint32_t worker;
+    uint64_t task_id;
+    const char *task_name;
+    uint64_t elapsed_ns;
+};
+
+/* The stall callback: runs on the monitor thread, once per stall, while the
+ * poll is still going on. It must not block for long (the next stall waits). */
+typedef void weft_stall_fn(const struct weft_stall *stall, void *ctx);
+
+#endif

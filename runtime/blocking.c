@@ -1,0 +1,454 @@
+/* blocking.c: the blocking pool (weft/blocking.h).
+ *
+ * One mutex guards the pool: the job queue, the thread counts and the list of
+ * spawns waiting for room. It is taken once per job by the spawner and once
+ * by the thread that runs it; a job is far longer than that (it would not be
+ * here otherwise), and Tokio's pool is built the same way.
+ *
+ * Threads: a spawn that finds an idle thread hands it the job through
+ * `notified` (idle--, notified++, signal: the idle count never promises the
+ * same thread twice); otherwise it starts a thread, up to max_threads; past
+ * that the job waits in the queue for a busy thread. An idle thread waits
+ * keepalive_ns and exits unless it was handed a job. Every thread holds a
+ * count on the runtime's memory (weft__runtime_hold), so a job still running
+ * when destroy gives up on it can finish and its thread exit without touching
+ * freed memory; the thread's very last act releases that count.
+ *
+ * A job is one malloc'd block shared by the pool and the join handle (two
+ * references). The runner stores the output, then the state (seq_cst), then
+ * wakes the handle's awaker; the handle registers its waker, then loads the
+ * state (seq_cst): the awaker's Dekker pairing (atomic_waker.h, contract 3)
+ * means one of them sees the other, so the wake is never lost. The state's
+ * seq_cst store also releases the output to the handle's load. */
+#include <errno.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "atomic_waker.h"
+
+#define DEFAULT_MAX_THREADS 512u
+#define DEFAULT_KEEPALIVE_MS 10000u
+
+enum { JOB_QUEUED, JOB_DONE, JOB_CANCELLED };
+
+struct weft__job {
+    struct weft__job *next;
+    weft_blocking_fn *fn;
+    void *arg;
+    void *output;
+    _Atomic uint32_t state;
+    _Atomic uint32_t refs;
+    struct awaker joiner;
+};
+
+static void job_unref(struct weft__job *j)
+{
+    /* Acq_rel: the last one to let go sees the other's uses (the output
+     * store, the awaker) before freeing. */
+    if (atomic_fetch_sub_explicit(&j->refs, 1, memory_order_acq_rel) == 1) {
+        awaker_fini(&j->joiner);
+        free(j);
+    }
+}
+
+/* Ends a job (any thread): publishes its state and wakes the joiner. */
+static void job_finish(struct weft__job *j, uint32_t state)
+{
+    atomic_store(&j->state, state); /* seq_cst: see the top comment */
+    awaker_wake(&j->joiner);
+    job_unref(j);
+}
+
+/* ---- the pool ------------------------------------------------------------------- */
+
+int weft__blocking_init(struct weft_runtime *rt, const struct weft_runtime_config *cfg)
+{
+    struct blocking_pool *p = &rt->blocking;
+    pthread_mutex_init(&p->lock, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&p->work, &ca);
+    pthread_cond_init(&p->gone, &ca);
+    pthread_condattr_destroy(&ca);
+    p->max_threads = cfg->blocking_max_threads ? cfg->blocking_max_threads : DEFAULT_MAX_THREADS;
+    p->keepalive_ns = (uint64_t)(cfg->blocking_keepalive_ms ? cfg->blocking_keepalive_ms
+                                                            : DEFAULT_KEEPALIVE_MS) * 1000000u;
+    p->queue_max = cfg->blocking_queue_max;
+    p->priority = cfg->blocking_priority;
+    return 0;
+}
+
+void weft__blocking_fini(struct weft_runtime *rt)
+{
+    struct blocking_pool *p = &rt->blocking;
+    pthread_cond_destroy(&p->work);
+    pthread_cond_destroy(&p->gone);
+    pthread_mutex_destroy(&p->lock);
+}
+
+static struct timespec deadline_after(uint64_t ns)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    uint64_t t = (uint64_t)ts.tv_nsec + ns % 1000000000u;
+    ts.tv_sec += (time_t)(ns / 1000000000u + t / 1000000000u);
+    ts.tv_nsec = (long)(t % 1000000000u);
+    return ts;
+}
+
+/* Lowers the calling pool thread's OS priority as configured. */
+static void set_priority(uint32_t prio)
+{
+    if (prio == WEFT_BLOCKING_PRIO_NICE) {
+        setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 19);
+    } else if (prio == WEFT_BLOCKING_PRIO_IDLE || prio == WEFT_BLOCKING_PRIO_DEFAULT) {
+        struct sched_param sp = { 0 };
+        pthread_setschedparam(pthread_self(), SCHED_IDLE, &sp);
+    }
+}
+
+/* Gives room freed in the queue to the first spawn waiting for it (under the
+ * lock); returns its waker to wake once the lock is dropped, or an empty one. */
+static struct weft_waker take_room_waiter(struct blocking_pool *p)
+{
+    struct weft_spawn_blocking_wait *w = p->whead;
+    if (!w)
+        return (struct weft_waker){ 0 };
+    p->whead = w->wnext;
+    if (p->whead)
+        p->whead->wprev = NULL;
+    else
+        p->wtail = NULL;
+    w->queued = 0;
+    w->notified = 1;
+    struct weft_waker k = w->waker;
+    w->waker = (struct weft_waker){ 0 };
+    return k;
+}
+
+static void wake_waiter(struct weft_waker *k)
+{
+    if (k->ops)
+        weft_waker_wake(k);
+}
+
+static void *pool_thread(void *arg)
+{
+    struct weft_runtime *rt = arg;
+    struct blocking_pool *p = &rt->blocking;
+    set_priority(p->priority);
+    pthread_mutex_lock(&p->lock);
+    for (;;) {
+        struct weft__job *j = p->head;
+        if (j) {
+            p->head = j->next;
+            if (!p->head)
+                p->tail = NULL;
+            p->queued--;
+            struct weft_waker k = take_room_waiter(p);
+            pthread_mutex_unlock(&p->lock);
+            wake_waiter(&k);
+            j->output = j->fn(j->arg);
+            job_finish(j, JOB_DONE);
+            pthread_mutex_lock(&p->lock);
+            p->jobs_done++;
+            continue;
+        }
+        if (p->closed)
+            break;
+        /* Idle: wait to be handed a job, or for the keep-alive to run out. */
+        p->idle++;
+        struct timespec until = deadline_after(p->keepalive_ns);
+        bool handed = false;
+        for (;;) {
+            int rc = pthread_cond_timedwait(&p->work, &p->lock, &until);
+            if (p->notified > 0) {
+                p->notified--; /* the notifier took us off `idle` */
+                handed = true;
+                break;
+            }
+            if (p->closed || rc == ETIMEDOUT) {
+                p->idle--;
+                break;
+            }
+        }
+        if (!handed && !p->head)
+            break;
+    }
+    p->threads--;
+    if (p->closed && p->threads == 0)
+        pthread_cond_broadcast(&p->gone);
+    pthread_mutex_unlock(&p->lock);
+    weft__runtime_release(rt); /* may free rt: nothing after this */
+    return NULL;
+}
+
+/* Starts a pool thread (the caller counted it in `threads` and holds the
+ * runtime for it). 0 or -errno. */
+static int start_thread(struct weft_runtime *rt)
+{
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_t th;
+    int err = -pthread_create(&th, &attr, pool_thread, rt);
+    pthread_attr_destroy(&attr);
+    if (!err)
+        pthread_setname_np(th, "weft-blocking");
+    return err;
+}
+
+/* Queues a job. With `bounded`, a full queue gives -EAGAIN, and `waiter`
+ * (when not NULL) is put on the waiting list with a clone of `waker`. */
+static int pool_push(struct weft_runtime *rt, struct weft__job *j, bool bounded,
+                     struct weft_spawn_blocking_wait *waiter, const struct weft_waker *waker)
+{
+    struct blocking_pool *p = &rt->blocking;
+    pthread_mutex_lock(&p->lock);
+    if (p->closed) {
+        pthread_mutex_unlock(&p->lock);
+        return -ESHUTDOWN;
+    }
+    if (bounded && p->queue_max && p->queued >= p->queue_max) {
+        if (waiter) {
+            waiter->waker = weft_waker_clone(waker);
+            waiter->wnext = NULL;
+            waiter->wprev = p->wtail;
+            if (p->wtail)
+                p->wtail->wnext = waiter;
+            else
+                p->whead = waiter;
+            p->wtail = waiter;
+            waiter->queued = 1;
+        }
+        pthread_mutex_unlock(&p->lock);
+        return -EAGAIN;
+    }
+    j->next = NULL;
+    if (p->tail)
+        p->tail->next = j;
+    else
+        p->head = j;
+    p->tail = j;
+    p->queued++;
+    bool start = false;
+    if (p->idle > 0) {
+        p->idle--;
+        p->notified++;
+        pthread_cond_signal(&p->work);
+    } else if (p->threads < p->max_threads) {
+        p->threads++;
+        weft__runtime_hold(rt);
+        start = true;
+    }
+    pthread_mutex_unlock(&p->lock);
+    if (!start)
+        return 0;
+    int err = start_thread(rt);
+    if (!err)
+        return 0;
+    /* No thread: if none is left to run the job either, take it back. */
+    pthread_mutex_lock(&p->lock);
+    p->threads--;
+    bool take_back = p->threads == 0;
+    if (take_back) {
+        struct weft__job **pp = &p->head;
+        while (*pp != j)
+            pp = &(*pp)->next;
+        *pp = j->next;
+        if (p->tail == j) {
+            p->tail = NULL;
+            for (struct weft__job *q = p->head; q; q = q->next)
+                p->tail = q;
+        }
+        p->queued--;
+    }
+    pthread_mutex_unlock(&p->lock);
+    weft__runtime_release(rt); /* rt stays alive: its owner is calling us */
+    return take_back ? err : 0;
+}
+
+static const struct weft_future_ops join_ops;
+
+static int spawn(struct weft_runtime *rt, weft_blocking_fn *fn, void *arg,
+                 struct weft_blocking_join *join, bool bounded,
+                 struct weft_spawn_blocking_wait *waiter, const struct weft_waker *waker)
+{
+    if (join)
+        *join = (struct weft_blocking_join){ 0 };
+    if (!rt || !fn)
+        return -EINVAL;
+    struct weft__job *j = malloc(sizeof(*j));
+    if (!j)
+        return -ENOMEM;
+    j->fn = fn;
+    j->arg = arg;
+    j->output = NULL;
+    atomic_init(&j->state, JOB_QUEUED);
+    atomic_init(&j->refs, join ? 2 : 1);
+    awaker_init(&j->joiner);
+    int err = pool_push(rt, j, bounded, waiter, waker);
+    if (err) {
+        free(j);
+        return err;
+    }
+    if (join)
+        *join = (struct weft_blocking_join){ .base = { &join_ops, 0 }, .job = j };
+    return 0;
+}
+
+int weft_spawn_blocking(struct weft_runtime *rt, weft_blocking_fn *fn, void *arg,
+                        struct weft_blocking_join *join)
+{
+    return spawn(rt, fn, arg, join, false, NULL, NULL);
+}
+
+int weft_try_spawn_blocking(struct weft_runtime *rt, weft_blocking_fn *fn, void *arg,
+                            struct weft_blocking_join *join)
+{
+    return spawn(rt, fn, arg, join, true, NULL, NULL);
+}
+
+uint32_t weft__blocking_shutdown(struct weft_runtime *rt, uint32_t timeout_ms)
+{
+    struct blocking_pool *p = &rt->blocking;
+    pthread_mutex_lock(&p->lock);
+    p->closed = true;
+    struct weft__job *j = p->head;
+    p->head = p->tail = NULL;
+    p->queued = 0;
+    /* Waiting spawns belonged to tasks, all dropped by now (each took itself
+     * off the list); a foreign thread's block_on ran as a task too. */
+    pthread_cond_broadcast(&p->work);
+    pthread_mutex_unlock(&p->lock);
+    while (j) {
+        struct weft__job *next = j->next;
+        job_finish(j, JOB_CANCELLED);
+        j = next;
+    }
+    pthread_mutex_lock(&p->lock);
+    struct timespec until = deadline_after((uint64_t)timeout_ms * 1000000u);
+    while (p->threads > p->idle &&
+           pthread_cond_timedwait(&p->gone, &p->lock, &until) != ETIMEDOUT)
+        ;
+    /* Idle threads are on their way out; the others are still in a job. */
+    uint32_t left = p->threads - p->idle;
+    pthread_mutex_unlock(&p->lock);
+    return left;
+}
+
+/* ---- the join handle ------------------------------------------------------------ */
+
+static enum weft_poll join_poll(struct weft_future *f, struct weft_cx *cx)
+{
+    struct weft_blocking_join *h = (struct weft_blocking_join *)f;
+    struct weft__job *j = h->job;
+    if (!j) {
+        h->res = -EINVAL;
+        return WEFT_READY;
+    }
+    uint32_t s = atomic_load(&j->state);
+    if (s == JOB_QUEUED) {
+        awaker_register(&j->joiner, cx->waker);
+        s = atomic_load(&j->state); /* seq_cst: the Dekker re-check */
+        if (s == JOB_QUEUED)
+            return WEFT_PENDING;
+    }
+    h->res = s == JOB_DONE ? 0 : -ECANCELED;
+    h->output = j->output;
+    awaker_unregister(&j->joiner);
+    h->job = NULL;
+    job_unref(j);
+    return WEFT_READY;
+}
+
+static void join_drop(struct weft_future *f)
+{
+    struct weft_blocking_join *h = (struct weft_blocking_join *)f;
+    if (h->job) {
+        awaker_unregister(&h->job->joiner);
+        job_unref(h->job);
+        h->job = NULL;
+    }
+}
+
+static const struct weft_future_ops join_ops = { join_poll, join_drop };
+
+/* ---- the spawn that waits for room ------------------------------------------------ */
+
+static enum weft_poll wait_poll(struct weft_future *f, struct weft_cx *cx)
+{
+    struct weft_spawn_blocking_wait *w = (struct weft_spawn_blocking_wait *)f;
+    if (!w->rt || !w->fn) {
+        w->res = -EINVAL;
+        return WEFT_READY;
+    }
+    if (w->waiting) {
+        /* queued and notified change under the lock (a thread giving room). */
+        struct blocking_pool *p = &w->rt->blocking;
+        pthread_mutex_lock(&p->lock);
+        bool still = w->queued;
+        if (still && !weft_waker_will_wake(&w->waker, cx->waker)) {
+            weft_waker_drop(&w->waker);
+            w->waker = weft_waker_clone(cx->waker);
+        }
+        w->notified = 0; /* the room is ours to take now (or lost to a try_) */
+        pthread_mutex_unlock(&p->lock);
+        if (still)
+            return WEFT_PENDING;
+        w->waiting = 0;
+    }
+    int err = spawn(w->rt, w->fn, w->arg, &w->join, true, w, cx->waker);
+    if (err == -EAGAIN) {
+        w->waiting = 1; /* on the list now */
+        return WEFT_PENDING;
+    }
+    w->res = err;
+    return WEFT_READY;
+}
+
+static void wait_drop(struct weft_future *f)
+{
+    struct weft_spawn_blocking_wait *w = (struct weft_spawn_blocking_wait *)f;
+    if (!w->waiting)
+        return;
+    struct blocking_pool *p = &w->rt->blocking;
+    struct weft_waker mine = { 0 }, next = { 0 };
+    pthread_mutex_lock(&p->lock);
+    if (w->queued) {
+        if (w->wprev)
+            w->wprev->wnext = w->wnext;
+        else
+            p->whead = w->wnext;
+        if (w->wnext)
+            w->wnext->wprev = w->wprev;
+        else
+            p->wtail = w->wprev;
+        w->queued = 0;
+        mine = w->waker;
+        w->waker = (struct weft_waker){ 0 };
+    } else if (w->notified) {
+        /* Given room it will not use: pass it on. */
+        w->notified = 0;
+        next = take_room_waiter(p);
+    }
+    pthread_mutex_unlock(&p->lock);
+    if (mine.ops)
+        weft_waker_drop(&mine);
+    wake_waiter(&next);
+}
+
+static const struct weft_future_ops wait_ops = { wait_poll, wait_drop };
+
+void weft_spawn_blocking_wait_init(struct weft_spawn_blocking_wait *w, struct weft_runtime *rt,
+                                   weft_blocking_fn *fn, void *arg)
+{
+    *w = (struct weft_spawn_blocking_wait){ .base = { &wait_ops, 0 }, .rt = rt, .fn = fn,
+                                            .arg = arg };
+}

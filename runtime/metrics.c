@@ -1,0 +1,371 @@
+/* metrics.c: the metrics snapshot and dump, the task dump, and the stall
+ * monitor.
+ *
+ * Workers count into their own `struct wstats` (internal.h) with relaxed
+ * load+store pairs; the readers here load them relaxed. Nothing here is on a
+ * worker's path except weft__hist_record.
+ *
+ * The stall monitor is one thread that wakes every threshold/4 and reads each
+ * worker's poll seqlock (written in weft__poll_begin/_end): a sequence that
+ * is odd means "inside a poll", and the same odd sequence seen on two looks
+ * at least `threshold` apart is a poll that has lasted at least that long.
+ * The first look is taken at or after the poll began, so a report is never
+ * early (no false alarm) and comes at most threshold/4 late. The task's id
+ * and name are read from the seqlock, never from the task, which may be
+ * freed at any moment; the name is the spawner's string, which outlives the
+ * task by contract. */
+#include <errno.h>
+#include <inttypes.h>
+#include <linux/futex.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+/* ---- histograms ---------------------------------------------------------------- */
+
+static uint32_t bucket_of(uint64_t ns)
+{
+    if (ns < 128)
+        return 0;
+    uint32_t e = 63u - (uint32_t)__builtin_clzll(ns); /* >= 7 */
+    uint32_t i = (e - 7) * 4 + (uint32_t)((ns >> (e - 2)) & 3) + 1;
+    return i < HIST_BUCKETS ? i : HIST_BUCKETS - 1;
+}
+
+void weft__hist_record(struct hist *h, uint64_t ns)
+{
+    stat_add(&h->buckets[bucket_of(ns)], 1);
+}
+
+uint64_t weft_histogram_bucket_min(uint32_t i)
+{
+    if (i >= HIST_BUCKETS)
+        return UINT64_MAX;
+    if (i == 0)
+        return 0;
+    uint32_t e = (i - 1) / 4 + 7, sub = (i - 1) % 4;
+    return (uint64_t)(4 + sub) << (e - 2);
+}
+
+uint64_t weft_histogram_quantile(const struct weft_histogram *h, double q)
+{
+    if (!h || h->count == 0)
+        return 0;
+    if (q < 0)
+        q = 0;
+    if (q > 1)
+        q = 1;
+    uint64_t rank = (uint64_t)(q * (double)h->count + 0.999999), seen = 0;
+    if (rank == 0)
+        rank = 1;
+    for (uint32_t i = 0; i < HIST_BUCKETS; i++) {
+        seen += h->buckets[i];
+        if (seen >= rank)
+            return weft_histogram_bucket_min(i + 1);
+    }
+    return UINT64_MAX;
+}
+
+static void hist_add(struct weft_histogram *out, const struct hist *h)
+{
+    for (uint32_t i = 0; i < HIST_BUCKETS; i++) {
+        uint64_t n = atomic_load_explicit(&h->buckets[i], memory_order_relaxed);
+        out->buckets[i] += n;
+        out->count += n;
+    }
+}
+
+/* ---- the snapshot ---------------------------------------------------------------- */
+
+static uint64_t load(_Atomic uint64_t *c)
+{
+    return atomic_load_explicit(c, memory_order_relaxed);
+}
+
+int weft_metrics_read(struct weft_runtime *rt, struct weft_metrics *m)
+{
+    if (!rt || !m)
+        return -EINVAL;
+    memset(m, 0, sizeof(*m));
+    m->workers = rt->nworkers;
+    int64_t live = weft__runtime_foreign_live(rt);
+    for (uint32_t i = 0; i < rt->nworkers; i++) {
+        struct weft__worker *w = &rt->workers[i];
+        struct wstats *st = w->stats;
+        m->worker[i] = (struct weft_worker_metrics){
+            .polls = load(&st->polls),
+            .steals = load(&st->steals),
+            .steal_ops = load(&st->steal_ops),
+            .parks = load(&st->parks),
+            .unparks = load(&st->unparks),
+            .local_schedules = load(&st->local_schedules),
+            .overflows = load(&st->overflows),
+            .budget_yields = load(&st->budget_yields),
+            .lifo_hits = load(&st->lifo_hits),
+            .busy_ns = load(&st->busy_ns),
+            .sqes = load(&st->sqes),
+            .cqes = load(&st->cqes),
+            .enters = load(&st->enters),
+            .queue_depth = queue_len(&w->run),
+        };
+        m->spawned += load(&st->spawns);
+        live += atomic_load_explicit(&st->live_delta, memory_order_relaxed);
+        hist_add(&m->poll_ns, &st->poll_ns);
+        hist_add(&m->sched_latency, &st->sched_latency);
+    }
+    m->spawned += atomic_load_explicit(&rt->foreign_ids, memory_order_relaxed);
+    m->live_tasks = live > 0 ? (uint64_t)live : 0;
+    m->global_queue_depth = atomic_load_explicit(&rt->inject.len, memory_order_relaxed);
+    m->remote_schedules = load(&rt->remote_schedules);
+    m->stalls = load(&rt->stalls);
+    struct blocking_pool *p = &rt->blocking;
+    pthread_mutex_lock(&p->lock);
+    m->blocking_threads = p->threads;
+    m->blocking_idle = p->idle;
+    m->blocking_queue_depth = p->queued;
+    m->blocking_jobs = p->jobs_done;
+    pthread_mutex_unlock(&p->lock);
+    return 0;
+}
+
+static void print_hist(FILE *out, const char *name, const struct weft_histogram *h)
+{
+    fprintf(out, "%-14s samples %" PRIu64, name, h->count);
+    if (h->count) {
+        static const double qs[] = { 0.5, 0.9, 0.99, 0.999, 1.0 };
+        static const char *const qn[] = { "p50", "p90", "p99", "p99.9", "max" };
+        for (size_t i = 0; i < sizeof(qs) / sizeof(qs[0]); i++)
+            fprintf(out, "  %s<%.1fus", qn[i], (double)weft_histogram_quantile(h, qs[i]) / 1e3);
+    }
+    fputc('\n', out);
+}
+
+int weft_metrics_dump(struct weft_runtime *rt, FILE *out)
+{
+    if (!rt || !out)
+        return -EINVAL;
+    struct weft_metrics *m = malloc(sizeof(*m));
+    if (!m)
+        return -ENOMEM;
+    weft_metrics_read(rt, m);
+    fprintf(out, "weft runtime: %u workers, %" PRIu64 " live tasks, %" PRIu64
+                 " spawned, global queue %" PRIu64 ", remote schedules %" PRIu64
+                 ", stalls %" PRIu64 "\n",
+            m->workers, m->live_tasks, m->spawned, m->global_queue_depth, m->remote_schedules,
+            m->stalls);
+    fprintf(out, "%-3s %10s %9s %7s %8s %8s %10s %6s %7s %8s %9s %10s %10s %9s %5s\n", "w",
+            "polls", "busy_ms", "steals", "parks", "unparks", "local", "ovfl", "budget",
+            "lifo", "enters", "sqes", "cqes", "steal_ops", "queue");
+    for (uint32_t i = 0; i < m->workers; i++) {
+        const struct weft_worker_metrics *w = &m->worker[i];
+        fprintf(out, "%-3u %10" PRIu64 " %9.1f %7" PRIu64 " %8" PRIu64 " %8" PRIu64 " %10" PRIu64
+                     " %6" PRIu64 " %7" PRIu64 " %8" PRIu64 " %9" PRIu64 " %10" PRIu64
+                     " %10" PRIu64 " %9" PRIu64 " %5" PRIu64 "\n",
+                i, w->polls, (double)w->busy_ns / 1e6, w->steals, w->parks, w->unparks,
+                w->local_schedules, w->overflows, w->budget_yields, w->lifo_hits, w->enters,
+                w->sqes, w->cqes, w->steal_ops, w->queue_depth);
+    }
+    fprintf(out, "blocking pool: %" PRIu64 " threads (%" PRIu64 " idle), %" PRIu64
+                 " queued, %" PRIu64 " jobs done\n",
+            m->blocking_threads, m->blocking_idle, m->blocking_queue_depth, m->blocking_jobs);
+    print_hist(out, "poll time", &m->poll_ns);
+    print_hist(out, "sched latency", &m->sched_latency);
+    free(m);
+    fflush(out);
+    return ferror(out) ? -EIO : 0;
+}
+
+/* ---- the task dump ----------------------------------------------------------------- */
+
+struct task_line {
+    uint64_t id, state;
+    uint32_t polled;
+    const char *name;
+};
+
+static const char *state_name(uint64_t s)
+{
+    if (s & TASK_RUNNING)
+        return "running";
+    if (s & TASK_CANCELLED)
+        return "cancelling";
+    if (s & TASK_NOTIFIED)
+        return "queued";
+    return "idle";
+}
+
+/* Copies the owned lists into *lines (grown as needed), under each shard's
+ * lock: a task on a list is not freed before it leaves it (task.c). The
+ * printing happens after, with no lock held. Returns the count or -ENOMEM. */
+static int64_t collect_tasks(struct weft_runtime *rt, struct task_line **lines, size_t *cap)
+{
+    size_t n = 0;
+    for (uint32_t i = 0; i < rt->nworkers; i++) {
+        struct owned_shard *s = &rt->shards[i];
+        for (;;) {
+            size_t start = n;
+            bool full = false;
+            weft__owned_lock(s);
+            for (struct weft_task *t = s->head; t; t = t->owned_next) {
+                if (n == *cap) {
+                    full = true;
+                    break;
+                }
+                (*lines)[n++] = (struct task_line){
+                    t->id, atomic_load_explicit(&t->state, memory_order_relaxed),
+                    atomic_load_explicit(&t->polled_ms, memory_order_relaxed), t->name
+                };
+            }
+            weft__owned_unlock(s);
+            if (!full)
+                break;
+            n = start; /* grow and copy this shard again */
+            size_t ncap = *cap * 2;
+            struct task_line *bigger = realloc(*lines, ncap * sizeof(**lines));
+            if (!bigger)
+                return -ENOMEM;
+            *lines = bigger;
+            *cap = ncap;
+        }
+    }
+    return (int64_t)n;
+}
+
+int weft_task_dump(struct weft_runtime *rt, FILE *out)
+{
+    if (!rt || !out)
+        return -EINVAL;
+    size_t cap = 256;
+    struct task_line *lines = malloc(cap * sizeof(*lines));
+    if (!lines)
+        return -ENOMEM;
+    int64_t n = collect_tasks(rt, &lines, &cap);
+    if (n < 0) {
+        free(lines);
+        return (int)n;
+    }
+    uint32_t now = (uint32_t)(weft_now_ns() >> POLLED_SHIFT);
+    fprintf(out, "%-20s %-10s %14s  %s\n", "task", "state", "since poll ms", "name");
+    for (int64_t i = 0; i < n; i++) {
+        const struct task_line *l = &lines[i];
+        double ms = (double)((uint64_t)(uint32_t)(now - l->polled) << POLLED_SHIFT) / 1e6;
+        fprintf(out, "%-20" PRIu64 " %-10s %14.1f  %s\n", l->id, state_name(l->state), ms,
+                l->name ? l->name : "-");
+    }
+    free(lines);
+    fflush(out);
+    return ferror(out) ? -EIO : (int)n;
+}
+
+/* ---- the stall monitor ----------------------------------------------------------- */
+
+#define DEFAULT_STALL_US 10000u
+
+struct mon_worker {
+    uint64_t seq;        /* the odd sequence last seen, or an even one */
+    uint64_t first_ns;   /* when that sequence was first seen */
+    bool reported;
+};
+
+struct weft__monitor {
+    struct weft_runtime *rt;
+    pthread_t thread;
+    _Atomic uint32_t stop;      /* futex word: 1 = exit */
+    uint64_t threshold_ns, period_ns;
+    weft_stall_fn *fn;
+    void *ctx;
+    struct mon_worker w[];
+};
+
+static void stall_to_stderr(const struct weft_stall *s, void *ctx)
+{
+    const struct weft__monitor *m = ctx;
+    fprintf(stderr, "weft: stall: worker %u has been in one poll of task %" PRIu64 " (%s) for "
+                    "%.1f ms (threshold %.1f ms)\n",
+            s->worker, s->task_id, s->task_name ? s->task_name : "unnamed",
+            (double)s->elapsed_ns / 1e6, (double)m->threshold_ns / 1e6);
+}
+
+static void look_at(struct weft__monitor *m, uint32_t i, uint64_t now)
+{
+    struct wstats *st = m->rt->workers[i].stats;
+    struct mon_worker *mw = &m->w[i];
+    /* Seqlock read: acquire pairs with the poll's release store of the odd
+     * sequence (the fields are this poll's); the acquire fence then orders
+     * the field loads before the re-read, which sees a later sequence if the
+     * fields came from a later poll (that poll's release fence). */
+    uint64_t s1 = atomic_load_explicit(&st->poll_seq, memory_order_acquire);
+    if (!(s1 & 1)) {
+        mw->seq = s1;
+        return;
+    }
+    uint64_t id = atomic_load_explicit(&st->poll_task, memory_order_relaxed);
+    const char *name = atomic_load_explicit(&st->poll_name, memory_order_relaxed);
+    atomic_thread_fence(memory_order_acquire);
+    if (atomic_load_explicit(&st->poll_seq, memory_order_relaxed) != s1)
+        return; /* the poll ended meanwhile */
+    if (mw->seq != s1) {
+        *mw = (struct mon_worker){ s1, now, false };
+        return;
+    }
+    if (mw->reported || now - mw->first_ns < m->threshold_ns)
+        return;
+    mw->reported = true;
+    atomic_fetch_add_explicit(&m->rt->stalls, 1, memory_order_relaxed);
+    struct weft_stall s = { i, id, name, now - mw->first_ns };
+    m->fn(&s, m->fn == stall_to_stderr ? m : m->ctx);
+}
+
+static void *monitor_main(void *arg)
+{
+    struct weft__monitor *m = arg;
+    struct timespec ts = { (time_t)(m->period_ns / 1000000000u),
+                           (long)(m->period_ns % 1000000000u) };
+    /* Acquire pairs with monitor_stop's release store. */
+    while (!atomic_load_explicit(&m->stop, memory_order_acquire)) {
+        syscall(SYS_futex, &m->stop, FUTEX_WAIT_PRIVATE, 0, &ts, NULL, 0);
+        uint64_t now = weft_now_ns();
+        for (uint32_t i = 0; i < m->rt->nworkers; i++)
+            look_at(m, i, now);
+    }
+    return NULL;
+}
+
+int weft__monitor_start(struct weft_runtime *rt, const struct weft_runtime_config *cfg)
+{
+    rt->monitor = NULL;
+    if (cfg->no_stall_detector)
+        return 0;
+    struct weft__monitor *m = calloc(1, sizeof(*m) + rt->nworkers * sizeof(m->w[0]));
+    if (!m)
+        return -ENOMEM;
+    m->rt = rt;
+    m->threshold_ns = (uint64_t)(cfg->stall_threshold_us ? cfg->stall_threshold_us
+                                                         : DEFAULT_STALL_US) * 1000u;
+    m->period_ns = m->threshold_ns / 4 > 100000u ? m->threshold_ns / 4 : 100000u;
+    m->fn = cfg->on_stall ? cfg->on_stall : stall_to_stderr;
+    m->ctx = cfg->stall_ctx;
+    int err = -pthread_create(&m->thread, NULL, monitor_main, m);
+    if (err) {
+        free(m);
+        return err;
+    }
+    pthread_setname_np(m->thread, "weft-monitor");
+    rt->monitor = m;
+    return 0;
+}
+
+void weft__monitor_stop(struct weft_runtime *rt)
+{
+    struct weft__monitor *m = rt->monitor;
+    if (!m)
+        return;
+    atomic_store_explicit(&m->stop, 1, memory_order_release);
+    syscall(SYS_futex, &m->stop, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+    pthread_join(m->thread, NULL);
+    free(m);
+    rt->monitor = NULL;
+}
