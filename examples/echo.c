@@ -67,11 +67,11 @@ static const struct weft_future_ops conn_ops = { conn_poll, conn_drop };
 static void conn_start(struct weft_runtime *rt, int fd)
 {
     struct conn c = { .base = { &conn_ops, 0 }, .sock = { .fd = fd } };
-    conn_spawn(rt, &c.base, sizeof(c), fd); /* copies c into the new task */
+    conn_spawn(rt, &c.base, sizeof(c), fd, "echo-conn"); /* copies c into the new task */
 }
 
 int main(int argc, char **argv)
 {
-    static const struct server_def def = { "weft-echo", conn_start, 0 };
+    static const struct server_def def = { .name = "weft-echo", .conn_start = conn_start };
     return server_main(argc, argv, &def);
 }

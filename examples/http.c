@@ -2,6 +2,7 @@
  * "Hello, World!".
  *
  *   weft-http [--port P] [--workers N] [--addr A] [--drain-ms MS]
+ *             [--heavy inline|blocking] [--heavy-ms MS] [--blocking-prio P]
  *
  * The protocol is the one the peer servers of the benchmarks speak. A request
  * is everything up to CRLFCRLF (bodies are not supported); each one gets
@@ -27,11 +28,20 @@
  * malloc'd when that happens, grown up to MAX_HEAD plus one read, and freed as
  * soon as no partial request is left. Nothing is allocated per request.
  *
+ * The stall demo (docs/blocking.md): with --heavy, a request for the path
+ * /heavy first burns about --heavy-ms (default 5) ms of CPU, calibrated at
+ * start; `inline` does it in the connection's task, on the worker (the stall
+ * detector then names the task "http-conn"), `blocking` through
+ * weft_spawn_blocking, awaited. --blocking-prio normal|nice|idle sets the
+ * pool threads' OS priority (default: the runtime's). Every other path stays
+ * light.
+ *
  * examples/server.h holds the skeleton both example servers share (the
  * command line, signals, the accept loop, the graceful stop). At a stop, a
  * connection in the middle of a request is left to finish it (within the
  * drain timeout), and closes after its response; the others close at once. */
 #include <assert.h>
+#include <time.h>
 
 #include "server.h"
 
@@ -59,14 +69,110 @@ struct conn {
     struct weft_future base;
     struct conn_sock sock;     /* the socket, on the server's list; sock.partial: carry != NULL */
     uint32_t count;            /* 200 responses still to send */
+    uint32_t heavy;            /* of which for /heavy, with --heavy: work to do first */
     uint32_t carry_len, carry_cap;
     uint8_t reply;             /* the error to answer after them (REPLY_*), or 0 */
     unsigned char *carry;      /* the start of a request split across reads, or NULL */
     struct weft_recv rx;       /* sends the last batch's responses, then reads */
-    struct weft_io tx;         /* the other sends */
+    union {
+        struct weft_io tx;     /* the other sends */
+        struct weft_blocking_join job; /* the /heavy work, with --heavy blocking */
+    };
 };
 
 _Static_assert(sizeof(struct conn) <= 256, "an idle connection should stay small");
+
+/* ---- the stall demo ---------------------------------------------------------- */
+
+enum { HEAVY_OFF, HEAVY_INLINE, HEAVY_BLOCKING };
+static int heavy_mode;
+static unsigned long heavy_ms = 5;
+static uint64_t heavy_iters;     /* of burn(), for heavy_ms of CPU (calibrated) */
+static int blocking_prio = -1;   /* WEFT_BLOCKING_PRIO_*, or -1: the default */
+
+/* The CPU work of a /heavy request: the same loop as tokio_stall's. */
+static uint64_t burn(uint64_t iters, uint64_t x)
+{
+    for (uint64_t i = 0; i < iters; i++) {
+        x = x * 6364136223846793005u + 1442695040888963407u;
+        x ^= x >> 29;
+        __asm__ volatile("" : "+r"(x)); /* keeps the loop */
+    }
+    return x;
+}
+
+static double thread_cpu_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+/* Iterations for heavy_ms of this thread's CPU: the fastest of 7 timings
+ * 20 ms apart (a timing that another process interrupted only runs long). */
+static void calibrate(void)
+{
+    uint64_t n = 1 << 14;
+    double t;
+    for (;;) {
+        t = thread_cpu_ms();
+        burn(n, n);
+        if (thread_cpu_ms() - t >= 10)
+            break;
+        n *= 2;
+    }
+    double best = 1e9;
+    for (int i = 0; i < 7; i++) {
+        struct timespec gap = { 0, 20 * 1000000 };
+        nanosleep(&gap, NULL);
+        t = thread_cpu_ms();
+        burn(n, n);
+        t = thread_cpu_ms() - t;
+        best = t < best ? t : best;
+    }
+    heavy_iters = (uint64_t)((double)n * (double)heavy_ms / best);
+}
+
+static void *heavy_job(void *arg)
+{
+    return (void *)(uintptr_t)burn(heavy_iters * (uintptr_t)arg, (uintptr_t)arg);
+}
+
+static bool http_option(const char *opt, const char *value)
+{
+    if (strcmp(opt, "heavy") == 0) {
+        heavy_mode = strcmp(value, "inline") == 0     ? HEAVY_INLINE
+                     : strcmp(value, "blocking") == 0 ? HEAVY_BLOCKING
+                                                      : -1;
+        return heavy_mode >= 0;
+    }
+    if (strcmp(opt, "heavy-ms") == 0) {
+        char *end;
+        heavy_ms = strtoul(value, &end, 10);
+        return *value && !*end && heavy_ms > 0 && heavy_ms <= 10000;
+    }
+    blocking_prio = strcmp(value, "normal") == 0 ? WEFT_BLOCKING_PRIO_NORMAL
+                    : strcmp(value, "nice") == 0 ? WEFT_BLOCKING_PRIO_NICE
+                    : strcmp(value, "idle") == 0 ? WEFT_BLOCKING_PRIO_IDLE
+                                                 : -2;
+    return blocking_prio != -2;
+}
+
+static void http_configure(struct weft_runtime_config *cfg)
+{
+    if (blocking_prio >= 0)
+        cfg->blocking_priority = (uint32_t)blocking_prio;
+    if (heavy_mode)
+        calibrate();
+}
+
+/* True when the request line's target is /heavy (a query string allowed). */
+static bool is_heavy(const unsigned char *line, size_t n)
+{
+    const unsigned char *sp = memchr(line, ' ', n);
+    return sp && (size_t)(line + n - sp) > 7 && memcmp(sp + 1, "/heavy", 6) == 0 &&
+           (sp[7] == ' ' || sp[7] == '?');
+}
 
 /* ---- parsing ------------------------------------------------------------------ */
 
@@ -115,6 +221,8 @@ static size_t scan(struct conn *c, const unsigned char *p, size_t len)
             return len;
         }
         c->count++;
+        if (heavy_mode && is_heavy(p + pos, (size_t)(cr - (p + pos))))
+            c->heavy++;
         pos += head;
     }
     return pos;
@@ -209,6 +317,19 @@ static enum weft_poll conn_poll(struct weft_future *f, struct weft_cx *cx)
         if (!ok)
             WEFT_RETURN(f);
 
+        /* The /heavy requests' work, before their responses go out. */
+        if (self->heavy) {
+            void *units = (void *)(uintptr_t)self->heavy;
+            self->heavy = 0;
+            if (heavy_mode == HEAVY_INLINE ||
+                weft_spawn_blocking(weft_runtime_current(), heavy_job, units, &self->job) < 0) {
+                heavy_job(units); /* stalls this worker: the point of the demo */
+            } else {
+                WEFT_AWAIT(f, cx, &self->job);
+                weft_future_drop(&self->job.base);
+            }
+        }
+
         /* The answers: one send per BATCH responses, so usually one, linked
          * to the next read. All but the last batch are sent here (a rare,
          * deep pipeline). */
@@ -247,7 +368,7 @@ static enum weft_poll conn_poll(struct weft_future *f, struct weft_cx *cx)
 static void conn_drop(struct weft_future *f)
 {
     struct conn *self = (struct conn *)f;
-    weft_future_drop(&self->tx.base); /* whichever operations are live: their drops run */
+    weft_future_drop(&self->tx.base); /* whichever of tx and job is live: its drop runs */
     weft_future_drop(&self->rx.base);
     free(self->carry);
     conn_close(&self->sock);
@@ -259,13 +380,18 @@ static const struct weft_future_ops conn_ops = { conn_poll, conn_drop };
 static void conn_start(struct weft_runtime *rt, int fd)
 {
     struct conn c = { .base = { &conn_ops, 0 }, .sock = { .fd = fd } };
-    conn_spawn(rt, &c.base, sizeof(c), fd); /* copies c into the new task */
+    conn_spawn(rt, &c.base, sizeof(c), fd, "http-conn"); /* copies c into the new task */
 }
 
 int main(int argc, char **argv)
 {
     for (size_t i = 0; i < BATCH; i++)
         memcpy(batch + i * OK_LEN, OK, OK_LEN);
-    static const struct server_def def = { "weft-http", conn_start, READ_SIZE };
+    static const char *const extra[] = { "heavy", "heavy-ms", "blocking-prio", NULL };
+    static const struct server_def def = {
+        "weft-http", conn_start, READ_SIZE, extra,
+        " [--heavy inline|blocking] [--heavy-ms MS] [--blocking-prio normal|nice|idle]",
+        http_option, http_configure,
+    };
     return server_main(argc, argv, &def);
 }

@@ -62,12 +62,14 @@ static struct {
 
 static atomic_uint live;       /* connection tasks spawned and not yet dropped */
 
-/* Spawns the connection future f (size bytes) for socket fd, detached. */
-static void conn_spawn(struct weft_runtime *rt, const struct weft_future *f, size_t size, int fd)
+/* Spawns the connection future f (size bytes) for socket fd, detached, as a
+ * task called `name` (weft_spawn_named: a string literal). */
+static void conn_spawn(struct weft_runtime *rt, const struct weft_future *f, size_t size, int fd,
+                       const char *name)
 {
     weft_tcp_set_nodelay(fd, true);
     atomic_fetch_add(&live, 1);
-    if (weft_spawn(rt, f, size, NULL) < 0) { /* nothing ran: undo by hand */
+    if (weft_spawn_named(rt, f, size, NULL, name) < 0) { /* nothing ran: undo by hand */
         atomic_fetch_sub(&live, 1);
         close(fd);
     }
@@ -227,9 +229,12 @@ static const struct weft_future_ops server_ops = { server_poll, server_drop };
 
 /* ---- main ------------------------------------------------------------------------- */
 
+static const char *usage_extra = ""; /* the program's own options (server_def) */
+
 static void usage(const char *name)
 {
-    fprintf(stderr, "usage: %s [--port P] [--workers N] [--addr A] [--drain-ms MS]\n", name);
+    fprintf(stderr, "usage: %s [--port P] [--workers N] [--addr A] [--drain-ms MS]%s\n", name,
+            usage_extra);
     exit(2);
 }
 
@@ -244,27 +249,42 @@ static unsigned long number(const char *name, const char *s, unsigned long max)
 }
 
 /* What a program gives server_main. */
+#define MAX_EXTRA_OPTS 4
 struct server_def {
     const char *name;              /* for the messages */
     void (*conn_start)(struct weft_runtime *rt, int fd); /* spawns a connection task */
     uint32_t io_buffer_size;       /* bytes per provided receive buffer; 0: the default */
+    /* Options of the program's own, each taking a value (at most
+     * MAX_EXTRA_OPTS names, NULL-terminated): `option` gets each one given
+     * and returns false for a bad value; `configure` may then adjust the
+     * runtime's configuration. All may be NULL. */
+    const char *const *extra;
+    const char *extra_usage;       /* appended to the usage line */
+    bool (*option)(const char *opt, const char *value);
+    void (*configure)(struct weft_runtime_config *cfg);
 };
 
 /* Parses the command line, serves until SIGINT or SIGTERM, and returns the
  * exit status: 0, 1 on an error, 2 (with a usage line) for a bad command line. */
 static int server_main(int argc, char **argv, const struct server_def *def)
 {
-    static const struct option opts[] = {
+    struct option opts[4 + MAX_EXTRA_OPTS + 1] = {
         { "port", required_argument, NULL, 'p' },
         { "workers", required_argument, NULL, 'w' },
         { "addr", required_argument, NULL, 'a' },
         { "drain-ms", required_argument, NULL, 'd' },
-        { NULL, 0, NULL, 0 },
     };
+    for (int i = 0; def->extra && def->extra[i] && i < MAX_EXTRA_OPTS; i++)
+        opts[4 + i] = (struct option){ def->extra[i], required_argument, NULL, 256 + i };
     const char *name = def->name, *addr = "127.0.0.1";
+    if (def->extra_usage)
+        usage_extra = def->extra_usage;
     unsigned long port = 8080, workers = 0, drain_ms = 5000;
     for (int c; (c = getopt_long(argc, argv, "", opts, NULL)) != -1;) {
-        if (c == 'p')
+        if (c >= 256) {
+            if (!def->option(def->extra[c - 256], optarg))
+                usage(name);
+        } else if (c == 'p')
             port = number(name, optarg, 65535);
         else if (c == 'w')
             workers = number(name, optarg, WEFT_MAX_WORKERS);
@@ -291,16 +311,20 @@ static int server_main(int argc, char **argv, const struct server_def *def)
         return 1;
     }
 
+    /* Configured before the listener exists: a program's setup (the stall
+     * demo's calibration) must not keep early clients waiting. */
+    struct weft_runtime_config cfg;
+    weft_runtime_config_init(&cfg);
+    cfg.workers = (uint32_t)workers;
+    cfg.io_buffer_size = def->io_buffer_size;
+    if (def->configure)
+        def->configure(&cfg);
     struct weft_tcp_listener l;
     int err = weft_tcp_listen(&l, addr, (uint16_t)port, NULL);
     if (err) {
         fprintf(stderr, "%s: listen on %s port %lu: %s\n", name, addr, port, strerror(-err));
         return 1;
     }
-    struct weft_runtime_config cfg;
-    weft_runtime_config_init(&cfg);
-    cfg.workers = (uint32_t)workers;
-    cfg.io_buffer_size = def->io_buffer_size;
     struct weft_runtime *rt;
     err = weft_runtime_create(&rt, &cfg);
     if (err) {

@@ -102,15 +102,41 @@ static struct timespec deadline_after(uint64_t ns)
     return ts;
 }
 
-/* Lowers the calling pool thread's OS priority as configured. */
-static void set_priority(uint32_t prio)
+/* ---- priority -------------------------------------------------------------------
+ * A pool thread runs the job itself at the configured lower priority, and the
+ * rest (the pool's lock, the joiner's wake, which takes the runtime's locks)
+ * at the workers' own: a low-priority thread preempted while it holds a lock
+ * a worker wants would stall that worker until a CPU falls idle (priority
+ * inversion; measured as light-request p99 of several ms in the stall demo).
+ * Going back up takes CAP_SYS_NICE or a raised RLIMIT_NICE; a thread that
+ * cannot stays low throughout and lives with that risk. */
+
+/* Lowers the calling thread as `prio` says; false if that failed. */
+static bool prio_lower(uint32_t prio)
 {
-    if (prio == WEFT_BLOCKING_PRIO_NICE) {
-        setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 19);
-    } else if (prio == WEFT_BLOCKING_PRIO_IDLE || prio == WEFT_BLOCKING_PRIO_DEFAULT) {
+    if (prio == WEFT_BLOCKING_PRIO_NICE)
+        return setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 19) == 0;
+    if (prio == WEFT_BLOCKING_PRIO_IDLE || prio == WEFT_BLOCKING_PRIO_DEFAULT) {
         struct sched_param sp = { 0 };
-        pthread_setschedparam(pthread_self(), SCHED_IDLE, &sp);
+        return pthread_setschedparam(pthread_self(), SCHED_IDLE, &sp) == 0;
     }
+    return false; /* NORMAL: nothing to do */
+}
+
+/* Back to the workers' priority (SCHED_OTHER, nice 0); false when not allowed. */
+static bool prio_restore(uint32_t prio)
+{
+    if (prio == WEFT_BLOCKING_PRIO_NICE)
+        return setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 0) == 0;
+    struct sched_param sp = { 0 };
+    return pthread_setschedparam(pthread_self(), SCHED_OTHER, &sp) == 0;
+}
+
+/* At a pool thread's start: whether it can switch per job (true), or else
+ * stays lowered for good (false; also for NORMAL, where nothing switches). */
+static bool prio_setup(uint32_t prio)
+{
+    return prio_lower(prio) && prio_restore(prio);
 }
 
 /* Gives room freed in the queue to the first spawn waiting for it (under the
@@ -142,7 +168,10 @@ static void *pool_thread(void *arg)
 {
     struct weft_runtime *rt = arg;
     struct blocking_pool *p = &rt->blocking;
-    set_priority(p->priority);
+    uint32_t prio = p->priority; /* fixed at creation: read without the lock */
+    bool switching = prio_setup(prio);
+    if (!switching)
+        prio_lower(prio);
     pthread_mutex_lock(&p->lock);
     for (;;) {
         struct weft__job *j = p->head;
@@ -154,7 +183,11 @@ static void *pool_thread(void *arg)
             struct weft_waker k = take_room_waiter(p);
             pthread_mutex_unlock(&p->lock);
             wake_waiter(&k);
+            if (switching)
+                prio_lower(prio);
             j->output = j->fn(j->arg);
+            if (switching)
+                prio_restore(prio);
             job_finish(j, JOB_DONE);
             pthread_mutex_lock(&p->lock);
             p->jobs_done++;
