@@ -11,8 +11,12 @@
  *   ping_pong(P pairs x R)       per pair, two capacity-1 channels; one task echoes,
  *                                the other sends i and awaits the reply R times
  *   chained_spawn(1000x100)      each task spawns the next, 1000 deep; the last
- *                                sends on a oneshot; 100 times in sequence */
+ *                                sends on a oneshot; 100 times in sequence
+ *   spawn_blocking_seq(10000)    a task spawns a blocking job (returning i + 1) and
+ *                                awaits it, 10000 times; checks the sum
+ *   spawn_blocking_batch(10000)  a task spawns 10000 blocking jobs, then awaits each */
 #include <errno.h>
+#include <stdint.h>
 
 #include "common/bench.h"
 
@@ -140,9 +144,51 @@ static enum weft_poll chain_poll(struct weft_future *f, struct weft_cx *cx)
 
 static const struct weft_future_ops chain_ops = { chain_poll, NULL };
 
+static void *plus_one(void *arg)
+{
+    return (void *)((uintptr_t)arg + 1);
+}
+
+/* Spawns n blocking jobs and awaits them: one at a time (`batch` 0), or all
+ * spawned first (into `joins`), then awaited in order. */
+struct blocker {
+    struct weft_future base;
+    struct latch *latch;
+    long n, i, batch;
+    uintptr_t sum;
+    struct weft_blocking_join *joins; /* n handles, or one */
+};
+
+static enum weft_poll blocker_poll(struct weft_future *f, struct weft_cx *cx)
+{
+    struct blocker *self = (struct blocker *)f;
+    WEFT_ASYNC_BEGIN(f);
+    if (self->batch)
+        for (self->i = 0; self->i < self->n; self->i++)
+            check(weft_spawn_blocking(rt, plus_one, (void *)(uintptr_t)self->i,
+                                      &self->joins[self->i]), "spawn_blocking");
+    for (self->i = 0; self->i < self->n; self->i++) {
+        if (!self->batch)
+            check(weft_spawn_blocking(rt, plus_one, (void *)(uintptr_t)self->i, self->joins),
+                  "spawn_blocking");
+        WEFT_AWAIT(f, cx, &self->joins[self->batch ? self->i : 0]);
+        self->sum += (uintptr_t)self->joins[self->batch ? self->i : 0].output;
+        weft_future_drop(&self->joins[self->batch ? self->i : 0].base);
+    }
+    if (self->sum != (uintptr_t)self->n * (uintptr_t)(self->n + 1) / 2) {
+        fprintf(stderr, "weft-rt-bench: spawn_blocking got wrong outputs\n");
+        exit(1);
+    }
+    free(self->joins);
+    latch_hit(self->latch);
+    WEFT_ASYNC_END(f);
+}
+
+static const struct weft_future_ops blocker_ops = { blocker_poll, NULL };
+
 /* ---- benchmark drivers: each a future run as a task --------------------------------- */
 
-enum workload { SPAWN_MANY, YIELD_MANY, PING_PONG, CHAINED_SPAWN };
+enum workload { SPAWN_MANY, YIELD_MANY, PING_PONG, CHAINED_SPAWN, BLOCKING };
 
 struct driver {
     struct weft_future base;
@@ -185,6 +231,15 @@ static void start(struct driver *d)
             check(weft_spawn(rt, &p.base, sizeof(p), NULL), "spawn");
         }
         break;
+    case BLOCKING: {
+        latch_init(&d->latch, 1);
+        struct blocker b = { { &blocker_ops, 0 }, &d->latch, d->a, 0, d->b, 0,
+                             calloc(d->b ? (size_t)d->a : 1, sizeof(struct weft_blocking_join)) };
+        if (!b.joins)
+            check(-ENOMEM, "calloc");
+        check(weft_spawn(rt, &b.base, sizeof(b), NULL), "spawn");
+        break;
+    }
     case CHAINED_SPAWN: {
         check(weft_oneshot_create(&d->latch.done, 1), "oneshot");
         struct chain c = { { &chain_ops, 0 }, (int)d->a, d->latch.done };
@@ -245,6 +300,8 @@ int main(int argc, char **argv)
     struct weft_runtime_config cfg;
     weft_runtime_config_init(&cfg);
     cfg.workers = (uint32_t)workers;
+    if (getenv("WEFT_BLOCKING_PRIO")) /* enum weft_blocking_priority, for experiments */
+        cfg.blocking_priority = (uint32_t)atoi(getenv("WEFT_BLOCKING_PRIO"));
     check(weft_runtime_create(&rt, &cfg), "runtime");
     printf("weft workers=%d, reps=%d (median, min, max ns/op)\n", workers, reps);
     bench("spawn_many(100000)", reps, 100000, SPAWN_MANY, 100000, 0);
@@ -252,6 +309,8 @@ int main(int argc, char **argv)
     bench("ping_pong(1 pair x 10000)", reps, 10000, PING_PONG, 1, 10000);
     bench("ping_pong(100 pairs x 1000)", reps, 100000, PING_PONG, 100, 1000);
     bench("chained_spawn(1000x100)", reps, 100000, CHAINED_SPAWN, 1000, 100);
+    bench("spawn_blocking_seq(10000)", reps, 10000, BLOCKING, 10000, 0);
+    bench("spawn_blocking_batch(10000)", reps, 10000, BLOCKING, 10000, 1);
     weft_runtime_destroy(rt);
     return 0;
 }

@@ -58,8 +58,11 @@ void weft__io_unsupported(struct weft__io *io, enum op_kind kind, const char *na
     if (io->warned & bit)
         return;
     io->warned |= bit;
-    fprintf(stderr, "weft: io_uring %s is not available (%s): the operation fails with "
-                    "EOPNOTSUPP\n", name, io->has_ring ? "kernel too old" : "no io_uring");
+    bool file = kind == OP_OPEN || kind == OP_READ || kind == OP_WRITE || kind == OP_FSYNC ||
+                kind == OP_CLOSE;
+    fprintf(stderr, "weft: io_uring %s is not available (%s): %s\n", name,
+            io->has_ring ? "kernel too old" : "no io_uring",
+            file ? "files go through the blocking pool instead" : "it fails with EOPNOTSUPP");
 }
 
 static const unsigned setup_ladder[] = {

@@ -2,10 +2,13 @@
  * struct weft_io (recv_into, send, send_all, writev, shutdown, close, and the
  * file operations). Each poll: take a unit of budget; at the first poll start
  * the operation on the polling worker's ring; later, wait for its slot to be
- * DONE, read the result and let the slot go. */
+ * DONE, read the result and let the slot go. A file operation the ring
+ * cannot do goes to the blocking pool instead (file_job). */
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include "io.h"
 #include "../runtime/internal.h"
@@ -60,6 +63,51 @@ static int io_start(struct weft_io *io, struct weft_cx *cx)
     return 0;
 }
 
+/* ---- the blocking-pool fallback of file operations ------------------------------- */
+
+static bool is_file_kind(uint8_t kind)
+{
+    return kind == IO_OPEN || kind == IO_READ || kind == IO_WRITE || kind == IO_FSYNC ||
+           kind == IO_CLOSE;
+}
+
+/* The syscall itself, on a pool thread; returns the result as the ring would. */
+static void *file_job(void *arg)
+{
+    const struct weft_io *io = arg;
+    long r;
+    switch (io->kind) {
+    case IO_OPEN:
+        r = open(io->buf, (int)io->len | O_CLOEXEC, (mode_t)io->off);
+        break;
+    case IO_READ: /* offset -1, or a pipe: the file position, as the ring does */
+        r = io->off == UINT64_MAX ? -1 : pread(io->fd, (void *)io->buf, clamp_len(io->len),
+                                               (off_t)io->off);
+        if (io->off == UINT64_MAX || (r < 0 && errno == ESPIPE))
+            r = read(io->fd, (void *)io->buf, clamp_len(io->len));
+        break;
+    case IO_WRITE:
+        r = io->off == UINT64_MAX ? -1 : pwrite(io->fd, io->buf, clamp_len(io->len),
+                                                (off_t)io->off);
+        if (io->off == UINT64_MAX || (r < 0 && errno == ESPIPE))
+            r = write(io->fd, io->buf, clamp_len(io->len));
+        break;
+    case IO_FSYNC:
+        r = io->off ? fdatasync(io->fd) : fsync(io->fd);
+        break;
+    default:
+        r = close(io->fd);
+        break;
+    }
+    return (void *)(intptr_t)(r < 0 ? -errno : r);
+}
+
+/* Starts `io` on the blocking pool; 0 or the error to finish with. */
+static int file_job_start(struct weft_io *io, struct weft_cx *cx)
+{
+    return weft__job_start(cx->worker->rt, file_job, io, &io->job);
+}
+
 static enum weft_poll io_poll(struct weft_future *f, struct weft_cx *cx)
 {
     struct weft_io *io = (struct weft_io *)f;
@@ -69,8 +117,21 @@ static enum weft_poll io_poll(struct weft_future *f, struct weft_cx *cx)
         return WEFT_PENDING;
     for (;;) {
         int res;
-        if (!io->op) {
+        if (io->job) {
+            void *out;
+            if (!weft__job_poll(io->job, cx->waker, &res, &out))
+                return WEFT_PENDING;
+            if (res == 0)
+                res = (int)(intptr_t)out;
+            weft__job_release(io->job);
+            io->job = NULL;
+        } else if (!io->op) {
             res = io_start(io, cx);
+            if (res == -EOPNOTSUPP && is_file_kind(io->kind)) {
+                res = file_job_start(io, cx);
+                if (res == 0)
+                    continue; /* registers the waker with the job */
+            }
             if (res == 0)
                 return WEFT_PENDING;
         } else {
@@ -95,8 +156,22 @@ static enum weft_poll io_poll(struct weft_future *f, struct weft_cx *cx)
 
 static void io_drop(struct weft_future *f)
 {
+    struct weft_io *io = (struct weft_io *)f;
     /* Waits if the kernel may still use the caller's memory. */
-    weft__op_drop(&((struct weft_io *)f)->op);
+    weft__op_drop(&io->op);
+    if (io->job) {
+        /* The pool thread uses the caller's memory (and this future's) until
+         * the syscall returns: wait for it; a file it opened is closed. */
+        if (weft__job_wait(io->job) && io->kind == IO_OPEN) {
+            int res;
+            void *out;
+            weft__job_poll(io->job, NULL, &res, &out);
+            if ((intptr_t)out >= 0)
+                close((int)(intptr_t)out);
+        }
+        weft__job_release(io->job);
+        io->job = NULL;
+    }
 }
 
 static const struct weft_future_ops io_ops = { io_poll, io_drop };
@@ -114,6 +189,7 @@ static void io_init(struct weft_io *io, enum io_kind kind, int fd, const void *b
     io->off = off;
     io->done = 0;
     io->op = NULL;
+    io->job = NULL;
 }
 
 void weft_recv_into_init(struct weft_io *io, int fd, void *buf, size_t len)

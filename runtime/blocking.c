@@ -21,6 +21,7 @@
  * means one of them sees the other, so the wake is never lost. The state's
  * seq_cst store also releases the output to the handle's load. */
 #include <errno.h>
+#include <linux/futex.h>
 #include <sched.h>
 #include <stdlib.h>
 #include <sys/resource.h>
@@ -43,6 +44,7 @@ struct weft__job {
     void *output;
     _Atomic uint32_t state;
     _Atomic uint32_t refs;
+    _Atomic uint32_t sleeper;  /* weft__job_wait sleeps on `state` */
     struct awaker joiner;
 };
 
@@ -61,6 +63,10 @@ static void job_finish(struct weft__job *j, uint32_t state)
 {
     atomic_store(&j->state, state); /* seq_cst: see the top comment */
     awaker_wake(&j->joiner);
+    /* Seq_cst, the other half of weft__job_wait's Dekker pair (sleeper
+     * stored, then state loaded): one of the two sees the other. */
+    if (atomic_load(&j->sleeper))
+        syscall(SYS_futex, &j->state, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
     job_unref(j);
 }
 
@@ -164,6 +170,36 @@ static void wake_waiter(struct weft_waker *k)
         weft_waker_wake(k);
 }
 
+/* Takes one hand-over (under the lock). */
+static bool notified_take(struct blocking_pool *p)
+{
+    uint32_t n = atomic_load_explicit(&p->notified, memory_order_relaxed);
+    if (n == 0)
+        return false;
+    atomic_store_explicit(&p->notified, n - 1, memory_order_relaxed);
+    return true;
+}
+
+/* How long an idle pool thread watches for a job before it sleeps: about one
+ * wakeup of a worker here, so that a task awaiting jobs one after another
+ * finds its thread awake (spawn_blocking_seq: docs/performance.md). */
+#define SPIN_NS 50000u
+
+/* Spins (without the lock) until a job is handed over or SPIN_NS pass. The
+ * relaxed peek only decides when to stop spinning: the hand-over itself is
+ * taken under the lock. */
+static void spin_for_notify(struct blocking_pool *p)
+{
+    uint64_t until = weft_now_ns() + SPIN_NS;
+    for (uint32_t i = 1;; i++) {
+        if (atomic_load_explicit(&p->notified, memory_order_relaxed))
+            return;
+        __builtin_ia32_pause();
+        if (i % 64 == 0 && weft_now_ns() > until)
+            return;
+    }
+}
+
 static void *pool_thread(void *arg)
 {
     struct weft_runtime *rt = arg;
@@ -195,15 +231,18 @@ static void *pool_thread(void *arg)
         }
         if (p->closed)
             break;
-        /* Idle: wait to be handed a job, or for the keep-alive to run out. */
+        /* Idle: wait to be handed a job, or for the keep-alive to run out;
+         * spin a little first, as a task that awaited one job often spawns
+         * the next a wakeup later. */
         p->idle++;
+        pthread_mutex_unlock(&p->lock);
+        spin_for_notify(p);
+        pthread_mutex_lock(&p->lock);
         struct timespec until = deadline_after(p->keepalive_ns);
         bool handed = false;
-        for (;;) {
-            int rc = pthread_cond_timedwait(&p->work, &p->lock, &until);
-            if (p->notified > 0) {
-                p->notified--; /* the notifier took us off `idle` */
-                handed = true;
+        for (int rc = 0;; rc = pthread_cond_timedwait(&p->work, &p->lock, &until)) {
+            if (notified_take(p)) {
+                handed = true; /* the notifier took us off `idle` */
                 break;
             }
             if (p->closed || rc == ETIMEDOUT) {
@@ -215,8 +254,15 @@ static void *pool_thread(void *arg)
             break;
     }
     p->threads--;
-    if (p->closed && p->threads == 0)
-        pthread_cond_broadcast(&p->gone);
+    if (p->closed && !p->abandoned) {
+        /* Destroy is waiting for us: it releases our hold on rt (so that the
+         * runtime is freed on its thread, before it returns). */
+        p->gone_holds++;
+        if (p->threads == 0)
+            pthread_cond_broadcast(&p->gone);
+        pthread_mutex_unlock(&p->lock);
+        return NULL;
+    }
     pthread_mutex_unlock(&p->lock);
     weft__runtime_release(rt); /* may free rt: nothing after this */
     return NULL;
@@ -273,7 +319,8 @@ static int pool_push(struct weft_runtime *rt, struct weft__job *j, bool bounded,
     bool start = false;
     if (p->idle > 0) {
         p->idle--;
-        p->notified++;
+        atomic_store_explicit(&p->notified, atomic_load_explicit(&p->notified,
+                              memory_order_relaxed) + 1, memory_order_relaxed);
         pthread_cond_signal(&p->work);
     } else if (p->threads < p->max_threads) {
         p->threads++;
@@ -309,6 +356,7 @@ static int pool_push(struct weft_runtime *rt, struct weft__job *j, bool bounded,
 
 static const struct weft_future_ops join_ops;
 
+/* Queues fn(arg): the one path behind every spawn. */
 static int spawn(struct weft_runtime *rt, weft_blocking_fn *fn, void *arg,
                  struct weft_blocking_join *join, bool bounded,
                  struct weft_spawn_blocking_wait *waiter, const struct weft_waker *waker)
@@ -325,6 +373,7 @@ static int spawn(struct weft_runtime *rt, weft_blocking_fn *fn, void *arg,
     j->output = NULL;
     atomic_init(&j->state, JOB_QUEUED);
     atomic_init(&j->refs, join ? 2 : 1);
+    atomic_init(&j->sleeper, 0);
     awaker_init(&j->joiner);
     int err = pool_push(rt, j, bounded, waiter, waker);
     if (err) {
@@ -348,7 +397,8 @@ int weft_try_spawn_blocking(struct weft_runtime *rt, weft_blocking_fn *fn, void 
     return spawn(rt, fn, arg, join, true, NULL, NULL);
 }
 
-uint32_t weft__blocking_shutdown(struct weft_runtime *rt, uint32_t timeout_ms)
+uint32_t weft__blocking_shutdown(struct weft_runtime *rt, uint32_t timeout_ms,
+                                 uint32_t *gone_holds)
 {
     struct blocking_pool *p = &rt->blocking;
     pthread_mutex_lock(&p->lock);
@@ -365,39 +415,72 @@ uint32_t weft__blocking_shutdown(struct weft_runtime *rt, uint32_t timeout_ms)
         job_finish(j, JOB_CANCELLED);
         j = next;
     }
+    /* Waits for every thread to exit, so that destroy frees the runtime
+     * itself; the idle ones exit at once, the others after their job. */
     pthread_mutex_lock(&p->lock);
     struct timespec until = deadline_after((uint64_t)timeout_ms * 1000000u);
-    while (p->threads > p->idle &&
-           pthread_cond_timedwait(&p->gone, &p->lock, &until) != ETIMEDOUT)
+    while (p->threads > 0 && pthread_cond_timedwait(&p->gone, &p->lock, &until) != ETIMEDOUT)
         ;
-    /* Idle threads are on their way out; the others are still in a job. */
-    uint32_t left = p->threads - p->idle;
+    uint32_t left = p->threads;
+    p->abandoned = true; /* the rest release their own holds */
+    *gone_holds = p->gone_holds;
     pthread_mutex_unlock(&p->lock);
     return left;
 }
 
 /* ---- the join handle ------------------------------------------------------------ */
 
+bool weft__job_poll(struct weft__job *j, const struct weft_waker *waker, int *res, void **out)
+{
+    uint32_t s = atomic_load(&j->state);
+    if (s == JOB_QUEUED) {
+        awaker_register(&j->joiner, waker);
+        s = atomic_load(&j->state); /* seq_cst: the Dekker re-check */
+        if (s == JOB_QUEUED)
+            return false;
+    }
+    *res = s == JOB_DONE ? 0 : -ECANCELED;
+    *out = j->output;
+    return true;
+}
+
+void weft__job_release(struct weft__job *j)
+{
+    awaker_unregister(&j->joiner);
+    job_unref(j);
+}
+
+bool weft__job_wait(struct weft__job *j)
+{
+    atomic_store(&j->sleeper, 1);
+    uint32_t s;
+    while ((s = atomic_load(&j->state)) == JOB_QUEUED)
+        syscall(SYS_futex, &j->state, FUTEX_WAIT_PRIVATE, JOB_QUEUED, NULL, NULL, 0);
+    return s == JOB_DONE;
+}
+
+int weft__job_start(struct weft_runtime *rt, weft_blocking_fn *fn, void *arg,
+                    struct weft__job **jobp)
+{
+    struct weft_blocking_join join;
+    int err = spawn(rt, fn, arg, &join, false, NULL, NULL);
+    *jobp = join.job;
+    return err;
+}
+
 static enum weft_poll join_poll(struct weft_future *f, struct weft_cx *cx)
 {
     struct weft_blocking_join *h = (struct weft_blocking_join *)f;
-    struct weft__job *j = h->job;
-    if (!j) {
+    if (!h->job) {
         h->res = -EINVAL;
         return WEFT_READY;
     }
-    uint32_t s = atomic_load(&j->state);
-    if (s == JOB_QUEUED) {
-        awaker_register(&j->joiner, cx->waker);
-        s = atomic_load(&j->state); /* seq_cst: the Dekker re-check */
-        if (s == JOB_QUEUED)
-            return WEFT_PENDING;
-    }
-    h->res = s == JOB_DONE ? 0 : -ECANCELED;
-    h->output = j->output;
-    awaker_unregister(&j->joiner);
+    int res;
+    if (!weft__job_poll(h->job, cx->waker, &res, &h->output))
+        return WEFT_PENDING;
+    h->res = res;
+    weft__job_release(h->job);
     h->job = NULL;
-    job_unref(j);
     return WEFT_READY;
 }
 
@@ -405,8 +488,7 @@ static void join_drop(struct weft_future *f)
 {
     struct weft_blocking_join *h = (struct weft_blocking_join *)f;
     if (h->job) {
-        awaker_unregister(&h->job->joiner);
-        job_unref(h->job);
+        weft__job_release(h->job);
         h->job = NULL;
     }
 }

@@ -175,18 +175,35 @@ struct blocking_pool {
     pthread_cond_t gone;           /* shutdown waits here for threads to exit */
     struct weft__job *head, *tail; /* queued jobs */
     struct weft_spawn_blocking_wait *whead, *wtail; /* spawns waiting for room */
-    uint32_t queued, threads, idle, notified;
+    uint32_t queued, threads, idle;
+    _Atomic uint32_t notified;     /* changed under the lock; a spinning idle thread peeks */
     uint32_t max_threads, queue_max, priority;
     uint64_t keepalive_ns;
     uint64_t jobs_done;
+    uint32_t gone_holds;           /* threads that exited after the close, their holds on rt
+                                    * left for destroy to release */
     bool closed;
+    bool abandoned;                /* destroy stopped waiting: threads release their own */
 };
 
 int weft__blocking_init(struct weft_runtime *rt, const struct weft_runtime_config *cfg);
 /* Closes the pool, cancels queued jobs, waits up to `timeout_ms` for the
- * running ones; returns how many threads still run a job. */
-uint32_t weft__blocking_shutdown(struct weft_runtime *rt, uint32_t timeout_ms);
+ * threads to exit; returns how many still run a job. *gone_holds: the holds
+ * on rt of the threads that exited, for the caller to release. */
+uint32_t weft__blocking_shutdown(struct weft_runtime *rt, uint32_t timeout_ms,
+                                 uint32_t *gone_holds);
 void weft__blocking_fini(struct weft_runtime *rt);
+
+/* Jobs for the runtime's own use (io/stream.c's file fallback), a join
+ * handle without the future. Start: as weft_spawn_blocking, unbounded. Poll:
+ * true once finished, with res (0 or -ECANCELED) and fn's output; otherwise
+ * `waker` is registered. Wait: sleeps until the job finished (whatever fn
+ * uses stays in use until then); true if it ran. Release: drops the handle. */
+int weft__job_start(struct weft_runtime *rt, weft_blocking_fn *fn, void *arg,
+                    struct weft__job **jobp);
+bool weft__job_poll(struct weft__job *j, const struct weft_waker *waker, int *res, void **out);
+bool weft__job_wait(struct weft__job *j);
+void weft__job_release(struct weft__job *j);
 
 /* ---- workers and the runtime ---------------------------------------------- */
 struct weft__worker {

@@ -405,13 +405,14 @@ static uint32_t runtime_destroy(struct weft_runtime *rt, uint32_t blocking_timeo
     stop_workers(rt, rt->nworkers, drop_all_tasks);
     /* After the workers: a running job may wait for a task (a block_on),
      * which the stop has just cancelled. */
-    uint32_t left = weft__blocking_shutdown(rt, blocking_timeout_ms);
+    uint32_t gone_holds;
+    uint32_t left = weft__blocking_shutdown(rt, blocking_timeout_ms, &gone_holds);
     for (uint32_t i = 0; i < rt->nworkers; i++)
         weft__io_fini(rt->workers[i].io); /* nothing in flight any more */
     int64_t delta = 0;
     for (uint32_t i = 0; i < rt->nworkers; i++)
         delta += atomic_load_explicit(&rt->workers[i].stats->live_delta, memory_order_relaxed);
-    live_sub(rt, LIVE_BIAS - delta);
+    live_sub(rt, LIVE_BIAS - delta + gone_holds);
     return left;
 }
 

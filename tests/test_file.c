@@ -4,7 +4,9 @@
  * in flight on a pipe, on the worker that started it, on another worker and on
  * a thread that is no worker (the drop waits until the kernel let go of the
  * buffer; the pipe still works after); dropping opens in flight (no descriptor
- * leaks). Every test checks /proc/self/fd has as many entries after as before.
+ * leaks). Without io_uring the same operations go through the blocking pool
+ * (same results; a dropped one waits for its syscall). Every test checks
+ * /proc/self/fd has as many entries after as before.
  *
  * Bad inputs tried: open of a missing path (-ENOENT), of a NULL path (-EFAULT),
  * O_CREAT|O_EXCL of an existing file (-EEXIST); read_at on fd -1, on a closed
@@ -202,9 +204,12 @@ static enum weft_poll body_roundtrip(struct ft *t, struct weft_cx *cx)
     WEFT_ASYNC_END(&t->base);
 }
 
-Test(file, open_write_read_fsync_close, .timeout = 30)
+/* The whole round trip, through the ring or (without io_uring) through the
+ * blocking pool: the same results either way. */
+static void roundtrip(bool no_io_uring)
 {
-    struct weft_runtime *rt = start_rt(2, NULL);
+    struct weft_runtime *rt = start_rt_opts((struct rt_opts){ .workers = 2,
+                                                              .no_io_uring = no_io_uring }, NULL);
     struct rt_files F;
     memset(&F, 0xff, sizeof F);
     path_in_dir(F.path, sizeof F.path, "a");
@@ -226,6 +231,16 @@ Test(file, open_write_read_fsync_close, .timeout = 30)
     cr_assert_eq(stat(F.path, &st), 0);
     cr_assert_eq(st.st_size, 103);
     assert_no_fd_leak();
+}
+
+Test(file, open_write_read_fsync_close, .timeout = 30)
+{
+    roundtrip(false);
+}
+
+Test(file, without_io_uring_files_go_through_the_blocking_pool, .timeout = 30)
+{
+    roundtrip(true);
 }
 
 /* ---- 4 MiB in 64 KiB chunks, 4 tasks at once --------------------------------------------- */
@@ -482,6 +497,38 @@ static void abort_stuck_read(uint32_t workers, bool spin)
     check_pipe_after_drop(rt, &P);
     weft_runtime_destroy(rt);
     assert_balanced(&ca);
+}
+
+/* Without io_uring the read runs on a pool thread, blocked in read(2) on the
+ * empty pipe: an abort's drop must wait (the thread writes the caller's
+ * buffer) until data lets the read return. That data goes to the dropped
+ * read; the pipe works after. */
+Test(file, drop_read_on_the_blocking_pool_waits_for_it, .timeout = 30)
+{
+    struct counting_alloc ca;
+    struct weft_runtime *rt = start_rt_opts((struct rt_opts){ .workers = 2, .no_io_uring = true },
+                                            &ca);
+    struct pipe_read P = { 0 };
+    struct weft_join j;
+    open_pipe(&P);
+    cr_assert_eq(spawn_ft(rt, body_stuck_read, &P, 0, &j), 0);
+    WAIT_UNTIL(atomic_load(&P.polled));
+    sleep_us(20000); /* the pool thread is in read(2) */
+    weft_join_abort(&j);
+    WAIT_UNTIL(atomic_load(&P.drop_started));
+    sleep_us(50000);
+    cr_assert_eq(atomic_load(&P.drop_done), 0, "the drop returned while a thread had the buffer");
+    cr_assert_eq(write(P.p[1], "late", 4), 4);
+    WAIT_UNTIL(atomic_load(&P.drop_done));
+    cr_assert_eq(memcmp(P.buf, "late", 4), 0, "the dropped read did not take the bytes");
+    memset(P.buf, CANARY, RBUF); /* for check_pipe_after_drop */
+    cr_assert_eq(weft_block_on(rt, &j.base), 0);
+    cr_assert_eq(j.res, -ECANCELED);
+    weft_future_drop(&j.base);
+    check_pipe_after_drop(rt, &P);
+    weft_runtime_destroy(rt);
+    assert_balanced(&ca);
+    assert_no_fd_leak();
 }
 
 Test(file, drop_read_in_flight_on_its_worker, .timeout = 30)

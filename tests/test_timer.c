@@ -8,8 +8,9 @@
  * worker (-ENXIO at once, no waker kept); interval periods 0 (-EINVAL at every
  * poll) and UINT64_MAX (one tick, then none); timeout around NULL and around an
  * empty future (-EINVAL); an allocator that fails the first timer slot and the
- * growth of a full timer heap (-ENOMEM, the other timers unaffected); an I/O
- * future on a runtime without io_uring (-EOPNOTSUPP).
+ * growth of a full timer heap (-ENOMEM, the other timers unaffected); a socket
+ * future on a runtime without io_uring (-EOPNOTSUPP; a file read there goes
+ * through the blocking pool instead).
  *
  * Wall-clock bounds are generous (2 shared cores): a timer is never early and
  * at most LATE_MAX late. A dropped timer is always given time to come due
@@ -706,24 +707,28 @@ Test(timer, drop_from_non_worker_thread, .timeout = 30)
 
 /* ---- shutdown, and running without io_uring ----------------------------------------------- */
 
-static int noring_read_res = 1;
+static int noring_read_res = 1, noring_send_res = 1;
+static char noring_buf[16];
+static struct weft_io noring_io;
 
-/* A sleep of 10 ms, then a read (of the pipe end in arg). */
+/* A sleep of 10 ms, then a read of the pipe end in arg (a file operation: it
+ * goes to the blocking pool), then a send on it (a socket operation:
+ * -EOPNOTSUPP at the first poll). */
 static enum weft_poll body_noring(struct tk *t, struct weft_cx *cx)
 {
-    static char buf[16];
     WEFT_ASYNC_BEGIN(&t->base);
     t->t0 = weft_now_ns();
     weft_sleep_init(&t->s, 10 * MS);
     WEFT_AWAIT(&t->base, cx, &t->s);
     recs[0] = (struct rec){ t->t0, t->s.deadline_ns, weft_now_ns(), t->s.result };
-    {
-        struct weft_io io;
-        weft_read_at_init(&io, *(int *)t->arg, buf, sizeof buf, 0);
-        CHECK(weft_future_poll(&io.base, cx) == WEFT_READY);
-        noring_read_res = io.result;
-        weft_future_drop(&io.base);
-    }
+    weft_read_at_init(&noring_io, *(int *)t->arg, noring_buf, sizeof noring_buf, 0);
+    WEFT_AWAIT(&t->base, cx, &noring_io);
+    noring_read_res = noring_io.result;
+    weft_future_drop(&noring_io.base);
+    weft_send_init(&noring_io, *(int *)t->arg, "x", 1);
+    CHECK(weft_future_poll(&noring_io.base, cx) == WEFT_READY);
+    noring_send_res = noring_io.result;
+    weft_future_drop(&noring_io.base);
     WEFT_ASYNC_END(&t->base);
 }
 
@@ -762,18 +767,21 @@ Test(timer, destroy_with_1000_hour_sleeps_is_prompt_without_ring, .timeout = 30)
     destroy_with_sleepers(true);
 }
 
-Test(timer, no_io_uring_timers_work_io_eopnotsupp, .timeout = 30)
+Test(timer, no_io_uring_timers_work_files_fall_back_sockets_eopnotsupp, .timeout = 30)
 {
     struct counting_alloc ca;
     struct weft_runtime *rt = start_rt_io(1, &ca, true);
     int p[2];
     cr_assert_eq(pipe(p), 0);
+    cr_assert_eq(write(p[1], "hello", 5), 5);
     run_tk(rt, body_noring, &p[0], 0);
     weft_runtime_destroy(rt);
     close(p[0]);
     close(p[1]);
     check_rec(&recs[0], 10 * MS, 0, "sleep without io_uring");
-    cr_assert_eq(noring_read_res, -EOPNOTSUPP, "read_at gave %d", noring_read_res);
+    cr_assert_eq(noring_read_res, 5, "read_at through the blocking pool gave %d", noring_read_res);
+    cr_assert_eq(memcmp(noring_buf, "hello", 5), 0);
+    cr_assert_eq(noring_send_res, -EOPNOTSUPP, "send gave %d", noring_send_res);
     assert_balanced(&ca);
 }
 

@@ -31,6 +31,7 @@
 #include "future.h"
 
 struct weft__op;
+struct weft__job;
 struct weft__acceptq;
 
 #define WEFT_NS_PER_MS UINT64_C(1000000)
@@ -187,6 +188,7 @@ struct weft_io {
     uint64_t off;              /* file offset, or open mode, or shutdown how */
     uint64_t done;             /* bytes sent so far (send_all) */
     struct weft__op *op;
+    struct weft__job *job;     /* a file operation the ring cannot do, on the blocking pool */
 };
 
 /* Receives up to `len` bytes into `buf` (the caller's; it must stay valid
@@ -225,7 +227,10 @@ int weft_socket_set_linger(int fd, bool on, int seconds);
 int weft_tcp_peer_addr(int fd, char *buf, size_t len, uint16_t *port);
 int weft_tcp_local_addr(int fd, char *buf, size_t len, uint16_t *port);
 
-/* ---- files --------------------------------------------------------------------- */
+/* ---- files ---------------------------------------------------------------------
+ * When the ring cannot do a file operation (a kernel without the opcode, or
+ * a runtime without io_uring), it runs on the blocking pool instead, with the
+ * same results; dropping such a future waits for the syscall to return. */
 
 /* Opens `path` (open(2) flags and mode; O_CLOEXEC is added). result: the file
  * descriptor or -errno. `path` must stay valid until the future is dropped. */
