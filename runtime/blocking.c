@@ -421,7 +421,7 @@ uint32_t weft__blocking_shutdown(struct weft_runtime *rt, uint32_t timeout_ms,
     struct timespec until = deadline_after((uint64_t)timeout_ms * 1000000u);
     while (p->threads > 0 && pthread_cond_timedwait(&p->gone, &p->lock, &until) != ETIMEDOUT)
         ;
-    uint32_t left = p->threads;
+    uint32_t left = p->threads - p->idle; /* the idle ones are on their way out */
     p->abandoned = true; /* the rest release their own holds */
     *gone_holds = p->gone_holds;
     pthread_mutex_unlock(&p->lock);

@@ -46,9 +46,10 @@ struct weft_task {
      * with a 24-byte future then fits glibc's fastbins: 128 B chunks).
      * sched_stamp: STAMP_SHIFT units of CLOCK_MONOTONIC when a sampled wake
      * queued it (0: not sampled); written by the holder of the NOTIFIED
-     * reference, read by the next poller. polled_ms: POLLED_SHIFT units of
-     * the coarse clock at its last poll's start; written by the poller, read
-     * by weft_task_dump (relaxed, under the owned-list lock). */
+     * reference, read by the next poller. polled_ms: the worker's `clock`
+     * at its last poll's start (refreshed at every timed poll and every
+     * park, so behind by at most WEFT_METRICS_SAMPLE polls); written by the
+     * poller, read by weft_task_dump (relaxed, under the owned-list lock). */
     uint32_t sched_stamp;
     _Atomic uint32_t polled_ms;
     alignas(max_align_t) unsigned char future[];
@@ -133,6 +134,7 @@ struct wstats {
     _Atomic uint64_t polls, steals, steal_ops, parks, local_schedules, overflows,
         budget_yields, lifo_hits, busy_ns, sqes, cqes, enters, spawns;
     _Atomic int64_t live_delta;    /* task allocations - frees on this worker */
+    _Atomic uint64_t busy_since;   /* when it last left its park; 0 while parked */
     /* The poll in progress, for the stall monitor: a seqlock whose sequence
      * is odd during a poll (sched.c's poll_begin/poll_end, metrics.c). */
     _Atomic uint64_t poll_seq;
@@ -223,8 +225,7 @@ struct weft__worker {
     void **overflow;               /* room for half the queue + 1 */
     struct weft__io *io;           /* the worker's ring (io/io.h); its park word
                                     * is what other threads write */
-    uint64_t busy_since;           /* when it last left its park (metrics) */
-    uint32_t clock;                /* POLLED_SHIFT units, read at timed polls and parks */
+    _Atomic uint32_t clock;        /* POLLED_SHIFT units, read at timed polls and parks */
     struct wstats *stats;          /* its metrics, read by any thread */
     char pad[CACHE_LINE];          /* keeps the next worker's queue off these lines */
 };
@@ -313,9 +314,10 @@ static inline struct poll_timing weft__poll_begin(struct weft__worker *w, struct
             t->sched_stamp = 0;
         }
         pt.start = timed ? now : 0;
-        w->clock = (uint32_t)(now >> POLLED_SHIFT);
+        atomic_store_explicit(&w->clock, (uint32_t)(now >> POLLED_SHIFT), memory_order_relaxed);
     }
-    atomic_store_explicit(&t->polled_ms, w->clock, memory_order_relaxed);
+    atomic_store_explicit(&t->polled_ms, atomic_load_explicit(&w->clock, memory_order_relaxed),
+                          memory_order_relaxed);
     /* Seqlock write side (the reader is metrics.c's monitor). The release
      * fence orders the previous poll's even sequence before the new task's
      * fields: a reader that reads those fields then sees the sequence moved

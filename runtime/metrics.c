@@ -9,8 +9,11 @@
  * worker's poll seqlock (written in weft__poll_begin/_end): a sequence that
  * is odd means "inside a poll", and the same odd sequence seen on two looks
  * at least `threshold` apart is a poll that has lasted at least that long.
- * The first look is taken at or after the poll began, so a report is never
- * early (no false alarm) and comes at most threshold/4 late. The task's id
+ * The first look's clock is read after the sequence, so after the poll
+ * began: a report is never early (no false alarm), and comes at most one
+ * look (threshold/4) late; a poll shorter than threshold + threshold/4 may go
+ * unreported. A poll seen on two looks also gets the tasks queued behind it
+ * a sibling worker (sched.c wakes none for tasks woken between polls). The task's id
  * and name are read from the seqlock, never from the task, which may be
  * freed at any moment; the name is the spawner's string, which outlives the
  * task by contract. */
@@ -54,7 +57,7 @@ uint64_t weft_histogram_quantile(const struct weft_histogram *h, double q)
 {
     if (!h || h->count == 0)
         return 0;
-    if (q < 0)
+    if (!(q >= 0)) /* also NaN */
         q = 0;
     if (q > 1)
         q = 1;
@@ -92,6 +95,7 @@ int weft_metrics_read(struct weft_runtime *rt, struct weft_metrics *m)
     memset(m, 0, sizeof(*m));
     m->workers = rt->nworkers;
     int64_t live = weft__runtime_foreign_live(rt);
+    uint64_t now = weft_now_ns();
     for (uint32_t i = 0; i < rt->nworkers; i++) {
         struct weft__worker *w = &rt->workers[i];
         struct wstats *st = w->stats;
@@ -105,12 +109,15 @@ int weft_metrics_read(struct weft_runtime *rt, struct weft_metrics *m)
             .overflows = load(&st->overflows),
             .budget_yields = load(&st->budget_yields),
             .lifo_hits = load(&st->lifo_hits),
-            .busy_ns = load(&st->busy_ns),
+            .busy_ns = load(&st->busy_ns),  /* plus the stretch in progress: */
             .sqes = load(&st->sqes),
             .cqes = load(&st->cqes),
             .enters = load(&st->enters),
             .queue_depth = queue_len(&w->run),
         };
+        uint64_t since = load(&st->busy_since);
+        if (since && now > since)
+            m->worker[i].busy_ns += now - since;
         m->spawned += load(&st->spawns);
         live += atomic_load_explicit(&st->live_delta, memory_order_relaxed);
         hist_add(&m->poll_ns, &st->poll_ns);
@@ -234,6 +241,40 @@ static int64_t collect_tasks(struct weft_runtime *rt, struct task_line **lines, 
     return (int64_t)n;
 }
 
+/* Adds the task each worker is polling, from its seqlock, unless already
+ * listed: a task in its first poll is on no owned list yet (a stuck one is
+ * the one a dump is most wanted for). Its time since poll is its worker's
+ * clock. Returns the new count or -ENOMEM. */
+static int64_t add_running(struct weft_runtime *rt, struct task_line **lines, size_t *cap,
+                           int64_t n)
+{
+    for (uint32_t i = 0; i < rt->nworkers; i++) {
+        struct wstats *st = rt->workers[i].stats;
+        uint64_t s1 = atomic_load_explicit(&st->poll_seq, memory_order_acquire);
+        uint64_t id = atomic_load_explicit(&st->poll_task, memory_order_relaxed);
+        const char *name = atomic_load_explicit(&st->poll_name, memory_order_relaxed);
+        atomic_thread_fence(memory_order_acquire); /* the seqlock read of look_at */
+        if (!(s1 & 1) || atomic_load_explicit(&st->poll_seq, memory_order_relaxed) != s1)
+            continue;
+        bool listed = false;
+        for (int64_t k = 0; k < n && !listed; k++)
+            listed = (*lines)[k].id == id;
+        if (listed)
+            continue;
+        if ((size_t)n == *cap) {
+            struct task_line *bigger = realloc(*lines, *cap * 2 * sizeof(**lines));
+            if (!bigger)
+                return -ENOMEM;
+            *lines = bigger;
+            *cap *= 2;
+        }
+        (*lines)[n++] = (struct task_line){
+            id, TASK_RUNNING, atomic_load_explicit(&rt->workers[i].clock, memory_order_relaxed), name
+        };
+    }
+    return n;
+}
+
 int weft_task_dump(struct weft_runtime *rt, FILE *out)
 {
     if (!rt || !out)
@@ -247,6 +288,11 @@ int weft_task_dump(struct weft_runtime *rt, FILE *out)
         free(lines);
         return (int)n;
     }
+    n = add_running(rt, &lines, &cap, n);
+    if (n < 0) {
+        free(lines);
+        return (int)n;
+    }
     uint32_t now = (uint32_t)(weft_now_ns() >> POLLED_SHIFT);
     fprintf(out, "%-20s %-10s %14s  %s\n", "task", "state", "since poll ms", "name");
     for (int64_t i = 0; i < n; i++) {
@@ -254,6 +300,14 @@ int weft_task_dump(struct weft_runtime *rt, FILE *out)
         double ms = (double)((uint64_t)(uint32_t)(now - l->polled) << POLLED_SHIFT) / 1e6;
         fprintf(out, "%-20" PRIu64 " %-10s %14.1f  %s\n", l->id, state_name(l->state), ms,
                 l->name ? l->name : "-");
+    }
+    struct weft_metrics *m = malloc(sizeof(*m));
+    if (m) {
+        weft_metrics_read(rt, m);
+        if (m->live_tasks > (uint64_t)n)
+            fprintf(out, "(and about %" PRIu64 " tasks not polled yet, or finished and still "
+                         "referenced)\n", m->live_tasks - (uint64_t)n);
+        free(m);
     }
     free(lines);
     fflush(out);
@@ -267,7 +321,8 @@ int weft_task_dump(struct weft_runtime *rt, FILE *out)
 struct mon_worker {
     uint64_t seq;        /* the odd sequence last seen, or an even one */
     uint64_t first_ns;   /* when that sequence was first seen */
-    bool reported;
+    bool reported;       /* this poll's stall was reported */
+    bool helped;         /* a sibling was woken for this poll's queue */
 };
 
 struct weft__monitor {
@@ -289,9 +344,10 @@ static void stall_to_stderr(const struct weft_stall *s, void *ctx)
             (double)s->elapsed_ns / 1e6, (double)m->threshold_ns / 1e6);
 }
 
-static void look_at(struct weft__monitor *m, uint32_t i, uint64_t now)
+static void look_at(struct weft__monitor *m, uint32_t i)
 {
-    struct wstats *st = m->rt->workers[i].stats;
+    struct weft__worker *w = &m->rt->workers[i];
+    struct wstats *st = w->stats;
     struct mon_worker *mw = &m->w[i];
     /* Seqlock read: acquire pairs with the poll's release store of the odd
      * sequence (the fields are this poll's); the acquire fence then orders
@@ -307,9 +363,17 @@ static void look_at(struct weft__monitor *m, uint32_t i, uint64_t now)
     atomic_thread_fence(memory_order_acquire);
     if (atomic_load_explicit(&st->poll_seq, memory_order_relaxed) != s1)
         return; /* the poll ended meanwhile */
+    /* Read after the sequence: the poll began before this moment. */
+    uint64_t now = weft_now_ns();
     if (mw->seq != s1) {
-        *mw = (struct mon_worker){ s1, now, false };
+        *mw = (struct mon_worker){ s1, now, false, false };
         return;
+    }
+    /* A poll seen on two looks is a long one: tasks queued behind it (woken
+     * between polls, which wake no sibling: sched.c) go to a sibling. */
+    if (!mw->helped && !queue_is_empty(&w->run)) {
+        mw->helped = true;
+        weft__notify_parked(m->rt);
     }
     if (mw->reported || now - mw->first_ns < m->threshold_ns)
         return;
@@ -327,9 +391,8 @@ static void *monitor_main(void *arg)
     /* Acquire pairs with monitor_stop's release store. */
     while (!atomic_load_explicit(&m->stop, memory_order_acquire)) {
         syscall(SYS_futex, &m->stop, FUTEX_WAIT_PRIVATE, 0, &ts, NULL, 0);
-        uint64_t now = weft_now_ns();
         for (uint32_t i = 0; i < m->rt->nworkers; i++)
-            look_at(m, i, now);
+            look_at(m, i);
     }
     return NULL;
 }

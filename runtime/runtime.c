@@ -573,7 +573,7 @@ int weft_block_on(struct weft_runtime *rt, struct weft_future *f)
     if (err)
         return err;
     struct weft_waker waker = { p, &parker_waker_ops }; /* borrows the thread's reference */
-    struct weft_cx cx = { &waker, NULL, WEFT_COOP_BUDGET };
+    struct weft_cx cx = { &waker, NULL, WEFT_COOP_BUDGET, false };
     while (weft_future_poll(&join.base, &cx) == WEFT_PENDING)
         park_wait(&p->park);
     err = join.res;

@@ -210,15 +210,17 @@ void weft__schedule(struct weft_task *t, bool yield)
         if (prev)
             push_local(w, prev);
     }
-    /* Wake a sibling only when there is more here than this worker will get
-     * to soon, and nobody is already searching (checked in idle.c). Tasks
-     * woken by this worker's own completions need a deeper backlog first:
-     * their I/O is on this ring, and a sibling woken for a short batch costs
-     * two context switches and takes the connections to its own ring, where
-     * they wake it again and again (measured: 3-4x the context switches and
-     * 1.4x the CPU per request of an HTTP server on 2 cores). */
+    /* Wake a sibling for any task queued behind the running one (unless one
+     * is already searching, checked in idle.c): that poll may run long, and
+     * the task would wait it out. Tasks woken by this worker's own
+     * completions, between polls, need a deeper backlog first: their I/O is
+     * on this ring, and a sibling woken for a short batch costs two context
+     * switches and takes the connections to its own ring, where they wake it
+     * again and again (measured: 3-4x the context switches and 1.4x the CPU
+     * per request of an HTTP server on 2 cores). If one of those then polls
+     * long, the stall monitor wakes a sibling for the rest (metrics.c). */
     uint32_t len = queue_len(&w->run);
-    if (notify && !w->searching && len > 1 && (w->running || len > REAP_NOTIFY_BACKLOG))
+    if (notify && !w->searching && (w->running ? len > 0 : len > REAP_NOTIFY_BACKLOG))
         weft__notify_parked(w->rt);
 }
 
@@ -313,12 +315,15 @@ static void park_worker(struct weft__worker *w)
         /* Sleeps in io_uring_enter until an unpark, a completion or the next
          * timer; completions and timers it reaps may queue work here. Busy
          * time is counted up to here and from the wake-up on. */
+        struct wstats *st = w->stats;
         uint64_t now = weft_now_ns();
-        stat_add(&w->stats->busy_ns, now - w->busy_since);
-        stat_add(&w->stats->parks, 1);
+        stat_add(&st->busy_ns, now - atomic_load_explicit(&st->busy_since, memory_order_relaxed));
+        atomic_store_explicit(&st->busy_since, 0, memory_order_relaxed);
+        stat_add(&st->parks, 1);
         weft__io_park(w->io);
-        w->busy_since = weft_now_ns();
-        w->clock = (uint32_t)(w->busy_since >> POLLED_SHIFT);
+        now = weft_now_ns();
+        atomic_store_explicit(&st->busy_since, now, memory_order_relaxed);
+        atomic_store_explicit(&w->clock, (uint32_t)(now >> POLLED_SHIFT), memory_order_relaxed);
         if (atomic_load_explicit(&rt->shutdown, memory_order_acquire))
             return;
         switch (weft__idle_wake_self(&rt->idle, w->index, has_local_work(w))) {
@@ -340,7 +345,7 @@ void *weft__worker_main(void *arg)
     weft__current = w;
     w->global_countdown = rt->global_interval;
     w->event_countdown = rt->event_interval;
-    w->busy_since = weft_now_ns();
+    atomic_store_explicit(&w->stats->busy_since, weft_now_ns(), memory_order_relaxed);
     /* Timer wakeups to the microsecond: the default 50 us of slack is a
      * quarter of the oversleep budget of a 1 ms sleep. */
     prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0);

@@ -146,12 +146,12 @@ void weft__task_run(struct weft_task *t, struct weft__worker *w)
         break;
     }
     struct weft_waker waker = { t, &task_waker_ops };
-    struct weft_cx cx = { &waker, w, WEFT_COOP_BUDGET };
+    struct weft_cx cx = { &waker, w, WEFT_COOP_BUDGET, false };
     w->running = t;
     w->self_woken = false;
     struct poll_timing pt = weft__poll_begin(w, t);
     enum weft_poll r = weft_future_poll(task_future(t), &cx);
-    weft__poll_end(w, &pt, r == WEFT_PENDING && cx.budget == 0 && w->self_woken);
+    weft__poll_end(w, &pt, r == WEFT_PENDING && cx.budget_spent);
     w->running = NULL;
     if (r == WEFT_READY) {
         complete(t, 0);
@@ -351,7 +351,7 @@ int weft_spawn_named(struct weft_runtime *rt, const struct weft_future *f, size_
         stat_add(&w->stats->spawns, 1);
         t->id = ((uint64_t)(w->index + 1) << 40) | n;
     } else
-        t->id = atomic_fetch_add_explicit(&rt->foreign_ids, 1, memory_order_relaxed);
+        t->id = atomic_fetch_add_explicit(&rt->foreign_ids, 1, memory_order_relaxed) + 1;
     if (join)
         *join = (struct weft_join){ .base = { &join_ops, 0 }, .task = t };
     weft__schedule(t, false);

@@ -107,6 +107,7 @@ struct weft_cx {
     const struct weft_waker *waker;
     struct weft__worker *worker;
     uint32_t budget;
+    bool budget_spent;  /* weft_coop_take refused once (the metrics' budget yields) */
 };
 
 /* The cooperative budget a task gets at every poll (Tokio uses the same). */
@@ -121,6 +122,7 @@ static inline bool weft_coop_take(struct weft_cx *cx)
         cx->budget--;
         return true;
     }
+    cx->budget_spent = true;
     weft_waker_wake_by_ref(cx->waker);
     return false;
 }
@@ -129,7 +131,7 @@ static inline bool weft_coop_take(struct weft_cx *cx)
  * runtime, e.g. in a test or a foreign event loop). */
 static inline struct weft_cx weft_cx_from_waker(const struct weft_waker *w)
 {
-    struct weft_cx cx = { w, NULL, WEFT_COOP_BUDGET };
+    struct weft_cx cx = { w, NULL, WEFT_COOP_BUDGET, false };
     return cx;
 }
 

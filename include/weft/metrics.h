@@ -9,8 +9,9 @@
  * as much as a whole yield); busy time is measured at every park.
  *
  * The stall detector is a monitor thread that looks at every worker each
- * threshold/2 and reports a worker that has been inside one poll for longer
- * than the threshold, once per stall. docs/blocking.md explains how to read
+ * threshold/4 and reports a worker that has been inside one poll for longer
+ * than the threshold, once per stall (never early; at most threshold/4
+ * late, so a poll shorter than 1.25x the threshold may go unreported). docs/blocking.md explains how to read
  * both.
  *
  * Included by <weft.h>; not meant to be included on its own. */
@@ -88,9 +89,9 @@ int weft_metrics_read(struct weft_runtime *rt, struct weft_metrics *m);
  * every line) to `out`. Returns 0, -EINVAL or -EIO (the write failed). */
 int weft_metrics_dump(struct weft_runtime *rt, FILE *out);
 
-/* Writes one line per live task that has been polled at least once (tasks
- * never polled yet are counted, not listed): id, name, state, and the time
- * since its last poll started (to within the last WEFT_METRICS_SAMPLE polls of its worker). Returns the number of tasks
+/* Writes one line per live task that has been polled at least once, or is
+ * being polled now (tasks never polled yet are counted on a last line, not
+ * listed): id, name, state, and the time since its last poll started (to within the last WEFT_METRICS_SAMPLE polls of its worker). Returns the number of tasks
  * listed, -EINVAL or -ENOMEM or -EIO. */
 int weft_task_dump(struct weft_runtime *rt, FILE *out);
 

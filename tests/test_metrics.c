@@ -1,0 +1,1650 @@
+/* tests/test_metrics.c: runtime metrics, the stall detector and the task
+ * dump (runtime/metrics.c, the counting sites in sched.c, task.c, internal.h,
+ * io/ring.c and io/op.c).
+ *
+ * Counters are checked against workloads whose counts are known exactly, on a
+ * runtime that runs nothing else while the test measures (no weft_block_on
+ * inside a measured window: it spawns a task of its own): spawns from foreign
+ * threads and from a task, yields (a task yielding M times is polled M+1
+ * times), live tasks with and without join handles, steals forced by a task
+ * that fills its worker's queue and then keeps that worker busy, the coop
+ * budget spent by ready sleeps and by a channel full of messages, LIFO hits of
+ * a ping-pong, queue depths and overflows behind a busy worker, I/O counters
+ * of a TCP round trip, parks, unparks and busy time. The histograms are
+ * checked exactly as well: on a quiet runtime the number of samples follows
+ * from the poll and wake counters (one in WEFT_METRICS_SAMPLE), and a long
+ * poll or a long queue wait is steered onto a sampled slot to show up in the
+ * right bucket. The stall detector is checked with a recording callback
+ * (one report per long poll, its task id equal to the one weft_task_dump
+ * shows), with well-behaved tasks (no report), switched off, and through its
+ * default stderr line.
+ *
+ * The regressions suite at the end holds four tests that failed before their
+ * fixes (a task stranded in a busy worker's queue of one, a voluntary yield
+ * counted as a budget yield, a task in its first poll missing from the task
+ * dump, busy time missing until a worker parks).
+ *
+ * Bad inputs tried: NULL runtime and NULL output to weft_metrics_read,
+ * weft_metrics_dump and weft_task_dump (-EINVAL); a dump to a FILE opened
+ * read-only (-EIO, both dumps); weft_histogram_bucket_min of 118 (one past the
+ * last bucket) and UINT32_MAX (UINT64_MAX); weft_histogram_quantile of NULL
+ * and of an empty histogram (0), of q < 0 and q > 1 (clamped to 0 and 1), of
+ * a sample in the last bucket (UINT64_MAX, its open top); a stall threshold of
+ * 1 us (the long poll still reported once) and of UINT32_MAX us (no report;
+ * destroy does not wait for the monitor's period); weft_spawn_named with a
+ * NULL name (dumped as "-"). */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <criterion/criterion.h>
+
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <weft.h>
+
+#include "io_common.h"
+
+/* ---- snapshots ------------------------------------------------------------------- */
+
+/* Snapshots are ~30 KiB: the test thread keeps its own here (each test runs in
+ * a process of its own). */
+static struct weft_metrics m0, m1, ms;
+
+static void snap(struct weft_runtime *rt, struct weft_metrics *m)
+{
+    cr_assert_eq(weft_metrics_read(rt, m), 0);
+}
+
+static uint64_t sum_at(const struct weft_metrics *m, size_t off)
+{
+    uint64_t s = 0;
+    for (uint32_t i = 0; i < m->workers; i++)
+        s += *(const uint64_t *)((const char *)&m->worker[i] + off);
+    return s;
+}
+
+/* A counter summed over the workers. */
+#define SUM(m, field) sum_at((m), offsetof(struct weft_worker_metrics, field))
+/* Its growth from m0 to m1. */
+#define DELTA(field) (SUM(&m1, field) - SUM(&m0, field))
+
+static uint64_t live_tasks(struct weft_runtime *rt)
+{
+    snap(rt, &ms);
+    return ms.live_tasks;
+}
+
+/* Waits until every task is freed (a finished task's last reference may be
+ * released just after it signalled the test). */
+#define WAIT_NO_TASKS(rt) WAIT_UNTIL(live_tasks(rt) == 0)
+
+static struct weft_runtime *start_cfg(uint32_t workers, uint32_t local_queue,
+                                      uint32_t stall_us, bool no_detector, weft_stall_fn *fn,
+                                      void *ctx)
+{
+    struct weft_runtime_config cfg;
+    weft_runtime_config_init(&cfg);
+    cfg.workers = workers;
+    cfg.local_queue_size = local_queue;
+    cfg.stall_threshold_us = stall_us;
+    cfg.no_stall_detector = no_detector;
+    cfg.on_stall = fn;
+    cfg.stall_ctx = ctx;
+    struct weft_runtime *rt = NULL;
+    cr_assert_eq(weft_runtime_create(&rt, &cfg), 0);
+    return rt;
+}
+
+/* The index of the worker running the calling thread (from its name,
+ * "weft-w<i>"), or -1 off the workers. */
+static int worker_index(void)
+{
+    char name[16];
+    unsigned i;
+    if (pthread_getname_np(pthread_self(), name, sizeof name) != 0 ||
+        sscanf(name, "weft-w%u", &i) != 1)
+        return -1;
+    return (int)i;
+}
+
+/* ---- a task future running a per-test body ----------------------------------------- */
+
+struct mt;
+typedef enum weft_poll mt_body(struct mt *t, struct weft_cx *cx);
+
+struct mt {
+    struct weft_future base;
+    mt_body *body;
+    void *arg;
+    uint32_t idx, i, j, polls;
+    uint64_t got, v;
+    struct weft_yield_now y;
+    struct weft_sleep sl;
+    struct weft_mpsc_recv rx;
+    struct weft_mpsc_send tx;
+    struct weft_io io;
+    struct gate_wait gw;
+    unsigned char buf[64], buf2[64];
+};
+
+static _Atomic uint32_t done; /* bodies that returned READY */
+
+static enum weft_poll mt_poll(struct weft_future *f, struct weft_cx *cx)
+{
+    struct mt *t = (struct mt *)f;
+    t->polls++;
+    enum weft_poll r = t->body(t, cx);
+    if (r == WEFT_READY)
+        atomic_fetch_add(&done, 1);
+    return r;
+}
+
+static void mt_drop(struct weft_future *f)
+{
+    struct mt *t = (struct mt *)f;
+    weft_future_drop(&t->sl.base);
+    weft_future_drop(&t->rx.base);
+    weft_future_drop(&t->tx.base);
+    weft_future_drop(&t->io.base);
+    weft_future_drop(&t->gw.base);
+}
+
+static const struct weft_future_ops mt_ops = { mt_poll, mt_drop };
+
+static struct mt mt_make(mt_body *body, void *arg, uint32_t idx)
+{
+    struct mt t;
+    memset(&t, 0, sizeof t);
+    t.base.ops = &mt_ops;
+    t.body = body;
+    t.arg = arg;
+    t.idx = idx;
+    return t;
+}
+
+static int spawn_mt(struct weft_runtime *rt, mt_body *body, void *arg, uint32_t idx,
+                    struct weft_join *j, const char *name)
+{
+    struct mt t = mt_make(body, arg, idx);
+    return weft_spawn_named(rt, &t.base, sizeof t, j, name);
+}
+
+/* Done at the first poll. */
+static enum weft_poll body_ready(struct mt *t, struct weft_cx *cx)
+{
+    (void)t, (void)cx;
+    return WEFT_READY;
+}
+
+/* Yields t->idx times: polled t->idx + 1 times. */
+static enum weft_poll body_yields(struct mt *t, struct weft_cx *cx)
+{
+    WEFT_ASYNC_BEGIN(&t->base);
+    for (t->i = 0; t->i < t->idx; t->i++) {
+        weft_yield_now_init(&t->y);
+        WEFT_AWAIT(&t->base, cx, &t->y.base);
+    }
+    WEFT_ASYNC_END(&t->base);
+}
+
+/* ---- bad inputs ------------------------------------------------------------------- */
+
+Test(metrics, null_arguments, .timeout = 30)
+{
+    struct weft_runtime *rt = start_rt(1, NULL);
+    struct weft_metrics *m = calloc(1, sizeof *m);
+    cr_assert_not_null(m);
+    cr_assert_eq(weft_metrics_read(NULL, m), -EINVAL);
+    cr_assert_eq(weft_metrics_read(rt, NULL), -EINVAL);
+    cr_assert_eq(weft_metrics_read(NULL, NULL), -EINVAL);
+    cr_assert_eq(weft_metrics_dump(NULL, stderr), -EINVAL);
+    cr_assert_eq(weft_metrics_dump(rt, NULL), -EINVAL);
+    cr_assert_eq(weft_task_dump(NULL, stderr), -EINVAL);
+    cr_assert_eq(weft_task_dump(rt, NULL), -EINVAL);
+    cr_assert_eq(weft_histogram_quantile(NULL, 0.5), 0);
+    cr_assert_eq(weft_histogram_quantile(NULL, 0.0), 0);
+    cr_assert_eq(weft_histogram_quantile(NULL, 1.0), 0);
+    cr_assert_eq(weft_histogram_bucket_min(WEFT_HIST_BUCKETS), UINT64_MAX);
+    cr_assert_eq(weft_histogram_bucket_min(UINT32_MAX), UINT64_MAX);
+    free(m);
+    weft_runtime_destroy(rt);
+}
+
+/* A runtime that never ran a task: everything zero, the workers beyond
+ * `workers` untouched. */
+Test(metrics, fresh_runtime_is_zero, .timeout = 30)
+{
+    struct weft_runtime *rt = start_rt(2, NULL);
+    memset(&m0, 0xa5, sizeof m0);
+    snap(rt, &m0);
+    cr_assert_eq(m0.workers, 2);
+    cr_assert_eq(m0.spawned, 0);
+    cr_assert_eq(m0.live_tasks, 0);
+    cr_assert_eq(m0.remote_schedules, 0);
+    cr_assert_eq(m0.stalls, 0);
+    cr_assert_eq(m0.global_queue_depth, 0);
+    cr_assert_eq(SUM(&m0, polls), 0);
+    cr_assert_eq(SUM(&m0, steals), 0);
+    cr_assert_eq(SUM(&m0, local_schedules), 0);
+    cr_assert_eq(SUM(&m0, lifo_hits), 0);
+    cr_assert_eq(SUM(&m0, budget_yields), 0);
+    cr_assert_eq(SUM(&m0, queue_depth), 0);
+    cr_assert_eq(m0.poll_ns.count, 0);
+    cr_assert_eq(m0.sched_latency.count, 0);
+    cr_assert_eq(weft_histogram_quantile(&m0.poll_ns, 0.5), 0);
+    cr_assert_eq(m0.blocking_jobs, 0);
+    for (uint32_t i = 2; i < 256; i++)
+        cr_assert_eq(m0.worker[i].polls + m0.worker[i].parks + m0.worker[i].busy_ns, 0,
+                     "worker slot %u not zeroed", i);
+    weft_runtime_destroy(rt);
+}
+
+/* ---- exact counts -------------------------------------------------------------------- */
+
+#define FOREIGN_THREADS 4
+#define PER_THREAD 250
+
+struct spawner {
+    struct weft_runtime *rt;
+    _Atomic int failures;
+};
+
+static void *spawn_from_thread(void *arg)
+{
+    struct spawner *s = arg;
+    for (int i = 0; i < PER_THREAD; i++)
+        if (spawn_mt(s->rt, body_ready, NULL, 0, NULL, NULL) != 0)
+            atomic_fetch_add(&s->failures, 1);
+    return NULL;
+}
+
+/* 1000 tasks spawned by 4 plain threads at once: spawned, remote_schedules
+ * and polls grow by exactly 1000, nothing is scheduled locally, and the live
+ * count comes back to 0. */
+Test(metrics, foreign_spawns_counted_exactly, .timeout = 60)
+{
+    struct weft_runtime *rt = start_rt(2, NULL);
+    struct spawner s = { .rt = rt };
+    pthread_t th[FOREIGN_THREADS];
+    snap(rt, &m0);
+    for (int i = 0; i < FOREIGN_THREADS; i++)
+        cr_assert_eq(pthread_create(&th[i], NULL, spawn_from_thread, &s), 0);
+    for (int i = 0; i < FOREIGN_THREADS; i++)
+        pthread_join(th[i], NULL);
+    cr_assert_eq(atomic_load(&s.failures), 0);
+    const uint64_t n = FOREIGN_THREADS * PER_THREAD;
+    WAIT_UNTIL(atomic_load(&done) == n);
+    WAIT_NO_TASKS(rt);
+    snap(rt, &m1);
+    cr_assert_eq(m1.spawned - m0.spawned, n);
+    cr_assert_eq(m1.remote_schedules - m0.remote_schedules, n);
+    cr_assert_eq(DELTA(polls), n);
+    cr_assert_eq(DELTA(local_schedules), 0);
+    cr_assert_eq(DELTA(lifo_hits), 0);
+    cr_assert_eq(DELTA(budget_yields), 0);
+    cr_assert_eq(m1.live_tasks, 0);
+    cr_assert_eq(m1.global_queue_depth, 0);
+    cr_assert_eq(SUM(&m1, queue_depth), 0);
+    weft_runtime_destroy(rt);
+}
+
+/* Join handles keep finished tasks allocated: live_tasks stays at the number
+ * of handles held after every task finished, and comes back to 0 once the
+ * test thread drops them. (Not at once: a worker drops its own references
+ * just after it published the completion, so the last free may be its.) */
+Test(metrics, live_tasks_follow_join_handles, .timeout = 30)
+{
+    enum { N = 50 };
+    struct weft_runtime *rt = start_rt(2, NULL);
+    struct weft_join j[N];
+    snap(rt, &m0);
+    cr_assert_eq(m0.live_tasks, 0);
+    for (int i = 0; i < N; i++)
+        cr_assert_eq(spawn_mt(rt, body_ready, NULL, 0, &j[i], NULL), 0);
+    WAIT_UNTIL(atomic_load(&done) == N);
+    sleep_us(20000);
+    snap(rt, &m1);
+    cr_assert_eq(m1.live_tasks, N, "live %" PRIu64 " with %d handles held", m1.live_tasks, N);
+    for (int i = 0; i < N; i++)
+        weft_future_drop(&j[i].base);
+    WAIT_NO_TASKS(rt);
+    sleep_us(20000);
+    snap(rt, &m1);
+    cr_assert_eq(m1.live_tasks, 0);
+    cr_assert_eq(m1.spawned, N);
+    weft_runtime_destroy(rt);
+}
+
+struct parent_arg {
+    struct weft_runtime *rt;
+    uint32_t children;
+    _Atomic int failures;
+};
+
+/* Spawns arg->children detached children (onto its own worker) and ends. */
+static enum weft_poll body_parent(struct mt *t, struct weft_cx *cx)
+{
+    struct parent_arg *a = t->arg;
+    (void)cx;
+    for (uint32_t i = 0; i < a->children; i++)
+        if (spawn_mt(a->rt, body_ready, NULL, 0, NULL, NULL) != 0)
+            atomic_fetch_add(&a->failures, 1);
+    return WEFT_READY;
+}
+
+/* One task spawned from the test thread spawns 200 children: spawned grows by
+ * 201, remote_schedules by 1, local_schedules by 200, polls by 201. */
+Test(metrics, task_spawns_counted_exactly, .timeout = 30)
+{
+    struct weft_runtime *rt = start_rt(2, NULL);
+    struct parent_arg a = { .rt = rt, .children = 200 };
+    snap(rt, &m0);
+    cr_assert_eq(spawn_mt(rt, body_parent, &a, 0, NULL, NULL), 0);
+    WAIT_UNTIL(atomic_load(&done) == 201);
+    WAIT_NO_TASKS(rt);
+    snap(rt, &m1);
+    cr_assert_eq(atomic_load(&a.failures), 0);
+    cr_assert_eq(m1.spawned - m0.spawned, 201);
+    cr_assert_eq(m1.remote_schedules - m0.remote_schedules, 1);
+    cr_assert_eq(DELTA(local_schedules), 200);
+    cr_assert_eq(DELTA(polls), 201);
+    cr_assert_eq(m1.live_tasks, 0);
+    weft_runtime_destroy(rt);
+}
+
+/* Two tasks yielding 1000 and 700 times: polled 1001 + 701 times, every
+ * yield a local schedule (never a LIFO hit: a yield goes to the back of the
+ * queue), no budget yield. */
+Test(metrics, yields_counted_exactly, .timeout = 30)
+{
+    struct weft_runtime *rt = start_rt(2, NULL);
+    snap(rt, &m0);
+    cr_assert_eq(spawn_mt(rt, body_yields, NULL, 1000, NULL, NULL), 0);
+    cr_assert_eq(spawn_mt(rt, body_yields, NULL, 700, NULL, NULL), 0);
+    WAIT_UNTIL(atomic_load(&done) == 2);
+    WAIT_NO_TASKS(rt);
+    snap(rt, &m1);
+    cr_assert_eq(DELTA(polls), 1001 + 701);
+    cr_assert_eq(DELTA(local_schedules), 1000 + 700);
+    cr_assert_eq(m1.remote_schedules - m0.remote_schedules, 2);
+    cr_assert_eq(m1.spawned - m0.spawned, 2);
+    cr_assert_eq(DELTA(lifo_hits), 0);
+    cr_assert_eq(DELTA(budget_yields), 0);
+    weft_runtime_destroy(rt);
+}
+
+/* ---- steals ------------------------------------------------------------------------- */
+
+#define STEAL_CHILDREN 33
+
+struct steal_arg {
+    struct weft_runtime *rt;
+    _Atomic int parent_worker;
+    _Atomic uint32_t ran, ran_on[2];
+    _Atomic int failures;
+};
+
+static enum weft_poll body_steal_child(struct mt *t, struct weft_cx *cx)
+{
+    struct steal_arg *a = t->arg;
+    (void)cx;
+    int w = worker_index();
+    CHECK(w == 0 || w == 1);
+    atomic_fetch_add(&a->ran_on[w], 1);
+    atomic_fetch_add(&a->ran, 1);
+    return WEFT_READY;
+}
+
+/* On worker A: spawns STEAL_CHILDREN children (the last one stays in A's LIFO
+ * slot, the others go to A's queue), then spins until the queued ones ran:
+ * only worker B can have run them, by stealing. */
+static enum weft_poll body_steal_parent(struct mt *t, struct weft_cx *cx)
+{
+    struct steal_arg *a = t->arg;
+    (void)cx;
+    atomic_store(&a->parent_worker, worker_index());
+    for (uint32_t i = 0; i < STEAL_CHILDREN; i++)
+        if (spawn_mt(a->rt, body_steal_child, a, i, NULL, NULL) != 0)
+            atomic_fetch_add(&a->failures, 1);
+    /* Bounded well below WAIT_SECS: see the test's comment. */
+    double deadline = now_s() + 2.0;
+    while (atomic_load(&a->ran) < STEAL_CHILDREN - 1 && now_s() < deadline)
+        ;
+    return WEFT_READY;
+}
+
+/* Worker B steals from A's queue while A is busy: B's steals grow by exactly
+ * the number of children B ran (each steal moves tasks into B's empty queue,
+ * and B runs all it took before it looks elsewhere), B's polls by the same,
+ * steal_ops by at least 1; A steals nothing, polls the parent, its LIFO child
+ * and whatever was left in its own queue, and runs the LIFO child from the
+ * slot. Five rounds, each measured on its own.
+ *
+ * Usually B takes all 32 queued children while A spins. Not always: when A is
+ * preempted in the middle of its spawn loop, B can empty A's queue and park;
+ * the next spawn then leaves one task in A's queue (weft__schedule used to
+ * wake nobody for a queue of one: regressions.one_task_queued_behind_a_long_poll;
+ * the parent gives up after 2 s). The counts checked here hold either way. */
+Test(metrics, steals_count_the_tasks_moved, .timeout = 60)
+{
+    struct weft_runtime *rt = start_cfg(2, 0, 0, true, NULL, NULL); /* it spins on purpose */
+    for (int round = 0; round < 5; round++) {
+        struct steal_arg a = { .rt = rt, .parent_worker = -1 };
+        atomic_store(&done, 0);
+        snap(rt, &m0);
+        cr_assert_eq(spawn_mt(rt, body_steal_parent, &a, 0, NULL, NULL), 0);
+        WAIT_UNTIL(atomic_load(&done) == STEAL_CHILDREN + 1);
+        WAIT_NO_TASKS(rt);
+        snap(rt, &m1);
+        cr_assert_eq(atomic_load(&a.failures), 0);
+        int wa = atomic_load(&a.parent_worker);
+        cr_assert(wa == 0 || wa == 1);
+        int wb = 1 - wa;
+        uint32_t on_a = atomic_load(&a.ran_on[wa]), on_b = atomic_load(&a.ran_on[wb]);
+        cr_assert_eq(on_a + on_b, STEAL_CHILDREN);
+        cr_assert_geq(on_b, 1, "round %d: B stole nothing", round);
+        cr_assert_geq(on_a, 1); /* the LIFO child, at least */
+        uint64_t steals_b = m1.worker[wb].steals - m0.worker[wb].steals;
+        uint64_t steals_a = m1.worker[wa].steals - m0.worker[wa].steals;
+        uint64_t ops_b = m1.worker[wb].steal_ops - m0.worker[wb].steal_ops;
+        cr_assert_eq(steals_b, on_b, "round %d: B stole %" PRIu64 " tasks, ran %u", round,
+                     steals_b, on_b);
+        cr_assert_geq(ops_b, 1);
+        cr_assert_leq(ops_b, steals_b);
+        cr_assert_eq(steals_a, 0, "round %d: A stole %" PRIu64, round, steals_a);
+        cr_assert_eq(m1.worker[wb].polls - m0.worker[wb].polls, on_b);
+        cr_assert_eq(m1.worker[wa].polls - m0.worker[wa].polls, 1 + on_a);
+        /* The child left in A's LIFO slot ran from it. */
+        cr_assert_eq(m1.worker[wa].lifo_hits - m0.worker[wa].lifo_hits, 1);
+    }
+    weft_runtime_destroy(rt);
+}
+
+/* ---- queue depths and overflows ------------------------------------------------------ */
+
+struct busy_arg {
+    struct weft_runtime *rt;
+    uint32_t children;
+    _Atomic int started, release;
+};
+
+/* Spawns arg->children children onto its own worker, then keeps the worker
+ * until released. */
+static enum weft_poll body_busy(struct mt *t, struct weft_cx *cx)
+{
+    struct busy_arg *a = t->arg;
+    (void)cx;
+    for (uint32_t i = 0; i < a->children; i++)
+        CHECK(spawn_mt(a->rt, body_ready, NULL, 0, NULL, NULL) == 0);
+    atomic_store(&a->started, 1);
+    spin_until(&a->release);
+    return WEFT_READY;
+}
+
+/* One worker with a 16-slot queue, kept busy by a task that spawned 12
+ * children (one in the LIFO slot, 11 queued): queue_depth is 11; ten tasks
+ * spawned by the test thread meanwhile wait in the global queue. */
+Test(metrics, queue_depths_behind_a_busy_worker, .timeout = 30)
+{
+    struct weft_runtime *rt = start_cfg(1, 16, 0, true, NULL, NULL);
+    struct busy_arg a = { .rt = rt, .children = 12 };
+    cr_assert_eq(spawn_mt(rt, body_busy, &a, 0, NULL, NULL), 0);
+    WAIT_UNTIL(atomic_load(&a.started));
+    for (int i = 0; i < 10; i++)
+        cr_assert_eq(spawn_mt(rt, body_ready, NULL, 0, NULL, NULL), 0);
+    snap(rt, &m1);
+    cr_assert_eq(m1.worker[0].queue_depth, 11);
+    cr_assert_eq(m1.global_queue_depth, 10);
+    cr_assert_eq(m1.worker[0].overflows, 0);
+    cr_assert_eq(m1.live_tasks, 1 + 12 + 10);
+    atomic_store(&a.release, 1);
+    WAIT_UNTIL(atomic_load(&done) == 1 + 12 + 10);
+    WAIT_NO_TASKS(rt);
+    snap(rt, &m1);
+    cr_assert_eq(m1.worker[0].queue_depth, 0);
+    cr_assert_eq(m1.global_queue_depth, 0);
+    weft_runtime_destroy(rt);
+}
+
+/* 40 children into a 16-slot queue: 39 pushes (the 40th child stays in the
+ * LIFO slot). Pushes 17, 26 and 35 find the queue full and move half of it (8)
+ * and the new task to the global queue: 3 overflows, 27 tasks in the global
+ * queue, 12 in the local one. */
+Test(metrics, overflows_counted, .timeout = 30)
+{
+    struct weft_runtime *rt = start_cfg(1, 16, 0, true, NULL, NULL);
+    struct busy_arg a = { .rt = rt, .children = 40 };
+    cr_assert_eq(spawn_mt(rt, body_busy, &a, 0, NULL, NULL), 0);
+    WAIT_UNTIL(atomic_load(&a.started));
+    snap(rt, &m1);
+    cr_assert_eq(m1.worker[0].overflows, 3);
+    cr_assert_eq(m1.worker[0].queue_depth, 12);
+    cr_assert_eq(m1.global_queue_depth, 27);
+    atomic_store(&a.release, 1);
+    WAIT_UNTIL(atomic_load(&done) == 41);
+    WAIT_NO_TASKS(rt);
+    weft_runtime_destroy(rt);
+}
+
+/* ---- the coop budget and the LIFO slot --------------------------------------------------- */
+
+#define LEAVES 1000u /* = 7 * 128 + 104: 7 polls end on the budget, the 8th finishes */
+
+static enum weft_poll body_ready_sleeps(struct mt *t, struct weft_cx *cx)
+{
+    WEFT_ASYNC_BEGIN(&t->base);
+    for (t->i = 0; t->i < LEAVES; t->i++) {
+        weft_sleep_until_init(&t->sl, 0); /* in the past: ready, but takes a unit */
+        WEFT_AWAIT(&t->base, cx, &t->sl.base);
+        CHECK(t->sl.result == 0);
+        weft_future_drop(&t->sl.base);
+    }
+    WEFT_ASYNC_END(&t->base);
+}
+
+static enum weft_poll body_drain_channel(struct mt *t, struct weft_cx *cx)
+{
+    struct weft_mpsc *ch = t->arg;
+    WEFT_ASYNC_BEGIN(&t->base);
+    for (t->i = 0; t->i < LEAVES; t->i++) {
+        weft_mpsc_recv_init(&t->rx, ch, &t->v);
+        WEFT_AWAIT(&t->base, cx, &t->rx.base);
+        CHECK(t->rx.res == 0 && t->v == t->i);
+        weft_future_drop(&t->rx.base);
+    }
+    WEFT_ASYNC_END(&t->base);
+}
+
+/* 1000 ready leaf operations in one task: the budget (WEFT_COOP_BUDGET = 128)
+ * ends 7 polls, the 8th finishes; budget_yields grows by exactly 7 and polls
+ * by exactly 8. Once with expired sleeps, once with a channel holding 1000
+ * messages. */
+Test(metrics, budget_yields_counted_exactly, .timeout = 30)
+{
+    cr_assert_eq(WEFT_COOP_BUDGET, 128);
+    struct weft_runtime *rt = start_rt(1, NULL);
+    snap(rt, &m0);
+    cr_assert_eq(spawn_mt(rt, body_ready_sleeps, NULL, 0, NULL, NULL), 0);
+    WAIT_UNTIL(atomic_load(&done) == 1);
+    WAIT_NO_TASKS(rt);
+    snap(rt, &m1);
+    cr_assert_eq(DELTA(budget_yields), 7, "%" PRIu64 " budget yields", DELTA(budget_yields));
+    cr_assert_eq(DELTA(polls), 8);
+    cr_assert_eq(DELTA(local_schedules), 7);
+
+    struct weft_mpsc *ch;
+    cr_assert_eq(weft_mpsc_create(&ch, LEAVES, sizeof(uint64_t)), 0);
+    for (uint64_t i = 0; i < LEAVES; i++)
+        cr_assert_eq(weft_mpsc_try_send(ch, &i), 0);
+    snap(rt, &m0);
+    cr_assert_eq(spawn_mt(rt, body_drain_channel, ch, 0, NULL, NULL), 0);
+    WAIT_UNTIL(atomic_load(&done) == 2);
+    WAIT_NO_TASKS(rt);
+    snap(rt, &m1);
+    cr_assert_eq(DELTA(budget_yields), 7, "%" PRIu64 " budget yields", DELTA(budget_yields));
+    cr_assert_eq(DELTA(polls), 8);
+    weft_mpsc_receiver_drop(ch);
+    weft_mpsc_sender_drop(ch);
+    weft_runtime_destroy(rt);
+}
+
+#define ROUNDS 200u
+
+struct pingpong {
+    struct weft_mpsc *ab, *ba;
+};
+
+/* Sends i to B, waits for B's reply, ROUNDS times. */
+static enum weft_poll body_ping(struct mt *t, struct weft_cx *cx)
+{
+    struct pingpong *p = t->arg;
+    WEFT_ASYNC_BEGIN(&t->base);
+    for (t->i = 0; t->i < ROUNDS; t->i++) {
+        t->v = t->i;
+        weft_mpsc_send_init(&t->tx, p->ab, &t->v);
+        WEFT_AWAIT(&t->base, cx, &t->tx.base);
+        CHECK(t->tx.res == 0);
+        weft_future_drop(&t->tx.base);
+        weft_mpsc_recv_init(&t->rx, p->ba, &t->got);
+        WEFT_AWAIT(&t->base, cx, &t->rx.base);
+        CHECK(t->rx.res == 0 && t->got == t->i + 1);
+        weft_future_drop(&t->rx.base);
+    }
+    WEFT_ASYNC_END(&t->base);
+}
+
+/* Replies i + 1 to every i. */
+static enum weft_poll body_pong(struct mt *t, struct weft_cx *cx)
+{
+    struct pingpong *p = t->arg;
+    WEFT_ASYNC_BEGIN(&t->base);
+    for (t->i = 0; t->i < ROUNDS; t->i++) {
+        weft_mpsc_recv_init(&t->rx, p->ab, &t->got);
+        WEFT_AWAIT(&t->base, cx, &t->rx.base);
+        CHECK(t->rx.res == 0 && t->got == t->i);
+        weft_future_drop(&t->rx.base);
+        t->v = t->got + 1;
+        weft_mpsc_send_init(&t->tx, p->ba, &t->v);
+        WEFT_AWAIT(&t->base, cx, &t->tx.base);
+        CHECK(t->tx.res == 0);
+        weft_future_drop(&t->tx.base);
+    }
+    WEFT_ASYNC_END(&t->base);
+}
+
+/* Two tasks on one worker passing a message back and forth 200 times: each
+ * wakes the other while running, so the woken one runs from the LIFO slot
+ * (at most LIFO_MAX_POLLS = 3 times in a row, then the chain goes through the
+ * queue). Every poll but the two first is a woken task's, and at least three
+ * of every four of those come from the slot. */
+Test(metrics, lifo_hits_of_a_pingpong, .timeout = 30)
+{
+    struct weft_runtime *rt = start_rt(1, NULL);
+    struct pingpong p;
+    cr_assert_eq(weft_mpsc_create(&p.ab, 1, sizeof(uint64_t)), 0);
+    cr_assert_eq(weft_mpsc_create(&p.ba, 1, sizeof(uint64_t)), 0);
+    snap(rt, &m0);
+    cr_assert_eq(spawn_mt(rt, body_pong, &p, 0, NULL, NULL), 0);
+    cr_assert_eq(spawn_mt(rt, body_ping, &p, 0, NULL, NULL), 0);
+    WAIT_UNTIL(atomic_load(&done) == 2);
+    WAIT_NO_TASKS(rt);
+    snap(rt, &m1);
+    uint64_t hits = DELTA(lifo_hits), polls = DELTA(polls);
+    cr_assert_geq(polls, 2 * ROUNDS);
+    cr_assert_lt(hits, polls);
+    cr_assert_geq(hits, 3 * (polls - 2) / 4 - 1, "%" PRIu64 " LIFO hits in %" PRIu64 " polls",
+                  hits, polls);
+    cr_assert_eq(m1.remote_schedules - m0.remote_schedules, 2);
+    weft_mpsc_receiver_drop(p.ab);
+    weft_mpsc_sender_drop(p.ab);
+    weft_mpsc_receiver_drop(p.ba);
+    weft_mpsc_sender_drop(p.ba);
+    weft_runtime_destroy(rt);
+}
+
+/* ---- I/O, parks and busy time ----------------------------------------------------------- */
+
+struct roundtrip {
+    int srv, cli;
+    uint32_t rounds;
+};
+
+/* Sends 64 bytes from cli to srv and reads them there, `rounds` times, all
+ * through the ring. */
+static enum weft_poll body_roundtrip(struct mt *t, struct weft_cx *cx)
+{
+    struct roundtrip *r = t->arg;
+    WEFT_ASYNC_BEGIN(&t->base);
+    for (t->i = 0; t->i < r->rounds; t->i++) {
+        memset(t->buf, (int)t->i, sizeof t->buf);
+        weft_send_all_init(&t->io, r->cli, t->buf, sizeof t->buf);
+        WEFT_AWAIT(&t->base, cx, &t->io.base);
+        CHECK(t->io.result == (int)sizeof t->buf);
+        weft_future_drop(&t->io.base);
+        for (t->got = 0; t->got < sizeof t->buf2;) {
+            weft_recv_into_init(&t->io, r->srv, t->buf2 + t->got, sizeof t->buf2 - t->got);
+            WEFT_AWAIT(&t->base, cx, &t->io.base);
+            CHECK(t->io.result > 0);
+            t->got += (uint64_t)t->io.result;
+            weft_future_drop(&t->io.base);
+        }
+        CHECK(memcmp(t->buf, t->buf2, sizeof t->buf) == 0);
+    }
+    WEFT_ASYNC_END(&t->base);
+}
+
+/* 16 round trips over a loopback TCP connection: at least one SQE and one
+ * CQE per operation (16 sends, >= 16 receives), at least one io_uring_enter. */
+Test(metrics, io_counters_grow_with_io, .timeout = 30)
+{
+    int srv, cli;
+    struct weft_runtime *rt = start_rt_pair(2, NULL, &srv, &cli);
+    struct roundtrip r = { srv, cli, 16 };
+    WAIT_NO_TASKS(rt);
+    snap(rt, &m0);
+    cr_assert_eq(spawn_mt(rt, body_roundtrip, &r, 0, NULL, NULL), 0);
+    WAIT_UNTIL(atomic_load(&done) == 1);
+    WAIT_NO_TASKS(rt);
+    snap(rt, &m1);
+    cr_assert_geq(DELTA(sqes), 32, "%" PRIu64 " SQEs", DELTA(sqes));
+    cr_assert_geq(DELTA(cqes), 32, "%" PRIu64 " CQEs", DELTA(cqes));
+    cr_assert_geq(DELTA(enters), 1);
+    weft_runtime_destroy(rt);
+    close_pair(srv, cli);
+}
+
+static enum weft_poll body_short_sleeps(struct mt *t, struct weft_cx *cx)
+{
+    WEFT_ASYNC_BEGIN(&t->base);
+    for (t->i = 0; t->i < 5; t->i++) {
+        weft_sleep_init(&t->sl, 1 * MS);
+        WEFT_AWAIT(&t->base, cx, &t->sl.base);
+        CHECK(t->sl.result == 0);
+        weft_future_drop(&t->sl.base);
+    }
+    WEFT_ASYNC_END(&t->base);
+}
+
+/* Without io_uring, timers still work and the ring counters stay 0. */
+Test(metrics, no_ring_no_io_counts, .timeout = 30)
+{
+    struct weft_runtime *rt = start_rt_opts((struct rt_opts){ .workers = 2, .no_io_uring = true },
+                                            NULL);
+    cr_assert_eq(spawn_mt(rt, body_short_sleeps, NULL, 0, NULL, NULL), 0);
+    cr_assert_eq(spawn_mt(rt, body_yields, NULL, 100, NULL, NULL), 0);
+    WAIT_UNTIL(atomic_load(&done) == 2);
+    WAIT_NO_TASKS(rt);
+    snap(rt, &m1);
+    cr_assert_eq(SUM(&m1, sqes) + SUM(&m1, cqes) + SUM(&m1, enters), 0);
+    cr_assert_eq(SUM(&m1, polls), 6 + 101);
+    weft_runtime_destroy(rt);
+}
+
+static enum weft_poll body_spin_20ms(struct mt *t, struct weft_cx *cx)
+{
+    (void)t, (void)cx;
+    spin_for(0.020);
+    return WEFT_READY;
+}
+
+/* Idle workers park; a task spawned by a plain thread into an idle runtime
+ * unparks one; busy time is at least the 20 ms a task kept a worker, and
+ * never more than wall time times workers. */
+Test(metrics, parks_unparks_and_busy_time, .timeout = 60)
+{
+    double t0 = now_s();
+    struct weft_runtime *rt = start_cfg(2, 0, 0, true, NULL, NULL); /* it spins on purpose */
+    /* Both workers go to sleep with nothing to do. */
+    WAIT_UNTIL((snap(rt, &ms), ms.worker[0].parks >= 1 && ms.worker[1].parks >= 1));
+
+    /* A spawn from this thread wakes a parked worker. The unpark counts only
+     * when the worker was really asleep: let the runtime settle first, and
+     * retry a bounded number of times. */
+    bool unparked = false;
+    for (int tries = 0; tries < 50 && !unparked; tries++) {
+        sleep_us(20000);
+        snap(rt, &m0);
+        uint32_t before = atomic_load(&done);
+        cr_assert_eq(spawn_mt(rt, body_ready, NULL, 0, NULL, NULL), 0);
+        WAIT_UNTIL(atomic_load(&done) == before + 1);
+        snap(rt, &m1);
+        unparked = DELTA(unparks) > 0;
+    }
+    cr_assert(unparked, "no unpark counted for 50 spawns into an idle runtime");
+    /* ...and after running it, the worker it woke parks again (maybe before
+     * m1 was read: count from m0, when it still slept). */
+    WAIT_UNTIL((snap(rt, &ms), SUM(&ms, parks) > SUM(&m0, parks)));
+
+    snap(rt, &m0);
+    uint32_t before = atomic_load(&done);
+    cr_assert_eq(spawn_mt(rt, body_spin_20ms, NULL, 0, NULL, NULL), 0);
+    WAIT_UNTIL(atomic_load(&done) == before + 1);
+    /* Busy time is added up when a worker parks. */
+    WAIT_UNTIL((snap(rt, &m1), DELTA(busy_ns) >= 20 * MS));
+    double t1 = now_s();
+    snap(rt, &m1);
+    uint64_t wall = (uint64_t)((t1 - t0) * 1e9);
+    cr_assert_gt(SUM(&m1, busy_ns), 0);
+    for (uint32_t i = 0; i < m1.workers; i++)
+        cr_assert_leq(m1.worker[i].busy_ns, wall, "worker %u busy %" PRIu64 " ns in %" PRIu64
+                      " ns", i, m1.worker[i].busy_ns, wall);
+    cr_assert_lt(SUM(&m1, busy_ns), wall * m1.workers);
+    weft_runtime_destroy(rt);
+}
+
+/* ---- the blocking pool ------------------------------------------------------------------------ */
+
+static void *job_double(void *arg)
+{
+    return (void *)((uintptr_t)arg * 2);
+}
+
+/* A blocking job shows up as one pool thread and one job done. */
+Test(metrics, blocking_pool_counts, .timeout = 30)
+{
+    struct weft_runtime *rt = start_rt(1, NULL);
+    struct weft_blocking_join j;
+    cr_assert_eq(weft_spawn_blocking(rt, job_double, (void *)21, &j), 0);
+    cr_assert_eq(weft_block_on(rt, &j.base), 0);
+    cr_assert_eq(j.res, 0);
+    cr_assert_eq((uintptr_t)j.output, 42);
+    weft_future_drop(&j.base);
+    WAIT_UNTIL((snap(rt, &ms), ms.blocking_jobs == 1 && ms.blocking_idle == 1));
+    cr_assert_eq(ms.blocking_threads, 1);
+    cr_assert_eq(ms.blocking_queue_depth, 0);
+    weft_runtime_destroy(rt);
+}
+
+/* ---- histograms ---------------------------------------------------------------------------- */
+
+/* The documented bucket layout: [0, 128), then four buckets per power of two
+ * from 128 ns, the last one from about 69 s. */
+Test(metrics, histogram_bucket_bounds, .timeout = 10)
+{
+    cr_assert_eq(weft_histogram_bucket_min(0), 0);
+    cr_assert_eq(weft_histogram_bucket_min(1), 128);
+    cr_assert_eq(weft_histogram_bucket_min(2), 160);
+    cr_assert_eq(weft_histogram_bucket_min(3), 192);
+    cr_assert_eq(weft_histogram_bucket_min(4), 224);
+    cr_assert_eq(weft_histogram_bucket_min(5), 256);
+    cr_assert_eq(weft_histogram_bucket_min(6), 320);
+    for (uint32_t k = 0; 1 + 4 * k < WEFT_HIST_BUCKETS; k++) {
+        uint64_t p = UINT64_C(128) << k;
+        cr_assert_eq(weft_histogram_bucket_min(1 + 4 * k), p, "power bucket %u", 1 + 4 * k);
+        for (uint32_t s = 1; s < 4 && 1 + 4 * k + s < WEFT_HIST_BUCKETS; s++)
+            cr_assert_eq(weft_histogram_bucket_min(1 + 4 * k + s), p + s * (p / 4));
+    }
+    for (uint32_t i = 1; i < WEFT_HIST_BUCKETS; i++)
+        cr_assert_gt(weft_histogram_bucket_min(i), weft_histogram_bucket_min(i - 1),
+                     "bucket %u not above bucket %u", i, i - 1);
+    uint64_t last = weft_histogram_bucket_min(WEFT_HIST_BUCKETS - 1);
+    cr_assert(last > 60 * WEFT_NS_PER_SEC && last < 80 * WEFT_NS_PER_SEC, "last bucket from %"
+              PRIu64 " ns", last);
+    cr_assert_eq(weft_histogram_bucket_min(WEFT_HIST_BUCKETS), UINT64_MAX);
+    cr_assert_eq(weft_histogram_bucket_min(UINT32_MAX), UINT64_MAX);
+}
+
+/* Quantiles of a hand-made histogram: the top of the bucket holding the
+ * rank (ceil(q * count), at least 1). */
+Test(metrics, histogram_quantiles, .timeout = 10)
+{
+    struct weft_histogram h;
+    memset(&h, 0, sizeof h);
+    cr_assert_eq(weft_histogram_quantile(&h, 0.5), 0);
+    cr_assert_eq(weft_histogram_quantile(&h, 1.0), 0);
+    h.buckets[0] = 5;  /* [0, 128) */
+    h.buckets[3] = 4;  /* [192, 224) */
+    h.buckets[10] = 1; /* [640, 768) */
+    h.count = 10;
+    cr_assert_eq(weft_histogram_quantile(&h, 0.0), 128);
+    cr_assert_eq(weft_histogram_quantile(&h, 0.1), 128);
+    cr_assert_eq(weft_histogram_quantile(&h, 0.5), 128);
+    cr_assert_eq(weft_histogram_quantile(&h, 0.51), 224);
+    cr_assert_eq(weft_histogram_quantile(&h, 0.9), 224);
+    cr_assert_eq(weft_histogram_quantile(&h, 0.91), 768);
+    cr_assert_eq(weft_histogram_quantile(&h, 1.0), 768);
+    cr_assert_eq(weft_histogram_quantile(&h, -3.0), 128);
+    cr_assert_eq(weft_histogram_quantile(&h, 7.0), 768);
+    /* One sample in the last bucket: its top is open. */
+    memset(&h, 0, sizeof h);
+    h.buckets[WEFT_HIST_BUCKETS - 1] = 1;
+    h.count = 1;
+    cr_assert_eq(weft_histogram_quantile(&h, 0.5), UINT64_MAX);
+    /* One sample in bucket 0. */
+    memset(&h, 0, sizeof h);
+    h.buckets[0] = 1;
+    h.count = 1;
+    cr_assert_eq(weft_histogram_quantile(&h, 1.0), 128);
+}
+
+/* 80,004 polls by 4 yielding tasks on 2 workers: on the quiet runtime after,
+ * the poll histogram holds exactly one sample per WEFT_METRICS_SAMPLE polls of
+ * each worker (its polls 0, 64, 128, ...), and the latency histogram one per
+ * WEFT_METRICS_SAMPLE wakes of each kind (local per worker, and remote). */
+Test(metrics, histograms_sampled_one_in_64, .timeout = 60)
+{
+    struct weft_runtime *rt = start_rt(2, NULL);
+    for (int i = 0; i < 4; i++)
+        cr_assert_eq(spawn_mt(rt, body_yields, NULL, 20000, NULL, NULL), 0);
+    WAIT_UNTIL(atomic_load(&done) == 4);
+    WAIT_NO_TASKS(rt);
+    snap(rt, &m1);
+    cr_assert_eq(SUM(&m1, polls), 4 * 20001);
+    uint64_t want_polls = 0, want_wakes = 0;
+    for (uint32_t i = 0; i < m1.workers; i++) {
+        want_polls += (m1.worker[i].polls + WEFT_METRICS_SAMPLE - 1) / WEFT_METRICS_SAMPLE;
+        want_wakes += (m1.worker[i].local_schedules + WEFT_METRICS_SAMPLE - 1) /
+                      WEFT_METRICS_SAMPLE;
+    }
+    want_wakes += (m1.remote_schedules + WEFT_METRICS_SAMPLE - 1) / WEFT_METRICS_SAMPLE;
+    cr_assert_geq(m1.poll_ns.count, 1000);
+    cr_assert_eq(m1.poll_ns.count, want_polls);
+    cr_assert_geq(m1.sched_latency.count, 1000);
+    cr_assert_eq(m1.sched_latency.count, want_wakes);
+    uint64_t sum = 0;
+    for (uint32_t i = 0; i < WEFT_HIST_BUCKETS; i++)
+        sum += m1.poll_ns.buckets[i];
+    cr_assert_eq(sum, m1.poll_ns.count);
+    cr_assert_gt(weft_histogram_quantile(&m1.poll_ns, 0.5), 0);
+    weft_runtime_destroy(rt);
+}
+
+static uint64_t samples_at_least(const struct weft_histogram *h, uint64_t ns)
+{
+    uint64_t n = 0;
+    for (uint32_t i = 0; i < WEFT_HIST_BUCKETS; i++)
+        if (weft_histogram_bucket_min(i) >= ns)
+            n += h->buckets[i];
+    return n;
+}
+
+/* Yields until the next poll of its (only) worker is a timed one, then spins
+ * 20 ms in that poll; twice. The worker's poll counter, read from inside the
+ * task, says which poll is next: poll_begin times the poll that finds the
+ * counter at a multiple of WEFT_METRICS_SAMPLE. */
+static bool next_poll_timed(struct weft_runtime *rt)
+{
+    struct weft_metrics *m = malloc(sizeof *m);
+    CHECK(m && weft_metrics_read(rt, m) == 0);
+    /* Counts this poll already: it is what the next poll_begin will find. */
+    bool timed = m->worker[0].polls % WEFT_METRICS_SAMPLE == 0;
+    free(m);
+    return timed;
+}
+
+static enum weft_poll body_timed_spin(struct mt *t, struct weft_cx *cx)
+{
+    struct weft_runtime *rt = t->arg;
+    WEFT_ASYNC_BEGIN(&t->base);
+    for (t->j = 0; t->j < 2; t->j++) {
+        do {
+            t->v = next_poll_timed(rt);
+            weft_yield_now_init(&t->y);
+            WEFT_AWAIT(&t->base, cx, &t->y.base);
+        } while (!t->v);
+        spin_for(0.020);
+    }
+    WEFT_ASYNC_END(&t->base);
+}
+
+struct latency_arg {
+    _Atomic int started, spawned;
+};
+
+/* Keeps the only worker until the test has queued its tasks, then 20 ms more. */
+static enum weft_poll body_hold_worker(struct mt *t, struct weft_cx *cx)
+{
+    struct latency_arg *a = t->arg;
+    (void)cx;
+    atomic_store(&a->started, 1);
+    spin_until(&a->spawned);
+    spin_for(0.020);
+    return WEFT_READY;
+}
+
+/* A 20 ms poll lands in the poll histogram above 10 ms once it falls on a
+ * sampled poll; a task queued for 20 ms behind a busy worker lands in the
+ * latency histogram above 10 ms once its wake is a sampled one (remote wake
+ * number 64: the first was the busy task's own spawn). */
+Test(metrics, long_polls_and_waits_in_histograms, .timeout = 30)
+{
+    struct weft_runtime *rt = start_cfg(1, 0, 0, true, NULL, NULL); /* it spins on purpose */
+    cr_assert_eq(spawn_mt(rt, body_timed_spin, rt, 0, NULL, NULL), 0);
+    WAIT_UNTIL(atomic_load(&done) == 1);
+    WAIT_NO_TASKS(rt);
+    snap(rt, &m1);
+    cr_assert_geq(samples_at_least(&m1.poll_ns, 10 * MS), 2, "%" PRIu64
+                  " poll samples >= 10 ms (of %" PRIu64 ")",
+                  samples_at_least(&m1.poll_ns, 10 * MS), m1.poll_ns.count);
+    cr_assert_geq(weft_histogram_quantile(&m1.poll_ns, 1.0), 20 * MS);
+
+    /* Remote wakes so far: the spawn above. */
+    struct latency_arg a = { 0 };
+    snap(rt, &m0);
+    cr_assert_eq(m0.remote_schedules, 1);
+    uint64_t slow_before = samples_at_least(&m0.sched_latency, 10 * MS);
+    cr_assert_eq(spawn_mt(rt, body_hold_worker, &a, 0, NULL, NULL), 0); /* remote wake 1 */
+    WAIT_UNTIL(atomic_load(&a.started));
+    for (int i = 2; i <= 64; i++) /* remote wakes 2..64: 64 is sampled */
+        cr_assert_eq(spawn_mt(rt, body_ready, NULL, 0, NULL, NULL), 0);
+    atomic_store(&a.spawned, 1);
+    WAIT_UNTIL(atomic_load(&done) == 1 + 1 + 63);
+    WAIT_NO_TASKS(rt);
+    snap(rt, &m1);
+    cr_assert_eq(m1.remote_schedules, 65);
+    cr_assert_geq(samples_at_least(&m1.sched_latency, 10 * MS) - slow_before, 1);
+    weft_runtime_destroy(rt);
+}
+
+/* ---- weft_metrics_dump ------------------------------------------------------------------------ */
+
+static char *read_all(FILE *f)
+{
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    cr_assert_geq(n, 0);
+    rewind(f);
+    char *s = malloc((size_t)n + 1);
+    cr_assert_not_null(s);
+    cr_assert_eq(fread(s, 1, (size_t)n, f), (size_t)n);
+    s[n] = '\0';
+    return s;
+}
+
+/* The dump is one summary line, a header, one line per worker (its polls as
+ * the snapshot says), the blocking pool, and the two histograms. */
+Test(metrics, dump_is_readable_text, .timeout = 30)
+{
+    struct weft_runtime *rt = start_rt(2, NULL);
+    for (int i = 0; i < 4; i++)
+        cr_assert_eq(spawn_mt(rt, body_yields, NULL, 500, NULL, NULL), 0);
+    WAIT_UNTIL(atomic_load(&done) == 4);
+    WAIT_NO_TASKS(rt);
+    snap(rt, &m1);
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    cr_assert_not_null(f);
+    cr_assert_eq(weft_metrics_dump(rt, f), 0);
+    fclose(f);
+    cr_assert_not_null(strstr(text, "blocking pool"));
+    cr_assert_not_null(strstr(text, "poll time"));
+    cr_assert_not_null(strstr(text, "sched latency"));
+
+    char *lines[64];
+    int n = 0;
+    char *save = NULL;
+    for (char *l = strtok_r(text, "\n", &save); l && n < 64; l = strtok_r(NULL, "\n", &save))
+        lines[n++] = l;
+    cr_assert_eq(n, (int)m1.workers + 5, "%d lines", n);
+    unsigned workers;
+    uint64_t live, spawned;
+    cr_assert_eq(sscanf(lines[0], "weft runtime: %u workers, %" SCNu64 " live tasks, %" SCNu64
+                        " spawned", &workers, &live, &spawned), 3, "%s", lines[0]);
+    cr_assert_eq(workers, 2);
+    cr_assert_eq(live, 0);
+    cr_assert_eq(spawned, 4);
+    cr_assert_not_null(strstr(lines[1], "polls"));
+    cr_assert_not_null(strstr(lines[1], "steals"));
+    for (uint32_t i = 0; i < m1.workers; i++) {
+        unsigned idx;
+        uint64_t polls;
+        cr_assert_eq(sscanf(lines[2 + i], "%u %" SCNu64, &idx, &polls), 2, "%s", lines[2 + i]);
+        cr_assert_eq(idx, i);
+        cr_assert_eq(polls, m1.worker[i].polls);
+    }
+    cr_assert_eq(strncmp(lines[2 + m1.workers], "blocking pool:", 14), 0);
+    cr_assert_eq(strncmp(lines[3 + m1.workers], "poll time", 9), 0);
+    cr_assert_eq(strncmp(lines[4 + m1.workers], "sched latency", 13), 0);
+    free(text);
+
+    FILE *ro = fopen("/dev/null", "r");
+    cr_assert_not_null(ro);
+    cr_assert_eq(weft_metrics_dump(rt, ro), -EIO);
+    cr_assert_eq(weft_task_dump(rt, ro), -EIO);
+    fclose(ro);
+    weft_runtime_destroy(rt);
+}
+
+/* ---- weft_task_dump ---------------------------------------------------------------------------- */
+
+struct dump_line {
+    uint64_t id;
+    char state[16];
+    double ms;
+    char name[64];
+};
+
+/* Dumps the tasks of rt and parses the lines; returns weft_task_dump's value
+ * and the parsed lines in out[0..*n). */
+static int dump_tasks(struct weft_runtime *rt, struct dump_line *out, int max, int *n)
+{
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    cr_assert_not_null(f);
+    int ret = weft_task_dump(rt, f);
+    fclose(f);
+    *n = 0;
+    char *save = NULL;
+    char *l = strtok_r(text, "\n", &save); /* the header */
+    cr_assert_not_null(l);
+    cr_assert_not_null(strstr(l, "state"));
+    for (l = strtok_r(NULL, "\n", &save); l && *n < max; l = strtok_r(NULL, "\n", &save)) {
+        if (l[0] == '(')
+            continue; /* the count of tasks not listed */
+        struct dump_line *d = &out[*n];
+        cr_assert_eq(sscanf(l, "%" SCNu64 " %15s %lf %63s", &d->id, d->state, &d->ms, d->name), 4,
+                     "unparsable line: %s", l);
+        (*n)++;
+    }
+    free(text);
+    return ret;
+}
+
+static const struct dump_line *find_line(const struct dump_line *d, int n, const char *name)
+{
+    const struct dump_line *found = NULL;
+    for (int i = 0; i < n; i++)
+        if (strcmp(d[i].name, name) == 0) {
+            cr_assert_null(found, "task %s listed twice", name);
+            found = &d[i];
+        }
+    return found;
+}
+
+/* Waits on a channel (its arg) that gets a message only at the end. */
+static enum weft_poll body_wait_channel(struct mt *t, struct weft_cx *cx)
+{
+    struct weft_mpsc *ch = t->arg;
+    WEFT_ASYNC_BEGIN(&t->base);
+    weft_mpsc_recv_init(&t->rx, ch, &t->v);
+    WEFT_AWAIT(&t->base, cx, &t->rx.base);
+    weft_future_drop(&t->rx.base);
+    WEFT_ASYNC_END(&t->base);
+}
+
+struct gate_spin {
+    struct gate *g;
+    _Atomic int release;
+};
+
+/* Yields once (so that it has been polled and is known to the dump), then
+ * keeps its worker until released. */
+static enum weft_poll body_yield_then_hold(struct mt *t, struct weft_cx *cx)
+{
+    struct gate_spin *a = t->arg;
+    WEFT_ASYNC_BEGIN(&t->base);
+    weft_yield_now_init(&t->y);
+    WEFT_AWAIT(&t->base, cx, &t->y.base);
+    atomic_fetch_add(&done, 1000); /* marks "holding" without counting as done */
+    spin_until(&a->release);
+    atomic_fetch_sub(&done, 1000);
+    WEFT_ASYNC_END(&t->base);
+}
+
+/* Three named tasks and an unnamed one idle on channels, a named task holding
+ * the only worker, one task queued behind it (woken by this thread) and one
+ * never polled: the dump lists the five polled ones with their states, the
+ * unnamed one as "-", and returns 5; "never" is not listed. */
+Test(metrics, task_dump_lists_polled_tasks, .timeout = 30)
+{
+    static const char *const names[] = { "idle-a", "idle-b", "idle-c" };
+    struct weft_runtime *rt = start_rt(1, NULL);
+    struct weft_mpsc *ch[4];
+    for (int i = 0; i < 4; i++) {
+        cr_assert_eq(weft_mpsc_create(&ch[i], 1, sizeof(uint64_t)), 0);
+        cr_assert_eq(spawn_mt(rt, body_wait_channel, ch[i], 0, NULL, i < 3 ? names[i] : NULL), 0);
+    }
+    struct dump_line d[16];
+    int n = 0, ret = 0;
+    double deadline = now_s() + WAIT_SECS;
+    while ((ret = dump_tasks(rt, d, 16, &n)) != 4 && now_s() < deadline)
+        sleep_us(1000);
+    cr_assert_eq(ret, 4);
+    cr_assert_eq(n, 4);
+    for (int i = 0; i < 3; i++) {
+        const struct dump_line *l = find_line(d, n, names[i]);
+        cr_assert_not_null(l, "%s not listed", names[i]);
+        cr_assert_str_eq(l->state, "idle");
+        cr_assert_geq(l->ms, 0.0);
+    }
+    cr_assert_not_null(find_line(d, n, "-"));
+    /* Ids are distinct. */
+    for (int i = 0; i < n; i++)
+        for (int k = i + 1; k < n; k++)
+            cr_assert_neq(d[i].id, d[k].id);
+
+    struct gate_spin gs = { 0 };
+    cr_assert_eq(spawn_mt(rt, body_yield_then_hold, &gs, 0, NULL, "holder"), 0);
+    WAIT_UNTIL(atomic_load(&done) >= 1000);
+    /* idle-a is woken from this thread: queued behind the holder. */
+    uint64_t one = 1;
+    cr_assert_eq(weft_mpsc_try_send(ch[0], &one), 0);
+    cr_assert_eq(spawn_mt(rt, body_ready, NULL, 0, NULL, "never"), 0);
+    ret = dump_tasks(rt, d, 16, &n);
+    cr_assert_eq(ret, 5);
+    cr_assert_eq(n, 5);
+    cr_assert_null(find_line(d, n, "never"), "a task never polled is listed");
+    const struct dump_line *h = find_line(d, n, "holder");
+    cr_assert_not_null(h);
+    cr_assert_str_eq(h->state, "running");
+    cr_assert_str_eq(find_line(d, n, "idle-a")->state, "queued");
+    cr_assert_str_eq(find_line(d, n, "idle-b")->state, "idle");
+    snap(rt, &m1);
+    cr_assert_eq(m1.live_tasks, 6);
+    atomic_store(&gs.release, 1);
+    WAIT_UNTIL(atomic_load(&done) == 3); /* holder, idle-a, never */
+    for (int i = 1; i < 4; i++)
+        cr_assert_eq(weft_mpsc_try_send(ch[i], &one), 0);
+    WAIT_UNTIL(atomic_load(&done) == 6);
+    WAIT_NO_TASKS(rt);
+    ret = dump_tasks(rt, d, 16, &n);
+    cr_assert_eq(ret, 0);
+    cr_assert_eq(n, 0);
+    for (int i = 0; i < 4; i++) {
+        weft_mpsc_receiver_drop(ch[i]);
+        weft_mpsc_sender_drop(ch[i]);
+    }
+    weft_runtime_destroy(rt);
+}
+
+/* ---- the stall detector --------------------------------------------------------------------- */
+
+#define MAX_REPORTS 16
+
+struct stall_log {
+    pthread_mutex_t lock;
+    int n;
+    struct weft_stall s[MAX_REPORTS];
+    char names[MAX_REPORTS][32];
+};
+
+static void record_stall(const struct weft_stall *s, void *ctx)
+{
+    struct stall_log *log = ctx;
+    pthread_mutex_lock(&log->lock);
+    if (log->n < MAX_REPORTS) {
+        log->s[log->n] = *s;
+        snprintf(log->names[log->n], sizeof log->names[0], "%s",
+                 s->task_name ? s->task_name : "(null)");
+        log->s[log->n].task_name = log->names[log->n];
+    }
+    log->n++;
+    pthread_mutex_unlock(&log->lock);
+}
+
+struct spinner {
+    struct gate g;
+    uint32_t spins;     /* polls that spin */
+    double spin_s;
+    _Atomic int worker[4];
+    double start[4], end[4]; /* written by the task, read after it finished */
+};
+
+/* Waits at the gate (idle: the test finds its id in the dump meanwhile), then
+ * spins spin_s seconds in each of `spins` polls, yielding between them. */
+static enum weft_poll body_spinner(struct mt *t, struct weft_cx *cx)
+{
+    struct spinner *s = t->arg;
+    WEFT_ASYNC_BEGIN(&t->base);
+    gate_wait_init(&t->gw, &s->g);
+    WEFT_AWAIT(&t->base, cx, &t->gw.base);
+    for (t->i = 0; t->i < s->spins; t->i++) {
+        if (t->i > 0) {
+            weft_yield_now_init(&t->y);
+            WEFT_AWAIT(&t->base, cx, &t->y.base);
+        }
+        atomic_store(&s->worker[t->i], worker_index());
+        s->start[t->i] = now_s();
+        spin_for(s->spin_s);
+        s->end[t->i] = now_s();
+    }
+    WEFT_ASYNC_END(&t->base);
+}
+
+/* Runs a "spinner" on rt: finds its id in the task dump while it waits at its
+ * gate, opens the gate, waits until it finished. Returns its id. */
+static uint64_t run_spinner(struct weft_runtime *rt, struct spinner *s)
+{
+    gate_init(&s->g, 4);
+    uint32_t before = atomic_load(&done);
+    cr_assert_eq(spawn_mt(rt, body_spinner, s, 0, NULL, "spinner"), 0);
+    struct dump_line d[16];
+    int n = 0;
+    const struct dump_line *l = NULL;
+    double deadline = now_s() + WAIT_SECS;
+    while (!l && now_s() < deadline) {
+        dump_tasks(rt, d, 16, &n);
+        l = find_line(d, n, "spinner");
+        if (!l)
+            sleep_us(500);
+    }
+    cr_assert_not_null(l, "the spinner never showed up in the task dump");
+    cr_assert_str_eq(l->state, "idle");
+    uint64_t id = l->id;
+    gate_open(&s->g);
+    WAIT_UNTIL(atomic_load(&done) == before + 1);
+    gate_fini(&s->g);
+    return id;
+}
+
+static void check_report(const struct stall_log *log, int i, const struct spinner *s,
+                         uint32_t poll, uint64_t id, uint64_t threshold_ns)
+{
+    const struct weft_stall *r = &log->s[i];
+    cr_assert_str_eq(r->task_name, "spinner");
+    cr_assert_eq(r->task_id, id, "report %d: task id %" PRIu64 ", the dump said %" PRIu64, i,
+                 r->task_id, id);
+    cr_assert_eq(r->worker, (uint32_t)atomic_load(&s->worker[poll]));
+    cr_assert_geq(r->elapsed_ns, threshold_ns);
+    /* Measured from a look taken after the poll began, while it still ran. */
+    uint64_t poll_ns = (uint64_t)((s->end[poll] - s->start[poll]) * 1e9);
+    cr_assert_leq(r->elapsed_ns, poll_ns + 1 * MS, "report %d: %" PRIu64 " ns for a poll of %"
+                  PRIu64 " ns", i, r->elapsed_ns, poll_ns);
+}
+
+/* A 50 ms poll with a 10 ms threshold: reported once, with the spinner's
+ * name, the id the task dump shows, its worker and a plausible duration. */
+Test(stall, one_long_poll_reported_once, .timeout = 30)
+{
+    struct stall_log log = { .lock = PTHREAD_MUTEX_INITIALIZER };
+    struct weft_runtime *rt = start_cfg(2, 0, 10000, false, record_stall, &log);
+    struct spinner s = { .spins = 1, .spin_s = 0.050 };
+    uint64_t id = run_spinner(rt, &s);
+    snap(rt, &m1);
+    weft_runtime_destroy(rt); /* joins the monitor: no report can follow */
+    cr_assert_eq(log.n, 1, "%d reports", log.n);
+    check_report(&log, 0, &s, 0, id, 10 * MS);
+    cr_assert_eq(m1.stalls, 1);
+}
+
+/* Two 50 ms polls of one task, a yield between them: two reports, same id. */
+Test(stall, two_long_polls_two_reports, .timeout = 30)
+{
+    struct stall_log log = { .lock = PTHREAD_MUTEX_INITIALIZER };
+    struct weft_runtime *rt = start_cfg(2, 0, 10000, false, record_stall, &log);
+    struct spinner s = { .spins = 2, .spin_s = 0.050 };
+    uint64_t id = run_spinner(rt, &s);
+    snap(rt, &m1);
+    weft_runtime_destroy(rt);
+    cr_assert_eq(log.n, 2, "%d reports", log.n);
+    check_report(&log, 0, &s, 0, id, 10 * MS);
+    check_report(&log, 1, &s, 1, id, 10 * MS);
+    cr_assert_eq(m1.stalls, 2);
+}
+
+/* The spinner spawned by a task: a worker-made id, not 0. */
+static enum weft_poll body_spawn_spinner(struct mt *t, struct weft_cx *cx)
+{
+    (void)cx;
+    struct mt child = mt_make(body_spinner, t->arg, 0);
+    struct weft_runtime *rt = weft_runtime_current();
+    CHECK(rt != NULL);
+    CHECK(weft_spawn_named(rt, &child.base, sizeof child, NULL, "spinner") == 0);
+    return WEFT_READY;
+}
+
+Test(stall, task_spawned_spinner_has_nonzero_id, .timeout = 30)
+{
+    struct stall_log log = { .lock = PTHREAD_MUTEX_INITIALIZER };
+    struct weft_runtime *rt = start_cfg(2, 0, 10000, false, record_stall, &log);
+    struct spinner s = { .spins = 1, .spin_s = 0.050 };
+    gate_init(&s.g, 4);
+    cr_assert_eq(spawn_mt(rt, body_spawn_spinner, &s, 0, NULL, NULL), 0);
+    struct dump_line d[16];
+    int n = 0;
+    const struct dump_line *l = NULL;
+    double deadline = now_s() + WAIT_SECS;
+    while (!l && now_s() < deadline) {
+        dump_tasks(rt, d, 16, &n);
+        l = find_line(d, n, "spinner");
+        if (!l)
+            sleep_us(500);
+    }
+    cr_assert_not_null(l);
+    uint64_t id = l->id;
+    cr_assert_neq(id, 0);
+    gate_open(&s.g);
+    WAIT_UNTIL(atomic_load(&done) == 2);
+    weft_runtime_destroy(rt);
+    gate_fini(&s.g);
+    cr_assert_eq(log.n, 1, "%d reports", log.n);
+    check_report(&log, 0, &s, 0, id, 10 * MS);
+}
+
+struct busy_loop {
+    struct weft_runtime *rt;
+    double until;
+};
+
+/* Yields, spawns a short child every 16 rounds and sleeps 1 ms every 64,
+ * until the deadline: many short polls, none long. */
+static enum weft_poll body_well_behaved(struct mt *t, struct weft_cx *cx)
+{
+    struct busy_loop *b = t->arg;
+    WEFT_ASYNC_BEGIN(&t->base);
+    for (t->i = 0; now_s() < b->until; t->i++) {
+        if (t->i % 16 == 0)
+            CHECK(spawn_mt(b->rt, body_ready, NULL, 0, NULL, "child") == 0);
+        if (t->i % 64 == 0) {
+            weft_sleep_init(&t->sl, 1 * MS);
+            WEFT_AWAIT(&t->base, cx, &t->sl.base);
+            weft_future_drop(&t->sl.base);
+        } else {
+            weft_yield_now_init(&t->y);
+            WEFT_AWAIT(&t->base, cx, &t->y.base);
+        }
+    }
+    WEFT_ASYNC_END(&t->base);
+}
+
+/* 300 ms of short polls on both workers, threshold 50 ms: no report. */
+Test(stall, well_behaved_tasks_not_reported, .timeout = 30)
+{
+    struct stall_log log = { .lock = PTHREAD_MUTEX_INITIALIZER };
+    struct weft_runtime *rt = start_cfg(2, 0, 50000, false, record_stall, &log);
+    struct busy_loop b = { rt, now_s() + 0.300 };
+    for (int i = 0; i < 2; i++)
+        cr_assert_eq(spawn_mt(rt, body_well_behaved, &b, 0, NULL, "worker-bee"), 0);
+    WAIT_UNTIL(now_s() > b.until);
+    WAIT_NO_TASKS(rt);
+    snap(rt, &m1);
+    cr_assert_gt(SUM(&m1, polls), 100);
+    weft_runtime_destroy(rt);
+    cr_assert_eq(log.n, 0, "%d reports, the first for %s after %" PRIu64 " ns", log.n,
+                 log.n ? log.s[0].task_name : "-", log.n ? log.s[0].elapsed_ns : 0);
+    cr_assert_eq(m1.stalls, 0);
+}
+
+/* no_stall_detector: no monitor, no report, even with on_stall set. */
+Test(stall, detector_off, .timeout = 30)
+{
+    struct stall_log log = { .lock = PTHREAD_MUTEX_INITIALIZER };
+    struct weft_runtime *rt = start_cfg(2, 0, 10000, true, record_stall, &log);
+    struct spinner s = { .spins = 1, .spin_s = 0.050 };
+    run_spinner(rt, &s);
+    snap(rt, &m1);
+    weft_runtime_destroy(rt);
+    cr_assert_eq(log.n, 0);
+    cr_assert_eq(m1.stalls, 0);
+}
+
+/* A threshold of UINT32_MAX us (over an hour): no report, and destroy does
+ * not wait for the monitor's next look (a quarter of that). */
+Test(stall, huge_threshold, .timeout = 30)
+{
+    struct stall_log log = { .lock = PTHREAD_MUTEX_INITIALIZER };
+    struct weft_runtime *rt = start_cfg(2, 0, UINT32_MAX, false, record_stall, &log);
+    struct spinner s = { .spins = 1, .spin_s = 0.050 };
+    run_spinner(rt, &s);
+    double t0 = now_s();
+    weft_runtime_destroy(rt);
+    cr_assert_lt(now_s() - t0, 5.0);
+    cr_assert_eq(log.n, 0);
+}
+
+/* A threshold of 1 us: the monitor looks every 100 us; the 50 ms poll is
+ * reported exactly once (other reports, of the spinner's short first poll,
+ * are possible but not of the long one twice). */
+Test(stall, tiny_threshold, .timeout = 30)
+{
+    struct stall_log log = { .lock = PTHREAD_MUTEX_INITIALIZER };
+    struct weft_runtime *rt = start_cfg(2, 0, 1, false, record_stall, &log);
+    struct spinner s = { .spins = 1, .spin_s = 0.050 };
+    uint64_t id = run_spinner(rt, &s);
+    weft_runtime_destroy(rt);
+    cr_assert_geq(log.n, 1);
+    cr_assert_leq(log.n, 2, "%d reports for two polls", log.n);
+    for (int i = 0; i < log.n; i++) {
+        cr_assert_eq(log.s[i].task_id, id);
+        cr_assert_str_eq(log.s[i].task_name, "spinner");
+        cr_assert_geq(log.s[i].elapsed_ns, 1000);
+    }
+}
+
+/* The default callback: one line on stderr naming the task. */
+Test(stall, default_report_on_stderr, .timeout = 30)
+{
+    fflush(stderr);
+    FILE *tmp = tmpfile();
+    cr_assert_not_null(tmp);
+    int saved = dup(STDERR_FILENO);
+    cr_assert_geq(saved, 0);
+    cr_assert_eq(dup2(fileno(tmp), STDERR_FILENO), STDERR_FILENO);
+    struct weft_runtime *rt = start_cfg(2, 0, 0, false, NULL, NULL); /* 10 ms, stderr */
+    struct spinner s = { .spins = 1, .spin_s = 0.050 };
+    run_spinner(rt, &s);
+    snap(rt, &m1);
+    weft_runtime_destroy(rt);
+    fflush(stderr);
+    cr_assert_eq(dup2(saved, STDERR_FILENO), STDERR_FILENO);
+    close(saved);
+    char *text = read_all(tmp);
+    fclose(tmp);
+    fprintf(stderr, "captured: %s", text);
+    cr_assert_eq(m1.stalls, 1);
+    cr_assert_not_null(strstr(text, "weft: stall: worker"), "%s", text);
+    cr_assert_not_null(strstr(text, "(spinner)"), "%s", text);
+    cr_assert_not_null(strstr(text, "threshold 10.0 ms"), "%s", text);
+    /* Exactly one line. */
+    char *nl = strchr(text, '\n');
+    cr_assert_not_null(nl);
+    cr_assert_eq(nl[1], '\0', "more than one line: %s", text);
+    free(text);
+}
+
+/* ---- regressions: four bugs these tests found, fixed ------------------------------------ */
+
+struct strand {
+    struct weft_runtime *rt;
+    _Atomic int parent_worker, child_worker;
+    _Atomic int child_ran;
+    double spawned_at, ran_at;
+};
+
+static enum weft_poll body_strand_child(struct mt *t, struct weft_cx *cx)
+{
+    struct strand *s = t->arg;
+    (void)cx;
+    s->ran_at = now_s();
+    atomic_store(&s->child_worker, worker_index());
+    atomic_store(&s->child_ran, 1);
+    return WEFT_READY;
+}
+
+/* Lets the sibling its own start woke go back to sleep (20 ms), spawns the
+ * child (to the LIFO slot) and a second task (which takes the slot and moves
+ * the child to the queue: a queue of one), then keeps its worker for up to
+ * 1 s or until the child ran. */
+static enum weft_poll body_strand_parent(struct mt *t, struct weft_cx *cx)
+{
+    struct strand *s = t->arg;
+    (void)cx;
+    atomic_store(&s->parent_worker, worker_index());
+    spin_for(0.020);
+    CHECK(spawn_mt(s->rt, body_strand_child, s, 0, NULL, NULL) == 0);
+    CHECK(spawn_mt(s->rt, body_ready, NULL, 0, NULL, NULL) == 0);
+    s->spawned_at = now_s();
+    double deadline = now_s() + 1.0;
+    while (!atomic_load(&s->child_ran) && now_s() < deadline)
+        ;
+    return WEFT_READY;
+}
+
+/* A task queued on a worker that then polls for a long time, with the other
+ * worker parked: by idle.c's protocol ("whoever makes work available ... wakes
+ * a parked worker if nobody is searching") the parked worker should be woken
+ * and steal it. weft__schedule notifies only when the local queue holds more
+ * than one task (len > 1) used to keep the task waiting the whole poll (1 s
+ * here); now a wake during a poll notifies for a queue of one. */
+Test(regressions, one_task_queued_behind_a_long_poll, .timeout = 30)
+{
+    struct weft_runtime *rt = start_cfg(2, 0, 0, true, NULL, NULL);
+    WAIT_UNTIL((snap(rt, &ms), ms.worker[0].parks >= 1 && ms.worker[1].parks >= 1));
+    sleep_us(50000);
+    struct strand s = { .rt = rt, .parent_worker = -1, .child_worker = -1 };
+    cr_assert_eq(spawn_mt(rt, body_strand_parent, &s, 0, NULL, NULL), 0);
+    WAIT_UNTIL(atomic_load(&done) == 3);
+    double waited = s.ran_at - s.spawned_at;
+    int pw = atomic_load(&s.parent_worker), cw = atomic_load(&s.child_worker);
+    weft_runtime_destroy(rt);
+    cr_assert_neq(cw, pw, "the queued task ran on its busy worker after %.0f ms, not on the "
+                  "idle one", waited * 1e3);
+    cr_assert_lt(waited, 0.5, "the queued task waited %.0f ms with a worker idle", waited * 1e3);
+}
+
+static enum weft_poll body_budget_then_yield(struct mt *t, struct weft_cx *cx)
+{
+    WEFT_ASYNC_BEGIN(&t->base);
+    for (t->i = 0; t->i < WEFT_COOP_BUDGET; t->i++) {
+        weft_sleep_until_init(&t->sl, 0);
+        WEFT_AWAIT(&t->base, cx, &t->sl.base);
+        weft_future_drop(&t->sl.base);
+    }
+    weft_yield_now_init(&t->y); /* a yield of its own: not the budget's doing */
+    WEFT_AWAIT(&t->base, cx, &t->y.base);
+    WEFT_ASYNC_END(&t->base);
+}
+
+/* A poll that completes exactly WEFT_COOP_BUDGET ready operations and then
+ * yields on its own ended because of the yield, not because the budget ran
+ * out (no operation was refused): cx.budget_spent, set by weft_coop_take's
+ * refusal, tells the two apart (it used to be budget == 0 + a self-wake). */
+Test(regressions, voluntary_yield_after_exact_budget, .timeout = 30)
+{
+    struct weft_runtime *rt = start_rt(1, NULL);
+    snap(rt, &m0);
+    cr_assert_eq(spawn_mt(rt, body_budget_then_yield, NULL, 0, NULL, NULL), 0);
+    WAIT_UNTIL(atomic_load(&done) == 1);
+    WAIT_NO_TASKS(rt);
+    snap(rt, &m1);
+    weft_runtime_destroy(rt);
+    cr_assert_eq(DELTA(polls), 2);
+    cr_assert_eq(DELTA(budget_yields), 0, "%" PRIu64 " budget yields for a voluntary yield",
+                 DELTA(budget_yields));
+}
+
+struct first_poll {
+    _Atomic int started, release;
+};
+
+static enum weft_poll body_hold_first_poll(struct mt *t, struct weft_cx *cx)
+{
+    struct first_poll *f = t->arg;
+    (void)cx;
+    atomic_store(&f->started, 1);
+    spin_until(&f->release);
+    return WEFT_READY;
+}
+
+/* A task stuck in its first poll (the stall the dump is most wanted for) is
+ * not on the owned list yet, so weft_task_dump leaves it out, though it is
+ * being polled: the dump now adds each worker's running task from its
+ * seqlock. */
+Test(regressions, task_dump_misses_a_task_in_its_first_poll, .timeout = 30)
+{
+    struct weft_runtime *rt = start_cfg(2, 0, 0, true, NULL, NULL);
+    struct first_poll f = { 0 };
+    cr_assert_eq(spawn_mt(rt, body_hold_first_poll, &f, 0, NULL, "stuck"), 0);
+    WAIT_UNTIL(atomic_load(&f.started));
+    sleep_us(20000);
+    struct dump_line d[16];
+    int n = 0;
+    int ret = dump_tasks(rt, d, 16, &n);
+    atomic_store(&f.release, 1);
+    WAIT_UNTIL(atomic_load(&done) == 1);
+    weft_runtime_destroy(rt);
+    cr_assert_eq(ret, 1, "%d tasks listed while one has been in its first poll for 20 ms",
+                 ret);
+    cr_assert_not_null(find_line(d, n, "stuck"));
+}
+
+/* busy_ns is "time not parked", but a worker adds to it only when it parks:
+ * a worker that has been running one task for 200 ms (or a fully loaded one,
+ * which never parks) showed none of that time; the snapshot now adds the
+ * stretch in progress. */
+Test(regressions, busy_time_of_a_worker_that_has_not_parked, .timeout = 30)
+{
+    struct weft_runtime *rt = start_cfg(1, 0, 0, true, NULL, NULL);
+    WAIT_UNTIL((snap(rt, &ms), ms.worker[0].parks >= 1));
+    struct first_poll f = { 0 };
+    cr_assert_eq(spawn_mt(rt, body_hold_first_poll, &f, 0, NULL, NULL), 0);
+    WAIT_UNTIL(atomic_load(&f.started));
+    snap(rt, &m0);
+    sleep_us(200000);
+    snap(rt, &m1);
+    atomic_store(&f.release, 1);
+    WAIT_UNTIL(atomic_load(&done) == 1);
+    weft_runtime_destroy(rt);
+    cr_assert_geq(m1.worker[0].busy_ns - m0.worker[0].busy_ns, 150 * MS,
+                  "busy_ns grew by %" PRIu64 " ns over 200 ms of one poll",
+                  m1.worker[0].busy_ns - m0.worker[0].busy_ns);
+}
