@@ -204,6 +204,7 @@ static void *pool_thread(void *arg)
 {
     struct weft_runtime *rt = arg;
     struct blocking_pool *p = &rt->blocking;
+    pthread_setname_np(pthread_self(), "weft-blocking");
     uint32_t prio = p->priority; /* fixed at creation: read without the lock */
     bool switching = prio_setup(prio);
     if (!switching)
@@ -278,9 +279,7 @@ static int start_thread(struct weft_runtime *rt)
     pthread_t th;
     int err = -pthread_create(&th, &attr, pool_thread, rt);
     pthread_attr_destroy(&attr);
-    if (!err)
-        pthread_setname_np(th, "weft-blocking");
-    return err;
+    return err; /* (th may be gone already: the thread names itself) */
 }
 
 /* Queues a job. With `bounded`, a full queue gives -EAGAIN, and `waiter`
@@ -333,21 +332,25 @@ static int pool_push(struct weft_runtime *rt, struct weft__job *j, bool bounded,
     int err = start_thread(rt);
     if (!err)
         return 0;
-    /* No thread: if none is left to run the job either, take it back. */
+    /* No thread: if none is left to run the job either, take it back (unless
+     * a thread that existed took it meanwhile, or a shutdown cancelled it:
+     * then it is no longer queued, and was handled). */
     pthread_mutex_lock(&p->lock);
     p->threads--;
-    bool take_back = p->threads == 0;
-    if (take_back) {
-        struct weft__job **pp = &p->head;
-        while (*pp != j)
+    bool take_back = false;
+    if (p->threads == 0) {
+        struct weft__job **pp = &p->head, *prev = NULL;
+        while (*pp && *pp != j) {
+            prev = *pp;
             pp = &(*pp)->next;
-        *pp = j->next;
-        if (p->tail == j) {
-            p->tail = NULL;
-            for (struct weft__job *q = p->head; q; q = q->next)
-                p->tail = q;
         }
-        p->queued--;
+        take_back = *pp == j;
+        if (take_back) {
+            *pp = j->next;
+            if (p->tail == j)
+                p->tail = prev;
+            p->queued--;
+        }
     }
     pthread_mutex_unlock(&p->lock);
     weft__runtime_release(rt); /* rt stays alive: its owner is calling us */

@@ -1,0 +1,1541 @@
+/* tests/test_blocking.c: the blocking pool (runtime/blocking.c): many jobs
+ * with exact outputs and counts, the thread cap, the keep-alive, the bounded
+ * queue and the spawns that wait for room (in tasks, and polled by hand to
+ * order a dropped waiter's hand-over), shutdown with jobs queued and running
+ * (one left behind; what it returns; idle threads ended and the runtime
+ * freed before it returns), jobs that call back into the runtime (spawn,
+ * block_on), detached and foreign-polled join handles, no thread to be had,
+ * and the threads' OS priority (during the job, and after it, with and
+ * without CAP_SYS_NICE).
+ *
+ * Bad inputs tried: weft_spawn_blocking / weft_try_spawn_blocking with a NULL
+ * runtime and with a NULL fn (-EINVAL, the join handle left empty: ops and
+ * job NULL even when it held garbage); a waiting spawn made with a NULL
+ * runtime or a NULL fn (ready at the first poll with -EINVAL, empty join, its
+ * drop harmless); a try_ spawn into a full queue (-EAGAIN, nothing queued,
+ * join left empty); a join handle polled again after it was ready, and one
+ * polled after its drop (-EINVAL); a spawn (blocking, try_ and task) from a
+ * job running while the runtime shuts down (-ESHUTDOWN, join left empty);
+ * a spawn when no pool thread exists and none can be started (address space
+ * capped: pthread_create's -EAGAIN, nothing queued, join left empty);
+ * weft_runtime_create with blocking_max_threads 65537 and UINT32_MAX and
+ * blocking_priority WEFT_BLOCKING_PRIO_IDLE + 1 and UINT32_MAX (-EINVAL; 65536
+ * works); weft_runtime_shutdown(NULL) (-EINVAL). A spawn after
+ * weft_runtime_destroy began, from outside the pool, is not tried: the
+ * pointer may be freed by then (docs/lifetimes.md rule 11).
+ *
+ * Threads are counted two ways: the metrics (blocking_threads) and the
+ * entries of /proc/self/task named "weft-blocking". The name is set by the
+ * spawner after pthread_create, so a brand-new thread may show up late in the
+ * second count: it is only used for upper bounds and for "back to zero".
+ * Wall-clock bounds are loose (2 shared cores, sanitizers); the only lower
+ * bounds asserted are the ones the design guarantees (a thread idles at least
+ * its keep-alive, a shutdown waits at least its timeout). */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <criterion/criterion.h>
+
+#include <dirent.h>
+#include <errno.h>
+#include <linux/capability.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <weft.h>
+
+#include "common.h"
+
+#define BATCH 8u
+#define MANY_TASKS 90u
+#define MANY_PER_TASK 1000u                      /* a multiple of BATCH */
+#define MANY_FOREIGN_THREADS 2u
+#define MANY_PER_FOREIGN 5000u
+#define MANY_TOTAL (MANY_TASKS * MANY_PER_TASK + MANY_FOREIGN_THREADS * MANY_PER_FOREIGN)
+
+/* ---- jobs ------------------------------------------------------------------------ */
+
+static _Atomic uint32_t ran[MANY_TOTAL]; /* per job argument: times fn ran */
+
+static uintptr_t twice_plus_one(uintptr_t x)
+{
+    return x * 2 + 1;
+}
+
+/* The plain job: counts its run, returns arg * 2 + 1. */
+static void *job_twice(void *arg)
+{
+    atomic_fetch_add(&ran[(uintptr_t)arg], 1);
+    return (void *)twice_plus_one((uintptr_t)arg);
+}
+
+/* A gate jobs wait on; each gate job counts itself running while it waits. */
+struct gate {
+    _Atomic int open;
+    _Atomic uint32_t running, max_running, started, finished;
+};
+
+static struct gate gate_a, gate_b;
+
+static void gate_reset(struct gate *g)
+{
+    atomic_store(&g->open, 0);
+    atomic_store(&g->running, 0);
+    atomic_store(&g->max_running, 0);
+    atomic_store(&g->started, 0);
+    atomic_store(&g->finished, 0);
+}
+
+static void note_max(_Atomic uint32_t *max, uint32_t v)
+{
+    uint32_t m = atomic_load(max);
+    while (v > m && !atomic_compare_exchange_weak(max, &m, v))
+        ;
+}
+
+/* Waits (boundedly: a failing test must not leave a thread behind forever)
+ * for the gate to open. */
+static void gate_pass(struct gate *g)
+{
+    note_max(&g->max_running, atomic_fetch_add(&g->running, 1) + 1);
+    atomic_fetch_add(&g->started, 1);
+    double deadline = now_s() + 2 * WAIT_SECS;
+    while (!atomic_load(&g->open) && now_s() < deadline)
+        sleep_us(200);
+    atomic_fetch_sub(&g->running, 1);
+    atomic_fetch_add(&g->finished, 1);
+}
+
+static void *job_gate_a(void *arg)
+{
+    gate_pass(&gate_a);
+    return job_twice(arg);
+}
+
+static void *job_gate_b(void *arg)
+{
+    gate_pass(&gate_b);
+    return job_twice(arg);
+}
+
+static void *job_noop(void *arg)
+{
+    return arg;
+}
+
+/* ---- wakers for polls made off the workers ---------------------------------------- */
+
+/* Counts clones, wakes and releases; wake consumes the clone it is called on. */
+struct fw {
+    _Atomic int woken, clones, drops;
+};
+
+static const struct weft_waker_ops fw_ops;
+
+static struct weft_waker fw_clone(const void *d)
+{
+    atomic_fetch_add(&((struct fw *)d)->clones, 1);
+    return (struct weft_waker){ d, &fw_ops };
+}
+
+static void fw_wake_by_ref(const void *d)
+{
+    atomic_fetch_add(&((struct fw *)d)->woken, 1);
+}
+
+static void fw_drop(const void *d)
+{
+    atomic_fetch_add(&((struct fw *)d)->drops, 1);
+}
+
+/* The release is counted first: whoever sees the wake sees the clone gone. */
+static void fw_wake(const void *d)
+{
+    fw_drop(d);
+    fw_wake_by_ref(d);
+}
+
+static const struct weft_waker_ops fw_ops = { fw_clone, fw_wake, fw_wake_by_ref, fw_drop };
+
+static enum weft_poll poll_with(struct weft_future *f, struct fw *w)
+{
+    struct weft_waker k = { w, &fw_ops };
+    struct weft_cx cx = weft_cx_from_waker(&k);
+    return weft_future_poll(f, &cx);
+}
+
+static void assert_waker_balanced(struct fw *w)
+{
+    cr_assert_eq(atomic_load(&w->clones), atomic_load(&w->drops), "waker: %d clones, %d drops",
+                 atomic_load(&w->clones), atomic_load(&w->drops));
+}
+
+/* ---- a task running a per-test body ------------------------------------------------- */
+
+struct bt;
+typedef enum weft_poll bt_body(struct bt *t, struct weft_cx *cx);
+
+struct bt {
+    struct weft_future base;
+    bt_body *body;
+    struct weft_runtime *rt;
+    uintptr_t arg;        /* the first job argument it uses */
+    uint32_t n, i, k;     /* loop state kept across awaits */
+    uint32_t polls;
+    struct weft_blocking_join h[BATCH];
+    struct weft_spawn_blocking_wait w;
+    struct weft_mpsc *ch;
+    uint64_t msg;
+    struct weft_mpsc_send send;
+};
+
+static _Atomic uint32_t bt_polled, bt_finished, bt_dropped;
+
+static enum weft_poll bt_poll(struct weft_future *f, struct weft_cx *cx)
+{
+    struct bt *t = (struct bt *)f;
+    if (t->polls++ == 0)
+        atomic_fetch_add(&bt_polled, 1);
+    enum weft_poll r = t->body(t, cx);
+    if (r == WEFT_READY)
+        atomic_fetch_add(&bt_finished, 1);
+    return r;
+}
+
+static void bt_drop(struct weft_future *f)
+{
+    struct bt *t = (struct bt *)f;
+    for (uint32_t k = 0; k < BATCH; k++)
+        weft_future_drop(&t->h[k].base);
+    weft_future_drop(&t->w.base);
+    weft_future_drop(&t->w.join.base); /* the wait's output, if it had one */
+    weft_future_drop(&t->send.base);
+    atomic_fetch_add(&bt_dropped, 1);
+}
+
+static const struct weft_future_ops bt_ops = { bt_poll, bt_drop };
+
+static struct bt bt_make(struct weft_runtime *rt, bt_body *body, uintptr_t arg, uint32_t n)
+{
+    struct bt t;
+    memset(&t, 0, sizeof t);
+    t.base = (struct weft_future){ &bt_ops, 0 };
+    t.body = body;
+    t.rt = rt;
+    t.arg = arg;
+    t.n = n;
+    return t;
+}
+
+/* Checks a ready handle of job_twice(arg) from a worker (no Criterion there). */
+static void check_twice(const struct weft_blocking_join *h, uintptr_t arg)
+{
+    CHECK(h->res == 0);
+    CHECK((uintptr_t)h->output == twice_plus_one(arg));
+    CHECK(h->job == NULL);
+}
+
+/* ---- helpers for the test thread ------------------------------------------------------- */
+
+static struct weft_runtime *start_cfg(struct weft_runtime_config *cfg)
+{
+    struct weft_runtime *rt = NULL;
+    cr_assert_eq(weft_runtime_create(&rt, cfg), 0);
+    return rt;
+}
+
+/* Two workers; pool threads at the workers' priority unless a test asks for
+ * the default (SCHED_IDLE): under ctest -j2 another test may keep both CPUs
+ * busy, and SCHED_IDLE threads then get almost no time. */
+static struct weft_runtime_config base_cfg(void)
+{
+    struct weft_runtime_config cfg;
+    weft_runtime_config_init(&cfg);
+    cfg.workers = 2;
+    cfg.blocking_priority = WEFT_BLOCKING_PRIO_NORMAL;
+    return cfg;
+}
+
+static struct weft_metrics metrics(struct weft_runtime *rt)
+{
+    static struct weft_metrics m; /* big: keep it off the stack */
+    cr_assert_eq(weft_metrics_read(rt, &m), 0);
+    return m;
+}
+
+/* Pool threads in /proc/self/task, by name. */
+static int proc_pool_threads(void)
+{
+    DIR *d = opendir("/proc/self/task");
+    if (!d)
+        return -1;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.')
+            continue;
+        char path[300], name[32] = { 0 };
+        snprintf(path, sizeof path, "/proc/self/task/%s/comm", e->d_name);
+        FILE *f = fopen(path, "r");
+        if (!f)
+            continue; /* exited meanwhile */
+        if (fgets(name, sizeof name, f) && strncmp(name, "weft-blocking", 13) == 0)
+            n++;
+        fclose(f);
+    }
+    closedir(d);
+    return n;
+}
+
+static bool have_proc(void)
+{
+    return proc_pool_threads() >= 0;
+}
+
+/* Awaits a join handle from the test thread and checks job_twice's output. */
+static void block_on_twice(struct weft_runtime *rt, struct weft_blocking_join *h, uintptr_t arg)
+{
+    cr_assert_eq(weft_block_on(rt, &h->base), 0);
+    cr_assert_eq(h->res, 0, "res %d", h->res);
+    cr_assert_eq((uintptr_t)h->output, twice_plus_one(arg));
+    weft_future_drop(&h->base);
+}
+
+/* Before a test ends: every pool thread gone, so that none is still inside the
+ * runtime's memory or in a job when the process exits. */
+static void wait_pool_gone(void)
+{
+    if (have_proc())
+        WAIT_UNTIL(proc_pool_threads() == 0);
+    sleep_us(20000); /* the last instructions of a thread that left /proc's list */
+}
+
+/* ---- 100k jobs, from tasks and foreign threads ------------------------------------------ */
+
+/* Spawns t->n jobs (arguments t->arg ...) in batches of BATCH and awaits each. */
+static enum weft_poll body_batches(struct bt *t, struct weft_cx *cx)
+{
+    WEFT_ASYNC_BEGIN(&t->base);
+    for (t->i = 0; t->i < t->n; t->i += BATCH) {
+        for (uint32_t k = 0; k < BATCH; k++)
+            CHECK(weft_spawn_blocking(t->rt, job_twice, (void *)(t->arg + t->i + k),
+                                      &t->h[k]) == 0);
+        for (t->k = 0; t->k < BATCH; t->k++) {
+            WEFT_AWAIT(&t->base, cx, &t->h[t->k].base);
+            check_twice(&t->h[t->k], t->arg + t->i + t->k);
+            weft_future_drop(&t->h[t->k].base);
+        }
+    }
+    WEFT_ASYNC_END(&t->base);
+}
+
+static _Atomic uint32_t foreign_awaited;
+
+/* Awaits the handle a foreign thread moved into h[0]. */
+static enum weft_poll body_await_h0(struct bt *t, struct weft_cx *cx)
+{
+    WEFT_ASYNC_BEGIN(&t->base);
+    WEFT_AWAIT(&t->base, cx, &t->h[0].base);
+    check_twice(&t->h[0], t->arg);
+    weft_future_drop(&t->h[0].base);
+    atomic_fetch_add(&foreign_awaited, 1);
+    WEFT_ASYNC_END(&t->base);
+}
+
+struct foreign_arg {
+    struct weft_runtime *rt;
+    uintptr_t first;
+    uint32_t n;
+};
+
+/* A foreign thread: spawns each job, then a task that awaits its handle (the
+ * handle, never polled yet, is copied into the task). */
+static void *foreign_spawner(void *p)
+{
+    struct foreign_arg *a = p;
+    for (uint32_t i = 0; i < a->n; i++) {
+        struct bt t = bt_make(a->rt, body_await_h0, a->first + i, 1);
+        CHECK(weft_spawn_blocking(a->rt, job_twice, (void *)(a->first + i), &t.h[0]) == 0);
+        CHECK(weft_spawn(a->rt, &t.base, sizeof t, NULL) == 0);
+    }
+    return NULL;
+}
+
+Test(blocking, many_jobs_exact_outputs_and_count, .timeout = 120)
+{
+    struct weft_runtime_config cfg = base_cfg();
+    cfg.blocking_max_threads = 8;
+    struct weft_runtime *rt = start_cfg(&cfg);
+    struct weft_join j[MANY_TASKS];
+    pthread_t th[MANY_FOREIGN_THREADS];
+    struct foreign_arg fa[MANY_FOREIGN_THREADS];
+
+    for (uint32_t t = 0; t < MANY_TASKS; t++) {
+        struct bt b = bt_make(rt, body_batches, (uintptr_t)t * MANY_PER_TASK, MANY_PER_TASK);
+        cr_assert_eq(weft_spawn(rt, &b.base, sizeof b, &j[t]), 0);
+    }
+    for (uint32_t f = 0; f < MANY_FOREIGN_THREADS; f++) {
+        fa[f] = (struct foreign_arg){ rt, MANY_TASKS * MANY_PER_TASK + f * MANY_PER_FOREIGN,
+                                      MANY_PER_FOREIGN };
+        cr_assert_eq(pthread_create(&th[f], NULL, foreign_spawner, &fa[f]), 0);
+    }
+    for (uint32_t t = 0; t < MANY_TASKS; t++) {
+        cr_assert_eq(weft_block_on(rt, &j[t].base), 0);
+        cr_assert_eq(j[t].res, 0);
+        weft_future_drop(&j[t].base);
+    }
+    for (uint32_t f = 0; f < MANY_FOREIGN_THREADS; f++)
+        pthread_join(th[f], NULL);
+    WAIT_UNTIL(atomic_load(&foreign_awaited) == MANY_FOREIGN_THREADS * MANY_PER_FOREIGN);
+
+    for (uint32_t i = 0; i < MANY_TOTAL; i++)
+        cr_assert_eq(atomic_load(&ran[i]), 1, "job %u ran %u times", i, atomic_load(&ran[i]));
+    /* A job is counted just after its joiner is woken: wait for the last. */
+    WAIT_UNTIL(metrics(rt).blocking_jobs >= MANY_TOTAL);
+    sleep_us(20000);
+    struct weft_metrics m = metrics(rt);
+    cr_assert_eq(m.blocking_jobs, MANY_TOTAL, "blocking_jobs %lu", (unsigned long)m.blocking_jobs);
+    cr_assert_eq(m.blocking_queue_depth, 0);
+    cr_assert_leq(m.blocking_threads, 8);
+    weft_runtime_destroy(rt);
+    wait_pool_gone();
+}
+
+/* ---- the thread cap ---------------------------------------------------------------------- */
+
+struct sampler {
+    struct weft_runtime *rt;
+    _Atomic int stop;
+    _Atomic int max_proc;
+    _Atomic uint64_t max_threads, samples;
+};
+
+static void *sample_threads(void *p)
+{
+    struct sampler *s = p;
+    static struct weft_metrics m;
+    while (!atomic_load(&s->stop)) {
+        int n = proc_pool_threads();
+        if (n > atomic_load(&s->max_proc))
+            atomic_store(&s->max_proc, n);
+        CHECK(weft_metrics_read(s->rt, &m) == 0);
+        if (m.blocking_threads > atomic_load(&s->max_threads))
+            atomic_store(&s->max_threads, m.blocking_threads);
+        atomic_fetch_add(&s->samples, 1);
+        sleep_us(500);
+    }
+    return NULL;
+}
+
+Test(blocking, max_threads_is_a_cap, .timeout = 60)
+{
+    enum { JOBS = 32, CAP = 4 };
+    struct weft_runtime_config cfg = base_cfg();
+    cfg.blocking_max_threads = CAP;
+    struct weft_runtime *rt = start_cfg(&cfg);
+    struct sampler s = { .rt = rt };
+    pthread_t th;
+    struct weft_blocking_join h[JOBS];
+
+    cr_assert_eq(pthread_create(&th, NULL, sample_threads, &s), 0);
+    for (uintptr_t i = 0; i < JOBS; i++)
+        cr_assert_eq(weft_spawn_blocking(rt, job_gate_a, (void *)i, &h[i]), 0);
+    WAIT_UNTIL(atomic_load(&gate_a.running) == CAP);
+    /* Held there: the others must wait in the queue, not on new threads. */
+    sleep_us(100000);
+    struct weft_metrics m = metrics(rt);
+    cr_assert_eq(atomic_load(&gate_a.running), CAP);
+    cr_assert_eq(m.blocking_threads, CAP);
+    cr_assert_eq(m.blocking_idle, 0);
+    cr_assert_eq(m.blocking_queue_depth, JOBS - CAP);
+    if (have_proc())
+        WAIT_UNTIL(proc_pool_threads() == CAP); /* names may come a little late */
+
+    atomic_store(&gate_a.open, 1);
+    struct weft_future *futs[JOBS];
+    for (int i = 0; i < JOBS; i++)
+        futs[i] = &h[i].base;
+    struct weft_join_all all;
+    cr_assert_eq(weft_join_all_init(&all, futs, JOBS), 0);
+    cr_assert_eq(weft_block_on(rt, &all.base), 0);
+    for (uintptr_t i = 0; i < JOBS; i++) {
+        cr_assert_eq(h[i].res, 0);
+        cr_assert_eq((uintptr_t)h[i].output, twice_plus_one(i));
+        weft_future_drop(&h[i].base);
+    }
+    weft_future_drop(&all.base);
+    cr_assert_eq(atomic_load(&gate_a.finished), JOBS);
+    WAIT_UNTIL(metrics(rt).blocking_jobs == JOBS);
+
+    atomic_store(&s.stop, 1);
+    pthread_join(th, NULL);
+    cr_assert_gt(atomic_load(&s.samples), 0);
+    cr_assert_leq(atomic_load(&gate_a.max_running), CAP, "%u jobs ran at once",
+                  atomic_load(&gate_a.max_running));
+    cr_assert_leq(atomic_load(&s.max_threads), CAP, "metrics saw %lu threads",
+                  (unsigned long)atomic_load(&s.max_threads));
+    cr_assert_leq(atomic_load(&s.max_proc), CAP, "/proc saw %d pool threads",
+                  atomic_load(&s.max_proc));
+    weft_runtime_destroy(rt);
+    wait_pool_gone();
+}
+
+/* ---- keep-alive ---------------------------------------------------------------------------- */
+
+static _Atomic uint32_t arrived;
+static _Atomic int go;
+
+/* Arrives, waits for `go`, returns arg * 2 + 1. */
+static void *job_rendezvous(void *arg)
+{
+    atomic_fetch_add(&arrived, 1);
+    double deadline = now_s() + 2 * WAIT_SECS;
+    while (!atomic_load(&go) && now_s() < deadline)
+        sleep_us(200);
+    return job_twice(arg);
+}
+
+static struct weft_runtime *metrics_rt;
+
+/* Returns the number of pool threads alive, as the job sees it. */
+static void *job_count_threads(void *arg)
+{
+    (void)arg;
+    struct weft_metrics *m = malloc(sizeof *m);
+    CHECK(m && weft_metrics_read(metrics_rt, m) == 0);
+    uintptr_t n = m->blocking_threads;
+    free(m);
+    return (void *)n;
+}
+
+Test(blocking, idle_threads_exit_after_keepalive, .timeout = 60)
+{
+    enum { JOBS = 8 };
+    struct weft_runtime_config cfg = base_cfg();
+    cfg.blocking_keepalive_ms = 50;
+    struct weft_runtime *rt = start_cfg(&cfg);
+    struct weft_blocking_join h[JOBS];
+    metrics_rt = rt;
+
+    for (uintptr_t i = 0; i < JOBS; i++)
+        cr_assert_eq(weft_spawn_blocking(rt, job_rendezvous, (void *)i, &h[i]), 0);
+    WAIT_UNTIL(atomic_load(&arrived) == JOBS);
+    struct weft_metrics m = metrics(rt);
+    cr_assert_eq(m.blocking_threads, JOBS);
+    cr_assert_eq(m.blocking_idle, 0);
+    if (have_proc())
+        WAIT_UNTIL(proc_pool_threads() == JOBS);
+
+    double t_go = now_s();
+    atomic_store(&go, 1);
+    for (uintptr_t i = 0; i < JOBS; i++)
+        block_on_twice(rt, &h[i], i);
+    WAIT_UNTIL(metrics(rt).blocking_threads == 0);
+    double t_zero = now_s();
+    /* Every job ended after t_go, and a thread idles a full keep-alive. */
+    cr_assert_geq(t_zero - t_go, 0.048, "threads gone %.3f s after their jobs", t_zero - t_go);
+    m = metrics(rt);
+    cr_assert_eq(m.blocking_idle, 0);
+    cr_assert_eq(m.blocking_jobs, JOBS);
+    if (have_proc())
+        WAIT_UNTIL(proc_pool_threads() == 0);
+
+    /* A job afterwards gets a new thread. */
+    struct weft_blocking_join h2;
+    cr_assert_eq(weft_spawn_blocking(rt, job_count_threads, NULL, &h2), 0);
+    cr_assert_eq(weft_block_on(rt, &h2.base), 0);
+    cr_assert_eq(h2.res, 0);
+    cr_assert_eq((uintptr_t)h2.output, 1, "the job saw %lu threads", (unsigned long)(uintptr_t)h2.output);
+    weft_future_drop(&h2.base);
+    WAIT_UNTIL(metrics(rt).blocking_threads == 0);
+    cr_assert_eq(metrics(rt).blocking_jobs, JOBS + 1);
+    weft_runtime_destroy(rt);
+    wait_pool_gone();
+}
+
+/* ---- the bounded queue -------------------------------------------------------------------- */
+
+static _Atomic int wait_res = 1;
+static _Atomic uint32_t wait_ready;
+
+/* Waits for room to spawn job_twice(t->arg), then awaits the job. */
+static enum weft_poll body_wait_spawn(struct bt *t, struct weft_cx *cx)
+{
+    WEFT_ASYNC_BEGIN(&t->base);
+    weft_spawn_blocking_wait_init(&t->w, t->rt, job_twice, (void *)t->arg);
+    WEFT_AWAIT(&t->base, cx, &t->w.base);
+    atomic_store(&wait_res, t->w.res);
+    atomic_fetch_add(&wait_ready, 1);
+    CHECK(t->w.res == 0);
+    CHECK(t->w.join.job != NULL);
+    t->h[0] = t->w.join; /* never polled: it may move */
+    t->w.join = (struct weft_blocking_join){ 0 };
+    weft_future_drop(&t->w.base);
+    WEFT_AWAIT(&t->base, cx, &t->h[0].base);
+    check_twice(&t->h[0], t->arg);
+    weft_future_drop(&t->h[0].base);
+    WEFT_ASYNC_END(&t->base);
+}
+
+/* One pool thread held busy, a queue of two: try_ spawns fill it and then
+ * fail; the unbounded spawn goes past the bound; a waiting spawn in a task
+ * stays pending while the queue is full and spawns once there is room; one
+ * dropped while it waits queues nothing. */
+Test(blocking, bounded_queue_try_and_wait, .timeout = 60)
+{
+    struct weft_runtime_config cfg = base_cfg();
+    cfg.blocking_max_threads = 1;
+    cfg.blocking_queue_max = 2;
+    struct weft_runtime *rt = start_cfg(&cfg);
+    struct weft_blocking_join ha, hb, hc, hd, he;
+
+    cr_assert_eq(weft_spawn_blocking(rt, job_gate_a, (void *)0, &ha), 0);
+    WAIT_UNTIL(atomic_load(&gate_a.started) == 1);
+    cr_assert_eq(weft_try_spawn_blocking(rt, job_twice, (void *)1, &hb), 0);
+    cr_assert_eq(weft_try_spawn_blocking(rt, job_twice, (void *)2, &hc), 0);
+    memset(&hd, 0xab, sizeof hd);
+    cr_assert_eq(weft_try_spawn_blocking(rt, job_twice, (void *)3, &hd), -EAGAIN);
+    cr_assert_null(hd.job);
+    cr_assert_null(hd.base.ops);
+    cr_assert_eq(weft_try_spawn_blocking(rt, job_twice, (void *)3, NULL), -EAGAIN);
+    cr_assert_eq(metrics(rt).blocking_queue_depth, 2);
+    cr_assert_eq(weft_spawn_blocking(rt, job_twice, (void *)4, &he), 0);
+    cr_assert_eq(metrics(rt).blocking_queue_depth, 3);
+
+    /* Two waiting spawns in tasks; the first (arg 10) is aborted while it waits. */
+    struct weft_join jdrop, jwait;
+    struct bt b = bt_make(rt, body_wait_spawn, 10, 0);
+    cr_assert_eq(weft_spawn(rt, &b.base, sizeof b, &jdrop), 0);
+    WAIT_UNTIL(atomic_load(&bt_polled) == 1);
+    b = bt_make(rt, body_wait_spawn, 11, 0);
+    cr_assert_eq(weft_spawn(rt, &b.base, sizeof b, &jwait), 0);
+    WAIT_UNTIL(atomic_load(&bt_polled) == 2);
+    sleep_us(50000);
+    cr_assert_eq(atomic_load(&wait_ready), 0, "a waiting spawn got room in a full queue");
+    cr_assert_eq(metrics(rt).blocking_queue_depth, 3);
+    weft_join_abort(&jdrop);
+    cr_assert_eq(weft_block_on(rt, &jdrop.base), 0);
+    cr_assert_eq(jdrop.res, -ECANCELED);
+    weft_future_drop(&jdrop.base);
+    cr_assert_eq(atomic_load(&bt_dropped), 1);
+
+    /* Room frees as the thread takes jobs: the remaining waiter spawns. */
+    atomic_store(&gate_a.open, 1);
+    cr_assert_eq(weft_block_on(rt, &jwait.base), 0);
+    cr_assert_eq(jwait.res, 0);
+    weft_future_drop(&jwait.base);
+    cr_assert_eq(atomic_load(&wait_res), 0);
+    cr_assert_eq(atomic_load(&wait_ready), 1);
+    block_on_twice(rt, &ha, 0);
+    block_on_twice(rt, &hb, 1);
+    block_on_twice(rt, &hc, 2);
+    block_on_twice(rt, &he, 4);
+    weft_future_drop(&hd.base); /* empty: harmless */
+    cr_assert_eq(atomic_load(&ran[3]), 0, "the refused try_ spawn ran");
+    cr_assert_eq(atomic_load(&ran[10]), 0, "the dropped waiting spawn ran");
+    cr_assert_eq(atomic_load(&ran[11]), 1);
+    WAIT_UNTIL(metrics(rt).blocking_jobs == 5);
+    cr_assert_eq(metrics(rt).blocking_queue_depth, 0);
+    weft_runtime_destroy(rt);
+    wait_pool_gone();
+}
+
+/* The same waits polled by hand: a waiter dropped while queued releases its
+ * waker and nothing else; a waiter given room and dropped before it polls
+ * again passes the room to the next one, which spawns at once. */
+Test(blocking, dropped_waiter_passes_room_on, .timeout = 60)
+{
+    struct weft_runtime_config cfg = base_cfg();
+    cfg.blocking_max_threads = 1;
+    cfg.blocking_queue_max = 2;
+    struct weft_runtime *rt = start_cfg(&cfg);
+    struct weft_blocking_join ha, hb, hc;
+    struct weft_spawn_blocking_wait w0, w1, w2;
+    struct fw f0 = { 0 }, f1 = { 0 }, f2 = { 0 };
+
+    cr_assert_eq(weft_spawn_blocking(rt, job_gate_a, (void *)0, &ha), 0);
+    WAIT_UNTIL(atomic_load(&gate_a.started) == 1);
+    cr_assert_eq(weft_try_spawn_blocking(rt, job_gate_b, (void *)1, &hb), 0);
+    cr_assert_eq(weft_try_spawn_blocking(rt, job_twice, (void *)2, &hc), 0);
+
+    /* w0 waits, then is dropped: its waker clone is released, never woken. */
+    weft_spawn_blocking_wait_init(&w0, rt, job_twice, (void *)20);
+    cr_assert_eq(poll_with(&w0.base, &f0), WEFT_PENDING);
+    cr_assert_eq(atomic_load(&f0.clones), 1);
+    weft_future_drop(&w0.base);
+    assert_waker_balanced(&f0);
+    cr_assert_null(w0.join.job);
+
+    weft_spawn_blocking_wait_init(&w1, rt, job_twice, (void *)21);
+    weft_spawn_blocking_wait_init(&w2, rt, job_twice, (void *)22);
+    cr_assert_eq(poll_with(&w1.base, &f1), WEFT_PENDING);
+    cr_assert_eq(poll_with(&w2.base, &f2), WEFT_PENDING);
+    cr_assert_eq(poll_with(&w1.base, &f1), WEFT_PENDING); /* same waker: no new clone */
+    cr_assert_eq(atomic_load(&f1.clones), 1);
+
+    /* A finishes; the thread takes B (which holds it) and gives w1 the room. */
+    atomic_store(&gate_a.open, 1);
+    WAIT_UNTIL(atomic_load(&gate_b.started) == 1);
+    WAIT_UNTIL(atomic_load(&f1.woken) == 1);
+    cr_assert_eq(metrics(rt).blocking_queue_depth, 1);
+    sleep_us(20000);
+    cr_assert_eq(atomic_load(&f2.woken), 0, "room for one woke two waiters");
+    cr_assert_eq(atomic_load(&f0.woken), 0, "a dropped waiter was woken");
+
+    /* w1 is dropped without polling again: w2 gets the room. */
+    weft_future_drop(&w1.base);
+    cr_assert_null(w1.join.job);
+    cr_assert_eq(atomic_load(&f2.woken), 1, "the room given to a dropped waiter was lost");
+    cr_assert_eq(poll_with(&w2.base, &f2), WEFT_READY);
+    cr_assert_eq(w2.res, 0);
+    cr_assert_not_null(w2.join.job);
+    cr_assert_eq(metrics(rt).blocking_queue_depth, 2);
+    cr_assert_eq(weft_try_spawn_blocking(rt, job_twice, (void *)23, NULL), -EAGAIN);
+    weft_future_drop(&w2.base);
+
+    atomic_store(&gate_b.open, 1);
+    block_on_twice(rt, &w2.join, 22);
+    block_on_twice(rt, &ha, 0);
+    block_on_twice(rt, &hb, 1);
+    block_on_twice(rt, &hc, 2);
+    cr_assert_eq(atomic_load(&ran[20]), 0);
+    cr_assert_eq(atomic_load(&ran[21]), 0);
+    cr_assert_eq(atomic_load(&ran[23]), 0);
+    assert_waker_balanced(&f0);
+    assert_waker_balanced(&f1);
+    assert_waker_balanced(&f2);
+    WAIT_UNTIL(metrics(rt).blocking_jobs == 4);
+    weft_runtime_destroy(rt);
+    wait_pool_gone();
+}
+
+/* ---- shutdown ---------------------------------------------------------------------------------- */
+
+static struct weft_runtime *long_rt;
+static _Atomic int long_started, long_done, long_spawn_rc = 1;
+
+/* Sleeps 2 s, then (the runtime shut down meanwhile) tries to spawn. */
+static void *job_long(void *arg)
+{
+    (void)arg;
+    atomic_store(&long_started, 1);
+    double end = now_s() + 2.0;
+    while (now_s() < end)
+        sleep_us(10000);
+    atomic_store(&long_spawn_rc, weft_spawn_blocking(long_rt, job_noop, NULL, NULL));
+    atomic_store(&long_done, 1);
+    return (void *)7;
+}
+
+/* Awaits the handle in h[0] and nothing else (a cancelled job's task is
+ * dropped before it could see the result). */
+static _Atomic int foreign_rc = 1;
+
+static enum weft_poll body_await_quietly(struct bt *t, struct weft_cx *cx)
+{
+    WEFT_ASYNC_BEGIN(&t->base);
+    WEFT_AWAIT(&t->base, cx, &t->h[0].base);
+    WEFT_ASYNC_END(&t->base);
+}
+
+static void *foreign_block_on(void *p)
+{
+    struct bt *t = p;
+    atomic_store(&foreign_rc, weft_block_on(t->rt, &t->base));
+    return NULL;
+}
+
+/* One thread stuck in a 2 s job, ten jobs queued behind it, joined by tasks,
+ * by the test thread and by a foreign thread's block_on. A shutdown waiting
+ * 50 ms leaves the long job behind (returns 1) and cancels the others; the
+ * long job finishes later on the runtime's memory, which is still alive. */
+Test(blocking, shutdown_cancels_queued_and_leaves_running, .timeout = 60)
+{
+    enum { QUEUED = 10, IN_TASKS = 4, BY_HAND = 4 };
+    struct weft_runtime_config cfg = base_cfg();
+    cfg.blocking_max_threads = 1;
+    struct weft_runtime *rt = start_cfg(&cfg);
+    long_rt = rt;
+    struct weft_blocking_join hl, hq[QUEUED];
+    struct fw fl = { 0 }, fq[QUEUED];
+    memset(fq, 0, sizeof fq);
+
+    cr_assert_eq(weft_spawn_blocking(rt, job_long, NULL, &hl), 0);
+    WAIT_UNTIL(atomic_load(&long_started));
+    for (uintptr_t i = 0; i < QUEUED; i++)
+        cr_assert_eq(weft_spawn_blocking(rt, job_twice, (void *)(100 + i),
+                                         i == QUEUED - 1 ? NULL : &hq[i]), 0);
+    cr_assert_eq(metrics(rt).blocking_queue_depth, QUEUED);
+    /* Joined by tasks (handles moved into them). */
+    for (uint32_t i = 0; i < IN_TASKS; i++) {
+        struct bt b = bt_make(rt, body_await_quietly, 100 + i, 0);
+        b.h[0] = hq[i];
+        cr_assert_eq(weft_spawn(rt, &b.base, sizeof b, NULL), 0);
+    }
+    WAIT_UNTIL(atomic_load(&bt_polled) == IN_TASKS);
+    /* By hand, from this thread: pending, with a waker registered. */
+    for (uint32_t i = IN_TASKS; i < IN_TASKS + BY_HAND; i++)
+        cr_assert_eq(poll_with(&hq[i].base, &fq[i]), WEFT_PENDING);
+    cr_assert_eq(poll_with(&hl.base, &fl), WEFT_PENDING);
+    /* By a foreign thread's block_on. */
+    struct bt fb = bt_make(rt, body_await_quietly, 100 + IN_TASKS + BY_HAND, 0);
+    fb.h[0] = hq[IN_TASKS + BY_HAND];
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, foreign_block_on, &fb), 0);
+    WAIT_UNTIL(atomic_load(&bt_polled) == IN_TASKS + 1);
+
+    double t0 = now_s();
+    int left = weft_runtime_shutdown(rt, 50);
+    double dt = now_s() - t0;
+    cr_assert_eq(left, 1, "shutdown left %d jobs behind", left);
+    cr_assert_geq(dt, 0.045, "shutdown waited %.3f s, asked for 50 ms", dt);
+    cr_assert_lt(dt, 1.5, "shutdown took %.3f s", dt);
+    cr_assert_eq(atomic_load(&long_done), 0, "the long job finished inside the shutdown");
+
+    pthread_join(th, NULL);
+    cr_assert_eq(atomic_load(&foreign_rc), -ECANCELED, "block_on gave %d", atomic_load(&foreign_rc));
+    cr_assert_eq(atomic_load(&bt_dropped), IN_TASKS + 1); /* + the block_on's future */
+    cr_assert_eq(atomic_load(&bt_finished), 0);
+    for (uint32_t i = IN_TASKS; i < IN_TASKS + BY_HAND; i++) {
+        cr_assert_eq(atomic_load(&fq[i].woken), 1, "handle %u not woken by the cancel", i);
+        hq[i].output = (void *)1;
+        cr_assert_eq(poll_with(&hq[i].base, &fq[i]), WEFT_READY);
+        cr_assert_eq(hq[i].res, -ECANCELED);
+        cr_assert_null(hq[i].output);
+        weft_future_drop(&hq[i].base);
+        assert_waker_balanced(&fq[i]);
+    }
+    for (uint32_t i = 0; i < QUEUED; i++)
+        cr_assert_eq(atomic_load(&ran[100 + i]), 0, "cancelled job %u ran", i);
+
+    /* The job left behind finishes on its own, and wakes its handle. */
+    WAIT_UNTIL(atomic_load(&long_done));
+    WAIT_UNTIL(atomic_load(&fl.woken) == 1);
+    cr_assert_eq(poll_with(&hl.base, &fl), WEFT_READY);
+    cr_assert_eq(hl.res, 0);
+    cr_assert_eq((uintptr_t)hl.output, 7);
+    weft_future_drop(&hl.base);
+    assert_waker_balanced(&fl);
+    cr_assert_eq(atomic_load(&long_spawn_rc), -ESHUTDOWN);
+    wait_pool_gone();
+}
+
+static _Atomic int closing_seen, closing_spawns;
+static _Atomic int closing_try_rc = 1, closing_task_rc = 1, closing_join_empty;
+
+static enum weft_poll body_nothing(struct bt *t, struct weft_cx *cx)
+{
+    (void)t, (void)cx;
+    return WEFT_READY;
+}
+
+/* Spawns (successfully) until the pool closes; then checks every spawn fails. */
+static void *job_until_closed(void *arg)
+{
+    (void)arg;
+    atomic_store(&long_started, 1);
+    double deadline = now_s() + WAIT_SECS;
+    while (now_s() < deadline) {
+        int rc = weft_spawn_blocking(long_rt, job_noop, NULL, NULL);
+        if (rc == -ESHUTDOWN) {
+            atomic_store(&closing_seen, 1);
+            break;
+        }
+        CHECK(rc == 0);
+        atomic_fetch_add(&closing_spawns, 1);
+        sleep_us(2000);
+    }
+    struct weft_blocking_join h;
+    memset(&h, 0xab, sizeof h);
+    atomic_store(&closing_try_rc, weft_try_spawn_blocking(long_rt, job_noop, NULL, &h));
+    atomic_store(&closing_join_empty, h.job == NULL && h.base.ops == NULL);
+    struct bt b = bt_make(long_rt, body_nothing, 0, 0);
+    atomic_store(&closing_task_rc, weft_spawn(long_rt, &b.base, sizeof b, NULL));
+    sleep_us(100000); /* still running a while after the close */
+    atomic_store(&long_done, 1);
+    return NULL;
+}
+
+/* A job still running when shutdown begins sees its spawns refused, and a
+ * shutdown that gives it time returns 0 once it finished. */
+Test(blocking, spawn_from_job_during_shutdown, .timeout = 60)
+{
+    struct weft_runtime_config cfg = base_cfg();
+    cfg.blocking_max_threads = 1;
+    struct weft_runtime *rt = start_cfg(&cfg);
+    long_rt = rt;
+    cr_assert_eq(weft_spawn_blocking(rt, job_until_closed, NULL, NULL), 0);
+    WAIT_UNTIL(atomic_load(&closing_spawns) >= 3);
+    int left = weft_runtime_shutdown(rt, 5000);
+    cr_assert_eq(left, 0);
+    cr_assert(atomic_load(&long_done), "shutdown returned before the job finished");
+    cr_assert(atomic_load(&closing_seen));
+    cr_assert_eq(atomic_load(&closing_try_rc), -ESHUTDOWN);
+    cr_assert(atomic_load(&closing_join_empty));
+    cr_assert_eq(atomic_load(&closing_task_rc), -ESHUTDOWN);
+    wait_pool_gone();
+}
+
+static _Atomic uint32_t sleepers_started, sleepers_done;
+
+static void *job_sleep_200ms(void *arg)
+{
+    atomic_fetch_add(&sleepers_started, 1);
+    sleep_us(200000);
+    atomic_fetch_add(&sleepers_done, 1);
+    return arg;
+}
+
+/* weft_runtime_destroy waits for running jobs that end within
+ * blocking_shutdown_ms, and so does weft_runtime_shutdown (returning 0). */
+Test(blocking, destroy_waits_for_jobs_that_finish_in_time, .timeout = 60)
+{
+    struct weft_runtime_config cfg = base_cfg();
+    cfg.blocking_shutdown_ms = 5000;
+    cfg.blocking_max_threads = 4;
+    struct weft_runtime *rt = start_cfg(&cfg);
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(weft_spawn_blocking(rt, job_sleep_200ms, NULL, NULL), 0);
+    WAIT_UNTIL(atomic_load(&sleepers_started) == 3);
+    weft_runtime_destroy(rt);
+    cr_assert_eq(atomic_load(&sleepers_done), 3, "destroy returned before its jobs finished");
+
+    atomic_store(&sleepers_started, 0);
+    atomic_store(&sleepers_done, 0);
+    rt = start_cfg(&cfg);
+    struct weft_blocking_join h[2];
+    for (int i = 0; i < 2; i++)
+        cr_assert_eq(weft_spawn_blocking(rt, job_sleep_200ms, (void *)9, &h[i]), 0);
+    WAIT_UNTIL(atomic_load(&sleepers_started) == 2);
+    cr_assert_eq(weft_runtime_shutdown(rt, 5000), 0);
+    cr_assert_eq(atomic_load(&sleepers_done), 2);
+    struct fw f = { 0 };
+    for (int i = 0; i < 2; i++) {
+        cr_assert_eq(poll_with(&h[i].base, &f), WEFT_READY);
+        cr_assert_eq(h[i].res, 0);
+        cr_assert_eq((uintptr_t)h[i].output, 9);
+        weft_future_drop(&h[i].base);
+    }
+    cr_assert_eq(atomic_load(&f.clones), 0);
+    cr_assert_eq(weft_runtime_shutdown(NULL, 0), -EINVAL);
+    wait_pool_gone();
+}
+
+/* Spins for arg microseconds. */
+static void *job_spin_us(void *arg)
+{
+    spin_for((double)(uintptr_t)arg * 1e-6);
+    return arg;
+}
+
+/* Destroy while the pool's threads go idle: they (keep-alive 60 s) must
+ * notice the close and exit at once, and the shutdown, which waits for them,
+ * frees the runtime before it returns (the counting allocator sees it). Each round ends its job a little later
+ * relative to the close (0 to 3 ms, in 10 us steps), so that some round
+ * lands the close in each moment between a job's end and its thread's sleep. */
+Test(blocking, destroy_ends_idle_threads_at_once, .timeout = 120)
+{
+    struct counting_alloc ca;
+    for (int round = 0; round < 300; round++) {
+        struct weft_runtime_config cfg = base_cfg();
+        cfg.workers = 1;
+        cfg.no_stall_detector = true;
+        cfg.blocking_keepalive_ms = 60000;
+        counting_init(&ca, -1);
+        cfg.allocator = &ca.a;
+        struct weft_runtime *rt = start_cfg(&cfg);
+        uintptr_t us = (uintptr_t)(round * 10) % 3000;
+        cr_assert_eq(weft_spawn_blocking(rt, job_spin_us, (void *)us, NULL), 0);
+        if (round % 2)
+            cr_assert_eq(weft_spawn_blocking(rt, job_spin_us, (void *)(us / 2), NULL), 0);
+        cr_assert_eq(weft_runtime_shutdown(rt, 5000), 0);
+        /* Every thread gone and nothing else held: the runtime is freed
+         * before the shutdown returns. */
+        cr_assert_eq(atomic_load(&ca.allocs), atomic_load(&ca.frees),
+                     "round %d: the runtime was still held after its shutdown (a pool thread "
+                     "missed the close?)", round);
+        assert_balanced(&ca);
+    }
+    wait_pool_gone();
+}
+
+/* The count weft_runtime_shutdown returns is of jobs left running: idle
+ * threads (woken by the close, on their way out) are not jobs, even with a
+ * timeout too short for them to be gone. Ten rounds of 15 idle threads and
+ * one busy one, as the idle ones are sometimes all gone in time. */
+Test(blocking, shutdown_counts_running_jobs_not_idle_threads, .timeout = 120)
+{
+    enum { THREADS = 16, ROUNDS = 10 };
+    for (int round = 0; round < ROUNDS; round++) {
+        struct weft_runtime_config cfg = base_cfg();
+        cfg.blocking_keepalive_ms = 60000;
+        struct weft_runtime *rt = start_cfg(&cfg);
+        struct weft_blocking_join h[THREADS];
+        atomic_store(&arrived, 0);
+        atomic_store(&go, 0);
+        gate_reset(&gate_a);
+        for (uintptr_t i = 0; i < THREADS; i++)
+            cr_assert_eq(weft_spawn_blocking(rt, job_rendezvous, (void *)i, &h[i]), 0);
+        WAIT_UNTIL(atomic_load(&arrived) == THREADS);
+        atomic_store(&go, 1);
+        for (uintptr_t i = 0; i < THREADS; i++)
+            block_on_twice(rt, &h[i], i);
+        WAIT_UNTIL(metrics(rt).blocking_idle == THREADS);
+        /* One of them takes a job that outlives the shutdown. */
+        cr_assert_eq(weft_spawn_blocking(rt, job_gate_a, (void *)70, NULL), 0);
+        WAIT_UNTIL(atomic_load(&gate_a.started) == 1);
+        struct weft_metrics m = metrics(rt);
+        cr_assert_eq(m.blocking_threads, THREADS);
+        cr_assert_eq(m.blocking_idle, THREADS - 1);
+        int left = weft_runtime_shutdown(rt, 0);
+        atomic_store(&gate_a.open, 1);
+        WAIT_UNTIL(atomic_load(&gate_a.finished) == 1);
+        wait_pool_gone();
+        cr_assert_eq(left, 1, "round %d: shutdown reported %d jobs left running; one was",
+                     round, left);
+    }
+}
+
+/* A future that never finishes (and keeps no waker). */
+static enum weft_poll never_poll(struct weft_future *f, struct weft_cx *cx)
+{
+    (void)f, (void)cx;
+    return WEFT_PENDING;
+}
+
+static const struct weft_future_ops never_ops = { never_poll, NULL };
+
+/* Blocks in weft_block_on on a never-ready future; returns what it gave. */
+static void *job_block_on_forever(void *arg)
+{
+    (void)arg;
+    struct weft_future never = { &never_ops, 0 };
+    atomic_store(&long_started, 1);
+    int rc = weft_block_on(long_rt, &never);
+    return (void *)(intptr_t)rc;
+}
+
+/* A job blocked in weft_block_on does not hold up destroy: the workers stop
+ * first, which cancels the block_on, and the job ends. */
+Test(blocking, job_in_block_on_released_by_shutdown, .timeout = 60)
+{
+    struct weft_runtime_config cfg = base_cfg();
+    struct weft_runtime *rt = start_cfg(&cfg);
+    long_rt = rt;
+    struct weft_blocking_join h;
+    cr_assert_eq(weft_spawn_blocking(rt, job_block_on_forever, NULL, &h), 0);
+    WAIT_UNTIL(atomic_load(&long_started));
+    sleep_us(20000);
+    double t0 = now_s();
+    cr_assert_eq(weft_runtime_shutdown(rt, 8000), 0);
+    cr_assert_lt(now_s() - t0, 4.0, "shutdown waited for the job's block_on");
+    struct fw f = { 0 };
+    cr_assert_eq(poll_with(&h.base, &f), WEFT_READY);
+    cr_assert_eq(h.res, 0);
+    cr_assert_eq((intptr_t)h.output, -ECANCELED);
+    weft_future_drop(&h.base);
+    wait_pool_gone();
+}
+
+/* ---- jobs that call back into the runtime ----------------------------------------------------- */
+
+static struct weft_runtime *cb_rt;
+static struct weft_mpsc *cb_ch;
+static _Atomic int cb_current_was_null = -1;
+
+/* Spawns job_twice(t->arg) and sends its output on the channel. */
+static enum weft_poll body_relay(struct bt *t, struct weft_cx *cx)
+{
+    WEFT_ASYNC_BEGIN(&t->base);
+    CHECK(weft_spawn_blocking(t->rt, job_twice, (void *)t->arg, &t->h[0]) == 0);
+    WEFT_AWAIT(&t->base, cx, &t->h[0].base);
+    check_twice(&t->h[0], t->arg);
+    t->msg = (uint64_t)(uintptr_t)t->h[0].output;
+    weft_future_drop(&t->h[0].base);
+    weft_mpsc_send_init(&t->send, t->ch, &t->msg);
+    WEFT_AWAIT(&t->base, cx, &t->send.base);
+    CHECK(t->send.res == 0);
+    weft_future_drop(&t->send.base);
+    WEFT_ASYNC_END(&t->base);
+}
+
+/* From a pool thread: spawns a task (which spawns a job of its own) and a
+ * detached job. */
+static void *job_spawns_task(void *arg)
+{
+    atomic_store(&cb_current_was_null, weft_runtime_current() == NULL);
+    struct bt t = bt_make(cb_rt, body_relay, (uintptr_t)arg, 0);
+    t.ch = cb_ch;
+    int rc = weft_spawn(cb_rt, &t.base, sizeof t, NULL);
+    CHECK(weft_spawn_blocking(cb_rt, job_twice, (void *)((uintptr_t)arg + 1), NULL) == 0);
+    return (void *)(intptr_t)rc;
+}
+
+Test(blocking, job_spawns_task_and_job, .timeout = 60)
+{
+    struct weft_runtime_config cfg = base_cfg();
+    cfg.blocking_max_threads = 1; /* the nested job queues behind its parent */
+    cfg.blocking_priority = WEFT_BLOCKING_PRIO_DEFAULT;
+    struct weft_runtime *rt = start_cfg(&cfg);
+    cb_rt = rt;
+    cr_assert_eq(weft_mpsc_create(&cb_ch, 4, sizeof(uint64_t)), 0);
+    struct weft_blocking_join h;
+    cr_assert_eq(weft_spawn_blocking(rt, job_spawns_task, (void *)30, &h), 0);
+    cr_assert_eq(weft_block_on(rt, &h.base), 0);
+    cr_assert_eq(h.res, 0);
+    cr_assert_eq((intptr_t)h.output, 0, "weft_spawn from a pool thread gave %d",
+                 (int)(intptr_t)h.output);
+    weft_future_drop(&h.base);
+    cr_assert_eq(atomic_load(&cb_current_was_null), 1);
+
+    uint64_t got = 0;
+    struct weft_mpsc_recv r;
+    weft_mpsc_recv_init(&r, cb_ch, &got);
+    cr_assert_eq(weft_block_on(rt, &r.base), 0);
+    cr_assert_eq(r.res, 0);
+    cr_assert_eq(got, twice_plus_one(30));
+    weft_future_drop(&r.base);
+    WAIT_UNTIL(atomic_load(&ran[31]) == 1);
+    WAIT_UNTIL(atomic_load(&bt_finished) == 1);
+    WAIT_UNTIL(metrics(rt).blocking_jobs == 3);
+    weft_mpsc_sender_drop(cb_ch);
+    weft_mpsc_receiver_drop(cb_ch);
+    weft_runtime_destroy(rt);
+    wait_pool_gone();
+}
+
+/* ---- join handles: detached, foreign, empty ------------------------------------------------------- */
+
+/* A handle dropped before its job ran (with and without a registered waker),
+ * and a job spawned without one: the jobs still run, nothing leaks (ASan). */
+Test(blocking, detached_jobs_still_run, .timeout = 60)
+{
+    struct weft_runtime_config cfg = base_cfg();
+    cfg.blocking_priority = WEFT_BLOCKING_PRIO_DEFAULT;
+    cfg.blocking_max_threads = 1;
+    struct weft_runtime *rt = start_cfg(&cfg);
+    struct weft_blocking_join h0, h1;
+    struct fw f = { 0 };
+
+    cr_assert_eq(weft_spawn_blocking(rt, job_gate_a, (void *)40, &h0), 0);
+    cr_assert_eq(weft_spawn_blocking(rt, job_twice, (void *)41, &h1), 0);
+    cr_assert_eq(weft_spawn_blocking(rt, job_twice, (void *)42, NULL), 0);
+    cr_assert_eq(poll_with(&h1.base, &f), WEFT_PENDING);
+    cr_assert_eq(atomic_load(&f.clones), 1);
+    weft_future_drop(&h0.base);
+    weft_future_drop(&h1.base);
+    cr_assert_null(h1.job);
+    assert_waker_balanced(&f);
+    atomic_store(&gate_a.open, 1);
+    WAIT_UNTIL(metrics(rt).blocking_jobs == 3);
+    cr_assert_eq(atomic_load(&ran[40]), 1);
+    cr_assert_eq(atomic_load(&ran[41]), 1);
+    cr_assert_eq(atomic_load(&ran[42]), 1);
+    cr_assert_eq(atomic_load(&f.woken), 0, "a dropped handle's waker was woken");
+    assert_waker_balanced(&f);
+    weft_runtime_destroy(rt);
+    wait_pool_gone();
+}
+
+/* Handles polled from this thread (not a worker): one pending and then woken,
+ * one polled only after its job finished; polled again after ready, or after
+ * a drop, they give -EINVAL. */
+Test(blocking, handle_polled_from_foreign_thread, .timeout = 60)
+{
+    struct weft_runtime_config cfg = base_cfg();
+    cfg.blocking_priority = WEFT_BLOCKING_PRIO_DEFAULT;
+    struct weft_runtime *rt = start_cfg(&cfg);
+    struct weft_blocking_join h0, h1;
+    struct fw f0 = { 0 }, f1 = { 0 };
+
+    cr_assert_eq(weft_spawn_blocking(rt, job_gate_a, (void *)50, &h0), 0);
+    cr_assert_eq(poll_with(&h0.base, &f0), WEFT_PENDING);
+    atomic_store(&gate_a.open, 1);
+    WAIT_UNTIL(atomic_load(&f0.woken) == 1);
+    cr_assert_eq(poll_with(&h0.base, &f0), WEFT_READY);
+    cr_assert_eq(h0.res, 0);
+    cr_assert_eq((uintptr_t)h0.output, twice_plus_one(50));
+    cr_assert_null(h0.job);
+    /* Polled again after ready: -EINVAL. */
+    cr_assert_eq(poll_with(&h0.base, &f0), WEFT_READY);
+    cr_assert_eq(h0.res, -EINVAL);
+    weft_future_drop(&h0.base);
+    assert_waker_balanced(&f0);
+
+    cr_assert_eq(weft_spawn_blocking(rt, job_twice, (void *)51, &h1), 0);
+    WAIT_UNTIL(metrics(rt).blocking_jobs == 2);
+    cr_assert_eq(poll_with(&h1.base, &f1), WEFT_READY);
+    cr_assert_eq(h1.res, 0);
+    cr_assert_eq((uintptr_t)h1.output, twice_plus_one(51));
+    cr_assert_eq(atomic_load(&f1.clones), 0, "a finished job's handle kept a waker");
+    /* Polled after its drop (through the ops it had): -EINVAL. */
+    const struct weft_future_ops *ops = h1.base.ops;
+    weft_future_drop(&h1.base);
+    cr_assert_null(h1.base.ops);
+    weft_future_drop(&h1.base); /* twice: harmless */
+    struct weft_waker k = { &f1, &fw_ops };
+    struct weft_cx cx = weft_cx_from_waker(&k);
+    cr_assert_eq(ops->poll(&h1.base, &cx), WEFT_READY);
+    cr_assert_eq(h1.res, -EINVAL);
+    cr_assert_eq(atomic_load(&f1.clones), 0);
+    weft_runtime_destroy(rt);
+    wait_pool_gone();
+}
+
+/* ---- no thread to be had ----------------------------------------------------------------- */
+
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define UNDER_SANITIZER 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define UNDER_SANITIZER 1
+#endif
+#endif
+
+/* With the address space capped just above what the process uses, no
+ * thread stack can be mapped: a spawn that needs the pool's first thread
+ * fails with pthread_create's error, queues nothing and leaves its handle
+ * empty; once the cap is lifted, spawns work again. */
+Test(blocking, no_thread_no_job, .timeout = 30)
+{
+#ifdef UNDER_SANITIZER
+    cr_skip_test("the sanitizers' shadow memory does not live under an address-space cap");
+#else
+    struct weft_runtime_config cfg = base_cfg();
+    struct weft_runtime *rt = start_cfg(&cfg);
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (!f)
+        cr_skip_test("no /proc/self/statm");
+    unsigned long pages = 0;
+    cr_assert_eq(fscanf(f, "%lu", &pages), 1);
+    fclose(f);
+    struct rlimit old, cap;
+    cr_assert_eq(getrlimit(RLIMIT_AS, &old), 0);
+    cap = old;
+    cap.rlim_cur = (rlim_t)pages * (rlim_t)sysconf(_SC_PAGESIZE) + (2u << 20);
+    cr_assert_eq(setrlimit(RLIMIT_AS, &cap), 0);
+    struct weft_blocking_join h;
+    memset(&h, 0xab, sizeof h);
+    int rc = weft_spawn_blocking(rt, job_twice, (void *)80, &h);
+    int rc2 = weft_try_spawn_blocking(rt, job_twice, (void *)81, NULL);
+    cr_assert_eq(setrlimit(RLIMIT_AS, &old), 0);
+    cr_assert_eq(rc, -EAGAIN, "spawn with no thread to be had gave %d", rc);
+    cr_assert_eq(rc2, -EAGAIN, "try_ spawn with no thread to be had gave %d", rc2);
+    cr_assert_null(h.job);
+    cr_assert_null(h.base.ops);
+    struct weft_metrics m = metrics(rt);
+    cr_assert_eq(m.blocking_threads, 0);
+    cr_assert_eq(m.blocking_queue_depth, 0);
+
+    cr_assert_eq(weft_spawn_blocking(rt, job_twice, (void *)82, &h), 0);
+    block_on_twice(rt, &h, 82);
+    cr_assert_eq(atomic_load(&ran[80]), 0);
+    cr_assert_eq(atomic_load(&ran[81]), 0);
+    cr_assert_eq(metrics(rt).blocking_jobs, 1);
+    weft_runtime_destroy(rt);
+    wait_pool_gone();
+#endif
+}
+
+/* ---- a pool thread gone before its spawner named it ---------------------------------------- */
+
+static _Atomic int churn_stop;
+
+static void *churn_hog(void *arg)
+{
+    (void)arg;
+    while (!atomic_load(&churn_stop))
+        ;
+    return NULL;
+}
+
+/* Spawns short jobs under SCHED_IDLE on a busy machine: the spawner is often
+ * preempted right after pthread_create, long enough for the new thread
+ * (back at SCHED_OTHER outside its job, where the process may switch back)
+ * to run its job, outlive its 1 ms keep-alive and exit. */
+static void *churn_spawner(void *arg)
+{
+    struct weft_runtime *rt = arg;
+    struct sched_param sp = { 0 };
+    pthread_setschedparam(pthread_self(), SCHED_IDLE, &sp);
+    while (!atomic_load(&churn_stop)) {
+        CHECK(weft_spawn_blocking(rt, job_noop, NULL, NULL) == 0);
+        sleep_us(1500);
+    }
+    return NULL;
+}
+
+static void *churn_user(void *arg)
+{
+    (void)arg;
+    sleep_us(3000);
+    return NULL;
+}
+
+/* A spawn must not touch its new thread's pthread_t once the thread may have
+ * exited: a detached thread's descriptor lives in its stack, which glibc
+ * unmaps (or hands to the next thread) once the thread is gone. Short-lived
+ * pool threads, preempted spawners and other threads coming and going (so
+ * that stacks are unmapped) make that window real; this runs them for 3 s (the crash came within 1.5 s here). */
+Test(blocking, pool_thread_exits_before_spawn_returns, .timeout = 60)
+{
+    struct weft_runtime_config cfg = base_cfg();
+    cfg.workers = 1;
+    cfg.blocking_keepalive_ms = 1;
+    cfg.blocking_priority = WEFT_BLOCKING_PRIO_IDLE;
+    struct weft_runtime *rt = start_cfg(&cfg);
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    int hogs = cpus < 1 ? 1 : cpus > 8 ? 8 : (int)cpus;
+    pthread_t hog[8], sp[8];
+    for (int i = 0; i < hogs; i++)
+        cr_assert_eq(pthread_create(&hog[i], NULL, churn_hog, NULL), 0);
+    for (int i = 0; i < 8; i++)
+        cr_assert_eq(pthread_create(&sp[i], NULL, churn_spawner, rt), 0);
+    double end = now_s() + 3.0;
+    while (now_s() < end) {
+        pthread_t u[8];
+        for (int i = 0; i < 8; i++)
+            cr_assert_eq(pthread_create(&u[i], NULL, churn_user, NULL), 0);
+        for (int i = 0; i < 8; i++)
+            pthread_join(u[i], NULL);
+    }
+    atomic_store(&churn_stop, 1);
+    for (int i = 0; i < 8; i++)
+        pthread_join(sp[i], NULL);
+    for (int i = 0; i < hogs; i++)
+        pthread_join(hog[i], NULL);
+    weft_runtime_destroy(rt);
+    wait_pool_gone();
+}
+
+/* ---- bad inputs ------------------------------------------------------------------------------ */
+
+Test(blocking, bad_arguments, .timeout = 30)
+{
+    struct weft_runtime_config cfg = base_cfg();
+    struct weft_runtime *rt = start_cfg(&cfg);
+    struct weft_blocking_join h;
+
+    memset(&h, 0xab, sizeof h);
+    cr_assert_eq(weft_spawn_blocking(NULL, job_twice, NULL, &h), -EINVAL);
+    cr_assert_null(h.job);
+    cr_assert_null(h.base.ops);
+    memset(&h, 0xab, sizeof h);
+    cr_assert_eq(weft_spawn_blocking(rt, NULL, NULL, &h), -EINVAL);
+    cr_assert_null(h.job);
+    cr_assert_null(h.base.ops);
+    memset(&h, 0xab, sizeof h);
+    cr_assert_eq(weft_try_spawn_blocking(NULL, job_twice, NULL, &h), -EINVAL);
+    cr_assert_null(h.job);
+    memset(&h, 0xab, sizeof h);
+    cr_assert_eq(weft_try_spawn_blocking(rt, NULL, NULL, &h), -EINVAL);
+    cr_assert_null(h.job);
+    cr_assert_eq(weft_spawn_blocking(NULL, NULL, NULL, NULL), -EINVAL);
+    cr_assert_eq(weft_try_spawn_blocking(rt, NULL, NULL, NULL), -EINVAL);
+    weft_future_drop(&h.base);
+
+    /* Waiting spawns with a NULL runtime or fn: ready at once with -EINVAL. */
+    struct weft_spawn_blocking_wait w;
+    struct fw f = { 0 };
+    weft_spawn_blocking_wait_init(&w, NULL, job_twice, NULL);
+    cr_assert_eq(poll_with(&w.base, &f), WEFT_READY);
+    cr_assert_eq(w.res, -EINVAL);
+    cr_assert_null(w.join.job);
+    weft_future_drop(&w.base);
+    weft_spawn_blocking_wait_init(&w, rt, NULL, NULL);
+    cr_assert_eq(poll_with(&w.base, &f), WEFT_READY);
+    cr_assert_eq(w.res, -EINVAL);
+    cr_assert_null(w.join.job);
+    weft_future_drop(&w.base);
+    cr_assert_eq(atomic_load(&f.clones), 0);
+
+    /* A waiting spawn with room (no bound at all): ready at once. */
+    weft_spawn_blocking_wait_init(&w, rt, job_twice, (void *)60);
+    cr_assert_eq(poll_with(&w.base, &f), WEFT_READY);
+    cr_assert_eq(w.res, 0);
+    weft_future_drop(&w.base);
+    block_on_twice(rt, &w.join, 60);
+    cr_assert_eq(atomic_load(&f.clones), 0);
+    weft_runtime_destroy(rt);
+    wait_pool_gone();
+}
+
+Test(blocking, bad_config, .timeout = 30)
+{
+    struct weft_runtime *rt = (struct weft_runtime *)(uintptr_t)1;
+    struct weft_runtime_config cfg = base_cfg();
+    cfg.blocking_max_threads = 65537;
+    cr_assert_eq(weft_runtime_create(&rt, &cfg), -EINVAL);
+    cfg.blocking_max_threads = UINT32_MAX;
+    cr_assert_eq(weft_runtime_create(&rt, &cfg), -EINVAL);
+    cfg = base_cfg();
+    cfg.blocking_priority = WEFT_BLOCKING_PRIO_IDLE + 1;
+    cr_assert_eq(weft_runtime_create(&rt, &cfg), -EINVAL);
+    cfg.blocking_priority = UINT32_MAX;
+    cr_assert_eq(weft_runtime_create(&rt, &cfg), -EINVAL);
+    cr_assert_eq(rt, (struct weft_runtime *)(uintptr_t)1, "a failed create set *out");
+
+    cfg = base_cfg();
+    cfg.blocking_max_threads = 65536;
+    cfg.blocking_priority = WEFT_BLOCKING_PRIO_IDLE;
+    rt = start_cfg(&cfg);
+    struct weft_blocking_join h;
+    cr_assert_eq(weft_spawn_blocking(rt, job_twice, (void *)61, &h), 0);
+    block_on_twice(rt, &h, 61);
+    weft_runtime_destroy(rt);
+    wait_pool_gone();
+}
+
+/* ---- priority ------------------------------------------------------------------------------------ */
+
+static _Atomic pid_t job_tid;
+
+/* Returns the pool thread's policy and nice value: (policy << 8) | (nice + 20). */
+static void *job_sched(void *arg)
+{
+    (void)arg;
+    atomic_store(&job_tid, (pid_t)syscall(SYS_gettid));
+    int policy = sched_getscheduler(0);
+    errno = 0;
+    int nice = getpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid));
+    CHECK(errno == 0);
+    return (void *)(uintptr_t)(((unsigned)policy << 8) | (unsigned)(nice + 20));
+}
+
+/* Reads a thread's nice value and policy from /proc (fields 19 and 41). */
+static bool thread_sched(pid_t tid, int *nice, int *policy)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/self/task/%d/stat", (int)tid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return false;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    char *p = strrchr(buf, ')');
+    if (!p)
+        return false;
+    int field = 2;
+    for (char *tok = strtok(p + 1, " "); tok; tok = strtok(NULL, " ")) {
+        field++;
+        if (field == 19)
+            *nice = atoi(tok);
+        if (field == 41) {
+            *policy = atoi(tok);
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Whether a thread may lower itself as `prio` says and then go back. */
+static void *try_switch(void *arg)
+{
+    uint32_t prio = (uint32_t)(uintptr_t)arg;
+    pid_t me = (pid_t)syscall(SYS_gettid);
+    struct sched_param sp = { 0 };
+    if (prio == WEFT_BLOCKING_PRIO_NICE)
+        return (void *)(uintptr_t)(setpriority(PRIO_PROCESS, (id_t)me, 19) == 0 &&
+                                   setpriority(PRIO_PROCESS, (id_t)me, 0) == 0);
+    return (void *)(uintptr_t)(pthread_setschedparam(pthread_self(), SCHED_IDLE, &sp) == 0 &&
+                               pthread_setschedparam(pthread_self(), SCHED_OTHER, &sp) == 0);
+}
+
+static bool can_switch_back(uint32_t prio)
+{
+    pthread_t th;
+    void *ok = NULL;
+    cr_assert_eq(pthread_create(&th, NULL, try_switch, (void *)(uintptr_t)prio), 0);
+    pthread_join(th, &ok);
+    return ok != NULL;
+}
+
+/* The job runs at the policy and nice value asked for. Once it is done (its
+ * handle ready), its thread is back at the workers' priority when the
+ * process may raise it again, and otherwise stays low. (A thread lowered
+ * with no way back is the documented fallback: blocking.c's priority
+ * comment.) */
+static void check_priority(uint32_t prio, int want_policy, int want_nice)
+{
+    struct weft_runtime_config cfg = base_cfg();
+    cfg.blocking_priority = prio;
+    struct weft_runtime *rt = start_cfg(&cfg);
+    struct weft_blocking_join h;
+    cr_assert_eq(weft_spawn_blocking(rt, job_sched, NULL, &h), 0);
+    cr_assert_eq(weft_block_on(rt, &h.base), 0);
+    cr_assert_eq(h.res, 0);
+    uintptr_t v = (uintptr_t)h.output;
+    weft_future_drop(&h.base);
+    int policy = (int)(v >> 8), nice = (int)(v & 0xff) - 20;
+    cr_assert_eq(policy, want_policy, "priority %u: policy %d, wanted %d", prio, policy,
+                 want_policy);
+    cr_assert_eq(nice, want_nice, "priority %u: nice %d, wanted %d", prio, nice, want_nice);
+
+    /* The thread idles now (keep-alive 10 s): back up, or still low. */
+    int idle_nice = 99, idle_policy = -1;
+    cr_assert(thread_sched(atomic_load(&job_tid), &idle_nice, &idle_policy),
+              "pool thread %d not found in /proc", (int)atomic_load(&job_tid));
+    if (prio == WEFT_BLOCKING_PRIO_NORMAL || can_switch_back(prio)) {
+        cr_assert_eq(idle_policy, SCHED_OTHER, "priority %u: idle thread at policy %d", prio,
+                     idle_policy);
+        cr_assert_eq(idle_nice, prio == WEFT_BLOCKING_PRIO_NORMAL ? want_nice : 0,
+                     "priority %u: idle thread at nice %d", prio, idle_nice);
+    } else {
+        cr_assert_eq(idle_policy, want_policy);
+        cr_assert_eq(idle_nice, want_nice);
+    }
+    weft_runtime_destroy(rt);
+}
+
+Test(blocking, thread_priority, .timeout = 30)
+{
+    if (!have_proc())
+        cr_skip_test("no /proc/self/task");
+    errno = 0;
+    int own_nice = getpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid));
+    cr_assert_eq(errno, 0);
+    cr_assert_eq(sched_getscheduler(0), SCHED_OTHER, "the test runs under another policy");
+    /* SCHED_IDLE leaves the nice value alone. */
+    check_priority(WEFT_BLOCKING_PRIO_DEFAULT, SCHED_IDLE, own_nice);
+    check_priority(WEFT_BLOCKING_PRIO_IDLE, SCHED_IDLE, own_nice);
+    check_priority(WEFT_BLOCKING_PRIO_NICE, SCHED_OTHER, 19);
+    check_priority(WEFT_BLOCKING_PRIO_NORMAL, SCHED_OTHER, own_nice);
+    wait_pool_gone();
+}
+
+/* Without CAP_SYS_NICE (and with RLIMIT_NICE at its default 0), a thread
+ * cannot raise its priority again: the pool's threads then stay low for good,
+ * and jobs still run at the priority asked for. Capabilities are per thread
+ * and inherited: dropping them here, before the runtime exists, drops them
+ * for its workers and pool threads too. */
+Test(blocking, thread_priority_unprivileged, .timeout = 30)
+{
+    if (!have_proc())
+        cr_skip_test("no /proc/self/task");
+    struct __user_cap_header_struct hdr = { _LINUX_CAPABILITY_VERSION_3, 0 };
+    struct __user_cap_data_struct data[2];
+    cr_assert_eq(syscall(SYS_capget, &hdr, data), 0);
+    data[0].effective &= ~(1u << CAP_SYS_NICE);
+    data[0].permitted &= ~(1u << CAP_SYS_NICE);
+    data[0].inheritable &= ~(1u << CAP_SYS_NICE);
+    if (syscall(SYS_capset, &hdr, data) != 0)
+        cr_skip_test("capset failed");
+    if (can_switch_back(WEFT_BLOCKING_PRIO_IDLE) || can_switch_back(WEFT_BLOCKING_PRIO_NICE))
+        cr_skip_test("this process may raise its priority without CAP_SYS_NICE (RLIMIT_NICE)");
+    errno = 0;
+    int own_nice = getpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid));
+    cr_assert_eq(errno, 0);
+    check_priority(WEFT_BLOCKING_PRIO_DEFAULT, SCHED_IDLE, own_nice);
+    check_priority(WEFT_BLOCKING_PRIO_IDLE, SCHED_IDLE, own_nice);
+    check_priority(WEFT_BLOCKING_PRIO_NICE, SCHED_OTHER, 19);
+    check_priority(WEFT_BLOCKING_PRIO_NORMAL, SCHED_OTHER, own_nice);
+    wait_pool_gone();
+}
