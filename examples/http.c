@@ -3,6 +3,7 @@
  *
  *   weft-http [--port P] [--workers N] [--addr A] [--drain-ms MS]
  *             [--heavy inline|blocking] [--heavy-ms MS] [--blocking-prio P]
+ *             [--blocking-threads N]
  *
  * The protocol is the one the peer servers of the benchmarks speak. A request
  * is everything up to CRLFCRLF (bodies are not supported); each one gets
@@ -33,8 +34,8 @@
  * start; `inline` does it in the connection's task, on the worker (the stall
  * detector then names the task "http-conn"), `blocking` through
  * weft_spawn_blocking, awaited. --blocking-prio normal|nice|idle sets the
- * pool threads' OS priority (default: the runtime's). Every other path stays
- * light.
+ * pool threads' OS priority (default: the runtime's), --blocking-threads the
+ * pool's cap (default: the runtime's, 512). Every other path stays light.
  *
  * examples/server.h holds the skeleton both example servers share (the
  * command line, signals, the accept loop, the graceful stop). At a stop, a
@@ -89,6 +90,7 @@ static int heavy_mode;
 static unsigned long heavy_ms = 5;
 static uint64_t heavy_iters;     /* of burn(), for heavy_ms of CPU (calibrated) */
 static int blocking_prio = -1;   /* WEFT_BLOCKING_PRIO_*, or -1: the default */
+static unsigned long blocking_threads; /* the pool's cap; 0: the default */
 
 /* The CPU work of a /heavy request: the same loop as tokio_stall's. */
 static uint64_t burn(uint64_t iters, uint64_t x)
@@ -146,10 +148,14 @@ static bool http_option(const char *opt, const char *value)
                                                       : -1;
         return heavy_mode >= 0;
     }
+    char *end;
     if (strcmp(opt, "heavy-ms") == 0) {
-        char *end;
         heavy_ms = strtoul(value, &end, 10);
         return *value && !*end && heavy_ms > 0 && heavy_ms <= 10000;
+    }
+    if (strcmp(opt, "blocking-threads") == 0) {
+        blocking_threads = strtoul(value, &end, 10);
+        return *value && !*end && blocking_threads > 0 && blocking_threads <= 65536;
     }
     blocking_prio = strcmp(value, "normal") == 0 ? WEFT_BLOCKING_PRIO_NORMAL
                     : strcmp(value, "nice") == 0 ? WEFT_BLOCKING_PRIO_NICE
@@ -162,6 +168,7 @@ static void http_configure(struct weft_runtime_config *cfg)
 {
     if (blocking_prio >= 0)
         cfg->blocking_priority = (uint32_t)blocking_prio;
+    cfg->blocking_max_threads = (uint32_t)blocking_threads;
     if (heavy_mode)
         calibrate();
 }
@@ -387,10 +394,12 @@ int main(int argc, char **argv)
 {
     for (size_t i = 0; i < BATCH; i++)
         memcpy(batch + i * OK_LEN, OK, OK_LEN);
-    static const char *const extra[] = { "heavy", "heavy-ms", "blocking-prio", NULL };
+    static const char *const extra[] = { "heavy", "heavy-ms", "blocking-prio", "blocking-threads",
+                                         NULL };
     static const struct server_def def = {
         "weft-http", conn_start, READ_SIZE, extra,
-        " [--heavy inline|blocking] [--heavy-ms MS] [--blocking-prio normal|nice|idle]",
+        " [--heavy inline|blocking] [--heavy-ms MS] [--blocking-prio normal|nice|idle]"
+        " [--blocking-threads N]",
         http_option, http_configure,
     };
     return server_main(argc, argv, &def);

@@ -10,6 +10,8 @@
  * Defaults: port 8080, one worker per CPU (0), address 127.0.0.1, a drain
  * timeout of 5000 ms. At start the server prints one line to stdout, "NAME
  * listening on ADDR:PORT", with the port actually bound (so --port 0 works).
+ * With WEFT_METRICS set in the environment, it prints weft_metrics_dump to
+ * stderr at exit.
  *
  * The shape of it:
  *  - main blocks SIGINT and SIGTERM before the runtime starts its threads
@@ -342,6 +344,8 @@ static int server_main(int argc, char **argv, const struct server_def *def)
     if (err)
         fprintf(stderr, "%s: %s\n", name, strerror(-err));
     weft_future_drop(&srv.base);
+    if (getenv("WEFT_METRICS")) /* the runtime's counters, at exit (docs/blocking.md) */
+        weft_metrics_dump(rt, stderr);
     unsigned left = atomic_load(&live);
     weft_runtime_destroy(rt);    /* drops the connections still running */
     weft_tcp_listener_close(&l); /* closed already, unless block_on failed */

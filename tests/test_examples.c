@@ -119,11 +119,16 @@ static pid_t spawn(const char *name, const char *const *args, int *out)
     return pid;
 }
 
-/* Starts a server on a free port with 2 workers and the given drain timeout
- * (ms, as a string); checks its startup line and returns the port. */
-static int start_server(const char *name, const char *drain_ms)
+/* Starts a server on a free port with 2 workers, the given drain timeout
+ * (ms, as a string) and up to 6 more arguments (NULL-terminated, or NULL);
+ * checks its startup line and returns the port. */
+static int start_server_with(const char *name, const char *drain_ms, const char *const *more)
 {
-    const char *args[] = { "--port", "0", "--workers", "2", "--drain-ms", drain_ms, NULL };
+    const char *args[14] = { "--port", "0", "--workers", "2", "--drain-ms", drain_ms };
+    for (int i = 0; more && more[i]; i++) {
+        cr_assert(i < 6);
+        args[6 + i] = more[i];
+    }
     server_pid = spawn(name, args, &server_out);
     char line[256];
     size_t n = 0;
@@ -145,6 +150,11 @@ static int start_server(const char *name, const char *drain_ms)
     cr_assert_str_eq(line, exact, "exactly one line, and nothing after the port");
     cr_assert(port > 0 && port < 65536);
     return port;
+}
+
+static int start_server(const char *name, const char *drain_ms)
+{
+    return start_server_with(name, drain_ms, NULL);
 }
 
 /* Sends `sig` and waits for the server to exit (at most `secs`): returns the
@@ -528,6 +538,43 @@ Test(http, sigterm_mid_request_closes_at_drain_timeout, .fini = kill_server, .ti
     close(fd);
 }
 
+/* ---- http: the stall demo (--heavy) ---------------------------------------------- */
+
+/* Seconds one GET of `path` takes on `fd` (its 200 checked). */
+static double timed_get(int fd, const char *path)
+{
+    char req[128];
+    snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", path);
+    double t0 = now_s();
+    send_str(fd, req);
+    expect_oks(fd, 1);
+    return now_s() - t0;
+}
+
+/* /heavy burns --heavy-ms of CPU before its 200 (on the pool, or inline);
+ * other paths, "/heavyweight" and a query string included, stay light. */
+static void heavy_route(const char *mode)
+{
+    const char *more[] = { "--heavy", mode, "--heavy-ms", "40", "--blocking-threads", "2", NULL };
+    int fd = dial(start_server_with("weft-http", "5000", more));
+    double heavy = timed_get(fd, "/heavy"), query = timed_get(fd, "/heavy?x=1");
+    double light = timed_get(fd, "/heavyweight");
+    cr_assert_geq(heavy, 0.030, "/heavy took %.1f ms, not about 40", heavy * 1e3);
+    cr_assert_geq(query, 0.030, "/heavy?x=1 took %.1f ms, not about 40", query * 1e3);
+    cr_assert_lt(light, 0.030, "/heavyweight took %.1f ms: not light", light * 1e3);
+    expect_quiet_then_stop(fd, 10);
+}
+
+Test(http, heavy_route_on_the_blocking_pool, .fini = kill_server, .timeout = 30)
+{
+    heavy_route("blocking");
+}
+
+Test(http, heavy_route_inline, .fini = kill_server, .timeout = 30)
+{
+    heavy_route("inline");
+}
+
 /* ---- the command line ---------------------------------------------------------------- */
 
 Test(cli, bad_options_exit_2, .fini = kill_server, .timeout = 30)
@@ -541,6 +588,17 @@ Test(cli, bad_options_exit_2, .fini = kill_server, .timeout = 30)
         cr_assert_eq(run_status("weft-echo", bad[i]), 2, "case %zu", i);
         cr_assert_eq(run_status("weft-http", bad[i]), 2, "case %zu", i);
     }
+    /* weft-http's own options, and weft-echo, which has none of them */
+    static const char *const bad_http[][4] = {
+        { "--heavy", "x", NULL }, { "--heavy", NULL }, { "--heavy-ms", "0", NULL },
+        { "--heavy-ms", "10001", NULL }, { "--heavy-ms", "5x", NULL },
+        { "--blocking-prio", "low", NULL }, { "--blocking-threads", "0", NULL },
+        { "--blocking-threads", "65537", NULL },
+    };
+    for (size_t i = 0; i < sizeof(bad_http) / sizeof(bad_http[0]); i++)
+        cr_assert_eq(run_status("weft-http", bad_http[i]), 2, "http case %zu", i);
+    const char *const heavy_echo[] = { "--heavy", "inline", NULL };
+    cr_assert_eq(run_status("weft-echo", heavy_echo), 2);
 }
 
 Test(cli, port_in_use_exits_1, .fini = kill_server, .timeout = 30)
