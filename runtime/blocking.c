@@ -109,40 +109,60 @@ static struct timespec deadline_after(uint64_t ns)
 }
 
 /* ---- priority -------------------------------------------------------------------
- * A pool thread runs the job itself at the configured lower priority, and the
- * rest (the pool's lock, the joiner's wake, which takes the runtime's locks)
- * at the workers' own: a low-priority thread preempted while it holds a lock
- * a worker wants would stall that worker until a CPU falls idle (priority
- * inversion; measured as light-request p99 of several ms in the stall demo).
- * Going back up takes CAP_SYS_NICE or a raised RLIMIT_NICE; a thread that
- * cannot stays low throughout and lives with that risk. */
+ * Pool threads run at the workers' priority, and a job that runs long is
+ * lowered while it runs: the stall monitor (metrics.c) calls
+ * weft__blocking_demote every DEMOTE_NS / 2 or so while jobs run, which moves
+ * any job past DEMOTE_NS to the configured lower priority (SCHED_IDLE by
+ * default); the thread goes back up when the job returns. So short jobs cost
+ * no syscall at all (measured: lowering around every job doubled the cost of
+ * spawn_blocking_seq), and the pool's bookkeeping and the joiner's wake,
+ * which take locks the workers take too, never run low: a low-priority
+ * thread preempted while it holds such a lock would stall a worker until a
+ * CPU falls idle (priority inversion). Going back up needs CAP_SYS_NICE or a
+ * raised RLIMIT_NICE; a thread that cannot exits after its job instead (a new
+ * one starts at the workers' priority). */
+#define DEMOTE_NS 1000000u
 
-/* Lowers the calling thread as `prio` says; false if that failed. */
-static bool prio_lower(uint32_t prio)
+/* A pool thread as the monitor sees it; on the pool's list, under its lock. */
+struct pool_slot {
+    struct pool_slot *next, **pprev;
+    pid_t tid;
+    uint64_t job_start;     /* ns, while a job runs; else 0 */
+    bool demoted;           /* lowered by the monitor during this job */
+};
+
+/* Lowers thread `tid` as `prio` says; false if that failed. */
+static bool prio_lower(pid_t tid, uint32_t prio)
 {
     if (prio == WEFT_BLOCKING_PRIO_NICE)
-        return setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 19) == 0;
-    if (prio == WEFT_BLOCKING_PRIO_IDLE || prio == WEFT_BLOCKING_PRIO_DEFAULT) {
-        struct sched_param sp = { 0 };
-        return pthread_setschedparam(pthread_self(), SCHED_IDLE, &sp) == 0;
-    }
-    return false; /* NORMAL: nothing to do */
+        return setpriority(PRIO_PROCESS, (id_t)tid, 19) == 0;
+    struct sched_param sp = { 0 };
+    return sched_setscheduler(tid, SCHED_IDLE, &sp) == 0;
 }
 
-/* Back to the workers' priority (SCHED_OTHER, nice 0); false when not allowed. */
+/* The calling thread back to the workers' priority (SCHED_OTHER, nice 0). */
 static bool prio_restore(uint32_t prio)
 {
     if (prio == WEFT_BLOCKING_PRIO_NICE)
-        return setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 0) == 0;
+        return setpriority(PRIO_PROCESS, 0, 0) == 0;
     struct sched_param sp = { 0 };
-    return pthread_setschedparam(pthread_self(), SCHED_OTHER, &sp) == 0;
+    return sched_setscheduler(0, SCHED_OTHER, &sp) == 0;
 }
 
-/* At a pool thread's start: whether it can switch per job (true), or else
- * stays lowered for good (false; also for NORMAL, where nothing switches). */
-static bool prio_setup(uint32_t prio)
+bool weft__blocking_demote(struct weft_runtime *rt, uint64_t now)
 {
-    return prio_lower(prio) && prio_restore(prio);
+    struct blocking_pool *p = &rt->blocking;
+    if (p->priority == WEFT_BLOCKING_PRIO_NORMAL)
+        return false;
+    pthread_mutex_lock(&p->lock);
+    bool running = false;
+    for (struct pool_slot *s = p->slots; s; s = s->next) {
+        running |= s->job_start != 0;
+        if (s->job_start && !s->demoted && now - s->job_start >= DEMOTE_NS)
+            s->demoted = prio_lower(s->tid, p->priority);
+    }
+    pthread_mutex_unlock(&p->lock);
+    return running;
 }
 
 /* Gives room freed in the queue to the first spawn waiting for it (under the
@@ -185,17 +205,20 @@ static bool notified_take(struct blocking_pool *p)
  * finds its thread awake (spawn_blocking_seq: docs/performance.md). */
 #define SPIN_NS 50000u
 
-/* Spins (without the lock) until a job is handed over or SPIN_NS pass. The
- * relaxed peek only decides when to stop spinning: the hand-over itself is
- * taken under the lock. */
+/* Spins (without the lock) until a job is handed over or SPIN_NS pass,
+ * yielding the CPU at every turn: the worker this thread just woke is often
+ * placed on this CPU, and a plain spin would keep it waiting (measured: a
+ * pause-loop spin made spawn_blocking_seq 1.4x slower, a yielding one 3x
+ * faster). The relaxed peek only decides when to stop: the hand-over itself
+ * is taken under the lock. */
 static void spin_for_notify(struct blocking_pool *p)
 {
     uint64_t until = weft_now_ns() + SPIN_NS;
     for (uint32_t i = 1;; i++) {
         if (atomic_load_explicit(&p->notified, memory_order_relaxed))
             return;
-        __builtin_ia32_pause();
-        if (i % 64 == 0 && weft_now_ns() > until)
+        sched_yield();
+        if (i % 8 == 0 && weft_now_ns() > until)
             return;
     }
 }
@@ -205,11 +228,14 @@ static void *pool_thread(void *arg)
     struct weft_runtime *rt = arg;
     struct blocking_pool *p = &rt->blocking;
     pthread_setname_np(pthread_self(), "weft-blocking");
-    uint32_t prio = p->priority; /* fixed at creation: read without the lock */
-    bool switching = prio_setup(prio);
-    if (!switching)
-        prio_lower(prio);
+    struct pool_slot slot = { .tid = (pid_t)syscall(SYS_gettid) };
     pthread_mutex_lock(&p->lock);
+    slot.next = p->slots;
+    slot.pprev = &p->slots;
+    if (p->slots)
+        p->slots->pprev = &slot.next;
+    p->slots = &slot;
+    bool retire = false;
     for (;;) {
         struct weft__job *j = p->head;
         if (j) {
@@ -220,14 +246,23 @@ static void *pool_thread(void *arg)
             struct weft_waker k = take_room_waiter(p);
             pthread_mutex_unlock(&p->lock);
             wake_waiter(&k);
-            if (switching)
-                prio_lower(prio);
+            uint64_t start = weft_now_ns();
+            pthread_mutex_lock(&p->lock);
+            slot.job_start = start;
+            pthread_mutex_unlock(&p->lock);
             j->output = j->fn(j->arg);
-            if (switching)
-                prio_restore(prio);
+            pthread_mutex_lock(&p->lock);
+            slot.job_start = 0;
+            bool demoted = slot.demoted;
+            slot.demoted = false;
+            pthread_mutex_unlock(&p->lock);
+            if (demoted && !prio_restore(p->priority))
+                retire = true; /* stuck low: let a new thread take over */
             job_finish(j, JOB_DONE);
             pthread_mutex_lock(&p->lock);
             p->jobs_done++;
+            if (retire)
+                break;
             continue;
         }
         if (p->closed)
@@ -254,6 +289,9 @@ static void *pool_thread(void *arg)
         if (!handed && !p->head)
             break;
     }
+    *slot.pprev = slot.next;
+    if (slot.next)
+        slot.next->pprev = slot.pprev;
     p->threads--;
     if (p->closed && !p->abandoned) {
         /* Destroy is waiting for us: it releases our hold on rt (so that the

@@ -177,6 +177,7 @@ struct blocking_pool {
     pthread_cond_t gone;           /* shutdown waits here for threads to exit */
     struct weft__job *head, *tail; /* queued jobs */
     struct weft_spawn_blocking_wait *whead, *wtail; /* spawns waiting for room */
+    struct pool_slot *slots;       /* the threads, for the monitor's demotions */
     uint32_t queued, threads, idle;
     _Atomic uint32_t notified;     /* changed under the lock; a spinning idle thread peeks */
     uint32_t max_threads, queue_max, priority;
@@ -189,6 +190,9 @@ struct blocking_pool {
 };
 
 int weft__blocking_init(struct weft_runtime *rt, const struct weft_runtime_config *cfg);
+/* The monitor's call: lowers the priority of jobs running for over 1 ms.
+ * Returns whether any job is running (the monitor then looks again soon). */
+bool weft__blocking_demote(struct weft_runtime *rt, uint64_t now);
 /* Closes the pool, cancels queued jobs, waits up to `timeout_ms` for the
  * threads to exit; returns how many still run a job. *gone_holds: the holds
  * on rt of the threads that exited, for the caller to release. */

@@ -317,6 +317,10 @@ int weft_task_dump(struct weft_runtime *rt, FILE *out)
 /* ---- the stall monitor ----------------------------------------------------------- */
 
 #define DEFAULT_STALL_US 10000u
+/* The monitor's pace while blocking jobs run (they are lowered after 1 ms:
+ * blocking.c), and when it only watches the pool and no job runs. */
+#define DEMOTE_PERIOD_NS 500000u
+#define IDLE_PERIOD_NS 20000000u
 
 struct mon_worker {
     uint64_t seq;        /* the odd sequence last seen, or an even one */
@@ -329,6 +333,7 @@ struct weft__monitor {
     struct weft_runtime *rt;
     pthread_t thread;
     _Atomic uint32_t stop;      /* futex word: 1 = exit */
+    bool stalls;                /* the stall detector is on */
     uint64_t threshold_ns, period_ns;
     weft_stall_fn *fn;
     void *ctx;
@@ -386,13 +391,18 @@ static void look_at(struct weft__monitor *m, uint32_t i)
 static void *monitor_main(void *arg)
 {
     struct weft__monitor *m = arg;
-    struct timespec ts = { (time_t)(m->period_ns / 1000000000u),
-                           (long)(m->period_ns % 1000000000u) };
+    bool jobs = false;
     /* Acquire pairs with monitor_stop's release store. */
     while (!atomic_load_explicit(&m->stop, memory_order_acquire)) {
+        /* While blocking jobs run, look every DEMOTE_PERIOD_NS for long
+         * ones to lower (blocking.c); else at the stall detector's pace. */
+        uint64_t period = jobs && DEMOTE_PERIOD_NS < m->period_ns ? DEMOTE_PERIOD_NS
+                                                                    : m->period_ns;
+        struct timespec ts = { (time_t)(period / 1000000000u), (long)(period % 1000000000u) };
         syscall(SYS_futex, &m->stop, FUTEX_WAIT_PRIVATE, 0, &ts, NULL, 0);
-        for (uint32_t i = 0; i < m->rt->nworkers; i++)
+        for (uint32_t i = 0; m->stalls && i < m->rt->nworkers; i++)
             look_at(m, i);
+        jobs = weft__blocking_demote(m->rt, weft_now_ns());
     }
     return NULL;
 }
@@ -400,15 +410,19 @@ static void *monitor_main(void *arg)
 int weft__monitor_start(struct weft_runtime *rt, const struct weft_runtime_config *cfg)
 {
     rt->monitor = NULL;
-    if (cfg->no_stall_detector)
+    bool demotes = cfg->blocking_priority != WEFT_BLOCKING_PRIO_NORMAL;
+    if (cfg->no_stall_detector && !demotes)
         return 0;
     struct weft__monitor *m = calloc(1, sizeof(*m) + rt->nworkers * sizeof(m->w[0]));
     if (!m)
         return -ENOMEM;
     m->rt = rt;
+    m->stalls = !cfg->no_stall_detector;
     m->threshold_ns = (uint64_t)(cfg->stall_threshold_us ? cfg->stall_threshold_us
                                                          : DEFAULT_STALL_US) * 1000u;
     m->period_ns = m->threshold_ns / 4 > 100000u ? m->threshold_ns / 4 : 100000u;
+    if (!m->stalls)
+        m->period_ns = IDLE_PERIOD_NS; /* only the pool to watch */
     m->fn = cfg->on_stall ? cfg->on_stall : stall_to_stderr;
     m->ctx = cfg->stall_ctx;
     int err = -pthread_create(&m->thread, NULL, monitor_main, m);

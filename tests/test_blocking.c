@@ -1238,6 +1238,7 @@ Test(blocking, no_thread_no_job, .timeout = 30)
     block_on_twice(rt, &h, 82);
     cr_assert_eq(atomic_load(&ran[80]), 0);
     cr_assert_eq(atomic_load(&ran[81]), 0);
+    WAIT_UNTIL(metrics(rt).blocking_jobs == 1); /* counted after the joiner's wake */
     cr_assert_eq(metrics(rt).blocking_jobs, 1);
     weft_runtime_destroy(rt);
     wait_pool_gone();
@@ -1397,16 +1398,33 @@ Test(blocking, bad_config, .timeout = 30)
 
 static _Atomic pid_t job_tid;
 
-/* Returns the pool thread's policy and nice value: (policy << 8) | (nice + 20). */
+/* Returns the pool thread's policy and nice value: (policy << 8) | (nice + 20).
+ * With a non-NULL arg, a long job: it spins until the monitor has lowered it
+ * (2 s at most; 50 ms when arg says no lowering is expected). */
 static void *job_sched(void *arg)
 {
-    (void)arg;
-    atomic_store(&job_tid, (pid_t)syscall(SYS_gettid));
-    int policy = sched_getscheduler(0);
-    errno = 0;
-    int nice = getpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid));
-    CHECK(errno == 0);
+    pid_t me = (pid_t)syscall(SYS_gettid);
+    atomic_store(&job_tid, me);
+    double t0 = now_s(), limit = arg == (void *)2 ? 2.0 : 0.05;
+    int policy, nice;
+    do {
+        policy = sched_getscheduler(0);
+        errno = 0;
+        nice = getpriority(PRIO_PROCESS, (id_t)me);
+        CHECK(errno == 0);
+    } while (arg && policy != SCHED_IDLE && nice != 19 && now_s() - t0 < limit);
     return (void *)(uintptr_t)(((unsigned)policy << 8) | (unsigned)(nice + 20));
+}
+
+static uintptr_t run_job_sched(struct weft_runtime *rt, void *arg)
+{
+    struct weft_blocking_join h;
+    cr_assert_eq(weft_spawn_blocking(rt, job_sched, arg, &h), 0);
+    cr_assert_eq(weft_block_on(rt, &h.base), 0);
+    cr_assert_eq(h.res, 0);
+    uintptr_t v = (uintptr_t)h.output;
+    weft_future_drop(&h.base);
+    return v;
 }
 
 /* Reads a thread's nice value and policy from /proc (fields 19 and 41). */
@@ -1458,39 +1476,42 @@ static bool can_switch_back(uint32_t prio)
     return ok != NULL;
 }
 
-/* The job runs at the policy and nice value asked for. Once it is done (its
- * handle ready), its thread is back at the workers' priority when the
- * process may raise it again, and otherwise stays low. (A thread lowered
- * with no way back is the documented fallback: blocking.c's priority
- * comment.) */
-static void check_priority(uint32_t prio, int want_policy, int want_nice)
+/* A short job runs at the workers' priority (no syscall per job); a long one
+ * is lowered by the monitor after about 1 ms, to the policy and nice value
+ * asked for. Once it is done, its thread is back at the workers' priority
+ * when the process may raise it again; otherwise the thread exits after the
+ * job (blocking.c's priority comment) and the next job gets a new thread, at
+ * the workers' priority. */
+static void check_priority(uint32_t prio, int want_policy, int want_nice, int own_nice)
 {
     struct weft_runtime_config cfg = base_cfg();
     cfg.blocking_priority = prio;
     struct weft_runtime *rt = start_cfg(&cfg);
-    struct weft_blocking_join h;
-    cr_assert_eq(weft_spawn_blocking(rt, job_sched, NULL, &h), 0);
-    cr_assert_eq(weft_block_on(rt, &h.base), 0);
-    cr_assert_eq(h.res, 0);
-    uintptr_t v = (uintptr_t)h.output;
-    weft_future_drop(&h.base);
+    uintptr_t v = run_job_sched(rt, NULL);
+    cr_assert_eq((int)(v >> 8), SCHED_OTHER, "priority %u: a short job was lowered", prio);
+    cr_assert_eq((int)(v & 0xff) - 20, own_nice, "priority %u: a short job was reniced", prio);
+    bool lowers = prio != WEFT_BLOCKING_PRIO_NORMAL;
+    v = run_job_sched(rt, (void *)(uintptr_t)(lowers ? 2 : 1));
     int policy = (int)(v >> 8), nice = (int)(v & 0xff) - 20;
     cr_assert_eq(policy, want_policy, "priority %u: policy %d, wanted %d", prio, policy,
                  want_policy);
     cr_assert_eq(nice, want_nice, "priority %u: nice %d, wanted %d", prio, nice, want_nice);
 
-    /* The thread idles now (keep-alive 10 s): back up, or still low. */
+    /* The thread idles now (keep-alive 10 s): back up, or gone. */
+    pid_t tid = atomic_load(&job_tid);
     int idle_nice = 99, idle_policy = -1;
-    cr_assert(thread_sched(atomic_load(&job_tid), &idle_nice, &idle_policy),
-              "pool thread %d not found in /proc", (int)atomic_load(&job_tid));
-    if (prio == WEFT_BLOCKING_PRIO_NORMAL || can_switch_back(prio)) {
+    if (!lowers || can_switch_back(prio)) {
+        cr_assert(thread_sched(tid, &idle_nice, &idle_policy), "pool thread %d not found",
+                  (int)tid);
         cr_assert_eq(idle_policy, SCHED_OTHER, "priority %u: idle thread at policy %d", prio,
                      idle_policy);
-        cr_assert_eq(idle_nice, prio == WEFT_BLOCKING_PRIO_NORMAL ? want_nice : 0,
-                     "priority %u: idle thread at nice %d", prio, idle_nice);
+        cr_assert_eq(idle_nice, own_nice, "priority %u: idle thread at nice %d", prio,
+                     idle_nice);
     } else {
-        cr_assert_eq(idle_policy, want_policy);
-        cr_assert_eq(idle_nice, want_nice);
+        WAIT_UNTIL(!thread_sched(tid, &idle_nice, &idle_policy));
+        v = run_job_sched(rt, NULL);
+        cr_assert_eq((int)(v >> 8), SCHED_OTHER);
+        cr_assert_eq((int)(v & 0xff) - 20, own_nice);
     }
     weft_runtime_destroy(rt);
 }
@@ -1504,16 +1525,16 @@ Test(blocking, thread_priority, .timeout = 30)
     cr_assert_eq(errno, 0);
     cr_assert_eq(sched_getscheduler(0), SCHED_OTHER, "the test runs under another policy");
     /* SCHED_IDLE leaves the nice value alone. */
-    check_priority(WEFT_BLOCKING_PRIO_DEFAULT, SCHED_IDLE, own_nice);
-    check_priority(WEFT_BLOCKING_PRIO_IDLE, SCHED_IDLE, own_nice);
-    check_priority(WEFT_BLOCKING_PRIO_NICE, SCHED_OTHER, 19);
-    check_priority(WEFT_BLOCKING_PRIO_NORMAL, SCHED_OTHER, own_nice);
+    check_priority(WEFT_BLOCKING_PRIO_DEFAULT, SCHED_IDLE, own_nice, own_nice);
+    check_priority(WEFT_BLOCKING_PRIO_IDLE, SCHED_IDLE, own_nice, own_nice);
+    check_priority(WEFT_BLOCKING_PRIO_NICE, SCHED_OTHER, 19, own_nice);
+    check_priority(WEFT_BLOCKING_PRIO_NORMAL, SCHED_OTHER, own_nice, own_nice);
     wait_pool_gone();
 }
 
 /* Without CAP_SYS_NICE (and with RLIMIT_NICE at its default 0), a thread
- * cannot raise its priority again: the pool's threads then stay low for good,
- * and jobs still run at the priority asked for. Capabilities are per thread
+ * cannot raise its priority again: a lowered pool thread then exits after its
+ * job, and long jobs are still lowered as asked. Capabilities are per thread
  * and inherited: dropping them here, before the runtime exists, drops them
  * for its workers and pool threads too. */
 Test(blocking, thread_priority_unprivileged, .timeout = 30)
@@ -1533,9 +1554,9 @@ Test(blocking, thread_priority_unprivileged, .timeout = 30)
     errno = 0;
     int own_nice = getpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid));
     cr_assert_eq(errno, 0);
-    check_priority(WEFT_BLOCKING_PRIO_DEFAULT, SCHED_IDLE, own_nice);
-    check_priority(WEFT_BLOCKING_PRIO_IDLE, SCHED_IDLE, own_nice);
-    check_priority(WEFT_BLOCKING_PRIO_NICE, SCHED_OTHER, 19);
-    check_priority(WEFT_BLOCKING_PRIO_NORMAL, SCHED_OTHER, own_nice);
+    check_priority(WEFT_BLOCKING_PRIO_DEFAULT, SCHED_IDLE, own_nice, own_nice);
+    check_priority(WEFT_BLOCKING_PRIO_IDLE, SCHED_IDLE, own_nice, own_nice);
+    check_priority(WEFT_BLOCKING_PRIO_NICE, SCHED_OTHER, 19, own_nice);
+    check_priority(WEFT_BLOCKING_PRIO_NORMAL, SCHED_OTHER, own_nice, own_nice);
     wait_pool_gone();
 }
