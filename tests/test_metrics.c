@@ -1281,10 +1281,11 @@ static uint64_t run_spinner(struct weft_runtime *rt, struct spinner *s)
     int n = 0;
     const struct dump_line *l = NULL;
     double deadline = now_s() + WAIT_SECS;
-    while (!l && now_s() < deadline) {
+    /* Until it waits at the gate: in its first poll it shows as running. */
+    while ((!l || strcmp(l->state, "idle") != 0) && now_s() < deadline) {
         dump_tasks(rt, d, 16, &n);
         l = find_line(d, n, "spinner");
-        if (!l)
+        if (!l || strcmp(l->state, "idle") != 0)
             sleep_us(500);
     }
     cr_assert_not_null(l, "the spinner never showed up in the task dump");
@@ -1311,13 +1312,13 @@ static void check_report(const struct stall_log *log, int i, const struct spinne
                   PRIu64 " ns", i, r->elapsed_ns, poll_ns);
 }
 
-/* A 50 ms poll with a 10 ms threshold: reported once, with the spinner's
+/* A 150 ms poll (long enough for a monitor starved by parallel tests) with a 10 ms threshold: reported once, with the spinner's
  * name, the id the task dump shows, its worker and a plausible duration. */
 Test(stall, one_long_poll_reported_once, .timeout = 30)
 {
     struct stall_log log = { .lock = PTHREAD_MUTEX_INITIALIZER };
     struct weft_runtime *rt = start_cfg(2, 0, 10000, false, record_stall, &log);
-    struct spinner s = { .spins = 1, .spin_s = 0.050 };
+    struct spinner s = { .spins = 1, .spin_s = 0.150 };
     uint64_t id = run_spinner(rt, &s);
     snap(rt, &m1);
     weft_runtime_destroy(rt); /* joins the monitor: no report can follow */
@@ -1326,12 +1327,12 @@ Test(stall, one_long_poll_reported_once, .timeout = 30)
     cr_assert_eq(m1.stalls, 1);
 }
 
-/* Two 50 ms polls of one task, a yield between them: two reports, same id. */
+/* Two 150 ms polls of one task, a yield between them: two reports, same id. */
 Test(stall, two_long_polls_two_reports, .timeout = 30)
 {
     struct stall_log log = { .lock = PTHREAD_MUTEX_INITIALIZER };
     struct weft_runtime *rt = start_cfg(2, 0, 10000, false, record_stall, &log);
-    struct spinner s = { .spins = 2, .spin_s = 0.050 };
+    struct spinner s = { .spins = 2, .spin_s = 0.150 };
     uint64_t id = run_spinner(rt, &s);
     snap(rt, &m1);
     weft_runtime_destroy(rt);
@@ -1356,7 +1357,7 @@ Test(stall, task_spawned_spinner_has_nonzero_id, .timeout = 30)
 {
     struct stall_log log = { .lock = PTHREAD_MUTEX_INITIALIZER };
     struct weft_runtime *rt = start_cfg(2, 0, 10000, false, record_stall, &log);
-    struct spinner s = { .spins = 1, .spin_s = 0.050 };
+    struct spinner s = { .spins = 1, .spin_s = 0.150 };
     gate_init(&s.g, 4);
     cr_assert_eq(spawn_mt(rt, body_spawn_spinner, &s, 0, NULL, NULL), 0);
     struct dump_line d[16];
@@ -1429,7 +1430,7 @@ Test(stall, detector_off, .timeout = 30)
 {
     struct stall_log log = { .lock = PTHREAD_MUTEX_INITIALIZER };
     struct weft_runtime *rt = start_cfg(2, 0, 10000, true, record_stall, &log);
-    struct spinner s = { .spins = 1, .spin_s = 0.050 };
+    struct spinner s = { .spins = 1, .spin_s = 0.150 };
     run_spinner(rt, &s);
     snap(rt, &m1);
     weft_runtime_destroy(rt);
@@ -1443,7 +1444,7 @@ Test(stall, huge_threshold, .timeout = 30)
 {
     struct stall_log log = { .lock = PTHREAD_MUTEX_INITIALIZER };
     struct weft_runtime *rt = start_cfg(2, 0, UINT32_MAX, false, record_stall, &log);
-    struct spinner s = { .spins = 1, .spin_s = 0.050 };
+    struct spinner s = { .spins = 1, .spin_s = 0.150 };
     run_spinner(rt, &s);
     double t0 = now_s();
     weft_runtime_destroy(rt);
@@ -1451,14 +1452,14 @@ Test(stall, huge_threshold, .timeout = 30)
     cr_assert_eq(log.n, 0);
 }
 
-/* A threshold of 1 us: the monitor looks every 100 us; the 50 ms poll is
+/* A threshold of 1 us: the monitor looks every 100 us; the 150 ms poll is
  * reported exactly once (other reports, of the spinner's short first poll,
  * are possible but not of the long one twice). */
 Test(stall, tiny_threshold, .timeout = 30)
 {
     struct stall_log log = { .lock = PTHREAD_MUTEX_INITIALIZER };
     struct weft_runtime *rt = start_cfg(2, 0, 1, false, record_stall, &log);
-    struct spinner s = { .spins = 1, .spin_s = 0.050 };
+    struct spinner s = { .spins = 1, .spin_s = 0.150 };
     uint64_t id = run_spinner(rt, &s);
     weft_runtime_destroy(rt);
     cr_assert_geq(log.n, 1);
@@ -1480,7 +1481,7 @@ Test(stall, default_report_on_stderr, .timeout = 30)
     cr_assert_geq(saved, 0);
     cr_assert_eq(dup2(fileno(tmp), STDERR_FILENO), STDERR_FILENO);
     struct weft_runtime *rt = start_cfg(2, 0, 0, false, NULL, NULL); /* 10 ms, stderr */
-    struct spinner s = { .spins = 1, .spin_s = 0.050 };
+    struct spinner s = { .spins = 1, .spin_s = 0.150 };
     run_spinner(rt, &s);
     snap(rt, &m1);
     weft_runtime_destroy(rt);
