@@ -179,6 +179,7 @@ struct blocking_pool {
     struct weft_spawn_blocking_wait *whead, *wtail; /* spawns waiting for room */
     struct pool_slot *slots;       /* the threads, for the monitor's demotions */
     uint32_t queued, threads, idle;
+    uint32_t starting;             /* threads started and not yet running their loop */
     _Atomic uint32_t notified;     /* changed under the lock; a spinning idle thread peeks */
     uint32_t max_threads, queue_max, priority;
     uint64_t keepalive_ns;
