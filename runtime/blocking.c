@@ -357,7 +357,11 @@ static void *pool_thread(void *arg)
         pthread_mutex_unlock(&p->lock);
         return NULL;
     }
+    /* A retiring thread leaves no queued job behind without a thread. */
+    bool more = reserve_thread(rt, p->head != NULL);
     pthread_mutex_unlock(&p->lock);
+    if (more)
+        start_reserved(rt);
     weft__runtime_release(rt); /* may free rt: nothing after this */
     return NULL;
 }
