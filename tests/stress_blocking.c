@@ -49,6 +49,8 @@
 
 #include <weft.h>
 
+#include "parker.h"
+
 #define WATCHDOG_SECS 120
 #define MAX_THREADS 3u
 #define QUEUE_MAX 4u
@@ -250,46 +252,7 @@ static void st_drop(struct weft_future *f)
 
 static const struct weft_future_ops st_ops = { st_poll, st_drop };
 
-/* ---- foreign threads: a condvar waker --------------------------------------------------- */
-
-struct parker {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    bool woken;
-    _Atomic long clones, drops;
-};
-
-static const struct weft_waker_ops parker_ops;
-
-static struct weft_waker parker_clone(const void *d)
-{
-    atomic_fetch_add(&((struct parker *)d)->clones, 1);
-    return (struct weft_waker){ d, &parker_ops };
-}
-
-static void parker_wake_by_ref(const void *d)
-{
-    struct parker *p = (struct parker *)d;
-    pthread_mutex_lock(&p->mu);
-    p->woken = true;
-    pthread_cond_signal(&p->cv);
-    pthread_mutex_unlock(&p->mu);
-}
-
-static void parker_drop(const void *d)
-{
-    atomic_fetch_add(&((struct parker *)d)->drops, 1);
-}
-
-static void parker_wake(const void *d)
-{
-    parker_wake_by_ref(d);
-    parker_drop(d);
-}
-
-static const struct weft_waker_ops parker_ops = {
-    parker_clone, parker_wake, parker_wake_by_ref, parker_drop,
-};
+/* ---- foreign threads: a condvar waker (tests/parker.h) ----------------------------- */
 
 /* Polls f until ready, sleeping until woken in between (a lost wakeup leaves
  * it asleep: the watchdog ends the run). */
@@ -299,12 +262,12 @@ static void poll_until_ready(struct parker *p, struct weft_future *f)
     struct weft_cx cx = weft_cx_from_waker(&w);
     for (;;) {
         pthread_mutex_lock(&p->mu);
-        p->woken = false;
+        p->notified = false;
         pthread_mutex_unlock(&p->mu);
         if (weft_future_poll(f, &cx) == WEFT_READY)
             return;
         pthread_mutex_lock(&p->mu);
-        while (!p->woken)
+        while (!p->notified)
             pthread_cond_wait(&p->cv, &p->mu);
         pthread_mutex_unlock(&p->mu);
     }
@@ -315,11 +278,7 @@ static void *foreign(void *arg)
     uint32_t first = (uint32_t)(uintptr_t)arg;
     uint64_t rng = 0x9e3779b97f4a7c15ull ^ first;
     struct parker p;
-    pthread_mutex_init(&p.mu, NULL);
-    pthread_cond_init(&p.cv, NULL);
-    p.woken = false;
-    atomic_init(&p.clones, 0);
-    atomic_init(&p.drops, 0);
+    parker_init(&p);
     for (uint32_t i = 0; i < per_foreign; i++) {
         uintptr_t id = (uintptr_t)first + i;
         struct weft_blocking_join h;
@@ -372,7 +331,7 @@ static void *foreign(void *arg)
     }
     /* A job's wake may still be on its way out of the parker (its drop comes
      * after the signal): the parker lives until every clone is released. */
-    while (atomic_load(&p.clones) != atomic_load(&p.drops))
+    while (!parker_balanced(&p))
         sched_yield();
     pthread_mutex_destroy(&p.mu);
     pthread_cond_destroy(&p.cv);

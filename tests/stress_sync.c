@@ -29,61 +29,12 @@
 
 #include "weft/future.h"
 #include "weft/sync.h"
+#include "parker.h"
 
-/* ---- a waker that parks a thread ------------------------------------------------ */
-
-struct parker {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    bool notified;
-    atomic_long clones, drops; /* must match once every future is gone */
-};
+/* ---- a waker that parks a thread (tests/parker.h) ----------------------------------- */
 
 static atomic_bool aborted, finished;
 static atomic_ulong progress;
-
-static const struct weft_waker_ops parker_ops;
-
-static struct weft_waker parker_clone(const void *d)
-{
-    atomic_fetch_add(&((struct parker *)d)->clones, 1);
-    return (struct weft_waker){ d, &parker_ops };
-}
-
-static void parker_wake_by_ref(const void *d)
-{
-    struct parker *p = (struct parker *)d;
-    pthread_mutex_lock(&p->mu);
-    p->notified = true;
-    pthread_cond_signal(&p->cv);
-    pthread_mutex_unlock(&p->mu);
-}
-
-static void parker_drop(const void *d) { atomic_fetch_add(&((struct parker *)d)->drops, 1); }
-
-static void parker_wake(const void *d)
-{
-    parker_wake_by_ref(d);
-    parker_drop(d);
-}
-
-static const struct weft_waker_ops parker_ops = {
-    parker_clone, parker_wake, parker_wake_by_ref, parker_drop,
-};
-
-static void parker_init(struct parker *p)
-{
-    pthread_mutex_init(&p->mu, NULL);
-    pthread_cond_init(&p->cv, NULL);
-    p->notified = false;
-    atomic_init(&p->clones, 0);
-    atomic_init(&p->drops, 0);
-}
-
-static bool parker_balanced(struct parker *p)
-{
-    return atomic_load(&p->clones) == atomic_load(&p->drops);
-}
 
 /* Sleeps until woken; -1 once the watchdog gave up. The timed wait only
  * checks for that: a thread never goes on without a wake. */
