@@ -133,7 +133,7 @@ struct hist {
 struct wstats {
     _Atomic uint64_t polls, steals, steal_ops, parks, local_schedules, overflows,
         budget_yields, lifo_hits, busy_ns, sqes, cqes, enters, spawns;
-    _Atomic int64_t live_delta;    /* task allocations - frees on this worker */
+    _Atomic uint64_t live_delta;   /* task allocations - frees on this worker (read as int64_t) */
     _Atomic uint64_t busy_since;   /* when it last left its park; 0 while parked */
     /* The poll in progress, for the stall monitor: a seqlock whose sequence
      * is odd during a poll (sched.c's poll_begin/poll_end, metrics.c). */

@@ -119,7 +119,7 @@ int weft_metrics_read(struct weft_runtime *rt, struct weft_metrics *m)
         if (since && now > since)
             m->worker[i].busy_ns += now - since;
         m->spawned += load(&st->spawns);
-        live += atomic_load_explicit(&st->live_delta, memory_order_relaxed);
+        live += (int64_t)atomic_load_explicit(&st->live_delta, memory_order_relaxed);
         hist_add(&m->poll_ns, &st->poll_ns);
         hist_add(&m->sched_latency, &st->sched_latency);
     }

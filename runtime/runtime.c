@@ -48,7 +48,7 @@ void weft_runtime_config_init(struct weft_runtime_config *cfg)
 
 void weft__owned_lock(struct owned_shard *s)
 {
-    /* Acquire pairs with the release in shard_unlock. */
+    /* Acquire pairs with the release in weft__owned_unlock. */
     while (atomic_flag_test_and_set_explicit(&s->lock, memory_order_acquire))
         __builtin_ia32_pause();
 }
@@ -191,7 +191,7 @@ bool weft__runtime_pin(struct weft_runtime *rt)
         /* The worker itself keeps the runtime alive until destroy joins it. */
         if (atomic_load_explicit(&rt->owned_closed, memory_order_relaxed))
             return false;
-        stat_add((_Atomic uint64_t *)&w->stats->live_delta, 1);
+        stat_add(&w->stats->live_delta, 1);
         return true;
     }
     /* Seq_cst increment, then seq_cst load of the flag; destroy stores the
@@ -220,7 +220,7 @@ void weft__runtime_task_free(struct weft_runtime *rt)
     /* A worker of rt runs only before destroy folds its delta in. */
     struct weft__worker *w = weft__current;
     if (w && w->rt == rt)
-        stat_add((_Atomic uint64_t *)&w->stats->live_delta, (uint64_t)-1);
+        stat_add(&w->stats->live_delta, (uint64_t)-1); /* wraps: read as int64_t */
     else
         live_sub(rt, 1);
 }
@@ -411,7 +411,8 @@ static uint32_t runtime_destroy(struct weft_runtime *rt, uint32_t blocking_timeo
         weft__io_fini(rt->workers[i].io); /* nothing in flight any more */
     int64_t delta = 0;
     for (uint32_t i = 0; i < rt->nworkers; i++)
-        delta += atomic_load_explicit(&rt->workers[i].stats->live_delta, memory_order_relaxed);
+        delta += (int64_t)atomic_load_explicit(&rt->workers[i].stats->live_delta,
+                                               memory_order_relaxed);
     live_sub(rt, LIVE_BIAS - delta + gone_holds);
     return left;
 }
