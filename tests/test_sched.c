@@ -456,9 +456,15 @@ Test(sched, shutdown_drops_everything_once, .timeout = 30)
     WAIT_UNTIL(atomic_load(&s.spinning) == 2);
     for (uint32_t i = 100; i < 150; i++)
         cr_assert_eq(spawn_tf(s.rt, body_pending, NULL, &s, i, NULL), 0);
+    struct weft_metrics m;
+    cr_assert_eq(weft_metrics_read(s.rt, &m), 0);
+    uint64_t spawned = m.spawned;
     for (int i = 0; i < 3; i++)
         cr_assert_eq(pthread_create(&jn[i].th, NULL, block_on_join, &jn[i]), 0);
-    sleep_us(20000); /* let the joiners block */
+    /* The joiners' block_on tasks exist (on a loaded machine, a joiner
+     * thread may not have started within a fixed sleep), then they block. */
+    WAIT_UNTIL((weft_metrics_read(s.rt, &m), m.spawned >= spawned + 3));
+    sleep_us(20000);
     atomic_store(&s.destroying, 1);
     weft_runtime_destroy(s.rt);
     for (int i = 0; i < 3; i++) {
