@@ -123,6 +123,8 @@ static enum weft_poll io_poll(struct weft_future *f, struct weft_cx *cx)
                 return WEFT_PENDING;
             if (res == 0)
                 res = (int)(intptr_t)out;
+            else if (io->kind == IO_CLOSE) /* cancelled by a shutdown: still ours to close */
+                res = close(io->fd) < 0 ? -errno : 0;
             weft__job_release(io->job);
             io->job = NULL;
         } else if (!io->op) {
@@ -160,14 +162,20 @@ static void io_drop(struct weft_future *f)
     /* Waits if the kernel may still use the caller's memory. */
     weft__op_drop(&io->op);
     if (io->job) {
-        /* The pool thread uses the caller's memory (and this future's) until
-         * the syscall returns: wait for it; a file it opened is closed. */
-        if (weft__job_wait(io->job) && io->kind == IO_OPEN) {
+        /* A job no thread has started yet is taken back; a running one uses
+         * the caller's memory (and this future's) until its syscall returns:
+         * wait for it. A file it opened is closed; a close it never ran is
+         * done here. */
+        weft__job_cancel(io->job);
+        bool ran = weft__job_wait(io->job);
+        if (ran && io->kind == IO_OPEN) {
             int res;
             void *out;
             weft__job_poll(io->job, NULL, &res, &out);
             if ((intptr_t)out >= 0)
                 close((int)(intptr_t)out);
+        } else if (!ran && io->kind == IO_CLOSE) {
+            close(io->fd);
         }
         weft__job_release(io->job);
         io->job = NULL;

@@ -26,6 +26,7 @@
  * means one of them sees the other, so the wake is never lost. The state's
  * seq_cst store also releases the output to the handle's load. */
 #include <errno.h>
+#include <linux/capability.h>
 #include <linux/futex.h>
 #include <sched.h>
 #include <stdlib.h>
@@ -44,6 +45,7 @@ enum { JOB_QUEUED, JOB_DONE, JOB_CANCELLED };
 
 struct weft__job {
     struct weft__job *next;
+    struct weft_runtime *rt;   /* for weft__job_cancel */
     weft_blocking_fn *fn;
     void *arg;
     void *output;
@@ -77,6 +79,8 @@ static void job_finish(struct weft__job *j, uint32_t state)
 
 /* ---- the pool ------------------------------------------------------------------- */
 
+static bool may_raise_priority(void);
+
 int weft__blocking_init(struct weft_runtime *rt, const struct weft_runtime_config *cfg)
 {
     struct blocking_pool *p = &rt->blocking;
@@ -92,6 +96,9 @@ int weft__blocking_init(struct weft_runtime *rt, const struct weft_runtime_confi
                                                             : DEFAULT_KEEPALIVE_MS) * 1000000u;
     p->queue_max = cfg->blocking_queue_max;
     p->priority = cfg->blocking_priority;
+    /* Lowering is only done when a thread can come back up: a thread stuck
+     * low would take the pool's and the runtime's locks at low priority. */
+    p->demotes = p->priority != WEFT_BLOCKING_PRIO_NORMAL && may_raise_priority();
     return 0;
 }
 
@@ -124,16 +131,18 @@ static struct timespec deadline_after(uint64_t ns)
  * which take locks the workers take too, never run low: a low-priority
  * thread preempted while it holds such a lock would stall a worker until a
  * CPU falls idle (priority inversion). Going back up needs CAP_SYS_NICE or a
- * raised RLIMIT_NICE; a thread that cannot exits after its job instead (a new
- * one starts at the workers' priority). */
+ * raised RLIMIT_NICE: without them the pool lowers nothing (checked once, at
+ * creation); a thread that finds itself unable to (capabilities dropped
+ * later) exits after its job and a new one starts at the workers' priority. */
 #define DEMOTE_NS 1000000u
 
 /* A pool thread as the monitor sees it; on the pool's list, under its lock. */
 struct pool_slot {
     struct pool_slot *next, **pprev;
     pid_t tid;
-    uint64_t job_start;     /* ns, while a job runs; else 0 */
-    bool demoted;           /* lowered by the monitor during this job */
+    uint64_t job_start;     /* ns, while a job runs; else 0 (under the lock) */
+    _Atomic bool demoted;   /* lowered by the monitor during this job: set under
+                             * the lock, cleared by the thread */
 };
 
 /* Lowers thread `tid` as `prio` says; false if that failed. */
@@ -154,17 +163,30 @@ static bool prio_restore(uint32_t prio)
     return sched_setscheduler(0, SCHED_OTHER, &sp) == 0;
 }
 
+/* Whether this process may raise a thread back to nice 0 / SCHED_OTHER:
+ * CAP_SYS_NICE, or RLIMIT_NICE of at least 20 (the kernel's can_nice). */
+static bool may_raise_priority(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NICE, &rl) == 0 && rl.rlim_cur >= 20)
+        return true;
+    struct __user_cap_header_struct hdr = { _LINUX_CAPABILITY_VERSION_3, 0 };
+    struct __user_cap_data_struct data[2];
+    return syscall(SYS_capget, &hdr, data) == 0 && (data[0].effective & (1u << CAP_SYS_NICE));
+}
+
 bool weft__blocking_demote(struct weft_runtime *rt, uint64_t now)
 {
     struct blocking_pool *p = &rt->blocking;
-    if (p->priority == WEFT_BLOCKING_PRIO_NORMAL)
+    if (!p->demotes)
         return false;
     pthread_mutex_lock(&p->lock);
     bool running = false;
     for (struct pool_slot *s = p->slots; s; s = s->next) {
         running |= s->job_start != 0;
-        if (s->job_start && !s->demoted && now - s->job_start >= DEMOTE_NS)
-            s->demoted = prio_lower(s->tid, p->priority);
+        if (s->job_start && !atomic_load_explicit(&s->demoted, memory_order_relaxed) &&
+            now - s->job_start >= DEMOTE_NS && prio_lower(s->tid, p->priority))
+            atomic_store_explicit(&s->demoted, true, memory_order_relaxed);
     }
     pthread_mutex_unlock(&p->lock);
     return running;
@@ -244,6 +266,33 @@ static bool reserve_thread(struct weft_runtime *rt, bool backlog)
     return true;
 }
 
+/* After a reserved thread failed to start (under the lock, its reservation
+ * given back): with no thread left, nothing would ever run the queued jobs,
+ * so they are taken off the queue and returned, for the caller to cancel
+ * outside the lock (their joiners see -ECANCELED); a waiting destroy is told. */
+static struct weft__job *orphaned_jobs(struct blocking_pool *p)
+{
+    if (p->threads > 0)
+        return NULL;
+    if (p->closed)
+        pthread_cond_broadcast(&p->gone);
+    struct weft__job *j = p->head;
+    p->head = p->tail = NULL;
+    p->queued = 0;
+    return j;
+}
+
+/* Cancels a list of jobs taken off the queue, except `keep`. */
+static void cancel_jobs(struct weft__job *j, const struct weft__job *keep)
+{
+    while (j) {
+        struct weft__job *next = j->next;
+        if (j != keep)
+            job_finish(j, JOB_CANCELLED);
+        j = next;
+    }
+}
+
 /* Gives back a reservation whose thread could not start (takes the lock). */
 static void unreserve_thread(struct weft_runtime *rt)
 {
@@ -251,7 +300,11 @@ static void unreserve_thread(struct weft_runtime *rt)
     pthread_mutex_lock(&p->lock);
     p->threads--;
     p->starting--;
+    struct weft__job *orphans = orphaned_jobs(p);
+    struct weft_waker k = orphans ? take_room_waiter(p) : (struct weft_waker){ 0 };
     pthread_mutex_unlock(&p->lock);
+    cancel_jobs(orphans, NULL);
+    wake_waiter(&k);
     weft__runtime_release(rt); /* rt stays alive: the caller's own hold */
 }
 
@@ -306,13 +359,19 @@ static void *pool_thread(void *arg)
             slot.job_start = start;
             pthread_mutex_unlock(&p->lock);
             j->output = j->fn(j->arg);
+            /* Back up before taking any lock (a relaxed peek: the lock below
+             * settles it), then once more if the monitor lowered us in the
+             * meantime: the bookkeeping and the joiner's wake run at the
+             * workers' priority. */
+            bool low = atomic_exchange_explicit(&slot.demoted, false, memory_order_relaxed);
+            if (low && !prio_restore(p->priority))
+                retire = true; /* stuck low (capabilities dropped): a new thread takes over */
             pthread_mutex_lock(&p->lock);
             slot.job_start = 0;
-            bool demoted = slot.demoted;
-            slot.demoted = false;
+            low = atomic_exchange_explicit(&slot.demoted, false, memory_order_relaxed);
             pthread_mutex_unlock(&p->lock);
-            if (demoted && !prio_restore(p->priority))
-                retire = true; /* stuck low: let a new thread take over */
+            if (low && !prio_restore(p->priority))
+                retire = true;
             job_finish(j, JOB_DONE);
             pthread_mutex_lock(&p->lock);
             p->jobs_done++;
@@ -414,28 +473,20 @@ static int pool_push(struct weft_runtime *rt, struct weft__job *j, bool bounded,
     int err = start_thread(rt);
     if (!err)
         return 0;
-    /* No thread: if none is left to run the job either, take it back (unless
-     * a thread that existed took it meanwhile, or a shutdown cancelled it:
-     * then it is no longer queued, and was handled). */
+    /* No thread: if none is left to run the jobs either, take ours back (if
+     * still queued: a thread that existed may have taken it meanwhile, or a
+     * shutdown cancelled it) and cancel the others queued behind it. */
     pthread_mutex_lock(&p->lock);
     p->threads--;
     p->starting--;
+    struct weft__job *orphans = orphaned_jobs(p);
     bool take_back = false;
-    if (p->threads == 0) {
-        struct weft__job **pp = &p->head, *prev = NULL;
-        while (*pp && *pp != j) {
-            prev = *pp;
-            pp = &(*pp)->next;
-        }
-        take_back = *pp == j;
-        if (take_back) {
-            *pp = j->next;
-            if (p->tail == j)
-                p->tail = prev;
-            p->queued--;
-        }
-    }
+    for (struct weft__job *q = orphans; q && !take_back; q = q->next)
+        take_back = q == j;
+    struct weft_waker k = orphans ? take_room_waiter(p) : (struct weft_waker){ 0 };
     pthread_mutex_unlock(&p->lock);
+    cancel_jobs(orphans, j);
+    wake_waiter(&k);
     weft__runtime_release(rt); /* rt stays alive: its owner is calling us */
     return take_back ? err : 0;
 }
@@ -454,6 +505,7 @@ static int spawn(struct weft_runtime *rt, weft_blocking_fn *fn, void *arg,
     struct weft__job *j = malloc(sizeof(*j));
     if (!j)
         return -ENOMEM;
+    j->rt = rt;
     j->fn = fn;
     j->arg = arg;
     j->output = NULL;
@@ -507,7 +559,10 @@ uint32_t weft__blocking_shutdown(struct weft_runtime *rt, uint32_t timeout_ms,
     struct timespec until = deadline_after((uint64_t)timeout_ms * 1000000u);
     while (p->threads > 0 && pthread_cond_timedwait(&p->gone, &p->lock, &until) != ETIMEDOUT)
         ;
-    uint32_t left = p->threads - p->idle; /* the idle ones are on their way out */
+    /* Idle threads (and those handed a job the close then cancelled, or not
+     * started yet) are on their way out; the rest are in a job. */
+    uint32_t left = p->threads - p->idle - atomic_load_explicit(&p->notified,
+                                                               memory_order_relaxed) - p->starting;
     p->abandoned = true; /* the rest release their own holds */
     *gone_holds = p->gone_holds;
     pthread_mutex_unlock(&p->lock);
@@ -534,6 +589,30 @@ void weft__job_release(struct weft__job *j)
 {
     awaker_unregister(&j->joiner);
     job_unref(j);
+}
+
+void weft__job_cancel(struct weft__job *j)
+{
+    struct blocking_pool *p = &j->rt->blocking;
+    pthread_mutex_lock(&p->lock);
+    struct weft__job **pp = &p->head, *prev = NULL;
+    while (*pp && *pp != j) {
+        prev = *pp;
+        pp = &(*pp)->next;
+    }
+    bool queued = *pp == j;
+    struct weft_waker k = { 0 };
+    if (queued) {
+        *pp = j->next;
+        if (p->tail == j)
+            p->tail = prev;
+        p->queued--;
+        k = take_room_waiter(p);
+    }
+    pthread_mutex_unlock(&p->lock);
+    if (queued)
+        job_finish(j, JOB_CANCELLED);
+    wake_waiter(&k);
 }
 
 bool weft__job_wait(struct weft__job *j)

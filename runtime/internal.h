@@ -182,6 +182,7 @@ struct blocking_pool {
     uint32_t starting;             /* threads started and not yet running their loop */
     _Atomic uint32_t notified;     /* changed under the lock; a spinning idle thread peeks */
     uint32_t max_threads, queue_max, priority;
+    bool demotes;                  /* the monitor lowers long jobs (blocking.c) */
     uint64_t keepalive_ns;
     uint64_t jobs_done;
     uint32_t gone_holds;           /* threads that exited after the close, their holds on rt
@@ -210,6 +211,10 @@ int weft__job_start(struct weft_runtime *rt, weft_blocking_fn *fn, void *arg,
                     struct weft__job **jobp);
 bool weft__job_poll(struct weft__job *j, const struct weft_waker *waker, int *res, void **out);
 bool weft__job_wait(struct weft__job *j);
+/* Takes the job off the queue if no thread started it yet (it then finishes
+ * as cancelled, and a wait returns at once). Any thread, while the runtime
+ * lives. */
+void weft__job_cancel(struct weft__job *j);
 void weft__job_release(struct weft__job *j);
 
 /* ---- workers and the runtime ---------------------------------------------- */

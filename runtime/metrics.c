@@ -124,7 +124,6 @@ int weft_metrics_read(struct weft_runtime *rt, struct weft_metrics *m)
         hist_add(&m->sched_latency, &st->sched_latency);
     }
     m->spawned += atomic_load_explicit(&rt->foreign_ids, memory_order_relaxed);
-    m->live_tasks = live > 0 ? (uint64_t)live : 0;
     m->global_queue_depth = atomic_load_explicit(&rt->inject.len, memory_order_relaxed);
     m->remote_schedules = load(&rt->remote_schedules);
     m->stalls = load(&rt->stalls);
@@ -134,7 +133,9 @@ int weft_metrics_read(struct weft_runtime *rt, struct weft_metrics *m)
     m->blocking_idle = p->idle;
     m->blocking_queue_depth = p->queued;
     m->blocking_jobs = p->jobs_done;
+    live -= p->threads; /* each pool thread holds the runtime's memory as one */
     pthread_mutex_unlock(&p->lock);
+    m->live_tasks = live > 0 ? (uint64_t)live : 0;
     return 0;
 }
 

@@ -1478,10 +1478,9 @@ static bool can_switch_back(uint32_t prio)
 
 /* A short job runs at the workers' priority (no syscall per job); a long one
  * is lowered by the monitor after about 1 ms, to the policy and nice value
- * asked for. Once it is done, its thread is back at the workers' priority
- * when the process may raise it again; otherwise the thread exits after the
- * job (blocking.c's priority comment) and the next job gets a new thread, at
- * the workers' priority. */
+ * asked for, if the process may raise the thread again (otherwise nothing is
+ * lowered: blocking.c's priority comment). Once it is done, its thread is
+ * back at the workers' priority. */
 static void check_priority(uint32_t prio, int want_policy, int want_nice, int own_nice)
 {
     struct weft_runtime_config cfg = base_cfg();
@@ -1490,29 +1489,25 @@ static void check_priority(uint32_t prio, int want_policy, int want_nice, int ow
     uintptr_t v = run_job_sched(rt, NULL);
     cr_assert_eq((int)(v >> 8), SCHED_OTHER, "priority %u: a short job was lowered", prio);
     cr_assert_eq((int)(v & 0xff) - 20, own_nice, "priority %u: a short job was reniced", prio);
-    bool lowers = prio != WEFT_BLOCKING_PRIO_NORMAL;
+    /* Only a process that may raise a thread again lowers any. */
+    bool lowers = prio != WEFT_BLOCKING_PRIO_NORMAL && can_switch_back(prio);
     v = run_job_sched(rt, (void *)(uintptr_t)(lowers ? 2 : 1));
     int policy = (int)(v >> 8), nice = (int)(v & 0xff) - 20;
+    if (!lowers) {
+        want_policy = SCHED_OTHER;
+        want_nice = own_nice;
+    }
     cr_assert_eq(policy, want_policy, "priority %u: policy %d, wanted %d", prio, policy,
                  want_policy);
     cr_assert_eq(nice, want_nice, "priority %u: nice %d, wanted %d", prio, nice, want_nice);
 
-    /* The thread idles now (keep-alive 10 s): back up, or gone. */
+    /* The thread idles now (keep-alive 10 s), back at the workers' priority. */
     pid_t tid = atomic_load(&job_tid);
     int idle_nice = 99, idle_policy = -1;
-    if (!lowers || can_switch_back(prio)) {
-        cr_assert(thread_sched(tid, &idle_nice, &idle_policy), "pool thread %d not found",
-                  (int)tid);
-        cr_assert_eq(idle_policy, SCHED_OTHER, "priority %u: idle thread at policy %d", prio,
-                     idle_policy);
-        cr_assert_eq(idle_nice, own_nice, "priority %u: idle thread at nice %d", prio,
-                     idle_nice);
-    } else {
-        WAIT_UNTIL(!thread_sched(tid, &idle_nice, &idle_policy));
-        v = run_job_sched(rt, NULL);
-        cr_assert_eq((int)(v >> 8), SCHED_OTHER);
-        cr_assert_eq((int)(v & 0xff) - 20, own_nice);
-    }
+    cr_assert(thread_sched(tid, &idle_nice, &idle_policy), "pool thread %d not found", (int)tid);
+    cr_assert_eq(idle_policy, SCHED_OTHER, "priority %u: idle thread at policy %d", prio,
+                 idle_policy);
+    cr_assert_eq(idle_nice, own_nice, "priority %u: idle thread at nice %d", prio, idle_nice);
     weft_runtime_destroy(rt);
 }
 
@@ -1533,8 +1528,8 @@ Test(blocking, thread_priority, .timeout = 30)
 }
 
 /* Without CAP_SYS_NICE (and with RLIMIT_NICE at its default 0), a thread
- * cannot raise its priority again: a lowered pool thread then exits after its
- * job, and long jobs are still lowered as asked. Capabilities are per thread
+ * cannot raise its priority again: the pool then lowers no job (a thread
+ * stuck low would take the runtime's locks at low priority). Capabilities are per thread
  * and inherited: dropping them here, before the runtime exists, drops them
  * for its workers and pool threads too. */
 Test(blocking, thread_priority_unprivileged, .timeout = 30)

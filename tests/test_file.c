@@ -534,6 +534,53 @@ Test(file, drop_read_on_the_blocking_pool_waits_for_it, .timeout = 30)
     assert_no_fd_leak();
 }
 
+static _Atomic int gate_open_flag;
+
+static void *job_hold_pool(void *arg)
+{
+    (void)arg;
+    while (!atomic_load(&gate_open_flag))
+        sleep_us(1000);
+    return NULL;
+}
+
+/* A file operation queued behind a busy pool (one thread, held) is taken
+ * back when dropped: the drop returns at once, the read never runs (the pipe
+ * keeps its bytes for the next read). */
+Test(file, drop_read_queued_on_the_blocking_pool_returns_at_once, .timeout = 30)
+{
+    struct weft_runtime_config cfg;
+    weft_runtime_config_init(&cfg);
+    cfg.workers = 2;
+    cfg.no_io_uring = true;
+    cfg.blocking_max_threads = 1;
+    struct weft_runtime *rt;
+    cr_assert_eq(weft_runtime_create(&rt, &cfg), 0);
+    atomic_store(&gate_open_flag, 0);
+    cr_assert_eq(weft_spawn_blocking(rt, job_hold_pool, NULL, NULL), 0);
+    struct pipe_read P = { 0 };
+    struct weft_join j;
+    open_pipe(&P);
+    cr_assert_eq(write(P.p[1], "kept", 4), 4);
+    cr_assert_eq(spawn_ft(rt, body_stuck_read, &P, 0, &j), 0);
+    WAIT_UNTIL(atomic_load(&P.polled));
+    weft_join_abort(&j);
+    WAIT_UNTIL(atomic_load(&P.drop_done)); /* no wait for the held thread */
+    cr_assert_eq(P.buf[0], CANARY, "the dropped read ran");
+    atomic_store(&gate_open_flag, 1);
+    cr_assert_eq(weft_block_on(rt, &j.base), 0);
+    cr_assert_eq(j.res, -ECANCELED);
+    weft_future_drop(&j.base);
+    char b[8];
+    cr_assert_eq(read(P.p[0], b, sizeof b), 4, "the pipe lost its bytes");
+    cr_assert_eq(memcmp(b, "kept", 4), 0);
+    free(P.buf);
+    close(P.p[0]);
+    close(P.p[1]);
+    weft_runtime_destroy(rt);
+    assert_no_fd_leak();
+}
+
 Test(file, drop_read_in_flight_on_its_worker, .timeout = 30)
 {
     abort_stuck_read(1, false);

@@ -30,7 +30,9 @@ struct weft_allocator {
 
 /* The OS priority of blocking-pool threads (config.blocking_priority). */
 enum weft_blocking_priority {
-    WEFT_BLOCKING_PRIO_DEFAULT = 0, /* = WEFT_BLOCKING_PRIO_IDLE (docs/blocking.md: measured) */
+    WEFT_BLOCKING_PRIO_DEFAULT = 0, /* = WEFT_BLOCKING_PRIO_IDLE (docs/blocking.md: measured);
+                                     * jobs past 1 ms are lowered, and only when the process
+                                     * may raise them back (CAP_SYS_NICE or RLIMIT_NICE) */
     WEFT_BLOCKING_PRIO_NORMAL,      /* the workers' own priority */
     WEFT_BLOCKING_PRIO_NICE,        /* nice 19: about 1.5% of a CPU against a busy worker */
     WEFT_BLOCKING_PRIO_IDLE,        /* SCHED_IDLE: runs when a CPU has nothing else to do */
