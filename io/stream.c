@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -71,11 +72,30 @@ static bool is_file_kind(uint8_t kind)
            kind == IO_CLOSE;
 }
 
+/* A read or write on the pool waits for its descriptor in steps of
+ * CANCEL_POLL_MS, so that a drop (or destroy) is never stuck behind a pipe or
+ * socket that stays silent: the drop sets `done` (unused by file kinds) and
+ * the job gives up at the next step. A regular file is always ready. */
+#define CANCEL_POLL_MS 50
+
+static bool wait_ready(struct weft_io *io, short events)
+{
+    struct pollfd p = { io->fd, events, 0 };
+    /* Acquire pairs with the drop's release store (nothing else rides on it). */
+    while (!__atomic_load_n(&io->done, __ATOMIC_ACQUIRE))
+        if (poll(&p, 1, CANCEL_POLL_MS) != 0)
+            return true; /* ready, or an error the syscall will report */
+    return false;
+}
+
 /* The syscall itself, on a pool thread; returns the result as the ring would. */
 static void *file_job(void *arg)
 {
-    const struct weft_io *io = arg;
+    struct weft_io *io = arg;
     long r;
+    if ((io->kind == IO_READ && !wait_ready(io, POLLIN)) ||
+        (io->kind == IO_WRITE && !wait_ready(io, POLLOUT)))
+        return (void *)(intptr_t)-ECANCELED;
     switch (io->kind) {
     case IO_OPEN:
         r = open(io->buf, (int)io->len | O_CLOEXEC, (mode_t)io->off);
@@ -164,9 +184,12 @@ static void io_drop(struct weft_future *f)
     if (io->job) {
         /* A job no thread has started yet is taken back; a running one uses
          * the caller's memory (and this future's) until its syscall returns:
-         * wait for it. A file it opened is closed; a close it never ran is
+         * tell a read or write still waiting for its descriptor to give up,
+         * and wait for it. A file it opened is closed; a close it never ran is
          * done here. */
         weft__job_cancel(io->job);
+        if (io->kind == IO_READ || io->kind == IO_WRITE)
+            __atomic_store_n(&io->done, 1, __ATOMIC_RELEASE); /* stops its wait_ready */
         bool ran = weft__job_wait(io->job);
         if (ran && io->kind == IO_OPEN) {
             int res;

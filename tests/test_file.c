@@ -507,11 +507,12 @@ static void abort_stuck_read(uint32_t workers, bool spin)
     finish_aborted_read(rt, &j, &P, &ca);
 }
 
-/* Without io_uring the read runs on a pool thread, blocked in read(2) on the
- * empty pipe: an abort's drop must wait (the thread writes the caller's
- * buffer) until data lets the read return. That data goes to the dropped
- * read; the pipe works after. */
-Test(file, drop_read_on_the_blocking_pool_waits_for_it, .timeout = 30)
+/* Without io_uring the read runs on a pool thread, waiting for the empty
+ * pipe: an abort's drop tells it to give up (it polls in 50 ms steps) and
+ * waits for that, so the drop returns soon with no data ever sent, the
+ * dropped read's buffer untouched, and the pipe working after. (A drop or a
+ * destroy is never stuck behind a silent descriptor.) */
+Test(file, drop_read_on_the_blocking_pool_gives_up_soon, .timeout = 30)
 {
     struct counting_alloc ca;
     struct weft_runtime *rt = start_rt_opts((struct rt_opts){ .workers = 2, .no_io_uring = true },
@@ -521,15 +522,11 @@ Test(file, drop_read_on_the_blocking_pool_waits_for_it, .timeout = 30)
     open_pipe(&P);
     cr_assert_eq(spawn_ft(rt, body_stuck_read, &P, 0, &j), 0);
     WAIT_UNTIL(atomic_load(&P.polled));
-    sleep_us(20000); /* the pool thread is in read(2) */
+    sleep_us(20000); /* the pool thread waits for the pipe */
+    double t0 = now_s();
     weft_join_abort(&j);
-    WAIT_UNTIL(atomic_load(&P.drop_started));
-    sleep_us(50000);
-    cr_assert_eq(atomic_load(&P.drop_done), 0, "the drop returned while a thread had the buffer");
-    cr_assert_eq(write(P.p[1], "late", 4), 4);
     WAIT_UNTIL(atomic_load(&P.drop_done));
-    cr_assert_eq(memcmp(P.buf, "late", 4), 0, "the dropped read did not take the bytes");
-    memset(P.buf, CANARY, RBUF); /* for check_pipe_after_drop */
+    cr_assert_lt(now_s() - t0, 2.0, "the drop took %.2f s", now_s() - t0);
     finish_aborted_read(rt, &j, &P, &ca);
     assert_no_fd_leak();
 }

@@ -230,7 +230,9 @@ int weft_tcp_local_addr(int fd, char *buf, size_t len, uint16_t *port);
 /* ---- files ---------------------------------------------------------------------
  * When the ring cannot do a file operation (a kernel without the opcode, or
  * a runtime without io_uring), it runs on the blocking pool instead, with the
- * same results; dropping such a future waits for the syscall to return. */
+ * same results; dropping such a future takes back a job not started, stops a
+ * read or write still waiting for its descriptor within 50 ms, and waits for
+ * one inside its syscall. */
 
 /* Opens `path` (open(2) flags and mode; O_CLOEXEC is added). result: the file
  * descriptor or -errno. `path` must stay valid until the future is dropped. */
