@@ -140,6 +140,11 @@ struct wstats {
     _Atomic uint64_t poll_seq;
     _Atomic uint64_t poll_task;
     _Atomic(const char *) poll_name;
+    /* The monitor's first sighting of the poll in progress (its odd sequence,
+     * and when), and the last poll whose stall was reported: a poll the
+     * monitor saw but could not look at again in time (starved of CPU) is
+     * reported by the worker itself as it ends (metrics.c). */
+    _Atomic uint64_t seen_seq, seen_ns, reported_seq;
     struct hist poll_ns, sched_latency;
     char pad[CACHE_LINE];
     _Atomic uint64_t unparks;      /* RMW by the unparking threads: own line */
@@ -164,6 +169,10 @@ struct poll_timing {
 static inline struct poll_timing weft__poll_begin(struct weft__worker *w, struct weft_task *t);
 static inline void weft__poll_end(struct weft__worker *w, const struct poll_timing *pt,
                                   bool budget_spent);
+
+/* The worker's report of a stall the monitor saw start but missed the end of
+ * (called by weft__poll_end, rarely: only for polls the monitor saw). */
+void weft__stall_late(struct weft__worker *w, uint64_t seq);
 
 struct weft__monitor;
 /* Starts the stall monitor thread (unless the config turns it off). */
@@ -265,7 +274,11 @@ struct weft_runtime {
     _Atomic uint64_t remote_schedules; /* wakes and spawns from other threads */
     _Atomic uint64_t stalls;
     struct blocking_pool blocking;
-    struct weft__monitor *monitor;     /* NULL: no stall detector */
+    struct weft__monitor *monitor;     /* NULL: no monitor thread */
+    /* The stall detector's settings, fixed before any worker polls. */
+    uint64_t stall_threshold_ns;       /* 0: no detector */
+    weft_stall_fn *stall_fn;
+    void *stall_ctx;
     uint32_t blocking_shutdown_ms;
 };
 
@@ -345,6 +358,8 @@ static inline void weft__poll_end(struct weft__worker *w, const struct poll_timi
 {
     struct wstats *st = w->stats;
     atomic_store_explicit(&st->poll_seq, pt->seq + 2, memory_order_release);
+    if (atomic_load_explicit(&st->seen_seq, memory_order_relaxed) == pt->seq + 1)
+        weft__stall_late(w, pt->seq + 1);
     if (pt->start)
         weft__hist_record(&st->poll_ns, weft_now_ns() - pt->start);
     if (budget_spent)

@@ -336,18 +336,50 @@ struct weft__monitor {
     _Atomic uint32_t stop;      /* futex word: 1 = exit */
     bool stalls;                /* the stall detector is on */
     uint64_t threshold_ns, period_ns;
-    weft_stall_fn *fn;
-    void *ctx;
     struct mon_worker w[];
 };
 
 static void stall_to_stderr(const struct weft_stall *s, void *ctx)
 {
-    const struct weft__monitor *m = ctx;
+    const struct weft_runtime *rt = ctx;
     fprintf(stderr, "weft: stall: worker %u has been in one poll of task %" PRIu64 " (%s) for "
                     "%.1f ms (threshold %.1f ms)\n",
             s->worker, s->task_id, s->task_name ? s->task_name : "unnamed",
-            (double)s->elapsed_ns / 1e6, (double)m->threshold_ns / 1e6);
+            (double)s->elapsed_ns / 1e6, (double)rt->stall_threshold_ns / 1e6);
+}
+
+/* Reports the stall of poll `seq` on worker i once: the monitor and the
+ * worker (weft__stall_late) may both get there; the CAS picks one. */
+static void report_stall(struct weft_runtime *rt, uint32_t i, uint64_t seq, uint64_t id,
+                         const char *name, uint64_t elapsed)
+{
+    struct wstats *st = rt->workers[i].stats;
+    uint64_t prev = atomic_load_explicit(&st->reported_seq, memory_order_relaxed);
+    if (prev == seq || !atomic_compare_exchange_strong_explicit(&st->reported_seq, &prev, seq,
+                                                                memory_order_relaxed,
+                                                                memory_order_relaxed))
+        return;
+    atomic_fetch_add_explicit(&rt->stalls, 1, memory_order_relaxed);
+    struct weft_stall s = { i, id, name, elapsed };
+    rt->stall_fn(&s, rt->stall_ctx);
+}
+
+void weft__stall_late(struct weft__worker *w, uint64_t seq)
+{
+    struct weft_runtime *rt = w->rt;
+    struct wstats *st = w->stats;
+    /* Acquire pairs with the monitor's release store of seen_seq: seen_ns is
+     * that sighting's, and the stall settings (written before the monitor
+     * started) are visible. */
+    if (atomic_load_explicit(&st->seen_seq, memory_order_acquire) != seq || !rt->stall_threshold_ns)
+        return;
+    uint64_t seen = atomic_load_explicit(&st->seen_ns, memory_order_relaxed);
+    uint64_t now = weft_now_ns();
+    if (now - seen < rt->stall_threshold_ns)
+        return;
+    /* The poll's id and name: this thread wrote them for this poll. */
+    report_stall(rt, w->index, seq, atomic_load_explicit(&st->poll_task, memory_order_relaxed),
+                 atomic_load_explicit(&st->poll_name, memory_order_relaxed), now - seen);
 }
 
 static void look_at(struct weft__monitor *m, uint32_t i)
@@ -373,6 +405,9 @@ static void look_at(struct weft__monitor *m, uint32_t i)
     uint64_t now = weft_now_ns();
     if (mw->seq != s1) {
         *mw = (struct mon_worker){ s1, now, false, false };
+        /* Release: the worker that reads this sequence sees seen_ns. */
+        atomic_store_explicit(&st->seen_ns, now, memory_order_relaxed);
+        atomic_store_explicit(&st->seen_seq, s1, memory_order_release);
         return;
     }
     /* A poll seen on two looks is a long one: tasks queued behind it (woken
@@ -384,9 +419,7 @@ static void look_at(struct weft__monitor *m, uint32_t i)
     if (mw->reported || now - mw->first_ns < m->threshold_ns)
         return;
     mw->reported = true;
-    atomic_fetch_add_explicit(&m->rt->stalls, 1, memory_order_relaxed);
-    struct weft_stall s = { i, id, name, now - mw->first_ns };
-    m->fn(&s, m->fn == stall_to_stderr ? m : m->ctx);
+    report_stall(m->rt, i, s1, id, name, now - mw->first_ns);
 }
 
 static void *monitor_main(void *arg)
@@ -411,6 +444,7 @@ static void *monitor_main(void *arg)
 int weft__monitor_start(struct weft_runtime *rt, const struct weft_runtime_config *cfg)
 {
     rt->monitor = NULL;
+    rt->stall_threshold_ns = 0;
     bool demotes = cfg->blocking_priority != WEFT_BLOCKING_PRIO_NORMAL;
     if (cfg->no_stall_detector && !demotes)
         return 0;
@@ -424,10 +458,14 @@ int weft__monitor_start(struct weft_runtime *rt, const struct weft_runtime_confi
     m->period_ns = m->threshold_ns / 4 > 100000u ? m->threshold_ns / 4 : 100000u;
     if (!m->stalls)
         m->period_ns = IDLE_PERIOD_NS; /* only the pool to watch */
-    m->fn = cfg->on_stall ? cfg->on_stall : stall_to_stderr;
-    m->ctx = cfg->stall_ctx;
+    /* Set before the monitor exists: a worker reads them only after it sees
+     * the monitor's seen_seq (acquire), which comes after. */
+    rt->stall_fn = cfg->on_stall ? cfg->on_stall : stall_to_stderr;
+    rt->stall_ctx = cfg->on_stall ? cfg->stall_ctx : rt;
+    rt->stall_threshold_ns = m->stalls ? m->threshold_ns : 0;
     int err = -pthread_create(&m->thread, NULL, monitor_main, m);
     if (err) {
+        rt->stall_threshold_ns = 0;
         free(m);
         return err;
     }

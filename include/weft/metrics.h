@@ -107,7 +107,8 @@ struct weft_stall {
 };
 
 /* The stall callback: runs on the monitor thread, once per stall, while the
- * poll is still going on. It must not block for long (the next stall waits). */
+ * poll is still going on (or, when the monitor was starved of CPU, on the
+ * worker right after that poll). It must not block for long. */
 typedef void weft_stall_fn(const struct weft_stall *stall, void *ctx);
 
 #endif
