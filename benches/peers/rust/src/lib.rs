@@ -1,5 +1,5 @@
 //! What the peer benchmark programs share: argument parsing, an optimization
-//! barrier and a countdown latch.
+//! barrier, a countdown latch, and the servers' listener and HTTP framing.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -38,5 +38,32 @@ impl Done {
     }
     pub async fn wait(&self) {
         self.0 .1.notified().await
+    }
+}
+
+/// Offset just past the first "\r\n\r\n" in `b` (the end of a request head), if any.
+pub fn request_end(b: &[u8]) -> Option<usize> {
+    b.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
+}
+
+/// Accepts connections on 127.0.0.1:`port` forever, handing each (with
+/// TCP_NODELAY) to `spawn`. An accept error (e.g. EMFILE) is reported and
+/// retried after 10 ms, so the connections already open keep being served.
+pub async fn accept_loop<F: FnMut(tokio::net::TcpStream)>(port: u16, mut spawn: F) -> std::io::Result<()> {
+    let sock = tokio::net::TcpSocket::new_v4()?;
+    sock.set_reuseaddr(true)?;
+    sock.bind(([127, 0, 0, 1], port).into())?;
+    let listener = sock.listen(4096)?;
+    loop {
+        match listener.accept().await {
+            Ok((s, _)) => {
+                let _ = s.set_nodelay(true);
+                spawn(s);
+            }
+            Err(e) => {
+                eprintln!("accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
     }
 }

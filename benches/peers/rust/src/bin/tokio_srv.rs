@@ -28,7 +28,8 @@
 //! the task's future, so the idle section's per-connection RSS includes them.
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
+use weft_peers::{accept_loop, request_end};
 
 const RESP: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\nContent-Type: text/plain\r\n\r\nHello, World!";
 const HTTP_BUF: usize = 4096;
@@ -38,11 +39,6 @@ const ECHO_BUF: usize = 8192;
 enum Proto {
     Http,
     Echo,
-}
-
-/// Offset just past the first "\r\n\r\n" in `b`, if there is one.
-fn request_end(b: &[u8]) -> Option<usize> {
-    b.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
 }
 
 async fn serve_http(mut s: TcpStream) -> std::io::Result<()> {
@@ -85,32 +81,6 @@ async fn serve_echo(mut s: TcpStream) -> std::io::Result<()> {
     }
 }
 
-async fn accept_loop(proto: Proto, port: u16) -> std::io::Result<()> {
-    let sock = TcpSocket::new_v4()?;
-    sock.set_reuseaddr(true)?;
-    sock.bind(([127, 0, 0, 1], port).into())?;
-    let listener = sock.listen(4096)?;
-    loop {
-        let (s, _) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                // e.g. EMFILE: report and keep serving the connections we have.
-                eprintln!("accept: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        let _ = s.set_nodelay(true);
-        tokio::spawn(async move {
-            // Errors (resets etc.) just end the connection.
-            let _ = match proto {
-                Proto::Http => serve_http(s).await,
-                Proto::Echo => serve_echo(s).await,
-            };
-        });
-    }
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let usage = || -> ! {
@@ -133,7 +103,15 @@ fn main() {
         .build()
         .expect("tokio runtime");
     eprintln!("tokio_srv {} on 127.0.0.1:{port} workers={workers}", args[1]);
-    let res = rt.block_on(async move { tokio::spawn(accept_loop(proto, port)).await.unwrap() });
+    let serve_one = move |s| {
+        tokio::spawn(async move {
+            let _ = match proto { // errors (resets etc.) just end the connection
+                Proto::Http => serve_http(s).await,
+                Proto::Echo => serve_echo(s).await,
+            };
+        });
+    };
+    let res = rt.block_on(async move { tokio::spawn(accept_loop(port, serve_one)).await.unwrap() });
     if let Err(e) = res {
         eprintln!("tokio_srv: {e}");
         std::process::exit(1);

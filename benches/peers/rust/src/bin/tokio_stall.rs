@@ -46,8 +46,8 @@
 
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
-use weft_peers::black_box;
+use tokio::net::TcpStream;
+use weft_peers::{accept_loop, black_box, request_end};
 
 const RESP: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\nContent-Type: text/plain\r\n\r\nHello, World!";
 const HTTP_BUF: usize = 4096;
@@ -100,11 +100,6 @@ fn calibrate(ms: f64) -> u64 {
         .unwrap();
     let per_ms = n as f64 / (best.as_secs_f64() * 1e3);
     (per_ms * ms).round() as u64
-}
-
-/// Offset just past the first "\r\n\r\n" in `b`, if there is one.
-fn request_end(b: &[u8]) -> Option<usize> {
-    b.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
 }
 
 /// Whether the request head `req` asks for /heavy (path before any '?').
@@ -163,29 +158,6 @@ async fn serve(mut s: TcpStream, mode: Mode, iters: u64) -> std::io::Result<()> 
     }
 }
 
-async fn accept_loop(mode: Mode, port: u16, iters: u64) -> std::io::Result<()> {
-    let sock = TcpSocket::new_v4()?;
-    sock.set_reuseaddr(true)?;
-    sock.bind(([127, 0, 0, 1], port).into())?;
-    let listener = sock.listen(4096)?;
-    loop {
-        let (s, _) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                // e.g. EMFILE: report and keep serving the connections we have.
-                eprintln!("accept: {e}");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        let _ = s.set_nodelay(true);
-        tokio::spawn(async move {
-            // Errors (resets etc.) just end the connection.
-            let _ = serve(s, mode, iters).await;
-        });
-    }
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let usage = || -> ! {
@@ -216,7 +188,12 @@ fn main() {
         "tokio_stall {} on 127.0.0.1:{port} workers={workers} heavy_ms={heavy_ms} ({iters} iterations)",
         args[1]
     );
-    let res = rt.block_on(async move { tokio::spawn(accept_loop(mode, port, iters)).await.unwrap() });
+    let serve_one = move |s| {
+        tokio::spawn(async move {
+            let _ = serve(s, mode, iters).await; // errors (resets etc.) just end it
+        });
+    };
+    let res = rt.block_on(async move { tokio::spawn(accept_loop(port, serve_one)).await.unwrap() });
     if let Err(e) = res {
         eprintln!("tokio_stall: {e}");
         std::process::exit(1);
