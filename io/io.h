@@ -65,6 +65,12 @@ enum op_kind {
     OP_NKINDS,
 };
 
+/* The kinds the blocking pool does instead when the ring cannot (stream.c). */
+static inline bool weft__op_has_fallback(enum op_kind k)
+{
+    return k == OP_OPEN || k == OP_READ || k == OP_WRITE || k == OP_FSYNC || k == OP_CLOSE;
+}
+
 enum {
     OPS_PENDING = 0,
     OPS_DONE = 1,

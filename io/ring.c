@@ -58,8 +58,7 @@ void weft__io_unsupported(struct weft__io *io, enum op_kind kind, const char *na
     if (io->warned & bit)
         return;
     io->warned |= bit;
-    bool file = kind == OP_OPEN || kind == OP_READ || kind == OP_WRITE || kind == OP_FSYNC ||
-                kind == OP_CLOSE;
+    bool file = weft__op_has_fallback(kind);
     fprintf(stderr, "weft: io_uring %s is not available (%s): %s\n", name,
             io->has_ring ? "kernel too old" : "no io_uring",
             file ? "files go through the blocking pool instead" : "it fails with EOPNOTSUPP");

@@ -66,12 +66,6 @@ static int io_start(struct weft_io *io, struct weft_cx *cx)
 
 /* ---- the blocking-pool fallback of file operations ------------------------------- */
 
-static bool is_file_kind(uint8_t kind)
-{
-    return kind == IO_OPEN || kind == IO_READ || kind == IO_WRITE || kind == IO_FSYNC ||
-           kind == IO_CLOSE;
-}
-
 /* A read or write on the pool waits for its descriptor in steps of
  * CANCEL_POLL_MS, so that a drop (or destroy) is never stuck behind a pipe or
  * socket that stays silent: the drop sets `done` (unused by file kinds) and
@@ -149,7 +143,7 @@ static enum weft_poll io_poll(struct weft_future *f, struct weft_cx *cx)
             io->job = NULL;
         } else if (!io->op) {
             res = io_start(io, cx);
-            if (res == -EOPNOTSUPP && is_file_kind(io->kind)) {
+            if (res == -EOPNOTSUPP && weft__op_has_fallback(io_kinds[io->kind].op)) {
                 res = file_job_start(io, cx);
                 if (res == 0)
                     continue; /* registers the waker with the job */

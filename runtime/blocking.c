@@ -81,7 +81,7 @@ static void job_finish(struct weft__job *j, uint32_t state)
 
 static bool may_raise_priority(void);
 
-int weft__blocking_init(struct weft_runtime *rt, const struct weft_runtime_config *cfg)
+void weft__blocking_init(struct weft_runtime *rt, const struct weft_runtime_config *cfg)
 {
     struct blocking_pool *p = &rt->blocking;
     pthread_mutex_init(&p->lock, NULL);
@@ -99,7 +99,6 @@ int weft__blocking_init(struct weft_runtime *rt, const struct weft_runtime_confi
     /* Lowering is only done when a thread can come back up: a thread stuck
      * low would take the pool's and the runtime's locks at low priority. */
     p->demotes = p->priority != WEFT_BLOCKING_PRIO_NORMAL && may_raise_priority();
-    return 0;
 }
 
 void weft__blocking_fini(struct weft_runtime *rt)
@@ -350,14 +349,11 @@ static void *pool_thread(void *arg)
             p->queued--;
             struct weft_waker k = take_room_waiter(p);
             bool more = reserve_thread(rt, p->head != NULL);
+            slot.job_start = weft_now_ns();
             pthread_mutex_unlock(&p->lock);
             wake_waiter(&k);
             if (more)
                 start_reserved(rt);
-            uint64_t start = weft_now_ns();
-            pthread_mutex_lock(&p->lock);
-            slot.job_start = start;
-            pthread_mutex_unlock(&p->lock);
             j->output = j->fn(j->arg);
             /* Back up before taking any lock (a relaxed peek: the lock below
              * settles it), then once more if the monitor lowered us in the

@@ -200,7 +200,7 @@ struct blocking_pool {
     bool abandoned;                /* destroy stopped waiting: threads release their own */
 };
 
-int weft__blocking_init(struct weft_runtime *rt, const struct weft_runtime_config *cfg);
+void weft__blocking_init(struct weft_runtime *rt, const struct weft_runtime_config *cfg);
 /* The monitor's call: lowers the priority of jobs running for over 1 ms.
  * Returns whether any job is running (the monitor then looks again soon). */
 bool weft__blocking_demote(struct weft_runtime *rt, uint64_t now);
