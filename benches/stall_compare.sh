@@ -7,6 +7,8 @@
 #   baseline  the inline server, no /heavy load (the /light figures to compare to)
 #   inline    /heavy's CPU work runs on the worker that serves the request
 #   blocking  /heavy's work goes to the blocking pool (spawn_blocking / weft's own)
+#   compute   weft only: /heavy's work goes to weft_spawn_compute (lowered from its
+#             start, at most CPUs - 1 at once); Tokio has no such call
 # Runs are interleaved: run 1 of every (mode, server), then run 2, ...
 #
 # usage: benches/stall_compare.sh [RUNS=3] [DUR=5]
@@ -117,10 +119,11 @@ ticks() { sed 's/.*) //' "/proc/$SRV_PID/stat" 2>/dev/null | awk '{print $12 + $
 
 WRK_CAP=$((DUR + 15)) # a hung wrk cannot outlive this
 for r in $(seq "$RUNS"); do
-    for mode in baseline inline blocking; do
+    for mode in baseline inline blocking compute; do
         m=$mode; [ $mode = baseline ] && m=inline
         for s in $SERVERS; do
             [[ "$FAILED" == *" $s "* ]] && continue
+            [ $mode = compute ] && [ $s != weft ] && continue
             echo "[stall run $r/$RUNS] $s $mode" >&2
             start "$s" "$m" || continue
             pre=$RES/$s.$mode

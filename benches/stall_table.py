@@ -7,7 +7,7 @@ Reads the raw wrk --latency outputs stall_compare.sh left in RESULTS_DIR,
 named <server>.<mode>.light.<run>.txt and <server>.<mode>.heavy.<run>.txt, and
 the server CPU seconds per run, <server>.<mode>.<run>.cpu ("cpu_s=.. wall_s=..").
 Prints one Markdown table, a row per server and mode (baseline, inline,
-blocking): /light p50, p90, p99 and req/s, /heavy req/s and p99, the server's
+blocking, compute): /light p50, p90, p99 and req/s, /heavy req/s and p99, the server's
 CPU (cores busy over the run), and "light p99 / baseline p99", the stall
 factor, against the same server's baseline. Every figure is the median across
 runs, taken per metric; the last column lists each run's /light p99 so the
@@ -20,7 +20,7 @@ import statistics
 import sys
 
 UNIT = {"us": 1e-3, "ms": 1.0, "s": 1e3}  # -> ms
-MODES = ["baseline", "inline", "blocking"]
+MODES = ["baseline", "inline", "blocking", "compute"]
 ORDER = ["tokio", "weft"]
 
 

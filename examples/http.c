@@ -2,7 +2,7 @@
  * "Hello, World!".
  *
  *   weft-http [--port P] [--workers N] [--addr A] [--drain-ms MS]
- *             [--heavy inline|blocking] [--heavy-ms MS] [--blocking-prio P]
+ *             [--heavy inline|blocking|compute] [--heavy-ms MS] [--blocking-prio P]
  *             [--blocking-threads N]
  *
  * The protocol is the one the peer servers of the benchmarks speak. A request
@@ -33,7 +33,7 @@
  * /heavy first burns about --heavy-ms (default 5) ms of CPU, calibrated at
  * start; `inline` does it in the connection's task, on the worker (the stall
  * detector then names the task "http-conn"), `blocking` through
- * weft_spawn_blocking, awaited. --blocking-prio normal|nice|idle sets the
+ * weft_spawn_blocking, `compute` through weft_spawn_compute, awaited. --blocking-prio normal|nice|idle sets the
  * pool threads' OS priority (default: the runtime's), --blocking-threads the
  * pool's cap (default: the runtime's, 512). Every other path stays light.
  *
@@ -85,7 +85,7 @@ _Static_assert(sizeof(struct conn) <= 256, "an idle connection should stay small
 
 /* ---- the stall demo ---------------------------------------------------------- */
 
-enum { HEAVY_OFF, HEAVY_INLINE, HEAVY_BLOCKING };
+enum { HEAVY_OFF, HEAVY_INLINE, HEAVY_BLOCKING, HEAVY_COMPUTE };
 static int heavy_mode;
 static unsigned long heavy_ms = 5;
 static uint64_t heavy_iters;     /* of burn(), for heavy_ms of CPU (calibrated) */
@@ -145,6 +145,7 @@ static bool http_option(const char *opt, const char *value)
     if (strcmp(opt, "heavy") == 0) {
         heavy_mode = strcmp(value, "inline") == 0     ? HEAVY_INLINE
                      : strcmp(value, "blocking") == 0 ? HEAVY_BLOCKING
+                     : strcmp(value, "compute") == 0  ? HEAVY_COMPUTE
                                                       : -1;
         return heavy_mode >= 0;
     }
@@ -328,8 +329,11 @@ static enum weft_poll conn_poll(struct weft_future *f, struct weft_cx *cx)
         if (self->heavy) {
             void *units = (void *)(uintptr_t)self->heavy;
             self->heavy = 0;
+            int (*offload)(struct weft_runtime *, weft_blocking_fn *, void *,
+                           struct weft_blocking_join *) =
+                heavy_mode == HEAVY_COMPUTE ? weft_spawn_compute : weft_spawn_blocking;
             if (heavy_mode == HEAVY_INLINE ||
-                weft_spawn_blocking(weft_runtime_current(), heavy_job, units, &self->job) < 0) {
+                offload(weft_runtime_current(), heavy_job, units, &self->job) < 0) {
                 heavy_job(units); /* stalls this worker: the point of the demo */
             } else {
                 WEFT_AWAIT(f, cx, &self->job);
@@ -398,7 +402,7 @@ int main(int argc, char **argv)
                                          NULL };
     static const struct server_def def = {
         "weft-http", conn_start, READ_SIZE, extra,
-        " [--heavy inline|blocking] [--heavy-ms MS] [--blocking-prio normal|nice|idle]"
+        " [--heavy inline|blocking|compute] [--heavy-ms MS] [--blocking-prio normal|nice|idle]"
         " [--blocking-threads N]",
         http_option, http_configure,
     };

@@ -52,6 +52,7 @@ struct weft__job {
     _Atomic uint32_t state;
     _Atomic uint32_t refs;
     _Atomic uint32_t sleeper;  /* weft__job_wait sleeps on `state` */
+    bool cpu;                  /* a compute job (weft_spawn_compute) */
     struct awaker joiner;
 };
 
@@ -77,9 +78,85 @@ static void job_finish(struct weft__job *j, uint32_t state)
     job_unref(j);
 }
 
+/* ---- the queues ----------------------------------------------------------------- */
+
+static void jobq_push(struct weft__jobq *q, struct weft__job *j)
+{
+    j->next = NULL;
+    if (q->tail)
+        q->tail->next = j;
+    else
+        q->head = j;
+    q->tail = j;
+}
+
+static struct weft__job *jobq_pop(struct weft__jobq *q)
+{
+    struct weft__job *j = q->head;
+    if (j && !(q->head = j->next))
+        q->tail = NULL;
+    return j;
+}
+
+/* Unlinks j if it is in q; whether it was. */
+static bool jobq_remove(struct weft__jobq *q, struct weft__job *j)
+{
+    struct weft__job **pp = &q->head, *prev = NULL;
+    while (*pp && *pp != j) {
+        prev = *pp;
+        pp = &(*pp)->next;
+    }
+    if (!*pp)
+        return false;
+    *pp = j->next;
+    if (q->tail == j)
+        q->tail = prev;
+    return true;
+}
+
+/* Under the lock: whether a thread could take a job now (compute jobs wait
+ * while compute_max of them run). */
+static bool has_runnable(const struct blocking_pool *p)
+{
+    return p->jobs.head || (p->cpu_jobs.head && p->computing < p->compute_max);
+}
+
+/* Under the lock: the next job a thread may run (blocking jobs first: they
+ * are the ones someone waits on to make progress), or NULL. */
+static struct weft__job *take_job(struct blocking_pool *p)
+{
+    struct weft__job *j = jobq_pop(&p->jobs);
+    if (!j && p->computing < p->compute_max && (j = jobq_pop(&p->cpu_jobs)))
+        p->computing++;
+    if (j)
+        p->queued--;
+    return j;
+}
+
+/* Under the lock: empties both queues, returns their jobs as one list. */
+static struct weft__job *take_all_jobs(struct blocking_pool *p)
+{
+    struct weft__job *j = p->jobs.head;
+    if (j)
+        p->jobs.tail->next = p->cpu_jobs.head;
+    else
+        j = p->cpu_jobs.head;
+    p->jobs = p->cpu_jobs = (struct weft__jobq){ NULL, NULL };
+    p->queued = 0;
+    return j;
+}
+
 /* ---- the pool ------------------------------------------------------------------- */
 
 static bool may_raise_priority(void);
+
+/* The CPUs this process may run on, less one for the workers; at least 1. */
+static uint32_t default_compute_max(void)
+{
+    cpu_set_t set;
+    int n = sched_getaffinity(0, sizeof(set), &set) == 0 ? CPU_COUNT(&set) : 1;
+    return n > 1 ? (uint32_t)n - 1 : 1;
+}
 
 void weft__blocking_init(struct weft_runtime *rt, const struct weft_runtime_config *cfg)
 {
@@ -95,6 +172,7 @@ void weft__blocking_init(struct weft_runtime *rt, const struct weft_runtime_conf
     p->keepalive_ns = (uint64_t)(cfg->blocking_keepalive_ms ? cfg->blocking_keepalive_ms
                                                             : DEFAULT_KEEPALIVE_MS) * 1000000u;
     p->queue_max = cfg->blocking_queue_max;
+    p->compute_max = cfg->compute_max_threads ? cfg->compute_max_threads : default_compute_max();
     p->priority = cfg->blocking_priority;
     /* Lowering is only done when a thread can come back up: a thread stuck
      * low would take the pool's and the runtime's locks at low priority. */
@@ -180,15 +258,17 @@ bool weft__blocking_demote(struct weft_runtime *rt, uint64_t now)
     if (!p->demotes)
         return false;
     pthread_mutex_lock(&p->lock);
-    bool running = false;
+    bool unlowered = false;
     for (struct pool_slot *s = p->slots; s; s = s->next) {
-        running |= s->job_start != 0;
-        if (s->job_start && !atomic_load_explicit(&s->demoted, memory_order_relaxed) &&
-            now - s->job_start >= DEMOTE_NS && prio_lower(s->tid, p->priority))
+        if (!s->job_start || atomic_load_explicit(&s->demoted, memory_order_relaxed))
+            continue;
+        if (now - s->job_start >= DEMOTE_NS && prio_lower(s->tid, p->priority))
             atomic_store_explicit(&s->demoted, true, memory_order_relaxed);
+        else
+            unlowered = true;
     }
     pthread_mutex_unlock(&p->lock);
-    return running;
+    return unlowered;
 }
 
 /* Gives room freed in the queue to the first spawn waiting for it (under the
@@ -275,10 +355,7 @@ static struct weft__job *orphaned_jobs(struct blocking_pool *p)
         return NULL;
     if (p->closed)
         pthread_cond_broadcast(&p->gone);
-    struct weft__job *j = p->head;
-    p->head = p->tail = NULL;
-    p->queued = 0;
-    return j;
+    return take_all_jobs(p);
 }
 
 /* Cancels a list of jobs taken off the queue, except `keep`. */
@@ -341,19 +418,19 @@ static void *pool_thread(void *arg)
     p->starting--;
     bool retire = false;
     for (;;) {
-        struct weft__job *j = p->head;
+        struct weft__job *j = take_job(p);
         if (j) {
-            p->head = j->next;
-            if (!p->head)
-                p->tail = NULL;
-            p->queued--;
+            bool cpu = j->cpu;
             struct weft_waker k = take_room_waiter(p);
-            bool more = reserve_thread(rt, p->head != NULL);
+            bool more = reserve_thread(rt, has_runnable(p));
             slot.job_start = weft_now_ns();
             pthread_mutex_unlock(&p->lock);
             wake_waiter(&k);
             if (more)
                 start_reserved(rt);
+            /* A compute job runs lowered from its first instruction. */
+            if (cpu && p->demotes && prio_lower(0, p->priority))
+                atomic_store_explicit(&slot.demoted, true, memory_order_relaxed);
             j->output = j->fn(j->arg);
             /* Back up before taking any lock (a relaxed peek: the lock below
              * settles it), then once more if the monitor lowered us in the
@@ -371,6 +448,7 @@ static void *pool_thread(void *arg)
             job_finish(j, JOB_DONE);
             pthread_mutex_lock(&p->lock);
             p->jobs_done++;
+            p->computing -= cpu;
             if (retire)
                 break;
             continue;
@@ -396,7 +474,7 @@ static void *pool_thread(void *arg)
                 break;
             }
         }
-        if (!handed && !p->head)
+        if (!handed && !has_runnable(p))
             break;
     }
     *slot.pprev = slot.next;
@@ -413,7 +491,7 @@ static void *pool_thread(void *arg)
         return NULL;
     }
     /* A retiring thread leaves no queued job behind without a thread. */
-    bool more = reserve_thread(rt, p->head != NULL);
+    bool more = reserve_thread(rt, has_runnable(p));
     pthread_mutex_unlock(&p->lock);
     if (more)
         start_reserved(rt);
@@ -447,15 +525,13 @@ static int pool_push(struct weft_runtime *rt, struct weft__job *j, bool bounded,
         pthread_mutex_unlock(&p->lock);
         return -EAGAIN;
     }
-    j->next = NULL;
-    if (p->tail)
-        p->tail->next = j;
-    else
-        p->head = j;
-    p->tail = j;
+    jobq_push(j->cpu ? &p->cpu_jobs : &p->jobs, j);
     p->queued++;
     bool start = false;
-    if (p->idle > 0) {
+    if (!has_runnable(p)) {
+        /* A compute job behind compute_max running ones: the first of them
+         * to finish takes it. */
+    } else if (p->idle > 0) {
         p->idle--;
         atomic_store_explicit(&p->notified, atomic_load_explicit(&p->notified,
                               memory_order_relaxed) + 1, memory_order_relaxed);
@@ -491,7 +567,7 @@ static const struct weft_future_ops join_ops;
 
 /* Queues fn(arg): the one path behind every spawn. */
 static int spawn(struct weft_runtime *rt, weft_blocking_fn *fn, void *arg,
-                 struct weft_blocking_join *join, bool bounded,
+                 struct weft_blocking_join *join, bool bounded, bool cpu,
                  struct weft_spawn_blocking_wait *waiter, const struct weft_waker *waker)
 {
     if (join)
@@ -508,6 +584,7 @@ static int spawn(struct weft_runtime *rt, weft_blocking_fn *fn, void *arg,
     atomic_init(&j->state, JOB_QUEUED);
     atomic_init(&j->refs, join ? 2 : 1);
     atomic_init(&j->sleeper, 0);
+    j->cpu = cpu;
     awaker_init(&j->joiner);
     int err = pool_push(rt, j, bounded, waiter, waker);
     if (err) {
@@ -522,13 +599,19 @@ static int spawn(struct weft_runtime *rt, weft_blocking_fn *fn, void *arg,
 int weft_spawn_blocking(struct weft_runtime *rt, weft_blocking_fn *fn, void *arg,
                         struct weft_blocking_join *join)
 {
-    return spawn(rt, fn, arg, join, false, NULL, NULL);
+    return spawn(rt, fn, arg, join, false, false, NULL, NULL);
+}
+
+int weft_spawn_compute(struct weft_runtime *rt, weft_blocking_fn *fn, void *arg,
+                       struct weft_blocking_join *join)
+{
+    return spawn(rt, fn, arg, join, false, true, NULL, NULL);
 }
 
 int weft_try_spawn_blocking(struct weft_runtime *rt, weft_blocking_fn *fn, void *arg,
                             struct weft_blocking_join *join)
 {
-    return spawn(rt, fn, arg, join, true, NULL, NULL);
+    return spawn(rt, fn, arg, join, true, false, NULL, NULL);
 }
 
 uint32_t weft__blocking_shutdown(struct weft_runtime *rt, uint32_t timeout_ms,
@@ -537,9 +620,7 @@ uint32_t weft__blocking_shutdown(struct weft_runtime *rt, uint32_t timeout_ms,
     struct blocking_pool *p = &rt->blocking;
     pthread_mutex_lock(&p->lock);
     p->closed = true;
-    struct weft__job *j = p->head;
-    p->head = p->tail = NULL;
-    p->queued = 0;
+    struct weft__job *j = take_all_jobs(p);
     /* Waiting spawns belonged to tasks, all dropped by now (each took itself
      * off the list); a foreign thread's block_on ran as a task too. */
     pthread_cond_broadcast(&p->work);
@@ -591,17 +672,9 @@ void weft__job_cancel(struct weft__job *j)
 {
     struct blocking_pool *p = &j->rt->blocking;
     pthread_mutex_lock(&p->lock);
-    struct weft__job **pp = &p->head, *prev = NULL;
-    while (*pp && *pp != j) {
-        prev = *pp;
-        pp = &(*pp)->next;
-    }
-    bool queued = *pp == j;
+    bool queued = jobq_remove(j->cpu ? &p->cpu_jobs : &p->jobs, j);
     struct weft_waker k = { 0 };
     if (queued) {
-        *pp = j->next;
-        if (p->tail == j)
-            p->tail = prev;
         p->queued--;
         k = take_room_waiter(p);
     }
@@ -624,7 +697,7 @@ int weft__job_start(struct weft_runtime *rt, weft_blocking_fn *fn, void *arg,
                     struct weft__job **jobp)
 {
     struct weft_blocking_join join;
-    int err = spawn(rt, fn, arg, &join, false, NULL, NULL);
+    int err = spawn(rt, fn, arg, &join, false, false, NULL, NULL);
     *jobp = join.job;
     return err;
 }
@@ -680,7 +753,7 @@ static enum weft_poll wait_poll(struct weft_future *f, struct weft_cx *cx)
             return WEFT_PENDING;
         w->waiting = 0;
     }
-    int err = spawn(w->rt, w->fn, w->arg, &w->join, true, w, cx->waker);
+    int err = spawn(w->rt, w->fn, w->arg, &w->join, true, false, w, cx->waker);
     if (err == -EAGAIN) {
         w->waiting = 1; /* on the list now */
         return WEFT_PENDING;

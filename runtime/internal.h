@@ -180,14 +180,20 @@ int weft__monitor_start(struct weft_runtime *rt, const struct weft_runtime_confi
 void weft__monitor_stop(struct weft_runtime *rt);
 
 /* ---- the blocking pool (blocking.c) ----------------------------------------- */
+struct weft__jobq {
+    struct weft__job *head, *tail;
+};
+
 struct blocking_pool {
     pthread_mutex_t lock;
     pthread_cond_t work;           /* idle threads wait here for a job */
     pthread_cond_t gone;           /* shutdown waits here for threads to exit */
-    struct weft__job *head, *tail; /* queued jobs */
+    struct weft__jobq jobs;        /* queued jobs */
+    struct weft__jobq cpu_jobs;    /* queued compute jobs (weft_spawn_compute) */
     struct weft_spawn_blocking_wait *whead, *wtail; /* spawns waiting for room */
     struct pool_slot *slots;       /* the threads, for the monitor's demotions */
-    uint32_t queued, threads, idle;
+    uint32_t queued, threads, idle; /* queued: in both queues */
+    uint32_t computing, compute_max; /* compute jobs running; at most this many */
     uint32_t starting;             /* threads started and not yet running their loop */
     _Atomic uint32_t notified;     /* changed under the lock; a spinning idle thread peeks */
     uint32_t max_threads, queue_max, priority;
@@ -202,7 +208,8 @@ struct blocking_pool {
 
 void weft__blocking_init(struct weft_runtime *rt, const struct weft_runtime_config *cfg);
 /* The monitor's call: lowers the priority of jobs running for over 1 ms.
- * Returns whether any job is running (the monitor then looks again soon). */
+ * Returns whether a job runs still unlowered (the monitor then looks again
+ * soon; lowered ones need no more looks). */
 bool weft__blocking_demote(struct weft_runtime *rt, uint64_t now);
 /* Closes the pool, cancels queued jobs, waits up to `timeout_ms` for the
  * threads to exit; returns how many still run a job. *gone_holds: the holds

@@ -133,6 +133,7 @@ int weft_metrics_read(struct weft_runtime *rt, struct weft_metrics *m)
     m->blocking_idle = p->idle;
     m->blocking_queue_depth = p->queued;
     m->blocking_jobs = p->jobs_done;
+    m->compute_running = p->computing;
     live -= p->threads; /* each pool thread holds the runtime's memory as one */
     pthread_mutex_unlock(&p->lock);
     m->live_tasks = live > 0 ? (uint64_t)live : 0;
@@ -176,9 +177,10 @@ int weft_metrics_dump(struct weft_runtime *rt, FILE *out)
                 w->local_schedules, w->overflows, w->budget_yields, w->lifo_hits, w->enters,
                 w->sqes, w->cqes, w->steal_ops, w->queue_depth);
     }
-    fprintf(out, "blocking pool: %" PRIu64 " threads (%" PRIu64 " idle), %" PRIu64
-                 " queued, %" PRIu64 " jobs done\n",
-            m->blocking_threads, m->blocking_idle, m->blocking_queue_depth, m->blocking_jobs);
+    fprintf(out, "blocking pool: %" PRIu64 " threads (%" PRIu64 " idle, %" PRIu64
+                 " computing), %" PRIu64 " queued, %" PRIu64 " jobs done\n",
+            m->blocking_threads, m->blocking_idle, m->compute_running, m->blocking_queue_depth,
+            m->blocking_jobs);
     print_hist(out, "poll time", &m->poll_ns);
     print_hist(out, "sched latency", &m->sched_latency);
     free(m);
@@ -428,8 +430,9 @@ static void *monitor_main(void *arg)
     bool jobs = false;
     /* Acquire pairs with monitor_stop's release store. */
     while (!atomic_load_explicit(&m->stop, memory_order_acquire)) {
-        /* While blocking jobs run, look every DEMOTE_PERIOD_NS for long
-         * ones to lower (blocking.c); else at the stall detector's pace. */
+        /* While blocking jobs run unlowered, look every DEMOTE_PERIOD_NS
+         * for long ones to lower (blocking.c); else at the stall
+         * detector's pace. */
         uint64_t period = jobs && DEMOTE_PERIOD_NS < m->period_ns ? DEMOTE_PERIOD_NS
                                                                     : m->period_ns;
         struct timespec ts = { (time_t)(period / 1000000000u), (long)(period % 1000000000u) };

@@ -138,7 +138,8 @@ static int check_config(const struct weft_runtime_config *cfg)
         return -EINVAL;
     if (bs && (bs < 64 || bs > (1u << 20)))
         return -EINVAL;
-    if (cfg->blocking_max_threads > 65536 || cfg->blocking_priority > WEFT_BLOCKING_PRIO_IDLE)
+    if (cfg->blocking_max_threads > 65536 || cfg->compute_max_threads > 65536 ||
+        cfg->blocking_priority > WEFT_BLOCKING_PRIO_IDLE)
         return -EINVAL;
     return 0;
 }

@@ -4,8 +4,10 @@
  * ThreadSanitizer (which cannot start Criterion). Usage: stress_blocking [full|small].
  *
  * One runtime of 2 workers and a small pool (max_threads 3, keep-alive 1 ms,
- * queue bound 4), so that pool threads start and exit all the time and the
- * bound is hit constantly.
+ * queue bound 4, 2 compute jobs at once), so that pool threads start and
+ * exit all the time and the bound is hit constantly; about half the awaited
+ * jobs go through weft_spawn_compute, so the compute lane's cap and queue
+ * race with the rest.
  *
  * Phase 1: TASKS tasks (full: 2000 in 200 waves, small: 100 in 20 waves,
  * with pauses of 0.5 to 2 ms between waves, around the keep-alive) of
@@ -196,7 +198,9 @@ static enum weft_poll st_poll(struct weft_future *f, struct weft_cx *cx)
         uintptr_t id = st_id(t);
         enum mode m = (enum mode)(rng_next(&t->rng) % M_COUNT);
         if (m == M_AWAIT || m == M_DETACH) {
-            CHECK(weft_spawn_blocking(rt, job, (void *)id, &t->h) == 0);
+            /* Every other one through the compute lane (capped at 2). */
+            CHECK((id % 2 ? weft_spawn_compute : weft_spawn_blocking)(rt, job, (void *)id,
+                                                                    &t->h) == 0);
             mark_queued(id);
             if (m == M_DETACH) {
                 weft_future_drop(&t->h.base);
@@ -289,8 +293,8 @@ static void *foreign(void *arg)
             usleep(300 + (i / 64 % 4) * 400); /* around the keep-alive */
         struct weft_spawn_blocking_wait w;
         switch (rng_next(&rng) % 5) {
-        case 0: /* spawn, await by hand */
-            CHECK(weft_spawn_blocking(rt, job, (void *)id, &h) == 0);
+        case 0: /* spawn (a compute job every other time), await by hand */
+            CHECK((id % 2 ? weft_spawn_compute : weft_spawn_blocking)(rt, job, (void *)id, &h) == 0);
             mark_queued(id);
             poll_until_ready(&p, &h.base);
             check_output(&h, id);
@@ -445,7 +449,7 @@ static void destroy_with_queued_jobs(void)
         uintptr_t id = base + i;
         by_hand[i] = false;
         if (i % 4 == 0) {
-            CHECK(weft_spawn_blocking(rt, job, (void *)id, NULL) == 0);
+            CHECK((i % 8 ? weft_spawn_compute : weft_spawn_blocking)(rt, job, (void *)id, NULL) == 0);
         } else if (i % 4 == 1) {
             struct final_task t = { .base = { &final_ops, 0 } };
             CHECK(weft_spawn_blocking(rt, job, (void *)id, &t.h) == 0);
@@ -519,6 +523,7 @@ int main(int argc, char **argv)
     cfg.blocking_max_threads = MAX_THREADS;
     cfg.blocking_keepalive_ms = 1;
     cfg.blocking_queue_max = QUEUE_MAX;
+    cfg.compute_max_threads = 2;
     cfg.blocking_shutdown_ms = 20000;
     /* Nice 19, not SCHED_IDLE: the long jobs get lowered (the monitor's
      * demotion races with the job's end) without a busy machine starving them. */

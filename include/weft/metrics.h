@@ -76,6 +76,7 @@ struct weft_metrics {
     uint64_t blocking_idle;         /* of which waiting for a job */
     uint64_t blocking_queue_depth;  /* jobs queued, not yet started */
     uint64_t blocking_jobs;         /* jobs run to completion */
+    uint64_t compute_running;       /* of the pool's running jobs, weft_spawn_compute ones */
     /* histograms, summed over the workers (sampled: see above) */
     struct weft_histogram poll_ns;        /* how long one poll took */
     struct weft_histogram sched_latency;  /* woken (or spawned) to polled */

@@ -56,6 +56,8 @@ struct weft_runtime_config {
     uint32_t blocking_queue_max;    /* bound seen by the try_ and waiting spawns; 0: none */
     uint32_t blocking_shutdown_ms;  /* destroy waits this long for running jobs; 0: 5000 */
     uint32_t blocking_priority;     /* enum weft_blocking_priority */
+    uint32_t compute_max_threads;   /* weft_spawn_compute jobs running at once, in [1, 65536];
+                                     * 0: the process's CPUs less one, at least 1 */
     /* The stall detector (weft/metrics.h). */
     uint32_t stall_threshold_us;    /* a poll longer than this is a stall; 0: 10000 (10 ms) */
     bool no_stall_detector;         /* no monitor thread at all */

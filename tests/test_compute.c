@@ -1,0 +1,237 @@
+/* tests/test_compute.c: weft_spawn_compute, the blocking pool's lane for
+ * CPU-bound jobs (runtime/blocking.c): exact outputs, the cap on compute jobs
+ * running at once (and that blocking jobs are never held behind it), the
+ * priority a compute job runs at from its first instruction and its thread's
+ * priority after it, shutdown with compute jobs queued, and the count in the
+ * metrics.
+ *
+ * Bad inputs tried: weft_spawn_compute with a NULL runtime and with a NULL fn
+ * (-EINVAL, the join handle left empty even when it held garbage);
+ * weft_runtime_create with
+ * compute_max_threads 65537 and UINT32_MAX (-EINVAL; 65536 works). */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <criterion/criterion.h>
+
+#include <errno.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <weft.h>
+
+#include "common.h"
+
+static struct weft_runtime *start(uint32_t compute_max, uint32_t prio)
+{
+    struct weft_runtime_config cfg;
+    weft_runtime_config_init(&cfg);
+    cfg.workers = 2;
+    cfg.compute_max_threads = compute_max;
+    cfg.blocking_priority = prio;
+    struct weft_runtime *rt = NULL;
+    cr_assert_eq(weft_runtime_create(&rt, &cfg), 0);
+    return rt;
+}
+
+/* Joins a handle from the test thread; returns fn's output. */
+static uintptr_t join(struct weft_runtime *rt, struct weft_blocking_join *h)
+{
+    cr_assert_eq(weft_block_on(rt, &h->base), 0);
+    cr_assert_eq(h->res, 0);
+    uintptr_t v = (uintptr_t)h->output;
+    weft_future_drop(&h->base);
+    return v;
+}
+
+/* Jobs that count how many of them run at once. Each waits (2 s at most) for
+ * `want` to be running together, so a cap that let more through would be
+ * seen: the pool keeps starting threads while jobs are queued. */
+static _Atomic uint32_t running, max_running, started;
+static _Atomic int open_gate;
+static uint32_t want;
+
+static void *job_counted(void *arg)
+{
+    uint32_t now = atomic_fetch_add(&running, 1) + 1;
+    atomic_fetch_add(&started, 1);
+    uint32_t m = atomic_load(&max_running);
+    while (now > m && !atomic_compare_exchange_weak(&max_running, &m, now))
+        ;
+    double end = now_s() + 2.0;
+    while (atomic_load(&running) < want && !atomic_load(&open_gate) && now_s() < end)
+        sleep_us(200);
+    sleep_us(2000);
+    atomic_fetch_sub(&running, 1);
+    return (void *)((uintptr_t)arg * 2 + 1);
+}
+
+static void reset_counts(uint32_t w)
+{
+    atomic_store(&running, 0);
+    atomic_store(&max_running, 0);
+    atomic_store(&started, 0);
+    atomic_store(&open_gate, 0);
+    want = w;
+}
+
+/* Twelve compute jobs with a cap of 2: every output exact, exactly two ran at
+ * a time; the metrics count them while they run and not after. */
+Test(compute, cap_and_outputs, .timeout = 60)
+{
+    enum { N = 12 };
+    reset_counts(2);
+    struct weft_runtime *rt = start(2, WEFT_BLOCKING_PRIO_NORMAL);
+    struct weft_blocking_join h[N];
+    for (uintptr_t i = 0; i < N; i++)
+        cr_assert_eq(weft_spawn_compute(rt, job_counted, (void *)i, &h[i]), 0);
+    struct weft_metrics m;
+    WAIT_UNTIL(weft_metrics_read(rt, &m) == 0 && m.compute_running == 2);
+    cr_assert_leq(m.blocking_queue_depth, N - 2);
+    for (uintptr_t i = 0; i < N; i++)
+        cr_assert_eq(join(rt, &h[i]), i * 2 + 1);
+    cr_assert_eq(atomic_load(&max_running), 2, "%u compute jobs ran at once, cap 2",
+                 atomic_load(&max_running));
+    cr_assert_eq(weft_metrics_read(rt, &m), 0);
+    cr_assert_eq(m.compute_running, 0);
+    cr_assert_eq(m.blocking_queue_depth, 0);
+    cr_assert_eq(m.blocking_jobs, N);
+    weft_runtime_destroy(rt);
+}
+
+/* A blocking job opens the gate a compute job waits on.  */
+static void *job_open_gate(void *arg)
+{
+    atomic_store(&open_gate, 1);
+    return arg;
+}
+
+/* Cap 1: a compute job holds the lane (waiting for a gate), a second waits
+ * behind it and does not start; a blocking job goes past both and opens the
+ * gate. Then the second runs. */
+Test(compute, blocking_jobs_not_held_behind_the_cap, .timeout = 60)
+{
+    reset_counts(UINT32_MAX); /* wait for the gate */
+    struct weft_runtime *rt = start(1, WEFT_BLOCKING_PRIO_NORMAL);
+    struct weft_blocking_join a, b, c;
+    cr_assert_eq(weft_spawn_compute(rt, job_counted, (void *)1, &a), 0);
+    WAIT_UNTIL(atomic_load(&started) == 1);
+    cr_assert_eq(weft_spawn_compute(rt, job_counted, (void *)2, &b), 0);
+    sleep_us(20000);
+    cr_assert_eq(atomic_load(&started), 1, "the second compute job started past the cap");
+    cr_assert_eq(weft_spawn_blocking(rt, job_open_gate, (void *)3, &c), 0);
+    cr_assert_eq(join(rt, &c), 3);
+    cr_assert_eq(join(rt, &a), 3);
+    cr_assert_eq(join(rt, &b), 5);
+    cr_assert_eq(atomic_load(&max_running), 1);
+    weft_runtime_destroy(rt);
+}
+
+/* The calling thread's policy. */
+static void *job_policy(void *arg)
+{
+    (void)arg;
+    return (void *)(uintptr_t)sched_getscheduler(0);
+}
+
+static void *try_switch(void *arg)
+{
+    (void)arg;
+    struct sched_param sp = { 0 };
+    return (void *)(uintptr_t)(pthread_setschedparam(pthread_self(), SCHED_IDLE, &sp) == 0 &&
+                               pthread_setschedparam(pthread_self(), SCHED_OTHER, &sp) == 0);
+}
+
+/* A compute job is SCHED_IDLE at its first instruction (the default
+ * priority); a blocking job after it, on the same (only) thread, runs at the
+ * workers' SCHED_OTHER again. With WEFT_BLOCKING_PRIO_NORMAL nothing is
+ * lowered. Needs a process that may raise a thread back (as root). */
+Test(compute, lowered_from_the_start, .timeout = 60)
+{
+    pthread_t th;
+    void *ok = NULL;
+    cr_assert_eq(pthread_create(&th, NULL, try_switch, NULL), 0);
+    pthread_join(th, &ok);
+    if (!ok)
+        cr_skip_test("this process may not raise a thread back (no CAP_SYS_NICE)");
+    struct weft_runtime_config cfg;
+    weft_runtime_config_init(&cfg);
+    cfg.workers = 2;
+    cfg.blocking_max_threads = 1;
+    struct weft_runtime *rt = NULL;
+    cr_assert_eq(weft_runtime_create(&rt, &cfg), 0);
+    struct weft_blocking_join h;
+    cr_assert_eq(weft_spawn_compute(rt, job_policy, NULL, &h), 0);
+    cr_assert_eq(join(rt, &h), SCHED_IDLE);
+    cr_assert_eq(weft_spawn_blocking(rt, job_policy, NULL, &h), 0);
+    cr_assert_eq(join(rt, &h), SCHED_OTHER);
+    weft_runtime_destroy(rt);
+
+    rt = start(1, WEFT_BLOCKING_PRIO_NORMAL);
+    cr_assert_eq(weft_spawn_compute(rt, job_policy, NULL, &h), 0);
+    cr_assert_eq(join(rt, &h), SCHED_OTHER);
+    weft_runtime_destroy(rt);
+}
+
+static void noop_wake(const void *d)
+{
+    (void)d;
+}
+
+static struct weft_waker noop_clone(const void *d);
+static const struct weft_waker_ops noop_ops = { noop_clone, noop_wake, noop_wake, noop_wake };
+
+static struct weft_waker noop_clone(const void *d)
+{
+    return (struct weft_waker){ &noop_ops, d };
+}
+
+/* Cap 1, one compute job running, three queued: a shutdown that waits for the
+ * running one cancels the queued ones (-ECANCELED, never run); the handles
+ * outlive the runtime. Bad arguments and config are refused. */
+Test(compute, shutdown_and_bad_inputs, .timeout = 60)
+{
+    enum { QUEUED = 3 };
+    reset_counts(UINT32_MAX);
+    struct weft_runtime *rt = start(1, WEFT_BLOCKING_PRIO_NORMAL);
+    struct weft_blocking_join a, q[QUEUED];
+    memset(q, 0x5a, sizeof q);
+    cr_assert_eq(weft_spawn_compute(NULL, job_policy, NULL, &q[0]), -EINVAL);
+    cr_assert_null(q[0].base.ops);
+    cr_assert_null(q[0].job);
+    cr_assert_eq(weft_spawn_compute(rt, NULL, NULL, &q[0]), -EINVAL);
+    cr_assert_null(q[0].job);
+
+    cr_assert_eq(weft_spawn_compute(rt, job_counted, (void *)1, &a), 0);
+    WAIT_UNTIL(atomic_load(&started) == 1);
+    for (uintptr_t i = 0; i < QUEUED; i++)
+        cr_assert_eq(weft_spawn_compute(rt, job_counted, (void *)(10 + i), &q[i]), 0);
+    atomic_store(&open_gate, 1); /* the running one ends in about 2 ms */
+    cr_assert_eq(weft_runtime_shutdown(rt, 5000), 0);
+    cr_assert_eq(atomic_load(&started), 1, "a queued compute job ran during the shutdown");
+    struct weft_waker w = { &noop_ops, NULL };
+    struct weft_cx cx = { .waker = &w };
+    cr_assert_eq(weft_future_poll(&a.base, &cx), WEFT_READY);
+    cr_assert_eq(a.res, 0);
+    cr_assert_eq((uintptr_t)a.output, 3);
+    weft_future_drop(&a.base);
+    for (int i = 0; i < QUEUED; i++) {
+        cr_assert_eq(weft_future_poll(&q[i].base, &cx), WEFT_READY);
+        cr_assert_eq(q[i].res, -ECANCELED);
+        weft_future_drop(&q[i].base);
+    }
+
+    struct weft_runtime_config cfg;
+    weft_runtime_config_init(&cfg);
+    cfg.workers = 1;
+    cfg.compute_max_threads = 65537;
+    cr_assert_eq(weft_runtime_create(&rt, &cfg), -EINVAL);
+    cfg.compute_max_threads = UINT32_MAX;
+    cr_assert_eq(weft_runtime_create(&rt, &cfg), -EINVAL);
+    cfg.compute_max_threads = 65536;
+    cr_assert_eq(weft_runtime_create(&rt, &cfg), 0);
+    weft_runtime_destroy(rt);
+}
