@@ -19,6 +19,18 @@
  * when destroy gives up on it can finish and its thread exit without touching
  * freed memory; the thread's very last act releases that count.
  *
+ * Compute jobs (weft_spawn_compute) wait in a queue of their own while
+ * compute_max of them run: a thread takes a blocking job first, and a compute
+ * job only below the cap (`computing`, under the lock), so blocking jobs are
+ * never held behind CPU-bound ones, and a thread that ends a compute job
+ * takes the next one itself. A compute job is lowered by its own thread
+ * before fn runs (blocking jobs wait for the monitor: see the priority
+ * comment). Why the cap: measured with the stall demo (docs/blocking.md),
+ * a lowered job on every CPU still delays the workers by milliseconds now
+ * and then (the scheduler leaves a normal thread queued behind a SCHED_IDLE
+ * one, or does not move it to the other CPU), while one CPU kept free of
+ * them cut the light requests' p99 from about 14x to 4x the baseline.
+ *
  * A job is one malloc'd block shared by the pool and the join handle (two
  * references). The runner stores the output, then the state (seq_cst), then
  * wakes the handle's awaker; the handle registers its waker, then loads the
