@@ -194,6 +194,7 @@ struct blocking_pool {
     struct pool_slot *slots;       /* the threads, for the monitor's demotions */
     uint32_t queued, threads, idle; /* queued: in both queues */
     uint32_t computing, compute_max; /* compute jobs running; at most this many */
+    uint64_t compute_slice_ns;     /* a lowered compute job yields this often; 0: never */
     uint32_t starting;             /* threads started and not yet running their loop */
     _Atomic uint32_t notified;     /* changed under the lock; a spinning idle thread peeks */
     uint32_t max_threads, queue_max, priority;
@@ -217,6 +218,8 @@ bool weft__blocking_demote(struct weft_runtime *rt, uint64_t now);
 uint32_t weft__blocking_shutdown(struct weft_runtime *rt, uint32_t timeout_ms,
                                  uint32_t *gone_holds);
 void weft__blocking_fini(struct weft_runtime *rt);
+/* Times a compute job yielded at a slice's end, in the whole process. */
+uint64_t weft__compute_slices(void);
 
 /* Jobs for the runtime's own use (io/stream.c's file fallback), a join
  * handle without the future. Start: as weft_spawn_blocking, unbounded. Poll:

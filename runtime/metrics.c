@@ -134,6 +134,7 @@ int weft_metrics_read(struct weft_runtime *rt, struct weft_metrics *m)
     m->blocking_queue_depth = p->queued;
     m->blocking_jobs = p->jobs_done;
     m->compute_running = p->computing;
+    m->compute_slices = weft__compute_slices();
     live -= p->threads; /* each pool thread holds the runtime's memory as one */
     pthread_mutex_unlock(&p->lock);
     m->live_tasks = live > 0 ? (uint64_t)live : 0;
@@ -178,9 +179,10 @@ int weft_metrics_dump(struct weft_runtime *rt, FILE *out)
                 w->sqes, w->cqes, w->steal_ops, w->queue_depth);
     }
     fprintf(out, "blocking pool: %" PRIu64 " threads (%" PRIu64 " idle, %" PRIu64
-                 " computing), %" PRIu64 " queued, %" PRIu64 " jobs done\n",
+                 " computing), %" PRIu64 " queued, %" PRIu64 " jobs done, %" PRIu64
+                 " compute slices\n",
             m->blocking_threads, m->blocking_idle, m->compute_running, m->blocking_queue_depth,
-            m->blocking_jobs);
+            m->blocking_jobs, m->compute_slices);
     print_hist(out, "poll time", &m->poll_ns);
     print_hist(out, "sched latency", &m->sched_latency);
     free(m);

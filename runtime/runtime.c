@@ -141,6 +141,9 @@ static int check_config(const struct weft_runtime_config *cfg)
     if (cfg->blocking_max_threads > 65536 || cfg->compute_max_threads > 65536 ||
         cfg->blocking_priority > WEFT_BLOCKING_PRIO_IDLE)
         return -EINVAL;
+    uint32_t cs = cfg->compute_slice_us;
+    if (cs && cs != WEFT_COMPUTE_SLICE_OFF && (cs < 50 || cs > 1000000))
+        return -EINVAL;
     return 0;
 }
 

@@ -7,7 +7,7 @@
  * queue bound 4, 2 compute jobs at once), so that pool threads start and
  * exit all the time and the bound is hit constantly; about half the awaited
  * jobs go through weft_spawn_compute, so the compute lane's cap and queue
- * race with the rest.
+ * race with the rest, and its slice signals (every 50 us) land in them.
  *
  * Phase 1: TASKS tasks (full: 2000 in 200 waves, small: 100 in 20 waves,
  * with pauses of 0.5 to 2 ms between waves, around the keep-alive) of
@@ -524,6 +524,7 @@ int main(int argc, char **argv)
     cfg.blocking_keepalive_ms = 1;
     cfg.blocking_queue_max = QUEUE_MAX;
     cfg.compute_max_threads = 2;
+    cfg.compute_slice_us = 50; /* lowered compute jobs take SIGURG often */
     cfg.blocking_shutdown_ms = 20000;
     /* Nice 19, not SCHED_IDLE: the long jobs get lowered (the monitor's
      * demotion races with the job's end) without a busy machine starving them. */

@@ -2,13 +2,16 @@
  * CPU-bound jobs (runtime/blocking.c): exact outputs, the cap on compute jobs
  * running at once (and that blocking jobs are never held behind it), the
  * priority a compute job runs at from its first instruction and its thread's
- * priority after it, shutdown with compute jobs queued, and the count in the
- * metrics.
+ * priority after it, its slices (yields on SIGURG, counted in the metrics;
+ * none for blocking jobs, none when turned off, none when the program has
+ * its own SIGURG handler, which is kept), shutdown with compute jobs queued,
+ * and the count in the metrics.
  *
  * Bad inputs tried: weft_spawn_compute with a NULL runtime and with a NULL fn
  * (-EINVAL, the join handle left empty even when it held garbage);
  * weft_runtime_create with
- * compute_max_threads 65537 and UINT32_MAX (-EINVAL; 65536 works). */
+ * compute_max_threads 65537 and UINT32_MAX, compute_slice_us 49 and 1000001
+ * (-EINVAL; 65536, 50, 1000000 and WEFT_COMPUTE_SLICE_OFF work). */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
@@ -17,6 +20,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
@@ -145,17 +149,23 @@ static void *try_switch(void *arg)
                                pthread_setschedparam(pthread_self(), SCHED_OTHER, &sp) == 0);
 }
 
+/* Whether this process may lower a thread and raise it back (as root). */
+static bool may_raise_back(void)
+{
+    pthread_t th;
+    void *ok = NULL;
+    cr_assert_eq(pthread_create(&th, NULL, try_switch, NULL), 0);
+    pthread_join(th, &ok);
+    return ok != NULL;
+}
+
 /* A compute job is SCHED_IDLE at its first instruction (the default
  * priority); a blocking job after it, on the same (only) thread, runs at the
  * workers' SCHED_OTHER again. With WEFT_BLOCKING_PRIO_NORMAL nothing is
  * lowered. Needs a process that may raise a thread back (as root). */
 Test(compute, lowered_from_the_start, .timeout = 60)
 {
-    pthread_t th;
-    void *ok = NULL;
-    cr_assert_eq(pthread_create(&th, NULL, try_switch, NULL), 0);
-    pthread_join(th, &ok);
-    if (!ok)
+    if (!may_raise_back())
         cr_skip_test("this process may not raise a thread back (no CAP_SYS_NICE)");
     struct weft_runtime_config cfg;
     weft_runtime_config_init(&cfg);
@@ -234,4 +244,107 @@ Test(compute, shutdown_and_bad_inputs, .timeout = 60)
     cfg.compute_max_threads = 65536;
     cr_assert_eq(weft_runtime_create(&rt, &cfg), 0);
     weft_runtime_destroy(rt);
+    cfg.compute_max_threads = 0;
+    uint32_t bad_slices[] = { 49, 1000001 }, good_slices[] = { 50, 1000000, WEFT_COMPUTE_SLICE_OFF };
+    for (size_t i = 0; i < sizeof bad_slices / sizeof bad_slices[0]; i++) {
+        cfg.compute_slice_us = bad_slices[i];
+        cr_assert_eq(weft_runtime_create(&rt, &cfg), -EINVAL, "slice %u", bad_slices[i]);
+    }
+    for (size_t i = 0; i < sizeof good_slices / sizeof good_slices[0]; i++) {
+        cfg.compute_slice_us = good_slices[i];
+        cr_assert_eq(weft_runtime_create(&rt, &cfg), 0, "slice %u", good_slices[i]);
+        weft_runtime_destroy(rt);
+    }
+}
+
+/* ---- slices ------------------------------------------------------------------------ */
+
+static struct weft_runtime *slice_rt;
+
+static uint64_t slices_now(void)
+{
+    struct weft_metrics m;
+    CHECK(weft_metrics_read(slice_rt, &m) == 0);
+    return m.compute_slices;
+}
+
+/* Spins until the slice count rose by `arg` or for 40 ms when arg is 0 (5 s
+ * at most); returns how much it rose meanwhile. */
+static void *job_spin_slices(void *arg)
+{
+    uint64_t want = (uintptr_t)arg, s0 = slices_now();
+    double end = now_s() + (want ? 5.0 : 0.04);
+    while (now_s() < end && (!want || slices_now() - s0 < want))
+        ;
+    return (void *)(uintptr_t)(slices_now() - s0);
+}
+
+static struct weft_runtime *start_sliced(uint32_t slice_us)
+{
+    struct weft_runtime_config cfg;
+    weft_runtime_config_init(&cfg);
+    cfg.workers = 2;
+    cfg.compute_slice_us = slice_us;
+    cr_assert_eq(weft_runtime_create(&slice_rt, &cfg), 0);
+    return slice_rt;
+}
+
+/* Runs job_spin_slices(want) as a compute or a blocking job. */
+static uintptr_t run_spin(bool compute, uintptr_t want)
+{
+    struct weft_blocking_join h;
+    int (*spawn)(struct weft_runtime *, weft_blocking_fn *, void *, struct weft_blocking_join *) =
+        compute ? weft_spawn_compute : weft_spawn_blocking;
+    cr_assert_eq(spawn(slice_rt, job_spin_slices, (void *)want, &h), 0);
+    return join(slice_rt, &h);
+}
+
+/* A lowered compute job yields at every slice (100 us: 10 of them come
+ * within 5 s even on a loaded machine); a blocking job spinning 40 ms, which
+ * the monitor lowers too, is not sliced. */
+Test(compute, sliced_while_lowered, .timeout = 60)
+{
+    if (!may_raise_back())
+        cr_skip_test("this process may not raise a thread back (no CAP_SYS_NICE)");
+    start_sliced(100);
+    uintptr_t rose = run_spin(true, 10);
+    cr_assert_geq(rose, 10, "a 100 us slice yielded %lu times", (unsigned long)rose);
+    sleep_us(20000); /* a signal still pending from the job's last slice lands */
+    cr_assert_eq(run_spin(false, 0), 0, "a blocking job was sliced");
+    struct sigaction sa;
+    cr_assert_eq(sigaction(SIGURG, NULL, &sa), 0);
+    cr_assert(sa.sa_handler != SIG_DFL && sa.sa_handler != SIG_IGN, "no SIGURG handler");
+    weft_runtime_destroy(slice_rt);
+}
+
+/* WEFT_COMPUTE_SLICE_OFF: a compute job spinning 40 ms yields never. */
+Test(compute, slices_off, .timeout = 60)
+{
+    start_sliced(WEFT_COMPUTE_SLICE_OFF);
+    cr_assert_eq(run_spin(true, 0), 0);
+    weft_runtime_destroy(slice_rt);
+}
+
+static _Atomic int app_urgs;
+
+static void app_urg(int sig)
+{
+    (void)sig;
+    atomic_fetch_add(&app_urgs, 1);
+}
+
+/* A program that handles SIGURG itself keeps its handler; compute jobs then
+ * run unsliced (and send it nothing). */
+Test(compute, program_sigurg_handler_kept, .timeout = 60)
+{
+    struct sigaction mine = { 0 }, now;
+    mine.sa_handler = app_urg;
+    sigemptyset(&mine.sa_mask);
+    cr_assert_eq(sigaction(SIGURG, &mine, NULL), 0);
+    start_sliced(100);
+    cr_assert_eq(run_spin(true, 0), 0);
+    cr_assert_eq(atomic_load(&app_urgs), 0);
+    cr_assert_eq(sigaction(SIGURG, NULL, &now), 0);
+    cr_assert_eq(now.sa_handler, app_urg, "the program's SIGURG handler was replaced");
+    weft_runtime_destroy(slice_rt);
 }

@@ -77,6 +77,8 @@ struct weft_metrics {
     uint64_t blocking_queue_depth;  /* jobs queued, not yet started */
     uint64_t blocking_jobs;         /* jobs run to completion */
     uint64_t compute_running;       /* of the pool's running jobs, weft_spawn_compute ones */
+    uint64_t compute_slices;        /* times a compute job yielded its CPU (every runtime of the
+                                     * process: the count is the signal handler's) */
     /* histograms, summed over the workers (sampled: see above) */
     struct weft_histogram poll_ns;        /* how long one poll took */
     struct weft_histogram sched_latency;  /* woken (or spawned) to polled */

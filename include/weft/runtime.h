@@ -27,6 +27,7 @@ struct weft_allocator {
 };
 
 #define WEFT_MAX_WORKERS 256u
+#define WEFT_COMPUTE_SLICE_OFF UINT32_MAX /* config.compute_slice_us: no slices */
 
 /* The OS priority of blocking-pool threads (config.blocking_priority). */
 enum weft_blocking_priority {
@@ -58,6 +59,9 @@ struct weft_runtime_config {
     uint32_t blocking_priority;     /* enum weft_blocking_priority */
     uint32_t compute_max_threads;   /* weft_spawn_compute jobs running at once, in [1, 65536];
                                      * 0: the process's CPUs less one, at least 1 */
+    uint32_t compute_slice_us;      /* a lowered compute job yields its CPU every this many us
+                                     * (docs/blocking.md), in [50, 1000000]; 0: 250;
+                                     * WEFT_COMPUTE_SLICE_OFF: never */
     /* The stall detector (weft/metrics.h). */
     uint32_t stall_threshold_us;    /* a poll longer than this is a stall; 0: 10000 (10 ms) */
     bool no_stall_detector;         /* no monitor thread at all */
