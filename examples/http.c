@@ -2,8 +2,8 @@
  * "Hello, World!".
  *
  *   weft-http [--port P] [--workers N] [--addr A] [--drain-ms MS]
- *             [--heavy inline|blocking|compute] [--heavy-ms MS] [--blocking-prio P]
- *             [--blocking-threads N]
+ *             [--heavy inline|blocking|compute] [--heavy-ms MS]
+ *             [--blocking-prio P] [--blocking-threads N] [--compute-slice-us US|off]
  *
  * The protocol is the one the peer servers of the benchmarks speak. A request
  * is everything up to CRLFCRLF (bodies are not supported); each one gets
@@ -33,9 +33,11 @@
  * /heavy first burns about --heavy-ms (default 5) ms of CPU, calibrated at
  * start; `inline` does it in the connection's task, on the worker (the stall
  * detector then names the task "http-conn"), `blocking` through
- * weft_spawn_blocking, `compute` through weft_spawn_compute, awaited. --blocking-prio normal|nice|idle sets the
- * pool threads' OS priority (default: the runtime's), --blocking-threads the
- * pool's cap (default: the runtime's, 512). Every other path stays light.
+ * weft_spawn_blocking, `compute` through weft_spawn_compute, awaited.
+ * --blocking-prio normal|nice|idle sets the pool threads' OS priority
+ * (default: the runtime's), --blocking-threads the pool's cap (default: the
+ * runtime's, 512), --compute-slice-us how often a compute job yields (default
+ * 250; off: never). Every other path stays light.
  *
  * examples/server.h holds the skeleton both example servers share (the
  * command line, signals, the accept loop, the graceful stop). At a stop, a
@@ -91,6 +93,7 @@ static unsigned long heavy_ms = 5;
 static uint64_t heavy_iters;     /* of burn(), for heavy_ms of CPU (calibrated) */
 static int blocking_prio = -1;   /* WEFT_BLOCKING_PRIO_*, or -1: the default */
 static unsigned long blocking_threads; /* the pool's cap; 0: the default */
+static unsigned long compute_slice_us; /* 0: the default */
 
 /* The CPU work of a /heavy request: the same loop as tokio_stall's. */
 static uint64_t burn(uint64_t iters, uint64_t x)
@@ -158,6 +161,14 @@ static bool http_option(const char *opt, const char *value)
         blocking_threads = strtoul(value, &end, 10);
         return *value && !*end && blocking_threads > 0 && blocking_threads <= 65536;
     }
+    if (strcmp(opt, "compute-slice-us") == 0) {
+        if (strcmp(value, "off") == 0) {
+            compute_slice_us = WEFT_COMPUTE_SLICE_OFF;
+            return true;
+        }
+        compute_slice_us = strtoul(value, &end, 10);
+        return *value && !*end && compute_slice_us >= 50 && compute_slice_us <= 1000000;
+    }
     blocking_prio = strcmp(value, "normal") == 0 ? WEFT_BLOCKING_PRIO_NORMAL
                     : strcmp(value, "nice") == 0 ? WEFT_BLOCKING_PRIO_NICE
                     : strcmp(value, "idle") == 0 ? WEFT_BLOCKING_PRIO_IDLE
@@ -170,6 +181,7 @@ static void http_configure(struct weft_runtime_config *cfg)
     if (blocking_prio >= 0)
         cfg->blocking_priority = (uint32_t)blocking_prio;
     cfg->blocking_max_threads = (uint32_t)blocking_threads;
+    cfg->compute_slice_us = (uint32_t)compute_slice_us;
     if (heavy_mode)
         calibrate();
 }
@@ -399,11 +411,11 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < BATCH; i++)
         memcpy(batch + i * OK_LEN, OK, OK_LEN);
     static const char *const extra[] = { "heavy", "heavy-ms", "blocking-prio", "blocking-threads",
-                                         NULL };
+                                         "compute-slice-us", NULL };
     static const struct server_def def = {
         "weft-http", conn_start, READ_SIZE, extra,
         " [--heavy inline|blocking|compute] [--heavy-ms MS] [--blocking-prio normal|nice|idle]"
-        " [--blocking-threads N]",
+        " [--blocking-threads N] [--compute-slice-us US|off]",
         http_option, http_configure,
     };
     return server_main(argc, argv, &def);

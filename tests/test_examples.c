@@ -570,6 +570,11 @@ Test(http, heavy_route_on_the_blocking_pool, .fini = kill_server, .timeout = 30)
     heavy_route("blocking");
 }
 
+Test(http, heavy_route_on_the_compute_lane, .fini = kill_server, .timeout = 30)
+{
+    heavy_route("compute");
+}
+
 Test(http, heavy_route_inline, .fini = kill_server, .timeout = 30)
 {
     heavy_route("inline");
@@ -593,7 +598,8 @@ Test(cli, bad_options_exit_2, .fini = kill_server, .timeout = 30)
         { "--heavy", "x", NULL }, { "--heavy", NULL }, { "--heavy-ms", "0", NULL },
         { "--heavy-ms", "10001", NULL }, { "--heavy-ms", "5x", NULL },
         { "--blocking-prio", "low", NULL }, { "--blocking-threads", "0", NULL },
-        { "--blocking-threads", "65537", NULL },
+        { "--blocking-threads", "65537", NULL }, { "--compute-slice-us", "49", NULL },
+        { "--compute-slice-us", "1000001", NULL }, { "--compute-slice-us", "on", NULL },
     };
     for (size_t i = 0; i < sizeof(bad_http) / sizeof(bad_http[0]); i++)
         cr_assert_eq(run_status("weft-http", bad_http[i]), 2, "http case %zu", i);

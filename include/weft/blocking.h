@@ -46,10 +46,12 @@ int weft_spawn_blocking(struct weft_runtime *rt, weft_blocking_fn *fn, void *arg
                         struct weft_blocking_join *join);
 
 /* As weft_spawn_blocking, for CPU-bound work: the job runs lowered to
- * config.blocking_priority from its start (when the pool lowers at all), and
- * at most config.compute_max_threads compute jobs run at once (default: the
- * CPUs less one), the rest waiting in order, so a CPU is left to the workers.
- * Not for jobs that block on I/O or locks: those belong to weft_spawn_blocking. */
+ * config.blocking_priority from its start (when the pool lowers at all) and,
+ * lowered, yields its CPU every config.compute_slice_us (its thread takes
+ * SIGURG: docs/blocking.md); at most config.compute_max_threads compute jobs
+ * run at once (default: the CPUs less one), the rest waiting in order, so a
+ * CPU is left to the workers. Not for jobs that block on I/O, sleeps or
+ * locks: those belong to weft_spawn_blocking. */
 int weft_spawn_compute(struct weft_runtime *rt, weft_blocking_fn *fn, void *arg,
                        struct weft_blocking_join *join);
 /* As weft_spawn_blocking, but with a bounded queue (config.blocking_queue_max)
