@@ -65,6 +65,7 @@
 
 static pid_t server_pid = -1; /* the running server, if any */
 static int server_out = -1;   /* the read end of its stdout */
+static bool server_stderr;    /* its stderr goes there too (set before starting it) */
 
 /* The fixture of every test: no server outlives it. */
 static void kill_server(void)
@@ -109,6 +110,8 @@ static pid_t spawn(const char *name, const char *const *args, int *out)
         prctl(PR_SET_PDEATHSIG, SIGKILL);
         if (out)
             dup2(pfd[1], STDOUT_FILENO);
+        if (out && server_stderr)
+            dup2(pfd[1], STDERR_FILENO);
         execv(path, (char *const *)argv);
         _exit(127);
     }
@@ -578,6 +581,33 @@ Test(http, heavy_route_on_the_compute_lane, .fini = kill_server, .timeout = 30)
 Test(http, heavy_route_inline, .fini = kill_server, .timeout = 30)
 {
     heavy_route("inline");
+}
+
+/* Inline, a 40 ms /heavy is one poll of 40 ms: the stall detector reports
+ * it on stderr, naming the connection's task. */
+Test(http, inline_stall_names_the_task, .fini = kill_server, .timeout = 30)
+{
+    server_stderr = true;
+    const char *more[] = { "--heavy", "inline", "--heavy-ms", "40", NULL };
+    int fd = dial(start_server_with("weft-http", "5000", more));
+    timed_get(fd, "/heavy");
+    char out[1024];
+    size_t n = 0;
+    double deadline = now_s() + 5;
+    out[0] = '\0';
+    while (!strstr(out, "(http-conn)") && n < sizeof(out) - 1 && now_s() < deadline) {
+        struct pollfd p = { server_out, POLLIN, 0 };
+        if (poll(&p, 1, 100) == 1) {
+            ssize_t r = read(server_out, out + n, sizeof(out) - 1 - n);
+            cr_assert(r > 0, "the server's output ended: %s", out);
+            n += (size_t)r;
+            out[n] = '\0';
+        }
+    }
+    cr_assert(strstr(out, "weft: stall: worker ") && strstr(out, "(http-conn)"),
+              "no stall report naming http-conn: \"%s\"", out);
+    close(fd);
+    stop_server(SIGTERM, 5);
 }
 
 /* ---- the command line ---------------------------------------------------------------- */
