@@ -140,8 +140,10 @@ static bool has_runnable(const struct blocking_pool *p)
 static struct weft__job *take_job(struct blocking_pool *p)
 {
     struct weft__job *j = jobq_pop(&p->jobs);
-    if (!j && p->computing < p->compute_max && (j = jobq_pop(&p->cpu_jobs)))
+    if (!j && p->computing < p->compute_max && (j = jobq_pop(&p->cpu_jobs))) {
         p->computing++;
+        p->cpu_queued--;
+    }
     if (j)
         p->queued--;
     return j;
@@ -156,7 +158,7 @@ static struct weft__job *take_all_jobs(struct blocking_pool *p)
     else
         j = p->cpu_jobs.head;
     p->jobs = p->cpu_jobs = (struct weft__jobq){ NULL, NULL };
-    p->queued = 0;
+    p->queued = p->cpu_queued = 0;
     return j;
 }
 
@@ -186,7 +188,11 @@ void weft__blocking_init(struct weft_runtime *rt, const struct weft_runtime_conf
     p->keepalive_ns = (uint64_t)(cfg->blocking_keepalive_ms ? cfg->blocking_keepalive_ms
                                                             : DEFAULT_KEEPALIVE_MS) * 1000000u;
     p->queue_max = cfg->blocking_queue_max;
-    p->compute_max = cfg->compute_max_threads ? cfg->compute_max_threads : default_compute_max();
+    /* A thread is always left to blocking jobs, when the pool has two. */
+    uint32_t compute_max = cfg->compute_max_threads ? cfg->compute_max_threads
+                                                    : default_compute_max();
+    uint32_t room = p->max_threads > 1 ? p->max_threads - 1 : 1;
+    p->compute_max = compute_max < room ? compute_max : room;
     uint32_t slice = cfg->compute_slice_us ? cfg->compute_slice_us : DEFAULT_SLICE_US;
     p->compute_slice_ns = slice == WEFT_COMPUTE_SLICE_OFF ? 0 : (uint64_t)slice * 1000u;
     p->priority = cfg->blocking_priority;
@@ -236,6 +242,10 @@ struct pool_slot {
     uint64_t job_start;     /* ns, while a job runs; else 0 (under the lock) */
     _Atomic bool demoted;   /* lowered by the monitor during this job: set under
                              * the lock, cleared by the thread */
+    _Atomic bool ending;    /* the job's fn returned: the monitor lowers it no
+                             * more (narrows the window in which it would lower
+                             * a thread about to take the lock; the second
+                             * exchange of `demoted` closes it) */
 };
 
 /* Lowers thread `tid` as `prio` says; false if that failed. */
@@ -276,7 +286,8 @@ bool weft__blocking_demote(struct weft_runtime *rt, uint64_t now)
     pthread_mutex_lock(&p->lock);
     bool unlowered = false;
     for (struct pool_slot *s = p->slots; s; s = s->next) {
-        if (!s->job_start || atomic_load_explicit(&s->demoted, memory_order_relaxed))
+        if (!s->job_start || atomic_load_explicit(&s->demoted, memory_order_relaxed) ||
+            atomic_load_explicit(&s->ending, memory_order_relaxed))
             continue;
         if (now - s->job_start >= DEMOTE_NS && prio_lower(s->tid, p->priority))
             atomic_store_explicit(&s->demoted, true, memory_order_relaxed);
@@ -347,6 +358,16 @@ static void spin_for_notify(struct blocking_pool *p)
 
 static void *pool_thread(void *arg);
 
+/* Under the lock: hands the queue to an idle thread (idle--, notified++,
+ * signal: the idle count never promises the same thread twice). */
+static void hand_to_idle(struct blocking_pool *p)
+{
+    p->idle--;
+    atomic_store_explicit(&p->notified, atomic_load_explicit(&p->notified, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+    pthread_cond_signal(&p->work);
+}
+
 /* ---- compute slices ---------------------------------------------------------------
  * A lowered compute job yields its CPU every compute_slice_ns: a per-thread
  * timer sends its thread SIGURG, whose handler calls sched_yield (Go's
@@ -356,13 +377,18 @@ static void *pool_thread(void *arg);
  * SCHED_IDLE thread running for 1-4 ms while a woken worker waits on its
  * CPU; yielding every 250 us took the demo's light p99 from 4x the baseline
  * to 1.3x. Only compute jobs are sliced: they promise not to block, so the
- * signal (SA_RESTART) interrupts nothing a blocking job could be in.
+ * signal (SA_RESTART) interrupts nothing a blocking job could be in. The
+ * timer runs on CLOCK_MONOTONIC, not the thread's CPU clock: CPU-time timers
+ * are checked at the scheduler tick (4 ms here), too coarse for a slice; a
+ * signal that comes while the job waits for a CPU just makes it yield once
+ * when it gets one (standard signals do not queue).
  *
  * The handler is installed once per process, and only where SIGURG still
  * has its default or ignored disposition (it means "out-of-band data" and
  * is ignored by default): a program with its own SIGURG handler keeps it,
  * and its compute jobs are not sliced. The handler stays installed. */
 static _Atomic uint64_t slices;   /* yields done by the handler */
+_Static_assert(ATOMIC_LLONG_LOCK_FREE == 2, "the handler's counter must be lock-free");
 static bool slicing;              /* the handler is ours (set once, under slice_once) */
 static pthread_once_t slice_once = PTHREAD_ONCE_INIT;
 
@@ -399,8 +425,9 @@ struct slicer {
     bool made;
 };
 
-/* Starts slicing the calling thread (`tid`) every `ns`; false if it cannot. */
-static bool slice_start(struct slicer *s, pid_t tid, uint64_t ns)
+/* Whether the calling thread (`tid`) can be sliced: the handler is ours and
+ * its timer exists (made now if not). Called before the thread is lowered. */
+static bool slice_ready(struct slicer *s, pid_t tid)
 {
     pthread_once(&slice_once, install_slice_handler);
     if (!slicing)
@@ -410,10 +437,14 @@ static bool slice_start(struct slicer *s, pid_t tid, uint64_t ns)
         ev.sigev_notify = SIGEV_THREAD_ID;
         ev.sigev_signo = SIGURG;
         ev._sigev_un._tid = tid; /* sigev_notify_thread_id, which glibc 2.36 lacks */
-        if (timer_create(CLOCK_MONOTONIC, &ev, &s->timer) != 0)
-            return false;
-        s->made = true;
+        s->made = timer_create(CLOCK_MONOTONIC, &ev, &s->timer) == 0;
     }
+    return s->made;
+}
+
+/* Slices the thread every `ns` from now on (its timer made). */
+static bool slice_start(struct slicer *s, uint64_t ns)
+{
     struct timespec every = { (time_t)(ns / 1000000000u), (long)(ns % 1000000000u) };
     struct itimerspec it = { every, every };
     return timer_settime(s->timer, 0, &it, NULL) == 0;
@@ -520,21 +551,28 @@ static void *pool_thread(void *arg)
         struct weft__job *j = take_job(p);
         if (j) {
             bool cpu = j->cpu;
-            struct weft_waker k = take_room_waiter(p);
+            /* A compute job leaving its queue frees no room under queue_max. */
+            struct weft_waker k = cpu ? (struct weft_waker){ 0 } : take_room_waiter(p);
             bool more = reserve_thread(rt, has_runnable(p));
             slot.job_start = weft_now_ns();
+            atomic_store_explicit(&slot.ending, false, memory_order_relaxed);
             pthread_mutex_unlock(&p->lock);
             wake_waiter(&k);
             if (more)
                 start_reserved(rt);
             /* A compute job runs lowered from its first instruction, and
-             * (lowered) in slices. */
+             * (lowered) in slices; what may allocate or lock (the handler's
+             * install, the timer) is done before it is lowered. */
             bool sliced = false;
-            if (cpu && p->demotes && prio_lower(0, p->priority)) {
-                atomic_store_explicit(&slot.demoted, true, memory_order_relaxed);
-                sliced = p->compute_slice_ns && slice_start(&slicer, slot.tid, p->compute_slice_ns);
+            if (cpu && p->demotes) {
+                bool can_slice = p->compute_slice_ns && slice_ready(&slicer, slot.tid);
+                if (prio_lower(0, p->priority)) {
+                    atomic_store_explicit(&slot.demoted, true, memory_order_relaxed);
+                    sliced = can_slice && slice_start(&slicer, p->compute_slice_ns);
+                }
             }
             j->output = j->fn(j->arg);
+            atomic_store_explicit(&slot.ending, true, memory_order_relaxed);
             if (sliced)
                 slice_stop(&slicer);
             /* Back up before taking any lock (a relaxed peek: the lock below
@@ -597,8 +635,13 @@ static void *pool_thread(void *arg)
         pthread_mutex_unlock(&p->lock);
         return NULL;
     }
-    /* A retiring thread leaves no queued job behind without a thread. */
-    bool more = reserve_thread(rt, has_runnable(p));
+    /* A retiring thread leaves no runnable job behind without a thread (a
+     * compute job its end made runnable included: hand it to an idle one). */
+    bool more = false;
+    if (has_runnable(p) && p->idle > 0)
+        hand_to_idle(p);
+    else
+        more = reserve_thread(rt, has_runnable(p));
     pthread_mutex_unlock(&p->lock);
     if (more)
         start_reserved(rt);
@@ -617,7 +660,7 @@ static int pool_push(struct weft_runtime *rt, struct weft__job *j, bool bounded,
         pthread_mutex_unlock(&p->lock);
         return -ESHUTDOWN;
     }
-    if (bounded && p->queue_max && p->queued >= p->queue_max) {
+    if (bounded && p->queue_max && p->queued - p->cpu_queued >= p->queue_max) {
         if (waiter) {
             waiter->waker = weft_waker_clone(waker);
             waiter->wnext = NULL;
@@ -634,15 +677,13 @@ static int pool_push(struct weft_runtime *rt, struct weft__job *j, bool bounded,
     }
     jobq_push(j->cpu ? &p->cpu_jobs : &p->jobs, j);
     p->queued++;
+    p->cpu_queued += j->cpu;
     bool start = false;
     if (!has_runnable(p)) {
         /* A compute job behind compute_max running ones: the first of them
          * to finish takes it. */
     } else if (p->idle > 0) {
-        p->idle--;
-        atomic_store_explicit(&p->notified, atomic_load_explicit(&p->notified,
-                              memory_order_relaxed) + 1, memory_order_relaxed);
-        pthread_cond_signal(&p->work);
+        hand_to_idle(p);
     } else {
         start = reserve_thread(rt, true);
     }
@@ -783,7 +824,9 @@ void weft__job_cancel(struct weft__job *j)
     struct weft_waker k = { 0 };
     if (queued) {
         p->queued--;
-        k = take_room_waiter(p);
+        p->cpu_queued -= j->cpu;
+        if (!j->cpu)
+            k = take_room_waiter(p);
     }
     pthread_mutex_unlock(&p->lock);
     if (queued)

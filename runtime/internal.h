@@ -193,6 +193,7 @@ struct blocking_pool {
     struct weft_spawn_blocking_wait *whead, *wtail; /* spawns waiting for room */
     struct pool_slot *slots;       /* the threads, for the monitor's demotions */
     uint32_t queued, threads, idle; /* queued: in both queues */
+    uint32_t cpu_queued;           /* of which compute jobs (not under queue_max) */
     uint32_t computing, compute_max; /* compute jobs running; at most this many */
     uint64_t compute_slice_ns;     /* a lowered compute job yields this often; 0: never */
     uint32_t starting;             /* threads started and not yet running their loop */

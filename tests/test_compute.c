@@ -134,6 +134,41 @@ Test(compute, blocking_jobs_not_held_behind_the_cap, .timeout = 60)
     weft_runtime_destroy(rt);
 }
 
+/* A pool of 2 threads runs at most one compute job (one thread is left to
+ * blocking jobs, whatever compute_max_threads says); a try_ spawn into a
+ * queue bound of 1 is not refused for the compute jobs waiting. */
+Test(compute, cap_leaves_a_thread_and_queue_room, .timeout = 60)
+{
+    reset_counts(UINT32_MAX); /* wait for the gate */
+    struct weft_runtime_config cfg;
+    weft_runtime_config_init(&cfg);
+    cfg.workers = 2;
+    cfg.blocking_priority = WEFT_BLOCKING_PRIO_NORMAL;
+    cfg.blocking_max_threads = 2;
+    cfg.blocking_queue_max = 1;
+    cfg.compute_max_threads = 8;
+    struct weft_runtime *rt = NULL;
+    cr_assert_eq(weft_runtime_create(&rt, &cfg), 0);
+    struct weft_blocking_join a, b[2], c;
+    cr_assert_eq(weft_spawn_compute(rt, job_counted, (void *)1, &a), 0);
+    for (uintptr_t i = 0; i < 2; i++)
+        cr_assert_eq(weft_spawn_compute(rt, job_counted, (void *)(2 + i), &b[i]), 0);
+    WAIT_UNTIL(atomic_load(&started) == 1);
+    sleep_us(20000);
+    cr_assert_eq(atomic_load(&started), 1, "a second compute job took the pool's last thread");
+    struct weft_metrics m;
+    cr_assert_eq(weft_metrics_read(rt, &m), 0);
+    cr_assert_eq(m.blocking_queue_depth, 2);
+    cr_assert_eq(weft_try_spawn_blocking(rt, job_open_gate, (void *)9, &c), 0,
+                 "the queue bound counted compute jobs");
+    cr_assert_eq(join(rt, &c), 9);
+    cr_assert_eq(join(rt, &a), 3);
+    cr_assert_eq(join(rt, &b[0]), 5);
+    cr_assert_eq(join(rt, &b[1]), 7);
+    cr_assert_eq(atomic_load(&max_running), 1);
+    weft_runtime_destroy(rt);
+}
+
 /* The calling thread's policy. */
 static void *job_policy(void *arg)
 {
@@ -321,6 +356,8 @@ Test(compute, sliced_while_lowered, .timeout = 60)
 /* WEFT_COMPUTE_SLICE_OFF: a compute job spinning 40 ms yields never. */
 Test(compute, slices_off, .timeout = 60)
 {
+    if (!may_raise_back())
+        cr_skip_test("nothing is lowered, so nothing would be sliced anyway");
     start_sliced(WEFT_COMPUTE_SLICE_OFF);
     cr_assert_eq(run_spin(true, 0), 0);
     weft_runtime_destroy(slice_rt);
@@ -338,6 +375,8 @@ static void app_urg(int sig)
  * run unsliced (and send it nothing). */
 Test(compute, program_sigurg_handler_kept, .timeout = 60)
 {
+    if (!may_raise_back())
+        cr_skip_test("nothing is lowered, so nothing would be sliced anyway");
     struct sigaction mine = { 0 }, now;
     mine.sa_handler = app_urg;
     sigemptyset(&mine.sa_mask);

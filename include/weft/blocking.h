@@ -48,10 +48,12 @@ int weft_spawn_blocking(struct weft_runtime *rt, weft_blocking_fn *fn, void *arg
 /* As weft_spawn_blocking, for CPU-bound work: the job runs lowered to
  * config.blocking_priority from its start (when the pool lowers at all) and,
  * lowered, yields its CPU every config.compute_slice_us (its thread takes
- * SIGURG: docs/blocking.md); at most config.compute_max_threads compute jobs
- * run at once (default: the CPUs less one), the rest waiting in order, so a
- * CPU is left to the workers. Not for jobs that block on I/O, sleeps or
- * locks: those belong to weft_spawn_blocking. */
+ * SIGURG, unless the program handles SIGURG itself: docs/blocking.md); at
+ * most config.compute_max_threads compute jobs run at once (default: the
+ * CPUs less one; never more than blocking_max_threads - 1 when that is 1 or
+ * more), the rest waiting in order outside the queue_max bound, so a CPU is
+ * left to the workers and a thread to blocking jobs. Not for jobs that block
+ * on I/O, sleeps or locks: those belong to weft_spawn_blocking. */
 int weft_spawn_compute(struct weft_runtime *rt, weft_blocking_fn *fn, void *arg,
                        struct weft_blocking_join *join);
 /* As weft_spawn_blocking, but with a bounded queue (config.blocking_queue_max)
