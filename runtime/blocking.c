@@ -368,94 +368,6 @@ static void hand_to_idle(struct blocking_pool *p)
     pthread_cond_signal(&p->work);
 }
 
-/* ---- compute slices ---------------------------------------------------------------
- * A lowered compute job yields its CPU every compute_slice_ns: a per-thread
- * timer sends its thread SIGURG, whose handler calls sched_yield (Go's
- * runtime preempts goroutines with SIGURG too). With nothing else waiting
- * for that CPU the yield returns at once and the job goes on. Why: measured
- * with the stall demo (docs/blocking.md), the kernel here at times leaves a
- * SCHED_IDLE thread running for 1-4 ms while a woken worker waits on its
- * CPU; yielding every 250 us took the demo's light p99 from 4x the baseline
- * to 1.3x. Only compute jobs are sliced: they promise not to block, so the
- * signal (SA_RESTART) interrupts nothing a blocking job could be in. The
- * timer runs on CLOCK_MONOTONIC, not the thread's CPU clock: CPU-time timers
- * are checked at the scheduler tick (4 ms here), too coarse for a slice; a
- * signal that comes while the job waits for a CPU just makes it yield once
- * when it gets one (standard signals do not queue).
- *
- * The handler is installed once per process, and only where SIGURG still
- * has its default or ignored disposition (it means "out-of-band data" and
- * is ignored by default): a program with its own SIGURG handler keeps it,
- * and its compute jobs are not sliced. The handler stays installed. */
-static _Atomic uint64_t slices;   /* yields done by the handler */
-_Static_assert(ATOMIC_LLONG_LOCK_FREE == 2, "the handler's counter must be lock-free");
-static bool slicing;              /* the handler is ours (set once, under slice_once) */
-static pthread_once_t slice_once = PTHREAD_ONCE_INIT;
-
-static void slice_handler(int sig)
-{
-    (void)sig;
-    int saved = errno;
-    sched_yield();
-    /* Relaxed: a counter read for the metrics; lock-free, so signal-safe. */
-    atomic_fetch_add_explicit(&slices, 1, memory_order_relaxed);
-    errno = saved;
-}
-
-static void install_slice_handler(void)
-{
-    struct sigaction old, sa = { 0 };
-    if (sigaction(SIGURG, NULL, &old) != 0 || (old.sa_flags & SA_SIGINFO) ||
-        (old.sa_handler != SIG_DFL && old.sa_handler != SIG_IGN))
-        return;
-    sa.sa_handler = slice_handler;
-    sa.sa_flags = SA_RESTART;
-    sigemptyset(&sa.sa_mask);
-    slicing = sigaction(SIGURG, &sa, NULL) == 0;
-}
-
-uint64_t weft__compute_slices(void)
-{
-    return atomic_load_explicit(&slices, memory_order_relaxed);
-}
-
-/* A pool thread's slice timer, made at its first sliced job. */
-struct slicer {
-    timer_t timer;
-    bool made;
-};
-
-/* Whether the calling thread (`tid`) can be sliced: the handler is ours and
- * its timer exists (made now if not). Called before the thread is lowered. */
-static bool slice_ready(struct slicer *s, pid_t tid)
-{
-    pthread_once(&slice_once, install_slice_handler);
-    if (!slicing)
-        return false;
-    if (!s->made) {
-        struct sigevent ev = { 0 };
-        ev.sigev_notify = SIGEV_THREAD_ID;
-        ev.sigev_signo = SIGURG;
-        ev._sigev_un._tid = tid; /* sigev_notify_thread_id, which glibc 2.36 lacks */
-        s->made = timer_create(CLOCK_MONOTONIC, &ev, &s->timer) == 0;
-    }
-    return s->made;
-}
-
-/* Slices the thread every `ns` from now on (its timer made). */
-static bool slice_start(struct slicer *s, uint64_t ns)
-{
-    struct timespec every = { (time_t)(ns / 1000000000u), (long)(ns % 1000000000u) };
-    struct itimerspec it = { every, every };
-    return timer_settime(s->timer, 0, &it, NULL) == 0;
-}
-
-static void slice_stop(struct slicer *s)
-{
-    struct itimerspec off = { { 0, 0 }, { 0, 0 } };
-    timer_settime(s->timer, 0, &off, NULL);
-}
-
 /* Under the lock: whether to start a thread for `backlog` (jobs queued),
  * none being idle or starting; if so, counts it in `threads` and `starting`
  * and holds the runtime for it. */
@@ -534,7 +446,7 @@ static void *pool_thread(void *arg)
     struct blocking_pool *p = &rt->blocking;
     pthread_setname_np(pthread_self(), "weft-blocking");
     struct pool_slot slot = { .tid = (pid_t)syscall(SYS_gettid) };
-    struct slicer slicer = { .made = false };
+    struct weft__slicer slicer = { .made = false };
     sigset_t urg;
     sigemptyset(&urg);
     sigaddset(&urg, SIGURG);
@@ -565,16 +477,16 @@ static void *pool_thread(void *arg)
              * install, the timer) is done before it is lowered. */
             bool sliced = false;
             if (cpu && p->demotes) {
-                bool can_slice = p->compute_slice_ns && slice_ready(&slicer, slot.tid);
+                bool can_slice = p->compute_slice_ns && weft__slice_ready(&slicer, slot.tid);
                 if (prio_lower(0, p->priority)) {
                     atomic_store_explicit(&slot.demoted, true, memory_order_relaxed);
-                    sliced = can_slice && slice_start(&slicer, p->compute_slice_ns);
+                    sliced = can_slice && weft__slice_start(&slicer, p->compute_slice_ns);
                 }
             }
             j->output = j->fn(j->arg);
             atomic_store_explicit(&slot.ending, true, memory_order_relaxed);
             if (sliced)
-                slice_stop(&slicer);
+                weft__slice_stop(&slicer);
             /* Back up before taking any lock (a relaxed peek: the lock below
              * settles it), then once more if the monitor lowered us in the
              * meantime: the bookkeeping and the joiner's wake run at the
@@ -624,8 +536,7 @@ static void *pool_thread(void *arg)
     if (slot.next)
         slot.next->pprev = slot.pprev;
     p->threads--;
-    if (slicer.made)
-        timer_delete(slicer.timer); /* a syscall under the lock, once per thread */
+    weft__slice_fini(&slicer); /* a syscall under the lock, once per thread */
     if (p->closed && !p->abandoned) {
         /* Destroy is waiting for us: it releases our hold on rt (so that the
          * runtime is freed on its thread, before it returns). */

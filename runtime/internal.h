@@ -8,6 +8,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
+#include <time.h>
 
 #include "weft.h"
 #include "park.h"
@@ -219,6 +221,19 @@ bool weft__blocking_demote(struct weft_runtime *rt, uint64_t now);
 uint32_t weft__blocking_shutdown(struct weft_runtime *rt, uint32_t timeout_ms,
                                  uint32_t *gone_holds);
 void weft__blocking_fini(struct weft_runtime *rt);
+/* slice.c: a lowered compute job yields its CPU every slice (SIGURG from a
+ * per-thread timer, a handler that calls sched_yield). A pool thread's
+ * slicer: ready (handler ours, timer made: false if it cannot be sliced;
+ * called before the thread is lowered), start (every `ns`), stop, fini (at
+ * the thread's exit). */
+struct weft__slicer {
+    timer_t timer;
+    bool made;
+};
+bool weft__slice_ready(struct weft__slicer *s, pid_t tid);
+bool weft__slice_start(struct weft__slicer *s, uint64_t ns);
+void weft__slice_stop(struct weft__slicer *s);
+void weft__slice_fini(struct weft__slicer *s);
 /* Times a compute job yielded at a slice's end, in the whole process. */
 uint64_t weft__compute_slices(void);
 
