@@ -38,10 +38,10 @@
  * means one of them sees the other, so the wake is never lost. The state's
  * seq_cst store also releases the output to the handle's load. */
 #include <errno.h>
-#include <signal.h>
 #include <linux/capability.h>
 #include <linux/futex.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
