@@ -7,8 +7,9 @@
 #   baseline  the inline server, no /heavy load (the /light figures to compare to)
 #   inline    /heavy's CPU work runs on the worker that serves the request
 #   blocking  /heavy's work goes to the blocking pool (spawn_blocking / weft's own)
-#   compute   weft only: /heavy's work goes to weft_spawn_compute (lowered from its
-#             start, at most CPUs - 1 at once); Tokio has no such call
+#   compute   /heavy's work goes to the runtime's lane for CPU-bound work: weft's
+#             weft_spawn_compute, and for Tokio rayon's pool (rayon::spawn and a
+#             oneshot channel, as Tokio's documentation advises)
 # Runs are interleaved: run 1 of every (mode, server), then run 2, ...
 #
 # usage: benches/stall_compare.sh [RUNS=3] [DUR=5]
@@ -123,7 +124,6 @@ for r in $(seq "$RUNS"); do
         m=$mode; [ $mode = baseline ] && m=inline
         for s in $SERVERS; do
             [[ "$FAILED" == *" $s "* ]] && continue
-            [ $mode = compute ] && [ $s != weft ] && continue
             echo "[stall run $r/$RUNS] $s $mode" >&2
             start "$s" "$m" || continue
             pre=$RES/$s.$mode

@@ -23,7 +23,7 @@ OUT=$(cd "$OUT" && pwd)
 # ---- Debian dependencies ---------------------------------------------------------
 # C peers: gcc, liburing-dev, libuv1-dev; run.sh needs wrk, bc, ss (iproute2), python3.
 PKGS=(gcc libc6-dev liburing-dev libuv1-dev wrk bc iproute2
-      librust-tokio-dev librust-tokio-macros-dev golang-go time)
+      librust-tokio-dev librust-tokio-macros-dev librust-rayon-dev golang-go time)
 command -v cargo >/dev/null || PKGS+=(cargo) # Debian's cargo/rustc as a fallback
 command -v python3 >/dev/null || PKGS+=(python3)
 missing=()

@@ -4,7 +4,7 @@
 //! connections of a work-stealing runtime, done inline on a worker or moved to
 //! the blocking pool.
 //!
-//! usage: tokio_stall inline|blocking PORT [WORKERS=2] [HEAVY_MS=5]
+//! usage: tokio_stall inline|blocking|compute PORT [WORKERS=2] [HEAVY_MS=5]
 //!
 //! Runtime: one multi-thread runtime with WORKERS worker threads (and Tokio's
 //! default blocking pool, up to 512 threads, for `blocking`). The accept loop runs
@@ -28,6 +28,10 @@
 //!             queued behind it wait, unless another worker steals them).
 //!   blocking: the work runs in tokio::task::spawn_blocking, and the connection's
 //!             task awaits its JoinHandle, so the workers stay free for I/O.
+//!   compute:  the work runs on rayon's global pool (one thread per CPU, its
+//!             default), handed over with rayon::spawn and awaited through a
+//!             tokio oneshot channel: what Tokio's documentation advises for
+//!             CPU-bound work (the peer of weft's weft_spawn_compute).
 //! The work is a dependent multiply/xor-shift chain (an LCG step plus a mix) over
 //! a u64 seeded through an optimization barrier, its result also passed through
 //! the barrier, so the compiler can neither precompute nor drop it. Calibration,
@@ -56,6 +60,7 @@ const HTTP_BUF: usize = 4096;
 enum Mode {
     Inline,
     Blocking,
+    Compute,
 }
 
 /// The CPU work: `iters` dependent steps of an LCG plus an xor-shift mix.
@@ -121,6 +126,13 @@ async fn heavy(mode: Mode, iters: u64, seed: u64) {
                 .expect("spawn_blocking");
             black_box(r);
         }
+        Mode::Compute => {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            rayon::spawn(move || {
+                let _ = tx.send(burn(iters, black_box(seed))); // the receiver may be gone
+            });
+            black_box(rx.await.expect("rayon job"));
+        }
     }
 }
 
@@ -161,7 +173,7 @@ async fn serve(mut s: TcpStream, mode: Mode, iters: u64) -> std::io::Result<()> 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let usage = || -> ! {
-        eprintln!("usage: tokio_stall inline|blocking PORT [WORKERS=2] [HEAVY_MS=5]");
+        eprintln!("usage: tokio_stall inline|blocking|compute PORT [WORKERS=2] [HEAVY_MS=5]");
         std::process::exit(2)
     };
     if args.len() < 3 {
@@ -170,6 +182,7 @@ fn main() {
     let mode = match args[1].as_str() {
         "inline" => Mode::Inline,
         "blocking" => Mode::Blocking,
+        "compute" => Mode::Compute,
         _ => usage(),
     };
     let port: u16 = args[2].parse().unwrap_or_else(|_| usage());
