@@ -382,6 +382,21 @@ static bool reserve_thread(struct weft_runtime *rt, bool backlog)
     return true;
 }
 
+/* Under the lock: gets a thread for the runnable jobs, if any (a compute job
+ * behind compute_max running ones has none: the first of them to finish
+ * takes it): hands them to an idle thread, or reserves a thread start,
+ * which the caller then makes (true). */
+static bool find_thread(struct weft_runtime *rt)
+{
+    struct blocking_pool *p = &rt->blocking;
+    if (!has_runnable(p))
+        return false;
+    if (p->idle == 0)
+        return reserve_thread(rt, true);
+    hand_to_idle(p);
+    return false;
+}
+
 /* After a reserved thread failed to start (under the lock, its reservation
  * given back): with no thread left, nothing would ever run the queued jobs,
  * so they are taken off the queue and returned, for the caller to cancel
@@ -547,12 +562,8 @@ static void *pool_thread(void *arg)
         return NULL;
     }
     /* A retiring thread leaves no runnable job behind without a thread (a
-     * compute job its end made runnable included: hand it to an idle one). */
-    bool more = false;
-    if (has_runnable(p) && p->idle > 0)
-        hand_to_idle(p);
-    else
-        more = reserve_thread(rt, has_runnable(p));
+     * compute job its end made runnable included). */
+    bool more = find_thread(rt);
     pthread_mutex_unlock(&p->lock);
     if (more)
         start_reserved(rt);
@@ -589,15 +600,7 @@ static int pool_push(struct weft_runtime *rt, struct weft__job *j, bool bounded,
     jobq_push(j->cpu ? &p->cpu_jobs : &p->jobs, j);
     p->queued++;
     p->cpu_queued += j->cpu;
-    bool start = false;
-    if (!has_runnable(p)) {
-        /* A compute job behind compute_max running ones: the first of them
-         * to finish takes it. */
-    } else if (p->idle > 0) {
-        hand_to_idle(p);
-    } else {
-        start = reserve_thread(rt, true);
-    }
+    bool start = find_thread(rt);
     pthread_mutex_unlock(&p->lock);
     if (!start)
         return 0;
