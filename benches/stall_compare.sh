@@ -15,6 +15,7 @@
 # usage: benches/stall_compare.sh [RUNS=3] [DUR=5]
 #   BUILD           weft build dir, relative to the repo (default build-release)
 #   SERVERS         which servers (default "tokio weft")
+#   MODES           which modes (default "baseline inline blocking compute")
 #   WEFT_HTTP_ARGS  extra arguments appended to weft-http's command line
 #   HEAVY_CONNS     connections doing /heavy (default 2)
 #   HEAVY_MS        CPU ms per /heavy request (default 5)
@@ -32,6 +33,7 @@ OUT=${PEERS_OUT:-${XDG_CACHE_HOME:-$HOME/.cache}/weft-peers}
 B=$REPO/${BUILD:-build-release}
 RES=${RESULTS:-/tmp/weft-stall}
 SERVERS=${SERVERS:-"tokio weft"}
+MODES=${MODES:-"baseline inline blocking compute"}
 HEAVY_CONNS=${HEAVY_CONNS:-2}
 HEAVY_MS=${HEAVY_MS:-5}
 STARTUP_S=${STARTUP_S:-10}
@@ -120,7 +122,7 @@ ticks() { sed 's/.*) //' "/proc/$SRV_PID/stat" 2>/dev/null | awk '{print $12 + $
 
 WRK_CAP=$((DUR + 15)) # a hung wrk cannot outlive this
 for r in $(seq "$RUNS"); do
-    for mode in baseline inline blocking compute; do
+    for mode in $MODES; do
         m=$mode; [ $mode = baseline ] && m=inline
         for s in $SERVERS; do
             [[ "$FAILED" == *" $s "* ]] && continue

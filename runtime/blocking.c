@@ -492,7 +492,7 @@ static void *pool_thread(void *arg)
              * install, the timer) is done before it is lowered. */
             bool sliced = false;
             if (cpu && p->demotes) {
-                bool can_slice = p->compute_slice_ns && weft__slice_ready(&slicer, slot.tid);
+                bool can_slice = p->compute_slice_ns && weft__slice_ready(&slicer, rt, slot.tid);
                 if (prio_lower(0, p->priority)) {
                     atomic_store_explicit(&slot.demoted, true, memory_order_relaxed);
                     sliced = can_slice && weft__slice_start(&slicer, p->compute_slice_ns);

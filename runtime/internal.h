@@ -226,11 +226,36 @@ void weft__blocking_fini(struct weft_runtime *rt);
  * slicer: ready (handler ours, timer made: false if it cannot be sliced;
  * called before the thread is lowered), start (every `ns`), stop, fini (at
  * the thread's exit). */
+/* ---- hand-over (handover.c) ------------------------------------------------
+ * A thread running a lowered job looks at the workers now and then (a
+ * compute job at each slice's end); a worker seen waiting for a CPU is moved
+ * to the looker's. The looker's memory of its last look, per worker: */
+struct weft__looker {
+    struct weft_runtime *rt;
+    struct weft__seen *seen;       /* nworkers entries */
+};
+/* Allocates the per-worker memory and opens the workers' /proc stat files
+ * (again for any not open yet): false without memory. */
+bool weft__looker_init(struct weft__looker *l, struct weft_runtime *rt);
+void weft__looker_fini(struct weft__looker *l);
+/* One look (async-signal-safe): moves each worker runnable at this look and
+ * the last without having run in between, on a CPU other than `cpu`, to
+ * `cpu`. Returns how many it moved. */
+uint32_t weft__looker_look(struct weft__looker *l, int cpu);
+/* The worker, at the end of a park: takes its own affinity back if a looker
+ * narrowed it. */
+void weft__handover_undo(struct weft__worker *w);
+/* Times a worker was moved, in the whole process. */
+uint64_t weft__handovers(void);
+
 struct weft__slicer {
     timer_t timer;
     bool made;
+    uint64_t slice_ns;
+    uint64_t ran_ns;               /* the thread's CPU time at the last slice's end */
+    struct weft__looker looker;
 };
-bool weft__slice_ready(struct weft__slicer *s, pid_t tid);
+bool weft__slice_ready(struct weft__slicer *s, struct weft_runtime *rt, pid_t tid);
 bool weft__slice_start(struct weft__slicer *s, uint64_t ns);
 void weft__slice_stop(struct weft__slicer *s);
 void weft__slice_fini(struct weft__slicer *s);
@@ -272,6 +297,13 @@ struct weft__worker {
                                     * is what other threads write */
     _Atomic uint32_t clock;        /* POLLED_SHIFT units, read at timed polls and parks */
     struct wstats *stats;          /* its metrics, read by any thread */
+    /* For handover.c: the worker's thread id (0 until it runs; release-
+     * stored after cpu_clock), and its affinity while a looker has narrowed
+     * it (`handed` says who holds `handed_mask`). */
+    _Atomic pid_t tid;
+    clockid_t cpu_clock;
+    _Atomic uint32_t handed;
+    cpu_set_t handed_mask;
     char pad[CACHE_LINE];          /* keeps the next worker's queue off these lines */
 };
 

@@ -135,6 +135,7 @@ int weft_metrics_read(struct weft_runtime *rt, struct weft_metrics *m)
     m->blocking_jobs = p->jobs_done;
     m->compute_running = p->computing;
     m->compute_slices = weft__compute_slices();
+    m->compute_handovers = weft__handovers();
     live -= p->threads; /* each pool thread holds the runtime's memory as one */
     pthread_mutex_unlock(&p->lock);
     m->live_tasks = live > 0 ? (uint64_t)live : 0;
@@ -180,9 +181,9 @@ int weft_metrics_dump(struct weft_runtime *rt, FILE *out)
     }
     fprintf(out, "blocking pool: %" PRIu64 " threads (%" PRIu64 " idle, %" PRIu64
                  " computing), %" PRIu64 " queued, %" PRIu64 " jobs done, %" PRIu64
-                 " compute slices\n",
+                 " compute slices, %" PRIu64 " handed over\n",
             m->blocking_threads, m->blocking_idle, m->compute_running, m->blocking_queue_depth,
-            m->blocking_jobs, m->compute_slices);
+            m->blocking_jobs, m->compute_slices, m->compute_handovers);
     print_hist(out, "poll time", &m->poll_ns);
     print_hist(out, "sched latency", &m->sched_latency);
     free(m);

@@ -26,6 +26,8 @@
  * thundering herd of futex calls when a burst arrives; one searcher wakes the
  * next instead). */
 #include <linux/futex.h>
+#include <pthread.h>
+#include <time.h>
 #include <stdio.h>
 #include <sys/prctl.h>
 #include <string.h>
@@ -321,6 +323,7 @@ static void park_worker(struct weft__worker *w)
         atomic_store_explicit(&st->busy_since, 0, memory_order_relaxed);
         stat_add(&st->parks, 1);
         weft__io_park(w->io);
+        weft__handover_undo(w);
         now = weft_now_ns();
         atomic_store_explicit(&st->busy_since, now, memory_order_relaxed);
         atomic_store_explicit(&w->clock, (uint32_t)(now >> POLLED_SHIFT), memory_order_relaxed);
@@ -349,6 +352,10 @@ void *weft__worker_main(void *arg)
     /* Timer wakeups to the microsecond: the default 50 us of slack is a
      * quarter of the oversleep budget of a 1 ms sleep. */
     prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0);
+    /* What a sliced compute job looks at to hand its CPU over (handover.c);
+     * release: cpu_clock before tid. */
+    if (pthread_getcpuclockid(pthread_self(), &w->cpu_clock) == 0)
+        atomic_store_explicit(&w->tid, (pid_t)syscall(SYS_gettid), memory_order_release);
     int err = weft__io_start(w->io);
     if (err)
         fprintf(stderr, "weft: worker %u: enabling its io_uring failed (%s); I/O on it "

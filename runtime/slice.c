@@ -33,13 +33,32 @@ _Static_assert(ATOMIC_LLONG_LOCK_FREE == 2, "the handler's counter must be lock-
 static bool slicing;              /* the handler is ours (set once, under slice_once) */
 static pthread_once_t slice_once = PTHREAD_ONCE_INIT;
 
+/* The slicer of this thread's compute job while it runs lowered. */
+static _Thread_local struct weft__slicer *current;
+
+static uint64_t thread_cpu_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
 static void slice_handler(int sig)
 {
     (void)sig;
+    struct weft__slicer *s = current;
     int saved = errno;
-    sched_yield();
-    /* Relaxed: a counter read for the metrics; lock-free, so signal-safe. */
-    atomic_fetch_add_explicit(&slices, 1, memory_order_relaxed);
+    /* A job that has had less than half a slice of CPU since its last slice
+     * ended has been waiting, not running: it goes on (the timer counts wall
+     * time, and a starved job would otherwise spend each of its turns here). */
+    uint64_t ran = s ? thread_cpu_ns() : 0;
+    if (s && ran - s->ran_ns >= s->slice_ns / 2) {
+        s->ran_ns = ran;
+        weft__looker_look(&s->looker, sched_getcpu());
+        sched_yield();
+        /* Relaxed: a counter read for the metrics; lock-free, so signal-safe. */
+        atomic_fetch_add_explicit(&slices, 1, memory_order_relaxed);
+    }
     errno = saved;
 }
 
@@ -60,10 +79,10 @@ uint64_t weft__compute_slices(void)
     return atomic_load_explicit(&slices, memory_order_relaxed);
 }
 
-bool weft__slice_ready(struct weft__slicer *s, pid_t tid)
+bool weft__slice_ready(struct weft__slicer *s, struct weft_runtime *rt, pid_t tid)
 {
     pthread_once(&slice_once, install_slice_handler);
-    if (!slicing)
+    if (!slicing || !weft__looker_init(&s->looker, rt))
         return false;
     if (!s->made) {
         struct sigevent ev = { 0 };
@@ -79,13 +98,20 @@ bool weft__slice_start(struct weft__slicer *s, uint64_t ns)
 {
     struct timespec every = { (time_t)(ns / 1000000000u), (long)(ns % 1000000000u) };
     struct itimerspec it = { every, every };
-    return timer_settime(s->timer, 0, &it, NULL) == 0;
+    s->slice_ns = ns;
+    s->ran_ns = thread_cpu_ns();
+    current = s;
+    if (timer_settime(s->timer, 0, &it, NULL) == 0)
+        return true;
+    current = NULL;
+    return false;
 }
 
 void weft__slice_stop(struct weft__slicer *s)
 {
     struct itimerspec off = { { 0, 0 }, { 0, 0 } };
     timer_settime(s->timer, 0, &off, NULL);
+    current = NULL;
 }
 
 void weft__slice_fini(struct weft__slicer *s)
@@ -93,4 +119,5 @@ void weft__slice_fini(struct weft__slicer *s)
     if (s->made)
         timer_delete(s->timer);
     s->made = false;
+    weft__looker_fini(&s->looker);
 }

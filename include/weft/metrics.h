@@ -79,6 +79,8 @@ struct weft_metrics {
     uint64_t compute_running;       /* of the pool's running jobs, weft_spawn_compute ones */
     uint64_t compute_slices;        /* times a compute job yielded its CPU (every runtime of the
                                      * process: the count is the signal handler's) */
+    uint64_t compute_handovers;     /* times a compute job gave its CPU to a worker seen waiting
+                                     * for one (every runtime of the process) */
     /* histograms, summed over the workers (sampled: see above) */
     struct weft_histogram poll_ns;        /* how long one poll took */
     struct weft_histogram sched_latency;  /* woken (or spawned) to polled */

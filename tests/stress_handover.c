@@ -1,0 +1,228 @@
+/* tests/stress_handover.c: hand-overs (runtime/handover.c) over and over, for
+ * ThreadSanitizer: a compute job's slice handler narrows the worker's
+ * affinity (writing `handed_mask`) while the worker, at the end of each
+ * park, widens it back (reading it); the `handed` word orders the two.
+ *
+ * A plain program rather than a Criterion test so that it runs under
+ * ThreadSanitizer. Usage: stress_handover [full|small].
+ *
+ * The set-up of tests/test_handover.c, repeated: one worker; a compute job
+ * pinned to CPU 0, sliced every 50 us; a SCHED_FIFO thread on CPU 1 spinning
+ * 3 ms out of every 4 (within the kernel's real-time budget); a task that
+ * moves its worker to CPU 1 (and widens its affinity again at once) and
+ * sleeps 1 ms, ROUNDS times (full: 400, small: 80). A worker woken while the
+ * hog spins waits on CPU 1 until the compute job hands it CPU 0. Checked:
+ * every round ends; at least one hand-over happened; once the worker parks
+ * for good its affinity is back to the process's. Skips (exit 0) without
+ * 2 CPUs or without the right to start a SCHED_FIFO thread and to raise a
+ * lowered one back. A watchdog aborts after WATCHDOG_SECS. Bad inputs: none
+ * (see test_handover.c). */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <inttypes.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <weft.h>
+
+#define WATCHDOG_SECS 120
+
+#define CHECK(cond)                                                          \
+    do {                                                                     \
+        if (!(cond)) {                                                       \
+            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
+            abort();                                                         \
+        }                                                                    \
+    } while (0)
+
+static _Atomic int stop, job_running;
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void *watchdog(void *arg)
+{
+    (void)arg;
+    sleep(WATCHDOG_SECS);
+    fprintf(stderr, "stress_handover: FAIL: not done after %d s\n", WATCHDOG_SECS);
+    abort();
+}
+
+static void pin_self(int cpu)
+{
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(cpu, &one);
+    CHECK(sched_setaffinity(0, sizeof one, &one) == 0);
+}
+
+/* The compute job: on CPU 0 until `stop`; its thread's affinity given back. */
+static void *job_on_cpu0(void *arg)
+{
+    (void)arg;
+    cpu_set_t was;
+    CHECK(sched_getaffinity(0, sizeof was, &was) == 0);
+    pin_self(0);
+    atomic_store(&job_running, 1);
+    while (!atomic_load(&stop))
+        now_ns(); /* a call TSan intercepts: the slice signal is handled there */
+    CHECK(sched_setaffinity(0, sizeof was, &was) == 0);
+    return NULL;
+}
+
+/* SCHED_FIFO on CPU 1: spins 3 ms, rests 1 ms, until `stop`. */
+static void *hog(void *arg)
+{
+    (void)arg;
+    while (!atomic_load(&stop)) {
+        uint64_t end = now_ns() + 3000000u;
+        while (now_ns() < end && !atomic_load(&stop))
+            ;
+        usleep(1000);
+    }
+    return NULL;
+}
+
+/* The task: ROUNDS times, to CPU 1 (affinity widened again at once) and a
+ * 1 ms sleep. */
+struct rounds {
+    struct weft_future base;
+    uint32_t left, woke_on_0;
+    bool sleeping;
+    pid_t tid;
+    struct weft_sleep s;
+};
+
+static enum weft_poll rounds_poll(struct weft_future *f, struct weft_cx *cx)
+{
+    struct rounds *r = (struct rounds *)f;
+    for (;;) {
+        if (r->sleeping) {
+            if (weft_future_poll(&r->s.base, cx) == WEFT_PENDING)
+                return WEFT_PENDING;
+            weft_future_drop(&r->s.base);
+            r->sleeping = false;
+            r->woke_on_0 += sched_getcpu() == 0;
+        }
+        if (r->left == 0)
+            return WEFT_READY;
+        r->left--;
+        cpu_set_t all;
+        CHECK(sched_getaffinity(0, sizeof all, &all) == 0);
+        pin_self(1);
+        CHECK(sched_setaffinity(0, sizeof all, &all) == 0);
+        r->tid = (pid_t)syscall(SYS_gettid);
+        weft_sleep_init(&r->s, 1000000u);
+        r->sleeping = true;
+    }
+}
+
+static void rounds_drop(struct weft_future *f)
+{
+    struct rounds *r = (struct rounds *)f;
+    if (r->sleeping)
+        weft_future_drop(&r->s.base);
+}
+
+static const struct weft_future_ops rounds_ops = { rounds_poll, rounds_drop };
+
+static bool can_run(void)
+{
+    if (sysconf(_SC_NPROCESSORS_ONLN) < 2)
+        return false;
+    struct rlimit rl;
+    bool raise = geteuid() == 0 || (getrlimit(RLIMIT_NICE, &rl) == 0 &&
+                                    (rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur >= 20));
+    struct sched_param sp = { .sched_priority = 1 };
+    if (!raise || sched_setscheduler(0, SCHED_FIFO, &sp) != 0)
+        return false;
+    sp.sched_priority = 0;
+    CHECK(sched_setscheduler(0, SCHED_OTHER, &sp) == 0);
+    return true;
+}
+
+int main(int argc, char **argv)
+{
+    bool small = argc > 1 && strcmp(argv[1], "small") == 0;
+    uint32_t rounds = small ? 80 : 400;
+    if (!can_run()) {
+        printf("stress_handover: SKIP (needs 2 CPUs, SCHED_FIFO and CAP_SYS_NICE)\n");
+        return 0;
+    }
+    pthread_t dog, h;
+    CHECK(pthread_create(&dog, NULL, watchdog, NULL) == 0);
+    pthread_detach(dog);
+    uint64_t t0 = now_ns();
+
+    struct weft_runtime_config cfg;
+    weft_runtime_config_init(&cfg);
+    cfg.workers = 1;
+    cfg.compute_slice_us = 50;
+    struct weft_runtime *rt;
+    CHECK(weft_runtime_create(&rt, &cfg) == 0);
+    struct weft_blocking_join job;
+    CHECK(weft_spawn_compute(rt, job_on_cpu0, NULL, &job) == 0);
+    while (!atomic_load(&job_running))
+        usleep(100);
+
+    pthread_attr_t a;
+    struct sched_param sp = { .sched_priority = 1 };
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(1, &one);
+    pthread_attr_init(&a);
+    pthread_attr_setinheritsched(&a, PTHREAD_EXPLICIT_SCHED);
+    pthread_attr_setschedpolicy(&a, SCHED_FIFO);
+    pthread_attr_setschedparam(&a, &sp);
+    pthread_attr_setaffinity_np(&a, sizeof one, &one);
+    CHECK(pthread_create(&h, &a, hog, NULL) == 0);
+    pthread_attr_destroy(&a);
+
+    struct rounds r = { .base = { &rounds_ops, 0 }, .left = rounds };
+    struct weft_join j;
+    CHECK(weft_spawn(rt, &r.base, sizeof r, &j) == 0);
+    CHECK(weft_block_on(rt, &j.base) == 0);
+    CHECK(j.res == 0);
+    struct rounds *done = weft_join_output(&j);
+    uint32_t woke_on_0 = done->woke_on_0;
+    pid_t tid = done->tid;
+    weft_future_drop(&j.base);
+    atomic_store(&stop, 1);
+    pthread_join(h, NULL);
+    CHECK(weft_block_on(rt, &job.base) == 0);
+    CHECK(job.res == 0);
+    weft_future_drop(&job.base);
+
+    struct weft_metrics m;
+    CHECK(weft_metrics_read(rt, &m) == 0);
+    /* The worker parks with nothing to do: its affinity is the process's. */
+    cpu_set_t all, now;
+    CHECK(sched_getaffinity(0, sizeof all, &all) == 0);
+    for (int i = 0;; i++) {
+        CHECK(sched_getaffinity(tid, sizeof now, &now) == 0);
+        if (CPU_EQUAL(&now, &all))
+            break;
+        CHECK(i < 10000); /* 10 s */
+        usleep(1000);
+    }
+    weft_runtime_destroy(rt);
+    printf("stress_handover: rounds=%u handovers=%" PRIu64 " woke_on_cpu0=%u secs=%.2f %s\n",
+           rounds, m.compute_handovers, woke_on_0, (double)(now_ns() - t0) / 1e9,
+           m.compute_handovers ? "OK" : "FAIL");
+    return m.compute_handovers ? 0 : 1;
+}
