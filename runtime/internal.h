@@ -221,36 +221,44 @@ bool weft__blocking_demote(struct weft_runtime *rt, uint64_t now);
 uint32_t weft__blocking_shutdown(struct weft_runtime *rt, uint32_t timeout_ms,
                                  uint32_t *gone_holds);
 void weft__blocking_fini(struct weft_runtime *rt);
-/* slice.c: a lowered compute job yields its CPU every slice (SIGURG from a
- * per-thread timer, a handler that calls sched_yield). A pool thread's
- * slicer: ready (handler ours, timer made: false if it cannot be sliced;
- * called before the thread is lowered), start (every `ns`), stop, fini (at
- * the thread's exit). */
 /* ---- hand-over (handover.c) ------------------------------------------------
  * A thread running a lowered job looks at the workers now and then (a
  * compute job at each slice's end); a worker seen waiting for a CPU is moved
- * to the looker's. The looker's memory of its last look, per worker: */
+ * to the looker's. The looker's memory of its last looks: */
 struct weft__looker {
     struct weft_runtime *rt;
     struct weft__seen *seen;       /* nworkers entries */
+    uint32_t next;                 /* the worker the next look starts at */
 };
-/* Allocates the per-worker memory and opens the workers' /proc stat files
- * (again for any not open yet): false without memory. */
+/* Allocates the looker's memory and opens the runtime's /proc files of the
+ * workers not open yet (before the job is lowered): false without memory. */
 bool weft__looker_init(struct weft__looker *l, struct weft_runtime *rt);
 void weft__looker_fini(struct weft__looker *l);
-/* One look (async-signal-safe): moves each worker runnable at this look and
- * the last without having run in between, on a CPU other than `cpu`, to
- * `cpu`. Returns how many it moved. */
-uint32_t weft__looker_look(struct weft__looker *l, int cpu);
-/* The worker, at the end of a park: takes its own affinity back if a looker
- * narrowed it. */
+/* One look (async-signal-safe) at up to a few workers: the first seen
+ * runnable at its last look and this one without having run in between, on
+ * a CPU other than `cpu`, is moved to `cpu`. Returns whether one was. */
+bool weft__looker_look(struct weft__looker *l, int cpu);
+/* The worker: takes its own affinity back if a looker narrowed it. */
 void weft__handover_undo(struct weft__worker *w);
 /* Times a worker was moved, in the whole process. */
 uint64_t weft__handovers(void);
+/* The runtime's copy of the workers' /proc stat files (opened by the first
+ * looker, closed with the runtime). */
+struct stat_files {
+    pthread_mutex_t lock;          /* taken by lookers opening files */
+    _Atomic int *fds;              /* nworkers entries, -1 until opened */
+};
+void weft__stat_files_close(struct weft_runtime *rt);
 
+/* slice.c: a lowered compute job yields its CPU every slice (SIGURG from a
+ * per-thread timer, a handler that looks at the workers, then yields). A pool
+ * thread's slicer: ready (handler ours, timer made: false if it cannot be
+ * sliced; called before the thread is lowered), start (every `ns`), stop,
+ * fini (at the thread's exit). */
 struct weft__slicer {
     timer_t timer;
     bool made;
+    _Atomic bool on;               /* between start and stop (the handler's test) */
     uint64_t slice_ns;
     uint64_t ran_ns;               /* the thread's CPU time at the last slice's end */
     struct weft__looker looker;
@@ -298,11 +306,12 @@ struct weft__worker {
     _Atomic uint32_t clock;        /* POLLED_SHIFT units, read at timed polls and parks */
     struct wstats *stats;          /* its metrics, read by any thread */
     /* For handover.c: the worker's thread id (0 until it runs; release-
-     * stored after cpu_clock), and its affinity while a looker has narrowed
-     * it (`handed` says who holds `handed_mask`). */
+     * stored after cpu_clock), and while a looker has narrowed its affinity
+     * to handed_cpu, what it was (`handed` says who holds the two). */
     _Atomic pid_t tid;
     clockid_t cpu_clock;
     _Atomic uint32_t handed;
+    int handed_cpu;
     cpu_set_t handed_mask;
     char pad[CACHE_LINE];          /* keeps the next worker's queue off these lines */
 };
@@ -325,6 +334,7 @@ struct weft_runtime {
     struct inject inject;
     char pad3[CACHE_LINE];
     struct idle idle;
+    struct stat_files stat_files;
     /* Shutdown (runtime.c): workers that dropped their queued tasks, and the
      * word that lets them stop once their rings are empty. */
     _Atomic uint32_t drained;

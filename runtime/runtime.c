@@ -168,6 +168,9 @@ static void runtime_free(struct weft_runtime *rt)
         free_some(&a, rt->workers[i].io, sizeof(struct weft__io));
         free_some(&a, rt->workers[i].stats, sizeof(struct wstats));
     }
+    weft__stat_files_close(rt);
+    free_some(&a, (void *)rt->stat_files.fds, rt->nworkers * sizeof(int));
+    pthread_mutex_destroy(&rt->stat_files.lock);
     free_some(&a, rt->idle.sleepers, rt->nworkers * sizeof(uint32_t));
     free_some(&a, rt->workers, rt->nworkers * sizeof(*rt->workers));
     free_some(&a, rt->shards, rt->nworkers * sizeof(*rt->shards));
@@ -267,11 +270,15 @@ static struct weft_runtime *runtime_alloc(const struct weft_allocator *a, uint32
     rt->queue_size = qsize;
     pthread_mutex_init(&rt->inject.lock, NULL);
     pthread_mutex_init(&rt->idle.lock, NULL);
+    pthread_mutex_init(&rt->stat_files.lock, NULL);
     weft__blocking_init(rt, cfg);
     rt->workers = zalloc(a, nworkers * sizeof(*rt->workers));
     rt->shards = zalloc(a, nworkers * sizeof(*rt->shards));
     rt->idle.sleepers = zalloc(a, nworkers * sizeof(uint32_t));
-    bool ok = rt->workers && rt->shards && rt->idle.sleepers;
+    rt->stat_files.fds = zalloc(a, nworkers * sizeof(int));
+    bool ok = rt->workers && rt->shards && rt->idle.sleepers && rt->stat_files.fds;
+    for (uint32_t i = 0; ok && i < nworkers; i++)
+        atomic_init(&rt->stat_files.fds[i], -1);
     for (uint32_t i = 0; ok && i < nworkers; i++) {
         struct weft__worker *w = &rt->workers[i];
         w->run.buf = zalloc(a, qsize * sizeof(void *));

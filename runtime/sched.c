@@ -362,6 +362,7 @@ void *weft__worker_main(void *arg)
                         "fails with EOPNOTSUPP\n", w->index, strerror(-err));
     /* Acquire pairs with the release store in weft_runtime_destroy. */
     while (!atomic_load_explicit(&rt->shutdown, memory_order_acquire)) {
+        weft__handover_undo(w); /* one load, unless a compute job moved us */
         struct weft_task *t = next_local(w);
         if (!t && weft__io_has_events(w->io)) {
             /* Out of local work: completions and timers make some. */

@@ -2,23 +2,25 @@
  * thread that runs it is in blocking.c).
  *
  * A lowered compute job yields its CPU every compute_slice_ns: a per-thread
- * timer sends its thread SIGURG, whose handler calls sched_yield (Go's
- * runtime preempts goroutines with SIGURG too). With nothing else waiting
- * for that CPU the yield returns at once and the job goes on. Why: measured
- * with the stall demo (docs/blocking.md), the kernel here at times leaves a
- * SCHED_IDLE thread running for 1-4 ms while a woken worker waits on its
- * CPU; yielding every 250 us took the demo's light p99 from 4x the baseline
- * to 1.3x. Only compute jobs are sliced: they promise not to block, so the
- * signal (SA_RESTART) interrupts nothing a blocking job could be in. The
- * timer runs on CLOCK_MONOTONIC, not the thread's CPU clock: CPU-time timers
- * are checked at the scheduler tick (4 ms here), too coarse for a slice; a
- * signal that comes while the job waits for a CPU just makes it yield once
- * when it gets one (standard signals do not queue).
+ * timer sends its thread SIGURG, whose handler first looks at the workers
+ * (handover.c: one waiting for a CPU elsewhere is moved to this one), then
+ * calls sched_yield (Go's runtime preempts goroutines with SIGURG too). With
+ * nothing else waiting for that CPU the yield returns at once and the job
+ * goes on. Why: measured with the stall demo (docs/blocking.md), the kernel
+ * here at times leaves a SCHED_IDLE thread running for 1-4 ms while a woken
+ * worker waits on its CPU; yielding every 250 us took the demo's light p99
+ * from 4x the baseline to 1.3x. Only compute jobs are sliced: they promise
+ * not to block, so the signal (SA_RESTART) interrupts nothing a blocking job
+ * could be in. The timer runs on CLOCK_MONOTONIC, not the thread's CPU
+ * clock: CPU-time timers are checked at the scheduler tick (4 ms here), too
+ * coarse for a slice. A signal that finds the job has had under half a slice
+ * of CPU since the last one (it was waiting for a CPU) does nothing.
  *
  * The handler is installed once per process, and only where SIGURG still
  * has its default or ignored disposition (it means "out-of-band data" and
  * is ignored by default): a program with its own SIGURG handler keeps it,
- * and its compute jobs are not sliced. The handler stays installed. */
+ * and its compute jobs are not sliced. The handler stays installed; a SIGURG
+ * that no slice timer sent does nothing. */
 #include <errno.h>
 #include <pthread.h>
 #include <sched.h>
@@ -33,9 +35,6 @@ _Static_assert(ATOMIC_LLONG_LOCK_FREE == 2, "the handler's counter must be lock-
 static bool slicing;              /* the handler is ours (set once, under slice_once) */
 static pthread_once_t slice_once = PTHREAD_ONCE_INIT;
 
-/* The slicer of this thread's compute job while it runs lowered. */
-static _Thread_local struct weft__slicer *current;
-
 static uint64_t thread_cpu_ns(void)
 {
     struct timespec ts;
@@ -43,16 +42,23 @@ static uint64_t thread_cpu_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-static void slice_handler(int sig)
+/* The timer hands the handler its slicer (no thread-local lookup, which in a
+ * shared library may allocate); a SIGURG from anywhere else (out-of-band
+ * data, kill) is not a slice. */
+static void slice_handler(int sig, siginfo_t *si, void *uc)
 {
     (void)sig;
-    struct weft__slicer *s = current;
+    (void)uc;
+    struct weft__slicer *s = si->si_code == SI_TIMER ? si->si_value.sival_ptr : NULL;
+    /* Relaxed: set and cleared by this thread (a signal fence orders them). */
+    if (!s || !atomic_load_explicit(&s->on, memory_order_relaxed))
+        return; /* the job ended with this signal pending */
     int saved = errno;
     /* A job that has had less than half a slice of CPU since its last slice
      * ended has been waiting, not running: it goes on (the timer counts wall
      * time, and a starved job would otherwise spend each of its turns here). */
-    uint64_t ran = s ? thread_cpu_ns() : 0;
-    if (s && ran - s->ran_ns >= s->slice_ns / 2) {
+    uint64_t ran = thread_cpu_ns();
+    if (ran - s->ran_ns >= s->slice_ns / 2) {
         s->ran_ns = ran;
         weft__looker_look(&s->looker, sched_getcpu());
         sched_yield();
@@ -68,8 +74,8 @@ static void install_slice_handler(void)
     if (sigaction(SIGURG, NULL, &old) != 0 || (old.sa_flags & SA_SIGINFO) ||
         (old.sa_handler != SIG_DFL && old.sa_handler != SIG_IGN))
         return;
-    sa.sa_handler = slice_handler;
-    sa.sa_flags = SA_RESTART;
+    sa.sa_sigaction = slice_handler;
+    sa.sa_flags = SA_RESTART | SA_SIGINFO;
     sigemptyset(&sa.sa_mask);
     slicing = sigaction(SIGURG, &sa, NULL) == 0;
 }
@@ -88,6 +94,7 @@ bool weft__slice_ready(struct weft__slicer *s, struct weft_runtime *rt, pid_t ti
         struct sigevent ev = { 0 };
         ev.sigev_notify = SIGEV_THREAD_ID;
         ev.sigev_signo = SIGURG;
+        ev.sigev_value.sival_ptr = s;
         ev._sigev_un._tid = tid; /* sigev_notify_thread_id, which glibc 2.36 lacks */
         s->made = timer_create(CLOCK_MONOTONIC, &ev, &s->timer) == 0;
     }
@@ -100,10 +107,11 @@ bool weft__slice_start(struct weft__slicer *s, uint64_t ns)
     struct itimerspec it = { every, every };
     s->slice_ns = ns;
     s->ran_ns = thread_cpu_ns();
-    current = s;
+    atomic_store_explicit(&s->on, true, memory_order_relaxed);
+    atomic_signal_fence(memory_order_seq_cst); /* the fields above, before any signal */
     if (timer_settime(s->timer, 0, &it, NULL) == 0)
         return true;
-    current = NULL;
+    atomic_store_explicit(&s->on, false, memory_order_relaxed);
     return false;
 }
 
@@ -111,13 +119,20 @@ void weft__slice_stop(struct weft__slicer *s)
 {
     struct itimerspec off = { { 0, 0 }, { 0, 0 } };
     timer_settime(s->timer, 0, &off, NULL);
-    current = NULL;
+    atomic_store_explicit(&s->on, false, memory_order_relaxed);
 }
 
 void weft__slice_fini(struct weft__slicer *s)
 {
-    if (s->made)
+    if (s->made) {
         timer_delete(s->timer);
+        /* A signal still pending must not reach the handler once s (on the
+         * thread's stack) is gone: it stays blocked until the thread exits. */
+        sigset_t urg;
+        sigemptyset(&urg);
+        sigaddset(&urg, SIGURG);
+        pthread_sigmask(SIG_BLOCK, &urg, NULL);
+    }
     s->made = false;
     weft__looker_fini(&s->looker);
 }

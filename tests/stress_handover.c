@@ -1,7 +1,8 @@
 /* tests/stress_handover.c: hand-overs (runtime/handover.c) over and over, for
  * ThreadSanitizer: a compute job's slice handler narrows the worker's
- * affinity (writing `handed_mask`) while the worker, at the end of each
- * park, widens it back (reading it); the `handed` word orders the two.
+ * affinity (writing `handed_mask`) while the worker, each time round its
+ * loop, widens it back (copying the mask out first, in code TSan sees); the
+ * `handed` word orders the two.
  *
  * A plain program rather than a Criterion test so that it runs under
  * ThreadSanitizer. Usage: stress_handover [full|small].

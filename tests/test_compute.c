@@ -11,7 +11,9 @@
  * (-EINVAL, the join handle left empty even when it held garbage);
  * weft_runtime_create with
  * compute_max_threads 65537 and UINT32_MAX, compute_slice_us 49 and 1000001
- * (-EINVAL; 65536, 50, 1000000 and WEFT_COMPUTE_SLICE_OFF work). */
+ * (-EINVAL; 65536, 50, 1000000 and WEFT_COMPUTE_SLICE_OFF work); 200
+ * SIGURGs sent to the process by kill, and one raised on the test thread,
+ * while a sliced job runs (ignored: not a slice). */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
@@ -24,6 +26,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <weft.h>
 
@@ -363,6 +366,24 @@ Test(compute, slices_off, .timeout = 60)
         cr_skip_test("nothing is lowered, so nothing would be sliced anyway");
     start_sliced(WEFT_COMPUTE_SLICE_OFF);
     cr_assert_eq(run_spin(true, 0), 0);
+    weft_runtime_destroy(slice_rt);
+}
+
+/* A SIGURG that no slice timer sent (kill, out-of-band data) does nothing to
+ * a sliced job, nor to any other thread: the job ends with its output. */
+Test(compute, stray_sigurg_ignored, .timeout = 60)
+{
+    if (!may_raise_back())
+        cr_skip_test("nothing is lowered, so nothing would be sliced anyway");
+    start_sliced(100);
+    struct weft_blocking_join h;
+    cr_assert_eq(weft_spawn_compute(slice_rt, job_spin_slices, (void *)(uintptr_t)20, &h), 0);
+    for (int i = 0; i < 200; i++) {
+        cr_assert_eq(kill(getpid(), SIGURG), 0);
+        sleep_us(100);
+    }
+    cr_assert_geq(join(slice_rt, &h), 20);
+    cr_assert_eq(raise(SIGURG), 0);
     weft_runtime_destroy(slice_rt);
 }
 

@@ -9,7 +9,9 @@
  * after about 950 ms). The compute job, at the end of a slice, sees it
  * runnable twice without CPU time in between and moves it to CPU 0: the
  * task's 20 ms sleep ends within 200 ms, the metrics count a hand-over, and
- * the worker's affinity is back to what it was once it has parked again.
+ * the worker's affinity is back to what it was once it runs again. The
+ * kernel may end a wait itself (a round then says nothing and is run
+ * again); where it always does so at once, the test skips.
  *
  * Bad inputs: none reach this path from the API (the looker runs only
  * inside the runtime); a worker whose own affinity excludes the looker's CPU
@@ -69,7 +71,7 @@ static void *hog_cpu1(void *arg)
 struct sleeper {
     struct weft_future base;
     int step;
-    double t0, slept;
+    double t0, slept, ended;
     int woke_on;
     bool pin_only;            /* the worker stays pinned to CPU 1 */
     struct weft_sleep s;
@@ -95,7 +97,8 @@ static enum weft_poll sleeper_poll(struct weft_future *f, struct weft_cx *cx)
     }
     if (weft_future_poll(&t->s.base, cx) == WEFT_PENDING)
         return WEFT_PENDING;
-    t->slept = now_s() - t->t0;
+    t->ended = now_s();
+    t->slept = t->ended - t->t0;
     t->woke_on = sched_getcpu();
     return WEFT_READY;
 }
@@ -132,11 +135,13 @@ static bool can_run(void)
 }
 
 /* One round: returns how long the task's 20 ms sleep took, and sets
- * `woke_on` to the CPU it ended on. With pin_only,
- * the worker stays pinned to CPU 1: the hog spins for 150 ms, then stops
- * (well within the kernel's real-time budget, which the next test needs),
- * and `held_handovers` is the count just before. */
+ * `woke_on` to the CPU it ended on. With pin_only, the worker stays pinned
+ * to CPU 1: the hog spins for 150 ms, then stops (well within the kernel's
+ * real-time budget, which the next test needs); `held_handovers` is the
+ * count just before, `held_for` how long after the hog started the task
+ * ended. */
 static uint64_t held_handovers;
+static double held_for;
 static int woke_on;
 
 static double round_trip(struct weft_runtime *rt, bool pin_only)
@@ -166,6 +171,7 @@ static double round_trip(struct weft_runtime *rt, bool pin_only)
     pthread_t hog;
     cr_assert_eq(pthread_create(&hog, &a, hog_cpu1, NULL), 0);
     pthread_attr_destroy(&a);
+    double hog_start = now_s();
     if (pin_only) {
         sleep_us(150000);
         held_handovers = handovers(rt);
@@ -176,6 +182,7 @@ static double round_trip(struct weft_runtime *rt, bool pin_only)
     cr_assert_eq(j.res, 0);
     double slept = ((struct sleeper *)weft_join_output(&j))->slept;
     woke_on = ((struct sleeper *)weft_join_output(&j))->woke_on;
+    held_for = ((struct sleeper *)weft_join_output(&j))->ended - hog_start;
     weft_future_drop(&j.base);
     atomic_store(&done, 1);
     pthread_join(hog, NULL);
@@ -204,18 +211,25 @@ Test(handover, waiting_worker_gets_the_compute_cpu, .timeout = 60)
     /* The kernel may end the wait itself in a round: run the worker on CPU 1
      * in spite of the hog (the fair server's share for normal threads) or
      * move it at a load balance. Such a round says nothing: try again; a
-     * wait nobody ends (about 950 ms) fails at once. */
+     * wait nobody ends (about 950 ms) fails at once. Where the kernel
+     * places the worker on the free CPU at once in every round (CPUs that
+     * share a cache, say), there is nothing to hand over: skip. */
     struct weft_runtime *rt = start();
     uint64_t before = 0;
-    bool handed = false;
+    bool handed = false, kernel_at_once = true;
     for (int round = 0; round < 5 && !handed; round++) {
         double slept = round_trip(rt, false);
         cr_assert_lt(slept, 0.2, "the worker waited %.0f ms for a CPU", slept * 1e3);
         uint64_t now = handovers(rt);
         handed = now > before;
+        kernel_at_once = kernel_at_once && woke_on == 0 && slept < 0.025;
         before = now;
         if (!handed)
             sleep_us(300000);
+    }
+    if (!handed && kernel_at_once) {
+        weft_runtime_destroy(rt);
+        cr_skip_test("the kernel put the waiting worker on the free CPU at once, 5 times");
     }
     cr_assert(handed, "five rounds without a hand-over (the last woke on CPU %d)", woke_on);
     /* The worker parks again (nothing left to run) and takes its affinity back. */
@@ -242,9 +256,10 @@ Test(handover, pinned_worker_left_alone, .timeout = 60)
     if (!can_run())
         cr_skip_test("needs CAP_SYS_NICE (a SCHED_FIFO thread, and lowered jobs raised back)");
     struct weft_runtime *rt = start();
-    double slept = round_trip(rt, true);
+    round_trip(rt, true);
     cr_assert_eq(held_handovers, 0);
-    cr_assert_geq(slept, 0.15, "the pinned worker ran after %.0f ms", slept * 1e3);
+    cr_assert_geq(held_for, 0.14, "the pinned worker ran %.0f ms after the hog started",
+                  held_for * 1e3);
     cpu_set_t now;
     cr_assert_eq(sched_getaffinity(atomic_load(&worker_tid), sizeof now, &now), 0);
     cr_assert_eq(CPU_COUNT(&now), 1);
