@@ -48,7 +48,9 @@ int weft_spawn_blocking(struct weft_runtime *rt, weft_blocking_fn *fn, void *arg
 /* As weft_spawn_blocking, for CPU-bound work: the job runs lowered to
  * config.blocking_priority from its start (when the pool lowers at all) and,
  * lowered, yields its CPU every config.compute_slice_us (its thread takes
- * SIGURG, unless the program handles SIGURG itself: docs/blocking.md); at
+ * SIGURG, unless the program handles SIGURG itself: docs/blocking.md), first
+ * moving onto its CPU a worker it sees waiting for one elsewhere (the
+ * worker's affinity is narrowed until it runs again); at
  * most config.compute_max_threads compute jobs run at once (default: the
  * CPUs less one; never more than blocking_max_threads - 1 when that is 1 or
  * more), the rest waiting in order outside the queue_max bound, so a CPU is

@@ -60,8 +60,9 @@ struct weft_runtime_config {
     uint32_t compute_max_threads;   /* weft_spawn_compute jobs running at once, in [1, 65536];
                                      * 0: the process's CPUs less one, at least 1; never
                                      * above blocking_max_threads - 1 (or 1) */
-    uint32_t compute_slice_us;      /* a lowered compute job yields its CPU every this many us
-                                     * (docs/blocking.md), in [50, 1000000]; 0: 250;
+    uint32_t compute_slice_us;      /* a lowered compute job yields its CPU (and hands it to a
+                                     * waiting worker) every this many us (docs/blocking.md),
+                                     * in [50, 1000000]; 0: 250;
                                      * WEFT_COMPUTE_SLICE_OFF: never */
     /* The stall detector (weft/metrics.h). */
     uint32_t stall_threshold_us;    /* a poll longer than this is a stall; 0: 10000 (10 ms) */
