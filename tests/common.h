@@ -18,6 +18,8 @@
 
 #include <weft.h>
 
+#include "check.h"
+
 #define WAIT_SECS 10.0
 
 /* ---- time and waiting ------------------------------------------------------ */
@@ -45,15 +47,6 @@ static inline void sleep_us(long us)
         }                                                                    \
     } while (0)
 
-/* Criterion's asserts must not run on worker threads: a failed CHECK there
- * aborts the test process instead. */
-#define CHECK(cond)                                                          \
-    do {                                                                     \
-        if (!(cond)) {                                                       \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-            abort();                                                         \
-        }                                                                    \
-    } while (0)
 
 /* Busy-waits for `secs` (a task that keeps its worker occupied). */
 static inline void spin_for(double secs)

@@ -30,22 +30,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <weft.h>
 
-#define WATCHDOG_SECS 120
+#include "hog.h"
 
-#define CHECK(cond)                                                          \
-    do {                                                                     \
-        if (!(cond)) {                                                       \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-            abort();                                                         \
-        }                                                                    \
-    } while (0)
+#define WATCHDOG_SECS 120
 
 static _Atomic int stop, job_running;
 
@@ -62,14 +55,6 @@ static void *watchdog(void *arg)
     sleep(WATCHDOG_SECS);
     fprintf(stderr, "stress_handover: FAIL: not done after %d s\n", WATCHDOG_SECS);
     abort();
-}
-
-static void pin_self(int cpu)
-{
-    cpu_set_t one;
-    CPU_ZERO(&one);
-    CPU_SET(cpu, &one);
-    CHECK(sched_setaffinity(0, sizeof one, &one) == 0);
 }
 
 /* The compute job: on CPU 0 until `stop`; its thread's affinity given back. */
@@ -142,26 +127,11 @@ static void rounds_drop(struct weft_future *f)
 
 static const struct weft_future_ops rounds_ops = { rounds_poll, rounds_drop };
 
-static bool can_run(void)
-{
-    if (sysconf(_SC_NPROCESSORS_ONLN) < 2)
-        return false;
-    struct rlimit rl;
-    bool raise = geteuid() == 0 || (getrlimit(RLIMIT_NICE, &rl) == 0 &&
-                                    (rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur >= 20));
-    struct sched_param sp = { .sched_priority = 1 };
-    if (!raise || sched_setscheduler(0, SCHED_FIFO, &sp) != 0)
-        return false;
-    sp.sched_priority = 0;
-    CHECK(sched_setscheduler(0, SCHED_OTHER, &sp) == 0);
-    return true;
-}
-
 int main(int argc, char **argv)
 {
     bool small = argc > 1 && strcmp(argv[1], "small") == 0;
     uint32_t rounds = small ? 80 : 400;
-    if (!can_run()) {
+    if (!hog_allowed()) {
         printf("stress_handover: SKIP (needs 2 CPUs, SCHED_FIFO and CAP_SYS_NICE)\n");
         return 0;
     }
@@ -181,18 +151,7 @@ int main(int argc, char **argv)
     while (!atomic_load(&job_running))
         usleep(100);
 
-    pthread_attr_t a;
-    struct sched_param sp = { .sched_priority = 1 };
-    cpu_set_t one;
-    CPU_ZERO(&one);
-    CPU_SET(1, &one);
-    pthread_attr_init(&a);
-    pthread_attr_setinheritsched(&a, PTHREAD_EXPLICIT_SCHED);
-    pthread_attr_setschedpolicy(&a, SCHED_FIFO);
-    pthread_attr_setschedparam(&a, &sp);
-    pthread_attr_setaffinity_np(&a, sizeof one, &one);
-    CHECK(pthread_create(&h, &a, hog, NULL) == 0);
-    pthread_attr_destroy(&a);
+    start_hog(&h, 1, hog);
 
     struct rounds r = { .base = { &rounds_ops, 0 }, .left = rounds };
     struct weft_join j;

@@ -26,13 +26,13 @@
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdint.h>
-#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include <weft.h>
 
 #include "common.h"
+#include "hog.h"
 
 static _Atomic int job_running, done;
 static _Atomic pid_t worker_tid;
@@ -42,11 +42,9 @@ static _Atomic pid_t worker_tid;
 static void *job_on_cpu0(void *arg)
 {
     (void)arg;
-    cpu_set_t was, zero;
+    cpu_set_t was;
     CHECK(sched_getaffinity(0, sizeof was, &was) == 0);
-    CPU_ZERO(&zero);
-    CPU_SET(0, &zero);
-    CHECK(sched_setaffinity(0, sizeof zero, &zero) == 0);
+    pin_self(0);
     atomic_store(&job_running, 1);
     double end = now_s() + 5.0;
     while (!atomic_load(&done) && now_s() < end)
@@ -82,11 +80,9 @@ static enum weft_poll sleeper_poll(struct weft_future *f, struct weft_cx *cx)
 {
     struct sleeper *t = (struct sleeper *)f;
     if (t->step == 0) {
-        cpu_set_t all, one;
+        cpu_set_t all;
         CHECK(sched_getaffinity(0, sizeof all, &all) == 0);
-        CPU_ZERO(&one);
-        CPU_SET(1, &one);
-        CHECK(sched_setaffinity(0, sizeof one, &one) == 0);
+        pin_self(1);
         if (!t->pin_only)
             CHECK(sched_setaffinity(0, sizeof all, &all) == 0);
         atomic_store(&worker_tid, (pid_t)syscall(SYS_gettid));
@@ -119,21 +115,6 @@ static uint64_t handovers(struct weft_runtime *rt)
     return m.compute_handovers;
 }
 
-/* Whether this process may raise a lowered thread back (else nothing is
- * lowered, so nothing is sliced) and start a SCHED_FIFO thread. */
-static bool can_run(void)
-{
-    struct rlimit rl;
-    bool raise = getrlimit(RLIMIT_NICE, &rl) == 0 && (rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur >= 20);
-    struct sched_param sp = { .sched_priority = 1 };
-    bool fifo = sched_setscheduler(0, SCHED_FIFO, &sp) == 0;
-    if (fifo) {
-        sp.sched_priority = 0;
-        sched_setscheduler(0, SCHED_OTHER, &sp);
-    }
-    return fifo && (raise || geteuid() == 0);
-}
-
 /* One round: returns how long the task's 20 ms sleep took, and sets
  * `woke_on` to the CPU it ended on. With pin_only, the worker stays pinned
  * to CPU 1: the hog spins for 150 ms, then stops (well within the kernel's
@@ -158,19 +139,8 @@ static double round_trip(struct weft_runtime *rt, bool pin_only)
     cr_assert_eq(weft_spawn(rt, &t.base, sizeof t, &j), 0);
     WAIT_UNTIL(atomic_load(&on_cpu1) == 1);
 
-    pthread_attr_t a;
-    struct sched_param sp = { .sched_priority = 1 };
-    cpu_set_t one;
-    CPU_ZERO(&one);
-    CPU_SET(1, &one);
-    pthread_attr_init(&a);
-    pthread_attr_setinheritsched(&a, PTHREAD_EXPLICIT_SCHED);
-    pthread_attr_setschedpolicy(&a, SCHED_FIFO);
-    pthread_attr_setschedparam(&a, &sp);
-    pthread_attr_setaffinity_np(&a, sizeof one, &one);
     pthread_t hog;
-    cr_assert_eq(pthread_create(&hog, &a, hog_cpu1, NULL), 0);
-    pthread_attr_destroy(&a);
+    start_hog(&hog, 1, hog_cpu1);
     double hog_start = now_s();
     if (pin_only) {
         sleep_us(150000);
@@ -204,10 +174,8 @@ static struct weft_runtime *start(void)
 
 Test(handover, waiting_worker_gets_the_compute_cpu, .timeout = 60)
 {
-    if (sysconf(_SC_NPROCESSORS_ONLN) < 2)
-        cr_skip_test("needs 2 CPUs");
-    if (!can_run())
-        cr_skip_test("needs CAP_SYS_NICE (a SCHED_FIFO thread, and lowered jobs raised back)");
+    if (!hog_allowed())
+        cr_skip_test("needs 2 CPUs and CAP_SYS_NICE (a SCHED_FIFO thread, lowered jobs raised back)");
     /* The kernel may end the wait itself in a round: run the worker on CPU 1
      * in spite of the hog (the fair server's share for normal threads) or
      * move it at a load balance. Such a round says nothing: try again; a
@@ -251,10 +219,8 @@ Test(handover, waiting_worker_gets_the_compute_cpu, .timeout = 60)
  * program's choice. */
 Test(handover, pinned_worker_left_alone, .timeout = 60)
 {
-    if (sysconf(_SC_NPROCESSORS_ONLN) < 2)
-        cr_skip_test("needs 2 CPUs");
-    if (!can_run())
-        cr_skip_test("needs CAP_SYS_NICE (a SCHED_FIFO thread, and lowered jobs raised back)");
+    if (!hog_allowed())
+        cr_skip_test("needs 2 CPUs and CAP_SYS_NICE (a SCHED_FIFO thread, lowered jobs raised back)");
     struct weft_runtime *rt = start();
     round_trip(rt, true);
     cr_assert_eq(held_handovers, 0);
