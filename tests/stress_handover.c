@@ -41,6 +41,7 @@
 #define WATCHDOG_SECS 120
 
 static _Atomic int stop, job_running;
+static struct cpu0_job cpu0 = { &job_running, &stop };
 
 static uint64_t now_ns(void)
 {
@@ -55,20 +56,6 @@ static void *watchdog(void *arg)
     sleep(WATCHDOG_SECS);
     fprintf(stderr, "stress_handover: FAIL: not done after %d s\n", WATCHDOG_SECS);
     abort();
-}
-
-/* The compute job: on CPU 0 until `stop`; its thread's affinity given back. */
-static void *job_on_cpu0(void *arg)
-{
-    (void)arg;
-    cpu_set_t was;
-    CHECK(sched_getaffinity(0, sizeof was, &was) == 0);
-    pin_self(0);
-    atomic_store(&job_running, 1);
-    while (!atomic_load(&stop))
-        now_ns(); /* a call TSan intercepts: the slice signal is handled there */
-    CHECK(sched_setaffinity(0, sizeof was, &was) == 0);
-    return NULL;
 }
 
 /* SCHED_FIFO on CPU 1: spins 3 ms, rests 1 ms, until `stop`. */
@@ -147,7 +134,7 @@ int main(int argc, char **argv)
     struct weft_runtime *rt;
     CHECK(weft_runtime_create(&rt, &cfg) == 0);
     struct weft_blocking_join job;
-    CHECK(weft_spawn_compute(rt, job_on_cpu0, NULL, &job) == 0);
+    CHECK(weft_spawn_compute(rt, spin_on_cpu0, &cpu0, &job) == 0);
     while (!atomic_load(&job_running))
         usleep(100);
 

@@ -35,23 +35,8 @@
 #include "hog.h"
 
 static _Atomic int job_running, done;
+static struct cpu0_job cpu0 = { &job_running, &done };
 static _Atomic pid_t worker_tid;
-
-/* The compute job: pinned to CPU 0 until `done` (5 s at most); its thread's
- * affinity is given back before it returns. */
-static void *job_on_cpu0(void *arg)
-{
-    (void)arg;
-    cpu_set_t was;
-    CHECK(sched_getaffinity(0, sizeof was, &was) == 0);
-    pin_self(0);
-    atomic_store(&job_running, 1);
-    double end = now_s() + 5.0;
-    while (!atomic_load(&done) && now_s() < end)
-        ;
-    CHECK(sched_setaffinity(0, sizeof was, &was) == 0);
-    return NULL;
-}
 
 /* A real-time thread spinning on CPU 1 until `done` (5 s at most). */
 static void *hog_cpu1(void *arg)
@@ -131,7 +116,7 @@ static double round_trip(struct weft_runtime *rt, bool pin_only)
     atomic_store(&job_running, 0);
     atomic_store(&on_cpu1, 0);
     struct weft_blocking_join job;
-    cr_assert_eq(weft_spawn_compute(rt, job_on_cpu0, NULL, &job), 0);
+    cr_assert_eq(weft_spawn_compute(rt, spin_on_cpu0, &cpu0, &job), 0);
     WAIT_UNTIL(atomic_load(&job_running));
 
     struct sleeper t = { .base = { &sleeper_ops, 0 }, .pin_only = pin_only };
