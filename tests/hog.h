@@ -7,30 +7,6 @@
 
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
-/* The compute job of the hand-over tests: pins its thread to CPU 0, sets
- * *running, spins until *stop (5 s at most) reading the clock (a call TSan
- * intercepts: a slice signal is handled there), and gives the thread its
- * affinity back. */
-struct cpu0_job {
-    _Atomic int *running, *stop;
-};
-
-static inline void *spin_on_cpu0(void *arg)
-{
-    struct cpu0_job *j = arg;
-    cpu_set_t was;
-    CHECK(sched_getaffinity(0, sizeof was, &was) == 0);
-    pin_self(0);
-    atomic_store(j->running, 1);
-    struct timespec t0, t;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    do
-        clock_gettime(CLOCK_MONOTONIC, &t);
-    while (!atomic_load(j->stop) && t.tv_sec - t0.tv_sec < 5);
-    CHECK(sched_setaffinity(0, sizeof was, &was) == 0);
-    return NULL;
-}
-
 #endif
 #include <pthread.h>
 #include <sched.h>
