@@ -69,6 +69,11 @@ _Static_assert(ATOMIC_LLONG_LOCK_FREE == 2 && ATOMIC_INT_LOCK_FREE == 2,
 static void open_stat_files(struct weft_runtime *rt)
 {
     struct stat_files *f = &rt->stat_files;
+    uint32_t open_ = 0;
+    while (open_ < rt->nworkers && atomic_load_explicit(&f->fds[open_], memory_order_relaxed) >= 0)
+        open_++;
+    if (open_ == rt->nworkers)
+        return; /* the usual case: no lock per compute job */
     pthread_mutex_lock(&f->lock);
     for (uint32_t i = 0; i < rt->nworkers; i++) {
         /* Acquire pairs with the worker's release: cpu_clock is set. */

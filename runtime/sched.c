@@ -323,7 +323,6 @@ static void park_worker(struct weft__worker *w)
         atomic_store_explicit(&st->busy_since, 0, memory_order_relaxed);
         stat_add(&st->parks, 1);
         weft__io_park(w->io);
-        weft__handover_undo(w);
         now = weft_now_ns();
         atomic_store_explicit(&st->busy_since, now, memory_order_relaxed);
         atomic_store_explicit(&w->clock, (uint32_t)(now >> POLLED_SHIFT), memory_order_relaxed);
@@ -362,7 +361,8 @@ void *weft__worker_main(void *arg)
                         "fails with EOPNOTSUPP\n", w->index, strerror(-err));
     /* Acquire pairs with the release store in weft_runtime_destroy. */
     while (!atomic_load_explicit(&rt->shutdown, memory_order_acquire)) {
-        weft__handover_undo(w); /* one load, unless a compute job moved us */
+        /* One load, unless a compute job moved us (handover.c). */
+        weft__handover_undo(w);
         struct weft_task *t = next_local(w);
         if (!t && weft__io_has_events(w->io)) {
             /* Out of local work: completions and timers make some. */
