@@ -33,11 +33,12 @@
  * `handed`, per worker: HANDED_FREE, HANDED_BUSY (a looker is narrowing it;
  * `handed_mask` and `handed_cpu` are the looker's), HANDED_SET (narrowed;
  * they are the worker's to read). A looker claims the worker with an
- * acquiring CAS from FREE (pairs with the worker's releasing store of FREE:
- * the worker has read the old mask before a looker writes a new one), writes
- * them, narrows, then stores SET with release (pairs with the worker's
- * acquiring load of SET: the worker reads what the looker wrote). Only the
- * worker leaves SET, so two lookers never narrow one worker at once.
+ * acquiring CAS from FREE (pairs with the worker's releasing store of FREE,
+ * made once the worker has read the old mask and widened its affinity back:
+ * a new narrowing saves the widened mask), writes them, narrows, then stores
+ * SET with release (pairs with the worker's acquiring load of SET: the
+ * worker reads what the looker wrote). Only the worker leaves SET, so two
+ * lookers never narrow one worker at once.
  *
  * After destroy the workers are gone and their tids may in principle be
  * reused: a look stops once it sees `shutdown`; the /proc files stay tied to
@@ -209,11 +210,13 @@ void weft__handover_undo(struct weft__worker *w)
         return;
     cpu_set_t was = w->handed_mask, now;
     int cpu = w->handed_cpu;
-    atomic_store_explicit(&w->handed, HANDED_FREE, memory_order_release);
     /* Put back only the looker's narrowing: if the program changed the
-     * affinity since, its choice stands. */
+     * affinity since, its choice stands. Before FREE: a looker may narrow
+     * the worker again only once this is done, or it would save the old
+     * narrowing as the mask to go back to. */
     if (sched_getaffinity(0, sizeof now, &now) == 0 && CPU_COUNT(&now) == 1 && CPU_ISSET(cpu, &now))
         sched_setaffinity(0, sizeof was, &was);
+    atomic_store_explicit(&w->handed, HANDED_FREE, memory_order_release);
 }
 
 uint64_t weft__handovers(void)
