@@ -183,11 +183,11 @@ static bool starved(struct weft__looker *l, uint32_t i, int cpu)
     return was;
 }
 
-bool weft__looker_look(struct weft__looker *l, int cpu)
+void weft__looker_look(struct weft__looker *l, int cpu)
 {
     struct weft_runtime *rt = l->rt;
     if (cpu < 0 || atomic_load_explicit(&rt->shutdown, memory_order_acquire))
-        return false;
+        return;
     uint32_t n = rt->nworkers < LOOK_MAX ? rt->nworkers : LOOK_MAX;
     for (uint32_t k = 0; k < n; k++) {
         uint32_t i = l->next;
@@ -196,10 +196,9 @@ bool weft__looker_look(struct weft__looker *l, int cpu)
         pid_t tid = atomic_load_explicit(&rt->workers[i].tid, memory_order_acquire);
         if (tid && starved(l, i, cpu) && move_worker(&rt->workers[i], tid, cpu)) {
             atomic_fetch_add_explicit(&handovers, 1, memory_order_relaxed);
-            return true;
+            return;
         }
     }
-    return false;
 }
 
 void weft__handover_undo(struct weft__worker *w)

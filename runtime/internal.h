@@ -236,8 +236,8 @@ bool weft__looker_init(struct weft__looker *l, struct weft_runtime *rt);
 void weft__looker_fini(struct weft__looker *l);
 /* One look (async-signal-safe) at up to a few workers: the first seen
  * runnable at its last look and this one without having run in between, on
- * a CPU other than `cpu`, is moved to `cpu`. Returns whether one was. */
-bool weft__looker_look(struct weft__looker *l, int cpu);
+ * a CPU other than `cpu`, is moved to `cpu` (counted in weft__handovers). */
+void weft__looker_look(struct weft__looker *l, int cpu);
 /* The worker: takes its own affinity back if a looker narrowed it. */
 void weft__handover_undo(struct weft__worker *w);
 /* Times a worker was moved, in the whole process. */
