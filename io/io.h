@@ -132,6 +132,7 @@ struct weft__io {
     uint32_t supported;                /* bit per op_kind the kernel can do */
     uint32_t warned;                   /* bit per op_kind already reported missing */
     bool has_ring;                     /* false: io_uring unavailable, timers only */
+    bool fd_registered;                /* entered by its registered index (owner's) */
     uint32_t inflight;                 /* slots owned by the kernel or the heap */
     uint64_t wakes;                    /* completions delivered to a future */
     struct wstats *stats;              /* the worker's metrics: sqes, cqes, enters */
@@ -163,6 +164,9 @@ int weft__io_init(struct weft__io *io, struct weft_runtime *rt, uint32_t index,
                   const struct weft_runtime_config *cfg);
 /* On the worker thread, before it polls anything: enables the ring. */
 int weft__io_start(struct weft__io *io);
+/* On the worker thread, after its last io_uring_enter: undoes what start
+ * registered with that thread. */
+void weft__io_stop(struct weft__io *io);
 /* Frees everything; the ring must have no operation in flight. */
 void weft__io_fini(struct weft__io *io);
 /* Submits queued SQEs and reaps completions and expired timers without

@@ -147,8 +147,14 @@ int weft__io_start(struct weft__io *io)
         return 0;
     /* io_uring_enable_rings is not exported by liburing 2.3 (TOOLCHAIN.md). */
     int err = io_uring_register(io->ring.ring_fd, IORING_REGISTER_ENABLE_RINGS, NULL, 0);
-    if (err >= 0)
+    if (err >= 0) {
+        /* Registered with this thread's io_uring context, the ring is
+         * entered by index: every io_uring_enter skips looking the
+         * descriptor up (and its reference count). A kernel before 5.18
+         * says no: enters then pass the descriptor, as before. */
+        io->fd_registered = io_uring_register_ring_fd(&io->ring) == 1;
         return 0;
+    }
     /* A disabled ring cannot be used: run this worker without one (timers
      * only, parks on the futex) rather than spin on failing enters. */
     weft__bufring_fini(io);
@@ -156,6 +162,16 @@ int weft__io_start(struct weft__io *io)
     io->has_ring = false;
     io->supported = UINT32_C(1) << OP_TIMER;
     return err;
+}
+
+void weft__io_stop(struct weft__io *io)
+{
+    /* On the owner: the registration is its thread's. Left for
+     * io_uring_queue_exit, it would be undone on whichever thread destroys
+     * the runtime, in that thread's own table. */
+    if (io->fd_registered)
+        io_uring_unregister_ring_fd(&io->ring);
+    io->fd_registered = false;
 }
 
 void weft__io_fini(struct weft__io *io)

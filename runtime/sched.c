@@ -388,6 +388,7 @@ void *weft__worker_main(void *arg)
         }
     }
     weft__worker_drain(w);
+    weft__io_stop(w->io);
     weft__current = NULL;
     return NULL;
 }

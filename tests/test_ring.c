@@ -6,6 +6,14 @@
  * CQ overflows into the kernel's list. Every read must complete, with its
  * bytes.
  *
+ * Each worker registers its ring with its own thread (io_uring_register_ring_fd)
+ * and undoes that as it exits. A runtime destroyed on a worker of another
+ * runtime must leave that worker's ring working (its reads still complete):
+ * liburing's io_uring_queue_exit would otherwise unregister the same index in
+ * the destroying thread's table. (With SINGLE_ISSUER the kernel refuses that
+ * foreign call itself, EEXIST; on the lower rungs of the setup ladder only
+ * the worker's own unregistering keeps it from happening.)
+ *
  * Bad inputs tried: io_entries that are not a power of two, under 8, or over
  * 4096, io_buffers not a power of two or over 32768, io_buffer_size under 64
  * or over 1 MiB (each -EINVAL from weft_runtime_create). */
@@ -16,6 +24,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdatomic.h>
 #include <unistd.h>
 
 #include <weft.h>
@@ -93,4 +102,95 @@ Test(ring, bad_io_config, .timeout = 10)
         cr_assert_eq(weft_runtime_create(&rt, &cfg), -EINVAL, "case %zu", i);
         cr_assert_null(rt);
     }
+}
+
+/* ---- a runtime destroyed on another runtime's worker -------------------- */
+
+struct flag_task {
+    struct weft_future base;
+    _Atomic int *flag;
+};
+
+static enum weft_poll flag_poll(struct weft_future *f, struct weft_cx *cx)
+{
+    (void)cx;
+    atomic_store(((struct flag_task *)f)->flag, 1);
+    return WEFT_READY;
+}
+
+static const struct weft_future_ops flag_ops = { flag_poll, NULL };
+
+struct nested {
+    struct weft_future base;
+    int fd;
+    struct weft_io read;
+    struct weft_timeout within;
+    unsigned char buf[LEN];
+    int created, started;
+};
+
+static enum weft_poll nested_poll(struct weft_future *f, struct weft_cx *cx)
+{
+    struct nested *n = (struct nested *)f;
+    WEFT_ASYNC_BEGIN(f);
+    {
+        /* On this worker: a second runtime whose worker registers its own
+         * ring, then its destruction (which blocks this worker briefly). */
+        struct weft_runtime_config cfg;
+        weft_runtime_config_init(&cfg);
+        cfg.workers = 1;
+        struct weft_runtime *inner = NULL;
+        n->created = weft_runtime_create(&inner, &cfg);
+        if (n->created == 0) {
+            _Atomic int flag = 0;
+            struct flag_task t = { { &flag_ops, 0 }, &flag };
+            if (weft_spawn(inner, &t.base, sizeof t, NULL) == 0) {
+                spin_until(&flag); /* its worker started: the ring is registered */
+                n->started = atomic_load(&flag);
+            }
+            weft_runtime_destroy(inner);
+        }
+    }
+    /* This worker's ring must still take SQEs: a read through it. */
+    memset(n->buf, 0xff, LEN);
+    weft_read_at_init(&n->read, n->fd, n->buf, LEN, 0);
+    weft_timeout_init(&n->within, &n->read.base, 5 * WEFT_NS_PER_SEC);
+    WEFT_AWAIT(f, cx, &n->within);
+    WEFT_ASYNC_END(f);
+}
+
+static void nested_drop(struct weft_future *f)
+{
+    struct nested *n = (struct nested *)f;
+    weft_future_drop(&n->within.base);
+    weft_future_drop(&n->read.base);
+}
+
+static const struct weft_future_ops nested_ops = { nested_poll, nested_drop };
+
+Test(ring, destroy_on_another_runtimes_worker_keeps_its_ring, .timeout = 30)
+{
+    struct weft_runtime_config cfg;
+    weft_runtime_config_init(&cfg);
+    cfg.workers = 1;
+    cfg.no_stall_detector = true; /* the destruction blocks the worker on purpose */
+    struct weft_runtime *rt;
+    cr_assert_eq(weft_runtime_create(&rt, &cfg), 0);
+    struct nested *n = calloc(1, sizeof *n);
+    cr_assert_not_null(n);
+    n->base.ops = &nested_ops;
+    n->fd = open("/dev/zero", O_RDONLY | O_CLOEXEC);
+    cr_assert_geq(n->fd, 0);
+    cr_assert_eq(weft_block_on(rt, &n->base), 0);
+    cr_assert_eq(n->created, 0);
+    cr_assert_eq(n->started, 1, "the inner runtime's task never ran");
+    cr_assert_eq(n->within.result, 0, "the read after the inner runtime's destruction: %s",
+                 strerror(-n->within.result));
+    cr_assert_eq(n->read.result, LEN);
+    for (int b = 0; b < LEN; b++)
+        cr_assert_eq(n->buf[b], 0);
+    nested_drop(&n->base);
+    close(n->fd);
+    free(n);
+    weft_runtime_destroy(rt);
 }
