@@ -387,7 +387,8 @@ void weft__stall_late(struct weft__worker *w, uint64_t seq)
                  atomic_load_explicit(&st->poll_name, memory_order_relaxed), now - seen);
 }
 
-static void look_at(struct weft__monitor *m, uint32_t i)
+/* Returns true if worker i was inside a poll. */
+static bool look_at(struct weft__monitor *m, uint32_t i)
 {
     struct weft__worker *w = &m->rt->workers[i];
     struct wstats *st = w->stats;
@@ -399,13 +400,13 @@ static void look_at(struct weft__monitor *m, uint32_t i)
     uint64_t s1 = atomic_load_explicit(&st->poll_seq, memory_order_acquire);
     if (!(s1 & 1)) {
         mw->seq = s1;
-        return;
+        return false;
     }
     uint64_t id = atomic_load_explicit(&st->poll_task, memory_order_relaxed);
     const char *name = atomic_load_explicit(&st->poll_name, memory_order_relaxed);
     atomic_thread_fence(memory_order_acquire);
     if (atomic_load_explicit(&st->poll_seq, memory_order_relaxed) != s1)
-        return; /* the poll ended meanwhile */
+        return false; /* the poll ended meanwhile */
     /* Read after the sequence: the poll began before this moment. */
     uint64_t now = weft_now_ns();
     if (mw->seq != s1) {
@@ -413,7 +414,7 @@ static void look_at(struct weft__monitor *m, uint32_t i)
         /* Release: the worker that reads this sequence sees seen_ns. */
         atomic_store_explicit(&st->seen_ns, now, memory_order_relaxed);
         atomic_store_explicit(&st->seen_seq, s1, memory_order_release);
-        return;
+        return true;
     }
     /* A poll seen on two looks is a long one: tasks queued behind it (woken
      * between polls, which wake no sibling: sched.c) go to a sibling. */
@@ -422,26 +423,34 @@ static void look_at(struct weft__monitor *m, uint32_t i)
         weft__notify_parked(m->rt);
     }
     if (mw->reported || now - mw->first_ns < m->threshold_ns)
-        return;
+        return true;
     mw->reported = true;
     report_stall(m->rt, i, s1, id, name, now - mw->first_ns);
+    return true;
 }
 
 static void *monitor_main(void *arg)
 {
     struct weft__monitor *m = arg;
     bool jobs = false;
+    uint64_t pace = m->period_ns;
     /* Acquire pairs with monitor_stop's release store. */
     while (!atomic_load_explicit(&m->stop, memory_order_acquire)) {
         /* While blocking jobs run unlowered, look every DEMOTE_PERIOD_NS
          * for long ones to lower (blocking.c); else at the stall
          * detector's pace. */
-        uint64_t period = jobs && DEMOTE_PERIOD_NS < m->period_ns ? DEMOTE_PERIOD_NS
-                                                                    : m->period_ns;
+        uint64_t period = jobs && DEMOTE_PERIOD_NS < pace ? DEMOTE_PERIOD_NS : pace;
         struct timespec ts = { (time_t)(period / 1000000000u), (long)(period % 1000000000u) };
         syscall(SYS_futex, &m->stop, FUTEX_WAIT_PRIVATE, 0, &ts, NULL, 0);
+        bool polling = false;
         for (uint32_t i = 0; m->stalls && i < m->rt->nworkers; i++)
-            look_at(m, i);
+            polling |= look_at(m, i);
+        /* Looks that find no poll going on slow down, doubling up to the
+         * threshold (as Go's sysmon backs off): a server whose workers
+         * mostly sleep in the kernel wakes the monitor ~100 times a second
+         * instead of ~400 at the default. A poll seen brings the pace back. */
+        pace = polling || !m->stalls ? m->period_ns
+                                     : (2 * pace < m->threshold_ns ? 2 * pace : m->threshold_ns);
         jobs = weft__blocking_demote(m->rt, weft_now_ns());
     }
     return NULL;
