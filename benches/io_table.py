@@ -1,15 +1,23 @@
 #!/usr/bin/env python3
 """Ratio table of a benches/io_compare.sh run (the shared peers' summary.md).
 
-usage: io_table.py SUMMARY.md
+usage: io_table.py SUMMARY.md [RESULTS_DIR]
 
 Reads the Markdown tables run.sh's summarize.py wrote (HTTP, pipelined HTTP,
 echo, idle connections, timers) and prints one table: weft's figure, Tokio's,
 the hand-written io_uring server's, the ratios weft / peer (below 1 is better
 for costs, above 1 for throughput), the target and whether it is met. Every
 figure is already a median across the interleaved runs.
+
+With RESULTS_DIR (the run's raw outputs, beside summary.md), a second table
+pairs the runs: for each run r, weft's server CPU per request over each
+peer's in that same run r (interleaved, so they shared the machine's state),
+then the median and the range of those ratios.
 """
+import glob
+import os
 import re
+import statistics
 import sys
 
 
@@ -126,5 +134,43 @@ def main(path):
         print(f"| {name} | {fmt(w)} | {fmt(t)} | - | {fmt(r) + 'x' if r else '-'} | - | {target} | {met} |")
 
 
+# (label, results subdirectory) of the rows paired run by run
+PAIRED_ROWS = [("HTTP", "http"), ("HTTP x16 pipelined", "http_pipe16"), ("echo", "echo")]
+
+
+def run_cpu_per_op(path):
+    """Server CPU us per request of one run: its .cpu file over its requests/s."""
+    text = open(path).read()
+    m = (re.search(r"Requests/sec:\s+([\d.]+)", text) or
+         re.search(r"^RESULT .*msgs_per_s=([\d.]+)", text, re.M))
+    cpu = path[:-4] + ".cpu"
+    if not m or not float(m.group(1)) or not os.path.exists(cpu):
+        return None
+    kv = dict(x.split("=") for x in open(cpu).read().split())
+    return float(kv["cpu_s"]) / float(kv["wall_s"]) / float(m.group(1)) * 1e6
+
+
+def paired(results):
+    """The per-run ratios; io_uring / tokio is the practical limit's own ratio."""
+    pairs = (("weft", "tokio"), ("weft", "io_uring"), ("io_uring", "tokio"))
+    print("\n| server CPU per request, run by run | runs | "
+          + " | ".join(f"{a} / {b}: median (range)" for a, b in pairs) + " |")
+    print("|---|---|---|---|---|")
+    for label, sub in PAIRED_ROWS:
+        cols = []
+        for a, b in pairs:
+            ratios = []
+            for f in sorted(glob.glob(os.path.join(results, sub, f"{a}.*.txt"))):
+                x = run_cpu_per_op(f)
+                y = run_cpu_per_op(f.replace(f"/{a}.", f"/{b}."))
+                if x and y:
+                    ratios.append(x / y)
+            cols.append(f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
+                        if ratios else "-")
+        print(f"| {label} | {len(ratios)} | " + " | ".join(cols) + " |")
+
+
 if __name__ == "__main__":
     main(sys.argv[1])
+    if len(sys.argv) > 2:
+        paired(sys.argv[2])
