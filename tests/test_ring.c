@@ -66,19 +66,34 @@ static enum weft_poll many_poll(struct weft_future *f, struct weft_cx *cx)
 
 static const struct weft_future_ops many_ops = { many_poll, NULL };
 
-Test(ring, full_sq_and_overflowing_cq_lose_nothing, .timeout = 30)
+/* A runtime of one worker; io_entries 0 keeps the default. */
+static struct weft_runtime *start_one_worker(uint32_t io_entries, bool no_stall_detector)
 {
     struct weft_runtime_config cfg;
     weft_runtime_config_init(&cfg);
     cfg.workers = 1;
-    cfg.io_entries = 8;
-    struct weft_runtime *rt;
+    if (io_entries)
+        cfg.io_entries = io_entries;
+    cfg.no_stall_detector = no_stall_detector;
+    struct weft_runtime *rt = NULL;
     cr_assert_eq(weft_runtime_create(&rt, &cfg), 0);
+    return rt;
+}
+
+static int open_zero(void)
+{
+    int fd = open("/dev/zero", O_RDONLY | O_CLOEXEC);
+    cr_assert_geq(fd, 0);
+    return fd;
+}
+
+Test(ring, full_sq_and_overflowing_cq_lose_nothing, .timeout = 30)
+{
+    struct weft_runtime *rt = start_one_worker(8, false);
     struct many *m = calloc(1, sizeof *m);
     cr_assert_not_null(m);
     m->base.ops = &many_ops;
-    m->fd = open("/dev/zero", O_RDONLY | O_CLOEXEC);
-    cr_assert_geq(m->fd, 0);
+    m->fd = open_zero();
     cr_assert_eq(weft_block_on(rt, &m->base), 0);
     cr_assert_eq(m->ok, READS, "%d of %d reads completed with their bytes", m->ok, READS);
     close(m->fd);
@@ -136,6 +151,7 @@ static enum weft_poll nested_poll(struct weft_future *f, struct weft_cx *cx)
     {
         /* On this worker: a second runtime whose worker registers its own
          * ring, then its destruction (which blocks this worker briefly). */
+        /* Not start_one_worker: no cr_assert off the test's own thread. */
         struct weft_runtime_config cfg;
         weft_runtime_config_init(&cfg);
         cfg.workers = 1;
@@ -170,17 +186,12 @@ static const struct weft_future_ops nested_ops = { nested_poll, nested_drop };
 
 Test(ring, destroy_on_another_runtimes_worker_keeps_its_ring, .timeout = 30)
 {
-    struct weft_runtime_config cfg;
-    weft_runtime_config_init(&cfg);
-    cfg.workers = 1;
-    cfg.no_stall_detector = true; /* the destruction blocks the worker on purpose */
-    struct weft_runtime *rt;
-    cr_assert_eq(weft_runtime_create(&rt, &cfg), 0);
+    /* No stall detector: the inner destruction blocks the worker on purpose. */
+    struct weft_runtime *rt = start_one_worker(0, true);
     struct nested *n = calloc(1, sizeof *n);
     cr_assert_not_null(n);
     n->base.ops = &nested_ops;
-    n->fd = open("/dev/zero", O_RDONLY | O_CLOEXEC);
-    cr_assert_geq(n->fd, 0);
+    n->fd = open_zero();
     cr_assert_eq(weft_block_on(rt, &n->base), 0);
     cr_assert_eq(n->created, 0);
     cr_assert_eq(n->started, 1, "the inner runtime's task never ran");
