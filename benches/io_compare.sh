@@ -1,7 +1,7 @@
 #!/bin/bash
 # I/O benchmarks: weft's servers and timers beside Tokio and the hand-written
 # io_uring server, in one run of the shared peers' run.sh (interleaved).
-# usage: benches/io_compare.sh [RUNS=3] [DUR=5] [SECTIONS="http echo idle micro"]
+# usage: benches/io_compare.sh [RUNS=3] [DUR=5] [SECTIONS="http echo echo_open idle micro"]
 #   BUILD         weft build dir, relative to the repo (default build-release)
 #   SERVERS       peer servers beside weft (default "tokio io_uring")
 #   PEERS_OUT     peers' bin/ and results/ (default ~/.cache/weft-peers)
@@ -10,7 +10,7 @@
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
-RUNS=${1:-3} DUR=${2:-5} SECTIONS=${3:-"http echo idle micro"}
+RUNS=${1:-3} DUR=${2:-5} SECTIONS=${3:-"http echo echo_open idle micro"}
 OUT=${PEERS_OUT:-${XDG_CACHE_HOME:-$HOME/.cache}/weft-peers}
 SHARED_PEERS=${SHARED_PEERS:-$REPO/../shared/peers}
 B=$REPO/${BUILD:-build-release}

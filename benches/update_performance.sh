@@ -16,7 +16,7 @@ OUT=${PEERS_OUT:-${XDG_CACHE_HOME:-$HOME/.cache}/weft-peers}
 export RESULTS=${RESULTS:-$OUT/results/micro-$(date -u +%Y%m%d-%H%M%S)}
 BUILD=build-release benches/micro_compare.sh "$RUNS" "$WORKERS" "$REPS" > /dev/null
 IO_RESULTS=$OUT/results/io-$(date -u +%Y%m%d-%H%M%S)
-RESULTS=$IO_RESULTS BUILD=build-release benches/io_compare.sh 5 5 > /dev/null
+RESULTS=$IO_RESULTS BUILD=build-release benches/io_compare.sh 5 5 "http echo echo_open idle micro" > /dev/null
 python3 benches/io_table.py "$IO_RESULTS/summary.md" "$IO_RESULTS" > "$IO_RESULTS/table.md"
 STALL_RESULTS=$OUT/results/stall-$(date -u +%Y%m%d-%H%M%S)
 RESULTS=$STALL_RESULTS BUILD=build-release benches/stall_compare.sh 3 5 > /dev/null
