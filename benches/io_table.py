@@ -12,9 +12,13 @@ figure is already a median across the interleaved runs.
 With RESULTS_DIR (the run's raw outputs, beside summary.md), a second table
 pairs the runs: for each run r, weft's server CPU per request over each
 peer's in that same run r (interleaved, so they shared the machine's state),
-then the median and the range of those ratios.
+then the median of those ratios, a 95% confidence interval for it (the
+sign test's: order statistics, no assumption about the distribution) and
+their range. A ratio target is met beyond the noise only when the whole
+interval is below it.
 """
 import glob
+import math
 import os
 import re
 import statistics
@@ -156,11 +160,26 @@ def run_cpu_per_op(path):
     return float(kv["cpu_s"]) / float(kv["wall_s"]) / float(m.group(1)) * 1e6
 
 
+def median_ci(xs, level=0.95):
+    """(low, high): the sign test's confidence interval for the median of xs,
+    the k-th smallest and k-th largest value with k the largest count such
+    that P(Binomial(n, 1/2) < k) <= (1 - level) / 2. None when n is too small
+    for that level (n < 6 at 95%)."""
+    xs, n = sorted(xs), len(xs)
+    tail, k = 0.0, 0
+    while True:
+        nxt = tail + math.comb(n, k) / 2 ** n  # P(Bin < k + 1)
+        if nxt > (1 - level) / 2:
+            break
+        tail, k = nxt, k + 1
+    return (xs[k - 1], xs[n - k]) if k >= 1 else None
+
+
 def paired(results):
     """The per-run ratios; io_uring / tokio is the practical limit's own ratio."""
     pairs = (("weft", "tokio"), ("weft", "io_uring"), ("io_uring", "tokio"))
     print("\n| server CPU per request, run by run | runs | "
-          + " | ".join(f"{a} / {b}: median (range)" for a, b in pairs) + " |")
+          + " | ".join(f"{a} / {b}: median [95% CI] (range)" for a, b in pairs) + " |")
     print("|---|---|---|---|---|")
     for label, sub in PAIRED_ROWS:
         cols = []
@@ -171,8 +190,10 @@ def paired(results):
                 y = run_cpu_per_op(f.replace(f"/{a}.", f"/{b}."))
                 if x and y:
                     ratios.append(x / y)
-            cols.append(f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
-                        if ratios else "-")
+            ci = median_ci(ratios) if ratios else None
+            cols.append((f"{statistics.median(ratios):.2f}x "
+                         + (f"[{ci[0]:.2f}-{ci[1]:.2f}] " if ci else "")
+                         + f"({min(ratios):.2f}-{max(ratios):.2f})") if ratios else "-")
         if os.path.isdir(os.path.join(results, sub)):
             print(f"| {label} | {len(ratios)} | " + " | ".join(cols) + " |")
 
