@@ -178,8 +178,10 @@ void weft__io_tick(struct weft__io *io);
 bool weft__io_has_events(struct weft__io *io);
 /* Submits the queued SQEs, if any (one io_uring_enter that also reaps). */
 void weft__io_flush(struct weft__io *io);
-/* Sleeps until an unpark, a completion or the next timer, then reaps. */
-void weft__io_park(struct weft__io *io);
+/* Sleeps until an unpark, a completion or the next timer, then reaps.
+ * Returns true if it consumed an unpark (one that came before the sleep
+ * included), false if only completions or timers ended it. */
+bool weft__io_park(struct weft__io *io);
 /* Shutdown: fails the timers and waiting receives, cancels all in the kernel. */
 void weft__io_cancel_all(struct weft__io *io);
 /* Ends the owner's weft__io_park (or makes the next one return). Any thread. */

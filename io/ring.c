@@ -323,7 +323,7 @@ static void futex_wait_until(struct park *p, uint64_t deadline)
     syscall(SYS_futex, &p->state, FUTEX_WAIT_PRIVATE, PARK_PARKED, tsp, NULL, 0);
 }
 
-void weft__io_park(struct weft__io *io)
+bool weft__io_park(struct weft__io *io)
 {
     uint64_t next = UINT64_MAX, wakes = io->wakes;
     if (io->nheap)
@@ -352,8 +352,9 @@ void weft__io_park(struct weft__io *io)
     }
     /* Acquire pairs with the unparker's release: what it wrote before
      * unparking is visible from here on. */
-    atomic_exchange_explicit(&io->park.state, PARK_EMPTY, memory_order_acquire);
+    uint32_t was = atomic_exchange_explicit(&io->park.state, PARK_EMPTY, memory_order_acquire);
     weft__io_tick(io);
+    return was == PARK_NOTIFIED;
 }
 
 bool weft__io_unpark(struct weft__io *io)

@@ -20,6 +20,15 @@
  * before, and then the push (before the pusher's fence) is visible to the
  * parker's re-check (after its RMW). Both orders end with the work found.
  *
+ * A worker that only its own ring woke stays on the list while it runs those
+ * tasks (sched.c: park_worker), counted as parked. That keeps the argument:
+ * a notifier that picks it leaves the unpark on its park word, so it cannot
+ * sleep again without acting on it; while it is listed it never searches,
+ * and it leaves the list (under the lock) before it notifies anyone. A
+ * notifier prefers a sleeping worker, and counts a running one it had to
+ * pick as unparked but not searching, so that it does not hold a searcher's
+ * place while it finishes what it runs.
+ *
  * At most half of the workers search at once (weft__idle_to_searching), so an
  * idle runtime does not burn every core stealing from empty queues; a searcher
  * that finds work and stops searching as the last one wakes the next
@@ -74,14 +83,15 @@ bool weft__idle_to_parked(struct idle *idle, uint32_t worker, bool is_searching)
 }
 
 /* A parked worker that woke up: if it is off the sleepers list, a notifier
- * took it off and counted it as searching (NOTIFIED). If it is still on the
+ * took it off and counted it as searching (NOTIFIED), or as merely unparked
+ * when it was out of its park at the time (TAKEN_BUSY). If it is still on the
  * list (a spurious wakeup, a shutdown, or its own ring's completions), it
  * stays there unless it has work of its own (`has_work`): then it takes itself
  * off and counts itself as unparked, not searching (SELF). */
 enum idle_wake weft__idle_wake_self(struct idle *idle, uint32_t worker, bool has_work)
 {
     pthread_mutex_lock(&idle->lock);
-    enum idle_wake r = IDLE_NOTIFIED;
+    enum idle_wake r = idle->taken_busy[worker] ? IDLE_TAKEN_BUSY : IDLE_NOTIFIED;
     for (uint32_t i = 0; i < idle->nsleepers; i++) {
         if (idle->sleepers[i] != worker)
             continue;
@@ -107,17 +117,44 @@ static bool should_wake(struct idle *idle)
     return searching(s) == 0 && unparked(s) < idle->nworkers;
 }
 
-/* Picks a parked worker to wake and counts it as unparked and searching;
- * returns its index, or -1 when no wakeup is needed. */
-int64_t weft__idle_worker_to_notify(struct idle *idle)
+/* True if listed worker `i` is out of its park, running what its own ring
+ * woke (sched.c: park_worker). A hint, read relaxed: a wrong guess only
+ * makes the wakeup slower to act, never lost, as the worker consumes it at
+ * its next park either way. */
+static bool runs(const struct weft__worker *workers, uint32_t i)
+{
+    return atomic_load_explicit(&workers[i].stats->busy_since, memory_order_relaxed) != 0;
+}
+
+/* Picks a parked worker other than `skip` to wake, one asleep if there is
+ * one (the last to park first), and counts it as unparked and searching;
+ * returns its index, or -1 when no wakeup is needed. A listed worker that is
+ * running (none asleep) is counted unparked only: it will act on the wakeup
+ * at its next park, and until then must not hold a searcher's place, which
+ * would keep the others from searching (idle_to_searching's cap). */
+int64_t weft__idle_worker_to_notify(struct idle *idle, const struct weft__worker *workers,
+                                    uint32_t skip)
 {
     if (!should_wake(idle))
         return -1;
     pthread_mutex_lock(&idle->lock);
     int64_t worker = -1;
-    if (should_wake(idle) && idle->nsleepers > 0) {
-        atomic_fetch_add_explicit(&idle->state, UNPARK_ONE | 1u, memory_order_seq_cst);
-        worker = idle->sleepers[--idle->nsleepers];
+    uint32_t pick = UINT32_MAX;
+    for (uint32_t k = idle->nsleepers; k-- > 0;) {
+        if (idle->sleepers[k] == skip)
+            continue;
+        if (pick == UINT32_MAX || runs(workers, idle->sleepers[pick]))
+            pick = k;
+        if (!runs(workers, idle->sleepers[k]))
+            break;
+    }
+    if (pick != UINT32_MAX && should_wake(idle)) {
+        worker = idle->sleepers[pick];
+        bool busy = runs(workers, (uint32_t)worker);
+        idle->taken_busy[worker] = busy;
+        atomic_fetch_add_explicit(&idle->state, UNPARK_ONE | (busy ? 0u : 1u),
+                                  memory_order_seq_cst);
+        idle->sleepers[pick] = idle->sleepers[--idle->nsleepers];
     }
     pthread_mutex_unlock(&idle->lock);
     return worker;

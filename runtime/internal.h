@@ -115,14 +115,20 @@ struct idle {
     uint32_t nsleepers;
     uint32_t nworkers;
     uint32_t *sleepers;
+    uint8_t *taken_busy;         /* per worker, under the lock: taken off the list
+                                  * while it ran, so counted unparked, not searching */
 };
 
 bool weft__idle_to_searching(struct idle *idle);
 bool weft__idle_from_searching(struct idle *idle);
 bool weft__idle_to_parked(struct idle *idle, uint32_t worker, bool searching);
-enum idle_wake { IDLE_STILL_PARKED, IDLE_NOTIFIED, IDLE_SELF };
+enum idle_wake { IDLE_STILL_PARKED, IDLE_NOTIFIED, IDLE_TAKEN_BUSY, IDLE_SELF };
 enum idle_wake weft__idle_wake_self(struct idle *idle, uint32_t worker, bool has_work);
-int64_t weft__idle_worker_to_notify(struct idle *idle);
+/* A parked worker to wake, other than `skip` (or -1); one asleep rather
+ * than one still listed while it runs. */
+struct weft__worker;
+int64_t weft__idle_worker_to_notify(struct idle *idle, const struct weft__worker *workers,
+                                    uint32_t skip);
 
 /* ---- metrics (metrics.c) ---------------------------------------------------
  * Per-worker counters, written only by their worker with a relaxed load and
@@ -297,6 +303,7 @@ struct weft__worker {
     uint32_t lifo_polls;
     uint32_t rand;                 /* xorshift state for victim choice */
     bool searching;
+    bool listed;                   /* on the idle sleepers list (sched.c: park_worker) */
     bool draining;                 /* shutdown: wakes go to the global queue */
     uint32_t event_countdown;      /* polls left until the next reactor turn */
     pthread_t thread;
@@ -371,7 +378,14 @@ void weft__runtime_release(struct weft_runtime *rt);
 
 void weft__inject_push_batch(struct weft_runtime *rt, void **items, uint32_t n);
 void weft__inject_close_and_drain(struct weft_runtime *rt);
-void weft__notify_parked(struct weft_runtime *rt);
+/* Wakes a parked worker (if no worker is searching), other than `skip`:
+ * a worker still listed while it runs (sched.c: park_worker) is no help to
+ * the tasks queued behind its own long poll. */
+void weft__notify_parked_except(struct weft_runtime *rt, uint32_t skip);
+static inline void weft__notify_parked(struct weft_runtime *rt)
+{
+    weft__notify_parked_except(rt, UINT32_MAX);
+}
 /* Ends a worker's park (any thread). */
 void weft__worker_unpark(struct weft__worker *w);
 /* A stopping worker: drops its queued tasks, then keeps its ring going until

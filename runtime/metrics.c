@@ -420,7 +420,7 @@ static bool look_at(struct weft__monitor *m, uint32_t i)
      * between polls, which wake no sibling: sched.c) go to a sibling. */
     if (!mw->helped && !queue_is_empty(&w->run)) {
         mw->helped = true;
-        weft__notify_parked(m->rt);
+        weft__notify_parked_except(m->rt, i);
     }
     if (mw->reported || now - mw->first_ns < m->threshold_ns)
         return true;

@@ -172,6 +172,7 @@ static void runtime_free(struct weft_runtime *rt)
     free_some(&a, (void *)rt->stat_files.fds, rt->nworkers * sizeof(*rt->stat_files.fds));
     pthread_mutex_destroy(&rt->stat_files.lock);
     free_some(&a, rt->idle.sleepers, rt->nworkers * sizeof(uint32_t));
+    free_some(&a, rt->idle.taken_busy, rt->nworkers);
     free_some(&a, rt->workers, rt->nworkers * sizeof(*rt->workers));
     free_some(&a, rt->shards, rt->nworkers * sizeof(*rt->shards));
     pthread_mutex_destroy(&rt->inject.lock);
@@ -275,8 +276,10 @@ static struct weft_runtime *runtime_alloc(const struct weft_allocator *a, uint32
     rt->workers = zalloc(a, nworkers * sizeof(*rt->workers));
     rt->shards = zalloc(a, nworkers * sizeof(*rt->shards));
     rt->idle.sleepers = zalloc(a, nworkers * sizeof(uint32_t));
+    rt->idle.taken_busy = zalloc(a, nworkers);
     rt->stat_files.fds = zalloc(a, nworkers * sizeof(*rt->stat_files.fds));
-    bool ok = rt->workers && rt->shards && rt->idle.sleepers && rt->stat_files.fds;
+    bool ok = rt->workers && rt->shards && rt->idle.sleepers && rt->idle.taken_busy &&
+              rt->stat_files.fds;
     for (uint32_t i = 0; ok && i < nworkers; i++)
         atomic_init(&rt->stat_files.fds[i], -1);
     for (uint32_t i = 0; ok && i < nworkers; i++) {

@@ -139,16 +139,33 @@ void weft__worker_unpark(struct weft__worker *w)
         atomic_fetch_add_explicit(&w->stats->unparks, 1, memory_order_relaxed);
 }
 
-void weft__notify_parked(struct weft_runtime *rt)
+/* Takes the calling worker off the sleepers list, where it stayed while it
+ * ran what its own ring woke (park_worker): counted unparked again, or
+ * searching if a notifier took it off first (its unpark is then pending on
+ * the park word, and the next park consumes it without sleeping). */
+static void leave_list(struct weft__worker *w)
 {
-    int64_t i = weft__idle_worker_to_notify(&rt->idle);
+    w->listed = false;
+    if (weft__idle_wake_self(&w->rt->idle, w->index, true) == IDLE_NOTIFIED)
+        w->searching = true;
+}
+
+void weft__notify_parked_except(struct weft_runtime *rt, uint32_t skip)
+{
+    /* A listed worker must not pick itself: the wakeup is for a sibling. */
+    struct weft__worker *me = weft__current;
+    if (me && me->listed && me->rt == rt)
+        leave_list(me);
+    int64_t i = weft__idle_worker_to_notify(&rt->idle, rt->workers, skip);
     if (i >= 0)
         weft__worker_unpark(&rt->workers[i]);
 }
 
-/* The last searcher re-checks every queue before it sleeps (see idle.c). */
-static void notify_if_work_pending(struct weft_runtime *rt)
+/* The last searcher re-checks every queue before it sleeps (see idle.c); if
+ * it finds work, it stays up and takes it itself. */
+static void stay_if_work_pending(struct weft__worker *w)
 {
+    struct weft_runtime *rt = w->rt;
     /* Orders the queue loads below after the seq_cst RMW of idle_to_parked
      * (the parker's side of the protocol in idle.c), also for the local
      * queues' acquire loads. */
@@ -157,7 +174,7 @@ static void notify_if_work_pending(struct weft_runtime *rt)
     for (uint32_t i = 0; i < rt->nworkers && !work; i++)
         work = !queue_is_empty(&rt->workers[i].run);
     if (work)
-        weft__notify_parked(rt);
+        leave_list(w);
 }
 
 /* ---- scheduling -------------------------------------------------------------- */
@@ -306,14 +323,24 @@ static bool has_local_work(struct weft__worker *w)
     return w->lifo || !queue_is_empty(&w->run);
 }
 
+/* Sleeps until there is work. A worker that only its own ring woke (its
+ * completions or timers queued tasks) stays on the sleepers list while it
+ * runs them, counted as parked, and comes back here without the two trips
+ * through the list's lock: a notifier that picks it meanwhile finds it busy,
+ * and its unpark, left on the park word, is consumed at the next park; a
+ * listed worker that notifies leaves the list first (weft__notify_parked).
+ * It does not steal while listed: wakeups bring the siblings' work to it. */
 static void park_worker(struct weft__worker *w)
 {
     struct weft_runtime *rt = w->rt;
-    bool was_searching = w->searching;
-    w->searching = false;
-    if (weft__idle_to_parked(&rt->idle, w->index, was_searching))
-        notify_if_work_pending(rt);
-    for (;;) {
+    if (!w->listed) {
+        bool was_searching = w->searching;
+        w->searching = false;
+        w->listed = true;
+        if (weft__idle_to_parked(&rt->idle, w->index, was_searching))
+            stay_if_work_pending(w);
+    }
+    while (w->listed) {
         /* Sleeps in io_uring_enter until an unpark, a completion or the next
          * timer; completions and timers it reaps may queue work here. Busy
          * time is counted up to here and from the wake-up on. */
@@ -322,17 +349,27 @@ static void park_worker(struct weft__worker *w)
         stat_add(&st->busy_ns, now - atomic_load_explicit(&st->busy_since, memory_order_relaxed));
         atomic_store_explicit(&st->busy_since, 0, memory_order_relaxed);
         stat_add(&st->parks, 1);
-        weft__io_park(w->io);
+        bool unparked = weft__io_park(w->io);
         now = weft_now_ns();
         atomic_store_explicit(&st->busy_since, now, memory_order_relaxed);
         atomic_store_explicit(&w->clock, (uint32_t)(now >> POLLED_SHIFT), memory_order_relaxed);
-        if (atomic_load_explicit(&rt->shutdown, memory_order_acquire))
-            return;
+        if (atomic_load_explicit(&rt->shutdown, memory_order_acquire) || !w->listed)
+            return; /* (the reaping turn may have notified, leaving the list) */
+        if (!unparked) {
+            /* No unpark consumed: a notifier that took us off the list has
+             * yet to unpark us, and we will see it at the next park. */
+            if (has_local_work(w))
+                return;
+            continue;
+        }
         switch (weft__idle_wake_self(&rt->idle, w->index, has_local_work(w))) {
         case IDLE_NOTIFIED: /* off the sleepers list: a notifier counted us searching */
+            w->listed = false;
             w->searching = true;
             return;
+        case IDLE_TAKEN_BUSY: /* taken off while it ran: counted unparked only */
         case IDLE_SELF:
+            w->listed = false;
             return;
         case IDLE_STILL_PARKED:
             break;
@@ -369,7 +406,7 @@ void *weft__worker_main(void *arg)
             weft__io_tick(w->io);
             t = next_local(w);
         }
-        if (!t) {
+        if (!t && !w->listed) {
             /* Queued SQEs wait for the park's io_uring_enter, which submits
              * them and sleeps in one syscall; a worker that finds work to
              * steal submits them first instead. */
