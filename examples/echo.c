@@ -8,13 +8,15 @@
  *
  * A connection receives with weft_recv: the bytes land in a buffer of the
  * worker's provided-buffer ring, so an idle connection holds no buffer, only
- * its task (sizeof(struct conn) is 160 bytes on x86-64) and the slot of its
+ * its task (sizeof(struct conn) is 176 bytes on x86-64) and the slot of its
  * pending receive: about 400 bytes of RSS per idle connection in all. The echo
  * is sent from that same buffer, linked in the kernel to the next receive
- * (weft_send_recv: one completion per round), and the buffer goes back to the
- * ring when that receive completes. The price of that choice: a client that
- * sends but never reads keeps one or two buffers; when a worker's ring runs dry, its receives wait until buffers
- * come back (the bytes wait in the socket meanwhile: none are lost).
+ * (weft_send_recv_from: the buffer moves to the pair, and goes back to the
+ * ring as soon as it is sent), so a connection never holds a buffer while it
+ * waits, and any number of connections can echo at once: when a worker's
+ * ring runs dry, its receives wait for buffers the sends give back (the bytes
+ * wait in the socket meanwhile: none are lost). A client that sends but never
+ * reads holds one buffer, until its socket's send buffer has room again.
  *
  * At a stop the server shuts down the reading side of every connection, so a
  * connection echoes what it has already received, sees end of stream and
@@ -39,14 +41,14 @@ static enum weft_poll conn_poll(struct weft_future *f, struct weft_cx *cx)
     weft_recv_init(&self->rx[0], self->sock.fd);
     for (;;) {
         WEFT_AWAIT(f, cx, &self->rx[self->cur]);
-        weft_future_drop(&self->rx[!self->cur].base); /* its buffer, echoed, goes back */
         struct weft_recv *rx = &self->rx[self->cur];
         if (rx->result <= 0) /* end of stream, or an error such as a reset */
             break;
         /* Echo these bytes and receive the next ones: one linked pair in the
-         * kernel, one completion for both. */
+         * kernel, which takes the buffer over and gives it back once sent. */
         self->cur = !self->cur;
-        weft_send_recv_init(&self->rx[self->cur], self->sock.fd, rx->data, (size_t)rx->result);
+        weft_send_recv_from_init(&self->rx[self->cur], rx, 0, (size_t)rx->result);
+        weft_future_drop(&rx->base); /* holds nothing now */
     }
     WEFT_ASYNC_END(f);
 }

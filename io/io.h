@@ -107,6 +107,10 @@ struct weft__op {
         struct { struct sockaddr_in6 sa; uint32_t salen; struct __kernel_timespec ts; } conn;
         struct msghdr msg;
         struct weft__acceptq *acceptq;
+        /* OP_SEND_RECV of a buffer moved from a receive: that receive's
+         * slot, given up once the send is known done (op.c: submit), and
+         * whether the send posts on success; the send's error then. */
+        struct { struct weft__op *held; bool send_posts; int32_t send_err; } sr;
     } u;
 };
 
@@ -229,6 +233,9 @@ static inline void weft__op_drop(struct weft__op **opp)
         weft__op_release(*opp);
     *opp = NULL;
 }
+/* Owner: the send of an OP_SEND_RECV that holds a moved buffer finished
+ * with `res` (its CQE is not the final one). */
+void weft__op_send_done(struct weft__op *op, int32_t res);
 /* Owner: the completion of a slot. */
 void weft__op_complete(struct weft__io *io, struct weft__op *op, int32_t res, uint32_t flags);
 /* Owner: submits a cancel of the slot's operation. */

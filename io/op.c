@@ -141,9 +141,17 @@ void weft__op_submit(struct weft__io *io, struct weft__op *op)
     void *addr = (void *)(uintptr_t)op->addr;
     switch ((enum op_kind)op->kind) {
     case OP_SEND_RECV:
-        /* The send posts a CQE only if it fails, and then the recv none. */
+        /* The send posts a CQE only if it fails, and then the recv none.
+         * A buffer moved from a receive goes back to the ring when the
+         * slot is freed, or at the recv's -ENOBUFS (the send is done by
+         * then); when the buffer's ring runs low (or is another worker's),
+         * the send posts on success too, and the buffer goes back at once:
+         * buffers held by connections that went quiet after an echo cannot
+         * starve the rest, yet the common round costs one CQE. */
+        struct weft__op *h = op->u.sr.held;
+        op->u.sr.send_posts = h && (h->io != io || h->io->bufs_free < h->io->nbufs / 2);
         io_uring_prep_send(sqe, fd, addr, op->len, MSG_NOSIGNAL | MSG_WAITALL);
-        sqe->flags |= IOSQE_IO_LINK | IOSQE_CQE_SKIP_SUCCESS;
+        sqe->flags |= IOSQE_IO_LINK | (op->u.sr.send_posts ? 0 : IOSQE_CQE_SKIP_SUCCESS);
         io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)op | IO_UD_SEND_PART);
         sqe = weft__io_sqe(io);
         io_uring_prep_recv(sqe, fd, NULL, io->buf_size, 0);
@@ -254,6 +262,8 @@ static void release_products(struct weft__io *io, struct weft__op *op)
     else if (op->kind == OP_OPEN && op->res >= 0)
         close(op->res);
     op->fd = op->res = -1;
+    if (op->kind == OP_SEND_RECV)
+        weft__op_drop(&op->u.sr.held);
     if (weft__op_has_buffer(op)) {
         weft__bufring_put(io, (uint16_t)(op->cqe_flags >> IORING_CQE_BUFFER_SHIFT));
         op->cqe_flags = 0;
@@ -281,9 +291,18 @@ void weft__op_orphan_final(struct weft__io *io, struct weft__op *op, uint32_t s)
     weft__op_free(io, op);
 }
 
+void weft__op_send_done(struct weft__op *op, int32_t res)
+{
+    weft__op_drop(&op->u.sr.held); /* from any ring: op_release routes it */
+    if (res < (int32_t)op->len) /* the receive is cancelled: report this */
+        op->u.sr.send_err = res < 0 ? res : -EIO;
+}
+
 void weft__op_complete(struct weft__io *io, struct weft__op *op, int32_t res, uint32_t flags)
 {
     io->inflight--;
+    if (op->kind == OP_SEND_RECV && op->u.sr.send_err)
+        res = op->u.sr.send_err;
     op->res = res;
     op->cqe_flags = flags;
     uint32_t s = OPS_PENDING;

@@ -214,6 +214,11 @@ void weft__io_reap(struct weft__io *io)
         }
         struct weft__op *op = (struct weft__op *)(uintptr_t)(ud & ~IO_UD_SEND_PART);
         if (ud & IO_UD_SEND_PART) {
+            if (op->u.sr.send_posts) {
+                /* Not the final CQE: the recv's comes after (op.c: submit). */
+                weft__op_send_done(op, res);
+                continue;
+            }
             /* Only a failed (or cut short) send posts, and then its linked
              * recv posts nothing (the kernel skips the CQEs of a failed
              * CQE_SKIP_SUCCESS request's link): this is the final CQE. */
@@ -226,8 +231,10 @@ void weft__io_reap(struct weft__io *io)
             weft__accept_complete(io, op, res, flags);
         } else if ((op->kind == OP_RECV_BUF || op->kind == OP_SEND_RECV) && res == -ENOBUFS &&
                    atomic_load_explicit(&op->state, memory_order_relaxed) == OPS_PENDING) {
-            /* The send (if any) went out; the recv is retried when a buffer
-             * comes back. */
+            /* The send (if any) went out, and its buffer can go back; the
+             * recv is retried when a buffer comes back. */
+            if (op->kind == OP_SEND_RECV)
+                weft__op_drop(&op->u.sr.held);
             op->kind = OP_RECV_BUF;
             weft__bufring_wait(io, op);
         } else if ((op->kind == OP_RECV_BUF || op->kind == OP_SEND_RECV) &&

@@ -282,6 +282,7 @@ static enum weft_poll recv_poll(struct weft_future *f, struct weft_cx *cx)
         enum op_kind kind = r->send_len ? OP_SEND_RECV : OP_RECV_BUF;
         int err = weft__op_start(cx, &r->op, kind);
         if (err) {
+            weft__op_drop(&r->held);
             r->result = err;
             r->base.resume = 1;
             return WEFT_READY;
@@ -289,6 +290,11 @@ static enum weft_poll recv_poll(struct weft_future *f, struct weft_cx *cx)
         r->op->fd = r->fd;
         r->op->addr = (uint64_t)(uintptr_t)r->send;
         r->op->len = r->send_len;
+        if (kind == OP_SEND_RECV) {
+            r->op->u.sr.held = r->held; /* the slot gives it back (op.c) */
+            r->op->u.sr.send_err = 0;
+            r->held = NULL;
+        }
         /* A drop waits for the final completion: the caller's bytes to send,
          * and a receive still armed would take bytes sent after the drop. */
         r->op->borrowed = 1;
@@ -308,7 +314,9 @@ static enum weft_poll recv_poll(struct weft_future *f, struct weft_cx *cx)
 
 static void recv_drop(struct weft_future *f)
 {
-    weft__op_drop(&((struct weft_recv *)f)->op);
+    struct weft_recv *r = (struct weft_recv *)f;
+    weft__op_drop(&r->held); /* moved in, never polled */
+    weft__op_drop(&r->op);
 }
 
 static const struct weft_future_ops recv_ops = { recv_poll, recv_drop };
@@ -321,8 +329,26 @@ void weft_send_recv_init(struct weft_recv *r, int fd, const void *buf, size_t le
     r->fd = fd;
     r->data = NULL;
     r->op = NULL;
+    r->held = NULL;
     r->send = buf;
     r->send_len = clamp_len(len);
+}
+
+void weft_send_recv_from_init(struct weft_recv *r, struct weft_recv *from, size_t off,
+                              size_t len)
+{
+    bool ok = from && from != r && from->base.ops == &recv_ops && from->base.resume &&
+              from->op && weft__op_has_buffer(from->op) && from->result > 0 && len > 0 &&
+              off < (size_t)from->result && len <= (size_t)from->result - off;
+    weft_send_recv_init(r, ok ? from->fd : -1, ok ? from->data + off : NULL, ok ? len : 0);
+    if (!ok) {
+        r->result = -EINVAL;
+        r->base.resume = 1;
+        return;
+    }
+    r->held = from->op; /* the buffer moves here; `from` holds nothing */
+    from->op = NULL;
+    from->data = NULL;
 }
 
 void weft_recv_init(struct weft_recv *r, int fd)

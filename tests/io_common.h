@@ -115,7 +115,7 @@ struct iot {
     unsigned char *buf;        /* a buffer the test hands the body */
     unsigned char msg[128];    /* a small buffer of the task's own */
     struct weft_tcp_listener *lst;
-    struct weft_recv r;
+    struct weft_recv r, r2;
     struct weft_io io, io2;
     struct weft_accept acc;
     struct weft_connect conn;
@@ -142,6 +142,7 @@ static inline void iot_drop(struct weft_future *f)
     weft_future_drop(&t->to.base); /* before its inner future */
     weft_future_drop(&t->ja.base);
     weft_future_drop(&t->r.base);
+    weft_future_drop(&t->r2.base);
     weft_future_drop(&t->io.base);
     weft_future_drop(&t->io2.base);
     weft_future_drop(&t->acc.base);

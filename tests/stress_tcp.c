@@ -5,7 +5,8 @@
  * ThreadSanitizer (which cannot start Criterion). Usage: stress_tcp [full|small].
  *
  * An acceptor task spawns an echo task per connection (weft_recv, then
- * send_all of the same buffer, until end of stream). Clients run in waves of
+ * send_all of the same buffer, until end of stream; on odd client ports,
+ * weft_send_recv_from of each received buffer linked to the next receive). Clients run in waves of
  * WAVE (full: 60 waves, small: 12); each connects, then does 1-8 round trips
  * of 1..8192 bytes of its own pattern, receiving the echo alternately with
  * weft_recv and recv_into and checking every byte. Before a quarter of the
@@ -161,11 +162,43 @@ struct echo {
     uint16_t pport;
     struct weft_recv r;
     struct weft_io io;
+    struct weft_recv rx[2];        /* odd ports: weft_send_recv_from */
+    uint8_t cur;
+    bool from_mode;
+    uint32_t sending;              /* bytes of the pair in flight */
 };
+
+/* The round trips of an odd port's echo: each receive's buffer is sent back
+ * linked to the next receive, and goes back to its ring (maybe another
+ * worker's, as tasks move) once sent. */
+static enum weft_poll echo_from_poll(struct echo *e, struct weft_cx *cx)
+{
+    for (;;) {
+        struct weft_recv *rx = &e->rx[e->cur];
+        if (weft_future_poll(&rx->base, cx) == WEFT_PENDING)
+            return WEFT_PENDING;
+        atomic_store(&ediag[e->pport].waiting, 0);
+        if (rx->result >= 0 && e->sending) { /* the last echo went out */
+            atomic_fetch_add(&echo_bytes, e->sending);
+            atomic_fetch_add(&ediag[e->pport].out, e->sending);
+        }
+        e->sending = 0;
+        if (rx->result <= 0)
+            return WEFT_READY; /* end of stream, or a reset from an aborted client */
+        atomic_fetch_add(&ediag[e->pport].in, (uint64_t)rx->result);
+        e->sending = (uint32_t)rx->result;
+        e->cur = !e->cur;
+        weft_send_recv_from_init(&e->rx[e->cur], rx, 0, (size_t)rx->result);
+        weft_future_drop(&rx->base);
+        atomic_store(&ediag[e->pport].waiting, 1);
+    }
+}
 
 static enum weft_poll echo_poll(struct weft_future *f, struct weft_cx *cx)
 {
     struct echo *e = (struct echo *)f;
+    if (e->from_mode)
+        return echo_from_poll(e, cx);
     WEFT_ASYNC_BEGIN(f);
     {
         char a[64];
@@ -174,6 +207,12 @@ static enum weft_poll echo_poll(struct weft_future *f, struct weft_cx *cx)
         atomic_store(&ediag[e->pport].alive, 1);
         atomic_store(&ediag[e->pport].in, 0);
         atomic_store(&ediag[e->pport].out, 0);
+    }
+    if (e->pport & 1) {
+        e->from_mode = true;
+        weft_recv_init(&e->rx[0], e->fd);
+        atomic_store(&ediag[e->pport].waiting, 1);
+        return echo_from_poll(e, cx);
     }
     for (;;) {
         atomic_store(&ediag[e->pport].waiting, 1);
@@ -203,6 +242,8 @@ static void echo_drop(struct weft_future *f)
         atomic_store(&ediag[e->pport].alive, 0);
     weft_future_drop(&e->io.base);
     weft_future_drop(&e->r.base);
+    weft_future_drop(&e->rx[e->cur].base); /* the pair first: it sends the other's bytes */
+    weft_future_drop(&e->rx[!e->cur].base);
     close(e->fd);
     atomic_fetch_add(&echo_done, 1);
 }

@@ -162,6 +162,7 @@ struct weft_recv {
     struct weft__op *op;
     const void *send;          /* weft_send_recv_init: sent first */
     uint32_t send_len;
+    struct weft__op *held;     /* weft_send_recv_from_init: the buffer sent */
 };
 
 /* Initialises a receive from the buffer ring on socket `fd`. */
@@ -175,6 +176,18 @@ void weft_recv_init(struct weft_recv *r, int fd);
  * received), or the receive's. `buf` must stay valid until the future is
  * dropped. -EOPNOTSUPP on kernels without IORING_FEAT_CQE_SKIP (5.17). */
 void weft_send_recv_init(struct weft_recv *r, int fd, const void *buf, size_t len);
+
+/* Sends bytes [off, off + len) of what the finished receive `from` got, then
+ * receives on the same socket, as weft_send_recv_init. The buffer moves from
+ * `from` (which then holds nothing: its drop gives nothing back) to `r`, and
+ * goes back to the ring as soon as the kernel has sent it, so a connection
+ * waiting for its next bytes holds no buffer however many connections echo
+ * at once (an echo server's loop). result as weft_send_recv_init; -EINVAL
+ * (at the first poll, `from` untouched) if `from` is NULL, is `r`, has not
+ * completed with bytes in a buffer it still holds, or the range is empty or
+ * beyond what it received. */
+void weft_send_recv_from_init(struct weft_recv *r, struct weft_recv *from, size_t off,
+                              size_t len);
 
 /* One future type for the operations below: initialise it with one of the
  * weft_*_init functions that follow, await it, read `result`, drop it. */

@@ -1,0 +1,280 @@
+/* tests/test_tcp_sendfrom.c: weft_send_recv_from (io/stream.c, io/op.c): an
+ * echo's send of a received buffer, linked to the next receive, the buffer
+ * going back to the ring once sent. Over real sockets on 127.0.0.1:
+ *
+ * - 48 connections echoing at once through rings of 4 buffers: every byte
+ *   comes back in order. Each connection holds a buffer between its receive
+ *   and its echo's end, so echoes that held their buffers until the next
+ *   receive completed would take every buffer and wait for each other for
+ *   good (the clients' reads time out: the test fails, it does not hang).
+ * - Connections that echo once and then go quiet do not starve the others:
+ *   with 4 buffers, 6 quiet connections and a seventh doing 200 rounds.
+ * - A failed send with a moved buffer reports the send's error, with the
+ *   ring low (the send posts its own completion) and with it full (one
+ *   completion for both), and the buffer goes back either way.
+ *
+ * Bad inputs tried (each -EINVAL at the first poll, `from` keeping its
+ * buffer): `from` NULL, `from` the future itself, `from` not yet polled,
+ * `from` ended at end of stream (no buffer), an empty range, a range past
+ * what was received, an offset past it. A pair dropped before its first poll
+ * gives the buffer back (a ring of 1 receives again). */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <criterion/criterion.h>
+
+#include <weft.h>
+
+#include "io_common.h"
+#include "pattern.h"
+
+/* Echoes every receive back with weft_send_recv_from, alternating r and r2;
+ * counts the bytes in `got`. */
+static enum weft_poll body_echo_from(struct iot *t, struct weft_cx *cx)
+{
+    struct weft_recv *rx[2] = { &t->r, &t->r2 };
+    WEFT_ASYNC_BEGIN(&t->base);
+    weft_recv_init(&t->r, t->fd);
+    for (;;) {
+        WEFT_AWAIT(&t->base, cx, &rx[t->i]->base);
+        t->res = rx[t->i]->result;
+        if (t->res <= 0)
+            break;
+        t->got += (uint64_t)t->res;
+        weft_send_recv_from_init(rx[!t->i], rx[t->i], 0, (size_t)t->res);
+        CHECK(rx[t->i]->data == NULL); /* moved */
+        weft_future_drop(&rx[t->i]->base);
+        t->i = !t->i;
+    }
+    WEFT_ASYNC_END(&t->base);
+}
+
+struct client {
+    int fd;
+    uint64_t seed;
+    size_t total, chunk;
+    bool ok;
+};
+
+/* Writes `chunk` bytes, reads them back, `total` bytes in all; a read that
+ * waits 10 s marks the connection failed. */
+static void *client_run(void *arg)
+{
+    struct client *c = arg;
+    unsigned char out[1000], in[1000];
+    size_t done = 0;
+    set_rcvtimeo(c->fd, 10000);
+    c->ok = true;
+    while (done < c->total && c->ok) {
+        size_t n = c->total - done < c->chunk ? c->total - done : c->chunk;
+        pat_fill(out, n, c->seed, done);
+        write_full(c->fd, out, n);
+        c->ok = read_full(c->fd, in, n) == (ssize_t)n && pat_ok(in, n, c->seed, done);
+        done += n;
+    }
+    return NULL;
+}
+
+enum { CONNS = 48, PER_CONN = 32 * 1000 };
+
+Test(sendfrom, more_connections_than_buffers, .timeout = 60)
+{
+    struct counting_alloc ca;
+    struct weft_runtime *rt = start_rt_opts((struct rt_opts){ .workers = 2, .io_buffers = 4 }, &ca);
+    struct client c[CONNS];
+    int srv[CONNS];
+    struct weft_join j[CONNS];
+    pthread_t th[CONNS];
+    for (int i = 0; i < CONNS; i++) {
+        tcp_pair(rt, "127.0.0.1", &srv[i], &c[i].fd);
+        c[i] = (struct client){ c[i].fd, (uint64_t)i + 1, PER_CONN, 1000, false };
+        cr_assert_eq(iot_spawn(rt, body_echo_from, NULL, (uint32_t)i, srv[i], &j[i]), 0);
+    }
+    for (int i = 0; i < CONNS; i++)
+        cr_assert_eq(pthread_create(&th[i], NULL, client_run, &c[i]), 0);
+    for (int i = 0; i < CONNS; i++) {
+        pthread_join(th[i], NULL);
+        cr_assert(c[i].ok, "connection %d stalled or corrupted bytes", i);
+        shutdown(c[i].fd, SHUT_WR);
+        struct iot out;
+        cr_assert_eq(iot_join(rt, &j[i], &out), 0);
+        cr_assert_eq(out.res, 0, "connection %d ended with %d", i, out.res);
+        cr_assert_eq(out.got, PER_CONN);
+        close_pair(srv[i], c[i].fd);
+    }
+    stop_rt(rt, &ca);
+}
+
+enum { QUIET = 6 };
+
+Test(sendfrom, quiet_connections_do_not_starve_the_others, .timeout = 60)
+{
+    struct counting_alloc ca;
+    struct weft_runtime *rt = start_rt_opts((struct rt_opts){ .workers = 1, .io_buffers = 4 }, &ca);
+    struct client c[QUIET + 1];
+    int srv[QUIET + 1];
+    struct weft_join j[QUIET + 1];
+    for (int i = 0; i <= QUIET; i++) {
+        tcp_pair(rt, "127.0.0.1", &srv[i], &c[i].fd);
+        c[i] = (struct client){ c[i].fd, (uint64_t)i + 1, i < QUIET ? 100 : 200 * 100, 100, false };
+        cr_assert_eq(iot_spawn(rt, body_echo_from, NULL, (uint32_t)i, srv[i], &j[i]), 0);
+    }
+    for (int i = 0; i <= QUIET; i++) { /* one round each, then the last goes on */
+        client_run(&c[i]);
+        cr_assert(c[i].ok, "connection %d stalled or corrupted bytes", i);
+    }
+    for (int i = 0; i <= QUIET; i++) {
+        shutdown(c[i].fd, SHUT_WR);
+        struct iot out;
+        cr_assert_eq(iot_join(rt, &j[i], &out), 0);
+        cr_assert_eq(out.got, c[i].total);
+        close_pair(srv[i], c[i].fd);
+    }
+    stop_rt(rt, &ca);
+}
+
+/* ---- one receive, then one weft_send_recv_from as the test says --------------------- */
+
+enum from_case { FROM_WHOLE, FROM_NULL, FROM_SELF, FROM_UNPOLLED, FROM_EMPTY, FROM_PAST,
+                 FROM_OFF_PAST, FROM_DROP_UNPOLLED, FROM_AFTER_50MS };
+
+/* Receives once into r (unless FROM_UNPOLLED), then polls r2 made from r as
+ * `u64` says; res: r2's result, msg: r's bytes still readable after r2 ran. */
+static enum weft_poll body_from(struct iot *t, struct weft_cx *cx)
+{
+    WEFT_ASYNC_BEGIN(&t->base);
+    weft_recv_init(&t->r, t->fd);
+    if (t->u64 != FROM_UNPOLLED) {
+        WEFT_AWAIT(&t->base, cx, &t->r.base);
+        t->got = (uint64_t)t->r.result;
+    }
+    if (t->u64 == FROM_AFTER_50MS) { /* the test resets the peer meanwhile */
+        weft_sleep_init(&t->sl, 50 * MS);
+        WEFT_AWAIT(&t->base, cx, &t->sl.base);
+    }
+    switch ((enum from_case)t->u64) {
+    case FROM_NULL: weft_send_recv_from_init(&t->r2, NULL, 0, 1); break;
+    case FROM_SELF: weft_send_recv_from_init(&t->r2, &t->r2, 0, 1); break;
+    case FROM_EMPTY: weft_send_recv_from_init(&t->r2, &t->r, 0, 0); break;
+    case FROM_PAST: weft_send_recv_from_init(&t->r2, &t->r, 1, t->got); break;
+    case FROM_OFF_PAST: weft_send_recv_from_init(&t->r2, &t->r, t->got, 1); break;
+    default: weft_send_recv_from_init(&t->r2, &t->r, 0, t->got); break;
+    }
+    if (t->u64 == FROM_DROP_UNPOLLED) {
+        weft_future_drop(&t->r2.base);
+        WEFT_RETURN(&t->base);
+    }
+    WEFT_AWAIT(&t->base, cx, &t->r2.base);
+    t->res = t->r2.result;
+    if (t->r.data) /* still r's: the bad inputs leave it */
+        memcpy(t->msg, t->r.data, t->got < sizeof t->msg ? t->got : sizeof t->msg);
+    WEFT_ASYNC_END(&t->base);
+}
+
+static struct iot run_from(struct weft_runtime *rt, int fd, enum from_case how)
+{
+    struct iot t = iot_make(body_from, NULL, 0, fd);
+    t.u64 = how;
+    cr_assert_eq(weft_block_on(rt, &t.base), 0);
+    weft_future_drop(&t.base);
+    return t;
+}
+
+static void spawn_from(struct weft_runtime *rt, int fd, enum from_case how, struct weft_join *j)
+{
+    struct iot t = iot_make(body_from, NULL, 0, fd);
+    t.u64 = how;
+    cr_assert_eq(weft_spawn(rt, &t.base, sizeof t, j), 0);
+}
+
+/* The ring's only buffer is free: a receive into it works. */
+static void assert_buffer_back(struct weft_runtime *rt)
+{
+    int srv, cli;
+    tcp_pair(rt, "127.0.0.1", &srv, &cli);
+    write_full(cli, "ok", 2);
+    struct iot t = run_from(rt, srv, FROM_DROP_UNPOLLED);
+    cr_assert_eq(t.got, 2);
+    close_pair(srv, cli);
+}
+
+Test(sendfrom, bad_inputs_leave_the_buffer, .timeout = 20)
+{
+    struct counting_alloc ca;
+    int srv, cli;
+    struct weft_runtime *rt = start_rt_opts((struct rt_opts){ .workers = 1, .io_buffers = 1 }, &ca);
+    tcp_pair(rt, "127.0.0.1", &srv, &cli);
+    static const enum from_case bad[] = { FROM_NULL, FROM_SELF, FROM_EMPTY, FROM_PAST,
+                                          FROM_OFF_PAST };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        write_full(cli, "abc", 3);
+        struct iot t = run_from(rt, srv, bad[i]);
+        cr_assert_eq(t.res, -EINVAL, "case %d: got %d", (int)bad[i], t.res);
+        cr_assert_eq(memcmp(t.msg, "abc", 3), 0, "case %d: from lost its bytes", (int)bad[i]);
+    }
+    /* Not polled yet: nothing received, nothing moved. */
+    struct iot t = run_from(rt, srv, FROM_UNPOLLED);
+    cr_assert_eq(t.res, -EINVAL, "got %d", t.res);
+    /* Ended at end of stream: no buffer to send. */
+    shutdown(cli, SHUT_WR);
+    t = run_from(rt, srv, FROM_WHOLE);
+    cr_assert_eq(t.got, 0);
+    cr_assert_eq(t.res, -EINVAL, "got %d", t.res);
+    close_pair(srv, cli);
+    stop_rt(rt, &ca);
+}
+
+Test(sendfrom, drop_before_poll_gives_the_buffer_back, .timeout = 20)
+{
+    struct counting_alloc ca;
+    int srv, cli;
+    struct weft_runtime *rt = start_rt_opts((struct rt_opts){ .workers = 1, .io_buffers = 1 }, &ca);
+    tcp_pair(rt, "127.0.0.1", &srv, &cli);
+    for (int i = 0; i < 3; i++) /* the ring's only buffer each time */
+        assert_buffer_back(rt);
+    write_full(cli, "hey", 3);
+    struct weft_join j;
+    spawn_from(rt, srv, FROM_WHOLE, &j); /* echoes, then receives "end" */
+    char got[3];
+    set_rcvtimeo(cli, 5000);
+    cr_assert_eq(read_full(cli, got, 3), 3);
+    cr_assert_eq(memcmp(got, "hey", 3), 0);
+    write_full(cli, "end", 3);
+    struct iot out;
+    cr_assert_eq(iot_join(rt, &j, &out), 0);
+    cr_assert_eq(out.res, 3);
+    close_pair(srv, cli);
+    stop_rt(rt, &ca);
+}
+
+/* With 1 buffer the ring is low when the send goes (it posts its own
+ * completion); with 256 it is not (one completion for the pair). */
+static void failed_send(uint32_t buffers)
+{
+    struct counting_alloc ca;
+    int srv, cli;
+    struct weft_runtime *rt =
+        start_rt_opts((struct rt_opts){ .workers = 1, .io_buffers = buffers }, &ca);
+    tcp_pair(rt, "127.0.0.1", &srv, &cli);
+    write_full(cli, "abc", 3);
+    struct weft_join j;
+    spawn_from(rt, srv, FROM_AFTER_50MS, &j);
+    usleep(20000); /* received, now sleeping */
+    cr_assert_eq(weft_socket_set_linger(cli, true, 0), 0);
+    close(cli);
+    struct iot out;
+    cr_assert_eq(iot_join(rt, &j, &out), 0);
+    cr_assert_eq(out.got, 3);
+    cr_assert(out.res == -EPIPE || out.res == -ECONNRESET, "%u buffers: got %d (%s)", buffers,
+              out.res, strerror(-out.res));
+    close(srv);
+    if (buffers == 1)
+        assert_buffer_back(rt);
+    stop_rt(rt, &ca);
+}
+
+Test(sendfrom, failed_send_reports_its_error, .timeout = 20)
+{
+    failed_send(1);
+    failed_send(256);
+}
