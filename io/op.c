@@ -149,7 +149,7 @@ void weft__op_submit(struct weft__io *io, struct weft__op *op)
          * buffers held by connections that went quiet after an echo cannot
          * starve the rest, yet the common round costs one CQE. */
         struct weft__op *h = op->u.sr.held;
-        op->u.sr.send_posts = h && (h->io != io || h->io->bufs_free < h->io->nbufs / 2);
+        op->u.sr.send_posts = h && (h->io != io || 2 * h->io->bufs_free <= h->io->nbufs);
         io_uring_prep_send(sqe, fd, addr, op->len, MSG_NOSIGNAL | MSG_WAITALL);
         sqe->flags |= IOSQE_IO_LINK | (op->u.sr.send_posts ? 0 : IOSQE_CQE_SKIP_SUCCESS);
         io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)op | IO_UD_SEND_PART);
