@@ -142,9 +142,9 @@ void weft__op_submit(struct weft__io *io, struct weft__op *op)
     switch ((enum op_kind)op->kind) {
     case OP_SEND_RECV:
         /* The send posts a CQE only if it fails, and then the recv none.
-         * A buffer moved from a receive goes back to the ring when the
-         * slot is freed, or at the recv's -ENOBUFS (the send is done by
-         * then); when the buffer's ring runs low (or is another worker's),
+         * A buffer moved from a receive goes back to the ring at the final
+         * CQE, or at the recv's -ENOBUFS (the send is done by then); when
+         * the buffer's ring runs low (or is another worker's),
          * the send posts on success too, and the buffer goes back at once:
          * buffers held by connections that went quiet after an echo cannot
          * starve the rest, yet the common round costs one CQE. */
@@ -262,8 +262,6 @@ static void release_products(struct weft__io *io, struct weft__op *op)
     else if (op->kind == OP_OPEN && op->res >= 0)
         close(op->res);
     op->fd = op->res = -1;
-    if (op->kind == OP_SEND_RECV)
-        weft__op_drop(&op->u.sr.held);
     if (weft__op_has_buffer(op)) {
         weft__bufring_put(io, (uint16_t)(op->cqe_flags >> IORING_CQE_BUFFER_SHIFT));
         op->cqe_flags = 0;
@@ -301,8 +299,14 @@ void weft__op_send_done(struct weft__op *op, int32_t res)
 void weft__op_complete(struct weft__io *io, struct weft__op *op, int32_t res, uint32_t flags)
 {
     io->inflight--;
-    if (op->kind == OP_SEND_RECV && op->u.sr.send_err)
-        res = op->u.sr.send_err;
+    if (op->kind == OP_SEND_RECV) {
+        /* The final CQE: the send is over, its buffer goes back now (not
+         * when this slot is freed: a slot moved into the next pair would
+         * hold its own moved buffer until then, and so on down a chain). */
+        weft__op_drop(&op->u.sr.held);
+        if (op->u.sr.send_err)
+            res = op->u.sr.send_err;
+    }
     op->res = res;
     op->cqe_flags = flags;
     uint32_t s = OPS_PENDING;

@@ -9,6 +9,11 @@
  *   good (the clients' reads time out: the test fails, it does not hang).
  * - Connections that echo once and then go quiet do not starve the others:
  *   with 4 buffers, 6 quiet connections and a seventh doing 200 rounds.
+ * - A connection echoing alone through a ring of 4 holds one buffer, and a
+ *   round costs one completion (the worker's `cqes` over 300 rounds): the
+ *   buffer goes back at the pair's own completion, not when the pair's slot
+ *   is freed (which would chain each round's slot to the next, hold the ring
+ *   half empty and send every other round down the two-completion path).
  * - A failed send with a moved buffer reports the send's error, with the
  *   ring low (the send posts its own completion) and with it full (one
  *   completion for both), and the buffer goes back either way.
@@ -102,6 +107,40 @@ Test(sendfrom, more_connections_than_buffers, .timeout = 60)
         cr_assert_eq(out.got, PER_CONN);
         close_pair(srv[i], c[i].fd);
     }
+    stop_rt(rt, &ca);
+}
+
+static uint64_t worker0_cqes(struct weft_runtime *rt)
+{
+    static struct weft_metrics m; /* large */
+    cr_assert_eq(weft_metrics_read(rt, &m), 0);
+    return m.worker[0].cqes;
+}
+
+enum { ROUNDS = 300 };
+
+Test(sendfrom, a_round_costs_one_completion, .timeout = 30)
+{
+    struct counting_alloc ca;
+    int srv, cli;
+    struct weft_runtime *rt = start_rt_opts((struct rt_opts){ .workers = 1, .io_buffers = 4 }, &ca);
+    tcp_pair(rt, "127.0.0.1", &srv, &cli);
+    struct weft_join j;
+    cr_assert_eq(iot_spawn(rt, body_echo_from, NULL, 0, srv, &j), 0);
+    struct client c = { cli, 7, 100, 100, false };
+    client_run(&c); /* the first round arms the pair */
+    uint64_t before = worker0_cqes(rt);
+    c.total = ROUNDS * 100;
+    client_run(&c);
+    cr_assert(c.ok);
+    uint64_t cqes = worker0_cqes(rt) - before;
+    cr_assert_lt(cqes, ROUNDS * 11 / 10, "%llu completions for %d rounds",
+                 (unsigned long long)cqes, ROUNDS);
+    shutdown(cli, SHUT_WR);
+    struct iot out;
+    cr_assert_eq(iot_join(rt, &j, &out), 0);
+    cr_assert_eq(out.got, 100 + ROUNDS * 100);
+    close_pair(srv, cli);
     stop_rt(rt, &ca);
 }
 
