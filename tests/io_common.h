@@ -328,6 +328,34 @@ static inline void set_rcvtimeo(int fd, int ms)
     CHECK(setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) == 0);
 }
 
+/* A client of an echo: writes `total` bytes of stream `seed`, `chunk` (at
+ * most 1000) at a time, and reads each chunk back before the next; a read
+ * that waits 10 s, or a wrong byte, clears `ok`. Run it on a thread of its
+ * own (pthread_create(..., echo_client_run, c)) or call it. */
+struct echo_client {
+    int fd;
+    uint64_t seed;
+    size_t total, chunk;
+    bool ok;
+};
+
+static inline void *echo_client_run(void *arg)
+{
+    struct echo_client *c = arg;
+    unsigned char out[1000], in[1000];
+    size_t done = 0;
+    set_rcvtimeo(c->fd, 10000);
+    c->ok = true;
+    while (done < c->total && c->ok) {
+        size_t n = c->total - done < c->chunk ? c->total - done : c->chunk;
+        pat_fill(out, n, c->seed, done);
+        write_full(c->fd, out, n);
+        c->ok = read_full(c->fd, in, n) == (ssize_t)n && pat_ok(in, n, c->seed, done);
+        done += n;
+    }
+    return NULL;
+}
+
 /* Listens on addr:0 and returns the port. */
 static inline uint16_t listen_any(struct weft_tcp_listener *l, const char *addr)
 {

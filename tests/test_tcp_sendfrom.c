@@ -31,7 +31,6 @@
 #include <weft.h>
 
 #include "io_common.h"
-#include "pattern.h"
 
 /* Echoes every receive back with weft_send_recv_from, alternating r and r2;
  * counts the bytes in `got`. */
@@ -54,49 +53,23 @@ static enum weft_poll body_echo_from(struct iot *t, struct weft_cx *cx)
     WEFT_ASYNC_END(&t->base);
 }
 
-struct client {
-    int fd;
-    uint64_t seed;
-    size_t total, chunk;
-    bool ok;
-};
-
-/* Writes `chunk` bytes, reads them back, `total` bytes in all; a read that
- * waits 10 s marks the connection failed. */
-static void *client_run(void *arg)
-{
-    struct client *c = arg;
-    unsigned char out[1000], in[1000];
-    size_t done = 0;
-    set_rcvtimeo(c->fd, 10000);
-    c->ok = true;
-    while (done < c->total && c->ok) {
-        size_t n = c->total - done < c->chunk ? c->total - done : c->chunk;
-        pat_fill(out, n, c->seed, done);
-        write_full(c->fd, out, n);
-        c->ok = read_full(c->fd, in, n) == (ssize_t)n && pat_ok(in, n, c->seed, done);
-        done += n;
-    }
-    return NULL;
-}
-
 enum { CONNS = 48, PER_CONN = 32 * 1000 };
 
 Test(sendfrom, more_connections_than_buffers, .timeout = 60)
 {
     struct counting_alloc ca;
     struct weft_runtime *rt = start_rt_opts((struct rt_opts){ .workers = 2, .io_buffers = 4 }, &ca);
-    struct client c[CONNS];
+    struct echo_client c[CONNS];
     int srv[CONNS];
     struct weft_join j[CONNS];
     pthread_t th[CONNS];
     for (int i = 0; i < CONNS; i++) {
         tcp_pair(rt, "127.0.0.1", &srv[i], &c[i].fd);
-        c[i] = (struct client){ c[i].fd, (uint64_t)i + 1, PER_CONN, 1000, false };
+        c[i] = (struct echo_client){ c[i].fd, (uint64_t)i + 1, PER_CONN, 1000, false };
         cr_assert_eq(iot_spawn(rt, body_echo_from, NULL, (uint32_t)i, srv[i], &j[i]), 0);
     }
     for (int i = 0; i < CONNS; i++)
-        cr_assert_eq(pthread_create(&th[i], NULL, client_run, &c[i]), 0);
+        cr_assert_eq(pthread_create(&th[i], NULL, echo_client_run, &c[i]), 0);
     for (int i = 0; i < CONNS; i++) {
         pthread_join(th[i], NULL);
         cr_assert(c[i].ok, "connection %d stalled or corrupted bytes", i);
@@ -127,11 +100,11 @@ Test(sendfrom, a_round_costs_one_completion, .timeout = 30)
     tcp_pair(rt, "127.0.0.1", &srv, &cli);
     struct weft_join j;
     cr_assert_eq(iot_spawn(rt, body_echo_from, NULL, 0, srv, &j), 0);
-    struct client c = { cli, 7, 100, 100, false };
-    client_run(&c); /* the first round arms the pair */
+    struct echo_client c = { cli, 7, 100, 100, false };
+    echo_client_run(&c); /* the first round arms the pair */
     uint64_t before = worker0_cqes(rt);
     c.total = ROUNDS * 100;
-    client_run(&c);
+    echo_client_run(&c);
     cr_assert(c.ok);
     uint64_t cqes = worker0_cqes(rt) - before;
     cr_assert_lt(cqes, ROUNDS * 11 / 10, "%llu completions for %d rounds",
@@ -150,16 +123,16 @@ Test(sendfrom, quiet_connections_do_not_starve_the_others, .timeout = 60)
 {
     struct counting_alloc ca;
     struct weft_runtime *rt = start_rt_opts((struct rt_opts){ .workers = 1, .io_buffers = 4 }, &ca);
-    struct client c[QUIET + 1];
+    struct echo_client c[QUIET + 1];
     int srv[QUIET + 1];
     struct weft_join j[QUIET + 1];
     for (int i = 0; i <= QUIET; i++) {
         tcp_pair(rt, "127.0.0.1", &srv[i], &c[i].fd);
-        c[i] = (struct client){ c[i].fd, (uint64_t)i + 1, i < QUIET ? 100 : 200 * 100, 100, false };
+        c[i] = (struct echo_client){ c[i].fd, (uint64_t)i + 1, i < QUIET ? 100 : 200 * 100, 100, false };
         cr_assert_eq(iot_spawn(rt, body_echo_from, NULL, (uint32_t)i, srv[i], &j[i]), 0);
     }
     for (int i = 0; i <= QUIET; i++) { /* one round each, then the last goes on */
-        client_run(&c[i]);
+        echo_client_run(&c[i]);
         cr_assert(c[i].ok, "connection %d stalled or corrupted bytes", i);
     }
     for (int i = 0; i <= QUIET; i++) {

@@ -260,49 +260,27 @@ static enum weft_poll body_echo(struct iot *t, struct weft_cx *cx)
     WEFT_ASYNC_END(&t->base);
 }
 
-struct client {
-    int fd;
-    uint64_t seed;
-    bool ok;
-};
-
-static void *client_run(void *arg)
-{
-    struct client *c = arg;
-    unsigned char out[1000], in[1000];
-    size_t done = 0;
-    c->ok = true;
-    while (done < PER_CONN && c->ok) {
-        size_t n = PER_CONN - done < sizeof out ? PER_CONN - done : sizeof out;
-        pat_fill(out, n, c->seed, done);
-        write_full(c->fd, out, n);
-        c->ok = read_full(c->fd, in, n) == (ssize_t)n && pat_ok(in, n, c->seed, done);
-        done += n;
-    }
-    shutdown(c->fd, SHUT_WR);
-    return NULL;
-}
-
 Test(sendrecv, two_buffers_many_connections, .timeout = 60)
 {
     /* Buffers of 128 bytes: the echo copies at most sizeof(msg) bytes. */
     struct rt_opts o = { .workers = 2, .io_buffers = 2, .io_buffer_size = 128 };
     struct counting_alloc ca;
     struct weft_runtime *rt = start_rt_opts(o, &ca);
-    struct client c[CONNS];
+    struct echo_client c[CONNS];
     int srv[CONNS];
     struct weft_join j[CONNS];
     pthread_t th[CONNS];
     for (int i = 0; i < CONNS; i++) {
         tcp_pair(rt, "127.0.0.1", &srv[i], &c[i].fd);
-        c[i].seed = (uint64_t)i + 1;
+        c[i] = (struct echo_client){ c[i].fd, (uint64_t)i + 1, PER_CONN, 1000, false };
         cr_assert_eq(iot_spawn(rt, body_echo, NULL, (uint32_t)i, srv[i], &j[i]), 0);
     }
     for (int i = 0; i < CONNS; i++)
-        cr_assert_eq(pthread_create(&th[i], NULL, client_run, &c[i]), 0);
+        cr_assert_eq(pthread_create(&th[i], NULL, echo_client_run, &c[i]), 0);
     for (int i = 0; i < CONNS; i++) {
         pthread_join(th[i], NULL);
         cr_assert(c[i].ok, "connection %d lost or corrupted bytes", i);
+        shutdown(c[i].fd, SHUT_WR);
         struct iot out;
         cr_assert_eq(iot_join(rt, &j[i], &out), 0);
         cr_assert_eq(out.res, 0, "connection %d ended with %d", i, out.res);

@@ -180,9 +180,9 @@ void weft_send_recv_init(struct weft_recv *r, int fd, const void *buf, size_t le
 /* Sends bytes [off, off + len) of what the finished receive `from` got, then
  * receives on the same socket, as weft_send_recv_init. The buffer moves from
  * `from` (which then holds nothing: its drop gives nothing back) to `r`, and
- * goes back to the ring as soon as the kernel has sent it, so a connection
- * waiting for its next bytes holds no buffer however many connections echo
- * at once (an echo server's loop). result as weft_send_recv_init; -EINVAL
+ * goes back to the ring once sent: when `r` completes, or at once when the
+ * ring runs low, so no number of connections echoing at once can hold every
+ * buffer while they wait for their next bytes (an echo server's loop). result as weft_send_recv_init; -EINVAL
  * (at the first poll, `from` untouched) if `from` is NULL, is `r`, has not
  * completed with bytes in a buffer it still holds, or the range is empty or
  * beyond what it received. */
