@@ -597,12 +597,14 @@ Test(http, heavy_route_inline, .fini = kill_server, .timeout = 30)
     heavy_route("inline");
 }
 
-/* Inline, a 40 ms /heavy is one poll of 40 ms: the stall detector reports
- * it on stderr, naming the connection's task. */
+/* Inline, a 100 ms /heavy is one poll of 100 ms: the stall detector reports
+ * it on stderr, naming the connection's task. (A poll must be seen by two of
+ * the monitor's looks, 10 ms apart after a quiet spell; with 40 ms, a
+ * monitor kept off the CPUs by a parallel test missed it once in 14 runs.) */
 Test(http, inline_stall_names_the_task, .fini = kill_server, .timeout = 30)
 {
     server_stderr = true;
-    const char *more[] = { "--heavy", "inline", "--heavy-ms", "40", NULL };
+    const char *more[] = { "--heavy", "inline", "--heavy-ms", "100", NULL };
     int fd = dial(start_server_with("weft-http", "5000", more));
     timed_get(fd, "/heavy");
     char out[1024];
