@@ -449,6 +449,41 @@ static inline void tcp_pair(struct weft_runtime *rt, const char *addr, int *srv,
     *cli = t.res;
 }
 
+/* Runs `n` echo connections at once: a task running `body` on each server
+ * side, an echo_client thread of `per_conn` bytes (1000 at a time) on each
+ * client side; checks every byte came back, then that each task ended with
+ * res 0 after counting `per_conn` bytes in `got`. */
+static inline void run_echo_clients(struct weft_runtime *rt, iot_body_fn *body, int n,
+                                    size_t per_conn)
+{
+    struct echo_client *c = calloc((size_t)n, sizeof *c);
+    int *srv = calloc((size_t)n, sizeof *srv);
+    struct weft_join *j = calloc((size_t)n, sizeof *j);
+    pthread_t *th = calloc((size_t)n, sizeof *th);
+    cr_assert(c && srv && j && th);
+    for (int i = 0; i < n; i++) {
+        tcp_pair(rt, "127.0.0.1", &srv[i], &c[i].fd);
+        c[i] = (struct echo_client){ c[i].fd, (uint64_t)i + 1, per_conn, 1000, false };
+        cr_assert_eq(iot_spawn(rt, body, NULL, (uint32_t)i, srv[i], &j[i]), 0);
+    }
+    for (int i = 0; i < n; i++)
+        cr_assert_eq(pthread_create(&th[i], NULL, echo_client_run, &c[i]), 0);
+    for (int i = 0; i < n; i++) {
+        pthread_join(th[i], NULL);
+        cr_assert(c[i].ok, "connection %d lost, stalled or corrupted bytes", i);
+        shutdown(c[i].fd, SHUT_WR);
+        struct iot out;
+        cr_assert_eq(iot_join(rt, &j[i], &out), 0);
+        cr_assert_eq(out.res, 0, "connection %d ended with %d", i, out.res);
+        cr_assert_eq(out.got, per_conn);
+        close_pair(srv[i], c[i].fd);
+    }
+    free(c);
+    free(srv);
+    free(j);
+    free(th);
+}
+
 /* Starts a runtime as start_rt does and makes a tcp_pair on 127.0.0.1. */
 static inline struct weft_runtime *start_rt_pair(uint32_t workers, struct counting_alloc *ca,
                                                  int *srv, int *cli)

@@ -59,27 +59,7 @@ Test(sendfrom, more_connections_than_buffers, .timeout = 60)
 {
     struct counting_alloc ca;
     struct weft_runtime *rt = start_rt_opts((struct rt_opts){ .workers = 2, .io_buffers = 4 }, &ca);
-    struct echo_client c[CONNS];
-    int srv[CONNS];
-    struct weft_join j[CONNS];
-    pthread_t th[CONNS];
-    for (int i = 0; i < CONNS; i++) {
-        tcp_pair(rt, "127.0.0.1", &srv[i], &c[i].fd);
-        c[i] = (struct echo_client){ c[i].fd, (uint64_t)i + 1, PER_CONN, 1000, false };
-        cr_assert_eq(iot_spawn(rt, body_echo_from, NULL, (uint32_t)i, srv[i], &j[i]), 0);
-    }
-    for (int i = 0; i < CONNS; i++)
-        cr_assert_eq(pthread_create(&th[i], NULL, echo_client_run, &c[i]), 0);
-    for (int i = 0; i < CONNS; i++) {
-        pthread_join(th[i], NULL);
-        cr_assert(c[i].ok, "connection %d stalled or corrupted bytes", i);
-        shutdown(c[i].fd, SHUT_WR);
-        struct iot out;
-        cr_assert_eq(iot_join(rt, &j[i], &out), 0);
-        cr_assert_eq(out.res, 0, "connection %d ended with %d", i, out.res);
-        cr_assert_eq(out.got, PER_CONN);
-        close_pair(srv[i], c[i].fd);
-    }
+    run_echo_clients(rt, body_echo_from, CONNS, PER_CONN);
     stop_rt(rt, &ca);
 }
 
