@@ -140,17 +140,20 @@ int64_t weft__idle_worker_to_notify(struct idle *idle, const struct weft__worker
     pthread_mutex_lock(&idle->lock);
     int64_t worker = -1;
     uint32_t pick = UINT32_MAX;
+    bool busy = false;
     for (uint32_t k = idle->nsleepers; k-- > 0;) {
         if (idle->sleepers[k] == skip)
             continue;
-        if (pick == UINT32_MAX || runs(workers, idle->sleepers[pick]))
+        bool r = runs(workers, idle->sleepers[k]);
+        if (pick == UINT32_MAX || !r) {
             pick = k;
-        if (!runs(workers, idle->sleepers[k]))
+            busy = r;
+        }
+        if (!r)
             break;
     }
     if (pick != UINT32_MAX && should_wake(idle)) {
         worker = idle->sleepers[pick];
-        bool busy = runs(workers, (uint32_t)worker);
         idle->taken_busy[worker] = busy;
         atomic_fetch_add_explicit(&idle->state, UNPARK_ONE | (busy ? 0u : 1u),
                                   memory_order_seq_cst);
