@@ -60,6 +60,7 @@ struct sleeper {
     struct weft_sleep s;
 };
 static _Atomic int on_cpu1;
+static _Atomic uint64_t pinned_at; /* hand-overs when the worker pinned itself */
 
 static enum weft_poll sleeper_poll(struct weft_future *f, struct weft_cx *cx)
 {
@@ -70,6 +71,11 @@ static enum weft_poll sleeper_poll(struct weft_future *f, struct weft_cx *cx)
         pin_self(1);
         if (!t->pin_only)
             CHECK(sched_setaffinity(0, sizeof all, &all) == 0);
+        /* Read here, before the sleep: on the test thread it would stand
+         * between the sleep's start and the hog's, which has 20 ms. */
+        static struct weft_metrics m;
+        CHECK(weft_metrics_read(weft_runtime_current(), &m) == 0);
+        atomic_store(&pinned_at, m.compute_handovers);
         atomic_store(&worker_tid, (pid_t)syscall(SYS_gettid));
         atomic_store(&on_cpu1, 1); /* the hog starts, as the worker parks */
         weft_sleep_init(&t->s, 20 * 1000000ull);
@@ -125,14 +131,13 @@ static double round_trip(struct weft_runtime *rt, bool pin_only)
     struct weft_join j;
     cr_assert_eq(weft_spawn(rt, &t.base, sizeof t, &j), 0);
     WAIT_UNTIL(atomic_load(&on_cpu1) == 1);
-    uint64_t pinned_at = handovers(rt);
 
     pthread_t hog;
     start_hog(&hog, 1, hog_cpu1);
     double hog_start = now_s();
     if (pin_only) {
         sleep_us(150000);
-        held_handovers = handovers(rt) - pinned_at;
+        held_handovers = handovers(rt) - atomic_load(&pinned_at);
         atomic_store(&done, 1);
     }
 
