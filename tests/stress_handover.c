@@ -13,9 +13,9 @@
  * moves its worker to CPU 1 (and widens its affinity again at once) and
  * sleeps 1 ms, ROUNDS times (full: 400, small: 80). A worker woken while the
  * hog spins waits on CPU 1 until the compute job hands it CPU 0. Checked:
- * every round ends; at least one hand-over happened (unless every round
- * woke on CPU 0 without one: the kernel moved it itself, a SKIP); once the worker parks
- * for good its affinity is back to the process's. Skips (exit 0) without
+ * every round ends; at least one hand-over happened (unless nine rounds in
+ * ten woke on CPU 0 without one: the kernel moved it itself, a SKIP); once
+ * the worker parks for good its affinity is back to the process's. Skips (exit 0) without
  * 2 CPUs or without the right to start a SCHED_FIFO thread and to raise a
  * lowered one back. A watchdog aborts after WATCHDOG_SECS. Bad inputs: none
  * (see test_handover.c). */
@@ -169,15 +169,19 @@ int main(int argc, char **argv)
         usleep(1000);
     }
     weft_runtime_destroy(rt);
-    /* No hand-over, and every round woke on CPU 0: the kernel put the
-     * waiting worker on the compute job's CPU itself each time (seen once
-     * in 13 parallel ctest runs), so there was nothing to hand over; as in
-     * test_handover, that says nothing either way. */
-    bool kernel_did_it = !m.compute_handovers && woke_on_0 == rounds;
+    /* No hand-over, and (nearly) every round woke on CPU 0: the kernel put
+     * the waiting worker on the compute job's CPU itself (seen once in 13
+     * parallel ctest runs with all 80 rounds, and once in CI with 79: the
+     * other round's timer fired in one of the hog's 1 ms pauses, when CPU 1
+     * was free), so there was nothing to hand over; as in test_handover,
+     * that says nothing either way. Hand-overs that do not work leave the
+     * worker waiting for the hog's pause on CPU 1: most rounds wake there. */
+    bool kernel_did_it =
+        !m.compute_handovers && (uint64_t)woke_on_0 * 10 >= (uint64_t)rounds * 9;
     printf("stress_handover: rounds=%u handovers=%" PRIu64 " woke_on_cpu0=%u secs=%.2f %s\n",
            rounds, m.compute_handovers, woke_on_0, (double)(now_ns() - t0) / 1e9,
            m.compute_handovers ? "OK"
-           : kernel_did_it    ? "SKIP (the kernel put the worker on CPU 0 itself every round)"
+           : kernel_did_it    ? "SKIP (the kernel put the worker on CPU 0 itself, round after round)"
                               : "FAIL");
     return m.compute_handovers || kernel_did_it ? 0 : 1;
 }
