@@ -83,9 +83,13 @@ static void open_stat_files(struct weft_runtime *rt)
             continue;
         char path[48];
         snprintf(path, sizeof path, "/proc/self/task/%d/stat", (int)tid);
-        /* Relaxed: a looker that reads -1 skips the worker this time. */
+        /* Release pairs with the looker's acquire in starved(): the open
+         * happens before any read of the descriptor. (The kernel's fd table
+         * would make a relaxed load safe, but ThreadSanitizer tracks a
+         * descriptor's life and sees only what the atomics order.) A looker
+         * that reads -1 skips the worker this time. */
         atomic_store_explicit(&f->fds[i], open(path, O_RDONLY | O_CLOEXEC),
-                              memory_order_relaxed);
+                              memory_order_release);
     }
     pthread_mutex_unlock(&f->lock);
 }
@@ -166,7 +170,8 @@ static bool starved(struct weft__looker *l, uint32_t i, int cpu)
 {
     struct weft__worker *w = &l->rt->workers[i];
     struct weft__seen *s = &l->seen[i];
-    int fd = atomic_load_explicit(&l->rt->stat_files.fds[i], memory_order_relaxed);
+    /* Acquire pairs with open_stat_files' release (lock-free: signal-safe). */
+    int fd = atomic_load_explicit(&l->rt->stat_files.fds[i], memory_order_acquire);
     char b[1024], state;
     int on;
     struct timespec ts;
