@@ -389,11 +389,17 @@ static inline int count_fds(void)
     return n - 1; /* the directory's own descriptor */
 }
 
-/* Raises the soft RLIMIT_NOFILE to the hard limit; returns the hard limit. */
-static inline rlim_t raise_nofile(void)
+/* Raises RLIMIT_NOFILE to `want` if this process may raise its hard limit, else
+ * the soft limit to the hard one; returns the hard limit now in force. */
+static inline rlim_t raise_nofile(rlim_t want)
 {
     struct rlimit rl;
     cr_assert_eq(getrlimit(RLIMIT_NOFILE, &rl), 0);
+    if (rl.rlim_max < want) { /* root may raise the hard limit (up to fs.nr_open) */
+        struct rlimit up = { want, want };
+        if (setrlimit(RLIMIT_NOFILE, &up) == 0)
+            return want;
+    }
     rl.rlim_cur = rl.rlim_max;
     cr_assert_eq(setrlimit(RLIMIT_NOFILE, &rl), 0);
     return rl.rlim_max;
