@@ -251,7 +251,7 @@ static unsigned long number(const char *name, const char *s, unsigned long max)
 }
 
 /* What a program gives server_main. */
-#define MAX_EXTRA_OPTS 4
+#define MAX_EXTRA_OPTS 8
 struct server_def {
     const char *name;              /* for the messages */
     void (*conn_start)(struct weft_runtime *rt, int fd); /* spawns a connection task */
@@ -276,9 +276,14 @@ static int server_main(int argc, char **argv, const struct server_def *def)
         { "addr", required_argument, NULL, 'a' },
         { "drain-ms", required_argument, NULL, 'd' },
     };
-    for (int i = 0; def->extra && def->extra[i] && i < MAX_EXTRA_OPTS; i++)
-        opts[4 + i] = (struct option){ def->extra[i], required_argument, NULL, 256 + i };
     const char *name = def->name, *addr = "127.0.0.1";
+    for (int i = 0; def->extra && def->extra[i]; i++) {
+        if (i == MAX_EXTRA_OPTS) { /* the program's own mistake: say so, not "unrecognized" */
+            fprintf(stderr, "%s: more than %d options of its own\n", name, MAX_EXTRA_OPTS);
+            return 1;
+        }
+        opts[4 + i] = (struct option){ def->extra[i], required_argument, NULL, 256 + i };
+    }
     if (def->extra_usage)
         usage_extra = def->extra_usage;
     unsigned long port = 8080, workers = 0, drain_ms = 5000;

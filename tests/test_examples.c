@@ -97,9 +97,9 @@ static pid_t spawn(const char *name, const char *const *args, int *out)
 {
     char path[PATH_MAX + 32];
     exe_path(name, path, sizeof(path));
-    const char *argv[16] = { name };
+    const char *argv[20] = { name };
     for (size_t i = 0; args[i]; i++) {
-        cr_assert(i + 2 < 16);
+        cr_assert(i + 2 < 20);
         argv[i + 1] = args[i];
     }
     int pfd[2] = { -1, -1 };
@@ -128,9 +128,9 @@ static pid_t spawn(const char *name, const char *const *args, int *out)
  * checks its startup line and returns the port. */
 static int start_server_with(const char *name, const char *drain_ms, const char *const *more)
 {
-    const char *args[14] = { "--port", "0", "--workers", "2", "--drain-ms", drain_ms };
+    const char *args[18] = { "--port", "0", "--workers", "2", "--drain-ms", drain_ms };
     for (int i = 0; more && more[i]; i++) {
-        cr_assert(i < 6);
+        cr_assert(i < 11);
         args[6 + i] = more[i];
     }
     server_pid = spawn(name, args, &server_out);
@@ -569,10 +569,12 @@ static double timed_get(int fd, const char *path)
 }
 
 /* /heavy burns --heavy-ms of CPU before its 200 (on the pool, or inline);
- * other paths, "/heavyweight" and a query string included, stay light. */
+ * other paths, "/heavyweight" and a query string included, stay light. Every
+ * option weft-http has of its own is given (each must be recognized). */
 static void heavy_route(const char *mode)
 {
-    const char *more[] = { "--heavy", mode, "--heavy-ms", "40", "--blocking-threads", "2", NULL };
+    const char *more[] = { "--heavy", mode, "--heavy-ms", "40", "--blocking-threads", "2",
+                           "--blocking-prio", "nice", "--compute-slice-us", "1000", NULL };
     int fd = dial(start_server_with("weft-http", "5000", more));
     double heavy = timed_get(fd, "/heavy"), query = timed_get(fd, "/heavy?x=1");
     double light = timed_get(fd, "/heavyweight");
