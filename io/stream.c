@@ -45,6 +45,8 @@ static uint32_t clamp_len(uint64_t len)
 /* Starts the next operation of `io`; returns 0 or the error to finish with. */
 static int io_start(struct weft_io *io, struct weft_cx *cx)
 {
+    if (io->kind == IO_WRITEV && io->len > IOV_MAX)
+        return -EINVAL; /* a negative count included */
     int err = weft__op_start(cx, &io->op, (enum op_kind)io_kinds[io->kind].op);
     if (err)
         return err;
@@ -234,7 +236,7 @@ void weft_send_all_init(struct weft_io *io, int fd, const void *buf, size_t len)
 
 void weft_writev_init(struct weft_io *io, int fd, const struct iovec *iov, int iovcnt)
 {
-    io_init(io, IO_WRITEV, fd, iov, iovcnt < 0 ? 0 : (uint64_t)iovcnt, 0);
+    io_init(io, IO_WRITEV, fd, iov, iovcnt < 0 ? UINT64_MAX : (uint64_t)iovcnt, 0);
 }
 
 void weft_shutdown_init(struct weft_io *io, int fd, int how)

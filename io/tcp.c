@@ -507,6 +507,7 @@ void weft_connect_init(struct weft_connect *c, const char *addr, uint16_t port,
     c->timeout_ns = timeout_ns;
     c->op = NULL;
     struct sockaddr_in6 sa;
+    memset(&sa, 0, sizeof sa); /* copied whole below, a NULL addr included */
     c->addrlen = addr ? parse_addr(addr, port, &sa) : 0;
     memcpy(c->addr, &sa, sizeof(c->addr));
 }

@@ -25,15 +25,7 @@
  * it the overflow path takes them: test_tcp_load.c's accept_burst test). A
  * watchdog exits with status 2 if no client finishes for WATCHDOG_SECS,
  * listing the stuck clients and echo tasks and where their bytes are.
- * Prints one line; exits 0 only on success.
- *
- * Known failures (kept: library bugs, each with a deterministic test in
- * test_tcp_cancel.c): a weft_recv dropped on a worker other than its ring's
- * owner returns at once while its receive stays armed until the owner
- * cancels it, so bytes arriving meanwhile are lost and the client waits
- * forever (io/op.c, weft__op_release); an aborted client whose connect had
- * completed but was not yet seen leaks its socket, so its echo task never
- * sees end of stream (io/op.c, free_done). */
+ * Prints one line; exits 0 only on success. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif

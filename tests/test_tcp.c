@@ -16,8 +16,9 @@
  * SO_REUSEPORT (and with it on both, which must work), the port of a closed
  * listener, recv / recv_into / send / close on a descriptor that is not open
  * and on a pipe, accept on a closed listener, a second accept pending on the
- * same listener, an I/O future polled off the workers, socket options on a
- * pipe, a bad descriptor and negative sizes, addresses of an unconnected
+ * same listener, an I/O future polled off the workers, writev with a negative
+ * count and with more than IOV_MAX buffers, shutdown with how = 99 and on a
+ * descriptor that is not open, send_all on one, socket options on a pipe, a bad descriptor and negative sizes, addresses of an unconnected
  * socket, into a short buffer and into NULL, send after our own SHUT_WR. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -25,6 +26,7 @@
 #include <criterion/criterion.h>
 
 #include <inttypes.h>
+#include <limits.h>
 
 #include <weft.h>
 
@@ -238,6 +240,32 @@ static enum weft_poll body_send_x(struct iot *t, struct weft_cx *cx)
     WEFT_AWAIT(&t->base, cx, &t->io.base);
     t->res = t->io.result;
     WEFT_ASYNC_END(&t->base);
+}
+
+/* A bad writev, shutdown or send_all, by t->idx: t->res is its result. */
+static enum weft_poll body_bad_io(struct iot *t, struct weft_cx *cx)
+{
+    static const struct iovec iov[1] = { { "x", 1 } };
+    WEFT_ASYNC_BEGIN(&t->base);
+    if (t->idx == 0)
+        weft_writev_init(&t->io, t->fd, iov, -1);
+    else if (t->idx == 1)
+        weft_writev_init(&t->io, t->fd, iov, IOV_MAX + 1);
+    else if (t->idx == 2)
+        weft_shutdown_init(&t->io, t->fd, 99);
+    else
+        weft_send_all_init(&t->io, t->fd, "x", 1);
+    WEFT_AWAIT(&t->base, cx, &t->io.base);
+    t->res = t->io.result;
+    WEFT_ASYNC_END(&t->base);
+}
+
+static int bad_io(struct weft_runtime *rt, uint32_t what, int fd)
+{
+    struct iot t = iot_make(body_bad_io, NULL, what, fd);
+    cr_assert_eq(weft_block_on(rt, &t.base), 0);
+    weft_future_drop(&t.base);
+    return t.res;
 }
 
 /* recv_into until end of stream: t->res is the last result, t->got the bytes. */
@@ -713,6 +741,16 @@ Test(tcp, bad_inputs, .timeout = 20)
     cr_assert_eq(iot_run(rt, body_send_x, NULL, 999999).res, -EBADF);
     close(p[0]);
     close(p[1]);
+    /* writev with a negative count and with more than IOV_MAX; shutdown with a
+     * bad `how` and on a descriptor that is not open; send_all on one. */
+    int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    cr_assert_geq(s, 0);
+    cr_assert_eq(bad_io(rt, 0, s), -EINVAL);
+    cr_assert_eq(bad_io(rt, 1, s), -EINVAL);
+    cr_assert_eq(bad_io(rt, 2, s), -EINVAL);
+    cr_assert_eq(bad_io(rt, 2, 999999), -EBADF);
+    cr_assert_eq(bad_io(rt, 3, 999999), -EBADF);
+    close(s);
 
     /* Polled off the workers, an I/O future is ready at once with -ENXIO. */
     struct weft_waker w = { NULL, &noop_waker_ops };

@@ -11,10 +11,12 @@
  * Ownership (docs/io.md): the kernel may use an operation's memory until its
  * final completion. Dropping a future whose operation is in flight cancels it.
  * Where the operation only uses memory the runtime owns (sleeps, accept,
- * connect, weft_recv, close, shutdown, fsync) the drop returns at once and the
- * runtime frees that memory later; where it uses the caller's memory (a buffer,
- * an iovec array, a path) the drop waits until the kernel has let go of it, so
- * the caller may free the memory as soon as the drop returns. A resource that
+ * connect, close, shutdown, fsync) the drop returns at once and the runtime
+ * frees that memory later; where it uses the caller's memory (a buffer, an
+ * iovec array, a path) the drop waits until the kernel has let go of it, so
+ * the caller may free the memory as soon as the drop returns. A receive's drop
+ * (weft_recv and its kin included) also waits: a receive still armed would
+ * take bytes the peer sends after the drop. A resource that
  * a cancelled operation produced anyway (an accepted socket, an opened file) is
  * closed, never leaked.
  *
@@ -218,7 +220,8 @@ void weft_send_init(struct weft_io *io, int fd, const void *buf, size_t len);
 void weft_send_all_init(struct weft_io *io, int fd, const void *buf, size_t len);
 
 /* Writes the `iovcnt` buffers of `iov` in order (once: may be short). `iov`
- * and the buffers must stay valid until the future is dropped. */
+ * and the buffers must stay valid until the future is dropped. -EINVAL for
+ * an `iovcnt` below 0 or above IOV_MAX. */
 void weft_writev_init(struct weft_io *io, int fd, const struct iovec *iov, int iovcnt);
 
 /* Shuts down the reading and/or writing side (SHUT_RD, SHUT_WR, SHUT_RDWR). */
