@@ -10,9 +10,10 @@
  * listener, a ring of 2 provided buffers shared by
  * 64 connections sending at once (the runtime's -ENOBUFS path: every byte
  * arrives, no error reaches the user), a receive parked for a buffer whose
- * turn went to a receive that met end of stream, and the cooperative budget (a task
- * looping on receives lets another run between them; a task accepting from a
- * full queue completes at most WEFT_COOP_BUDGET accepts per poll).
+ * turn went to a receive that met end of stream, and the cooperative budget (of
+ * 200 finished sends and receives, one poll of their task sees at most
+ * WEFT_COOP_BUDGET ready; a task accepting from a full queue completes at most
+ * WEFT_COOP_BUDGET accepts per poll).
  *
  * Bad inputs tried: the descriptor limit lowered below what the clients
  * need, a buffer ring far smaller than the connections reading from it. */
@@ -780,14 +781,11 @@ Test(load, parked_receive_gets_a_turn_unused_at_end_of_stream, .timeout = 30)
 
 /* ---- the cooperative budget ----------------------------------------------------------------- */
 
-#define BUDGET_RECVS 1000
-#define BUDGET_LEN 16
+#define BUDGET_IOS 200 /* more than WEFT_COOP_BUDGET */
 
 struct budget {
     _Atomic uint64_t other_polls;
     _Atomic int stop;
-    uint32_t max_gap;          /* most receives in a row with no poll of the other */
-    int err;
 };
 
 static enum weft_poll body_other(struct iot *t, struct weft_cx *cx)
@@ -802,56 +800,77 @@ static enum weft_poll body_other(struct iot *t, struct weft_cx *cx)
     WEFT_ASYNC_END(&t->base);
 }
 
-static enum weft_poll body_recv_1000(struct iot *t, struct weft_cx *cx)
+/* BUDGET_IOS sends and receives of one byte on one socket, all polled in
+ * every poll of the task until each is ready, with a 20 ms sleep between
+ * polls so that every submitted one completes meanwhile: t->n is the most
+ * that were ready in one poll, t->res the first bad result. */
+struct budget_ios {
+    struct weft_io io[BUDGET_IOS];
+    unsigned char in[BUDGET_IOS];
+    bool ready[BUDGET_IOS];
+};
+
+static enum weft_poll body_budget_ios(struct iot *t, struct weft_cx *cx)
 {
-    struct budget *b = t->arg;
+    struct budget_ios *b = (struct budget_ios *)t->buf;
     WEFT_ASYNC_BEGIN(&t->base);
-    t->u64 = atomic_load(&b->other_polls);
-    for (t->i = 0; t->i < BUDGET_RECVS; t->i++) {
-        for (t->got = 0; t->got < BUDGET_LEN; t->got += (uint64_t)t->io.result) {
-            weft_recv_into_init(&t->io, t->fd, t->msg + t->got, BUDGET_LEN - t->got);
-            WEFT_AWAIT(&t->base, cx, &t->io.base);
-            weft_future_drop(&t->io.base);
-            if (t->io.result <= 0) {
-                b->err = t->io.result ? t->io.result : -EPIPE;
-                WEFT_RETURN(&t->base);
-            }
-        }
-        if (!pat_ok(t->msg, BUDGET_LEN, 9, (uint64_t)t->i * BUDGET_LEN))
-            b->err = -EBADMSG;
-        if (atomic_load(&b->other_polls) == t->u64) {
-            if (++t->n > b->max_gap)
-                b->max_gap = t->n;
-        } else {
-            t->u64 = atomic_load(&b->other_polls);
-            t->n = 0;
-        }
+    for (uint32_t i = 0; i < BUDGET_IOS; i++) {
+        if (i % 2)
+            weft_recv_into_init(&b->io[i], t->fd, &b->in[i], 1);
+        else
+            weft_send_init(&b->io[i], t->fd, "x", 1);
     }
-    atomic_store(&b->stop, 1);
+    for (;;) {
+        t->i = 0; /* ready in this poll */
+        for (uint32_t i = 0; i < BUDGET_IOS; i++) {
+            if (b->ready[i] || weft_future_poll(&b->io[i].base, cx) != WEFT_READY)
+                continue;
+            b->ready[i] = true;
+            t->i++;
+            t->got++;
+            if (b->io[i].result != 1 && t->res == 0)
+                t->res = b->io[i].result < 0 ? b->io[i].result : -EIO;
+        }
+        if (t->i > t->n)
+            t->n = t->i;
+        if (t->got == BUDGET_IOS)
+            break;
+        weft_sleep_init(&t->sl, 20 * WEFT_NS_PER_MS);
+        WEFT_AWAIT(&t->base, cx, &t->sl.base);
+    }
+    for (uint32_t i = 0; i < BUDGET_IOS; i++)
+        weft_future_drop(&b->io[i].base);
     WEFT_ASYNC_END(&t->base);
 }
 
-Test(load, budget_recv_loop_lets_another_task_run, .timeout = 30)
+/* Every leaf I/O future takes one unit of the task's budget per poll: of 200
+ * finished ones, one poll of the task sees at most WEFT_COOP_BUDGET ready
+ * (the sleep before them took one), and the rest in the next polls. */
+Test(load, budget_bounds_ios_ready_per_poll, .timeout = 30)
 {
     struct counting_alloc ca;
     int srv, cli;
     struct weft_runtime *rt = start_rt_pair(1, &ca, &srv, &cli);
-    unsigned char *data = malloc(BUDGET_RECVS * BUDGET_LEN);
-    pat_fill(data, BUDGET_RECVS * BUDGET_LEN, 9, 0);
-    write_full(cli, data, BUDGET_RECVS * BUDGET_LEN); /* all buffered before the loop */
-    struct budget b = { 0 };
-    struct weft_join jo, jr;
-    cr_assert_eq(iot_spawn(rt, body_other, &b, 0, -1, &jo), 0);
-    cr_assert_eq(iot_spawn(rt, body_recv_1000, &b, 1, srv, &jr), 0);
-    cr_assert_eq(iot_join(rt, &jr, NULL), 0);
-    cr_assert_eq(iot_join(rt, &jo, NULL), 0);
-    cr_assert_eq(b.err, 0, "the receive loop failed: %d", b.err);
-    cr_assert_leq(b.max_gap, WEFT_COOP_BUDGET, "%u receives in a row kept the other task out",
-                  b.max_gap);
-    cr_assert_gt(atomic_load(&b.other_polls), 0);
-    fprintf(stderr, "budget: at most %u receives in a row without the other task; it ran %"
-            PRIu64 " times\n", b.max_gap, atomic_load(&b.other_polls));
-    free(data);
+    char data[BUDGET_IOS / 2];
+    memset(data, 'y', sizeof data);
+    write_full(cli, data, sizeof data); /* for the receives */
+    struct budget_ios *b = calloc(1, sizeof *b);
+    struct iot t = iot_make(body_budget_ios, NULL, 0, srv);
+    t.buf = (unsigned char *)b;
+    cr_assert_eq(weft_block_on(rt, &t.base), 0);
+    weft_future_drop(&t.base);
+    cr_assert_eq(t.res, 0, "an operation gave %d", t.res);
+    cr_assert_eq(t.got, BUDGET_IOS);
+    cr_assert_leq(t.n, WEFT_COOP_BUDGET, "%u operations were ready in one poll", t.n);
+    cr_assert_geq(t.n, WEFT_COOP_BUDGET / 2, "only %u ready in one poll: nothing completed?", t.n);
+    for (uint32_t i = 1; i < BUDGET_IOS; i += 2)
+        cr_assert_eq(b->in[i], 'y');
+    char back[BUDGET_IOS / 2];
+    read_full(cli, back, sizeof back);
+    cr_assert_eq(memcmp(back, "xxxx", 4), 0);
+    fprintf(stderr, "budget: at most %u of %d finished operations ready in one poll\n", t.n,
+            BUDGET_IOS);
+    free(b);
     close_pair(srv, cli);
     stop_rt(rt, &ca);
 }
