@@ -491,12 +491,18 @@ static inline void run_echo_clients(struct weft_runtime *rt, iot_body_fn *body, 
 }
 
 /* Starts a runtime as start_rt does and makes a tcp_pair on 127.0.0.1. */
+static inline struct weft_runtime *start_rt_pair_on(uint32_t workers, struct counting_alloc *ca,
+                                                    const char *addr, int *srv, int *cli)
+{
+    struct weft_runtime *rt = start_rt(workers, ca);
+    tcp_pair(rt, addr, srv, cli);
+    return rt;
+}
+
 static inline struct weft_runtime *start_rt_pair(uint32_t workers, struct counting_alloc *ca,
                                                  int *srv, int *cli)
 {
-    struct weft_runtime *rt = start_rt(workers, ca);
-    tcp_pair(rt, "127.0.0.1", srv, cli);
-    return rt;
+    return start_rt_pair_on(workers, ca, "127.0.0.1", srv, cli);
 }
 
 static inline void check_addr(int fd, bool peer, const char *want, uint16_t want_port)

@@ -1,8 +1,9 @@
 /* tests/test_tcp.c: TCP over the per-worker io_uring (io/tcp.c, io/stream.c,
  * io/bufring.c, io/op.c), over real sockets on 127.0.0.1 and ::1: every
- * operation (listen on port 0, accept, connect over IPv4 and IPv6, weft_recv
- * from the buffer ring with a small io_buffer_size, recv_into, send,
- * send_all, writev, shutdown(SHUT_WR) both ways, close through the ring), the
+ * operation, each over IPv4 and again over IPv6 (listen on port 0, accept,
+ * connect, weft_recv from the buffer ring with a small io_buffer_size,
+ * recv_into, send, send_all, writev, shutdown(SHUT_WR) both ways, close
+ * through the ring, short writes, a peer's reset; connect timeouts over IPv4), the
  * socket option and address helpers with their values read back, short
  * writes into a 4 KiB send buffer with send_all still delivering everything,
  * a peer's reset (while a receive is pending, and before any operation),
@@ -67,6 +68,16 @@ static void check_connect_accept(const char *addr)
     stop_rt(rt, &ca);
 }
 
+/* Runs `fn` over IPv4 loopback, then over IPv6 loopback where there is one. */
+static void each_family(void (*fn)(const char *addr))
+{
+    fn("127.0.0.1");
+    if (have_ipv6_loopback())
+        fn("::1");
+    else
+        fprintf(stderr, "IPv6 loopback (::1) is not available here: IPv4 only\n");
+}
+
 Test(tcp, listen_accept_connect_ipv4, .timeout = 20)
 {
     check_connect_accept("127.0.0.1");
@@ -112,14 +123,14 @@ static enum weft_poll body_recv_n(struct iot *t, struct weft_cx *cx)
     WEFT_ASYNC_END(&t->base);
 }
 
-Test(tcp, recv_from_buffer_ring, .timeout = 20)
+static void recv_from_buffer_ring_on(const char *addr)
 {
     enum { BIG = 10000, BUFSZ = 512 };
     struct counting_alloc ca;
     struct weft_runtime *rt =
         start_rt_opts((struct rt_opts){ .workers = 2, .io_buffer_size = BUFSZ }, &ca);
     int srv, cli;
-    tcp_pair(rt, "127.0.0.1", &srv, &cli);
+    tcp_pair(rt, addr, &srv, &cli);
     unsigned char buf[BIG];
 
     write_full(cli, "hello", 5);
@@ -149,6 +160,11 @@ Test(tcp, recv_from_buffer_ring, .timeout = 20)
     cr_assert_eq(x.got, 0);
     close_pair(srv, cli);
     stop_rt(rt, &ca);
+}
+
+Test(tcp, recv_from_buffer_ring, .timeout = 40)
+{
+    each_family(recv_from_buffer_ring_on);
 }
 
 /* ---- send, send_all, writev, recv_into ------------------------------------------- */
@@ -185,11 +201,11 @@ static enum weft_poll body_ops(struct iot *t, struct weft_cx *cx)
     WEFT_ASYNC_END(&t->base);
 }
 
-Test(tcp, send_send_all_writev_recv_into, .timeout = 20)
+static void send_send_all_writev_recv_into_on(const char *addr)
 {
     struct counting_alloc ca;
     int srv, cli;
-    struct weft_runtime *rt = start_rt_pair(2, &ca, &srv, &cli);
+    struct weft_runtime *rt = start_rt_pair_on(2, &ca, addr, &srv, &cli);
     struct ops_state s = { .big = malloc(SEND_BIG) };
     cr_assert_not_null(s.big);
     pat_fill(s.big, SEND_BIG, 2, 0);
@@ -220,6 +236,11 @@ Test(tcp, send_send_all_writev_recv_into, .timeout = 20)
     free(s.big);
     close_pair(srv, cli);
     stop_rt(rt, &ca);
+}
+
+Test(tcp, send_send_all_writev_recv_into, .timeout = 40)
+{
+    each_family(send_send_all_writev_recv_into_on);
 }
 
 /* ---- half-close, close -------------------------------------------------------------- */
@@ -299,7 +320,7 @@ static enum weft_poll body_after_peer_eof(struct iot *t, struct weft_cx *cx)
     WEFT_ASYNC_END(&t->base);
 }
 
-Test(tcp, half_close_both_ways, .timeout = 20)
+static void half_close_both_ways_on(const char *addr)
 {
     struct counting_alloc ca;
     struct weft_runtime *rt = start_rt(2, &ca);
@@ -308,7 +329,7 @@ Test(tcp, half_close_both_ways, .timeout = 20)
 
     /* We shut our writing side: the peer reads 0, its writes still reach us,
      * and our own send fails with EPIPE. */
-    tcp_pair(rt, "127.0.0.1", &srv, &cli);
+    tcp_pair(rt, addr, &srv, &cli);
     cr_assert_eq(iot_run(rt, body_shutdown_wr, NULL, srv).res, 0);
     cr_assert_eq(read(cli, buf, sizeof buf), 0, "the peer did not see our half-close");
     write_full(cli, "still", 5);
@@ -321,7 +342,7 @@ Test(tcp, half_close_both_ways, .timeout = 20)
     close_pair(srv, cli);
 
     /* The peer shuts its writing side: our recv gives 0, our sends still arrive. */
-    tcp_pair(rt, "127.0.0.1", &srv, &cli);
+    tcp_pair(rt, addr, &srv, &cli);
     cr_assert_eq(shutdown(cli, SHUT_WR), 0);
     cr_assert_eq(iot_run(rt, body_after_peer_eof, NULL, srv).res, 16);
     memset(buf, 0, sizeof buf);
@@ -329,6 +350,11 @@ Test(tcp, half_close_both_ways, .timeout = 20)
     cr_assert_str_eq(buf, "after-half-close");
     close_pair(srv, cli);
     stop_rt(rt, &ca);
+}
+
+Test(tcp, half_close_both_ways, .timeout = 40)
+{
+    each_family(half_close_both_ways_on);
 }
 
 static enum weft_poll body_close(struct iot *t, struct weft_cx *cx)
@@ -340,11 +366,11 @@ static enum weft_poll body_close(struct iot *t, struct weft_cx *cx)
     WEFT_ASYNC_END(&t->base);
 }
 
-Test(tcp, close_through_the_ring, .timeout = 20)
+static void close_through_the_ring_on(const char *addr)
 {
     struct counting_alloc ca;
     int srv, cli;
-    struct weft_runtime *rt = start_rt_pair(2, &ca, &srv, &cli);
+    struct weft_runtime *rt = start_rt_pair_on(2, &ca, addr, &srv, &cli);
     int before = count_fds();
     cr_assert_eq(iot_run(rt, body_close, NULL, srv).res, 0);
     cr_assert_eq(count_fds(), before - 1);
@@ -356,6 +382,11 @@ Test(tcp, close_through_the_ring, .timeout = 20)
     close(cli);
     cr_assert_eq(iot_run(rt, body_close, NULL, 999999).res, -EBADF);
     stop_rt(rt, &ca);
+}
+
+Test(tcp, close_through_the_ring, .timeout = 40)
+{
+    each_family(close_through_the_ring_on);
 }
 
 /* ---- socket options and addresses ----------------------------------------------------- */
@@ -473,11 +504,11 @@ static enum weft_poll body_short_writes(struct iot *t, struct weft_cx *cx)
     WEFT_ASYNC_END(&t->base);
 }
 
-Test(tcp, short_writes_then_send_all_delivers_all, .timeout = 30)
+static void short_writes_then_send_all_delivers_all_on(const char *addr)
 {
     struct counting_alloc ca;
     int srv, cli;
-    struct weft_runtime *rt = start_rt_pair(2, &ca, &srv, &cli);
+    struct weft_runtime *rt = start_rt_pair_on(2, &ca, addr, &srv, &cli);
     cr_assert_eq(weft_socket_set_sndbuf(srv, 4096), 0);
     unsigned char *data = malloc(2 * MIB);
     cr_assert_not_null(data);
@@ -499,6 +530,11 @@ Test(tcp, short_writes_then_send_all_delivers_all, .timeout = 30)
     free(data);
     close_pair(srv, cli);
     stop_rt(rt, &ca);
+}
+
+Test(tcp, short_writes_then_send_all_delivers_all, .timeout = 60)
+{
+    each_family(short_writes_then_send_all_delivers_all_on);
 }
 
 /* ---- the peer resets --------------------------------------------------------------------- */
@@ -529,14 +565,14 @@ static void reset_peer(int fd)
     close(fd);
 }
 
-Test(tcp, peer_reset, .timeout = 20)
+static void peer_reset_on(const char *addr)
 {
     struct counting_alloc ca;
     struct weft_runtime *rt = start_rt(2, &ca);
     int srv, cli;
 
     /* The reset arrives while our receive is pending. */
-    tcp_pair(rt, "127.0.0.1", &srv, &cli);
+    tcp_pair(rt, addr, &srv, &cli);
     struct reset_state s = { 0 };
     struct weft_join j;
     cr_assert_eq(iot_spawn(rt, body_recv_then_send, &s, 0, srv, &j), 0);
@@ -551,13 +587,18 @@ Test(tcp, peer_reset, .timeout = 20)
     close(srv);
 
     /* The reset arrives before anything is asked: the first operation reports it. */
-    tcp_pair(rt, "127.0.0.1", &srv, &cli);
+    tcp_pair(rt, addr, &srv, &cli);
     reset_peer(cli);
     sleep_us(20000);
     cr_assert_eq(iot_run(rt, body_send_x, NULL, srv).res, -ECONNRESET);
     cr_assert_eq(iot_run(rt, body_send_x, NULL, srv).res, -EPIPE);
     close(srv);
     stop_rt(rt, &ca);
+}
+
+Test(tcp, peer_reset, .timeout = 40)
+{
+    each_family(peer_reset_on);
 }
 
 /* ---- connect: refused, timing out -------------------------------------------------------- */
