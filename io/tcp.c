@@ -19,7 +19,18 @@
  * closing: the closer owns the cancel). The multishot's final CQE (F_MORE
  * clear: an error such as -EMFILE, or a cancel) disarms it; the next accept
  * future re-arms, after a back-off for resource errors, so accepting never
- * stops for good. */
+ * stops for good.
+ *
+ * Closing. The queue is reference-counted: the listener, the armed
+ * multishot, and a waiting accept future each hold one, so a listener may be
+ * closed while an accept waits on it (on any thread): the closer stores
+ * `closed` and then wakes the acceptor (seq_cst both), which registers and
+ * then re-reads `closed` (seq_cst), and finishes with -EBADF. The closer then
+ * claims an armed multishot (1 -> 2); an acceptor that armed one (a seq_cst
+ * store of 1) re-reads `closed` and claims it itself: Dekker again, so one of
+ * the two cancels it. Sockets left in the queue are closed by the last
+ * reference's drop, when nobody can take one any more; one accepted after the
+ * close is closed as it arrives. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -292,8 +303,7 @@ void weft_tcp_listener_close(struct weft_tcp_listener *l)
      * which cancels it on its ring; its final CQE closes what it queued. */
     if (atomic_compare_exchange_strong(&q->armed, &a, 2))
         weft__op_release(q->op);
-    else
-        acceptq_drain(q); /* no producer any more */
+    awaker_wake(&q->waker); /* a waiting accept finishes with -EBADF */
     close(l->fd);
     l->fd = -1;
     l->q = NULL;
@@ -314,7 +324,6 @@ static void accept_final(struct weft__io *io, struct weft__op *op, struct weft__
         uint32_t s = OPS_PENDING;
         if (!atomic_compare_exchange_strong(&op->state, &s, OPS_DONE))
             weft__op_orphan_final(io, op, s);
-        acceptq_drain(q);
     }
     /* Woken after the disarm, so the acceptor's re-check sees armed == 0. */
     awaker_wake(&q->waker);
@@ -358,20 +367,26 @@ static int arm(struct weft_cx *cx, struct weft__acceptq *q)
     op->u.acceptq = q;
     atomic_fetch_add_explicit(&q->refs, 1, memory_order_relaxed);
     q->op = op;
-    /* Release: q->op is visible to a closer that claims it. */
-    atomic_store_explicit(&q->armed, 1, memory_order_release);
+    /* Seq_cst (its release half publishes q->op to a claimer): Dekker with a
+     * closer, which stores `closed` and then tries the claim. */
+    atomic_store(&q->armed, 1);
     weft__op_submit(op->io, op);
+    uint32_t one = 1;
+    if (atomic_load(&q->closed) && atomic_compare_exchange_strong(&q->armed, &one, 2))
+        weft__op_release(op); /* closed meanwhile: cancel it, as the closer would */
     return 0;
 }
 
 static enum weft_poll accept_finish(struct weft_accept *a, int result)
 {
-    struct weft__acceptq *q = a->l->q;
     a->result = result;
     if (a->waiting) {
+        struct weft__acceptq *q = a->q;
         awaker_unregister(&q->waker);
         atomic_store_explicit(&q->acceptor, 0, memory_order_release);
         a->waiting = false;
+        a->q = NULL;
+        acceptq_unref(q);
     }
     weft_future_drop(&a->backoff.base);
     return WEFT_READY;
@@ -380,11 +395,10 @@ static enum weft_poll accept_finish(struct weft_accept *a, int result)
 static enum weft_poll accept_poll(struct weft_future *f, struct weft_cx *cx)
 {
     struct weft_accept *a = (struct weft_accept *)f;
-    struct weft__acceptq *q = a->l ? a->l->q : NULL;
-    if (!q || atomic_load_explicit(&q->closed, memory_order_relaxed)) {
-        a->result = -EBADF;
-        return WEFT_READY;
-    }
+    /* A waiting accept uses its own reference: the listener may be closed. */
+    struct weft__acceptq *q = a->waiting ? a->q : a->l ? a->l->q : NULL;
+    if (!q)
+        return accept_finish(a, -EBADF);
     if (!weft_coop_take(cx))
         return WEFT_PENDING;
     if (!a->waiting) {
@@ -394,8 +408,12 @@ static enum weft_poll accept_poll(struct weft_future *f, struct weft_cx *cx)
             return WEFT_READY;
         }
         a->waiting = true;
+        a->q = q;
+        atomic_fetch_add_explicit(&q->refs, 1, memory_order_relaxed); /* the listener holds one */
     }
     for (bool registered = false;; registered = true) {
+        if (atomic_load(&q->closed)) /* seq_cst: after registering, see a closer's wake */
+            return accept_finish(a, -EBADF);
         int fd = acceptq_pop(q);
         if (fd >= 0)
             return accept_finish(a, fd);
@@ -437,6 +455,7 @@ void weft_accept_init(struct weft_accept *a, struct weft_tcp_listener *l)
     a->base.resume = 0;
     a->result = 0;
     a->l = l;
+    a->q = NULL;
     a->waiting = false;
     a->backoff.base.ops = NULL;
     a->backoff.op = NULL;

@@ -680,6 +680,64 @@ Test(cancel, destroy_with_io_in_flight, .timeout = 30)
     assert_balanced(&ca);
 }
 
+/* A listener closed on another thread while an accept waits on it: the
+ * accept finishes with -EBADF, and accept completions the ring reaps after
+ * the close have their sockets closed at once; none is leaked. One worker. An
+ * acceptor arms the multishot accept; a spinner then holds the worker while
+ * the test connects clients and closes the listener (the multishot, still
+ * armed, keeps the listening socket alive); then the spinner lets go. With
+ * DEFER_TASKRUN the kernel runs those accepts only when the worker enters its
+ * ring, where the cancel goes first: the clients are reset. Under
+ * WEFT_IO_RUNG=2 (ctest's test_tcp_cancel_rung2) the completions are posted
+ * while the worker spins, and its next turn reaps all 8 after the close. */
+static enum weft_poll body_accept_once(struct iot *t, struct weft_cx *cx)
+{
+    WEFT_ASYNC_BEGIN(&t->base);
+    weft_accept_init(&t->acc, t->arg);
+    WEFT_AWAIT(&t->base, cx, &t->acc.base);
+    t->res = t->acc.result;
+    if (t->res >= 0)
+        close(t->res);
+    WEFT_ASYNC_END(&t->base);
+}
+
+Test(cancel, accepts_reaped_after_close_are_closed, .timeout = 20)
+{
+    enum { CLIENTS = 8 };
+    struct counting_alloc ca;
+    struct weft_runtime *rt =
+        start_rt_opts((struct rt_opts){ .workers = 1, .event_interval = 1 }, &ca);
+    int before = count_fds();
+    struct weft_tcp_listener l;
+    uint16_t port = listen_any(&l, "127.0.0.1");
+    struct weft_join j;
+    struct iot acc = iot_make(body_accept_once, &l, 0, -1);
+    cr_assert_eq(weft_spawn(rt, &acc.base, sizeof acc, &j), 0);
+    sleep_us(50000); /* the multishot is in the kernel: the worker parked */
+    struct late_connect lc = { .rt = rt };
+    cr_assert_eq(iot_spawn(rt, body_spin_until_release, &lc, 0, -1, NULL), 0);
+    WAIT_UNTIL(atomic_load(&lc.spinning));
+    int cli[CLIENTS];
+    cli_dial_n(cli, CLIENTS, "127.0.0.1", port);
+    weft_tcp_listener_close(&l);
+    atomic_store(&lc.release, 1);
+    struct iot done;
+    cr_assert_eq(iot_join(rt, &j, &done), 0);
+    cr_assert_eq(done.res, -EBADF, "the acceptor got %d", done.res);
+    WAIT_UNTIL(count_fds() == before + CLIENTS); /* the clients only */
+    for (int i = 0; i < CLIENTS; i++) {
+        char c;
+        set_rcvtimeo(cli[i], 5000);
+        ssize_t n = read(cli[i], &c, 1);
+        cr_assert(n == 0 || (n < 0 && errno == ECONNRESET),
+                  "client %d: its accepted socket was not closed (%zd, %s)", i, n,
+                  strerror(errno));
+        close(cli[i]);
+    }
+    cr_assert_eq(count_fds(), before);
+    stop_rt(rt, &ca);
+}
+
 /* ---- a task stolen while its receive is in flight ------------------------------------------- */
 
 /* The task starts its receive on worker A and spawns a spinner that holds A

@@ -116,7 +116,10 @@ int weft_tcp_listen(struct weft_tcp_listener *l, const char *addr, uint16_t port
 int weft_tcp_listener_port(const struct weft_tcp_listener *l);
 
 /* Stops accepting and closes the listener; sockets accepted but not yet taken
- * are closed. No accept future may be pending on it. Safe on a closed one. */
+ * are closed, and an accept waiting on it finishes with -EBADF (from any
+ * thread, as a Go listener's Close ends its Accept). Safe on a closed one.
+ * Closing while another thread starts an accept on it is a race, as closing
+ * any descriptor in use. */
 void weft_tcp_listener_close(struct weft_tcp_listener *l);
 
 /* Ready with the next accepted connection. result: the new socket (yours to
@@ -128,6 +131,7 @@ struct weft_accept {
     struct weft_future base;
     int result;
     struct weft_tcp_listener *l;
+    struct weft__acceptq *q;   /* while waiting: the queue, a reference held */
     bool waiting;              /* registered as the listener's acceptor */
     struct weft_sleep backoff;
 };
