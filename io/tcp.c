@@ -23,9 +23,15 @@
  *
  * Closing. The queue is reference-counted: the listener, the armed
  * multishot, and a waiting accept future each hold one, so a listener may be
- * closed while an accept waits on it (on any thread): the closer stores
- * `closed` and then wakes the acceptor (seq_cst both), which registers and
- * then re-reads `closed` (seq_cst), and finishes with -EBADF. The closer then
+ * closed while an accept waits on it (on any thread). An accept starting
+ * reads the listener's `q` inside a window counted in `entering`: increment,
+ * load `q`, take its reference, decrement (seq_cst all). The closer exchanges
+ * `q` for NULL and then waits for `entering` to be 0 before dropping the
+ * listener's reference: if a starter loaded the old `q`, its increment came
+ * before that load, which came before the exchange, so the closer sees it and
+ * waits (the window is a few instructions). The closer stores `closed` and
+ * then wakes the acceptor (seq_cst both), which registers and then re-reads
+ * `closed` (seq_cst), and finishes with -EBADF. The closer then
  * claims an armed multishot (1 -> 2); an acceptor that armed one (a seq_cst
  * store of 1) re-reads `closed` and claims it itself: Dekker again, so one of
  * the two cancels it. Sockets left in the queue are closed by the last
@@ -36,6 +42,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -245,7 +252,8 @@ int weft_tcp_listen(struct weft_tcp_listener *l, const char *addr, uint16_t port
     if (!l)
         return -EINVAL;
     l->fd = -1;
-    l->q = NULL;
+    atomic_init(&l->q, NULL);
+    atomic_init(&l->entering, 0);
     struct sockaddr_in6 sa;
     socklen_t sl = parse_addr(addr, port, &sa);
     if (!sl)
@@ -274,7 +282,7 @@ int weft_tcp_listen(struct weft_tcp_listener *l, const char *addr, uint16_t port
     awaker_init(&q->waker);
     q->lfd = fd;
     l->fd = fd;
-    l->q = q;
+    atomic_store(&l->q, q);
     return 0;
 }
 
@@ -294,9 +302,9 @@ int weft_tcp_listener_port(const struct weft_tcp_listener *l)
 
 void weft_tcp_listener_close(struct weft_tcp_listener *l)
 {
-    if (!l || !l->q)
+    struct weft__acceptq *q = l ? atomic_exchange(&l->q, NULL) : NULL;
+    if (!q)
         return;
-    struct weft__acceptq *q = l->q;
     atomic_store(&q->closed, true);
     uint32_t a = 1;
     /* Claiming the multishot (1 -> 2) keeps its slot alive until our release,
@@ -306,7 +314,8 @@ void weft_tcp_listener_close(struct weft_tcp_listener *l)
     awaker_wake(&q->waker); /* a waiting accept finishes with -EBADF */
     close(l->fd);
     l->fd = -1;
-    l->q = NULL;
+    while (atomic_load(&l->entering)) /* an accept starting read the old q: let it take a ref */
+        sched_yield();
     acceptq_unref(q);
 }
 
@@ -392,25 +401,42 @@ static enum weft_poll accept_finish(struct weft_accept *a, int result)
     return WEFT_READY;
 }
 
+/* Makes `a` its listener's acceptor, holding a reference to the queue, inside
+ * the `entering` window (top of the file); 0, -EBADF (closed) or -EBUSY. */
+static int accept_start(struct weft_accept *a)
+{
+    struct weft_tcp_listener *l = a->l;
+    if (!l)
+        return -EBADF;
+    atomic_fetch_add(&l->entering, 1);
+    struct weft__acceptq *q = atomic_load(&l->q);
+    uint32_t none = 0;
+    int err = 0;
+    if (!q) {
+        err = -EBADF;
+    } else if (!atomic_compare_exchange_strong(&q->acceptor, &none, 1)) {
+        err = -EBUSY;
+    } else {
+        /* Relaxed: the listener's reference stays until our decrement. */
+        atomic_fetch_add_explicit(&q->refs, 1, memory_order_relaxed);
+        a->q = q;
+        a->waiting = true;
+    }
+    atomic_fetch_sub(&l->entering, 1);
+    return err;
+}
+
 static enum weft_poll accept_poll(struct weft_future *f, struct weft_cx *cx)
 {
     struct weft_accept *a = (struct weft_accept *)f;
-    /* A waiting accept uses its own reference: the listener may be closed. */
-    struct weft__acceptq *q = a->waiting ? a->q : a->l ? a->l->q : NULL;
-    if (!q)
-        return accept_finish(a, -EBADF);
     if (!weft_coop_take(cx))
         return WEFT_PENDING;
     if (!a->waiting) {
-        uint32_t none = 0;
-        if (!atomic_compare_exchange_strong(&q->acceptor, &none, 1)) {
-            a->result = -EBUSY;
-            return WEFT_READY;
-        }
-        a->waiting = true;
-        a->q = q;
-        atomic_fetch_add_explicit(&q->refs, 1, memory_order_relaxed); /* the listener holds one */
+        int err = accept_start(a);
+        if (err)
+            return accept_finish(a, err);
     }
+    struct weft__acceptq *q = a->q; /* our own reference: the listener may close meanwhile */
     for (bool registered = false;; registered = true) {
         if (atomic_load(&q->closed)) /* seq_cst: after registering, see a closer's wake */
             return accept_finish(a, -EBADF);

@@ -102,7 +102,8 @@ struct weft_listen_opts {
  * sockets wait in a small queue until an accept future takes them. */
 struct weft_tcp_listener {
     int fd;
-    struct weft__acceptq *q;
+    _Atomic(struct weft__acceptq *) q;
+    _Atomic uint32_t entering;  /* accepts reading `q` as they start (tcp.c) */
 };
 
 /* Binds and listens on `addr` (a numeric IPv4 or IPv6 address such as
@@ -116,10 +117,10 @@ int weft_tcp_listen(struct weft_tcp_listener *l, const char *addr, uint16_t port
 int weft_tcp_listener_port(const struct weft_tcp_listener *l);
 
 /* Stops accepting and closes the listener; sockets accepted but not yet taken
- * are closed, and an accept waiting on it finishes with -EBADF (from any
- * thread, as a Go listener's Close ends its Accept). Safe on a closed one.
- * Closing while another thread starts an accept on it is a race, as closing
- * any descriptor in use. */
+ * are closed, and an accept waiting on it, or starting meanwhile, finishes
+ * with -EBADF: it may be called from any thread while a task accepts (as a
+ * Go listener's Close ends its Accept loop). Safe on a closed one. The
+ * struct itself must stay valid until every accept on it has finished. */
 void weft_tcp_listener_close(struct weft_tcp_listener *l);
 
 /* Ready with the next accepted connection. result: the new socket (yours to
