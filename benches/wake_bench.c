@@ -24,6 +24,7 @@
 #include <errno.h>
 #include <liburing.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
