@@ -4,8 +4,10 @@
  * in flight on a pipe, on the worker that started it, on another worker and on
  * a thread that is no worker (the drop waits until the kernel let go of the
  * buffer; the pipe still works after); dropping opens in flight (no descriptor
- * leaks). Without io_uring the same operations go through the blocking pool
- * (same results; a dropped one waits for its syscall). Every test checks
+ * leaks). The runtime's metrics show which path the operations took: SQEs
+ * and no pool job with the ring, pool jobs and no SQE without it. Without
+ * io_uring the same operations go through the blocking pool (same results; a
+ * dropped one waits for its syscall). Every test checks
  * /proc/self/fd has as many entries after as before.
  *
  * Bad inputs tried: open of a missing path (-ENOENT), of a NULL path (-EFAULT),
@@ -18,6 +20,8 @@
 #define _GNU_SOURCE
 #endif
 #include <criterion/criterion.h>
+
+#include <inttypes.h>
 
 #include <dirent.h>
 #include <errno.h>
@@ -214,6 +218,21 @@ static void roundtrip(bool no_io_uring)
     memset(&F, 0xff, sizeof F);
     path_in_dir(F.path, sizeof F.path, "a");
     struct ft out = run_ft(rt, body_roundtrip, &F);
+    /* Which path the 14 operations took: SQEs on the rings, or pool jobs. */
+    struct weft_metrics *m = malloc(sizeof *m);
+    cr_assert_eq(weft_metrics_read(rt, m), 0);
+    uint64_t sqes = 0;
+    for (uint32_t w = 0; w < m->workers; w++)
+        sqes += m->worker[w].sqes;
+    if (no_io_uring) {
+        cr_assert_eq(sqes, 0);
+        cr_assert_geq(m->blocking_jobs, 12, "only %" PRIu64 " pool jobs", m->blocking_jobs);
+    } else {
+        cr_assert_geq(sqes, 12, "only %" PRIu64 " SQEs", sqes);
+        cr_assert_eq(m->blocking_jobs, 0, "%" PRIu64 " operations went to the pool",
+                     m->blocking_jobs);
+    }
+    free(m);
     weft_runtime_destroy(rt);
     cr_assert_geq(out.res[0], 0, "open: %d", out.res[0]);
     const int want[] = { 0, 11, 3, 5, 5, 10, 2, 0, 0, 0, 0, 0, 0, -EBADF };

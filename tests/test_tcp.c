@@ -3,7 +3,8 @@
  * operation, each over IPv4 and again over IPv6 (listen on port 0, accept,
  * connect, weft_recv from the buffer ring with a small io_buffer_size,
  * recv_into, send, send_all, writev, shutdown(SHUT_WR) both ways, close
- * through the ring, short writes, a peer's reset; connect timeouts over IPv4), the
+ * through the ring, short writes, a peer's reset; connect timeouts over IPv4,
+ * against a full backlog and against weft_tcp_listen's backlog option), the
  * socket option and address helpers with their values read back, short
  * writes into a 4 KiB send buffer with send_all still delivering everything,
  * a peer's reset (while a receive is pending, and before any operation),
@@ -651,6 +652,30 @@ Test(tcp, connect_timeout_fires, .timeout = 20)
     cr_assert_leq(el, 0.4 + 1.5, "timed out after %.3f s, for a 0.2 s timeout", el);
     cr_assert_eq(count_fds(), before, "the timed-out connect leaked its socket");
     full_backlog_close(&b);
+
+    /* weft_tcp_listen's backlog: with 1, and nothing accepting, three
+     * connections fill the queue and a fourth times out; with the default
+     * (4096), the fourth gets in. */
+    for (int backlog = 1; backlog >= 0; backlog--) {
+        struct weft_tcp_listener l;
+        struct weft_listen_opts o = { .backlog = backlog };
+        cr_assert_eq(weft_tcp_listen(&l, "127.0.0.1", 0, &o), 0);
+        a.port = (uint16_t)weft_tcp_listener_port(&l);
+        int fill[3];
+        for (int i = 0; i < 3; i++)
+            fill[i] = cli_connect_nb("127.0.0.1", a.port);
+        sleep_us(50000);
+        res = iot_run(rt, body_connect, &a, -1).res;
+        if (backlog)
+            cr_assert_eq(res, -ETIMEDOUT, "backlog 1: the fourth connect gave %d", res);
+        else
+            cr_assert_geq(res, 0, "default backlog: the fourth connect gave %d", res);
+        if (res >= 0)
+            close(res);
+        for (int i = 0; i < 3; i++)
+            close(fill[i]);
+        weft_tcp_listener_close(&l);
+    }
     stop_rt(rt, &ca);
 }
 

@@ -224,7 +224,7 @@ static enum weft_poll body_poll_hard(struct tk *t, struct weft_cx *cx)
 
 /* Sleeps of 20 ms, 1 ms and 100 us (whose first poll comes just before the
  * deadline), a sleep polled thousands of times before it is due, and a sleep
- * under weft_block_on. */
+ * and a sleep_until 12 ms ahead under weft_block_on. */
 Test(timer, sleep_never_early_rarely_late, .timeout = 30)
 {
     static const uint64_t ns[6] = { 20 * MS, 20 * MS, 20 * MS, 1 * MS, 100000, 1 * MS };
@@ -240,6 +240,12 @@ Test(timer, sleep_never_early_rarely_late, .timeout = 30)
     cr_assert_eq(weft_block_on(rt, &s.base), 0);
     recs[7] = (struct rec){ t0, s.deadline_ns, weft_now_ns(), s.result };
     weft_future_drop(&s.base);
+    t0 = weft_now_ns();
+    weft_sleep_until_init(&s, t0 + 12 * MS); /* an absolute deadline ahead */
+    cr_assert_eq(weft_block_on(rt, &s.base), 0);
+    recs[8] = (struct rec){ t0, s.deadline_ns, weft_now_ns(), s.result };
+    cr_assert_eq(s.deadline_ns, t0 + 12 * MS);
+    weft_future_drop(&s.base);
     for (uint32_t i = 0; i < 7; i++) {
         cr_assert_eq(weft_block_on(rt, &j[i].base), 0);
         weft_future_drop(&j[i].base);
@@ -250,6 +256,7 @@ Test(timer, sleep_never_early_rarely_late, .timeout = 30)
     check_rec(&recs[6], 30 * MS, 0, "busy-polled sleep");
     cr_assert_gt(atomic_load(&early_polls), 100, "only %u early polls", atomic_load(&early_polls));
     check_rec(&recs[7], 15 * MS, 0, "block_on(sleep)");
+    check_rec(&recs[8], 12 * MS, 0, "block_on(sleep_until)");
     assert_balanced(&ca);
 }
 
