@@ -381,6 +381,34 @@ Test(echo, sigint_with_idle_connections_exits_at_once, .fini = kill_server, .tim
     close(used);
 }
 
+/* A client that sends and never reads: the server's echo waits for room in
+ * the socket, so at a stop its connection cannot finish; the drain timeout
+ * (300 ms) ends the wait and the server exits 0. */
+Test(echo, sigterm_with_a_client_not_reading_exits_at_drain_timeout, .fini = kill_server,
+     .timeout = 30)
+{
+    int port = start_server("weft-echo", "300");
+    int fd = dial(port);
+    cr_assert_eq(fcntl(fd, F_SETFL, O_NONBLOCK), 0);
+    static char chunk[65536];
+    size_t sent = 0;
+    double quiet_since = now_s();
+    while (now_s() - quiet_since < 0.2) { /* until both directions are full */
+        ssize_t n = send(fd, chunk, sizeof chunk, MSG_NOSIGNAL);
+        if (n > 0) {
+            sent += (size_t)n;
+            quiet_since = now_s();
+        } else {
+            cr_assert(n < 0 && errno == EAGAIN, "send: %s", strerror(errno));
+            sleep_us(5000);
+        }
+        cr_assert_lt(sent, (size_t)256 << 20, "256 MiB sent and the server still reads");
+    }
+    double took = stop_server(SIGTERM, 3);
+    cr_assert(took >= 0.25, "exited after %.2f s, before the 300 ms drain timeout", took);
+    close(fd);
+}
+
 /* ---- http: the happy paths ------------------------------------------------------- */
 
 Test(http, single_request, .fini = kill_server, .timeout = 30)
