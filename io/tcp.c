@@ -36,7 +36,11 @@
  * store of 1) re-reads `closed` and claims it itself: Dekker again, so one of
  * the two cancels it. Sockets left in the queue are closed by the last
  * reference's drop, when nobody can take one any more; one accepted after the
- * close is closed as it arrives. */
+ * close is closed as it arrives. So is the listening socket itself: an accept
+ * SQE names its number and may still wait for the owner's next enter when the
+ * close comes, and a number closed at once could be reused by a new socket,
+ * whose connections the stale multishot would take (Go's netFD defers its
+ * close to the last reference the same way). */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -57,7 +61,7 @@
 #define ACCEPT_BACKOFF_NS (10 * WEFT_NS_PER_MS)
 
 struct weft__acceptq {
-    _Atomic uint32_t refs;         /* the listener, and the armed multishot */
+    _Atomic uint32_t refs;         /* the listener, the armed multishot, a waiting accept */
     _Atomic uint32_t armed;
     _Atomic uint32_t acceptor;     /* an accept future is pending */
     _Atomic bool closed;
@@ -235,11 +239,16 @@ static void acceptq_drain(struct weft__acceptq *q)
         close(fd);
 }
 
+/* The last reference closes the listening socket: every SQE naming `lfd` was
+ * made by a holder, so its number cannot be reused while one may still reach
+ * the kernel (a reused number would have a dead multishot accept, and close,
+ * another listener's connections). */
 static void acceptq_unref(struct weft__acceptq *q)
 {
     /* Acq_rel: the last one sees every other holder's writes. */
     if (atomic_fetch_sub_explicit(&q->refs, 1, memory_order_acq_rel) == 1) {
         acceptq_drain(q);
+        close(q->lfd);
         pthread_mutex_destroy(&q->ovf_lock);
         free(q->ovf);
         free(q);
@@ -312,7 +321,10 @@ void weft_tcp_listener_close(struct weft_tcp_listener *l)
     if (atomic_compare_exchange_strong(&q->armed, &a, 2))
         weft__op_release(q->op);
     awaker_wake(&q->waker); /* a waiting accept finishes with -EBADF */
-    close(l->fd);
+    /* The descriptor is closed by the last reference: at once when nothing
+     * else holds one, else when the multishot's final CQE is reaped or the
+     * waiting accept wakes. (Not shutdown(): a listening socket may be shared
+     * with forked processes, which must go on accepting.) */
     l->fd = -1;
     while (atomic_load(&l->entering)) /* an accept starting read the old q: let it take a ref */
         sched_yield();
@@ -326,6 +338,8 @@ static void accept_final(struct weft__io *io, struct weft__op *op, struct weft__
     io->inflight--;
     q->pausing = false;
     uint32_t a = 1;
+    /* Seq_cst: the store half of the Dekker with the acceptor, which
+     * registers and then reads `armed` (the wake below comes after). */
     if (atomic_compare_exchange_strong(&q->armed, &a, 0)) {
         weft__op_free(io, op);
     } else {
@@ -343,7 +357,7 @@ void weft__accept_complete(struct weft__io *io, struct weft__op *op, int32_t res
 {
     struct weft__acceptq *q = op->u.acceptq;
     if (res >= 0) {
-        /* Closed: nobody will take it (the closer drains what is queued). */
+        /* Closed: nobody will take it (the last reference drains the queue). */
         if (atomic_load_explicit(&q->closed, memory_order_relaxed) || !acceptq_push(q, res))
             close(res);
         uint32_t len = atomic_load_explicit(&q->tail, memory_order_relaxed) -
@@ -374,6 +388,7 @@ static int arm(struct weft_cx *cx, struct weft__acceptq *q)
     awaker_unregister(&op->waker); /* the queue's awaker wakes the acceptor */
     op->fd = q->lfd;
     op->u.acceptq = q;
+    /* Relaxed: the acceptor's own reference keeps q alive meanwhile. */
     atomic_fetch_add_explicit(&q->refs, 1, memory_order_relaxed);
     q->op = op;
     /* Seq_cst (its release half publishes q->op to a claimer): Dekker with a
@@ -392,6 +407,7 @@ static enum weft_poll accept_finish(struct weft_accept *a, int result)
     if (a->waiting) {
         struct weft__acceptq *q = a->q;
         awaker_unregister(&q->waker);
+        /* Release: the next acceptor's CAS (accept_start) sees our pops. */
         atomic_store_explicit(&q->acceptor, 0, memory_order_release);
         a->waiting = false;
         a->q = NULL;
@@ -451,8 +467,14 @@ static enum weft_poll accept_poll(struct weft_future *f, struct weft_cx *cx)
             if (until > weft_now_ns()) {
                 if (!a->backoff.base.ops)
                     weft_sleep_until_init(&a->backoff, until);
-                if (weft_future_poll(&a->backoff.base, cx) == WEFT_PENDING)
-                    return WEFT_PENDING;
+                if (weft_future_poll(&a->backoff.base, cx) == WEFT_PENDING) {
+                    /* Registered too, so that a close ends the back-off at
+                     * once; then the re-check of contract 3. */
+                    awaker_register(&q->waker, cx->waker);
+                    if (!atomic_load(&q->closed))
+                        return WEFT_PENDING;
+                    return accept_finish(a, -EBADF);
+                }
             }
             weft_future_drop(&a->backoff.base);
             err = arm(cx, q);

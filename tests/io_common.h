@@ -19,6 +19,7 @@
 #include <stdbool.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /* ---- a gate: tasks wait until it opens --------------------------------------------
@@ -443,6 +444,22 @@ static inline enum weft_poll body_pair(struct iot *t, struct weft_cx *cx)
 }
 
 /* *srv is the accepted socket, *cli the connected one (both blocking). */
+/* Closes `l` and waits until its socket is closed too: the descriptor goes
+ * with the listener's last reference (its multishot accept's final CQE, at
+ * the ring's next turn), and tests count descriptors. */
+static inline void listener_close_wait(struct weft_tcp_listener *l)
+{
+    int fd = l->fd;
+    struct stat before, now;
+    cr_assert_eq(fstat(fd, &before), 0);
+    weft_tcp_listener_close(l);
+    double end = now_s() + 5;
+    while (fstat(fd, &now) == 0 && now.st_ino == before.st_ino) {
+        cr_assert_lt(now_s(), end, "the listener's socket is still open after 5 s");
+        sleep_us(100);
+    }
+}
+
 static inline void tcp_pair(struct weft_runtime *rt, const char *addr, int *srv, int *cli)
 {
     struct weft_tcp_listener l;
@@ -450,7 +467,7 @@ static inline void tcp_pair(struct weft_runtime *rt, const char *addr, int *srv,
     struct iot t = iot_run(rt, body_pair, &p, -1);
     cr_assert_geq(t.fd, 0, "accept: %s", strerror(-t.fd));
     cr_assert_geq(t.res, 0, "connect: %s", strerror(-t.res));
-    weft_tcp_listener_close(&l);
+    listener_close_wait(&l);
     *srv = t.fd;
     *cli = t.res;
 }

@@ -738,6 +738,61 @@ Test(cancel, accepts_reaped_after_close_are_closed, .timeout = 20)
     stop_rt(rt, &ca);
 }
 
+/* A listener closed while its accept's SQE still waits for the worker's
+ * enter, and a new listener made at once (in the same poll, so before that
+ * enter): the new one must get every connection made to it. Were the old
+ * descriptor closed at once, the new listener could take its number, and the
+ * old multishot accept would run on the new socket, take its connection and
+ * close it (the client saw end of stream; the new accept timed out). */
+struct reuse {
+    struct weft_tcp_listener l1, l2;
+    int fd1, fd2, cli;
+};
+
+static enum weft_poll body_close_then_listen(struct iot *t, struct weft_cx *cx)
+{
+    struct reuse *r = t->arg;
+    weft_accept_init(&t->acc, &r->l1);
+    CHECK(weft_future_poll(&t->acc.base, cx) == WEFT_PENDING); /* its SQE is queued */
+    r->fd1 = r->l1.fd;
+    weft_tcp_listener_close(&r->l1);
+    CHECK(weft_tcp_listen(&r->l2, "127.0.0.1", 0, NULL) == 0);
+    r->fd2 = r->l2.fd;
+    /* In the kernel's queue before the worker's enter submits the old SQE. */
+    r->cli = cli_connect_nb("127.0.0.1", (uint16_t)weft_tcp_listener_port(&r->l2));
+    weft_future_drop(&t->acc.base);
+    return WEFT_READY;
+}
+
+static enum weft_poll body_accept_within_1s(struct iot *t, struct weft_cx *cx)
+{
+    WEFT_ASYNC_BEGIN(&t->base);
+    weft_accept_init(&t->acc, t->arg);
+    weft_timeout_init(&t->to, &t->acc.base, 1000 * MS);
+    WEFT_AWAIT(&t->base, cx, &t->to.base);
+    t->res = t->to.result ? t->to.result : t->acc.result;
+    if (t->res >= 0)
+        close(t->res);
+    WEFT_ASYNC_END(&t->base);
+}
+
+Test(cancel, listener_closed_before_its_accept_is_submitted_spares_the_next, .timeout = 20)
+{
+    struct counting_alloc ca;
+    struct weft_runtime *rt = start_rt(1, &ca);
+    int before = count_fds();
+    struct reuse r;
+    cr_assert_eq(weft_tcp_listen(&r.l1, "127.0.0.1", 0, NULL), 0);
+    iot_run(rt, body_close_then_listen, &r, -1);
+    int res = iot_run(rt, body_accept_within_1s, &r.l2, -1).res;
+    cr_assert_geq(res, 0, "the new listener (fd %d; the old one was %d) lost its connection: %d",
+                  r.fd2, r.fd1, res);
+    close(r.cli);
+    listener_close_wait(&r.l2);
+    WAIT_UNTIL(count_fds() == before);
+    stop_rt(rt, &ca);
+}
+
 /* ---- a task stolen while its receive is in flight ------------------------------------------- */
 
 /* The task starts its receive on worker A and spawns a spinner that holds A

@@ -119,8 +119,10 @@ int weft_tcp_listener_port(const struct weft_tcp_listener *l);
 /* Stops accepting and closes the listener; sockets accepted but not yet taken
  * are closed, and an accept waiting on it, or starting meanwhile, finishes
  * with -EBADF: it may be called from any thread while a task accepts (as a
- * Go listener's Close ends its Accept loop). Safe on a closed one. The
- * struct itself must stay valid until every accept on it has finished. */
+ * Go listener's Close ends its Accept loop). The socket is closed once no
+ * operation can name it any more: at once, or at the ring's next turn. Safe
+ * on a closed one. The struct itself must stay valid until every
+ * accept and every close call on it has returned. */
 void weft_tcp_listener_close(struct weft_tcp_listener *l);
 
 /* Ready with the next accepted connection. result: the new socket (yours to
