@@ -244,8 +244,9 @@ void weft__op_cancel(struct weft__io *io, struct weft__op *op);
 void weft__op_orphan_final(struct weft__io *io, struct weft__op *op, uint32_t s);
 /* Owner: handles the slots other threads pushed. */
 void weft__io_run_remote(struct weft__io *io);
-/* The io_uring opcode behind a kind (for probing). */
+/* The io_uring opcode behind a kind (for probing), and its name. */
 uint8_t weft__op_opcode(enum op_kind kind);
+const char *weft__op_name(enum op_kind kind);
 /* Frees every chunk of the slab (ring teardown). */
 void weft__slab_fini(struct weft__io *io);
 /* Owner: returns slot memory to the slab. */

@@ -52,6 +52,11 @@ uint8_t weft__op_opcode(enum op_kind kind)
     return kind_info[kind].opcode;
 }
 
+const char *weft__op_name(enum op_kind kind)
+{
+    return kind_info[kind].name;
+}
+
 /* ---- the slab --------------------------------------------------------------- */
 
 static bool slab_grow(struct weft__io *io)

@@ -20,6 +20,7 @@
 #define _GNU_SOURCE
 #endif
 #include <criterion/criterion.h>
+#include <criterion/redirect.h>
 
 #include <inttypes.h>
 
@@ -210,8 +211,15 @@ static enum weft_poll body_roundtrip(struct ft *t, struct weft_cx *cx)
 
 /* The whole round trip, through the ring or (without io_uring) through the
  * blocking pool: the same results either way. */
-static void roundtrip(bool no_io_uring)
+/* How the file operations run: on the ring, without io_uring at all, or with
+ * a ring whose kernel lacks the file opcodes (WEFT_IO_NO_OPS). */
+enum path { RING, NO_RING, NO_FILE_OPS };
+
+static void roundtrip(enum path path)
 {
+    bool no_io_uring = path == NO_RING;
+    if (path == NO_FILE_OPS)
+        setenv("WEFT_IO_NO_OPS", "openat,read,write,fsync,close", 1); /* this test's process */
     struct weft_runtime *rt = start_rt_opts((struct rt_opts){ .workers = 2,
                                                               .no_io_uring = no_io_uring }, NULL);
     struct rt_files F;
@@ -224,8 +232,9 @@ static void roundtrip(bool no_io_uring)
     uint64_t sqes = 0;
     for (uint32_t w = 0; w < m->workers; w++)
         sqes += m->worker[w].sqes;
-    if (no_io_uring) {
-        cr_assert_eq(sqes, 0);
+    if (path != RING) {
+        if (no_io_uring)
+            cr_assert_eq(sqes, 0);
         cr_assert_geq(m->blocking_jobs, 12, "only %" PRIu64 " pool jobs", m->blocking_jobs);
     } else {
         cr_assert_geq(sqes, 12, "only %" PRIu64 " SQEs", sqes);
@@ -254,12 +263,41 @@ static void roundtrip(bool no_io_uring)
 
 Test(file, open_write_read_fsync_close, .timeout = 30)
 {
-    roundtrip(false);
+    roundtrip(RING);
 }
 
 Test(file, without_io_uring_files_go_through_the_blocking_pool, .timeout = 30)
 {
-    roundtrip(true);
+    roundtrip(NO_RING);
+}
+
+/* Captures stderr, and counts its pipe in the descriptors to come back to
+ * (the suite's setup runs too). */
+static void capture_stderr(void)
+{
+    cr_redirect_stderr();
+    fds_before = count_fds();
+}
+
+/* A ring whose kernel lacks the file opcodes: each kind goes to the pool,
+ * with one line on stderr per kind from each of the 2 workers that met it. */
+Test(file, missing_file_opcodes_go_through_the_blocking_pool, .init = capture_stderr,
+     .timeout = 30)
+{
+    roundtrip(NO_FILE_OPS);
+    fflush(stderr);
+    char err[4096] = { 0 };
+    fread(err, 1, sizeof err - 1, cr_get_redirected_stderr());
+    static const char *const kinds[] = { "openat", "read", "write", "fsync", "close" };
+    for (size_t i = 0; i < 5; i++) {
+        char line[128];
+        snprintf(line, sizeof line, "weft: io_uring %s is not available (kernel too old): files "
+                 "go through the blocking pool instead\n", kinds[i]);
+        int n = 0;
+        for (char *at = err; (at = strstr(at, line)); at++)
+            n++;
+        cr_assert(n >= 1 && n <= 2, "%d lines for %s in: %s", n, kinds[i], err);
+    }
 }
 
 /* ---- 4 MiB in 64 KiB chunks, 4 tasks at once --------------------------------------------- */

@@ -829,3 +829,31 @@ Test(tcp, bad_inputs, .timeout = 20)
     stop_rt(rt, &ca);
 }
 
+/* A ring whose kernel lacks the socket opcodes (WEFT_IO_NO_OPS, as on an
+ * older kernel): each socket future gives -EOPNOTSUPP, nothing crashes or
+ * hangs, and the runtime shuts down cleanly. */
+Test(tcp, missing_socket_opcodes_give_eopnotsupp, .timeout = 20)
+{
+    setenv("WEFT_IO_NO_OPS", "recv,send,accept,connect", 1); /* this test's process */
+    struct counting_alloc ca;
+    struct weft_runtime *rt = start_rt(2, &ca);
+    uint16_t port;
+    int lfd = plain_listen(16, &port);
+    int cli = cli_dial("127.0.0.1", port);
+    int srv = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+    cr_assert_geq(srv, 0);
+    char buf[16];
+    cr_assert_eq(iot_run(rt, body_recv_res, NULL, srv).res, -EOPNOTSUPP);
+    cr_assert_eq(iot_run(rt, body_recv_into_res, buf, srv).res, -EOPNOTSUPP);
+    cr_assert_eq(iot_run(rt, body_send_x, NULL, srv).res, -EOPNOTSUPP);
+    struct conn_args a = { "127.0.0.1", port, 0 };
+    cr_assert_eq(iot_run(rt, body_connect, &a, -1).res, -EOPNOTSUPP);
+    struct weft_tcp_listener l;
+    listen_any(&l, "127.0.0.1");
+    cr_assert_eq(iot_run(rt, body_accept, &l, -1).res, -EOPNOTSUPP);
+    weft_tcp_listener_close(&l);
+    close(srv);
+    close(cli);
+    close(lfd);
+    stop_rt(rt, &ca);
+}
