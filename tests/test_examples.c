@@ -145,8 +145,13 @@ static int start_server_with(const char *name, const char *drain_ms, const char 
     }
     line[n] = '\0';
     int port = 0;
-    char want[64];
-    snprintf(want, sizeof(want), "%s listening on 127.0.0.1:", name);
+    const char *addr = "127.0.0.1"; /* or the --addr given */
+    for (int i = 0; more && more[i] && more[i + 1]; i++)
+        if (strcmp(more[i], "--addr") == 0)
+            addr = more[i + 1];
+    char want[96];
+    snprintf(want, sizeof(want), strchr(addr, ':') ? "%s listening on [%s]:" : "%s listening on %s:",
+             name, addr);
     cr_assert(strncmp(line, want, strlen(want)) == 0, "startup line: %s", line);
     port = atoi(line + strlen(want));
     char exact[128];
@@ -361,6 +366,30 @@ Test(echo, many_connections_at_once, .fini = kill_server, .timeout = 60)
     }
     for (int i = 0; i < N; i++)
         close(fds[i]);
+    stop_server(SIGTERM, 5);
+}
+
+/* --addr ::1: the startup line brackets the address, and the echo works
+ * over IPv6. */
+Test(echo, listens_on_ipv6_loopback, .fini = kill_server, .timeout = 30)
+{
+    int s = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in6 sa = { .sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT };
+    bool v6 = s >= 0 && bind(s, (struct sockaddr *)&sa, sizeof sa) == 0;
+    if (s >= 0)
+        close(s);
+    if (!v6)
+        cr_skip_test("IPv6 loopback (::1) is not available here");
+    const char *more[] = { "--addr", "::1", NULL };
+    int port = start_server_with("weft-echo", "5000", more);
+    int fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sa.sin6_port = htons((uint16_t)port);
+    cr_assert_eq(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0, "connect: %s", strerror(errno));
+    struct timeval tv = { 5, 0 };
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    send_str(fd, "over v6");
+    expect_str(fd, "over v6");
+    close(fd);
     stop_server(SIGTERM, 5);
 }
 
