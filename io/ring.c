@@ -58,7 +58,9 @@ void weft__io_unsupported(struct weft__io *io, enum op_kind kind, const char *na
     uint32_t bit = UINT32_C(1) << kind;
     if (io->warned & bit)
         return;
-    io->warned |= bit;
+    for (uint32_t k = 0; k < OP_NKINDS; k++) /* one line per opcode: both receives are "recv" */
+        if (weft__op_opcode((enum op_kind)k) == weft__op_opcode(kind))
+            io->warned |= UINT32_C(1) << k;
     bool file = weft__op_has_fallback(kind);
     fprintf(stderr, "weft: io_uring %s is not available (%s): %s\n", name,
             io->has_ring ? "kernel too old" : "no io_uring",
