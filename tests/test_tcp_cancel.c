@@ -495,6 +495,20 @@ Test(cancel, bytes_after_a_drop_on_another_worker_reach_the_next_recv, .timeout 
     assert_balanced(&ca);
 }
 
+/* Each of the n clients sees its connection closed by the server (end of
+ * stream, or a reset), and is closed. */
+static void expect_closed_by_server(int *cli, int n)
+{
+    for (int i = 0; i < n; i++) {
+        char c;
+        set_rcvtimeo(cli[i], 5000);
+        ssize_t k = read(cli[i], &c, 1);
+        cr_assert(k == 0 || (k < 0 && errno == ECONNRESET),
+                  "client %d: the server's end was not closed (%zd, %s)", i, k, strerror(errno));
+        close(cli[i]);
+    }
+}
+
 /* An accept future is dropped; clients keep connecting and the multishot
  * accept keeps queueing their sockets; closing the listener closes them all. */
 Test(cancel, late_accepts_closed_with_listener, .timeout = 20)
@@ -517,15 +531,7 @@ Test(cancel, late_accepts_closed_with_listener, .timeout = 20)
     WAIT_UNTIL(count_fds() == before + 1 + 2 * CLIENTS);
     weft_tcp_listener_close(&l);
     WAIT_UNTIL(count_fds() == before + CLIENTS);
-    for (int i = 0; i < CLIENTS; i++) {
-        char c;
-        set_rcvtimeo(cli[i], 5000);
-        ssize_t n = read(cli[i], &c, 1);
-        cr_assert(n == 0 || (n < 0 && errno == ECONNRESET),
-                  "client %d: the queued socket was not closed (%zd, %s)", i, n,
-                  strerror(errno));
-        close(cli[i]);
-    }
+    expect_closed_by_server(cli, CLIENTS);
     cr_assert_eq(count_fds(), before);
     stop_rt(rt, &ca);
 }
@@ -725,15 +731,7 @@ Test(cancel, accepts_reaped_after_close_are_closed, .timeout = 20)
     cr_assert_eq(iot_join(rt, &j, &done), 0);
     cr_assert_eq(done.res, -EBADF, "the acceptor got %d", done.res);
     WAIT_UNTIL(count_fds() == before + CLIENTS); /* the clients only */
-    for (int i = 0; i < CLIENTS; i++) {
-        char c;
-        set_rcvtimeo(cli[i], 5000);
-        ssize_t n = read(cli[i], &c, 1);
-        cr_assert(n == 0 || (n < 0 && errno == ECONNRESET),
-                  "client %d: its accepted socket was not closed (%zd, %s)", i, n,
-                  strerror(errno));
-        close(cli[i]);
-    }
+    expect_closed_by_server(cli, CLIENTS);
     cr_assert_eq(count_fds(), before);
     stop_rt(rt, &ca);
 }
