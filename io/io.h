@@ -182,6 +182,10 @@ void weft__io_tick(struct weft__io *io);
 bool weft__io_has_events(struct weft__io *io);
 /* Submits the queued SQEs, if any (one io_uring_enter that also reaps). */
 void weft__io_flush(struct weft__io *io);
+/* Submits the queued SQEs and runs the kernel's pending task work for this
+ * ring, whatever is queued: a linked request the kernel holds between its
+ * predecessor's completion and its own issue is issued by then. */
+void weft__io_settle(struct weft__io *io);
 /* Sleeps until an unpark, a completion or the next timer, then reaps.
  * Returns true if it consumed an unpark (one that came before the sleep
  * included), false if only completions or timers ended it. */
@@ -229,9 +233,10 @@ static inline void weft__op_take(struct weft__op *op)
 /* A future's drop: gives up its slot, if it holds one. */
 static inline void weft__op_drop(struct weft__op **opp)
 {
-    if (*opp)
-        weft__op_release(*opp);
-    *opp = NULL;
+    struct weft__op *op = *opp;
+    *opp = NULL; /* first: a release that submits may reap, and come back here */
+    if (op)
+        weft__op_release(op);
 }
 /* Owner: the send of an OP_SEND_RECV that holds a moved buffer finished
  * with `res` (its CQE is not the final one). */

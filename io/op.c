@@ -268,8 +268,9 @@ static void release_products(struct weft__io *io, struct weft__op *op)
         close(op->res);
     op->fd = op->res = -1;
     if (weft__op_has_buffer(op)) {
-        weft__bufring_put(io, (uint16_t)(op->cqe_flags >> IORING_CQE_BUFFER_SHIFT));
-        op->cqe_flags = 0;
+        uint16_t bid = (uint16_t)(op->cqe_flags >> IORING_CQE_BUFFER_SHIFT);
+        op->cqe_flags = 0; /* before the put, which may submit (and so reap) */
+        weft__bufring_put(io, bid);
     }
 }
 
@@ -296,9 +297,9 @@ void weft__op_orphan_final(struct weft__io *io, struct weft__op *op, uint32_t s)
 
 void weft__op_send_done(struct weft__op *op, int32_t res)
 {
-    weft__op_drop(&op->u.sr.held); /* from any ring: op_release routes it */
     if (res < (int32_t)op->len) /* the receive is cancelled: report this */
         op->u.sr.send_err = res < 0 ? res : -EIO;
+    weft__op_drop(&op->u.sr.held); /* from any ring: op_release routes it */
 }
 
 void weft__op_complete(struct weft__io *io, struct weft__op *op, int32_t res, uint32_t flags)
@@ -333,6 +334,13 @@ static bool cancel_orphan(struct weft__io *io, struct weft__op *op)
         /* it was waiting for a buffer, never in the kernel */
     } else {
         if (op->kind == OP_SEND_RECV) { /* the send may still be running */
+            /* Between the send's completion and the receive's issue the
+             * kernel holds the receive in task work, where no cancel finds
+             * it (-ENOENT): it would be armed after our cancels and wait for
+             * the peer's next bytes, the drop with it. Let the kernel issue
+             * it first; then both cancels find what is still running. Only
+             * on this rare path (a pair dropped in flight): one more enter. */
+            weft__io_settle(io);
             struct io_uring_sqe *sqe = weft__io_sqe(io);
             io_uring_prep_cancel64(sqe, (uint64_t)(uintptr_t)op | IO_UD_SEND_PART, 0);
             io_uring_sqe_set_data64(sqe, IO_UD_IGNORE);
@@ -384,13 +392,18 @@ static void push_remote(struct weft__io *io, struct weft__op *op)
 
 static void wait_done(struct op_waiter *w)
 {
+    bool unparked = false;
     /* Acquire pairs with signal_waiter's release. */
     while (!atomic_load_explicit(&w->done, memory_order_acquire)) {
         if (w->io)
-            weft__io_park(w->io); /* keeps our own ring going meanwhile */
+            unparked |= weft__io_park(w->io); /* keeps our own ring going meanwhile */
         else
             syscall(SYS_futex, &w->done, FUTEX_WAIT_PRIVATE, 0, NULL, NULL, 0);
     }
+    /* An unpark this nested park consumed was meant for the worker's loop
+     * (a notifier may have picked it to steal work): hand it back. */
+    if (unparked)
+        weft__io_unpark(w->io);
 }
 
 bool weft__op_ready(struct weft__op *op, const struct weft_waker *waker)

@@ -324,6 +324,11 @@ void weft__io_flush(struct weft__io *io)
         enter(io, NULL, 0);
 }
 
+void weft__io_settle(struct weft__io *io)
+{
+    enter(io, NULL, 0); /* submit_and_get_events: it runs the task work too */
+}
+
 void weft__io_tick(struct weft__io *io)
 {
     if (atomic_load_explicit(&io->remote, memory_order_relaxed))

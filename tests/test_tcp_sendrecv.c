@@ -5,7 +5,8 @@
  * the socket buffer, so the receive waits behind it in the kernel); a failed
  * send reported instead of the receive; dropping a pending pair (the drop
  * waits for the kernel, so the send buffer may be freed right after and bytes
- * sent later reach the next receive); a ring of 2 buffers under 16 echoing
+ * sent later reach the next receive), also in the very poll that started it
+ * (its receive must still be cancelled, the drop not wait for it); a ring of 2 buffers under 16 echoing
  * connections (the receive half parks for a buffer and must lose nothing).
  *
  * Bad inputs tried: a descriptor that is not open (the send fails: -EBADF),
@@ -230,6 +231,53 @@ Test(sendrecv, drop_pending_then_reuse, .timeout = 20)
     struct iot u = run_one(rt, srv, NULL, 0);
     cr_assert_eq(u.res, 5, "got %d", u.res);
     cr_assert_eq(memcmp(u.msg, "after", 5), 0);
+    close_pair(srv, cli);
+    stop_rt(rt, &ca);
+}
+
+/* A pair dropped in the very poll that started it (a timeout already due):
+ * its SQEs and the cancels go to the kernel in one enter, where the send
+ * completes inline and the kernel holds the receive in task work until the
+ * end of that enter, out of the cancels' reach. The drop must not wait for
+ * that receive (it used to, until the peer's next bytes, which it then ate). */
+static enum weft_poll body_timeout_now(struct iot *t, struct weft_cx *cx)
+{
+    WEFT_ASYNC_BEGIN(&t->base);
+    weft_send_recv_init(&t->r, t->fd, "ping", 4);
+    weft_timeout_init(&t->to, &t->r.base, 0);
+    WEFT_AWAIT(&t->base, cx, &t->to.base);
+    t->res = t->to.result;
+    atomic_store((_Atomic int *)t->arg, 1);
+    WEFT_ASYNC_END(&t->base);
+}
+
+Test(sendrecv, drop_in_the_starting_poll_neither_waits_nor_eats_bytes, .timeout = 20)
+{
+    struct counting_alloc ca;
+    int srv, cli;
+    struct weft_runtime *rt = start_rt_pair(1, &ca, &srv, &cli);
+    for (int round = 0; round < 20; round++) {
+        _Atomic int done = 0;
+        struct iot t = iot_make(body_timeout_now, &done, 0, srv);
+        struct weft_join j;
+        cr_assert_eq(weft_spawn(rt, &t.base, sizeof t, &j), 0);
+        char got[4];
+        cr_assert_eq(read_full(cli, got, 4), 4); /* the send half went out */
+        double end = now_s() + 2;
+        while (!atomic_load(&done) && now_s() < end)
+            sleep_us(1000);
+        bool waited = !atomic_load(&done);
+        if (waited)
+            write_full(cli, "z", 1); /* let the stuck drop go, to report it */
+        struct iot out;
+        cr_assert_eq(iot_join(rt, &j, &out), 0);
+        cr_assert(!waited, "round %d: the drop waited 2 s for a receive nobody cancelled", round);
+        cr_assert_eq(out.res, -ETIMEDOUT);
+        write_full(cli, "after", 5); /* reaches the next receive, none eaten */
+        struct iot u = run_one(rt, srv, NULL, 0);
+        cr_assert_eq(u.res, 5, "round %d: got %d", round, u.res);
+        cr_assert_eq(memcmp(u.msg, "after", 5), 0);
+    }
     close_pair(srv, cli);
     stop_rt(rt, &ca);
 }
