@@ -432,6 +432,10 @@ void weft__io_cancel_all(struct weft__io *io)
     }
     io->bufwait_tail = NULL;
     if (io->has_ring) {
+        /* A linked receive the kernel still holds in task work (its send
+         * done, itself not yet issued) is out of a cancel's reach: let the
+         * kernel issue it first (op.c, cancel_orphan). */
+        weft__io_settle(io);
         struct io_uring_sqe *sqe = weft__io_sqe(io);
         io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY);
         io_uring_sqe_set_data64(sqe, IO_UD_IGNORE);
