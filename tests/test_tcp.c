@@ -264,30 +264,24 @@ static enum weft_poll body_send_x(struct iot *t, struct weft_cx *cx)
     WEFT_ASYNC_END(&t->base);
 }
 
-/* A bad writev, shutdown or send_all, by t->idx: t->res is its result. */
+/* A bad writev, shutdown or send_all, chosen by the string in t->arg: t->res
+ * is its result. */
 static enum weft_poll body_bad_io(struct iot *t, struct weft_cx *cx)
 {
     static const struct iovec iov[1] = { { "x", 1 } };
+    const char *what = t->arg;
     WEFT_ASYNC_BEGIN(&t->base);
-    if (t->idx == 0)
+    if (strcmp(what, "writev -1") == 0)
         weft_writev_init(&t->io, t->fd, iov, -1);
-    else if (t->idx == 1)
+    else if (strcmp(what, "writev IOV_MAX+1") == 0)
         weft_writev_init(&t->io, t->fd, iov, IOV_MAX + 1);
-    else if (t->idx == 2)
+    else if (strcmp(what, "shutdown 99") == 0)
         weft_shutdown_init(&t->io, t->fd, 99);
     else
         weft_send_all_init(&t->io, t->fd, "x", 1);
     WEFT_AWAIT(&t->base, cx, &t->io.base);
     t->res = t->io.result;
     WEFT_ASYNC_END(&t->base);
-}
-
-static int bad_io(struct weft_runtime *rt, uint32_t what, int fd)
-{
-    struct iot t = iot_make(body_bad_io, NULL, what, fd);
-    cr_assert_eq(weft_block_on(rt, &t.base), 0);
-    weft_future_drop(&t.base);
-    return t.res;
 }
 
 /* recv_into until end of stream: t->res is the last result, t->got the bytes. */
@@ -811,11 +805,11 @@ Test(tcp, bad_inputs, .timeout = 20)
      * bad `how` and on a descriptor that is not open; send_all on one. */
     int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     cr_assert_geq(s, 0);
-    cr_assert_eq(bad_io(rt, 0, s), -EINVAL);
-    cr_assert_eq(bad_io(rt, 1, s), -EINVAL);
-    cr_assert_eq(bad_io(rt, 2, s), -EINVAL);
-    cr_assert_eq(bad_io(rt, 2, 999999), -EBADF);
-    cr_assert_eq(bad_io(rt, 3, 999999), -EBADF);
+    cr_assert_eq(iot_run(rt, body_bad_io, "writev -1", s).res, -EINVAL);
+    cr_assert_eq(iot_run(rt, body_bad_io, "writev IOV_MAX+1", s).res, -EINVAL);
+    cr_assert_eq(iot_run(rt, body_bad_io, "shutdown 99", s).res, -EINVAL);
+    cr_assert_eq(iot_run(rt, body_bad_io, "shutdown 99", 999999).res, -EBADF);
+    cr_assert_eq(iot_run(rt, body_bad_io, "send_all", 999999).res, -EBADF);
     close(s);
 
     /* Polled off the workers, an I/O future is ready at once with -ENXIO. */
