@@ -24,7 +24,8 @@
  *            or returning a buffer the operation produced anyway.
  *   QUEUED   (flag) the slot is on the owner's remote list, which must see it
  *            before the slot is freed; FINAL (flag) marks a final completion
- *            that arrived meanwhile, so the list's pass frees it.
+ *            that arrived meanwhile (or before the orphan's cancels came
+ *            back), so the list's pass (or the last cancel's CQE) frees it.
  *   WAITER   (flag) the dropper waits until the kernel let go of memory the
  *            caller owns (a buffer, an iovec array, a path), or for a
  *            receive to stop taking bytes: the owner signals
@@ -91,6 +92,7 @@ struct weft__op {
     uint8_t kind;
     uint8_t borrowed;          /* uses the caller's memory: a drop waits (WAITER) */
     uint8_t linked;            /* followed by a LINK_TIMEOUT SQE (connect) */
+    uint8_t cancels;           /* an orphan's cancels in flight: it is freed after their CQEs */
     int32_t res;
     uint32_t cqe_flags;
     int32_t fd;
@@ -157,9 +159,14 @@ struct weft__io {
 };
 
 /* user_data of CQEs that are not a slot's */
-#define IO_UD_IGNORE  UINT64_C(0) /* cancels, link timeouts */
+#define IO_UD_IGNORE  UINT64_C(0) /* a pausing accept's cancel, link timeouts, the drain's cancel */
 #define IO_UD_EVENTFD UINT64_C(1) /* the unpark eventfd's read */
-#define IO_UD_SEND_PART UINT64_C(1) /* or'ed into a slot's address: the send of an OP_SEND_RECV */
+/* Or'ed into a slot's address (slots are 8-byte aligned, so these bits are
+ * free): the send of an OP_SEND_RECV; an orphan's cancel of the slot (with
+ * SEND_PART: of its send). */
+#define IO_UD_SEND_PART UINT64_C(1)
+#define IO_UD_CANCEL UINT64_C(2)
+#define IO_UD_TAGS (IO_UD_SEND_PART | IO_UD_CANCEL)
 
 /* ---- ring.c: setup, the reactor turn, parking ---------------------------- */
 struct weft_runtime_config;
@@ -182,10 +189,6 @@ void weft__io_tick(struct weft__io *io);
 bool weft__io_has_events(struct weft__io *io);
 /* Submits the queued SQEs, if any (one io_uring_enter that also reaps). */
 void weft__io_flush(struct weft__io *io);
-/* Submits the queued SQEs and runs the kernel's pending task work for this
- * ring, whatever is queued: a linked request the kernel holds between its
- * predecessor's completion and its own issue is issued by then. */
-void weft__io_settle(struct weft__io *io);
 /* Sleeps until an unpark, a completion or the next timer, then reaps.
  * Returns true if it consumed an unpark (one that came before the sleep
  * included), false if only completions or timers ended it. */
@@ -243,10 +246,13 @@ static inline void weft__op_drop(struct weft__op **opp)
 void weft__op_send_done(struct weft__op *op, int32_t res);
 /* Owner: the completion of a slot. */
 void weft__op_complete(struct weft__io *io, struct weft__op *op, int32_t res, uint32_t flags);
-/* Owner: submits a cancel of the slot's operation. */
+/* Owner: submits a cancel of the slot's operation, its CQE ignored (a
+ * multishot accept pausing; an orphan's cancels are op.c's own). */
 void weft__op_cancel(struct weft__io *io, struct weft__op *op);
 /* Owner: the final completion of a slot whose future let go (state `s`). */
 void weft__op_orphan_final(struct weft__io *io, struct weft__op *op, uint32_t s);
+/* Owner: the CQE of an orphan's cancel (`send_part`: of its send). */
+void weft__op_cancel_done(struct weft__io *io, struct weft__op *op, int32_t res, bool send_part);
 /* Owner: handles the slots other threads pushed. */
 void weft__io_run_remote(struct weft__io *io);
 /* The io_uring opcode behind a kind (for probing), and its name. */

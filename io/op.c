@@ -94,6 +94,7 @@ struct weft__op *weft__op_alloc(struct weft__io *io, enum op_kind kind,
     op->kind = (uint8_t)kind;
     op->borrowed = 0;
     op->linked = 0;
+    op->cancels = 0;
     op->res = 0;
     op->cqe_flags = 0;
     op->io = io;
@@ -281,18 +282,25 @@ static void free_done(struct weft__io *io, struct weft__op *op)
     weft__op_free(io, op);
 }
 
+/* Frees an orphan whose final completion and cancels all came back. */
+static void orphan_free(struct weft__io *io, struct weft__op *op, uint32_t s)
+{
+    if (s & OPS_WAITER)
+        signal_waiter(op->waiter);
+    weft__op_free(io, op);
+}
+
 /* The final completion of an orphan: release what the operation produced. */
 void weft__op_orphan_final(struct weft__io *io, struct weft__op *op, uint32_t s)
 {
     release_products(io, op);
-    if (s & OPS_QUEUED) {
-        /* The remote list still holds it: its pass frees it. */
+    if ((s & OPS_QUEUED) || op->cancels) {
+        /* The remote list still holds it (its pass frees it), or a cancel's
+         * CQE is still to come and names it (the last one frees it). */
         atomic_store_explicit(&op->state, s | OPS_FINAL, memory_order_relaxed);
         return;
     }
-    if (s & OPS_WAITER)
-        signal_waiter(op->waiter);
-    weft__op_free(io, op);
+    orphan_free(io, op, s);
 }
 
 void weft__op_send_done(struct weft__op *op, int32_t res)
@@ -325,6 +333,40 @@ void weft__op_complete(struct weft__io *io, struct weft__op *op, int32_t res, ui
     weft__op_orphan_final(io, op, s);
 }
 
+/* Queues a cancel of an orphan's operation (`part`: IO_UD_SEND_PART for a
+ * pair's send) whose CQE comes back to the slot. Counted first: getting the
+ * SQE may submit and reap, and the final completion reaped then must not
+ * free the slot this cancel names. */
+static void cancel_tagged(struct weft__io *io, struct weft__op *op, uint64_t part)
+{
+    op->cancels++;
+    io->inflight++; /* the shutdown drain waits for the cancel too */
+    struct io_uring_sqe *sqe = weft__io_sqe(io);
+    io_uring_prep_cancel64(sqe, (uint64_t)(uintptr_t)op | part, 0);
+    io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)op | part | IO_UD_CANCEL);
+}
+
+void weft__op_cancel_done(struct weft__io *io, struct weft__op *op, int32_t res, bool send_part)
+{
+    io->inflight--;
+    op->cancels--;
+    uint32_t s = atomic_load_explicit(&op->state, memory_order_relaxed);
+    if (s & OPS_FINAL) {
+        if (!op->cancels)
+            orphan_free(io, op, s);
+    } else if (res == -ENOENT && !send_part) {
+        /* Not found, not over: its final CQE is still on its way (in the
+         * kernel's task work, the CQ overflow list, or later in this
+         * batch), or the kernel has not issued it yet: a pair's receive
+         * sits in task work between its send's completion and its own
+         * issue, out of a cancel's reach, and would then wait for the
+         * peer's next bytes (and eat them). Each enter runs task work, so
+         * a cancel sent again finds it issued, or finds it over. -EALREADY
+         * (running where a cancel cannot stop it at once) ends by itself. */
+        cancel_tagged(io, op, 0);
+    }
+}
+
 /* Stops an orphan's operation (owner). Returns true if the slot is gone. */
 static bool cancel_orphan(struct weft__io *io, struct weft__op *op)
 {
@@ -333,19 +375,9 @@ static bool cancel_orphan(struct weft__io *io, struct weft__op *op)
     } else if (op->kind == OP_RECV_BUF && weft__bufring_unwait(io, op)) {
         /* it was waiting for a buffer, never in the kernel */
     } else {
-        if (op->kind == OP_SEND_RECV) { /* the send may still be running */
-            /* Between the send's completion and the receive's issue the
-             * kernel holds the receive in task work, where no cancel finds
-             * it (-ENOENT): it would be armed after our cancels and wait for
-             * the peer's next bytes, the drop with it. Let the kernel issue
-             * it first; then both cancels find what is still running. Only
-             * on this rare path (a pair dropped in flight): one more enter. */
-            weft__io_settle(io);
-            struct io_uring_sqe *sqe = weft__io_sqe(io);
-            io_uring_prep_cancel64(sqe, (uint64_t)(uintptr_t)op | IO_UD_SEND_PART, 0);
-            io_uring_sqe_set_data64(sqe, IO_UD_IGNORE);
-        }
-        weft__op_cancel(io, op);
+        if (op->kind == OP_SEND_RECV) /* the send may still be running */
+            cancel_tagged(io, op, IO_UD_SEND_PART);
+        cancel_tagged(io, op, 0);
         return false;
     }
     io->inflight--;
@@ -365,9 +397,7 @@ void weft__io_run_remote(struct weft__io *io)
         if (s & OPS_DONE) {
             free_done(io, op);
         } else if (s & OPS_FINAL) {
-            if (s & OPS_WAITER)
-                signal_waiter(op->waiter);
-            weft__op_free(io, op);
+            orphan_free(io, op, s); /* queued before its cancel: none in flight */
         } else {
             atomic_store_explicit(&op->state, s & ~(uint32_t)OPS_QUEUED, memory_order_relaxed);
             cancel_orphan(io, op);

@@ -244,7 +244,11 @@ void weft__io_reap(struct weft__io *io)
             io->efd_armed = false;
             continue;
         }
-        struct weft__op *op = (struct weft__op *)(uintptr_t)(ud & ~IO_UD_SEND_PART);
+        struct weft__op *op = (struct weft__op *)(uintptr_t)(ud & ~IO_UD_TAGS);
+        if (ud & IO_UD_CANCEL) {
+            weft__op_cancel_done(io, op, res, ud & IO_UD_SEND_PART);
+            continue;
+        }
         if (ud & IO_UD_SEND_PART) {
             if (op->u.sr.send_posts) {
                 /* Not the final CQE: the recv's comes after (op.c: submit). */
@@ -322,11 +326,6 @@ void weft__io_flush(struct weft__io *io)
 {
     if (io->has_ring && io_uring_sq_ready(&io->ring))
         enter(io, NULL, 0);
-}
-
-void weft__io_settle(struct weft__io *io)
-{
-    enter(io, NULL, 0); /* submit_and_get_events: it runs the task work too */
 }
 
 void weft__io_tick(struct weft__io *io)
@@ -432,10 +431,9 @@ void weft__io_cancel_all(struct weft__io *io)
     }
     io->bufwait_tail = NULL;
     if (io->has_ring) {
-        /* A linked receive the kernel still holds in task work (its send
-         * done, itself not yet issued) is out of a cancel's reach: let the
-         * kernel issue it first (op.c, cancel_orphan). */
-        weft__io_settle(io);
+        /* What is left has no future (each was dropped before, and an
+         * orphan's own cancels go on until they reach it: op.c,
+         * weft__op_cancel_done), such as a listener's accept never closed. */
         struct io_uring_sqe *sqe = weft__io_sqe(io);
         io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY);
         io_uring_sqe_set_data64(sqe, IO_UD_IGNORE);
