@@ -354,15 +354,16 @@ void weft__op_cancel_done(struct weft__io *io, struct weft__op *op, int32_t res,
     if (s & OPS_FINAL) {
         if (!op->cancels)
             orphan_free(io, op, s);
-    } else if (res == -ENOENT && !send_part) {
-        /* Not found, not over: its final CQE is still on its way (in the
-         * kernel's task work, the CQ overflow list, or later in this
-         * batch), or the kernel has not issued it yet: a pair's receive
-         * sits in task work between its send's completion and its own
+    } else if (res == -ENOENT && !send_part && op->kind == OP_SEND_RECV) {
+        /* Nothing found, and not over: a pair's receive sits in the
+         * kernel's task work between its send's completion and its own
          * issue, out of a cancel's reach, and would then wait for the
          * peer's next bytes (and eat them). Each enter runs task work, so
-         * a cancel sent again finds it issued, or finds it over. -EALREADY
-         * (running where a cancel cannot stop it at once) ends by itself. */
+         * a cancel sent again finds it issued (armed as a poll first), or
+         * finds it over. Only this kind: any other was issued when its
+         * SQE went in, before this cancel, and one the kernel cannot
+         * cancel (a read waiting on the disk also says -ENOENT) ends by
+         * itself; cancels sent after it would only spin until then. */
         cancel_tagged(io, op, 0);
     }
 }

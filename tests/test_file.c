@@ -713,3 +713,59 @@ Test(file, drop_open_in_flight_leaks_no_fd, .timeout = 30)
     assert_balanced(&ca);
     assert_no_fd_leak();
 }
+
+/* ---- a read the kernel cannot cancel ------------------------------------------------------ */
+
+/* A buffered read of a file not in the page cache waits on the disk where
+ * no cancel reaches it (the cancel says -ENOENT): the drop must sleep until
+ * the read ends, not send cancel after cancel meanwhile (the review of the
+ * resent cancels: millions of round trips on a slow disk). */
+enum { COLD_SIZE = 64 << 20 };
+
+static enum weft_poll body_drop_cold_read(struct ft *t, struct weft_cx *cx)
+{
+    int *fd = t->arg;
+    weft_read_at_init(&t->io, *fd, (char *)t->arg + 8, COLD_SIZE, 0);
+    t->res[0] = weft_future_poll(&t->io.base, cx) == WEFT_PENDING;
+    weft_future_drop(&t->io.base); /* the caller's buffer: the drop waits */
+    return WEFT_READY;
+}
+
+Test(file, dropped_read_out_of_a_cancels_reach_sleeps_until_it_ends, .timeout = 60)
+{
+    char path[128];
+    path_in_dir(path, sizeof path, "cold");
+    int fd = open(path, O_CREAT | O_RDWR | O_CLOEXEC, 0600);
+    cr_assert_geq(fd, 0);
+    char *chunk = malloc(1 << 20);
+    cr_assert_not_null(chunk);
+    memset(chunk, 'c', 1 << 20);
+    for (int i = 0; i < COLD_SIZE >> 20; i++)
+        cr_assert_eq(write(fd, chunk, 1 << 20), 1 << 20);
+    free(chunk);
+    cr_assert_eq(fdatasync(fd), 0);
+    cr_assert_eq(posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED), 0); /* out of the cache */
+    char *arg = calloc(1, 8 + COLD_SIZE); /* the fd, then the buffer */
+    cr_assert_not_null(arg);
+    memcpy(arg, &fd, sizeof fd);
+    struct counting_alloc ca;
+    struct weft_runtime *rt = start_rt(1, &ca);
+    struct weft_metrics *m0 = malloc(sizeof *m0), *m1 = malloc(sizeof *m1);
+    cr_assert_eq(weft_metrics_read(rt, m0), 0);
+    double t0 = now_s();
+    struct ft out = run_ft(rt, body_drop_cold_read, arg);
+    double took = now_s() - t0;
+    cr_assert_eq(weft_metrics_read(rt, m1), 0);
+    uint64_t cqes = m1->worker[0].cqes - m0->worker[0].cqes;
+    cr_log_info("pending at the drop: %d; the drop took %.3f s and %" PRIu64 " completions",
+                out.res[0], took, cqes);
+    cr_assert_lt(cqes, 16, "%" PRIu64 " completions in %.3f s: cancels sent again and again",
+                 cqes, took);
+    weft_runtime_destroy(rt);
+    free(m0);
+    free(m1);
+    free(arg);
+    close(fd);
+    assert_balanced(&ca);
+    assert_no_fd_leak();
+}
