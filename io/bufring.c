@@ -71,14 +71,21 @@ void weft__bufring_put(struct weft__io *io, uint16_t bid)
 
 void weft__bufring_kick(struct weft__io *io)
 {
-    struct weft__op *op = io->bufwait_head;
-    if (!op || io->bufs_free == 0)
-        return;
-    io->bufwait_head = op->next;
-    if (!io->bufwait_head)
-        io->bufwait_tail = NULL;
-    io->inflight--; /* weft__op_submit counts it again */
-    weft__op_submit(io, op);
+    /* As many as the ring has buffers. One whose socket has data takes a
+     * buffer, and its CQE says so (bufs_free--); one on an idle socket takes
+     * none: the kernel gives the buffer back and waits for data, with the
+     * receive off this list for good. Then the buffer is still free while
+     * receives wait here, so the turn kicks again (weft__io_tick) and the
+     * park does not sleep on it (weft__io_park). Each kick shrinks the list
+     * or ends with the ring empty: no receive waits behind an idle one. */
+    for (uint32_t n = io->bufs_free; n > 0 && io->bufwait_head; n--) {
+        struct weft__op *op = io->bufwait_head;
+        io->bufwait_head = op->next; /* first: the submit may reap, and park another */
+        if (!io->bufwait_head)
+            io->bufwait_tail = NULL;
+        io->inflight--; /* weft__op_submit counts it again */
+        weft__op_submit(io, op);
+    }
 }
 
 void weft__bufring_wait(struct weft__io *io, struct weft__op *op)

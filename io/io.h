@@ -277,8 +277,13 @@ int weft__bufring_init(struct weft__io *io, uint32_t nbufs, uint32_t size);
 void weft__bufring_fini(struct weft__io *io);
 /* Gives buffer `bid` back to the ring, resubmitting a receive waiting for one. */
 void weft__bufring_put(struct weft__io *io, uint16_t bid);
-/* Resubmits the first parked receive if a buffer is free. */
+/* Resubmits parked receives, as many as the ring has buffers free. */
 void weft__bufring_kick(struct weft__io *io);
+/* Receives wait for a buffer while the ring has one: a kick is due. */
+static inline bool weft__bufring_kick_due(const struct weft__io *io)
+{
+    return io->bufwait_head && io->bufs_free > 0;
+}
 /* Parks a receive that found the ring empty until a buffer comes back. */
 void weft__bufring_wait(struct weft__io *io, struct weft__op *op);
 /* Removes a parked receive; false if it was not parked. */

@@ -300,7 +300,8 @@ bool weft__io_has_events(struct weft__io *io)
 {
     if (atomic_load_explicit(&io->remote, memory_order_relaxed))
         return true;
-    if (io->has_ring && (io_uring_cq_ready(&io->ring) || kernel_pending(io)))
+    if (io->has_ring &&
+        (io_uring_cq_ready(&io->ring) || kernel_pending(io) || weft__bufring_kick_due(io)))
         return true;
     return io->nheap && io->heap[0].deadline <= weft_now_ns();
 }
@@ -337,6 +338,8 @@ void weft__io_tick(struct weft__io *io)
             enter(io, NULL, 0);
         if (io_uring_cq_ready(&io->ring))
             weft__io_reap(io);
+        if (weft__bufring_kick_due(io)) /* the last kick's were on idle sockets */
+            weft__bufring_kick(io);
     }
     if (io->nheap)
         weft__timers_run(io);
@@ -372,11 +375,12 @@ bool weft__io_park(struct weft__io *io)
     if (io->nheap)
         next = weft__timers_run(io);
     uint32_t expect = PARK_EMPTY;
-    /* A timer that just fired woke a task: run it rather than sleep.
+    /* A timer that just fired woke a task: run it rather than sleep; nor
+     * sleep while receives wait for a buffer the ring has (bufring.c: kick).
      * Release CAS: an unparker that sees PARKED (acquire) also sees has_ring
      * as this thread left it (weft__io_start may clear it). On failure
      * (NOTIFIED) the unpark came first: consume it below without sleeping. */
-    if (io->wakes == wakes &&
+    if (io->wakes == wakes && !weft__bufring_kick_due(io) &&
         atomic_compare_exchange_strong_explicit(&io->park.state, &expect, PARK_PARKED,
                                                 memory_order_release, memory_order_relaxed)) {
         if (io->has_ring) {

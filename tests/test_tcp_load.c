@@ -779,6 +779,72 @@ Test(load, parked_receive_gets_a_turn_unused_at_end_of_stream, .timeout = 30)
     stop_rt(rt, &ca);
 }
 
+/* The only buffer is held; an idle connection's receive parks for one, then
+ * one whose peer has sent. When the buffer comes back, a kick of the idle
+ * one alone takes none (the kernel waits for its data): the one with data
+ * must get the buffer anyway (the helper's review: it waited until the idle
+ * peer sent, 2 s here; also on rungs 1 and 2). */
+struct behind_idle {
+    struct gate g;
+    _Atomic int held;
+    _Atomic int got[3];
+};
+
+static enum weft_poll body_receive_once(struct iot *t, struct weft_cx *cx)
+{
+    struct behind_idle *b = t->arg;
+    WEFT_ASYNC_BEGIN(&t->base);
+    weft_recv_init(&t->r, t->fd);
+    WEFT_AWAIT(&t->base, cx, &t->r.base);
+    atomic_store(&b->got[t->idx], t->r.result);
+    if (t->idx == 0) { /* hold the ring's only buffer until the gate opens */
+        atomic_store(&b->held, 1);
+        gate_wait_init(&t->gw, &b->g);
+        WEFT_AWAIT(&t->base, cx, &t->gw.base);
+    }
+    weft_future_drop(&t->r.base);
+    WEFT_ASYNC_END(&t->base);
+}
+
+Test(load, parked_receive_with_data_does_not_wait_behind_an_idle_one, .timeout = 30)
+{
+    struct counting_alloc ca;
+    struct weft_runtime *rt = start_rt_opts((struct rt_opts){ .workers = 1, .io_buffers = 1 }, &ca);
+    int srv[3], cli[3];
+    for (int i = 0; i < 3; i++)
+        tcp_pair(rt, "127.0.0.1", &srv[i], &cli[i]);
+    struct behind_idle *b = calloc(1, sizeof *b);
+    gate_init(&b->g, 4);
+    for (int i = 0; i < 3; i++)
+        atomic_store(&b->got[i], -999);
+    write_full(cli[0], "h", 1);
+    struct weft_join j[3];
+    cr_assert_eq(iot_spawn(rt, body_receive_once, b, 0, srv[0], &j[0]), 0);
+    WAIT_UNTIL(atomic_load(&b->held));
+    cr_assert_eq(iot_spawn(rt, body_receive_once, b, 1, srv[1], &j[1]), 0); /* idle: parks first */
+    sleep_us(30000);
+    cr_assert_eq(iot_spawn(rt, body_receive_once, b, 2, srv[2], &j[2]), 0); /* parks behind it */
+    sleep_us(30000);
+    write_full(cli[2], "data", 4);
+    sleep_us(30000);
+    gate_open(&b->g); /* the buffer goes back */
+    double end = now_s() + 2.0;
+    while (atomic_load(&b->got[2]) == -999 && now_s() < end)
+        sleep_us(1000);
+    int got = atomic_load(&b->got[2]);
+    write_full(cli[1], "z", 1); /* ends the idle one */
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(iot_join(rt, &j[i], NULL), 0);
+    cr_assert_eq(got, 4, "a receive with 4 bytes waiting stayed parked 2 s while the ring had "
+                         "its buffer (got %d)", got);
+    cr_assert_eq(atomic_load(&b->got[1]), 1);
+    close_fds(srv, 3);
+    close_fds(cli, 3);
+    gate_fini(&b->g);
+    free(b);
+    stop_rt(rt, &ca);
+}
+
 /* ---- the cooperative budget ----------------------------------------------------------------- */
 
 #define BUDGET_IOS 200 /* more than WEFT_COOP_BUDGET */
