@@ -333,7 +333,15 @@ void weft_send_recv_init(struct weft_recv *r, int fd, const void *buf, size_t le
     r->op = NULL;
     r->held = NULL;
     r->send = buf;
-    r->send_len = clamp_len(len);
+    r->send_len = (uint32_t)len;
+    /* The kernel moves at most MAX_RW_COUNT (INT_MAX rounded down to a
+     * page) in one send, and reports the cut as success: the linked receive
+     * would then run as if everything had gone. */
+    if (len > ((size_t)INT_MAX & ~((size_t)getpagesize() - 1))) {
+        r->send_len = 0;
+        r->result = -EINVAL;
+        r->base.resume = 1;
+    }
 }
 
 void weft_send_recv_from_init(struct weft_recv *r, struct weft_recv *from, size_t off,

@@ -11,12 +11,14 @@
  *
  * Bad inputs tried: a descriptor that is not open (the send fails: -EBADF),
  * a pipe instead of a socket (-ENOTSOCK), a zero-length send (a plain
- * receive), a peer that reset the connection (the send fails: -EPIPE or
+ * receive), a send longer than the kernel moves at once (INT_MAX, 3 GiB,
+ * UINT32_MAX: -EINVAL), a peer that reset the connection (the send fails: -EPIPE or
  * -ECONNRESET, and nothing is received). */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
 #include <criterion/criterion.h>
+#include <limits.h>
 
 #include <weft.h>
 
@@ -178,6 +180,20 @@ Test(sendrecv, failures_and_bad_inputs, .timeout = 20)
     t = run_one(rt, srv, NULL, 0);
     cr_assert_eq(t.res, 3);
     cr_assert_eq(memcmp(t.msg, "hey", 3), 0);
+
+    /* More than one send moves (the kernel cuts it and says it all went):
+     * -EINVAL before anything is sent or received (the pointer is never
+     * read), and the socket goes on. */
+    static const uint32_t too_long[] = { INT_MAX, UINT32_C(3) << 30, UINT32_MAX };
+    for (size_t i = 0; i < sizeof too_long / sizeof too_long[0]; i++) {
+        t = run_one(rt, srv, "never read", too_long[i]);
+        cr_assert_eq(t.res, -EINVAL, "len %u: got %d", too_long[i], t.res);
+    }
+    write_full(cli, "yo", 2);
+    t = run_one(rt, srv, "hi", 2);
+    cr_assert_eq(t.res, 2);
+    cr_assert_eq(read_full(cli, t.msg, 2), 2);
+    cr_assert_eq(memcmp(t.msg, "hi", 2), 0);
 
     /* The peer reset the connection: the send fails, nothing is received. */
     cr_assert_eq(weft_socket_set_linger(cli, true, 0), 0);

@@ -183,7 +183,9 @@ void weft_recv_init(struct weft_recv *r, int fd);
  * hand-written io_uring servers). result: the bytes received (0 at end of
  * stream), or the send's error (-EPIPE, -ECONNRESET; then nothing was
  * received), or the receive's. `buf` must stay valid until the future is
- * dropped. -EOPNOTSUPP on kernels without IORING_FEAT_CQE_SKIP (5.17). */
+ * dropped. -EOPNOTSUPP on kernels without IORING_FEAT_CQE_SKIP (5.17);
+ * -EINVAL (at the first poll) if `len` is above the most one send moves
+ * (INT_MAX rounded down to a page: 2 GiB - 4 KiB with 4 KiB pages). */
 void weft_send_recv_init(struct weft_recv *r, int fd, const void *buf, size_t len);
 
 /* Sends bytes [off, off + len) of what the finished receive `from` got, then
@@ -222,8 +224,9 @@ void weft_recv_into_init(struct weft_io *io, int fd, void *buf, size_t len);
  * future is dropped. */
 void weft_send_init(struct weft_io *io, int fd, const void *buf, size_t len);
 
-/* Sends all `len` bytes, as many sends as it takes. result: `len` or -errno
- * (bytes already sent are lost to the caller; `done` says how many). */
+/* Sends all `len` bytes, as many sends as it takes. result: `len` (INT_MAX
+ * if `len` is larger: `done` holds the count) or -errno (`done` says how many
+ * bytes went before the error). */
 void weft_send_all_init(struct weft_io *io, int fd, const void *buf, size_t len);
 
 /* Writes the `iovcnt` buffers of `iov` in order (once: may be short). `iov`
