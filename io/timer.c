@@ -207,28 +207,32 @@ void weft_interval_init(struct weft_interval *iv, uint64_t period_ns)
 
 /* ---- timeout ----------------------------------------------------------------------- */
 
+static enum weft_poll timeout_finish(struct weft_timeout *t, int result)
+{
+    t->result = result;
+    t->base.resume = 1; /* polled again, it stays finished with this result */
+    return WEFT_READY;
+}
+
 static enum weft_poll timeout_poll(struct weft_future *f, struct weft_cx *cx)
 {
     struct weft_timeout *t = (struct weft_timeout *)f;
-    if (!t->inner || !t->inner->ops) {
-        t->result = -EINVAL;
+    if (t->base.resume)
         return WEFT_READY;
-    }
+    if (!t->inner || !t->inner->ops)
+        return timeout_finish(t, -EINVAL);
     if (weft_future_poll(t->inner, cx) == WEFT_READY) {
         weft_future_drop(&t->sleep.base);
-        t->result = 0;
-        return WEFT_READY;
+        return timeout_finish(t, 0);
     }
     if (!t->sleep.base.ops)
         weft_sleep_init(&t->sleep, t->duration_ns);
     if (weft_future_poll(&t->sleep.base, cx) == WEFT_PENDING)
         return WEFT_PENDING;
-    t->result = t->sleep.result;
-    if (t->result == 0) {
-        weft_future_drop(t->inner); /* cancels its I/O */
-        t->result = -ETIMEDOUT;
-    }
-    return WEFT_READY;
+    if (t->sleep.result != 0)
+        return timeout_finish(t, t->sleep.result); /* -ECANCELED: the runtime stops */
+    weft_future_drop(t->inner); /* cancels its I/O */
+    return timeout_finish(t, -ETIMEDOUT);
 }
 
 static void timeout_drop(struct weft_future *f)

@@ -561,7 +561,7 @@ Test(timer, interval_period_uint64_max_ticks_once, .timeout = 30)
 
 /* ---- timeout ------------------------------------------------------------------------------ */
 
-static int inner_gone = -1, inner_res = -1, drops_at_end = -1;
+static int inner_gone = -1, inner_res = -1, drops_at_end = -1, again_ready = -1, again_res;
 
 /* Timeout 50 ms around the never-ready future. */
 static enum weft_poll body_timeout_never(struct tk *t, struct weft_cx *cx)
@@ -573,6 +573,10 @@ static enum weft_poll body_timeout_never(struct tk *t, struct weft_cx *cx)
     WEFT_AWAIT(&t->base, cx, &t->to);
     recs[0] = (struct rec){ t->t0, t->t0 + 50 * MS, weft_now_ns(), t->to.result };
     inner_gone = t->inner.ops == NULL;
+    /* Polled again, it stays finished as it was (it said -EINVAL for the
+     * inner future it had dropped). */
+    again_ready = weft_future_poll(&t->to.base, cx) == WEFT_READY;
+    again_res = t->to.result;
     drops_at_end = atomic_load(&never_drops);
     WEFT_ASYNC_END(&t->base);
 }
@@ -585,6 +589,8 @@ Test(timer, timeout_never_ready_times_out_and_drops_inner, .timeout = 30)
     weft_runtime_destroy(rt);
     check_rec(&recs[0], 50 * MS, -ETIMEDOUT, "timeout 50 ms");
     cr_assert_eq(inner_gone, 1, "the inner future was not dropped at the deadline");
+    cr_assert_eq(again_ready, 1);
+    cr_assert_eq(again_res, -ETIMEDOUT, "polled again: %d", again_res);
     cr_assert_eq(drops_at_end, 1);
     cr_assert_eq(atomic_load(&never_drops), 1, "inner dropped %d times", atomic_load(&never_drops));
     assert_balanced(&ca);

@@ -45,7 +45,8 @@ struct weft__acceptq;
 uint64_t weft_now_ns(void);
 
 /* Ready once the deadline has passed (never earlier). result: 0, -ENXIO
- * (a sleep not yet due, polled off a worker) or -ENOMEM. */
+ * (a sleep not yet due, polled off a worker), -ENOMEM, or -ECANCELED (the
+ * runtime is shutting down: its timers end early). */
 struct weft_sleep {
     struct weft_future base;
     int result;
@@ -78,7 +79,10 @@ void weft_interval_init(struct weft_interval *iv, uint64_t period_ns);
 /* Polls `inner` until it is ready or `duration_ns` passes; at the deadline the
  * inner future is dropped (cancelling its I/O) and result is -ETIMEDOUT. On
  * time, result is 0 and the inner future is left as it finished, for the
- * caller to read and drop. `inner` is the caller's and must outlive this. */
+ * caller to read and drop; the sleep's error otherwise (-ECANCELED at
+ * shutdown). Polled again once ready, it stays ready with the same result
+ * (the inner future is not polled again). `inner` is the caller's and must
+ * outlive this. */
 struct weft_timeout {
     struct weft_future base;
     int result;
