@@ -16,12 +16,20 @@
  * the connection closed without a response).
  *
  * Bad inputs tried: request lines without a version, with two spaces, with
- * HTTP/2.0, with a bare CR, an empty request line, garbage (400, then the
- * connection closes); a good request pipelined before a bad one (its 200
- * first) and one after it (never answered); POST, HEAD and a lower-case
- * method (405 and close); 9 KiB and 20 KiB of head without CRLFCRLF, and a
- * complete request whose head is over 8 KiB (431 and close); bad command
- * lines (exit 2) and a port in use (exit 1).
+ * HTTP/2.0, with a bare CR, an empty request line, garbage; bare LFs as line
+ * ends, inside a head ending in CRLFCRLF, and in a head not yet complete
+ * (answered at once); field lines without a colon, with a space before it,
+ * without a name, with a CR, a control character or a NUL in the value;
+ * Content-Length not a number, negative, or twice with different values
+ * (400, then the connection closes); a good request pipelined before a bad
+ * one (its 200 first) and one after it (never answered); POST, HEAD and a
+ * lower-case method (405 and close); Transfer-Encoding: chunked (411 and
+ * close); 9 KiB and 20 KiB of head without CRLFCRLF, and a complete request
+ * whose head is over 8 KiB (431 and close); bad command lines (exit 2) and a
+ * port in use (exit 1). Also: a GET's body is skipped (whole, split across
+ * reads, a body that looks like a request), and "Connection: close" or
+ * HTTP/1.0 without keep-alive closes after that response, unanswered
+ * requests pipelined behind it.
  *
  * The executables are found at ../examples/ relative to this test's own
  * executable (/proc/self/exe), which is where the build tree puts them
@@ -58,6 +66,7 @@
 #define R400 "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 #define R405                                                                           \
     "HTTP/1.1 405 Method Not Allowed\r\nAllow: GET\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+#define R411 "HTTP/1.1 411 Length Required\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 #define R431                                                                           \
     "HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 #define GET "GET /plaintext HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -452,7 +461,7 @@ Test(http, keep_alive_three_requests, .fini = kill_server, .timeout = 30)
 {
     int fd = start_and_dial("weft-http");
     for (int i = 0; i < 3; i++) {
-        send_str(fd, i == 1 ? "GET /a?b=c HTTP/1.0\r\n\r\n" : GET);
+        send_str(fd, i == 1 ? "GET /a?b=c HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n" : GET);
         expect_oks(fd, 1);
     }
     expect_quiet_then_stop(fd, 50);
@@ -532,11 +541,76 @@ Test(http, malformed_request_gets_400_and_close, .fini = kill_server, .timeout =
         "GET / HTTP/1.1\rX\r\n\r\n",
         "\r\n\r\n",
         "G(T / HTTP/1.1\r\nHost: x\r\n\r\n",
+        /* bare LFs: as line ends, or inside a head that still ends in CRLFCRLF */
+        "GET / HTTP/1.1\nHost: x\n\n",
+        "GET / HTTP/1.1\r\nHost: x\n\r\n",
+        "GET / HTTP/1.1\r\nHost: x\nY: z\r\n\r\n",
+        /* field lines that are not `name: value` */
+        "GET / HTTP/1.1\r\nfoo bar\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost : x\r\n\r\n",
+        "GET / HTTP/1.1\r\n: x\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: x\ry\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: x\x01y\r\n\r\n",
+        /* lengths: not a number, two that differ */
+        "GET / HTTP/1.1\r\nContent-Length: 1x\r\n\r\n",
+        "GET / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+        "GET / HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc",
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
         expect_reply_and_close(port, bad[i], strlen(bad[i]), R400);
+    /* A NUL in a field value. */
+    static const char nul[] = "GET / HTTP/1.1\r\nHost: x\0y\r\n\r\n";
+    expect_reply_and_close(port, nul, sizeof(nul) - 1, R400);
     /* A good request before the bad one is answered first; none after it. */
     expect_reply_and_close(port, GET "BAD\r\n\r\n" GET, strlen(GET "BAD\r\n\r\n" GET), OK R400);
+    /* A bare LF is an error as soon as it comes, not at the end of the head. */
+    int fd = dial(port);
+    send_str(fd, "GET / HTTP/1.1\r\nHost: x\n");
+    expect_str(fd, R400);
+    expect_eof(fd);
+    close(fd);
+    stop_server(SIGTERM, 5);
+}
+
+/* A body on a GET is skipped, whole, split, or in the next read; it is
+ * never read as a request (a 35-byte body that looks like one). A body of
+ * unknown length (Transfer-Encoding) gets 411 and close. */
+Test(http, get_with_a_body_skips_it, .fini = kill_server, .timeout = 30)
+{
+    int port = start_server("weft-http", "5000");
+    int fd = dial(port);
+    send_str(fd, "GET / HTTP/1.1\r\nContent-Length: 35\r\n\r\n" "GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n");
+    expect_oks(fd, 1);
+    expect_quiet(fd, 50);
+    send_str(fd, "GET / HTTP/1.1\r\ncontent-length:  10 \r\n\r\nGET /");
+    sleep_us(20000);
+    send_str(fd, " HTTP" GET); /* the body's last 5 bytes, then a request */
+    expect_oks(fd, 2);
+    send_str(fd, "GET / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc" GET);
+    expect_oks(fd, 2);
+    expect_quiet(fd, 50);
+    close(fd);
+    static const char te[] = "GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+    expect_reply_and_close(port, te, sizeof(te) - 1, R411);
+    stop_server(SIGTERM, 5);
+}
+
+/* "Connection: close", and HTTP/1.0 without keep-alive: the response, then
+ * the close; requests pipelined after it are not answered. */
+Test(http, connection_close_is_honoured, .fini = kill_server, .timeout = 30)
+{
+    int port = start_server("weft-http", "5000");
+    static const char *const reqs[] = {
+        "GET / HTTP/1.1\r\nConnection: close\r\n\r\n" GET,
+        "GET / HTTP/1.1\r\nConnection: keep-alive, Close\r\n\r\n" GET,
+        "GET / HTTP/1.0\r\n\r\n" GET,
+        "GET / HTTP/1.0\r\nConnection: close, keep-alive\r\n\r\n",
+    };
+    for (size_t i = 0; i < sizeof(reqs) / sizeof(reqs[0]); i++)
+        expect_reply_and_close(port, reqs[i], strlen(reqs[i]), OK);
+    /* After a keep-alive one, as many as asked. */
+    static const char three[] = GET GET "GET / HTTP/1.1\r\nConnection: close\r\n\r\n" GET;
+    expect_reply_and_close(port, three, sizeof(three) - 1, OK OK OK);
     stop_server(SIGTERM, 5);
 }
 
