@@ -9,6 +9,8 @@
 #include <limits.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "io.h"
@@ -76,12 +78,38 @@ static int io_start(struct weft_io *io, struct weft_cx *cx)
 
 static bool wait_ready(struct weft_io *io, short events)
 {
+    if (io->fd < 0)
+        return true; /* poll would wait on it for good: the syscall says -EBADF */
     struct pollfd p = { io->fd, events, 0 };
     /* Acquire pairs with the drop's release store (nothing else rides on it). */
     while (!__atomic_load_n(&io->done, __ATOMIC_ACQUIRE))
         if (poll(&p, 1, CANCEL_POLL_MS) != 0)
             return true; /* ready, or an error the syscall will report */
     return false;
+}
+
+/* A write on a pool thread. To a pipe or socket it never blocks in the
+ * syscall (RWF_NOWAIT, and wait_ready's steps while there is no room): a
+ * blocking write of more than the room would wait for the reader, and the
+ * drop with it. It may then write less than asked, as the ring may. */
+static long write_job(struct weft_io *io)
+{
+    struct stat st;
+    long r;
+    if (fstat(io->fd, &st) == 0 && !S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
+        struct iovec v = { (void *)io->buf, clamp_len(io->len) };
+        while ((r = pwritev2(io->fd, &v, 1, -1, RWF_NOWAIT)) < 0 && errno == EAGAIN)
+            if (!wait_ready(io, POLLOUT)) {
+                errno = ECANCELED;
+                return -1;
+            }
+        if (!(r < 0 && errno == EOPNOTSUPP)) /* a kernel before 4.14, or a device without it */
+            return r;
+    }
+    r = io->off == UINT64_MAX ? -1 : pwrite(io->fd, io->buf, clamp_len(io->len), (off_t)io->off);
+    if (io->off == UINT64_MAX || (r < 0 && errno == ESPIPE))
+        r = write(io->fd, io->buf, clamp_len(io->len));
+    return r;
 }
 
 /* The syscall itself, on a pool thread; returns the result as the ring would. */
@@ -93,8 +121,8 @@ static void *file_job(void *arg)
         (io->kind == IO_WRITE && !wait_ready(io, POLLOUT)))
         return (void *)(intptr_t)-ECANCELED;
     switch (io->kind) {
-    case IO_OPEN:
-        r = open(io->buf, (int)io->len | O_CLOEXEC, (mode_t)io->off);
+    case IO_OPEN: /* a NULL path: what the kernel says through the ring (open's is nonnull) */
+        r = io->buf ? open(io->buf, (int)io->len | O_CLOEXEC, (mode_t)io->off) : (errno = EFAULT, -1);
         break;
     case IO_READ: /* offset -1, or a pipe: the file position, as the ring does */
         r = io->off == UINT64_MAX ? -1 : pread(io->fd, (void *)io->buf, clamp_len(io->len),
@@ -103,10 +131,7 @@ static void *file_job(void *arg)
             r = read(io->fd, (void *)io->buf, clamp_len(io->len));
         break;
     case IO_WRITE:
-        r = io->off == UINT64_MAX ? -1 : pwrite(io->fd, io->buf, clamp_len(io->len),
-                                                (off_t)io->off);
-        if (io->off == UINT64_MAX || (r < 0 && errno == ESPIPE))
-            r = write(io->fd, io->buf, clamp_len(io->len));
+        r = write_job(io);
         break;
     case IO_FSYNC:
         r = io->off ? fdatasync(io->fd) : fsync(io->fd);

@@ -297,11 +297,13 @@ int weft_tcp_listen(struct weft_tcp_listener *l, const char *addr, uint16_t port
 
 int weft_tcp_listener_port(const struct weft_tcp_listener *l)
 {
-    if (!l || l->fd < 0)
+    /* Relaxed: a close may store -1 from another thread (no order rides on it). */
+    int fd = l ? __atomic_load_n(&l->fd, __ATOMIC_RELAXED) : -1;
+    if (fd < 0)
         return -EBADF;
     struct sockaddr_storage ss;
     socklen_t sl = sizeof(ss);
-    if (getsockname(l->fd, (struct sockaddr *)&ss, &sl) < 0)
+    if (getsockname(fd, (struct sockaddr *)&ss, &sl) < 0)
         return -errno;
     char buf[INET6_ADDRSTRLEN];
     uint16_t port;
@@ -325,7 +327,7 @@ void weft_tcp_listener_close(struct weft_tcp_listener *l)
      * else holds one, else when the multishot's final CQE is reaped or the
      * waiting accept wakes. (Not shutdown(): a listening socket may be shared
      * with forked processes, which must go on accepting.) */
-    l->fd = -1;
+    __atomic_store_n(&l->fd, -1, __ATOMIC_RELAXED); /* weft_tcp_listener_port may read it */
     while (atomic_load(&l->entering)) /* an accept starting read the old q: let it take a ref */
         sched_yield();
     acceptq_unref(q);

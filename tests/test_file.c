@@ -410,7 +410,9 @@ static enum weft_poll body_bad(struct ft *t, struct weft_cx *cx)
     WEFT_ASYNC_END(&t->base);
 }
 
-Test(file, bad_inputs, .timeout = 30)
+/* Through the ring, or the blocking pool: the same errors, at once (the pool
+ * waited for fd -1 to be readable for good: poll ignores a negative fd). */
+static void bad_inputs(enum path path)
 {
     struct bad X;
     int p[2];
@@ -421,7 +423,9 @@ Test(file, bad_inputs, .timeout = 30)
     X.rdonly = open(X.existing, O_RDONLY | O_CLOEXEC);
     X.dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     cr_assert(X.wronly >= 0 && X.rdonly >= 0 && X.dirfd >= 0);
-    struct weft_runtime *rt = start_rt(2, NULL);
+    struct weft_runtime *rt = start_rt_opts((struct rt_opts){ .workers = 2,
+                                                              .no_io_uring = path == NO_RING },
+                                            NULL);
     cr_assert_eq(pipe(p), 0); /* after the runtime's own descriptors exist */
     close(p[0]);
     X.closed = p[0];
@@ -450,6 +454,16 @@ Test(file, bad_inputs, .timeout = 30)
     close(X.wronly);
     close(X.dirfd);
     assert_no_fd_leak();
+}
+
+Test(file, bad_inputs, .timeout = 30)
+{
+    bad_inputs(RING);
+}
+
+Test(file, bad_inputs_through_the_blocking_pool, .timeout = 30)
+{
+    bad_inputs(NO_RING);
 }
 
 /* ---- dropping a read in flight ------------------------------------------------------------------- */
@@ -644,6 +658,75 @@ Test(file, drop_read_in_flight_on_its_worker, .timeout = 30)
 Test(file, drop_read_in_flight_on_another_worker, .timeout = 30)
 {
     abort_stuck_read(2, true);
+    assert_no_fd_leak();
+}
+
+/* A 1 MiB write to a pipe nobody reads, through the blocking pool. With room
+ * for part of it, it writes that part and finishes, as the ring does on a
+ * pipe; with none, it waits, and aborting it, or destroying the runtime under
+ * it, returns within the pool's 50 ms steps (a blocking write of more than
+ * the room took the drop with it until a reader came). */
+enum { BIG_WRITE = 1 << 20 };
+
+static enum weft_poll body_big_pipe_write(struct ft *t, struct weft_cx *cx)
+{
+    int *wfd = t->arg;
+    WEFT_ASYNC_BEGIN(&t->base);
+    DO_IO(t, cx, weft_write_at_init(&t->io, *wfd, (char *)t->arg + 8, BIG_WRITE, 0));
+    WEFT_ASYNC_END(&t->base);
+}
+
+/* Fills the pipe to the brim. */
+static void fill_pipe(int wfd)
+{
+    static char junk[4096];
+    cr_assert_eq(fcntl(wfd, F_SETFL, O_NONBLOCK), 0);
+    while (write(wfd, junk, sizeof junk) > 0)
+        ;
+    cr_assert_eq(errno, EAGAIN);
+    cr_assert_eq(fcntl(wfd, F_SETFL, 0), 0);
+}
+
+Test(file, pool_write_to_a_silent_pipe_drops_promptly, .timeout = 30)
+{
+    int p[2];
+    cr_assert_eq(pipe2(p, O_CLOEXEC), 0);
+    char *arg = calloc(1, 8 + BIG_WRITE); /* the write end, then the bytes */
+    char *sink = malloc(BIG_WRITE);
+    cr_assert(arg && sink);
+    memcpy(arg, &p[1], sizeof p[1]);
+    struct counting_alloc ca;
+    struct weft_runtime *rt = start_rt_opts((struct rt_opts){ .workers = 2, .no_io_uring = true },
+                                            &ca);
+    /* Room for 64 KiB: a short write, at once. */
+    struct ft out = run_ft(rt, body_big_pipe_write, arg);
+    cr_assert(out.res[0] > 0 && out.res[0] < BIG_WRITE, "wrote %d", out.res[0]);
+    cr_assert_eq(fcntl(p[0], F_SETFL, O_NONBLOCK), 0);
+    cr_assert_eq(read(p[0], sink, BIG_WRITE), out.res[0]);
+    /* No room: it waits until aborted. */
+    fill_pipe(p[1]);
+    struct weft_join j;
+    cr_assert_eq(spawn_ft(rt, body_big_pipe_write, arg, 0, &j), 0);
+    sleep_us(100000);
+    double t0 = now_s();
+    weft_join_abort(&j);
+    cr_assert_eq(weft_block_on(rt, &j.base), 0);
+    double took = now_s() - t0;
+    cr_assert_eq(j.res, -ECANCELED);
+    weft_future_drop(&j.base);
+    cr_assert_lt(took, 0.5, "the abort took %.3f s: the write waited for a reader", took);
+    /* And with the runtime destroyed under the waiting write. */
+    cr_assert_eq(spawn_ft(rt, body_big_pipe_write, arg, 0, NULL), 0);
+    sleep_us(100000);
+    t0 = now_s();
+    weft_runtime_destroy(rt);
+    took = now_s() - t0;
+    cr_assert_lt(took, 0.5, "the destroy took %.3f s: the write waited for a reader", took);
+    assert_balanced(&ca);
+    free(sink);
+    free(arg);
+    close(p[0]);
+    close(p[1]);
     assert_no_fd_leak();
 }
 

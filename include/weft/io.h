@@ -98,7 +98,7 @@ void weft_timeout_init(struct weft_timeout *t, struct weft_future *inner, uint64
 /* ---- TCP --------------------------------------------------------------------- */
 
 struct weft_listen_opts {
-    int backlog;               /* 0: 4096 (the kernel caps it at somaxconn) */
+    int backlog;               /* 0 or less: 4096 (the kernel caps it at somaxconn) */
     bool reuseport;            /* SO_REUSEPORT, for one listener per worker */
 };
 
@@ -111,13 +111,15 @@ struct weft_tcp_listener {
 };
 
 /* Binds and listens on `addr` (a numeric IPv4 or IPv6 address such as
- * "127.0.0.1" or "::1"; NULL: "0.0.0.0") and `port` (0: any free port), with
+ * "127.0.0.1" or "::1"; NULL: "0.0.0.0"; "::" takes IPv4 too, as the
+ * system's IPV6_V6ONLY default says) and `port` (0: any free port), with
  * SO_REUSEADDR. `opts` may be NULL. Synchronous. Returns 0, or -EINVAL (NULL
  * listener, bad address), -EADDRINUSE, -ENOMEM or another socket error. */
 int weft_tcp_listen(struct weft_tcp_listener *l, const char *addr, uint16_t port,
                     const struct weft_listen_opts *opts);
 
-/* The port the listener is bound to, or -EBADF for a closed listener. */
+/* The port the listener is bound to, or -EBADF for a closed listener (one
+ * closing meanwhile on another thread may give either). */
 int weft_tcp_listener_port(const struct weft_tcp_listener *l);
 
 /* Stops accepting and closes the listener; sockets accepted but not yet taken
@@ -262,7 +264,8 @@ int weft_tcp_local_addr(int fd, char *buf, size_t len, uint16_t *port);
  * a runtime without io_uring), it runs on the blocking pool instead, with the
  * same results; dropping such a future takes back a job not started, stops a
  * read or write still waiting for its descriptor within 50 ms, and waits for
- * one inside its syscall. */
+ * one inside its syscall (a write to a pipe or socket never waits there: it
+ * writes what there is room for, as the ring does). */
 
 /* Opens `path` (open(2) flags and mode; O_CLOEXEC is added). result: the file
  * descriptor or -errno. `path` must stay valid until the future is dropped. */
