@@ -26,12 +26,14 @@
  *    request, see server_stopping() and close), and waits until the last
  *    connection task is gone or the drain timeout passes. main then destroys
  *    the runtime, which drops the tasks still running (their drop closes the
- *    socket), and exits 0. */
+ *    socket), and exits 0. A second signal during the drain ends it at once
+ *    (the second Ctrl-C of an impatient user). */
 #ifndef EXAMPLES_SERVER_H
 #define EXAMPLES_SERVER_H
 
 #include <errno.h>
 #include <getopt.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -209,9 +211,11 @@ static enum weft_poll server_poll(struct weft_future *f, struct weft_cx *cx)
     weft_tcp_listener_close(self->l);
     conns_stop();
     /* The last connection could wake us, but polling the count every 10 ms
-     * while draining is simpler and costs nothing the rest of the time. */
+     * while draining is simpler and costs nothing the rest of the time. A
+     * second SIGINT or SIGTERM meanwhile ends the drain at once. */
     self->deadline = weft_now_ns() + self->drain_ns;
-    while (atomic_load(&live) > 0 && weft_now_ns() < self->deadline) {
+    while (atomic_load(&live) > 0 && weft_now_ns() < self->deadline &&
+           poll(&(struct pollfd){ self->sfd, POLLIN, 0 }, 1, 0) == 0) {
         weft_sleep_init(&self->tick, 10 * WEFT_NS_PER_MS);
         WEFT_AWAIT(f, cx, &self->tick);
         weft_future_drop(&self->tick.base);

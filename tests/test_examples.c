@@ -422,10 +422,10 @@ Test(echo, sigint_with_idle_connections_exits_at_once, .fini = kill_server, .tim
 /* A client that sends and never reads: the server's echo waits for room in
  * the socket, so at a stop its connection cannot finish; the drain timeout
  * (300 ms) ends the wait and the server exits 0. */
-Test(echo, sigterm_with_a_client_not_reading_exits_at_drain_timeout, .fini = kill_server,
-     .timeout = 30)
+/* Connects a client that sends until both directions are full, and never
+ * reads. Returns its socket. */
+static int stuck_client(int port)
 {
-    int port = start_server("weft-echo", "300");
     int fd = dial(port);
     cr_assert_eq(fcntl(fd, F_SETFL, O_NONBLOCK), 0);
     static char chunk[65536];
@@ -442,8 +442,29 @@ Test(echo, sigterm_with_a_client_not_reading_exits_at_drain_timeout, .fini = kil
         }
         cr_assert_lt(sent, (size_t)256 << 20, "256 MiB sent and the server still reads");
     }
+    return fd;
+}
+
+Test(echo, sigterm_with_a_client_not_reading_exits_at_drain_timeout, .fini = kill_server,
+     .timeout = 30)
+{
+    int port = start_server("weft-echo", "300");
+    int fd = stuck_client(port);
     double took = stop_server(SIGTERM, 3);
     cr_assert(took >= 0.25, "exited after %.2f s, before the 300 ms drain timeout", took);
+    close(fd);
+}
+
+/* The same with a 60 s drain timeout: a second signal ends the drain. */
+Test(echo, a_second_signal_ends_the_drain, .fini = kill_server, .timeout = 30)
+{
+    int port = start_server("weft-echo", "60000");
+    int fd = stuck_client(port);
+    cr_assert_eq(kill(server_pid, SIGTERM), 0);
+    sleep_us(200000);
+    cr_assert_eq(waitpid(server_pid, NULL, WNOHANG), 0, "exited before the drain timeout");
+    double took = stop_server(SIGINT, 2);
+    cr_assert_lt(took, 1.0, "the drain went on %.2f s after the second signal", took);
     close(fd);
 }
 
