@@ -466,6 +466,12 @@ static void *pool_thread(void *arg)
     sigemptyset(&urg);
     sigaddset(&urg, SIGURG);
     pthread_sigmask(SIG_UNBLOCK, &urg, NULL); /* a spawner's mask may block it */
+    /* A thread inherits its creator's policy, and the creator may be a pool
+     * thread running lowered (a compute job that spawns): start at the
+     * workers' priority, before the first lock. (If it cannot be raised,
+     * nothing here could raise it: the capability is gone.) */
+    if (p->demotes)
+        prio_restore(p->priority);
     pthread_mutex_lock(&p->lock);
     slot.next = p->slots;
     slot.pprev = &p->slots;
@@ -798,6 +804,9 @@ static const struct weft_future_ops join_ops = { join_poll, join_drop };
 static enum weft_poll wait_poll(struct weft_future *f, struct weft_cx *cx)
 {
     struct weft_spawn_blocking_wait *w = (struct weft_spawn_blocking_wait *)f;
+    if (w->base.resume) /* polled again once ready: it stays so, spawning nothing more */
+        return WEFT_READY;
+    w->base.resume = 1; /* set back below while it waits */
     if (!w->rt || !w->fn) {
         w->res = -EINVAL;
         return WEFT_READY;
@@ -813,13 +822,16 @@ static enum weft_poll wait_poll(struct weft_future *f, struct weft_cx *cx)
         }
         w->notified = 0; /* the room is ours to take now (or lost to a try_) */
         pthread_mutex_unlock(&p->lock);
-        if (still)
+        if (still) {
+            w->base.resume = 0;
             return WEFT_PENDING;
+        }
         w->waiting = 0;
     }
     int err = spawn(w->rt, w->fn, w->arg, &w->join, true, false, w, cx->waker);
     if (err == -EAGAIN) {
         w->waiting = 1; /* on the list now */
+        w->base.resume = 0;
         return WEFT_PENDING;
     }
     w->res = err;

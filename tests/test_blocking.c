@@ -396,6 +396,12 @@ Test(blocking, dropped_waiter_passes_room_on, .timeout = 60)
     cr_assert_eq(poll_with(&w2.base, &f2), WEFT_READY);
     cr_assert_eq(w2.res, 0);
     cr_assert_not_null(w2.join.job);
+    struct weft__job *queued = w2.join.job;
+    cr_assert_eq(metrics(rt).blocking_queue_depth, 2);
+    /* Polled again once ready: the same job, nothing queued twice. */
+    cr_assert_eq(poll_with(&w2.base, &f2), WEFT_READY);
+    cr_assert_eq(w2.res, 0);
+    cr_assert_eq(w2.join.job, queued, "polled again, it queued the job again");
     cr_assert_eq(metrics(rt).blocking_queue_depth, 2);
     cr_assert_eq(weft_try_spawn_blocking(rt, job_twice, (void *)23, NULL), -EAGAIN);
     weft_future_drop(&w2.base);

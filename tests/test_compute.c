@@ -224,6 +224,43 @@ Test(compute, lowered_from_the_start, .timeout = 60)
     weft_runtime_destroy(rt);
 }
 
+/* A compute job (lowered) that spawns a blocking job and waits for it to
+ * run: no thread is idle, so the spawn starts one, from the lowered thread,
+ * and a thread inherits its creator's policy. The new thread must run at the
+ * workers' SCHED_OTHER all the same (it ran SCHED_IDLE: a helper's review). */
+static _Atomic int inner_policy = -1;
+static struct weft_blocking_join inner;
+
+static void *record_policy(void *arg)
+{
+    (void)arg;
+    atomic_store(&inner_policy, sched_getscheduler(0));
+    return NULL;
+}
+
+static void *spawn_and_wait(void *arg)
+{
+    if (weft_spawn_blocking(arg, record_policy, NULL, &inner) != 0)
+        return (void *)1;
+    for (int i = 0; i < 5000 && atomic_load(&inner_policy) < 0; i++)
+        usleep(1000); /* busy meanwhile: the job cannot come to this thread */
+    return NULL;
+}
+
+Test(compute, a_thread_started_from_a_lowered_job_runs_at_the_workers_priority, .timeout = 60)
+{
+    if (!may_raise_back())
+        cr_skip_test("this process may not raise a thread back (no CAP_SYS_NICE)");
+    struct weft_runtime *rt = start(1, WEFT_BLOCKING_PRIO_IDLE);
+    struct weft_blocking_join h;
+    cr_assert_eq(weft_spawn_compute(rt, spawn_and_wait, rt, &h), 0);
+    cr_assert_eq(join(rt, &h), 0);
+    cr_assert_eq(join(rt, &inner), 0);
+    cr_assert_eq(atomic_load(&inner_policy), SCHED_OTHER, "policy %d (SCHED_IDLE is %d)",
+                 atomic_load(&inner_policy), SCHED_IDLE);
+    weft_runtime_destroy(rt);
+}
+
 static void noop_wake(const void *d)
 {
     (void)d;

@@ -68,7 +68,7 @@ int weft_try_spawn_blocking(struct weft_runtime *rt, weft_blocking_fn *fn, void 
  * it, as any handle), or `res` is weft_try_spawn_blocking's error other than
  * -EAGAIN. Waiters get room in arrival order as far as the pool can tell;
  * a try_ spawn may still slip in first. Dropping it while it waits queues
- * nothing. */
+ * nothing. Polled again once ready, it stays ready and queues nothing more. */
 struct weft_spawn_blocking_wait {
     struct weft_future base;
     struct weft_runtime *rt;

@@ -111,9 +111,10 @@ struct weft_stall {
     uint64_t elapsed_ns;
 };
 
-/* The stall callback: runs on the monitor thread, once per stall, while the
- * poll is still going on (or, when the monitor was starved of CPU, on the
- * worker right after that poll). It must not block for long. */
+/* The stall callback: runs on the monitor thread, once per stall, as the
+ * poll goes on (it may have ended just before the call, and the task with
+ * it; or, when the monitor was starved of CPU, on the worker right after
+ * that poll). It must not block for long. */
 typedef void weft_stall_fn(const struct weft_stall *stall, void *ctx);
 
 #endif

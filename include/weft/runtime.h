@@ -135,7 +135,8 @@ int weft_spawn(struct weft_runtime *rt, const struct weft_future *f, size_t size
                struct weft_join *join);
 
 /* As weft_spawn, and names the task: the stall detector and weft_task_dump
- * show the name. `name` is not copied: it must outlive the task (a string
+ * show the name. `name` is not copied, and the stall monitor may read it
+ * just after the task ended: it must live as long as the runtime (a string
  * literal, typically); NULL for none. */
 int weft_spawn_named(struct weft_runtime *rt, const struct weft_future *f, size_t size,
                      struct weft_join *join, const char *name);
