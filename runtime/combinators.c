@@ -40,7 +40,7 @@ int weft_join_all_init(struct weft_join_all *j, struct weft_future **futs, size_
     if (!j || (n > 0 && !futs))
         return -EINVAL;
     for (size_t i = 0; i < n; i++)
-        if (!futs[i] || !futs[i]->ops)
+        if (!futs[i] || !futs[i]->ops || !futs[i]->ops->poll)
             return -EINVAL;
     *j = (struct weft_join_all){ { &join_all_ops, 0 }, futs, n, n };
     return 0;

@@ -95,8 +95,8 @@ void weft__owned_remove(struct weft_runtime *rt, struct weft_task *t)
 /* Cancels every task still on the lists, one at a time, without holding a
  * lock while a future is dropped (the drop may spawn, wake or join). The
  * reference taken under the lock keeps the task alive once the lock is gone:
- * another thread may cancel and release it meanwhile (a wake that finds the
- * global queue closed). */
+ * another thread may release its own reference meanwhile (a wake that found
+ * the global queue closed gives up the queue's: sched.c). */
 static void owned_shutdown(struct weft_runtime *rt)
 {
     for (uint32_t i = 0; i < rt->nworkers; i++) {
@@ -110,8 +110,8 @@ static void owned_shutdown(struct weft_runtime *rt)
             if (!t)
                 break;
             /* Cancels t (completion takes it off the list) and drops our
-             * reference. If another thread is cancelling it (a wake that found
-             * the global queue closed), let that thread finish its drop. */
+             * reference. If another thread is on it (still polling it, or
+             * cancelling it), let that thread finish first. */
             if (!weft__task_drop_notified(t))
                 sched_yield();
         }
@@ -575,7 +575,7 @@ static const struct weft_future_ops block_on_ops = { block_on_poll, block_on_dro
 
 int weft_block_on(struct weft_runtime *rt, struct weft_future *f)
 {
-    if (!rt || !f || !f->ops)
+    if (!rt || !f || !f->ops || !f->ops->poll)
         return -EINVAL;
     if (weft__current)
         return -EDEADLK;

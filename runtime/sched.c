@@ -58,8 +58,16 @@ static void inject_link(struct inject *q, struct weft_task *first, struct weft_t
 }
 
 /* Pushes `n` linked tasks (first..last) and wakes a worker. Once shutdown has
- * closed the queue, the tasks are cancelled instead (a spawn that raced with
- * shutdown, or a wake of a task the shutdown sweep has not reached yet). */
+ * closed the queue, a task that was ever polled (on the owned list) keeps
+ * its NOTIFIED state for the shutdown's sweep of that list, which cancels
+ * it: only the queue's reference is released here. Cancelling it here would
+ * run its future's drop inside whatever thread woke it, under whatever lock
+ * that thread holds while it wakes (and the drop may want that lock: a
+ * deadlock, found by a helper's review). A task never polled (a spawn that
+ * raced with shutdown) is on no list: the pushing thread, its spawner,
+ * cancels it. Reading `owned` is safe: a wake pushes only a task that is
+ * neither running nor queued, and the poll that set `owned` ended with the
+ * release the wake's state CAS acquired. */
 static void inject_push_list(struct weft_runtime *rt, struct weft_task *first,
                              struct weft_task *last, size_t n)
 {
@@ -69,7 +77,10 @@ static void inject_push_list(struct weft_runtime *rt, struct weft_task *first,
         pthread_mutex_unlock(&q->lock);
         for (struct weft_task *t = first, *next; n--; t = next) {
             next = t->next;
-            weft__task_drop_notified(t);
+            if (t->owned)
+                weft__task_unref(t);
+            else
+                weft__task_drop_notified(t);
         }
         return;
     }

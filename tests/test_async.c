@@ -3,7 +3,7 @@
  * spawned on one.
  *
  * Bad inputs tried: weft_join_all_init with a NULL child, an empty child (NULL
- * ops), a NULL array with n > 0, a NULL join-all (all -EINVAL, leaving the
+ * ops), a child whose ops have no poll, a NULL array with n > 0, a NULL join-all (all -EINVAL, leaving the
  * struct untouched); a NULL array with n == 0 is valid and ready at once; a
  * finished async future polled again; an async future dropped twice. */
 #ifndef _GNU_SOURCE
@@ -427,6 +427,10 @@ Test(async, join_all_bad_input, .timeout = 30)
     cr_assert_eq(memcmp(&ja, &sentinel, sizeof ja), 0, "a failed init wrote the struct");
     ptrs[3] = &empty;
     cr_assert_eq(weft_join_all_init(&ja, ptrs, KIDS), -EINVAL, "empty child");
+    static const struct weft_future_ops no_poll = { NULL, NULL };
+    struct weft_future pollless = { &no_poll, 0 };
+    ptrs[3] = &pollless;
+    cr_assert_eq(weft_join_all_init(&ja, ptrs, KIDS), -EINVAL, "a child without poll");
     cr_assert_eq(weft_join_all_init(&ja, NULL, 1), -EINVAL, "NULL array");
     cr_assert_eq(weft_join_all_init(NULL, ptrs, 1), -EINVAL, "NULL join-all");
     cr_assert_eq(memcmp(&ja, &sentinel, sizeof ja), 0);

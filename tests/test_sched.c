@@ -2,6 +2,9 @@
  * yielding, LIFO-slot fairness, the global queue, cross-thread wakes, foreign
  * spawns, shutdown, and work spreading over the workers.
  *
+ * Also: a wake from another thread during destroy (under that thread's
+ * lock) leaves the woken task's drop to the destroy, never runs it inline.
+ *
  * Bad inputs tried: weft_spawn during weft_runtime_destroy, from a future's
  * drop (-ESHUTDOWN, *join left empty, the future neither polled nor dropped)
  * and from a foreign thread racing destroy (-ESHUTDOWN once it began). */
@@ -622,6 +625,108 @@ Test(sched, spawns_and_wakes_racing_destroy, .timeout = 30)
     weft_waker_drop(&r.idle_w);
     assert_each_dropped_once(4);
     assert_balanced(&ca);
+}
+
+/* A wake during destroy must not run the woken task's drop: an event source
+ * wakes while holding its lock, and the future's drop takes that lock to
+ * deregister. Here the source fires from inside another task's drop (so
+ * during destroy, the global queue closed); with the drop run inside the
+ * wake, the source's thread locked its own (error-checking) mutex again:
+ * EDEADLK, a hang with a plain one (a helper's review). */
+struct source {
+    pthread_mutex_t lock;
+    struct weft_waker victim;          /* registered under the lock */
+    _Atomic int victim_ready, trigger_ready, fire, fired, busy_polling;
+    _Atomic int drop_rc;               /* the victim drop's lock result */
+    pthread_t source_thread, drop_thread;
+};
+
+static struct source src = { .drop_rc = -1 };
+static struct weft_waker trigger_waker;
+
+static enum weft_poll victim_poll(struct weft_future *f, struct weft_cx *cx)
+{
+    (void)f;
+    pthread_mutex_lock(&src.lock);
+    src.victim = weft_waker_clone(cx->waker);
+    pthread_mutex_unlock(&src.lock);
+    atomic_store(&src.victim_ready, 1);
+    return WEFT_PENDING;
+}
+
+static void victim_drop(struct weft_future *f)
+{
+    (void)f;
+    src.drop_thread = pthread_self();
+    int rc = pthread_mutex_lock(&src.lock); /* deregisters from the source */
+    if (rc == 0)
+        pthread_mutex_unlock(&src.lock);
+    atomic_store(&src.drop_rc, rc);
+}
+
+static enum weft_poll trigger_poll(struct weft_future *f, struct weft_cx *cx)
+{
+    (void)f;
+    trigger_waker = weft_waker_clone(cx->waker);
+    atomic_store(&src.trigger_ready, 1);
+    return WEFT_PENDING;
+}
+
+static void trigger_drop(struct weft_future *f)
+{
+    (void)f;
+    atomic_store(&src.fire, 1); /* the source fires now, during destroy */
+    for (int i = 0; i < 2000 && !atomic_load(&src.fired); i++)
+        sleep_us(1000);
+}
+
+static enum weft_poll busy_poll(struct weft_future *f, struct weft_cx *cx)
+{
+    (void)f, (void)cx;
+    atomic_store(&src.busy_polling, 1);
+    sleep_us(300000);
+    return WEFT_PENDING;
+}
+
+static void *source_thread(void *arg)
+{
+    (void)arg;
+    while (!atomic_load(&src.fire))
+        sleep_us(100);
+    pthread_mutex_lock(&src.lock);
+    weft_waker_wake_by_ref(&src.victim);
+    pthread_mutex_unlock(&src.lock);
+    atomic_store(&src.fired, 1);
+    return NULL;
+}
+
+Test(sched, a_wake_during_destroy_does_not_drop_inline, .timeout = 30)
+{
+    static const struct weft_future_ops victim_ops = { victim_poll, victim_drop },
+                                        trigger_ops = { trigger_poll, trigger_drop },
+                                        busy_ops = { busy_poll, NULL };
+    pthread_mutexattr_t a;
+    pthread_mutexattr_init(&a);
+    pthread_mutexattr_settype(&a, PTHREAD_MUTEX_ERRORCHECK);
+    pthread_mutex_init(&src.lock, &a);
+    struct weft_runtime *rt = start_rt(1, NULL);
+    struct weft_future v = { &victim_ops, 0 }, t = { &trigger_ops, 0 }, b = { &busy_ops, 0 };
+    cr_assert_eq(weft_spawn(rt, &v, sizeof v, NULL), 0);
+    cr_assert_eq(weft_spawn(rt, &t, sizeof t, NULL), 0);
+    WAIT_UNTIL(atomic_load(&src.victim_ready) && atomic_load(&src.trigger_ready));
+    cr_assert_eq(pthread_create(&src.source_thread, NULL, source_thread, NULL), 0);
+    cr_assert_eq(weft_spawn(rt, &b, sizeof b, NULL), 0);
+    WAIT_UNTIL(atomic_load(&src.busy_polling));
+    weft_waker_wake(&trigger_waker); /* the only worker is busy: the trigger waits queued */
+    weft_runtime_destroy(rt);
+    pthread_join(src.source_thread, NULL);
+    weft_waker_drop(&src.victim);
+    cr_assert(atomic_load(&src.fired), "the source never fired");
+    cr_assert(!pthread_equal(src.drop_thread, src.source_thread),
+              "the wake ran the woken task's drop on the waking thread");
+    cr_assert_eq(atomic_load(&src.drop_rc), 0, "the drop's lock gave %d", atomic_load(&src.drop_rc));
+    pthread_mutex_destroy(&src.lock);
+    pthread_mutexattr_destroy(&a);
 }
 
 /* ---- work spreading --------------------------------------------------------------------------- */

@@ -6,7 +6,8 @@
  * sizeof(struct weft_future), size 1 MiB + 1 (exactly 1 MiB must work), and
  * with an allocator that fails (-ENOMEM); a join handle polled again after
  * READY; a detached handle polled; weft_block_on with a NULL runtime, a NULL
- * future, an empty future, and from inside a task (-EDEADLK); a block_on
+ * future, an empty future, ops without poll, and from inside a task
+ * (-EDEADLK); a block_on
  * waker used after its thread exited;
  * weft_join_abort / weft_join_detach / weft_join_output on NULL and on a
  * detached handle. */
@@ -708,6 +709,9 @@ Test(task, block_on_bad_input, .timeout = 30)
     cr_assert_eq(weft_block_on(NULL, &y.base), -EINVAL);
     cr_assert_eq(weft_block_on(rt, NULL), -EINVAL);
     cr_assert_eq(weft_block_on(rt, &empty), -EINVAL);
+    static const struct weft_future_ops no_poll = { NULL, NULL };
+    struct weft_future pollless = { &no_poll, 0 };
+    cr_assert_eq(weft_block_on(rt, &pollless), -EINVAL, "ops without poll (it crashed)");
     cr_assert_eq(y.base.resume, 0, "a failed block_on polled");
     cr_assert_eq(weft_block_on(rt, &y.base), 0, "yield_now under block_on");
 
