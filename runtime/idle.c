@@ -12,8 +12,8 @@
  *   parked: a searcher is bound to find the new work.
  * - A worker about to park first decrements `state` with a seq_cst RMW
  *   (weft__idle_to_parked). If it was the last searcher, it then re-checks
- *   every queue (sched.c: notify_if_work_pending) and wakes a worker if it
- *   finds anything.
+ *   every queue (sched.c: stay_if_work_pending) and, if it finds anything,
+ *   stays up to take it itself.
  *
  * Either the pusher's read of `state` comes after the parker's decrement in
  * the seq_cst order, and it sees no searcher and wakes someone; or it comes

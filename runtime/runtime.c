@@ -1,5 +1,4 @@
 /* runtime.c: runtime creation and shutdown, the owned-task list, block_on. */
-#include <assert.h>
 #include <errno.h>
 #include <sched.h>
 #include <stdio.h>
@@ -405,7 +404,6 @@ int weft_runtime_create(struct weft_runtime **out, const struct weft_runtime_con
 /* Destroys rt; returns the number of blocking jobs left running. */
 static uint32_t runtime_destroy(struct weft_runtime *rt, uint32_t blocking_timeout_ms)
 {
-    assert(!weft__current || weft__current->rt != rt);
     /* No new tasks: spawns from here on (from draining futures, or other
      * threads) fail with -ESHUTDOWN; seq_cst for weft__runtime_pin's argument.
      * Taking each shard lock once orders every owned-list insert that got in
@@ -431,9 +429,20 @@ static uint32_t runtime_destroy(struct weft_runtime *rt, uint32_t blocking_timeo
     return left;
 }
 
+/* True (with a line on stderr) when called on one of rt's own workers, which
+ * would wait for itself to stop. */
+static bool on_own_worker(const struct weft_runtime *rt, const char *what)
+{
+    if (!weft__current || weft__current->rt != rt)
+        return false;
+    fprintf(stderr, "weft: %s called on one of the runtime's own workers: refused "
+                    "(it would wait for itself)\n", what);
+    return true;
+}
+
 void weft_runtime_destroy(struct weft_runtime *rt)
 {
-    if (!rt)
+    if (!rt || on_own_worker(rt, "weft_runtime_destroy"))
         return;
     uint32_t timeout_ms = rt->blocking_shutdown_ms;
     uint32_t left = runtime_destroy(rt, timeout_ms);
@@ -447,6 +456,8 @@ int weft_runtime_shutdown(struct weft_runtime *rt, uint32_t timeout_ms)
 {
     if (!rt)
         return -EINVAL;
+    if (weft__current && weft__current->rt == rt)
+        return -EDEADLK; /* it would wait for itself */
     return (int)runtime_destroy(rt, timeout_ms);
 }
 

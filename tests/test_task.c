@@ -7,7 +7,8 @@
  * with an allocator that fails (-ENOMEM); a join handle polled again after
  * READY; a detached handle polled; weft_block_on with a NULL runtime, a NULL
  * future, an empty future, ops without poll, and from inside a task
- * (-EDEADLK); a block_on
+ * (-EDEADLK); weft_runtime_shutdown / _destroy from the runtime's own task
+ * (-EDEADLK / refused); a block_on
  * waker used after its thread exited;
  * weft_join_abort / weft_join_detach / weft_join_output on NULL and on a
  * detached handle. */
@@ -130,6 +131,16 @@ static enum weft_poll step_block_on(struct ctl *c, struct weft_cx *cx, uint32_t 
     struct weft_yield_now y;
     weft_yield_now_init(&y);
     c->rc = weft_block_on(weft_runtime_current(), &y.base);
+    return WEFT_READY;
+}
+
+/* Destroying the runtime from one of its own tasks: refused (it would wait
+ * for its own worker), the runtime goes on. */
+static enum weft_poll step_destroy_self(struct ctl *c, struct weft_cx *cx, uint32_t n)
+{
+    (void)cx, (void)n;
+    c->rc = weft_runtime_shutdown(weft_runtime_current(), 0);
+    weft_runtime_destroy(weft_runtime_current()); /* a line on stderr, nothing else */
     return WEFT_READY;
 }
 
@@ -718,6 +729,11 @@ Test(task, block_on_bad_input, .timeout = 30)
     spawn_probe(rt, &c, step_block_on, &j);
     join_drop(&j, 0, &c);
     cr_assert_eq(c.rc, -EDEADLK, "block_on on a worker returned %d", c.rc);
+    struct ctl c2 = { 0 };
+    spawn_probe(rt, &c2, step_destroy_self, &j);
+    join_drop(&j, 0, &c2);
+    cr_assert_eq(c2.rc, -EDEADLK, "shutdown on its own worker returned %d", c2.rc);
+    cr_assert_eq(weft_block_on(rt, &y.base), 0, "the runtime still runs");
 
     weft_join_abort(NULL);
     weft_join_detach(NULL);

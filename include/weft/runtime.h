@@ -85,15 +85,17 @@ int weft_runtime_create(struct weft_runtime **out, const struct weft_runtime_con
 /* Stops the workers, drops the future of every unfinished task exactly once
  * (their joiners see -ECANCELED), cancels the blocking jobs not yet started
  * (-ECANCELED), waits up to config.blocking_shutdown_ms for running ones (a
- * line on stderr says how many it left behind), and frees the runtime. Must not be called from
- * one of the runtime's own workers. */
+ * line on stderr says how many it left behind), and frees the runtime. On
+ * one of the runtime's own workers it does nothing but say so on stderr (it
+ * would wait for itself). */
 void weft_runtime_destroy(struct weft_runtime *rt);
 
 /* As weft_runtime_destroy, but waits at most `timeout_ms` (instead of
  * config.blocking_shutdown_ms) for blocking jobs still running, and returns
  * how many it left behind (0 when all finished; their threads finish them
  * and exit on their own, keeping only the runtime's memory alive until
- * then). Also prints nothing. -EINVAL for a NULL rt. */
+ * then). Also prints nothing. -EINVAL for a NULL rt, -EDEADLK on one of
+ * its own workers (nothing done). */
 int weft_runtime_shutdown(struct weft_runtime *rt, uint32_t timeout_ms);
 
 /* Runs `f` to completion as a task on the workers (so its I/O has a ring)
@@ -125,8 +127,11 @@ struct weft_join {
 };
 
 /* Spawns a task running a copy of `f` (`size` bytes, an initialised future
- * never polled; the caller's copy must not be used or dropped afterwards).
- * Works from workers and from any other thread. With `join` NULL the task is
+ * never polled; the caller's copy must not be used or dropped afterwards; the
+ * copy is aligned for any standard type, max_align_t, and no more). Works
+ * from workers and from any other thread; a spawn from another thread must
+ * return before weft_runtime_destroy does (once destroy began it gives
+ * -ESHUTDOWN). With `join` NULL the task is
  * detached; otherwise *join becomes its handle and must be dropped with
  * weft_future_drop (or detached) eventually. Returns 0, -EINVAL (NULL rt or f,
  * f without ops, size too small or over 1 MiB), -ENOMEM, or -ESHUTDOWN (the
