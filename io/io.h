@@ -195,6 +195,9 @@ void weft__io_flush(struct weft__io *io);
 bool weft__io_park(struct weft__io *io);
 /* Shutdown: fails the timers and waiting receives, cancels all in the kernel. */
 void weft__io_cancel_all(struct weft__io *io);
+/* Owner, out of its park: consumes an unpark that came since the park's
+ * return (during its reaping turn); true if there was one. */
+bool weft__io_take_unpark(struct weft__io *io);
 /* Ends the owner's weft__io_park (or makes the next one return). Any thread. */
 bool weft__io_unpark(struct weft__io *io);
 /* Reaps every CQE in the ring and dispatches it (owner only). */

@@ -404,6 +404,15 @@ bool weft__io_park(struct weft__io *io)
     return was == PARK_NOTIFIED;
 }
 
+bool weft__io_take_unpark(struct weft__io *io)
+{
+    /* Relaxed peek first (the common answer is no); the exchange's acquire
+     * pairs with the unparker's release, as at the end of weft__io_park. */
+    return atomic_load_explicit(&io->park.state, memory_order_relaxed) == PARK_NOTIFIED &&
+           atomic_exchange_explicit(&io->park.state, PARK_EMPTY, memory_order_acquire) ==
+               PARK_NOTIFIED;
+}
+
 bool weft__io_unpark(struct weft__io *io)
 {
     /* Release pairs with the acquire exchange at the end of weft__io_park;

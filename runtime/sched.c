@@ -366,9 +366,17 @@ static void park_worker(struct weft__worker *w)
         atomic_store_explicit(&w->clock, (uint32_t)(now >> POLLED_SHIFT), memory_order_relaxed);
         if (atomic_load_explicit(&rt->shutdown, memory_order_acquire) || !w->listed)
             return; /* (the reaping turn may have notified, leaving the list) */
+        /* A notifier may have taken us off the list during the park's
+         * reaping turn (after its exchange of the park word): it judged us
+         * asleep (busy_since was 0) and counted us searching. Left for the
+         * next park, that count would stand while we run what the turn
+         * queued, and keep every other worker from being woken meanwhile
+         * (a helper's review). One relaxed load when nobody came. */
+        if (!unparked)
+            unparked = weft__io_take_unpark(w->io);
         if (!unparked) {
-            /* No unpark consumed: a notifier that took us off the list has
-             * yet to unpark us, and we will see it at the next park. */
+            /* No unpark: a notifier that took us off the list has yet to
+             * unpark us (a moment's window), and the next park sees it. */
             if (has_local_work(w))
                 return;
             continue;

@@ -53,6 +53,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -419,31 +421,42 @@ Test(echo, sigint_with_idle_connections_exits_at_once, .fini = kill_server, .tim
     close(used);
 }
 
-/* A client that sends and never reads: the server's echo waits for room in
- * the socket, so at a stop its connection cannot finish; the drain timeout
- * (300 ms) ends the wait and the server exits 0. */
 /* Connects a client that sends until both directions are full, and never
- * reads. Returns its socket. */
+ * reads: the server's echo waits for room in the socket, so at a stop its
+ * connection cannot finish. Full means: no send went through for 0.2 s and
+ * the bytes queued in our socket did not move for 0.3 s more (a server that
+ * was only slow, on a loaded machine, would have taken some). Returns the
+ * socket. */
 static int stuck_client(int port)
 {
     int fd = dial(port);
     cr_assert_eq(fcntl(fd, F_SETFL, O_NONBLOCK), 0);
     static char chunk[65536];
     size_t sent = 0;
-    double quiet_since = now_s();
-    while (now_s() - quiet_since < 0.2) { /* until both directions are full */
-        ssize_t n = send(fd, chunk, sizeof chunk, MSG_NOSIGNAL);
-        if (n > 0) {
-            sent += (size_t)n;
-            quiet_since = now_s();
-        } else {
-            cr_assert(n < 0 && errno == EAGAIN, "send: %s", strerror(errno));
-            sleep_us(5000);
+    for (;;) {
+        double quiet_since = now_s();
+        while (now_s() - quiet_since < 0.2) {
+            ssize_t n = send(fd, chunk, sizeof chunk, MSG_NOSIGNAL);
+            if (n > 0) {
+                sent += (size_t)n;
+                quiet_since = now_s();
+            } else {
+                cr_assert(n < 0 && errno == EAGAIN, "send: %s", strerror(errno));
+                sleep_us(5000);
+            }
+            cr_assert_lt(sent, (size_t)256 << 20, "256 MiB sent and the server still reads");
         }
-        cr_assert_lt(sent, (size_t)256 << 20, "256 MiB sent and the server still reads");
+        int q0 = -1, q1 = -2;
+        cr_assert_eq(ioctl(fd, SIOCOUTQ, &q0), 0);
+        sleep_us(300000);
+        cr_assert_eq(ioctl(fd, SIOCOUTQ, &q1), 0);
+        if (q0 == q1)
+            return fd;
     }
-    return fd;
 }
+
+/* A client that never reads: the drain timeout (300 ms) ends the wait and
+ * the server exits 0. */
 
 Test(echo, sigterm_with_a_client_not_reading_exits_at_drain_timeout, .fini = kill_server,
      .timeout = 30)
