@@ -8,7 +8,8 @@
  * COOP_TASKRUN|TASKRUN_FLAG|SUBMIT_ALL, then none. Without io_uring at all
  * (an old kernel, a seccomp filter, io_uring_disabled) the runtime still runs:
  * the worker parks on its futex with the next timer as timeout, timers work,
- * and every I/O future gives -EOPNOTSUPP.
+ * file operations run on the blocking pool, and socket futures give
+ * -EOPNOTSUPP.
  *
  * The turn (weft__io_tick, every few dozen polls and whenever the worker runs
  * out of local work): handle slots other threads pushed, then one

@@ -11,8 +11,9 @@
  * at least `threshold` apart is a poll that has lasted at least that long.
  * The first look's clock is read after the sequence, so after the poll
  * began: a report is never early (no false alarm), and comes at most one
- * look (threshold/4) late; a poll shorter than threshold + threshold/4 may go
- * unreported. A poll seen on two looks also gets the tasks queued behind it
+ * look late (threshold/4, or up to the threshold after looks that found no
+ * poll: the pace backs off); a poll shorter than threshold plus one look
+ * may go unreported. A poll seen on two looks also gets the tasks queued behind it
  * a sibling worker (sched.c wakes none for tasks woken between polls). The task's id
  * and name are read from the seqlock, never from the task, which may be
  * freed at any moment; the name is the spawner's string, which outlives the

@@ -5,11 +5,13 @@
  * work to weft_spawn_blocking: it runs `fn(arg)` on a pool thread and gives a
  * join handle that is a future, so the task waits without blocking its worker.
  *
- * The pool starts threads on demand (one per job while none is idle, up to
- * config.blocking_max_threads), lets idle threads exit after
- * config.blocking_keepalive_ms, and runs its threads at a lower OS priority
- * than the workers (config.blocking_priority) so that on a busy machine the
- * workers' short polls go first. docs/blocking.md has the whole story.
+ * The pool starts threads on demand (one at a time while jobs wait and none
+ * is idle, up to config.blocking_max_threads), lets idle threads exit after
+ * config.blocking_keepalive_ms, and lowers a job that has run for 1 ms (a
+ * compute job from its start) below the workers' OS priority
+ * (config.blocking_priority; where the process may raise it back: root, or
+ * CAP_SYS_NICE / RLIMIT_NICE) so that on a busy machine the workers' short
+ * polls go first. docs/blocking.md has the whole story.
  *
  * Included by <weft.h>; not meant to be included on its own. */
 #ifndef WEFT_BLOCKING_H

@@ -9,10 +9,11 @@
  * as much as a whole yield); busy time is measured at every park.
  *
  * The stall detector is a monitor thread that looks at every worker each
- * threshold/4 and reports a worker that has been inside one poll for longer
- * than the threshold, once per stall (never early; at most threshold/4
- * late, so a poll shorter than 1.25x the threshold may go unreported). docs/blocking.md explains how to read
- * both.
+ * threshold/4 (slowing to once per threshold while it finds no poll going
+ * on) and reports a worker that has been inside one poll for longer than the
+ * threshold, once per stall (never early; at most one look late, so a poll
+ * shorter than 1.25x the threshold, 2.25x after a quiet spell, may go
+ * unreported). docs/blocking.md explains how to read both.
  *
  * Included by <weft.h>; not meant to be included on its own. */
 #ifndef WEFT_METRICS_H
@@ -96,7 +97,7 @@ int weft_metrics_dump(struct weft_runtime *rt, FILE *out);
 
 /* Writes one line per live task that has been polled at least once, or is
  * being polled now (tasks never polled yet are counted on a last line, not
- * listed): id, name, state, and the time since its last poll started (to within the last WEFT_METRICS_SAMPLE polls of its worker). Returns the number of tasks
+ * listed): id, state, the time since its last poll started, and name (to within the last WEFT_METRICS_SAMPLE polls of its worker). Returns the number of tasks
  * listed, -EINVAL or -ENOMEM or -EIO. */
 int weft_task_dump(struct weft_runtime *rt, FILE *out);
 

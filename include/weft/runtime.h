@@ -50,7 +50,7 @@ struct weft_runtime_config {
     uint32_t io_buffers;            /* provided receive buffers per worker: a power of two in [1, 32768]; 0: 256 */
     uint32_t io_buffer_size;        /* bytes per buffer, in [64, 1 MiB]; 0: 4096 */
     uint32_t event_interval;        /* a busy worker reaps completions at least every this many polls; 0: 61 */
-    bool no_io_uring;               /* run without io_uring: timers work, I/O gives -EOPNOTSUPP */
+    bool no_io_uring;               /* without io_uring: timers work, files go to the blocking pool, sockets give -EOPNOTSUPP */
     /* The blocking pool (weft/blocking.h). */
     uint32_t blocking_max_threads;  /* at most this many pool threads, in [1, 65536]; 0: 512 */
     uint32_t blocking_keepalive_ms; /* an idle pool thread exits after this; 0: 10000 */
