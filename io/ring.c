@@ -393,7 +393,10 @@ bool weft__io_park(struct weft__io *io)
                 ts.tv_nsec = (long long)(d % WEFT_NS_PER_SEC);
                 tsp = &ts;
             }
-            enter(io, tsp, 1);
+            /* Arming may have had to make room in a full SQ, and so reaped
+             * (a ring review): if that woke a task, run it rather than sleep
+             * (the read stays armed for the next park). */
+            enter(io, io->wakes == wakes ? tsp : NULL, io->wakes == wakes);
         } else {
             futex_wait_until(&io->park, next);
         }
@@ -424,7 +427,8 @@ bool weft__io_unpark(struct weft__io *io)
     if (io->has_ring) {
         uint64_t one = 1;
         ssize_t r = write(io->efd, &one, sizeof(one));
-        (void)r; /* only fails if the counter is saturated: the read is due anyway */
+        (void)r; /* the counter cannot near saturation (one read drains it all), where
+                  * a write would block: nothing to handle */
     } else {
         syscall(SYS_futex, &io->park.state, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
     }
