@@ -27,7 +27,7 @@
  *  - 431 when the head of a request passes 8 KiB (MAX_HEAD).
  * The requests before the bad one are answered first.
  *
- * Memory: a connection is one task holding a `struct conn` (192 bytes on
+ * Memory: a connection is one task holding a `struct conn` (224 bytes on
  * x86-64) and, while it waits, the slot of its pending receive: about 410
  * bytes of RSS per idle connection, measured with 10,000 of them. Requests are
  * parsed straight from the provided buffer the bytes arrived in; only a
@@ -381,9 +381,10 @@ static size_t scan(struct conn *c, const unsigned char *p, size_t len)
         if (c->skip)
             return len;
     }
-    if (h.reply != REPLY_NONE) /* a bad line before the head was complete */
-        c->reply = (uint8_t)h.reply;
-    return c->reply ? len : pos;
+    if (h.reply == REPLY_NONE)
+        return pos;
+    c->reply = (uint8_t)h.reply; /* a bad line before the head was complete */
+    return len;
 }
 
 static void carry_free(struct conn *c)

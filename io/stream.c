@@ -361,8 +361,9 @@ void weft_send_recv_init(struct weft_recv *r, int fd, const void *buf, size_t le
     r->send_len = (uint32_t)len;
     /* The kernel moves at most MAX_RW_COUNT (INT_MAX rounded down to a
      * page) in one send, and reports the cut as success: the linked receive
-     * would then run as if everything had gone. */
-    if (len > ((size_t)INT_MAX & ~((size_t)getpagesize() - 1))) {
+     * would then run as if everything had gone. (The first test spares
+     * every receive's init the page-size call.) */
+    if (len > (size_t)INT_MAX / 2 && len > ((size_t)INT_MAX & ~((size_t)getpagesize() - 1))) {
         r->send_len = 0;
         r->result = -EINVAL;
         r->base.resume = 1;

@@ -429,21 +429,21 @@ static uint32_t runtime_destroy(struct weft_runtime *rt, uint32_t blocking_timeo
     return left;
 }
 
-/* True (with a line on stderr) when called on one of rt's own workers, which
- * would wait for itself to stop. */
-static bool on_own_worker(const struct weft_runtime *rt, const char *what)
+/* True on one of rt's own workers: destroying rt there would wait for itself. */
+static bool on_own_worker(const struct weft_runtime *rt)
 {
-    if (!weft__current || weft__current->rt != rt)
-        return false;
-    fprintf(stderr, "weft: %s called on one of the runtime's own workers: refused "
-                    "(it would wait for itself)\n", what);
-    return true;
+    return weft__current && weft__current->rt == rt;
 }
 
 void weft_runtime_destroy(struct weft_runtime *rt)
 {
-    if (!rt || on_own_worker(rt, "weft_runtime_destroy"))
+    if (!rt)
         return;
+    if (on_own_worker(rt)) {
+        fputs("weft: weft_runtime_destroy called on one of the runtime's own workers: "
+              "refused (it would wait for itself)\n", stderr);
+        return;
+    }
     uint32_t timeout_ms = rt->blocking_shutdown_ms;
     uint32_t left = runtime_destroy(rt, timeout_ms);
     if (left)
@@ -456,8 +456,8 @@ int weft_runtime_shutdown(struct weft_runtime *rt, uint32_t timeout_ms)
 {
     if (!rt)
         return -EINVAL;
-    if (weft__current && weft__current->rt == rt)
-        return -EDEADLK; /* it would wait for itself */
+    if (on_own_worker(rt))
+        return -EDEADLK;
     return (int)runtime_destroy(rt, timeout_ms);
 }
 

@@ -92,6 +92,16 @@ static void path_in_dir(char *out, size_t len, const char *name)
     snprintf(out, len, "%s/%s", dir, name);
 }
 
+/* Creates (empty) file `name` in the test's directory, its path in `out`;
+ * returns it open for reading and writing. */
+static int create_in_dir(char *out, size_t len, const char *name)
+{
+    path_in_dir(out, len, name);
+    int fd = open(out, O_CREAT | O_RDWR | O_TRUNC | O_CLOEXEC, 0600);
+    cr_assert_geq(fd, 0, "%s: %s", out, strerror(errno));
+    return fd;
+}
+
 /* ---- a task future running a per-test body over one weft_io --------------------- */
 
 struct ft;
@@ -361,15 +371,13 @@ Test(file, four_mib_in_chunks_from_four_tasks, .timeout = 30)
     struct weft_runtime *rt = start_rt(2, NULL);
     struct bulk B = { .src = malloc(FILE_SIZE), .dst = malloc(FILE_SIZE) };
     char path[128];
-    path_in_dir(path, sizeof path, "big");
+    B.fd = create_in_dir(path, sizeof path, "big");
     cr_assert(B.src && B.dst);
     for (uint32_t w = 0; w < FILE_SIZE / 4; w++) { /* every 4-byte word distinct */
         uint32_t v = w * 2654435761u;
         memcpy(B.src + 4 * (size_t)w, &v, 4);
     }
     memset(B.dst, 0, FILE_SIZE);
-    B.fd = open(path, O_CREAT | O_RDWR | O_TRUNC | O_CLOEXEC, 0600);
-    cr_assert_geq(B.fd, 0);
     run_lanes(rt, &B);
     B.reading = true;
     run_lanes(rt, &B);
@@ -781,10 +789,7 @@ static enum weft_poll body_drop_opens(struct ft *t, struct weft_cx *cx)
 Test(file, drop_open_in_flight_leaks_no_fd, .timeout = 30)
 {
     char path[128];
-    path_in_dir(path, sizeof path, "f");
-    int fd = open(path, O_CREAT | O_RDWR | O_CLOEXEC, 0600);
-    cr_assert_geq(fd, 0);
-    close(fd);
+    close(create_in_dir(path, sizeof path, "f"));
     struct counting_alloc ca;
     struct weft_runtime *rt = start_rt(2, &ca);
     int fds_with_rt = count_fds();
@@ -817,9 +822,7 @@ static enum weft_poll body_drop_cold_read(struct ft *t, struct weft_cx *cx)
 Test(file, dropped_read_out_of_a_cancels_reach_sleeps_until_it_ends, .timeout = 60)
 {
     char path[128];
-    path_in_dir(path, sizeof path, "cold");
-    int fd = open(path, O_CREAT | O_RDWR | O_CLOEXEC, 0600);
-    cr_assert_geq(fd, 0);
+    int fd = create_in_dir(path, sizeof path, "cold");
     char *chunk = malloc(1 << 20);
     cr_assert_not_null(chunk);
     memset(chunk, 'c', 1 << 20);
