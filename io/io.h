@@ -153,6 +153,7 @@ struct weft__io {
     unsigned char *bufs;
     uint32_t nbufs, buf_size, br_mask;
     uint32_t bufs_free;                /* buffers in the ring, as far as we know */
+    bool bufs_warm;                    /* the buffers were faulted in (first receive) */
     size_t br_bytes;
     struct weft__op *bufwait_head, *bufwait_tail; /* receives waiting for a buffer */
     bool draining;                     /* shutdown: wakes go to the global queue */
@@ -278,6 +279,8 @@ uint64_t weft__timers_run(struct weft__io *io);
 /* ---- bufring.c ----------------------------------------------------------- */
 int weft__bufring_init(struct weft__io *io, uint32_t nbufs, uint32_t size);
 void weft__bufring_fini(struct weft__io *io);
+/* Faults the buffer area in (up to 16 MiB): before the worker's first receive into it. */
+void weft__bufring_warm(struct weft__io *io);
 /* Gives buffer `bid` back to the ring, resubmitting a receive waiting for one. */
 void weft__bufring_put(struct weft__io *io, uint16_t bid);
 /* Resubmits parked receives, as many as the ring has buffers free. */

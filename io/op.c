@@ -135,6 +135,16 @@ struct io_uring_sqe *weft__io_sqe(struct weft__io *io)
     }
 }
 
+/* A receive into a buffer the kernel picks from the worker's ring. */
+static void prep_buffer_recv(struct weft__io *io, struct io_uring_sqe *sqe, int fd)
+{
+    if (!io->bufs_warm)
+        weft__bufring_warm(io);
+    io_uring_prep_recv(sqe, fd, NULL, io->buf_size, 0);
+    sqe->flags |= IOSQE_BUFFER_SELECT;
+    sqe->buf_group = 0;
+}
+
 void weft__op_submit(struct weft__io *io, struct weft__op *op)
 {
     /* A linked pair must go to the kernel in one submission: make room for
@@ -160,17 +170,13 @@ void weft__op_submit(struct weft__io *io, struct weft__op *op)
         sqe->flags |= IOSQE_IO_LINK | (op->u.sr.send_posts ? 0 : IOSQE_CQE_SKIP_SUCCESS);
         io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)op | IO_UD_SEND_PART);
         sqe = weft__io_sqe(io);
-        io_uring_prep_recv(sqe, fd, NULL, io->buf_size, 0);
-        sqe->flags |= IOSQE_BUFFER_SELECT;
-        sqe->buf_group = 0;
+        prep_buffer_recv(io, sqe, fd);
         /* The peer answers what we just sent: nothing to read yet, so wait
          * for data rather than try (and fail) first. */
         sqe->ioprio |= IORING_RECVSEND_POLL_FIRST;
         break;
     case OP_RECV_BUF:
-        io_uring_prep_recv(sqe, fd, NULL, io->buf_size, 0);
-        sqe->flags |= IOSQE_BUFFER_SELECT;
-        sqe->buf_group = 0;
+        prep_buffer_recv(io, sqe, fd);
         break;
     case OP_RECV:
         io_uring_prep_recv(sqe, fd, addr, op->len, 0);

@@ -14,6 +14,12 @@
  *   buffer goes back at the pair's own completion, not when the pair's slot
  *   is freed (which would chain each round's slot to the next, hold the ring
  *   half empty and send every other round down the two-completion path).
+ * - The ring's buffers are faulted in before the worker's first receive
+ *   into them: then 600 rounds, each receive taking the next of 256 buffers,
+ *   cost the process under 64 page faults (each buffer's first write used to
+ *   be a fault inside a receive's completion). A runtime that has received
+ *   nothing holds none of its 1 MiB resident; an area over 16 MiB per worker
+ *   is left to fault in as used.
  * - A failed send with a moved buffer reports the send's error, with the
  *   ring low (the send posts its own completion) and with it full (one
  *   completion for both), and the buffer goes back either way.
@@ -27,6 +33,9 @@
 #define _GNU_SOURCE
 #endif
 #include <criterion/criterion.h>
+
+#include <stdio.h>
+#include <sys/resource.h>
 
 #include <weft.h>
 
@@ -95,6 +104,88 @@ Test(sendfrom, a_round_costs_one_completion, .timeout = 30)
     cr_assert_eq(out.got, 100 + ROUNDS * 100);
     close_pair(srv, cli);
     stop_rt(rt, &ca);
+}
+
+/* Page faults taken by the whole process so far. */
+static long minor_faults(void)
+{
+    struct rusage ru;
+    cr_assert_eq(getrusage(RUSAGE_SELF, &ru), 0);
+    return ru.ru_minflt;
+}
+
+enum { WARM_ROUNDS = 600 };
+
+Test(sendfrom, the_ring_buffers_are_faulted_in_before_the_first_receive, .timeout = 30)
+{
+    struct counting_alloc ca;
+    int srv, cli;
+    /* The default ring: 256 buffers of 4 KiB, each on its own page. */
+    struct weft_runtime *rt = start_rt_opts((struct rt_opts){ .workers = 1 }, &ca);
+    tcp_pair(rt, "127.0.0.1", &srv, &cli);
+    struct weft_join j;
+    cr_assert_eq(iot_spawn(rt, body_echo_from, NULL, 0, srv, &j), 0);
+    struct echo_client c = { cli, 3, 64, 64, false };
+    echo_client_run(&c); /* the client's own first touches */
+    long before = minor_faults();
+    c.total = WARM_ROUNDS * 64;
+    echo_client_run(&c); /* each round's receive takes the ring's next buffer */
+    cr_assert(c.ok);
+    long faults = minor_faults() - before;
+    cr_assert_lt(faults, 64, "%ld page faults in %d rounds through 256 fresh buffers", faults,
+                 WARM_ROUNDS);
+    shutdown(cli, SHUT_WR);
+    struct iot out;
+    cr_assert_eq(iot_join(rt, &j, &out), 0);
+    cr_assert_eq(out.got, 64 + WARM_ROUNDS * 64);
+    close_pair(srv, cli);
+    stop_rt(rt, &ca);
+}
+
+/* Resident bytes of the process. */
+static long resident_bytes(void)
+{
+    long size, resident;
+    FILE *f = fopen("/proc/self/statm", "r");
+    cr_assert_not_null(f);
+    cr_assert_eq(fscanf(f, "%ld %ld", &size, &resident), 2);
+    fclose(f);
+    return resident * sysconf(_SC_PAGESIZE);
+}
+
+/* Starts a runtime of one worker with `o`, echoes one round through it and
+ * returns how much the process's resident memory grew at the start (*start)
+ * and after the round (the result). */
+static long echo_one_round(struct rt_opts o, long *start)
+{
+    long before = resident_bytes();
+    struct weft_runtime *rt = start_rt_opts(o, NULL);
+    *start = resident_bytes() - before;
+    int srv, cli;
+    tcp_pair(rt, "127.0.0.1", &srv, &cli);
+    struct weft_join j;
+    cr_assert_eq(iot_spawn(rt, body_echo_from, NULL, 0, srv, &j), 0);
+    struct echo_client c = { cli, 5, 64, 64, false };
+    echo_client_run(&c);
+    cr_assert(c.ok);
+    long grown = resident_bytes() - before;
+    shutdown(cli, SHUT_WR);
+    cr_assert_eq(iot_join(rt, &j, NULL), 0);
+    close_pair(srv, cli);
+    stop_rt(rt, NULL);
+    return grown;
+}
+
+Test(sendfrom, the_buffers_are_faulted_in_by_the_first_receive_up_to_16_MiB, .timeout = 30)
+{
+    /* The default ring, 1 MiB: untouched until a receive, then resident. */
+    long start, grown = echo_one_round((struct rt_opts){ .workers = 1 }, &start);
+    cr_assert_lt(start, 1l << 20, "%ld bytes resident before any receive", start);
+    cr_assert_geq(grown, 1l << 20, "%ld bytes resident after a receive", grown);
+    /* 64 buffers of 1 MiB: left to fault in as used. */
+    grown = echo_one_round(
+        (struct rt_opts){ .workers = 1, .io_buffers = 64, .io_buffer_size = 1 << 20 }, &start);
+    cr_assert_lt(grown, 16l << 20, "a 64 MiB ring made %ld bytes resident", grown);
 }
 
 enum { QUIET = 6 };
