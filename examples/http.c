@@ -25,7 +25,8 @@
  *  - 405 for any method but GET;
  *  - 411 with Transfer-Encoding: a body of unknown length is not read;
  *  - 431 when the head of a request passes 8 KiB (MAX_HEAD).
- * The requests before the bad one are answered first.
+ * The requests before the bad one are answered first. Empty lines before a
+ * request line are skipped (RFC 9112 2.2).
  *
  * Memory: a connection is one task holding a `struct conn` (224 bytes on
  * x86-64) and, while it waits, the slot of its pending receive: about 410
@@ -358,7 +359,13 @@ static size_t scan(struct conn *c, const unsigned char *p, size_t len)
 {
     size_t pos = 0, head;
     struct head h;
-    while ((head = parse_head(p + pos, len - pos, &h)) != 0) {
+    for (;;) {
+        /* Empty lines before a request line are ignored (RFC 9112 2.2: a
+         * client may send a CRLF after a body). */
+        while (len - pos >= 2 && p[pos] == '\r' && p[pos + 1] == '\n')
+            pos += 2;
+        if ((head = parse_head(p + pos, len - pos, &h)) == 0)
+            break;
         if (h.reply == REPLY_NONE && head > MAX_HEAD)
             h.reply = REPLY_431;
         if (h.reply != REPLY_NONE) {

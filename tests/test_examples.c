@@ -573,7 +573,7 @@ Test(http, malformed_request_gets_400_and_close, .fini = kill_server, .timeout =
         "GET / HTTP/2.0\r\n\r\n",
         "GET / HTTP/1.1 \r\n\r\n",
         "GET / HTTP/1.1\rX\r\n\r\n",
-        "\r\n\r\n",
+        "\r\n\nGET / HTTP/1.1\r\n\r\n", /* an empty line with a bare LF */
         "G(T / HTTP/1.1\r\nHost: x\r\n\r\n",
         /* bare LFs: as line ends, or inside a head that still ends in CRLFCRLF */
         "GET / HTTP/1.1\nHost: x\n\n",
@@ -627,6 +627,23 @@ Test(http, get_with_a_body_skips_it, .fini = kill_server, .timeout = 30)
     static const char te[] = "GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
     expect_reply_and_close(port, te, sizeof(te) - 1, R411);
     stop_server(SIGTERM, 5);
+}
+
+/* Empty lines (CRLF) before a request line are skipped (RFC 9112 2.2), in
+ * one read or split across two, first on the connection or between
+ * requests; they get no answer of their own. */
+Test(http, empty_lines_before_a_request_are_skipped, .fini = kill_server, .timeout = 30)
+{
+    int fd = start_and_dial("weft-http");
+    send_str(fd, "\r\n" GET);
+    expect_oks(fd, 1);
+    send_str(fd, GET "\r\n\r\n" GET "\r");
+    expect_oks(fd, 2);
+    sleep_us(20000);
+    send_str(fd, "\n" GET);
+    expect_oks(fd, 1);
+    send_str(fd, "\r\n\r\n");
+    expect_quiet_then_stop(fd, 50);
 }
 
 /* "Connection: close", and HTTP/1.0 without keep-alive: the response, then
