@@ -286,7 +286,7 @@ static void waiter_leave(struct weft_mpsc *ch, struct weft__mpsc_waiter *w, bool
 
 int weft_mpsc_create(struct weft_mpsc **out, size_t capacity, size_t msg_size)
 {
-    if (capacity == 0 || capacity > WEFT_MPSC_CAPACITY_MAX || msg_size == 0 ||
+    if (!out || capacity == 0 || capacity > WEFT_MPSC_CAPACITY_MAX || msg_size == 0 ||
         msg_size > WEFT_CHANNEL_MSG_MAX)
         return -EINVAL;
     const size_t align = _Alignof(struct slot);
@@ -333,6 +333,8 @@ static void release(struct weft_mpsc *ch)
 
 void weft_mpsc_sender_clone(struct weft_mpsc *ch)
 {
+    if (!ch)
+        return;
     /* Relaxed, as for any reference count increment: the caller's own
      * reference keeps the count above zero. */
     atomic_fetch_add_explicit(&ch->senders, 1, memory_order_relaxed);
@@ -340,6 +342,8 @@ void weft_mpsc_sender_clone(struct weft_mpsc *ch)
 
 void weft_mpsc_sender_drop(struct weft_mpsc *ch)
 {
+    if (!ch)
+        return;
     /* Release pairs with try_recv's load of senders: this sender's messages
      * are visible before the receiver concludes -EPIPE. Seq_cst: the store
      * of handshake 1 for the wake below. */
@@ -351,6 +355,8 @@ void weft_mpsc_sender_drop(struct weft_mpsc *ch)
 
 void weft_mpsc_receiver_drop(struct weft_mpsc *ch)
 {
+    if (!ch)
+        return;
     /* Relaxed: a sender racing with this may still queue a last message,
      * which is discarded with the rest; the blocked senders are ordered by the
      * lock below (see the wait list comment). */
@@ -363,6 +369,8 @@ void weft_mpsc_receiver_drop(struct weft_mpsc *ch)
 
 int weft_mpsc_try_send(struct weft_mpsc *ch, const void *msg)
 {
+    if (!ch || !msg)
+        return -EINVAL;
     int r = ring_push(ch, msg);
     if (r == 0)
         awaker_wake(&ch->rx);
@@ -371,6 +379,8 @@ int weft_mpsc_try_send(struct weft_mpsc *ch, const void *msg)
 
 int weft_mpsc_try_recv(struct weft_mpsc *ch, void *out)
 {
+    if (!ch || !out)
+        return -EINVAL;
     if (ring_pop(ch, out) == 0) {
         wake_sender(ch);
         return 0;
@@ -435,10 +445,11 @@ static const struct weft_future_ops send_ops = { send_poll, send_drop };
 
 void weft_mpsc_send_init(struct weft_mpsc_send *s, struct weft_mpsc *ch, const void *msg)
 {
-    s->base = (struct weft_future){ &send_ops, FUT_IDLE };
+    bool bad = !ch || !msg; /* ready at once with -EINVAL */
+    s->base = (struct weft_future){ &send_ops, bad ? FUT_DONE : FUT_IDLE };
     s->ch = ch;
     s->msg = msg;
-    s->res = 0;
+    s->res = bad ? -EINVAL : 0;
     s->waiter = (struct weft__mpsc_waiter){ 0 };
 }
 
@@ -480,8 +491,9 @@ static const struct weft_future_ops recv_ops = { recv_poll, recv_drop };
 
 void weft_mpsc_recv_init(struct weft_mpsc_recv *r, struct weft_mpsc *ch, void *out)
 {
-    r->base = (struct weft_future){ &recv_ops, FUT_IDLE };
+    bool bad = !ch || !out; /* ready at once with -EINVAL */
+    r->base = (struct weft_future){ &recv_ops, bad ? FUT_DONE : FUT_IDLE };
     r->ch = ch;
     r->out = out;
-    r->res = 0;
+    r->res = bad ? -EINVAL : 0;
 }

@@ -30,6 +30,7 @@
  * an acquire load, pairing with the sender's completing RMW. */
 #include <errno.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -63,7 +64,7 @@ static void oneshot_free(struct weft_oneshot *ch)
 
 int weft_oneshot_create(struct weft_oneshot **out, size_t msg_size)
 {
-    if (msg_size == 0 || msg_size > WEFT_CHANNEL_MSG_MAX)
+    if (!out || msg_size == 0 || msg_size > WEFT_CHANNEL_MSG_MAX)
         return -EINVAL;
     struct weft_oneshot *ch = malloc(sizeof(*ch) + msg_size);
     if (!ch)
@@ -105,6 +106,8 @@ static uint32_t tx_finish(struct weft_oneshot *ch, uint32_t bit)
 
 int weft_oneshot_send(struct weft_oneshot *ch, const void *msg)
 {
+    if (!ch || !msg)
+        return -EINVAL; /* the sender side is kept */
     /* Writing before checking is fine: the receiver reads msg only after
      * seeing SENT, and nobody reads it if the receiver is gone. */
     memcpy(ch->msg, msg, ch->msg_size);
@@ -114,11 +117,15 @@ int weft_oneshot_send(struct weft_oneshot *ch, const void *msg)
 
 void weft_oneshot_sender_drop(struct weft_oneshot *ch)
 {
+    if (!ch)
+        return;
     tx_finish(ch, CLOSED);
 }
 
 void weft_oneshot_receiver_drop(struct weft_oneshot *ch)
 {
+    if (!ch)
+        return;
     uint32_t st = atomic_load_explicit(&ch->state, memory_order_relaxed);
     if ((st & RX_WAKER) && !(st & COMPLETE)) {
         /* Take the waker back so it does not outlive this side. Acq_rel: if
@@ -193,8 +200,11 @@ static const struct weft_future_ops recv_ops = { recv_poll, recv_drop };
 
 void weft_oneshot_recv_init(struct weft_oneshot_recv *r, struct weft_oneshot *ch, void *out)
 {
-    r->base = (struct weft_future){ &recv_ops, RECV_IDLE };
+    /* Without a channel or a place for the message: ready at once with
+     * -EINVAL (the drop still releases a channel's receiver side). */
+    bool bad = !ch || !out;
+    r->base = (struct weft_future){ &recv_ops, bad ? RECV_DONE : RECV_IDLE };
     r->ch = ch;
     r->out = out;
-    r->res = 0;
+    r->res = bad ? -EINVAL : 0;
 }

@@ -216,6 +216,36 @@ Test(oneshot, bad_sizes_and_largest_message, .timeout = 20)
     weft_future_drop(&r.base);
 }
 
+/* NULL pointers: -EINVAL from the int calls and from futures made with one
+ * (ready at once), and nothing from the releases; a send refused for a NULL
+ * message keeps the sender side, and a receive future with a NULL output
+ * still releases the receiver side when dropped. */
+Test(oneshot, null_pointers, .timeout = 20)
+{
+    struct weft_oneshot *ch;
+    struct weft_oneshot_recv r;
+    struct counter c = { 0 };
+    uint32_t v = 7, out = 0;
+
+    cr_assert_eq(weft_oneshot_create(NULL, sizeof v), -EINVAL);
+    cr_assert_eq(weft_oneshot_send(NULL, &v), -EINVAL);
+    weft_oneshot_sender_drop(NULL);
+    weft_oneshot_receiver_drop(NULL);
+    weft_oneshot_recv_init(&r, NULL, &out);
+    cr_assert_eq(poll_with(&r, &c), WEFT_READY);
+    cr_assert_eq(r.res, -EINVAL);
+    weft_future_drop(&r.base);
+
+    cr_assert_eq(weft_oneshot_create(&ch, sizeof v), 0);
+    cr_assert_eq(weft_oneshot_send(ch, NULL), -EINVAL);
+    weft_oneshot_recv_init(&r, ch, NULL);
+    cr_assert_eq(poll_with(&r, &c), WEFT_READY);
+    cr_assert_eq(r.res, -EINVAL);
+    weft_future_drop(&r.base); /* the receiver side goes */
+    cr_assert_eq(weft_oneshot_send(ch, &v), -EPIPE, "the sender side was kept; the receiver gone");
+    cr_assert_eq(live(&c), 0);
+}
+
 /* ---- mpsc, one thread ------------------------------------------------------------ */
 
 Test(mpsc, bad_inputs, .timeout = 20)
@@ -230,6 +260,40 @@ Test(mpsc, bad_inputs, .timeout = 20)
     cr_assert_eq(weft_mpsc_create(&ch, 4, SIZE_MAX), -EINVAL);
     cr_assert_null(ch);
     cr_assert_eq(weft_mpsc_create(&ch, 2, WEFT_CHANNEL_MSG_MAX), 0);
+    mpsc_close(ch);
+}
+
+/* NULL pointers, as for the oneshot: -EINVAL, nothing queued or taken. */
+Test(mpsc, null_pointers, .timeout = 20)
+{
+    struct weft_mpsc_send s;
+    struct weft_mpsc_recv r;
+    struct counter c = { 0 };
+    uint32_t v = 9, out = 0;
+
+    cr_assert_eq(weft_mpsc_create(NULL, 4, sizeof v), -EINVAL);
+    cr_assert_eq(weft_mpsc_try_send(NULL, &v), -EINVAL);
+    cr_assert_eq(weft_mpsc_try_recv(NULL, &out), -EINVAL);
+    weft_mpsc_sender_clone(NULL);
+    weft_mpsc_sender_drop(NULL);
+    weft_mpsc_receiver_drop(NULL);
+    struct weft_mpsc *ch = mpsc_u32(4);
+    cr_assert_eq(weft_mpsc_try_send(ch, NULL), -EINVAL);
+    cr_assert_eq(weft_mpsc_try_recv(ch, NULL), -EINVAL);
+    for (int bad = 0; bad < 2; bad++) {
+        weft_mpsc_send_init(&s, bad ? NULL : ch, bad ? &v : NULL);
+        cr_assert_eq(poll_with(&s, &c), WEFT_READY);
+        cr_assert_eq(s.res, -EINVAL);
+        weft_future_drop(&s.base);
+        weft_mpsc_recv_init(&r, bad ? NULL : ch, bad ? &out : NULL);
+        cr_assert_eq(poll_with(&r, &c), WEFT_READY);
+        cr_assert_eq(r.res, -EINVAL);
+        weft_future_drop(&r.base);
+    }
+    cr_assert_eq(take(ch), -EAGAIN, "nothing was queued");
+    cr_assert_eq(put(ch, 5), 0);
+    cr_assert_eq(take(ch), 5);
+    cr_assert_eq(live(&c), 0);
     mpsc_close(ch);
 }
 

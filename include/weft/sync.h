@@ -19,7 +19,11 @@
  *     they complete, as Tokio's do, so a task that finds its channel always
  *     ready still lets the others run.
  *  7. Calls that fail synchronously (-EINVAL, -ENOMEM, -EAGAIN) have no side
- *     effects. */
+ *     effects.
+ *  8. A NULL channel, message or output pointer is -EINVAL: from the calls
+ *     that return an int, and from a future made with one (ready at its first
+ *     poll). Releasing a NULL channel (the _drop calls, sender_clone) does
+ *     nothing, as free(NULL). */
 #ifndef WEFT_SYNC_H
 #define WEFT_SYNC_H
 
@@ -42,10 +46,10 @@
 
 struct weft_oneshot;
 
-/* Creates a channel for one message of msg_size bytes; 0, -EINVAL (msg_size 0 or over WEFT_CHANNEL_MSG_MAX) or -ENOMEM. */
+/* Creates a channel for one message of msg_size bytes; 0, -EINVAL (out NULL, msg_size 0 or over WEFT_CHANNEL_MSG_MAX) or -ENOMEM. */
 int weft_oneshot_create(struct weft_oneshot **out, size_t msg_size);
 
-/* Sends *msg and releases the sender side; 0, or -EPIPE if the receiver was already gone (msg not delivered). */
+/* Sends *msg and releases the sender side; 0, -EPIPE if the receiver was already gone (msg not delivered), or -EINVAL (ch or msg NULL; the side is kept). */
 int weft_oneshot_send(struct weft_oneshot *ch, const void *msg);
 
 /* Releases the sender side without sending: the receiver gets -EPIPE. */
@@ -78,7 +82,7 @@ void weft_oneshot_recv_init(struct weft_oneshot_recv *r, struct weft_oneshot *ch
 
 struct weft_mpsc;
 
-/* Creates a channel; the caller holds one sender reference and the receiver. 0, -EINVAL (capacity 0 or over WEFT_MPSC_CAPACITY_MAX, msg_size 0 or over WEFT_CHANNEL_MSG_MAX) or -ENOMEM. */
+/* Creates a channel; the caller holds one sender reference and the receiver. 0, -EINVAL (out NULL, capacity 0 or over WEFT_MPSC_CAPACITY_MAX, msg_size 0 or over WEFT_CHANNEL_MSG_MAX) or -ENOMEM. */
 int weft_mpsc_create(struct weft_mpsc **out, size_t capacity, size_t msg_size);
 
 /* Adds a sender reference (the caller holds one already). Any thread. */
@@ -90,10 +94,10 @@ void weft_mpsc_sender_drop(struct weft_mpsc *ch);
 /* Releases the receiver: queued messages are discarded, pending and later sends get -EPIPE. */
 void weft_mpsc_receiver_drop(struct weft_mpsc *ch);
 
-/* Queues a copy of *msg without waiting (any sender, any thread); 0, -EAGAIN (full) or -EPIPE (receiver gone). */
+/* Queues a copy of *msg without waiting (any sender, any thread); 0, -EAGAIN (full), -EPIPE (receiver gone) or -EINVAL (ch or msg NULL). */
 int weft_mpsc_try_send(struct weft_mpsc *ch, const void *msg);
 
-/* Takes the oldest message into *out (receiver); 0, -EAGAIN (empty) or -EPIPE (empty and every sender released). */
+/* Takes the oldest message into *out (receiver); 0, -EAGAIN (empty), -EPIPE (empty and every sender released) or -EINVAL (ch or out NULL). */
 int weft_mpsc_try_recv(struct weft_mpsc *ch, void *out);
 
 /* Private: a pending send future's place in the channel's list of senders
