@@ -131,7 +131,9 @@ struct weft__io {
     char pad2[64];
     struct weft_runtime *rt;
     uint32_t index;                    /* the worker's */
-    int efd;                           /* eventfd the owner keeps a read armed on */
+    int efd;                           /* eventfd the owner keeps a read armed on; -1: the
+                                        * owner parks on the futex. Fixed from the
+                                        * owner's start to weft__io_free (unparkers read it) */
     bool efd_armed;
     uint64_t efd_val;
     uint32_t features;                 /* IORING_FEAT_* */
@@ -179,8 +181,11 @@ int weft__io_start(struct weft__io *io);
 /* On the worker thread, after its last io_uring_enter: undoes what start
  * registered with that thread. */
 void weft__io_stop(struct weft__io *io);
-/* Frees everything; the ring must have no operation in flight. */
+/* Frees everything but the wake eventfd; the ring must have no operation in flight. */
 void weft__io_fini(struct weft__io *io);
+/* Closes the wake eventfd, with the runtime's memory: an unparker may still be
+ * about to write it until then. io->efd must be -1 or the eventfd. */
+void weft__io_free(struct weft__io *io);
 /* Submits queued SQEs and reaps completions and expired timers without
  * sleeping; skips the syscall when there is nothing to submit or reap. */
 void weft__io_tick(struct weft__io *io);

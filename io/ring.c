@@ -193,6 +193,7 @@ int weft__io_start(struct weft__io *io)
     weft__bufring_fini(io);
     io_uring_queue_exit(&io->ring);
     io->has_ring = false;
+    weft__io_free(io); /* no unparker yet: none acts before the first park */
     io->supported = UINT32_C(1) << OP_TIMER;
     return err;
 }
@@ -216,14 +217,24 @@ void weft__io_fini(struct weft__io *io)
         io_uring_queue_exit(&io->ring);
         io->has_ring = false;
     }
-    if (io->efd >= 0)
-        close(io->efd);
-    io->efd = -1;
     weft__slab_fini(io);
     if (io->heap)
         rt_free(io->rt, io->heap, io->heap_cap * sizeof(*io->heap));
     io->heap = NULL;
     io->rt = NULL;
+}
+
+void weft__io_free(struct weft__io *io)
+{
+    /* Not in weft__io_fini (weft_runtime_destroy): an unparker that swapped
+     * PARKED may be about to write the eventfd when the worker, woken by
+     * something else, exits and destroy runs on. Closed then, its number
+     * could be reused and the 8 bytes land in another file. Every unparker
+     * holds a task (a waker, a spawn), and the runtime's memory, this
+     * included, outlives every task (docs/lifetimes.md, rule 11). */
+    if (io->efd >= 0)
+        close(io->efd);
+    io->efd = -1;
 }
 
 /* ---- the turn ------------------------------------------------------------------ */
@@ -420,11 +431,12 @@ bool weft__io_take_unpark(struct weft__io *io)
 bool weft__io_unpark(struct weft__io *io)
 {
     /* Release pairs with the acquire exchange at the end of weft__io_park;
-     * acquire with the parker's release CAS to PARKED (has_ring below). */
+     * acquire with the parker's release CAS to PARKED (efd below: fixed
+     * from before the first park until the runtime's memory goes). */
     if (atomic_exchange_explicit(&io->park.state, PARK_NOTIFIED, memory_order_acq_rel) !=
         PARK_PARKED)
         return false;
-    if (io->has_ring) {
+    if (io->efd >= 0) {
         uint64_t one = 1;
         ssize_t r = write(io->efd, &one, sizeof(one));
         (void)r; /* the counter cannot near saturation (one read drains it all), where

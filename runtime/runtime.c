@@ -162,8 +162,10 @@ static void runtime_free(struct weft_runtime *rt)
     for (uint32_t i = 0; rt->workers && i < rt->nworkers; i++) {
         free_some(&a, rt->workers[i].run.buf, q * sizeof(void *));
         free_some(&a, rt->workers[i].overflow, (q / 2 + 1) * sizeof(void *));
-        if (rt->workers[i].io)
+        if (rt->workers[i].io) {
             weft__io_fini(rt->workers[i].io);
+            weft__io_free(rt->workers[i].io);
+        }
         free_some(&a, rt->workers[i].io, sizeof(struct weft__io));
         free_some(&a, rt->workers[i].stats, sizeof(struct wstats));
     }
@@ -288,6 +290,8 @@ static struct weft_runtime *runtime_alloc(const struct weft_allocator *a, uint32
         w->io = zalloc(a, sizeof(struct weft__io));
         w->stats = zalloc(a, sizeof(struct wstats));
         ok = w->run.buf && w->overflow && w->io && w->stats;
+        if (w->io)
+            w->io->efd = -1; /* runtime_free closes it (weft__io_free) */
     }
     if (!ok) {
         runtime_free(rt);

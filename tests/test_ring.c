@@ -205,3 +205,48 @@ Test(ring, destroy_on_another_runtimes_worker_keeps_its_ring, .timeout = 30)
     free(n);
     weft_runtime_destroy(rt);
 }
+
+/* ---- the wake eventfds live as long as the runtime's memory --------------- */
+
+/* Descriptors of this process that are eventfds. */
+static int count_eventfds(void)
+{
+    int n = 0;
+    for (int fd = 0; fd < 4096; fd++) {
+        char path[64], link[64];
+        snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+        ssize_t len = readlink(path, link, sizeof link - 1);
+        if (len > 0) {
+            link[len] = '\0';
+            n += strcmp(link, "anon_inode:[eventfd]") == 0;
+        }
+    }
+    return n;
+}
+
+/* An unparker may swap a parked worker's park word, be preempted, and write
+ * the worker's eventfd after that worker (woken by something else) exited
+ * and weft_runtime_destroy returned: closed at destroy, the descriptor's
+ * number could be reused by then and the write land in another file. So each
+ * worker's eventfd is closed with the runtime's memory, which every waker
+ * and spawner holds (through a task): here a join handle held past destroy
+ * keeps both workers' eventfds open until it is dropped. */
+Test(ring, wake_eventfds_close_with_the_last_task_not_at_destroy, .timeout = 30)
+{
+    int before = count_eventfds();
+    struct weft_runtime_config cfg;
+    weft_runtime_config_init(&cfg);
+    cfg.workers = 2;
+    struct weft_runtime *rt = NULL;
+    cr_assert_eq(weft_runtime_create(&rt, &cfg), 0);
+    cr_assert_eq(count_eventfds(), before + 2, "one eventfd per worker");
+    _Atomic int flag = 0;
+    struct flag_task t = { { &flag_ops, 0 }, &flag };
+    struct weft_join j;
+    cr_assert_eq(weft_spawn(rt, &t.base, sizeof t, &j), 0);
+    cr_assert_eq(weft_block_on(rt, &j.base), 0);
+    weft_runtime_destroy(rt);
+    cr_assert_eq(count_eventfds(), before + 2, "closed at destroy, with a task still held");
+    weft_future_drop(&j.base); /* the last task: the runtime's memory goes */
+    cr_assert_eq(count_eventfds(), before);
+}
