@@ -463,7 +463,9 @@ void weft__io_cancel_all(struct weft__io *io)
     if (io->has_ring) {
         /* What is left has no future (each was dropped before, and an
          * orphan's own cancels go on until they reach it: op.c,
-         * weft__op_cancel_done), such as a listener's accept never closed. */
+         * weft__op_cancel_done), such as a listener's accept never closed.
+         * CANCEL_ANY came with multishot accept (5.19): on an older kernel
+         * the cancel fails (-EINVAL, ignored) and there is no such accept. */
         struct io_uring_sqe *sqe = weft__io_sqe(io);
         io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY);
         io_uring_sqe_set_data64(sqe, IO_UD_IGNORE);
