@@ -257,12 +257,23 @@ int weft__op_start(struct weft_cx *cx, struct weft__op **opp, enum op_kind kind)
 static void signal_waiter(struct op_waiter *w)
 {
     struct weft__io *wio = w->io;
-    /* Release: the kernel and the owner are done with the caller's memory. */
-    atomic_store_explicit(&w->done, 1, memory_order_release);
-    if (wio)
-        weft__io_unpark(wio);
-    else /* w may be gone by now; a stray wake of its address is harmless */
+    if (!wio) {
+        /* Release: the kernel and the owner are done with the caller's memory. */
+        atomic_store_explicit(&w->done, 1, memory_order_release);
+        /* w may be gone by now; a stray wake of its address is harmless. */
         syscall(SYS_futex, &w->done, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+        return;
+    }
+    /* The waiter is a worker, maybe of another runtime (a future moved
+     * between runtimes), which may be destroyed and freed as soon as it sees
+     * `done`: hold its memory across the unpark. The hold is taken while the
+     * waiter still waits, so that runtime's destroy has not dropped its own
+     * count yet (it joins the waiter first). */
+    struct weft_runtime *wrt = wio->rt;
+    weft__runtime_hold(wrt);
+    atomic_store_explicit(&w->done, 1, memory_order_release); /* as above */
+    weft__io_unpark(wio);
+    weft__runtime_release(wrt); /* may free it: nothing after this */
 }
 
 /* Releases what a finished operation produced and its future did not take

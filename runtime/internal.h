@@ -369,8 +369,10 @@ void *weft__worker_main(void *arg);
  * matching count of a free (runtime.c). */
 bool weft__runtime_pin(struct weft_runtime *rt);
 void weft__runtime_task_free(struct weft_runtime *rt);
-/* A blocking-pool thread keeps the runtime's memory alive while it runs
- * (hold: while the pool is open; release: its very last use of rt). */
+/* Keeps the runtime's memory alive: a blocking-pool thread while it runs
+ * (hold: while the pool is open; release: its very last use of rt), and a
+ * ring owner waking a worker that waits on it (io/op.c, signal_waiter). The
+ * hold must come before destroy's final count (see weft__runtime_hold). */
 void weft__runtime_hold(struct weft_runtime *rt);
 /* Task allocations counted outside the workers (metrics: live tasks). */
 int64_t weft__runtime_foreign_live(struct weft_runtime *rt);

@@ -241,8 +241,10 @@ int64_t weft__runtime_foreign_live(struct weft_runtime *rt)
 
 void weft__runtime_hold(struct weft_runtime *rt)
 {
-    /* Relaxed: the caller holds the pool lock with the pool open, and
-     * destroy closes the pool (under that lock) before its final live_sub. */
+    /* Relaxed: destroy's final live_sub comes after something that this
+     * hold happens before: the pool's closing (the caller holds the pool lock
+     * with the pool open), or the join of a worker waiting for the caller's
+     * next release store (signal_waiter). */
     atomic_fetch_add_explicit(&rt->live, 1, memory_order_relaxed);
 }
 

@@ -25,6 +25,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdatomic.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <weft.h>
@@ -249,4 +250,84 @@ Test(ring, wake_eventfds_close_with_the_last_task_not_at_destroy, .timeout = 30)
     cr_assert_eq(count_eventfds(), before + 2, "closed at destroy, with a task still held");
     weft_future_drop(&j.base); /* the last task: the runtime's memory goes */
     cr_assert_eq(count_eventfds(), before);
+}
+
+/* ---- an operation dropped on another runtime's worker ----------------------- */
+
+struct xrt {
+    int fd;
+    struct weft_io io;         /* a recv_into started on runtime A */
+    unsigned char buf[16];
+    _Atomic int armed;
+};
+
+struct xrt_task {
+    struct weft_future base;
+    struct xrt *x;
+};
+
+/* On A's worker: starts the receive (its SQE goes to A's ring) and ends,
+ * leaving it in flight. */
+static enum weft_poll xrt_arm_poll(struct weft_future *f, struct weft_cx *cx)
+{
+    struct xrt *x = ((struct xrt_task *)f)->x;
+    weft_recv_into_init(&x->io, x->fd, x->buf, sizeof x->buf);
+    atomic_store(&x->armed, weft_future_poll(&x->io.base, cx) == WEFT_PENDING ? 1 : -1);
+    return WEFT_READY;
+}
+
+/* On B's worker: drops it, which waits until A's ring lets go of buf. */
+static enum weft_poll xrt_drop_poll(struct weft_future *f, struct weft_cx *cx)
+{
+    (void)cx;
+    weft_future_drop(&((struct xrt_task *)f)->x->io.base);
+    return WEFT_READY;
+}
+
+static const struct weft_future_ops xrt_arm_ops = { xrt_arm_poll, NULL };
+static const struct weft_future_ops xrt_drop_ops = { xrt_drop_poll, NULL };
+
+static void run_task(struct weft_runtime *rt, const struct weft_future_ops *ops, struct xrt *x)
+{
+    struct xrt_task t = { { ops, 0 }, x };
+    struct weft_join j;
+    cr_assert_eq(weft_spawn(rt, &t.base, sizeof t, &j), 0);
+    cr_assert_eq(weft_block_on(rt, &j.base), 0);
+    cr_assert_eq(j.res, 0);
+    weft_future_drop(&j.base);
+}
+
+/* A receive started on runtime A's worker and dropped on runtime B's: the
+ * drop returns once A's ring let go of the buffer (nothing written into it),
+ * B is then destroyed at once (A's ring owner wakes B's worker through B's
+ * ring, and holds B's memory while it does: B may be freed the moment its
+ * worker sees the drop is over), and the bytes sent afterwards are the
+ * socket's, not the dropped receive's. 50 rounds, a new B each. */
+Test(ring, a_receive_dropped_on_another_runtimes_worker, .timeout = 60)
+{
+    struct weft_runtime *a = start_one_worker(0, false);
+    int sv[2];
+    cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    struct xrt *x = calloc(1, sizeof *x);
+    cr_assert_not_null(x);
+    x->fd = sv[0];
+    for (int round = 0; round < 50; round++) {
+        struct weft_runtime *b = start_one_worker(0, false);
+        memset(x->buf, 0xaa, sizeof x->buf);
+        atomic_store(&x->armed, 0);
+        run_task(a, &xrt_arm_ops, x);
+        cr_assert_eq(atomic_load(&x->armed), 1, "round %d: the receive did not wait", round);
+        run_task(b, &xrt_drop_ops, x);
+        weft_runtime_destroy(b);
+        for (size_t i = 0; i < sizeof x->buf; i++)
+            cr_assert_eq(x->buf[i], 0xaa, "round %d: written after its drop", round);
+        char c = (char)round, got = -1;
+        cr_assert_eq(write(sv[1], &c, 1), 1);
+        cr_assert_eq(read(sv[0], &got, 1), 1, "round %d", round);
+        cr_assert_eq(got, c, "round %d: the byte went to the dropped receive", round);
+    }
+    free(x);
+    close(sv[0]);
+    close(sv[1]);
+    weft_runtime_destroy(a);
 }
