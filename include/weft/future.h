@@ -101,7 +101,9 @@ static inline bool weft_waker_will_wake(const struct weft_waker *a, const struct
 struct weft__worker;
 
 /* What poll receives. `waker` wakes the task being polled; `worker` is the
- * runtime's per-worker state (NULL outside a worker, e.g. under weft_block_on);
+ * runtime's per-worker state (every task is polled on a worker, also the one
+ * weft_block_on runs; NULL only when a future is polled by hand outside the
+ * runtime, as tests do with a hand-made waker);
  * `budget` counts the operations the task may still complete in this poll. */
 struct weft_cx {
     const struct weft_waker *waker;

@@ -82,7 +82,8 @@ void weft_interval_init(struct weft_interval *iv, uint64_t period_ns);
  * caller to read and drop; the sleep's error otherwise (-ECANCELED at
  * shutdown). Polled again once ready, it stays ready with the same result
  * (the inner future is not polled again). `inner` is the caller's and must
- * outlive this. */
+ * outlive this: dropping the timeout never drops `inner` (after -ETIMEDOUT it
+ * is already dropped and empty), so a parent drops both, the timeout first. */
 struct weft_timeout {
     struct weft_future base;
     int result;

@@ -47,7 +47,7 @@ struct weft_runtime_config {
     const struct weft_allocator *allocator; /* NULL: malloc/free; must outlive the runtime */
     /* I/O (weft/io.h): each worker's io_uring and provided buffers. */
     uint32_t io_entries;            /* SQ entries per ring: a power of two in [8, 4096]; 0: 256 (the CQ has 16x) */
-    uint32_t io_buffers;            /* provided receive buffers per worker: a power of two in [1, 32768]; 0: 256 (all resident from a worker's first receive when io_buffers x io_buffer_size <= 16 MiB) */
+    uint32_t io_buffers;            /* provided receive buffers per worker: a power of two in [1, 32768]; 0: 256 (all resident from a worker's first receive when io_buffers x io_buffer_size <= 16 MiB, on Linux 5.14 or later) */
     uint32_t io_buffer_size;        /* bytes per buffer, in [64, 1 MiB]; 0: 4096 */
     uint32_t event_interval;        /* a busy worker reaps completions at least every this many polls; 0: 61 */
     bool no_io_uring;               /* without io_uring: timers work, files go to the blocking pool, sockets give -EOPNOTSUPP */

@@ -22,8 +22,9 @@
  *     effects.
  *  8. A NULL channel, message or output pointer is -EINVAL: from the calls
  *     that return an int, and from a future made with one (ready at its first
- *     poll). Releasing a NULL channel (the _drop calls, sender_clone) does
- *     nothing, as free(NULL). */
+ *     poll; a oneshot receive future with a channel still takes over its
+ *     receiver side, which its drop releases). Releasing a NULL channel (the
+ *     _drop calls, sender_clone) does nothing, as free(NULL). */
 #ifndef WEFT_SYNC_H
 #define WEFT_SYNC_H
 
