@@ -146,7 +146,7 @@ static bool parse_stat(const char *b, size_t n, char *state, int *cpu)
 
 /* Narrows w to `cpu`, if no looker holds it already and its affinity
  * allows `cpu`. */
-static bool move_worker(struct weft__worker *w, pid_t tid, int cpu)
+bool weft__handover_move(struct weft__worker *w, pid_t tid, int cpu)
 {
     uint32_t free_ = HANDED_FREE;
     if (!atomic_compare_exchange_strong_explicit(&w->handed, &free_, HANDED_BUSY,
@@ -199,7 +199,7 @@ void weft__looker_look(struct weft__looker *l, int cpu)
         l->next = i + 1 < rt->nworkers ? i + 1 : 0;
         /* Acquire pairs with the worker's release: cpu_clock is set. */
         pid_t tid = atomic_load_explicit(&rt->workers[i].tid, memory_order_acquire);
-        if (tid && starved(l, i, cpu) && move_worker(&rt->workers[i], tid, cpu)) {
+        if (tid && starved(l, i, cpu) && weft__handover_move(&rt->workers[i], tid, cpu)) {
             atomic_fetch_add_explicit(&handovers, 1, memory_order_relaxed);
             return;
         }

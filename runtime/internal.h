@@ -246,6 +246,9 @@ void weft__looker_fini(struct weft__looker *l);
 void weft__looker_look(struct weft__looker *l, int cpu);
 /* The worker: takes its own affinity back if a looker narrowed it. */
 void weft__handover_undo(struct weft__worker *w);
+/* Narrows worker w (thread tid) to `cpu`, saving its affinity for undo; false
+ * when another looker holds it or the affinity excludes cpu. */
+bool weft__handover_move(struct weft__worker *w, pid_t tid, int cpu);
 /* Times a worker was moved, in the whole process. */
 uint64_t weft__handovers(void);
 /* The runtime's copy of the workers' /proc stat files (opened by the first
@@ -273,6 +276,8 @@ bool weft__slice_ready(struct weft__slicer *s, struct weft_runtime *rt, pid_t ti
 bool weft__slice_start(struct weft__slicer *s, uint64_t ns);
 void weft__slice_stop(struct weft__slicer *s);
 void weft__slice_fini(struct weft__slicer *s);
+/* True when the calling thread blocks SIGURG (its program reads it itself). */
+bool weft__slice_urg_blocked(void);
 /* Times a compute job yielded at a slice's end, in the whole process. */
 uint64_t weft__compute_slices(void);
 

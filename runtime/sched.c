@@ -361,6 +361,10 @@ static void park_worker(struct weft__worker *w)
         atomic_store_explicit(&st->busy_since, 0, memory_order_relaxed);
         stat_add(&st->parks, 1);
         bool unparked = weft__io_park(w->io);
+        /* A compute job may have moved us while we slept (handover.c); a
+         * wake that brings no task parks again without passing the loop's
+         * top, and would sleep narrowed to that one CPU (a helper's review). */
+        weft__handover_undo(w);
         now = weft_now_ns();
         atomic_store_explicit(&st->busy_since, now, memory_order_relaxed);
         atomic_store_explicit(&w->clock, (uint32_t)(now >> POLLED_SHIFT), memory_order_relaxed);

@@ -15,6 +15,10 @@
  * round says nothing and is run again; where the kernel always ends the
  * wait at once, the test skips.
  *
+ * A worker moved while asleep and woken by something that brings no task
+ * widens back before it sleeps again (third test, white-box: the move is
+ * made by hand).
+ *
  * Bad inputs: none reach this path from the API (the looker runs only
  * inside the runtime); a worker whose own affinity excludes the looker's CPU
  * is not moved (second test). */
@@ -33,8 +37,10 @@
 
 #include <weft.h>
 
+#include "../io/io.h"
 #include "common.h"
 #include "hog.h"
+#include "internal.h"
 
 static _Atomic int job_running, done;
 static struct cpu0_job cpu0 = { &job_running, &done };
@@ -247,5 +253,40 @@ Test(handover, pinned_worker_left_alone, .timeout = 60)
     cr_assert_eq(sched_getaffinity(atomic_load(&worker_tid), sizeof now, &now), 0);
     cr_assert_eq(CPU_COUNT(&now), 1);
     cr_assert(CPU_ISSET(1, &now));
+    weft_runtime_destroy(rt);
+}
+
+/* A worker moved while it sleeps, then woken by something that brings it no
+ * task (here a bare unpark; in a program, a slot pushed by another thread's
+ * drop, or a cancel's completion), takes its affinity back before it sleeps
+ * again: a park that loops without passing the worker loop's top used to
+ * sleep on, narrowed to the one CPU (a helper's review). The move is the
+ * looker's own (weft__handover_move), done by hand on the parked worker. */
+Test(handover, a_moved_worker_woken_without_a_task_widens_back, .timeout = 30)
+{
+    cpu_set_t all;
+    cr_assert_eq(sched_getaffinity(0, sizeof all, &all), 0);
+    if (CPU_COUNT(&all) < 2)
+        cr_skip_test("needs 2 CPUs");
+    struct weft_runtime *rt = start();
+    struct weft__worker *w = &rt->workers[0];
+    pid_t tid;
+    WAIT_UNTIL((tid = atomic_load(&w->tid)) != 0);
+    struct weft_metrics m;
+    WAIT_UNTIL(weft_metrics_read(rt, &m) == 0 && m.worker[0].parks >= 1);
+    sleep_us(20000); /* asleep in its park */
+    int cpu = CPU_ISSET(0, &all) ? 0 : 1;
+    cr_assert(weft__handover_move(w, tid, cpu));
+    cpu_set_t now;
+    cr_assert_eq(sched_getaffinity(tid, sizeof now, &now), 0);
+    cr_assert_eq(CPU_COUNT(&now), 1);
+    uint64_t parks = m.worker[0].parks;
+    weft__io_unpark(w->io); /* a wake with no task behind it */
+    WAIT_UNTIL(weft_metrics_read(rt, &m) == 0 && m.worker[0].parks > parks);
+    sleep_us(20000);
+    cr_assert_eq(sched_getaffinity(tid, sizeof now, &now), 0);
+    cr_assert_eq(CPU_COUNT(&now), CPU_COUNT(&all), "the worker parked again on %d CPU(s)",
+                 CPU_COUNT(&now));
+    cr_assert_eq(atomic_load(&w->handed), 0, "still marked as moved");
     weft_runtime_destroy(rt);
 }
