@@ -194,7 +194,12 @@ void weft__blocking_init(struct weft_runtime *rt, const struct weft_runtime_conf
     uint32_t room = p->max_threads > 1 ? p->max_threads - 1 : 1;
     p->compute_max = compute_max < room ? compute_max : room;
     uint32_t slice = cfg->compute_slice_us ? cfg->compute_slice_us : DEFAULT_SLICE_US;
-    p->compute_slice_ns = slice == WEFT_COMPUTE_SLICE_OFF ? 0 : (uint64_t)slice * 1000u;
+    /* A creator that blocks SIGURG reads it itself (signalfd, sigwait): a
+     * sliced job's thread, which must let SIGURG in, could take the
+     * program's own. */
+    p->compute_slice_ns = slice == WEFT_COMPUTE_SLICE_OFF || weft__slice_urg_blocked()
+                              ? 0
+                              : (uint64_t)slice * 1000u;
     p->priority = cfg->blocking_priority;
     /* Lowering is only done when a thread can come back up: a thread stuck
      * low would take the pool's and the runtime's locks at low priority. */
@@ -462,10 +467,12 @@ static void *pool_thread(void *arg)
     pthread_setname_np(pthread_self(), "weft-blocking");
     struct pool_slot slot = { .tid = (pid_t)syscall(SYS_gettid) };
     struct weft__slicer slicer = { .made = false };
+    /* SIGURG stays blocked but while a sliced job runs (slice.c): the
+     * program's own SIGURG goes to its threads. */
     sigset_t urg;
     sigemptyset(&urg);
     sigaddset(&urg, SIGURG);
-    pthread_sigmask(SIG_UNBLOCK, &urg, NULL); /* a spawner's mask may block it */
+    pthread_sigmask(SIG_BLOCK, &urg, NULL);
     /* A thread inherits its creator's policy, and the creator may be a pool
      * thread running lowered (a compute job that spawns): start at the
      * workers' priority, before the first lock. (If it cannot be raised,

@@ -19,8 +19,13 @@
  * The handler is installed once per process, and only where SIGURG still
  * has its default or ignored disposition (it means "out-of-band data" and
  * is ignored by default): a program with its own SIGURG handler keeps it,
- * and its compute jobs are not sliced. The handler stays installed; a SIGURG
- * that no slice timer sent does nothing. */
+ * and its compute jobs are not sliced; nor are those of a runtime created
+ * by a thread that blocks SIGURG (blocking.c: the program reads it with
+ * signalfd or sigwait). A pool thread keeps SIGURG blocked but while a
+ * sliced job runs, so it takes no SIGURG meant for the program otherwise.
+ * The handler stays installed; a SIGURG that no slice timer of the thread
+ * it lands on sent does nothing (its payload is not trusted: a program's
+ * own timer may send SIGURG with a payload of its own). */
 #include <errno.h>
 #include <pthread.h>
 #include <sched.h>
@@ -42,16 +47,24 @@ static uint64_t thread_cpu_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-/* The timer hands the handler its slicer (no thread-local lookup, which in a
- * shared library may allocate); a SIGURG from anywhere else (out-of-band
- * data, kill) is not a slice. */
+/* The slicer of the pool thread running this code, or NULL. Initial-exec: a
+ * signal handler may read it (the general-dynamic model of a shared library
+ * may allocate on a thread's first access); 8 bytes of static TLS. Written
+ * by the thread itself only, ordered for its handler by a signal fence. */
+static __thread struct weft__slicer *thread_slicer __attribute__((tls_model("initial-exec")));
+
+/* A slice is a timer signal carrying this thread's own slicer; a SIGURG
+ * from anywhere else (out-of-band data, kill, a program's own timer with a
+ * payload that is not ours) is not one, and its payload is never read. */
 static void slice_handler(int sig, siginfo_t *si, void *uc)
 {
     (void)sig;
     (void)uc;
-    struct weft__slicer *s = si->si_code == SI_TIMER ? si->si_value.sival_ptr : NULL;
+    struct weft__slicer *s = thread_slicer;
+    if (!s || si->si_code != SI_TIMER || si->si_value.sival_ptr != s)
+        return;
     /* Relaxed: set and cleared by this thread (a signal fence orders them). */
-    if (!s || !atomic_load_explicit(&s->on, memory_order_relaxed))
+    if (!atomic_load_explicit(&s->on, memory_order_relaxed))
         return; /* the job ended with this signal pending */
     int saved = errno;
     /* A job that has had less than half a slice of CPU since its last slice
@@ -97,8 +110,21 @@ bool weft__slice_ready(struct weft__slicer *s, struct weft_runtime *rt, pid_t ti
         ev.sigev_value.sival_ptr = s;
         ev._sigev_un._tid = tid; /* sigev_notify_thread_id, which glibc 2.36 lacks */
         s->made = timer_create(CLOCK_MONOTONIC, &ev, &s->timer) == 0;
+        if (s->made) {
+            thread_slicer = s;
+            atomic_signal_fence(memory_order_seq_cst); /* before any of its signals */
+        }
     }
     return s->made;
+}
+
+/* SIGURG blocked (how) or unblocked in the calling thread. */
+static void mask_urg(int how)
+{
+    sigset_t urg;
+    sigemptyset(&urg);
+    sigaddset(&urg, SIGURG);
+    pthread_sigmask(how, &urg, NULL);
 }
 
 bool weft__slice_start(struct weft__slicer *s, uint64_t ns)
@@ -109,8 +135,10 @@ bool weft__slice_start(struct weft__slicer *s, uint64_t ns)
     s->ran_ns = thread_cpu_ns();
     atomic_store_explicit(&s->on, true, memory_order_relaxed);
     atomic_signal_fence(memory_order_seq_cst); /* the fields above, before any signal */
-    if (timer_settime(s->timer, 0, &it, NULL) == 0)
+    if (timer_settime(s->timer, 0, &it, NULL) == 0) {
+        mask_urg(SIG_UNBLOCK);
         return true;
+    }
     atomic_store_explicit(&s->on, false, memory_order_relaxed);
     return false;
 }
@@ -119,19 +147,25 @@ void weft__slice_stop(struct weft__slicer *s)
 {
     struct itimerspec off = { { 0, 0 }, { 0, 0 } };
     timer_settime(s->timer, 0, &off, NULL);
+    /* A slice still pending stays so until the next job's start, where the
+     * handler finds it early and yields once: harmless. */
+    mask_urg(SIG_BLOCK);
     atomic_store_explicit(&s->on, false, memory_order_relaxed);
+}
+
+bool weft__slice_urg_blocked(void)
+{
+    sigset_t now;
+    return pthread_sigmask(SIG_BLOCK, NULL, &now) == 0 && sigismember(&now, SIGURG) == 1;
 }
 
 void weft__slice_fini(struct weft__slicer *s)
 {
     if (s->made) {
         timer_delete(s->timer);
-        /* A signal still pending must not reach the handler once s (on the
-         * thread's stack) is gone: it stays blocked until the thread exits. */
-        sigset_t urg;
-        sigemptyset(&urg);
-        sigaddset(&urg, SIGURG);
-        pthread_sigmask(SIG_BLOCK, &urg, NULL);
+        /* SIGURG is blocked here (slice_stop), and a signal still pending
+         * finds no slicer if the thread ever unblocked it. */
+        thread_slicer = NULL;
     }
     s->made = false;
     weft__looker_fini(&s->looker);

@@ -4,8 +4,10 @@
  * priority a compute job runs at from its first instruction and its thread's
  * priority after it, its slices (yields on SIGURG, counted in the metrics;
  * none for blocking jobs, none when turned off, none when the program has
- * its own SIGURG handler, which is kept), shutdown with compute jobs queued,
- * and the count in the metrics.
+ * its own SIGURG handler, which is kept, none for a runtime created by a
+ * thread that blocks SIGURG, whose every SIGURG then reaches the program's
+ * signalfd), shutdown with compute jobs queued, and the count in the
+ * metrics.
  *
  * Bad inputs tried: weft_spawn_compute with a NULL runtime and with a NULL fn
  * (-EINVAL, the join handle left empty even when it held garbage);
@@ -13,7 +15,9 @@
  * compute_max_threads 65537 and UINT32_MAX, compute_slice_us 49 and 1000001
  * (-EINVAL; 65536, 50, 1000000 and WEFT_COMPUTE_SLICE_OFF work); 200
  * SIGURGs sent to the process by kill, and one raised on the test thread,
- * while a sliced job runs (ignored: not a slice). */
+ * while a sliced job runs (ignored: not a slice); a program's POSIX timer
+ * sending SIGURG every 200 us with a payload of its own while sliced jobs
+ * run (not a slice, never dereferenced). */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
@@ -26,6 +30,10 @@
 #include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
+#include <poll.h>
+#include <sys/mman.h>
+#include <sys/signalfd.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <weft.h>
@@ -448,4 +456,87 @@ Test(compute, program_sigurg_handler_kept, .timeout = 60)
     cr_assert_eq(sigaction(SIGURG, NULL, &now), 0);
     cr_assert_eq(now.sa_handler, app_urg, "the program's SIGURG handler was replaced");
     weft_runtime_destroy(slice_rt);
+}
+
+/* Waits up to 1 s for one SIGURG on the signalfd; true if it came. */
+static bool urg_arrived(int sfd)
+{
+    struct pollfd pfd = { sfd, POLLIN, 0 };
+    if (poll(&pfd, 1, 1000) != 1)
+        return false;
+    struct signalfd_siginfo si;
+    return read(sfd, &si, sizeof si) == (ssize_t)sizeof si && si.ssi_signo == SIGURG;
+}
+
+/* Spins until told to stop (10 s at most); returns how much the slice count
+ * rose meanwhile. */
+static _Atomic int stop_spin;
+
+static void *job_spin_until_told(void *arg)
+{
+    (void)arg;
+    uint64_t s0 = slices_now();
+    double end = now_s() + 10.0;
+    while (!atomic_load(&stop_spin) && now_s() < end)
+        ;
+    return (void *)(uintptr_t)(slices_now() - s0);
+}
+
+/* A program that blocks SIGURG and reads it itself (signalfd) gets every one
+ * sent to the process: with an idle pool thread, and while a compute job
+ * runs (that runtime's jobs are not sliced, so no pool thread lets SIGURG
+ * in). Pool threads used to unblock SIGURG as they started and took the
+ * program's signals: 0 of 20 arrived. */
+Test(compute, a_program_reading_sigurg_gets_every_one, .timeout = 60)
+{
+    sigset_t urg;
+    sigemptyset(&urg);
+    sigaddset(&urg, SIGURG);
+    cr_assert_eq(pthread_sigmask(SIG_BLOCK, &urg, NULL), 0); /* before the runtime's threads */
+    int sfd = signalfd(-1, &urg, SFD_CLOEXEC);
+    cr_assert_geq(sfd, 0);
+    start_sliced(100);
+    cr_assert_eq(run_spin(false, 0), 0); /* a pool thread now waits for work */
+    for (int i = 0; i < 20; i++) {
+        cr_assert_eq(kill(getpid(), SIGURG), 0);
+        cr_assert(urg_arrived(sfd), "SIGURG %d of 20 (pool idle) did not reach the program", i);
+    }
+    struct weft_blocking_join h;
+    atomic_store(&stop_spin, 0);
+    cr_assert_eq(weft_spawn_compute(slice_rt, job_spin_until_told, NULL, &h), 0);
+    for (int i = 0; i < 20; i++) {
+        cr_assert_eq(kill(getpid(), SIGURG), 0);
+        cr_assert(urg_arrived(sfd), "SIGURG %d of 20 (compute job) did not reach the program", i);
+    }
+    atomic_store(&stop_spin, 1);
+    cr_assert_eq(join(slice_rt, &h), 0, "the compute job was sliced");
+    weft_runtime_destroy(slice_rt);
+    close(sfd);
+}
+
+/* A program's own POSIX timer sending SIGURG with a payload of its own (not
+ * a slicer) while sliced jobs run: the handler reads no payload that is not
+ * its thread's slicer. It used to take any timer SIGURG's payload for one
+ * (a crash: SIGSEGV in the handler). */
+Test(compute, a_program_timer_on_sigurg_is_not_a_slice, .timeout = 60)
+{
+    if (!may_raise_back())
+        cr_skip_test("nothing is lowered, so nothing would be sliced anyway");
+    start_sliced(100);
+    struct sigevent ev = { 0 };
+    ev.sigev_notify = SIGEV_SIGNAL;
+    ev.sigev_signo = SIGURG;
+    /* A payload no thread may read: a page with no access. */
+    void *none = mmap(NULL, 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    cr_assert_neq(none, MAP_FAILED);
+    ev.sigev_value.sival_ptr = none;
+    timer_t t;
+    cr_assert_eq(timer_create(CLOCK_MONOTONIC, &ev, &t), 0);
+    struct itimerspec every = { { 0, 200000 }, { 0, 200000 } };
+    cr_assert_eq(timer_settime(t, 0, &every, NULL), 0);
+    for (int i = 0; i < 3; i++)
+        cr_assert_geq(run_spin(true, 10), 10, "the job was not sliced");
+    cr_assert_eq(timer_delete(t), 0);
+    weft_runtime_destroy(slice_rt);
+    munmap(none, 4096);
 }

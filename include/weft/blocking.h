@@ -50,7 +50,8 @@ int weft_spawn_blocking(struct weft_runtime *rt, weft_blocking_fn *fn, void *arg
 /* As weft_spawn_blocking, for CPU-bound work: the job runs lowered to
  * config.blocking_priority from its start (when the pool lowers at all) and,
  * lowered, yields its CPU every config.compute_slice_us (its thread takes
- * SIGURG, unless the program handles SIGURG itself: docs/blocking.md), first
+ * SIGURG, unless the program handles SIGURG itself or the runtime's creator
+ * blocks it: docs/blocking.md), first
  * moving onto its CPU a worker it sees waiting for one elsewhere (the
  * worker's affinity is narrowed until it runs again); at
  * most config.compute_max_threads compute jobs run at once (default: the
