@@ -5,17 +5,20 @@ usage: io_table.py SUMMARY.md [RESULTS_DIR]
 
 Reads the Markdown tables run.sh's summarize.py wrote (HTTP, pipelined HTTP,
 echo, idle connections, timers) and prints one table: weft's figure, Tokio's,
-the hand-written io_uring server's, the ratios weft / peer (below 1 is better
-for costs, above 1 for throughput), the target and whether it is met. Every
-figure is already a median across the interleaved runs.
+the hand-written io_uring server's (each a median across the interleaved
+runs), the ratios weft / peer (below 1 is better for costs, above 1 for
+throughput), the target and whether it is met. A row with no figure is "-".
 
-With RESULTS_DIR (the run's raw outputs, beside summary.md), a second table
-pairs the runs: for each run r, weft's server CPU per request over each
-peer's in that same run r (interleaved, so they shared the machine's state),
-then the median of those ratios, a 95% confidence interval for it (the
-sign test's: order statistics, no assumption about the distribution) and
-their range. A ratio target is met beyond the noise only when the whole
-interval is below it.
+With RESULTS_DIR (the run's raw outputs, beside summary.md), the ratios are
+paired: for each run r, weft's figure over the peer's in that same run r
+(interleaved, so they shared the machine's state), and the ratio columns
+and the verdicts use the median of those per-run ratios; without it, the
+ratio of the two column medians. A second table gives, for each paired
+figure, that median, a 95% confidence interval for it (the sign test's:
+order statistics, no assumption about the distribution; none below 6 runs,
+and with 6 or 8 runs it is the range) and the range. The verdict is the
+median's; a target is met beyond the noise only when the whole interval is
+on its side.
 """
 import glob
 import math
@@ -77,10 +80,11 @@ SERVER_ROWS = [
     ("echo: messages/s", "TCP echo, loadgen", "msgs/s (median)", False, 1.0, None),
     ("echo: p99 latency (us)", "TCP echo, loadgen", "p99", True, 1.0, None),
     # The same echo at a fixed rate (open loop): every server carries the same
-    # load, so CPU per message compares like for like. Not one of the targets.
+    # load, so CPU per message compares like for like (no target of its own),
+    # and p99 is "no worse than Tokio's at the same load".
     ("echo, open loop: server CPU us/message", "TCP echo, open loop", "server CPU us/op", True,
      None, None),
-    ("echo, open loop: p99 latency (us)", "TCP echo, open loop", "p99", True, None, None),
+    ("echo, open loop: p99 latency (us)", "TCP echo, open loop", "p99", True, 1.0, None),
     ("idle: RSS per idle connection (B)", "Idle connections", "RSS growth per conn", True, None, None),
 ]
 
@@ -109,7 +113,7 @@ def verdict(r, target, lower=True):
     return "met" if (r <= target if lower else r >= target) else "**not met**"
 
 
-def main(path):
+def main(path, results=None):
     text = open(path).read()
     tabs = tables(text)
     stamp = next((l for l in text.splitlines() if l.startswith("_20")), None)
@@ -121,13 +125,17 @@ def main(path):
         rows = find(tabs, sec)
         w, t, u = (cell(rows, s, col) for s in ("weft", "tokio", "io_uring"))
         rt, ru = ratio(w, t), ratio(w, u)
+        if results and label in PAIRED_OF:
+            sub_, metric = PAIRED_OF[label]
+            rt = median_or_none(paired_ratios(results, sub_, metric, "weft", "tokio"))
+            ru = median_or_none(paired_ratios(results, sub_, metric, "weft", "io_uring"))
         target = []
         if t_tokio is not None:
             target.append(f"<= {t_tokio}x tokio" if lower else f">= tokio")
         if t_uring is not None:
             target.append("<= io_uring")
         if label.startswith("idle"):
-            target, met = ["< 2048 B"], ("met" if w is not None and w < 2048 else "**not met**")
+            target, met = ["< 2048 B"], ("-" if w is None else "met" if w < 2048 else "**not met**")
         else:
             checks = [verdict(rt, t_tokio, lower)] + ([verdict(ru, t_uring)] if t_uring else [])
             met = "**not met**" if "**not met**" in checks else ("met" if "met" in checks else "-")
@@ -139,25 +147,68 @@ def main(path):
         r = ratio(w, t)
         target, met = (f"<= {t_tokio}x tokio", verdict(r, t_tokio)) if t_tokio else ("-", "-")
         if name == "sleep_1ms_oversleep_p99_us":
-            target, met = "<= 200 us", ("met" if w is not None and w <= 200 else "**not met**")
+            target, met = "<= 200 us", ("-" if w is None else "met" if w <= 200 else "**not met**")
         print(f"| {name} | {fmt(w)} | {fmt(t)} | - | {fmt(r) + 'x' if r else '-'} | - | {target} | {met} |")
 
 
-# (label, results subdirectory) of the rows paired run by run
-PAIRED_ROWS = [("HTTP", "http"), ("HTTP x16 pipelined", "http_pipe16"), ("echo", "echo"),
-               ("echo, open loop", "echo_open")]
+# (label, results subdirectory, metric) of the figures paired run by run
+PAIRED_ROWS = [
+    ("HTTP: server CPU us/request", "http", "cpu"),
+    ("HTTP: requests/s", "http", "rate"),
+    ("HTTP: p99 latency", "http", "p99"),
+    ("HTTP x16 pipelined: server CPU us/request", "http_pipe16", "cpu"),
+    ("HTTP x16 pipelined: requests/s", "http_pipe16", "rate"),
+    ("echo: server CPU us/message", "echo", "cpu"),
+    ("echo: messages/s", "echo", "rate"),
+    ("echo: p99 latency", "echo", "p99"),
+    ("echo, open loop: server CPU us/message", "echo_open", "cpu"),
+    ("echo, open loop: p99 latency", "echo_open", "p99"),
+]
+# SERVER_ROWS label -> (subdirectory, metric)
+PAIRED_OF = {label.replace(" (us)", ""): (sub, metric) for label, sub, metric in PAIRED_ROWS}
+PAIRED_OF.update({k + " (us)": v for k, v in list(PAIRED_OF.items()) if k.endswith("p99 latency")})
 
 
-def run_cpu_per_op(path):
-    """Server CPU us per request of one run: its .cpu file over its requests/s."""
-    text = open(path).read()
+def run_rate(text):
+    """Requests (or messages) per second of one run's output."""
     m = (re.search(r"Requests/sec:\s+([\d.]+)", text) or
          re.search(r"^RESULT .*msgs_per_s=([\d.]+)", text, re.M))
-    cpu = path[:-4] + ".cpu"
-    if not m or not float(m.group(1)) or not os.path.exists(cpu):
+    return float(m.group(1)) if m and float(m.group(1)) else None
+
+
+def run_metric(path, metric):
+    """One run's figure: server CPU us per request ("cpu": its .cpu file over
+    its rate), its rate ("rate"), or its p99 latency in us ("p99")."""
+    text = open(path).read()
+    if metric == "rate":
+        return run_rate(text)
+    if metric == "p99":
+        m = re.search(r"^\s*99%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
+        if m:
+            return float(m.group(1)) * {"us": 1.0, "ms": 1e3, "s": 1e6}[m.group(2)]
+        m = re.search(r"^RESULT .*p99_us=([\d.]+)", text, re.M)
+        return float(m.group(1)) if m else None
+    rate, cpu = run_rate(text), path[:-4] + ".cpu"
+    if not rate or not os.path.exists(cpu):
         return None
     kv = dict(x.split("=") for x in open(cpu).read().split())
-    return float(kv["cpu_s"]) / float(kv["wall_s"]) / float(m.group(1)) * 1e6
+    return float(kv["cpu_s"]) / float(kv["wall_s"]) / rate * 1e6
+
+
+def paired_ratios(results, sub, metric, a, b):
+    """a's figure over b's, run by run (runs matched by their index)."""
+    ratios = []
+    for f in sorted(glob.glob(os.path.join(results, sub, f"{a}.*.txt"))):
+        g = f.replace(f"/{a}.", f"/{b}.")
+        x = run_metric(f, metric)
+        y = run_metric(g, metric) if os.path.exists(g) else None
+        if x and y:
+            ratios.append(x / y)
+    return ratios
+
+
+def median_or_none(xs):
+    return statistics.median(xs) if xs else None
 
 
 def median_ci(xs, level=0.95):
@@ -178,27 +229,23 @@ def median_ci(xs, level=0.95):
 def paired(results):
     """The per-run ratios; io_uring / tokio is the practical limit's own ratio."""
     pairs = (("weft", "tokio"), ("weft", "io_uring"), ("io_uring", "tokio"))
-    print("\n| server CPU per request, run by run | runs | "
+    print("\n| run by run | runs | "
           + " | ".join(f"{a} / {b}: median [95% CI] (range)" for a, b in pairs) + " |")
     print("|---|---|---|---|---|")
-    for label, sub in PAIRED_ROWS:
-        cols = []
+    for label, sub, metric in PAIRED_ROWS:
+        cols, runs = [], 0
         for a, b in pairs:
-            ratios = []
-            for f in sorted(glob.glob(os.path.join(results, sub, f"{a}.*.txt"))):
-                x = run_cpu_per_op(f)
-                y = run_cpu_per_op(f.replace(f"/{a}.", f"/{b}."))
-                if x and y:
-                    ratios.append(x / y)
+            ratios = paired_ratios(results, sub, metric, a, b)
+            runs = max(runs, len(ratios))
             ci = median_ci(ratios) if ratios else None
             cols.append((f"{statistics.median(ratios):.2f}x "
                          + (f"[{ci[0]:.2f}-{ci[1]:.2f}] " if ci else "")
                          + f"({min(ratios):.2f}-{max(ratios):.2f})") if ratios else "-")
-        if os.path.isdir(os.path.join(results, sub)):
-            print(f"| {label} | {len(ratios)} | " + " | ".join(cols) + " |")
+        if runs:
+            print(f"| {label} | {runs} | " + " | ".join(cols) + " |")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None)
     if len(sys.argv) > 2:
         paired(sys.argv[2])
