@@ -281,6 +281,25 @@ void weft__timer_remove(struct weft__io *io, struct weft__op *op);
 /* Fires expired timers; returns the next deadline or UINT64_MAX. */
 uint64_t weft__timers_run(struct weft__io *io);
 
+/* ---- the cooperative budget ------------------------------------------------
+ * A leaf's poll: one unit of the task's budget (weft_coop_take; when it is
+ * spent the task yields), given back when the leaf stays pending, as Tokio's
+ * RestoreOnPending: the budget counts operations that complete, so a task
+ * waiting on many futures at once (a join_all of 200 sleeps) pays nothing
+ * for those still waiting. Without the give-back, the first 128 pending
+ * children spent the budget at every poll and the rest were never started. */
+static inline enum weft_poll weft__leaf_poll(struct weft_future *f, struct weft_cx *cx,
+                                             enum weft_poll (*step)(struct weft_future *,
+                                                                    struct weft_cx *))
+{
+    if (!weft_coop_take(cx))
+        return WEFT_PENDING;
+    enum weft_poll p = step(f, cx);
+    if (p == WEFT_PENDING)
+        cx->budget++;
+    return p;
+}
+
 /* ---- bufring.c ----------------------------------------------------------- */
 int weft__bufring_init(struct weft__io *io, uint32_t nbufs, uint32_t size);
 void weft__bufring_fini(struct weft__io *io);

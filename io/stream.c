@@ -149,13 +149,9 @@ static int file_job_start(struct weft_io *io, struct weft_cx *cx)
     return weft__job_start(cx->worker->rt, file_job, io, &io->job);
 }
 
-static enum weft_poll io_poll(struct weft_future *f, struct weft_cx *cx)
+static enum weft_poll io_step(struct weft_future *f, struct weft_cx *cx)
 {
     struct weft_io *io = (struct weft_io *)f;
-    if (io->base.resume)
-        return WEFT_READY;
-    if (!weft_coop_take(cx))
-        return WEFT_PENDING;
     for (;;) {
         int res;
         if (io->job) {
@@ -224,6 +220,11 @@ static void io_drop(struct weft_future *f)
         weft__job_release(io->job);
         io->job = NULL;
     }
+}
+
+static enum weft_poll io_poll(struct weft_future *f, struct weft_cx *cx)
+{
+    return f->resume ? WEFT_READY : weft__leaf_poll(f, cx, io_step);
 }
 
 static const struct weft_future_ops io_ops = { io_poll, io_drop };
@@ -297,13 +298,9 @@ void weft_fsync_init(struct weft_io *io, int fd, bool data_only)
 
 /* ---- weft_recv: from the provided-buffer ring ------------------------------------ */
 
-static enum weft_poll recv_poll(struct weft_future *f, struct weft_cx *cx)
+static enum weft_poll recv_step(struct weft_future *f, struct weft_cx *cx)
 {
     struct weft_recv *r = (struct weft_recv *)f;
-    if (r->base.resume)
-        return WEFT_READY;
-    if (!weft_coop_take(cx))
-        return WEFT_PENDING;
     if (!r->op) {
         /* With something to send first: a send linked to the recv, one CQE. */
         enum op_kind kind = r->send_len ? OP_SEND_RECV : OP_RECV_BUF;
@@ -344,6 +341,11 @@ static void recv_drop(struct weft_future *f)
     struct weft_recv *r = (struct weft_recv *)f;
     weft__op_drop(&r->held); /* moved in, never polled */
     weft__op_drop(&r->op);
+}
+
+static enum weft_poll recv_poll(struct weft_future *f, struct weft_cx *cx)
+{
+    return f->resume ? WEFT_READY : weft__leaf_poll(f, cx, recv_step);
 }
 
 static const struct weft_future_ops recv_ops = { recv_poll, recv_drop };

@@ -444,11 +444,9 @@ static int accept_start(struct weft_accept *a)
     return err;
 }
 
-static enum weft_poll accept_poll(struct weft_future *f, struct weft_cx *cx)
+static enum weft_poll accept_step(struct weft_future *f, struct weft_cx *cx)
 {
     struct weft_accept *a = (struct weft_accept *)f;
-    if (!weft_coop_take(cx))
-        return WEFT_PENDING;
     if (!a->waiting) {
         int err = accept_start(a);
         if (err)
@@ -497,6 +495,11 @@ static void accept_drop(struct weft_future *f)
     weft_future_drop(&a->backoff.base);
 }
 
+static enum weft_poll accept_poll(struct weft_future *f, struct weft_cx *cx)
+{
+    return weft__leaf_poll(f, cx, accept_step);
+}
+
 static const struct weft_future_ops accept_ops = { accept_poll, accept_drop };
 
 void weft_accept_init(struct weft_accept *a, struct weft_tcp_listener *l)
@@ -513,11 +516,9 @@ void weft_accept_init(struct weft_accept *a, struct weft_tcp_listener *l)
 
 /* ---- connect ----------------------------------------------------------------------------- */
 
-static enum weft_poll connect_poll(struct weft_future *f, struct weft_cx *cx)
+static enum weft_poll connect_step(struct weft_future *f, struct weft_cx *cx)
 {
     struct weft_connect *c = (struct weft_connect *)f;
-    if (!weft_coop_take(cx))
-        return WEFT_PENDING;
     if (!c->op) {
         if (!c->addrlen) {
             c->result = -EINVAL;
@@ -563,6 +564,11 @@ static void connect_drop(struct weft_future *f)
 {
     /* In flight: the final CQE closes the socket. */
     weft__op_drop(&((struct weft_connect *)f)->op);
+}
+
+static enum weft_poll connect_poll(struct weft_future *f, struct weft_cx *cx)
+{
+    return weft__leaf_poll(f, cx, connect_step);
 }
 
 static const struct weft_future_ops connect_ops = { connect_poll, connect_drop };

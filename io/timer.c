@@ -108,11 +108,9 @@ static uint64_t sat_add(uint64_t a, uint64_t b)
     return b > UINT64_MAX - a ? UINT64_MAX : a + b;
 }
 
-static enum weft_poll sleep_poll(struct weft_future *f, struct weft_cx *cx)
+static enum weft_poll sleep_step(struct weft_future *f, struct weft_cx *cx)
 {
     struct weft_sleep *s = (struct weft_sleep *)f;
-    if (!weft_coop_take(cx))
-        return WEFT_PENDING;
     if (!s->op) {
         if (weft_now_ns() >= s->deadline_ns) {
             s->result = 0;
@@ -138,6 +136,11 @@ static enum weft_poll sleep_poll(struct weft_future *f, struct weft_cx *cx)
     s->op = NULL;
     s->result = 0;
     return WEFT_READY;
+}
+
+static enum weft_poll sleep_poll(struct weft_future *f, struct weft_cx *cx)
+{
+    return weft__leaf_poll(f, cx, sleep_step);
 }
 
 static void sleep_drop(struct weft_future *f)

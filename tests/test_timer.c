@@ -447,6 +447,52 @@ Test(timer, expired_sleeps_spend_the_budget, .timeout = 30)
     assert_balanced(&ca);
 }
 
+/* 200 sleeps of 50 ms awaited at once through one join_all: a pending leaf
+ * gives its unit of the budget back, so every poll reaches all 200 (they
+ * were armed at the first) and the task is polled a handful of times. Each
+ * pending sleep used to keep its unit: the first 128 spent the budget at
+ * every poll, the task woke itself, and the last 72 were started only once
+ * the first ones ended (300,000+ polls, a CPU busy for the whole wait). */
+#define SLEEPS 200
+struct many_sleeps {
+    struct weft_sleep s[SLEEPS];
+    struct weft_future *ptrs[SLEEPS];
+    struct weft_join_all ja;
+};
+
+static enum weft_poll body_join_sleeps(struct tk *t, struct weft_cx *cx)
+{
+    struct many_sleeps *m = t->arg;
+    WEFT_ASYNC_BEGIN(&t->base);
+    for (int i = 0; i < SLEEPS; i++) {
+        weft_sleep_init(&m->s[i], 50 * MS);
+        m->ptrs[i] = &m->s[i].base;
+    }
+    CHECK(weft_join_all_init(&m->ja, m->ptrs, SLEEPS) == 0);
+    t->t0 = weft_now_ns();
+    WEFT_AWAIT(&t->base, cx, &m->ja);
+    t->d = weft_now_ns() - t->t0;
+    WEFT_ASYNC_END(&t->base);
+}
+
+Test(timer, a_join_all_of_200_pending_sleeps_starts_them_all, .timeout = 30)
+{
+    struct counting_alloc ca;
+    struct weft_runtime *rt = start_rt_io(1, &ca, false);
+    struct many_sleeps *m = calloc(1, sizeof *m);
+    cr_assert_not_null(m);
+    struct tk out = run_tk(rt, body_join_sleeps, m, 0);
+    for (int i = 0; i < SLEEPS; i++) {
+        cr_assert_eq(m->s[i].result, 0);
+        weft_future_drop(&m->s[i].base);
+    }
+    cr_assert_lt(out.polls, 50, "the task was polled %u times for one wait", out.polls);
+    cr_assert_geq(out.d, 50 * MS, "ended after %.1f ms", out.d / 1e6);
+    free(m);
+    weft_runtime_destroy(rt);
+    assert_balanced(&ca);
+}
+
 /* ---- interval ------------------------------------------------------------------------- */
 
 #define PERIOD (20 * MS)
