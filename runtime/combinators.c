@@ -1,5 +1,7 @@
 /* combinators.c: yield_now and join_all, the basic non-leaf futures. */
 #include <errno.h>
+#include <stdint.h>
+#include <stdlib.h>
 
 #include "weft.h"
 
@@ -35,6 +37,40 @@ static enum weft_poll join_all_poll(struct weft_future *f, struct weft_cx *cx)
 
 static const struct weft_future_ops join_all_ops = { join_all_poll, NULL };
 
+static int by_address(const void *a, const void *b)
+{
+    uintptr_t x = (uintptr_t)*(struct weft_future *const *)a;
+    uintptr_t y = (uintptr_t)*(struct weft_future *const *)b;
+    return (x > y) - (x < y);
+}
+
+/* 0 when no child is listed twice (it would be polled again once ready),
+ * -EINVAL when one is, -ENOMEM. Up to SMALL children are compared pairwise;
+ * more through a sorted copy (the caller's order is the polling order). */
+#define SMALL 16
+static int check_distinct(struct weft_future **futs, size_t n)
+{
+    if (n <= SMALL) {
+        for (size_t i = 1; i < n; i++)
+            for (size_t k = 0; k < i; k++)
+                if (futs[k] == futs[i])
+                    return -EINVAL;
+        return 0;
+    }
+    struct weft_future **sorted = malloc(n * sizeof *sorted);
+    if (!sorted)
+        return -ENOMEM;
+    for (size_t i = 0; i < n; i++)
+        sorted[i] = futs[i];
+    qsort(sorted, n, sizeof *sorted, by_address);
+    int err = 0;
+    for (size_t i = 1; i < n && !err; i++)
+        if (sorted[i] == sorted[i - 1])
+            err = -EINVAL;
+    free(sorted);
+    return err;
+}
+
 int weft_join_all_init(struct weft_join_all *j, struct weft_future **futs, size_t n)
 {
     if (!j || (n > 0 && !futs))
@@ -42,6 +78,9 @@ int weft_join_all_init(struct weft_join_all *j, struct weft_future **futs, size_
     for (size_t i = 0; i < n; i++)
         if (!futs[i] || !futs[i]->ops || !futs[i]->ops->poll)
             return -EINVAL;
+    int err = check_distinct(futs, n);
+    if (err)
+        return err;
     *j = (struct weft_join_all){ { &join_all_ops, 0 }, futs, n, n };
     return 0;
 }

@@ -3,7 +3,8 @@
  * spawned on one.
  *
  * Bad inputs tried: weft_join_all_init with a NULL child, an empty child (NULL
- * ops), a child whose ops have no poll, a NULL array with n > 0, a NULL join-all (all -EINVAL, leaving the
+ * ops), a child whose ops have no poll, a NULL array with n > 0, a NULL join-all, a child
+ * listed twice among 8 and among 100 (all -EINVAL, leaving the
  * struct untouched); a NULL array with n == 0 is valid and ready at once; a
  * finished async future polled again; an async future dropped twice. */
 #ifndef _GNU_SOURCE
@@ -434,6 +435,26 @@ Test(async, join_all_bad_input, .timeout = 30)
     cr_assert_eq(weft_join_all_init(&ja, NULL, 1), -EINVAL, "NULL array");
     cr_assert_eq(weft_join_all_init(NULL, ptrs, 1), -EINVAL, "NULL join-all");
     cr_assert_eq(memcmp(&ja, &sentinel, sizeof ja), 0);
+    /* A child listed twice (it would be polled again once ready), among a
+     * few (compared pairwise) and among many (a sorted copy). */
+    kids_init(kids, ptrs);
+    ptrs[3] = ptrs[1];
+    cr_assert_eq(weft_join_all_init(&ja, ptrs, KIDS), -EINVAL, "a child listed twice");
+    enum { MANY = 100 };
+    struct weft_future *many[MANY];
+    for (int i = 0; i < MANY; i++)
+        many[i] = ptrs[i % KIDS];
+    cr_assert_eq(weft_join_all_init(&ja, many, MANY), -EINVAL, "children listed %d times",
+                 MANY / KIDS);
+    cr_assert_eq(memcmp(&ja, &sentinel, sizeof ja), 0);
+    static struct leaf distinct[MANY];
+    for (int i = 0; i < MANY; i++) {
+        leaf_init(&distinct[i], 0, i, 4);
+        many[i] = &distinct[i].base;
+    }
+    cr_assert_eq(weft_join_all_init(&ja, many, MANY), 0, "100 distinct children");
+    for (int i = 0; i < MANY; i++)
+        cr_assert_eq(many[i], &distinct[i].base, "the caller's order was changed");
 
     cr_assert_eq(weft_join_all_init(&ja, NULL, 0), 0, "nothing to wait for");
     cr_assert_eq(drive(&ja.base, 1), 1);

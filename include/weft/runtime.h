@@ -181,8 +181,9 @@ struct weft_join_all {
     size_t remaining;
 };
 
-/* Initialises a join-all over futs[0..n). Returns 0, or -EINVAL for a NULL
- * array with n > 0 or a NULL / empty child. */
+/* Initialises a join-all over futs[0..n), polled in that order. Returns 0,
+ * -EINVAL for a NULL array with n > 0, a NULL / empty child or one listed
+ * twice, or -ENOMEM (over 16 children, the duplicate check sorts a copy). */
 int weft_join_all_init(struct weft_join_all *j, struct weft_future **futs, size_t n);
 
 #endif
