@@ -4,7 +4,8 @@
  * worker and enters that worker's heap; the worker fires it from its turn or
  * its park, whose io_uring_enter times out at the heap's minimum. Deadlines
  * are exact nanoseconds, so a timer never fires early and is late only by the
- * park's wakeup latency (no wheel granularity). Each heap entry keeps the
+ * park's wakeup latency (no wheel granularity), as long as no long poll holds
+ * its worker: only the owner fires its heap (docs/io.md). Each heap entry keeps the
  * deadline beside the slot pointer, so sifting touches only the array.
  * Rejected: one io_uring timeout SQE per timer (a kernel hrtimer and a CQE
  * each, and a cancel SQE per early drop: the common case for timeouts) and a
@@ -132,9 +133,9 @@ static enum weft_poll sleep_step(struct weft_future *f, struct weft_cx *cx)
     }
     if (!weft__op_ready(s->op, cx->waker))
         return WEFT_PENDING;
+    s->result = s->op->res; /* 0: due (-ECANCELED from a shutdown's cancel-all) */
     weft__op_release(s->op);
     s->op = NULL;
-    s->result = 0;
     return WEFT_READY;
 }
 
@@ -222,7 +223,7 @@ static enum weft_poll timeout_poll(struct weft_future *f, struct weft_cx *cx)
     struct weft_timeout *t = (struct weft_timeout *)f;
     if (t->base.resume)
         return WEFT_READY;
-    if (!t->inner || !t->inner->ops)
+    if (!t->inner || !t->inner->ops || !t->inner->ops->poll)
         return timeout_finish(t, -EINVAL);
     if (weft_future_poll(t->inner, cx) == WEFT_READY) {
         weft_future_drop(&t->sleep.base);

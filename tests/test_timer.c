@@ -6,8 +6,9 @@
  * Bad inputs tried: sleep_until in the past and at 0, a sleep of 0 (ready at
  * the first poll, no timer); a sleep, interval and timeout polled off any
  * worker (-ENXIO at once, no waker kept); interval periods 0 (-EINVAL at every
- * poll) and UINT64_MAX (one tick, then none); timeout around NULL and around an
- * empty future (-EINVAL); an allocator that fails the first timer slot and the
+ * poll) and UINT64_MAX (one tick, then none); timeout around NULL, around an
+ * empty future and around one whose ops have no poll (-EINVAL; the last
+ * jumped to address 0); an allocator that fails the first timer slot and the
  * growth of a full timer heap (-ENOMEM, the other timers unaffected); a socket
  * future on a runtime without io_uring (-EOPNOTSUPP; a file read there goes
  * through the blocking pool instead).
@@ -346,10 +347,11 @@ Test(timer, off_worker_and_bad_arguments, .timeout = 10)
     }
     weft_future_drop(&iv.base);
 
-    struct weft_future never = { &never_ops, 0 }, empty = { NULL, 0 };
-    struct weft_future *inner[3] = { &never, NULL, &empty };
-    const int want[3] = { -ENXIO, -EINVAL, -EINVAL };
-    for (int k = 0; k < 3; k++) {
+    static const struct weft_future_ops no_poll = { NULL, NULL };
+    struct weft_future never = { &never_ops, 0 }, empty = { NULL, 0 }, pollless = { &no_poll, 0 };
+    struct weft_future *inner[4] = { &never, NULL, &empty, &pollless };
+    const int want[4] = { -ENXIO, -EINVAL, -EINVAL, -EINVAL };
+    for (int k = 0; k < 4; k++) {
         struct weft_timeout to;
         weft_timeout_init(&to, inner[k], 10 * MS);
         cr_assert_eq(weft_future_poll(&to.base, &cx), WEFT_READY);

@@ -83,7 +83,12 @@ void weft_interval_init(struct weft_interval *iv, uint64_t period_ns);
  * shutdown). Polled again once ready, it stays ready with the same result
  * (the inner future is not polled again). `inner` is the caller's and must
  * outlive this: dropping the timeout never drops `inner` (after -ETIMEDOUT it
- * is already dropped and empty), so a parent drops both, the timeout first. */
+ * is already dropped and empty), so a parent drops both, the timeout first.
+ * The inner future is dropped on the worker at the deadline; a drop that
+ * must wait for the kernel to let go of memory (a file read or write, a
+ * recv_into: docs/io.md) holds that worker until it does, so -ETIMEDOUT may
+ * come late by that much. A deadline around a compute job counts its time in
+ * the compute lane's queue too. */
 struct weft_timeout {
     struct weft_future base;
     int result;
@@ -92,7 +97,7 @@ struct weft_timeout {
     struct weft_sleep sleep;   /* started at the first poll that finds `inner` pending */
 };
 
-/* Initialises a timeout around `inner` (NULL or empty gives -EINVAL). The
+/* Initialises a timeout around `inner` (NULL, empty or without a poll gives -EINVAL). The
  * duration runs from the first poll; a ready inner future never starts a timer. */
 void weft_timeout_init(struct weft_timeout *t, struct weft_future *inner, uint64_t duration_ns);
 
@@ -272,7 +277,7 @@ int weft_tcp_local_addr(int fd, char *buf, size_t len, uint16_t *port);
  * descriptor or -errno. `path` must stay valid until the future is dropped. */
 void weft_open_init(struct weft_io *io, const char *path, int flags, unsigned mode);
 
-/* Reads up to `len` bytes at `offset`. result: bytes (0 at end of file). */
+/* Reads up to `len` bytes at `offset`. result: bytes (0 at end of file; fewer than `len` before it is possible: loop). */
 void weft_read_at_init(struct weft_io *io, int fd, void *buf, size_t len, uint64_t offset);
 
 /* Writes up to `len` bytes at `offset` (once: may be short). */
