@@ -466,12 +466,12 @@ static enum weft_poll body_join_sleeps(struct tk *t, struct weft_cx *cx)
 {
     struct many_sleeps *m = t->arg;
     WEFT_ASYNC_BEGIN(&t->base);
+    t->t0 = weft_now_ns(); /* before the inits: each sets its deadline */
     for (int i = 0; i < SLEEPS; i++) {
         weft_sleep_init(&m->s[i], 50 * MS);
         m->ptrs[i] = &m->s[i].base;
     }
     CHECK(weft_join_all_init(&m->ja, m->ptrs, SLEEPS) == 0);
-    t->t0 = weft_now_ns();
     WEFT_AWAIT(&t->base, cx, &m->ja);
     t->d = weft_now_ns() - t->t0;
     WEFT_ASYNC_END(&t->base);
