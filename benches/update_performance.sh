@@ -7,6 +7,7 @@
 # tables and benches/performance_io_notes.md / performance_stall_notes.md (the
 # readings, written by hand: update them when the figures move).
 # usage: benches/update_performance.sh [RUNS=5] [WORKERS=2] [REPS=7]
+#   IO_RUNS (default 16) runs of the I/O comparison, STALL_RUNS (default 5) of the stall demo
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-5} WORKERS=${2:-2} REPS=${3:-7}
@@ -16,10 +17,10 @@ OUT=${PEERS_OUT:-${XDG_CACHE_HOME:-$HOME/.cache}/weft-peers}
 export RESULTS=${RESULTS:-$OUT/results/micro-$(date -u +%Y%m%d-%H%M%S)}
 BUILD=build-release benches/micro_compare.sh "$RUNS" "$WORKERS" "$REPS" > /dev/null
 IO_RESULTS=$OUT/results/io-$(date -u +%Y%m%d-%H%M%S)
-RESULTS=$IO_RESULTS BUILD=build-release benches/io_compare.sh 5 5 "http echo echo_open idle micro" > /dev/null
+RESULTS=$IO_RESULTS BUILD=build-release benches/io_compare.sh "${IO_RUNS:-16}" 5 "http echo echo_open idle micro" > /dev/null
 python3 benches/io_table.py "$IO_RESULTS/summary.md" "$IO_RESULTS" > "$IO_RESULTS/table.md"
 STALL_RESULTS=$OUT/results/stall-$(date -u +%Y%m%d-%H%M%S)
-RESULTS=$STALL_RESULTS BUILD=build-release benches/stall_compare.sh 3 5 > /dev/null
+RESULTS=$STALL_RESULTS BUILD=build-release benches/stall_compare.sh "${STALL_RUNS:-5}" 5 > /dev/null
 python3 - "$RESULTS/table.md" "$IO_RESULTS/table.md" "$STALL_RESULTS/summary.md" \
     benches/performance.md.in benches/performance_io_notes.md \
     benches/performance_stall_notes.md docs/performance.md <<'PY'
