@@ -146,8 +146,10 @@ int weft__io_init(struct weft__io *io, struct weft_runtime *rt, uint32_t index,
     atomic_init(&io->remote, NULL);
     atomic_init(&io->park.state, PARK_EMPTY);
     io->supported = UINT32_C(1) << OP_TIMER;
-    if (cfg->no_io_uring)
+    if (cfg->no_io_uring) {
+        io->warned = ~UINT32_C(0); /* asked for: no line on stderr about it */
         return 0;
+    }
     int err = ring_create(io, cfg->io_entries ? cfg->io_entries : DEFAULT_ENTRIES);
     if (err == -ENOSYS || err == -EPERM)
         return 0; /* no io_uring here: timers only (see the top) */

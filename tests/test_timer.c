@@ -845,7 +845,22 @@ Test(timer, no_io_uring_timers_work_files_fall_back_sockets_eopnotsupp, .timeout
     int p[2];
     cr_assert_eq(pipe(p), 0);
     cr_assert_eq(write(p[1], "hello", 5), 5);
+    /* The program asked for no io_uring: nothing on stderr about it. */
+    FILE *err = tmpfile();
+    cr_assert_not_null(err);
+    fflush(stderr);
+    int saved = dup(STDERR_FILENO);
+    cr_assert_eq(dup2(fileno(err), STDERR_FILENO), STDERR_FILENO);
     run_tk(rt, body_noring, &p[0], 0);
+    fflush(stderr);
+    cr_assert_eq(dup2(saved, STDERR_FILENO), STDERR_FILENO);
+    close(saved);
+    char said[256] = "";
+    rewind(err);
+    size_t n = fread(said, 1, sizeof said - 1, err);
+    said[n] = '\0';
+    fclose(err);
+    cr_assert_null(strstr(said, "weft: io_uring"), "stderr had: %s", said);
     weft_runtime_destroy(rt);
     close(p[0]);
     close(p[1]);
