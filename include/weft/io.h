@@ -88,7 +88,9 @@ void weft_interval_init(struct weft_interval *iv, uint64_t period_ns);
  * must wait for the kernel to let go of memory (a file read or write, a
  * recv_into: docs/io.md) holds that worker until it does, so -ETIMEDOUT may
  * come late by that much. A deadline around a compute job counts its time in
- * the compute lane's queue too. */
+ * the compute lane's queue too. Around a weft_join_all, the drop ends the
+ * join-all only: its children are the caller's, and their I/O goes on until
+ * the caller drops them. */
 struct weft_timeout {
     struct weft_future base;
     int result;
