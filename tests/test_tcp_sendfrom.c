@@ -72,74 +72,69 @@ Test(sendfrom, more_connections_than_buffers, .timeout = 60)
     stop_rt(rt, &ca);
 }
 
-static uint64_t worker0_cqes(struct weft_runtime *rt)
+static long worker0_cqes(struct weft_runtime *rt)
 {
     static struct weft_metrics m; /* large */
     cr_assert_eq(weft_metrics_read(rt, &m), 0);
-    return m.worker[0].cqes;
+    return (long)m.worker[0].cqes;
+}
+
+/* Page faults taken by the whole process so far. */
+static long minor_faults(struct weft_runtime *rt)
+{
+    (void)rt;
+    struct rusage ru;
+    cr_assert_eq(getrusage(RUSAGE_SELF, &ru), 0);
+    return ru.ru_minflt;
+}
+
+/* One connection echoed by body_echo_from on a one-worker runtime with
+ * `io_buffers` (0: the default): a first round of `size` bytes (it arms the
+ * pair, and the client's own first touches are done), then `rounds` more;
+ * checks every byte and returns how much `count` rose over those rounds. */
+static long echo_rounds(uint32_t io_buffers, size_t size, int rounds,
+                        long (*count)(struct weft_runtime *))
+{
+    struct counting_alloc ca;
+    int srv, cli;
+    struct weft_runtime *rt =
+        start_rt_opts((struct rt_opts){ .workers = 1, .io_buffers = io_buffers }, &ca);
+    tcp_pair(rt, "127.0.0.1", &srv, &cli);
+    struct weft_join j;
+    cr_assert_eq(iot_spawn(rt, body_echo_from, NULL, 0, srv, &j), 0);
+    struct echo_client c = { cli, 7, size, size, false };
+    echo_client_run(&c);
+    long before = count(rt);
+    c.total = (size_t)rounds * size;
+    echo_client_run(&c);
+    cr_assert(c.ok);
+    long rose = count(rt) - before;
+    shutdown(cli, SHUT_WR);
+    struct iot out;
+    cr_assert_eq(iot_join(rt, &j, &out), 0);
+    cr_assert_eq(out.got, size + (size_t)rounds * size);
+    close_pair(srv, cli);
+    stop_rt(rt, &ca);
+    return rose;
 }
 
 enum { ROUNDS = 300 };
 
 Test(sendfrom, a_round_costs_one_completion, .timeout = 30)
 {
-    struct counting_alloc ca;
-    int srv, cli;
-    struct weft_runtime *rt = start_rt_opts((struct rt_opts){ .workers = 1, .io_buffers = 4 }, &ca);
-    tcp_pair(rt, "127.0.0.1", &srv, &cli);
-    struct weft_join j;
-    cr_assert_eq(iot_spawn(rt, body_echo_from, NULL, 0, srv, &j), 0);
-    struct echo_client c = { cli, 7, 100, 100, false };
-    echo_client_run(&c); /* the first round arms the pair */
-    uint64_t before = worker0_cqes(rt);
-    c.total = ROUNDS * 100;
-    echo_client_run(&c);
-    cr_assert(c.ok);
-    uint64_t cqes = worker0_cqes(rt) - before;
-    cr_assert_lt(cqes, ROUNDS * 11 / 10, "%llu completions for %d rounds",
-                 (unsigned long long)cqes, ROUNDS);
-    shutdown(cli, SHUT_WR);
-    struct iot out;
-    cr_assert_eq(iot_join(rt, &j, &out), 0);
-    cr_assert_eq(out.got, 100 + ROUNDS * 100);
-    close_pair(srv, cli);
-    stop_rt(rt, &ca);
-}
-
-/* Page faults taken by the whole process so far. */
-static long minor_faults(void)
-{
-    struct rusage ru;
-    cr_assert_eq(getrusage(RUSAGE_SELF, &ru), 0);
-    return ru.ru_minflt;
+    long cqes = echo_rounds(4, 100, ROUNDS, worker0_cqes);
+    cr_assert_lt(cqes, ROUNDS * 11 / 10, "%ld completions for %d rounds", cqes, ROUNDS);
 }
 
 enum { WARM_ROUNDS = 600 };
 
 Test(sendfrom, the_ring_buffers_are_faulted_in_before_the_first_receive, .timeout = 30)
 {
-    struct counting_alloc ca;
-    int srv, cli;
-    /* The default ring: 256 buffers of 4 KiB, each on its own page. */
-    struct weft_runtime *rt = start_rt_opts((struct rt_opts){ .workers = 1 }, &ca);
-    tcp_pair(rt, "127.0.0.1", &srv, &cli);
-    struct weft_join j;
-    cr_assert_eq(iot_spawn(rt, body_echo_from, NULL, 0, srv, &j), 0);
-    struct echo_client c = { cli, 3, 64, 64, false };
-    echo_client_run(&c); /* the client's own first touches */
-    long before = minor_faults();
-    c.total = WARM_ROUNDS * 64;
-    echo_client_run(&c); /* each round's receive takes the ring's next buffer */
-    cr_assert(c.ok);
-    long faults = minor_faults() - before;
+    /* The default ring: 256 buffers of 4 KiB, each on its own page; each
+     * round's receive takes the ring's next buffer. */
+    long faults = echo_rounds(0, 64, WARM_ROUNDS, minor_faults);
     cr_assert_lt(faults, 64, "%ld page faults in %d rounds through 256 fresh buffers", faults,
                  WARM_ROUNDS);
-    shutdown(cli, SHUT_WR);
-    struct iot out;
-    cr_assert_eq(iot_join(rt, &j, &out), 0);
-    cr_assert_eq(out.got, 64 + WARM_ROUNDS * 64);
-    close_pair(srv, cli);
-    stop_rt(rt, &ca);
 }
 
 /* Resident bytes of the process. */
