@@ -232,8 +232,10 @@ void weft__io_free(struct weft__io *io)
      * PARKED may be about to write the eventfd when the worker, woken by
      * something else, exits and destroy runs on. Closed then, its number
      * could be reused and the 8 bytes land in another file. Every unparker
-     * holds a task (a waker, a spawn), and the runtime's memory, this
-     * included, outlives every task (docs/lifetimes.md, rule 11). */
+     * holds the runtime's memory, this included: a waker or a spawn through
+     * its task (docs/lifetimes.md, rule 11), a sibling worker by being
+     * joined first, a ring owner waking a waiting dropper by a hold
+     * (op.c, signal_waiter). */
     if (io->efd >= 0)
         close(io->efd);
     io->efd = -1;
