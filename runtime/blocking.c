@@ -41,7 +41,6 @@
 #include <linux/capability.h>
 #include <linux/futex.h>
 #include <sched.h>
-#include <signal.h>
 #include <stdlib.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
@@ -467,12 +466,6 @@ static void *pool_thread(void *arg)
     pthread_setname_np(pthread_self(), "weft-blocking");
     struct pool_slot slot = { .tid = (pid_t)syscall(SYS_gettid) };
     struct weft__slicer slicer = { .made = false };
-    /* SIGURG stays blocked but while a sliced job runs (slice.c): the
-     * program's own SIGURG goes to its threads. */
-    sigset_t urg;
-    sigemptyset(&urg);
-    sigaddset(&urg, SIGURG);
-    pthread_sigmask(SIG_BLOCK, &urg, NULL);
     /* A thread inherits its creator's policy, and the creator may be a pool
      * thread running lowered (a compute job that spawns): start at the
      * workers' priority, before the first lock. (If it cannot be raised,

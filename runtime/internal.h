@@ -3,6 +3,7 @@
 #define WEFT_INTERNAL_H
 
 #include <pthread.h>
+#include <signal.h>
 #include <stdalign.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -270,6 +271,7 @@ struct weft__slicer {
     _Atomic bool on;               /* between start and stop (the handler's test) */
     uint64_t slice_ns;
     uint64_t ran_ns;               /* the thread's CPU time at the last slice's end */
+    sigset_t mask;                 /* the thread's signal mask before the job's start */
     struct weft__looker looker;
 };
 bool weft__slice_ready(struct weft__slicer *s, struct weft_runtime *rt, pid_t tid);

@@ -21,8 +21,10 @@
  * is ignored by default): a program with its own SIGURG handler keeps it,
  * and its compute jobs are not sliced; nor are those of a runtime created
  * by a thread that blocks SIGURG (blocking.c: the program reads it with
- * signalfd or sigwait). A pool thread keeps SIGURG blocked but while a
- * sliced job runs, so it takes no SIGURG meant for the program otherwise.
+ * signalfd or sigwait). A pool thread keeps the mask it inherited (a
+ * program that blocks SIGURG before creating the runtime has it blocked in
+ * every runtime thread, none of which then takes its SIGURGs); a sliced job
+ * lets SIGURG in while it runs and puts the thread's mask back after.
  * The handler stays installed; a SIGURG that no slice timer of the thread
  * it lands on sent does nothing (its payload is not trusted: a program's
  * own timer may send SIGURG with a payload of its own). */
@@ -118,15 +120,6 @@ bool weft__slice_ready(struct weft__slicer *s, struct weft_runtime *rt, pid_t ti
     return s->made;
 }
 
-/* SIGURG blocked (how) or unblocked in the calling thread. */
-static void mask_urg(int how)
-{
-    sigset_t urg;
-    sigemptyset(&urg);
-    sigaddset(&urg, SIGURG);
-    pthread_sigmask(how, &urg, NULL);
-}
-
 bool weft__slice_start(struct weft__slicer *s, uint64_t ns)
 {
     struct timespec every = { (time_t)(ns / 1000000000u), (long)(ns % 1000000000u) };
@@ -136,7 +129,10 @@ bool weft__slice_start(struct weft__slicer *s, uint64_t ns)
     atomic_store_explicit(&s->on, true, memory_order_relaxed);
     atomic_signal_fence(memory_order_seq_cst); /* the fields above, before any signal */
     if (timer_settime(s->timer, 0, &it, NULL) == 0) {
-        mask_urg(SIG_UNBLOCK);
+        sigset_t urg;
+        sigemptyset(&urg);
+        sigaddset(&urg, SIGURG);
+        pthread_sigmask(SIG_UNBLOCK, &urg, &s->mask); /* put back by slice_stop */
         return true;
     }
     atomic_store_explicit(&s->on, false, memory_order_relaxed);
@@ -147,10 +143,10 @@ void weft__slice_stop(struct weft__slicer *s)
 {
     struct itimerspec off = { { 0, 0 }, { 0, 0 } };
     timer_settime(s->timer, 0, &off, NULL);
-    /* A slice still pending stays so until the next job's start, where the
-     * handler finds it early and yields once: harmless. */
-    mask_urg(SIG_BLOCK);
     atomic_store_explicit(&s->on, false, memory_order_relaxed);
+    atomic_signal_fence(memory_order_seq_cst); /* `on` clear before the mask: a
+                                                * slice still pending does nothing */
+    pthread_sigmask(SIG_SETMASK, &s->mask, NULL);
 }
 
 bool weft__slice_urg_blocked(void)
@@ -163,9 +159,7 @@ void weft__slice_fini(struct weft__slicer *s)
 {
     if (s->made) {
         timer_delete(s->timer);
-        /* SIGURG is blocked here (slice_stop), and a signal still pending
-         * finds no slicer if the thread ever unblocked it. */
-        thread_slicer = NULL;
+        thread_slicer = NULL; /* a slice still pending finds no slicer */
     }
     s->made = false;
     weft__looker_fini(&s->looker);

@@ -540,3 +540,41 @@ Test(compute, a_program_timer_on_sigurg_is_not_a_slice, .timeout = 60)
     weft_runtime_destroy(slice_rt);
     munmap(none, 4096);
 }
+
+/* A runtime created on a pool thread (inside a blocking job of another
+ * runtime) slices its compute jobs like one created by the program: the
+ * pool thread's mask is the one it inherited, not one weft blocked SIGURG in
+ * (which made the inner runtime look like a program reading SIGURG itself:
+ * no slices at all, a helper's review). */
+static void *job_make_sliced_runtime(void *arg)
+{
+    (void)arg;
+    /* As start_sliced, without cr_assert (not the test's thread). */
+    struct weft_runtime_config cfg;
+    weft_runtime_config_init(&cfg);
+    cfg.workers = 2;
+    cfg.compute_slice_us = 100;
+    cfg.blocking_priority = WEFT_BLOCKING_PRIO_NICE;
+    if (weft_runtime_create(&slice_rt, &cfg) != 0)
+        return NULL;
+    struct weft_blocking_join h = { 0 };
+    uintptr_t rose = 0;
+    if (weft_spawn_compute(slice_rt, job_spin_slices, (void *)(uintptr_t)10, &h) == 0 &&
+        weft_block_on(slice_rt, &h.base) == 0 && h.res == 0)
+        rose = (uintptr_t)h.output;
+    weft_future_drop(&h.base);
+    weft_runtime_destroy(slice_rt);
+    return (void *)rose;
+}
+
+Test(compute, a_runtime_made_on_a_pool_thread_is_sliced, .timeout = 60)
+{
+    if (!may_raise_back())
+        cr_skip_test("nothing is lowered, so nothing would be sliced anyway");
+    struct weft_runtime *outer = start(0, WEFT_BLOCKING_PRIO_NICE);
+    struct weft_blocking_join h;
+    cr_assert_eq(weft_spawn_blocking(outer, job_make_sliced_runtime, NULL, &h), 0);
+    uintptr_t rose = join(outer, &h);
+    cr_assert_geq(rose, 10, "the inner runtime's compute job yielded %lu times", (unsigned long)rose);
+    weft_runtime_destroy(outer);
+}

@@ -18,8 +18,9 @@ struct weft_task;
 
 /* Where the runtime gets its memory: the runtime itself, its queues and every
  * task. `alloc` returns memory aligned for any object (like malloc) or NULL;
- * `free` gets back the size that was asked for. (Channels and the per-thread
- * state of weft_block_on use malloc.) */
+ * `free` gets back the size that was asked for. (Channels, the per-thread
+ * state of weft_block_on and weft_join_all_init's duplicate check over more
+ * than 16 children use malloc.) */
 struct weft_allocator {
     void *(*alloc)(void *ctx, size_t size);
     void (*free)(void *ctx, void *p, size_t size);
