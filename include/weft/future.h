@@ -159,6 +159,10 @@ static inline void weft_future_drop(struct weft_future *f)
  * Locals that live across an await must be fields of the future struct (the
  * function's own locals are lost at every return). The body must not put an
  * await inside a `switch` of its own, and at most one await per source line.
+ * Return only through the macros (WEFT_AWAIT, WEFT_YIELD, WEFT_RETURN,
+ * WEFT_ASYNC_END): a PENDING returned by hand resumes at the last await,
+ * which polls its (finished) child again. The `fallthrough`
+ * attribute the macros use needs GCC or Clang.
  *
  *   static enum weft_poll my_poll(struct weft_future *f, struct weft_cx *cx)
  *   {
