@@ -68,9 +68,9 @@ struct weft_metrics {
     struct weft_worker_metrics worker[256]; /* [0, workers) are filled */
     /* global */
     uint64_t global_queue_depth;    /* tasks in the global (inject) queue */
-    uint64_t remote_schedules;      /* wakes and spawns from outside the workers */
+    uint64_t remote_schedules;      /* wakes and spawns from outside the workers (each weft_block_on is one) */
     uint64_t live_tasks;            /* spawned and not yet freed */
-    uint64_t spawned;               /* tasks spawned since creation */
+    uint64_t spawned;               /* tasks spawned since creation (each weft_block_on is one) */
     uint64_t stalls;                /* stalls the detector reported */
     /* the blocking pool */
     uint64_t blocking_threads;      /* pool threads alive */
@@ -89,16 +89,21 @@ struct weft_metrics {
 
 /* Fills *m with a snapshot of `rt`'s metrics. Any thread, any time while rt
  * lives. Returns 0 or -EINVAL (NULL argument). */
+/* (struct weft_metrics is about 30 KB, for up to 256 workers: a static or
+ * heap one, not a local on a small stack.) */
 int weft_metrics_read(struct weft_runtime *rt, struct weft_metrics *m);
 
 /* Writes a snapshot as text a person can read (docs/blocking.md explains
  * every line) to `out`. Returns 0, -EINVAL or -EIO (the write failed). */
 int weft_metrics_dump(struct weft_runtime *rt, FILE *out);
 
-/* Writes one line per live task that has been polled at least once, or is
- * being polled now (tasks never polled yet are counted on a last line, not
- * listed): id, state, the time since its last poll started, and name (to within the last WEFT_METRICS_SAMPLE polls of its worker). Returns the number of tasks
- * listed, -EINVAL or -ENOMEM or -EIO. */
+/* Writes one line per live task that has been polled at least once and has
+ * not finished, or is being polled now: id, state, the time since its last
+ * poll started (in ~1 ms units of a worker clock refreshed at every timed
+ * poll and every park, so it may be short by up to WEFT_METRICS_SAMPLE polls'
+ * time), and name. Tasks never polled yet, and finished tasks a join handle
+ * still holds, are only counted, roughly, on a last line. Returns the number
+ * of tasks listed, -EINVAL or -ENOMEM or -EIO. */
 int weft_task_dump(struct weft_runtime *rt, FILE *out);
 
 /* ---- the stall detector ------------------------------------------------------ */
