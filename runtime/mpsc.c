@@ -377,10 +377,9 @@ int weft_mpsc_try_send(struct weft_mpsc *ch, const void *msg)
     return r;
 }
 
-int weft_mpsc_try_recv(struct weft_mpsc *ch, void *out)
+/* try_recv on checked arguments (the receive future's were checked at init). */
+static int recv_one(struct weft_mpsc *ch, void *out)
 {
-    if (!ch || !out)
-        return -EINVAL;
     if (ring_pop(ch, out) == 0) {
         wake_sender(ch);
         return 0;
@@ -393,6 +392,11 @@ int weft_mpsc_try_recv(struct weft_mpsc *ch, void *out)
     /* A message may have been published between the first pop and the last
      * sender's drop: look once more. No sender is left to wake. */
     return ring_pop(ch, out) == 0 ? 0 : -EPIPE;
+}
+
+int weft_mpsc_try_recv(struct weft_mpsc *ch, void *out)
+{
+    return !ch || !out ? -EINVAL : recv_one(ch, out);
 }
 
 /* ---- futures ------------------------------------------------------------------- */
@@ -462,12 +466,12 @@ static enum weft_poll recv_poll(struct weft_future *f, struct weft_cx *cx)
         return WEFT_READY;
     if (!weft_coop_take(cx))
         return WEFT_PENDING;
-    int res = weft_mpsc_try_recv(ch, r->out);
+    int res = recv_one(ch, r->out);
     if (res == -EAGAIN) {
         awaker_register(&ch->rx, cx->waker);
         r->base.resume = FUT_WAITING;
         /* The re-check of handshake 1. */
-        res = weft_mpsc_try_recv(ch, r->out);
+        res = recv_one(ch, r->out);
         if (res == -EAGAIN) {
             cx->budget++; /* no progress: give the unit back */
             return WEFT_PENDING;
