@@ -88,28 +88,74 @@ static bool wait_ready(struct weft_io *io, short events)
     return false;
 }
 
-/* A write on a pool thread. To a pipe or socket it never blocks in the
- * syscall (RWF_NOWAIT, and wait_ready's steps while there is no room): a
- * blocking write of more than the room would wait for the reader, and the
- * drop with it. It may then write less than asked, as the ring may. */
-static long write_job(struct weft_io *io)
+/* A read or write on a pool thread, of a pipe, socket or terminal: it never
+ * blocks in the syscall (RWF_NOWAIT, and wait_ready's steps while there is
+ * nothing to read or no room): a blocking call would wait for the peer, and
+ * the drop with it. Like the ring, it tries the call first, so a wrong-way
+ * descriptor or a zero length answers at once, and a write may be short.
+ * True when it produced the result (in *r, errno set when < 0); false for a
+ * regular file or block device, or a kernel without RWF_NOWAIT there, which
+ * take the plain call (after waiting for readiness, in the latter case). */
+static bool nowait_io(struct weft_io *io, bool out, long *r)
 {
     struct stat st;
+    if (fstat(io->fd, &st) != 0 || S_ISREG(st.st_mode) || S_ISBLK(st.st_mode))
+        return false;
+    struct iovec v = { (void *)io->buf, clamp_len(io->len) };
+    short ev = out ? POLLOUT : POLLIN;
+    while ((*r = out ? pwritev2(io->fd, &v, 1, -1, RWF_NOWAIT)
+                       : preadv2(io->fd, &v, 1, -1, RWF_NOWAIT)) < 0 &&
+           errno == EAGAIN)
+        if (!wait_ready(io, ev))
+            goto cancelled;
+    if (!(*r < 0 && errno == EOPNOTSUPP)) /* EOPNOTSUPP: a kernel before 4.14, or a file without it */
+        return true;
+    if (wait_ready(io, ev))
+        return false;
+cancelled:
+    errno = ECANCELED;
+    *r = -1;
+    return true;
+}
+
+/* A read or write at the offset; offset -1, or a pipe: the file position, as
+ * the ring does. */
+static long plain_io(struct weft_io *io, bool out)
+{
     long r;
-    if (fstat(io->fd, &st) == 0 && !S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
-        struct iovec v = { (void *)io->buf, clamp_len(io->len) };
-        while ((r = pwritev2(io->fd, &v, 1, -1, RWF_NOWAIT)) < 0 && errno == EAGAIN)
-            if (!wait_ready(io, POLLOUT)) {
-                errno = ECANCELED;
-                return -1;
-            }
-        if (!(r < 0 && errno == EOPNOTSUPP)) /* a kernel before 4.14, or a device without it */
+    if (nowait_io(io, out, &r))
+        return r;
+    void *b = (void *)io->buf;
+    size_t n = clamp_len(io->len);
+    if (io->off != UINT64_MAX) {
+        r = out ? pwrite(io->fd, b, n, (off_t)io->off) : pread(io->fd, b, n, (off_t)io->off);
+        if (!(r < 0 && errno == ESPIPE))
             return r;
     }
-    r = io->off == UINT64_MAX ? -1 : pwrite(io->fd, io->buf, clamp_len(io->len), (off_t)io->off);
-    if (io->off == UINT64_MAX || (r < 0 && errno == ESPIPE))
-        r = write(io->fd, io->buf, clamp_len(io->len));
-    return r;
+    return out ? write(io->fd, b, n) : read(io->fd, b, n);
+}
+
+/* An open, as the ring does it: O_NONBLOCK first, so a FIFO with no peer
+ * does not hold the thread (and the drop) for good, cleared after unless
+ * asked for. A NULL path: what the kernel says through the ring (open's
+ * argument is nonnull). */
+static long open_job(struct weft_io *io)
+{
+    int flags = (int)io->len;
+    if (!io->buf) {
+        errno = EFAULT;
+        return -1;
+    }
+    int extra = flags & (O_NONBLOCK | O_PATH) ? 0 : O_NONBLOCK;
+    int fd = open(io->buf, flags | extra | O_CLOEXEC, (mode_t)io->off), fl;
+    if (fd >= 0 && extra &&
+        ((fl = fcntl(fd, F_GETFL)) < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0)) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    return fd;
 }
 
 /* The syscall itself, on a pool thread; returns the result as the ring would. */
@@ -117,21 +163,13 @@ static void *file_job(void *arg)
 {
     struct weft_io *io = arg;
     long r;
-    if ((io->kind == IO_READ && !wait_ready(io, POLLIN)) ||
-        (io->kind == IO_WRITE && !wait_ready(io, POLLOUT)))
-        return (void *)(intptr_t)-ECANCELED;
     switch (io->kind) {
-    case IO_OPEN: /* a NULL path: what the kernel says through the ring (open's is nonnull) */
-        r = io->buf ? open(io->buf, (int)io->len | O_CLOEXEC, (mode_t)io->off) : (errno = EFAULT, -1);
+    case IO_OPEN:
+        r = open_job(io);
         break;
-    case IO_READ: /* offset -1, or a pipe: the file position, as the ring does */
-        r = io->off == UINT64_MAX ? -1 : pread(io->fd, (void *)io->buf, clamp_len(io->len),
-                                               (off_t)io->off);
-        if (io->off == UINT64_MAX || (r < 0 && errno == ESPIPE))
-            r = read(io->fd, (void *)io->buf, clamp_len(io->len));
-        break;
+    case IO_READ:
     case IO_WRITE:
-        r = write_job(io);
+        r = plain_io(io, io->kind == IO_WRITE);
         break;
     case IO_FSYNC:
         r = io->off ? fdatasync(io->fd) : fsync(io->fd);

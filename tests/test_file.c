@@ -15,7 +15,10 @@
  * fd and on an O_WRONLY fd, write_at on an O_RDONLY fd, fsync and close of fd
  * -1 (-EBADF); read_at of a directory (-EISDIR); read_at into a NULL buffer
  * (-EFAULT); a second close of the same fd (-EBADF); read_at and open polled
- * off any worker (-ENXIO); reads at and far beyond the end of file (0). */
+ * off any worker (-ENXIO); reads at and far beyond the end of file (0); a read
+ * of a pipe's write end and a write to its read end (-EBADF), a zero-length
+ * read of an empty pipe (0), a FIFO with no reader opened for writing
+ * (-ENXIO). */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
@@ -472,6 +475,71 @@ Test(file, bad_inputs, .timeout = 30)
 Test(file, bad_inputs_through_the_blocking_pool, .timeout = 30)
 {
     bad_inputs(NO_RING);
+}
+
+/* ---- pipes and FIFOs: answered at once on both paths ------------------------------- */
+
+struct pipes {
+    int p[2];
+    char fifo[128];
+    char buf[16];
+};
+
+static enum weft_poll body_pipes(struct ft *t, struct weft_cx *cx)
+{
+    struct pipes *P = t->arg;
+    WEFT_ASYNC_BEGIN(&t->base);
+    DO_IO(t, cx, weft_read_at_init(&t->io, P->p[1], P->buf, sizeof P->buf, 0));
+    DO_IO(t, cx, weft_write_at_init(&t->io, P->p[0], "x", 1, 0));
+    DO_IO(t, cx, weft_read_at_init(&t->io, P->p[0], P->buf, 0, 0));
+    DO_IO(t, cx, weft_open_init(&t->io, P->fifo, O_WRONLY, 0));
+    DO_IO(t, cx, weft_open_init(&t->io, P->fifo, O_RDONLY, 0));
+    WEFT_ASYNC_END(&t->base);
+}
+
+/* An empty pipe, and a FIFO nobody has open: a read of the write end, a write
+ * to the read end (-EBADF), a zero-length read (0), and opening the FIFO for
+ * writing (-ENXIO) or reading (a blocking descriptor) answer at once through
+ * the pool as through the ring. The pool waited for readiness before the
+ * syscall and opened without O_NONBLOCK: each of these hung it for good (a
+ * helper's review), and the drop and destroy with it. */
+static void pipes_and_fifos(enum path path)
+{
+    struct pipes P;
+    cr_assert_eq(pipe2(P.p, O_CLOEXEC), 0);
+    path_in_dir(P.fifo, sizeof P.fifo, "fifo");
+    cr_assert_eq(mkfifo(P.fifo, 0600), 0);
+    struct weft_runtime *rt = start_rt_opts((struct rt_opts){ .workers = 1,
+                                                              .no_io_uring = path == NO_RING },
+                                            NULL);
+    double t0 = now_s();
+    struct ft out = run_ft(rt, body_pipes, &P);
+    double took = now_s() - t0;
+    weft_runtime_destroy(rt);
+    cr_assert_eq(out.n, 5);
+    const int want[] = { -EBADF, -EBADF, 0, -ENXIO };
+    for (uint32_t k = 0; k < 4; k++)
+        cr_assert_eq(out.res[k], want[k], "operation %u gave %d, not %d", k, out.res[k], want[k]);
+    int fd = out.res[4];
+    cr_assert_geq(fd, 0, "opening the FIFO for reading gave %d", fd);
+    int fl = fcntl(fd, F_GETFL);
+    cr_assert(fl >= 0 && !(fl & O_NONBLOCK), "the FIFO's descriptor is non-blocking (0%o)", fl);
+    cr_assert(fcntl(fd, F_GETFD) & FD_CLOEXEC);
+    cr_assert_lt(took, 1.0, "the five took %.3f s", took);
+    close(fd);
+    close(P.p[0]);
+    close(P.p[1]);
+    assert_no_fd_leak();
+}
+
+Test(file, pipes_and_fifos_answer_at_once, .timeout = 15)
+{
+    pipes_and_fifos(RING);
+}
+
+Test(file, pipes_and_fifos_answer_at_once_through_the_blocking_pool, .timeout = 15)
+{
+    pipes_and_fifos(NO_RING);
 }
 
 /* ---- dropping a read in flight ------------------------------------------------------------------- */
