@@ -145,6 +145,17 @@ static void prep_buffer_recv(struct weft__io *io, struct io_uring_sqe *sqe, int 
     sqe->buf_group = 0;
 }
 
+/* A socket whose last close waits for its unsent data (SO_LINGER with a
+ * timeout): run inline, that close would wait inside this worker's
+ * io_uring_enter, for up to the timeout. It goes to the kernel's own async
+ * workers instead (IOSQE_ASYNC); one getsockopt per close decides. */
+static bool lingers(int fd)
+{
+    struct linger l;
+    socklen_t n = sizeof l;
+    return getsockopt(fd, SOL_SOCKET, SO_LINGER, &l, &n) == 0 && l.l_onoff && l.l_linger > 0;
+}
+
 void weft__op_submit(struct weft__io *io, struct weft__op *op)
 {
     /* A linked pair must go to the kernel in one submission: make room for
@@ -193,6 +204,8 @@ void weft__op_submit(struct weft__io *io, struct weft__op *op)
         break;
     case OP_CLOSE:
         io_uring_prep_close(sqe, fd);
+        if (lingers(fd))
+            sqe->flags |= IOSQE_ASYNC;
         break;
     case OP_CONNECT:
         io_uring_prep_connect(sqe, fd, (struct sockaddr *)&op->u.conn.sa, op->u.conn.salen);

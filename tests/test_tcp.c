@@ -3,7 +3,8 @@
  * operation, each over IPv4 and again over IPv6 (listen on port 0, accept,
  * connect, weft_recv from the buffer ring with a small io_buffer_size,
  * recv_into, send, send_all, writev, shutdown(SHUT_WR) both ways, close
- * through the ring, short writes, a peer's reset; connect timeouts over IPv4,
+ * through the ring (one lingering on unsent data must not freeze its worker),
+ * short writes, a peer's reset; connect timeouts over IPv4,
  * against a full backlog and against weft_tcp_listen's backlog option), the
  * socket option and address helpers with their values read back, short
  * writes into a 4 KiB send buffer with send_all still delivering everything,
@@ -382,6 +383,49 @@ static void close_through_the_ring_on(const char *addr)
 Test(tcp, close_through_the_ring, .timeout = 40)
 {
     each_family(close_through_the_ring_on);
+}
+
+static enum weft_poll body_sleep_20ms(struct iot *t, struct weft_cx *cx)
+{
+    WEFT_ASYNC_BEGIN(&t->base);
+    weft_sleep_init(&t->sl, 20 * WEFT_NS_PER_MS);
+    WEFT_AWAIT(&t->base, cx, &t->sl.base);
+    WEFT_ASYNC_END(&t->base);
+}
+
+/* A socket with SO_LINGER (1 s) and unsent data that the peer never reads:
+ * its close waits for the data to go, up to 1 s. Through the ring it ran
+ * inside the worker's io_uring_enter and froze that worker (the only one
+ * here) for the whole second (a helper's review: the stall monitor cannot
+ * see it, no poll is running). A 20 ms sleep on the same worker must still
+ * end in time. */
+Test(tcp, a_lingering_close_does_not_freeze_its_worker, .timeout = 20)
+{
+    struct counting_alloc ca;
+    int srv, cli;
+    struct weft_runtime *rt = start_rt_pair_on(1, &ca, "127.0.0.1", &srv, &cli);
+    int small = 4096;
+    cr_assert_eq(setsockopt(cli, SOL_SOCKET, SO_RCVBUF, &small, sizeof small), 0);
+    cr_assert_eq(setsockopt(srv, SOL_SOCKET, SO_SNDBUF, &small, sizeof small), 0);
+    cr_assert_eq(weft_socket_set_linger(srv, true, 1), 0);
+    static char junk[65536];
+    int fl = fcntl(srv, F_GETFL);
+    cr_assert_eq(fcntl(srv, F_SETFL, fl | O_NONBLOCK), 0);
+    while (send(srv, junk, sizeof junk, MSG_NOSIGNAL) > 0)
+        ;
+    cr_assert_eq(errno, EAGAIN);
+    cr_assert_eq(fcntl(srv, F_SETFL, fl), 0);
+    struct weft_join j;
+    cr_assert_eq(iot_spawn(rt, body_close, NULL, 0, srv, &j), 0);
+    double t0 = now_s();
+    iot_run(rt, body_sleep_20ms, NULL, -1);
+    double took = now_s() - t0;
+    struct iot out;
+    cr_assert_eq(iot_join(rt, &j, &out), 0);
+    cr_assert_eq(out.res, 0);
+    cr_assert_lt(took, 0.5, "a 20 ms sleep took %.3f s behind the lingering close", took);
+    close(cli);
+    stop_rt(rt, &ca);
 }
 
 /* ---- socket options and addresses ----------------------------------------------------- */

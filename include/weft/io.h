@@ -251,7 +251,9 @@ void weft_writev_init(struct weft_io *io, int fd, const struct iovec *iov, int i
 /* Shuts down the reading and/or writing side (SHUT_RD, SHUT_WR, SHUT_RDWR). */
 void weft_shutdown_init(struct weft_io *io, int fd, int how);
 
-/* Closes `fd` through the ring. result: 0 or -errno. */
+/* Closes `fd` through the ring. result: 0 or -errno. A socket with SO_LINGER
+ * on and a timeout closes on the kernel's async workers, so its wait for
+ * unsent data never holds the worker. */
 void weft_close_init(struct weft_io *io, int fd);
 
 /* Socket options, synchronous; each returns 0 or -errno (-EBADF, -ENOTSOCK). */
