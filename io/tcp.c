@@ -105,19 +105,21 @@ static socklen_t parse_addr(const char *addr, uint16_t port, struct sockaddr_in6
 static int format_addr(const struct sockaddr_storage *ss, char *buf, size_t len, uint16_t *port)
 {
     const void *src;
+    uint16_t p;
     if (ss->ss_family == AF_INET) {
         const struct sockaddr_in *in4 = (const struct sockaddr_in *)ss;
         src = &in4->sin_addr;
-        *port = ntohs(in4->sin_port);
+        p = ntohs(in4->sin_port);
     } else if (ss->ss_family == AF_INET6) {
         const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)ss;
         src = &in6->sin6_addr;
-        *port = ntohs(in6->sin6_port);
+        p = ntohs(in6->sin6_port);
     } else {
         return -EAFNOSUPPORT;
     }
     if (!inet_ntop(ss->ss_family, src, buf, (socklen_t)len))
         return -ENOSPC;
+    *port = p; /* only on success, as every out-parameter */
     return 0;
 }
 
@@ -495,9 +497,21 @@ static void accept_drop(struct weft_future *f)
     weft_future_drop(&a->backoff.base);
 }
 
+/* Polled again once READY, a leaf stays READY with its result: an accept
+ * or connect must not take or open another socket. */
+static enum weft_poll once_ready(struct weft_future *f, struct weft_cx *cx,
+                                 enum weft_poll (*step)(struct weft_future *, struct weft_cx *))
+{
+    if (f->resume)
+        return WEFT_READY;
+    enum weft_poll p = weft__leaf_poll(f, cx, step);
+    f->resume = p == WEFT_READY;
+    return p;
+}
+
 static enum weft_poll accept_poll(struct weft_future *f, struct weft_cx *cx)
 {
-    return weft__leaf_poll(f, cx, accept_step);
+    return once_ready(f, cx, accept_step);
 }
 
 static const struct weft_future_ops accept_ops = { accept_poll, accept_drop };
@@ -568,7 +582,7 @@ static void connect_drop(struct weft_future *f)
 
 static enum weft_poll connect_poll(struct weft_future *f, struct weft_cx *cx)
 {
-    return weft__leaf_poll(f, cx, connect_step);
+    return once_ready(f, cx, connect_step);
 }
 
 static const struct weft_future_ops connect_ops = { connect_poll, connect_drop };

@@ -477,8 +477,9 @@ Test(tcp, socket_options_and_addresses, .timeout = 20)
     cr_assert_eq(weft_socket_set_linger(999999, true, 1), -EBADF);
 
     char a[INET6_ADDRSTRLEN], tiny[4];
-    uint16_t port;
+    uint16_t port = 7;
     cr_assert_eq(weft_tcp_peer_addr(srv, tiny, sizeof tiny, &port), -ENOSPC);
+    cr_assert_eq(port, 7, "a failed call wrote the port (%u)", port);
     cr_assert_eq(weft_tcp_peer_addr(srv, NULL, 16, &port), -EINVAL);
     cr_assert_eq(weft_tcp_local_addr(srv, a, sizeof a, NULL), -EINVAL);
     cr_assert_eq(weft_tcp_peer_addr(p[0], a, sizeof a, &port), -ENOTSOCK);
@@ -767,6 +768,63 @@ static enum weft_poll body_accept(struct iot *t, struct weft_cx *cx)
     WEFT_AWAIT(&t->base, cx, &t->acc.base);
     t->res = t->acc.result;
     WEFT_ASYNC_END(&t->base);
+}
+
+/* ---- polled again once ready ----------------------------------------------------------- */
+
+struct again {
+    struct weft_tcp_listener l;
+    uint16_t port;
+    int first, again_result, second;
+};
+
+/* An accept and a connect polled again after READY stay READY with their
+ * result: before, the connect opened a second connection and the accept
+ * took the next one in the queue (a helper's review). */
+static enum weft_poll body_poll_again(struct iot *t, struct weft_cx *cx)
+{
+    struct again *A = t->arg;
+    WEFT_ASYNC_BEGIN(&t->base);
+    weft_connect_init(&t->conn, "127.0.0.1", A->port, 0);
+    WEFT_AWAIT(&t->base, cx, &t->conn.base);
+    t->res = t->conn.result;
+    CHECK(weft_future_poll(&t->conn.base, cx) == WEFT_READY && t->conn.result == t->res);
+    weft_future_drop(&t->conn.base);
+    weft_accept_init(&t->acc, &A->l);
+    WEFT_AWAIT(&t->base, cx, &t->acc.base);
+    A->first = t->acc.result;
+    CHECK(weft_future_poll(&t->acc.base, cx) == WEFT_READY);
+    A->again_result = t->acc.result;
+    weft_future_drop(&t->acc.base);
+    WEFT_ASYNC_END(&t->base);
+}
+
+Test(tcp, accept_and_connect_polled_again_stay_ready, .timeout = 20)
+{
+    struct counting_alloc ca;
+    struct weft_runtime *rt = start_rt(1, &ca);
+    struct again A;
+    cr_assert_eq(weft_tcp_listen(&A.l, "127.0.0.1", 0, NULL), 0);
+    A.port = (uint16_t)weft_tcp_listener_port(&A.l);
+    int before = count_fds();
+    /* A second client waits in the backlog: the accept polled again must not take it. */
+    int other = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in6 sa;
+    socklen_t sl = make_addr("127.0.0.1", A.port, &sa);
+    struct iot out = iot_run(rt, body_poll_again, &A, -1);
+    cr_assert_geq(out.res, 0);
+    cr_assert_geq(A.first, 0);
+    cr_assert_eq(A.again_result, A.first);
+    cr_assert_eq(count_fds(), before + 3, "the connect or the accept opened another socket");
+    cr_assert_eq(connect(other, (struct sockaddr *)&sa, sl), 0);
+    struct iot acc = iot_run(rt, body_accept, &A.l, -1);
+    cr_assert_geq(acc.res, 0, "the second client's connection is gone: %d", acc.res);
+    close(acc.res);
+    close(other);
+    close(A.first);
+    close(out.res);
+    weft_tcp_listener_close(&A.l);
+    stop_rt(rt, &ca);
 }
 
 /* A second accept while the first is pending gives -EBUSY at once; once the
