@@ -376,8 +376,18 @@ static void park_worker(struct weft__worker *w)
          * next park, that count would stand while we run what the turn
          * queued, and keep every other worker from being woken meanwhile
          * (a helper's review). One relaxed load when nobody came. */
-        if (!unparked)
+        if (!unparked) {
             unparked = weft__io_take_unpark(w->io);
+            /* The unpark taken may be shutdown's (stop_workers stores
+             * `shutdown` and then unparks every worker): come in after the
+             * check above, it would be consumed here and the next park would
+             * sleep for good, destroy waiting on it (a helper's review:
+             * 4 hangs in 6 runs of 20,000 destroys right after an accept's
+             * completion that woke no task). Its acquire exchange pairs with
+             * that unpark's release, which follows the store. */
+            if (unparked && atomic_load_explicit(&rt->shutdown, memory_order_relaxed))
+                return;
+        }
         if (!unparked) {
             /* No unpark: a notifier that took us off the list has yet to
              * unpark us (a moment's window), and the next park sees it. */
