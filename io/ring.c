@@ -393,8 +393,9 @@ bool weft__io_park(struct weft__io *io)
     uint32_t expect = PARK_EMPTY;
     /* A timer that just fired woke a task: run it rather than sleep; nor
      * sleep while receives wait for a buffer the ring has (bufring.c: kick).
-     * Release CAS: an unparker that sees PARKED (acquire) also sees has_ring
-     * as this thread left it (weft__io_start may clear it). On failure
+     * Release CAS: an unparker that sees PARKED (acquire) also sees `efd` as
+     * this thread left it (a failed weft__io_start closes it and sets -1, and
+     * the unparker then takes the futex). On failure
      * (NOTIFIED) the unpark came first: consume it below without sleeping. */
     if (io->wakes == wakes && !weft__bufring_kick_due(io) &&
         atomic_compare_exchange_strong_explicit(&io->park.state, &expect, PARK_PARKED,

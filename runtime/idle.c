@@ -20,6 +20,12 @@
  * before, and then the push (before the pusher's fence) is visible to the
  * parker's re-check (after its RMW). Both orders end with the work found.
  *
+ * A worker's pushes to its own queue that it will run itself skip the notify
+ * and so the fence (its LIFO slot, a backlog under sched.c's notify
+ * threshold, a searcher's own pushes, a batch taken from the global queue):
+ * that work needs no other worker, since the pusher is awake and finds it
+ * before it parks (its own queue is the first place it looks).
+ *
  * A worker that only its own ring woke stays on the list while it runs those
  * tasks (sched.c: park_worker), counted as parked. That keeps the argument:
  * a notifier that picks it leaves the unpark on its park word, so it cannot

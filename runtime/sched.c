@@ -338,8 +338,10 @@ static bool has_local_work(struct weft__worker *w)
  * completions or timers queued tasks) stays on the sleepers list while it
  * runs them, counted as parked, and comes back here without the two trips
  * through the list's lock: a notifier that picks it meanwhile finds it busy,
- * and its unpark, left on the park word, is consumed at the next park; a
- * listed worker that notifies leaves the list first (weft__notify_parked).
+ * and its unpark, left on the park word, is consumed at the next park (or
+ * right after the reaping turn, below; until then that notifier's count of
+ * it as searching stands, so no other worker is woken meanwhile); a listed
+ * worker that notifies leaves the list first (weft__notify_parked).
  * It does not steal while listed: wakeups bring the siblings' work to it. */
 static void park_worker(struct weft__worker *w)
 {

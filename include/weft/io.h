@@ -156,7 +156,8 @@ struct weft_accept {
 /* Initialises an accept on `l`. */
 void weft_accept_init(struct weft_accept *a, struct weft_tcp_listener *l);
 
-/* Connects to `addr`:`port` (numeric IPv4 or IPv6). result: the connected
+/* Connects to `addr`:`port` (numeric IPv4 or IPv6; no scope: a "fe80::1%eth0"
+ * link-local address is not supported, -EINVAL). result: the connected
  * socket (yours to close), or -errno: -ECONNREFUSED, -ETIMEDOUT (after
  * `timeout_ns`, if not 0), -EINVAL (bad address). */
 struct weft_connect {
@@ -243,9 +244,10 @@ void weft_send_init(struct weft_io *io, int fd, const void *buf, size_t len);
  * bytes went before the error). */
 void weft_send_all_init(struct weft_io *io, int fd, const void *buf, size_t len);
 
-/* Writes the `iovcnt` buffers of `iov` in order (once: may be short). `iov`
- * and the buffers must stay valid until the future is dropped. -EINVAL for
- * an `iovcnt` below 0 or above IOV_MAX. */
+/* Writes the `iovcnt` buffers of `iov` in order to a socket (once: may be
+ * short; it is a sendmsg: -ENOTSOCK on a pipe or file). `iov` and the
+ * buffers must stay valid until the future is dropped. -EINVAL for an
+ * `iovcnt` below 0 or above IOV_MAX. */
 void weft_writev_init(struct weft_io *io, int fd, const struct iovec *iov, int iovcnt);
 
 /* Shuts down the reading and/or writing side (SHUT_RD, SHUT_WR, SHUT_RDWR). */
@@ -285,7 +287,9 @@ void weft_open_init(struct weft_io *io, const char *path, int flags, unsigned mo
 /* Reads up to `len` bytes at `offset`. result: bytes (0 at end of file; fewer than `len` before it is possible: loop). */
 void weft_read_at_init(struct weft_io *io, int fd, void *buf, size_t len, uint64_t offset);
 
-/* Writes up to `len` bytes at `offset` (once: may be short). */
+/* Writes up to `len` bytes at `offset` (once: may be short). It is write(2):
+ * to a pipe or socket whose reader is gone it raises SIGPIPE, which kills
+ * the process unless it is ignored (weft_send* on a socket never do). */
 void weft_write_at_init(struct weft_io *io, int fd, const void *buf, size_t len,
                         uint64_t offset);
 

@@ -157,8 +157,10 @@ void *weft_join_output(const struct weft_join *join);
 void weft_join_detach(struct weft_join *join);
 
 /* Asks the task to stop: its future is dropped at its next scheduling point
- * (or right away if it is idle), and the joiner sees -ECANCELED. No effect on a
- * finished task or a detached handle. Callable from any thread. */
+ * (an idle task is queued for it; a worker drops it, or destroy's sweep), and
+ * the joiner sees -ECANCELED, unless the poll in progress finished the task:
+ * then 0 and its output. No effect on a finished task or a detached handle.
+ * Callable from any thread. */
 void weft_join_abort(const struct weft_join *join);
 
 /* ---- basic futures --------------------------------------------------------- */
