@@ -88,14 +88,16 @@ static bool wait_ready(struct weft_io *io, short events)
     return false;
 }
 
-/* A read or write on a pool thread, of a pipe, socket or terminal: it never
- * blocks in the syscall (RWF_NOWAIT, and wait_ready's steps while there is
- * nothing to read or no room): a blocking call would wait for the peer, and
- * the drop with it. Like the ring, it tries the call first, so a wrong-way
- * descriptor or a zero length answers at once, and a write may be short.
- * True when it produced the result (in *r, errno set when < 0); false for a
- * regular file or block device, or a kernel without RWF_NOWAIT there, which
- * take the plain call (after waiting for readiness, in the latter case). */
+/* A read or write on a pool thread, of a pipe or socket: it never blocks in
+ * the syscall (RWF_NOWAIT, and wait_ready's steps while there is nothing to
+ * read or no room): a blocking call would wait for the peer, and the drop
+ * with it. Like the ring, it tries the call first, so a wrong-way descriptor
+ * or a zero length answers at once, and a write may be short. True when it
+ * produced the result (in *r, errno set when < 0); false for a regular file
+ * or block device, or a descriptor without RWF_NOWAIT (a terminal, an
+ * eventfd's write, most character devices), which take the plain call, after
+ * waiting for readiness in the latter case: that call may block, and a drop
+ * waits for it. */
 static bool nowait_io(struct weft_io *io, bool out, long *r)
 {
     struct stat st;
@@ -148,6 +150,12 @@ static long open_job(struct weft_io *io)
     }
     int extra = flags & (O_NONBLOCK | O_PATH) ? 0 : O_NONBLOCK;
     int fd = open(io->buf, flags | extra | O_CLOEXEC, (mode_t)io->off), fl;
+    if (fd < 0 && errno == EAGAIN && extra) {
+        /* A lease to break (or an NFS delegation): wait for it, as the ring's
+         * blocking retry does. A FIFO never says EAGAIN here. */
+        extra = 0;
+        fd = open(io->buf, flags | O_CLOEXEC, (mode_t)io->off);
+    }
     if (fd >= 0 && extra &&
         ((fl = fcntl(fd, F_GETFL)) < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0)) {
         int e = errno;

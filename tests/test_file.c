@@ -18,7 +18,7 @@
  * off any worker (-ENXIO); reads at and far beyond the end of file (0); a read
  * of a pipe's write end and a write to its read end (-EBADF), a zero-length
  * read of an empty pipe (0), a FIFO with no reader opened for writing
- * (-ENXIO). */
+ * (-ENXIO). An open of a file under a lease waits for the lease to break. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
@@ -32,6 +32,7 @@
 #include <fcntl.h>
 #include <ftw.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <sys/stat.h>
@@ -540,6 +541,63 @@ Test(file, pipes_and_fifos_answer_at_once, .timeout = 15)
 Test(file, pipes_and_fifos_answer_at_once_through_the_blocking_pool, .timeout = 15)
 {
     pipes_and_fifos(NO_RING);
+}
+
+/* ---- an open that must wait for a lease to break ------------------------------------ */
+
+static volatile int lease_fd = -1;
+
+static void release_lease(int sig)
+{
+    (void)sig;
+    fcntl(lease_fd, F_SETLEASE, F_UNLCK);
+}
+
+static enum weft_poll body_open_for_writing(struct ft *t, struct weft_cx *cx)
+{
+    WEFT_ASYNC_BEGIN(&t->base);
+    DO_IO(t, cx, weft_open_init(&t->io, t->arg, O_WRONLY, 0));
+    WEFT_ASYNC_END(&t->base);
+}
+
+/* A file under a read lease: opening it for writing breaks the lease (its
+ * holder, this process, gets SIGIO and gives it up) and then succeeds, as
+ * through the ring. The pool's open with O_NONBLOCK first said -EAGAIN
+ * instead (a helper's review); it now opens again without it. */
+static void leased_open(enum path path)
+{
+    char p[128];
+    close(create_in_dir(p, sizeof p, "leased"));
+    lease_fd = open(p, O_RDONLY | O_CLOEXEC);
+    cr_assert_geq(lease_fd, 0);
+    struct sigaction sa = { .sa_handler = release_lease }, old;
+    cr_assert_eq(sigaction(SIGIO, &sa, &old), 0);
+    if (fcntl(lease_fd, F_SETLEASE, F_RDLCK) != 0) {
+        int e = errno;
+        close(lease_fd);
+        sigaction(SIGIO, &old, NULL);
+        cr_skip_test("no lease on a file here (F_SETLEASE: %s)", strerror(e));
+    }
+    struct weft_runtime *rt = start_rt_opts((struct rt_opts){ .workers = 1,
+                                                              .no_io_uring = path == NO_RING },
+                                            NULL);
+    struct ft out = run_ft(rt, body_open_for_writing, p);
+    weft_runtime_destroy(rt);
+    sigaction(SIGIO, &old, NULL);
+    cr_assert_geq(out.res[0], 0, "opening the leased file gave %d", out.res[0]);
+    close(out.res[0]);
+    close(lease_fd);
+    assert_no_fd_leak();
+}
+
+Test(file, an_open_waits_for_a_lease_to_break, .timeout = 30)
+{
+    leased_open(RING);
+}
+
+Test(file, an_open_waits_for_a_lease_to_break_through_the_blocking_pool, .timeout = 30)
+{
+    leased_open(NO_RING);
 }
 
 /* ---- dropping a read in flight ------------------------------------------------------------------- */
