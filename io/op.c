@@ -153,7 +153,9 @@ static bool lingers(int fd)
 {
     struct linger l;
     socklen_t n = sizeof l;
-    return getsockopt(fd, SOL_SOCKET, SO_LINGER, &l, &n) == 0 && l.l_onoff && l.l_linger > 0;
+    /* Not > 0: a linger of -1 set with setsockopt means for good, and reads
+     * back as any nonzero value. */
+    return getsockopt(fd, SOL_SOCKET, SO_LINGER, &l, &n) == 0 && l.l_onoff && l.l_linger != 0;
 }
 
 void weft__op_submit(struct weft__io *io, struct weft__op *op)
