@@ -459,9 +459,12 @@ static void start_reserved(struct weft_runtime *rt)
         unreserve_thread(rt); /* the busy threads will get to the jobs */
 }
 
+_Thread_local const struct weft_runtime *weft__pool_of;
+
 static void *pool_thread(void *arg)
 {
     struct weft_runtime *rt = arg;
+    weft__pool_of = rt;
     struct blocking_pool *p = &rt->blocking;
     pthread_setname_np(pthread_self(), "weft-blocking");
     struct pool_slot slot = { .tid = (pid_t)syscall(SYS_gettid) };

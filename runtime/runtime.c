@@ -283,7 +283,9 @@ static struct weft_runtime *runtime_alloc(const struct weft_allocator *a, uint32
     rt->stat_files.fds = zalloc(a, nworkers * sizeof(*rt->stat_files.fds));
     bool ok = rt->workers && rt->shards && rt->idle.sleepers && rt->idle.taken_busy &&
               rt->stat_files.fds;
-    for (uint32_t i = 0; ok && i < nworkers; i++)
+    /* Whenever the array exists (not only when `ok`): runtime_free closes
+     * every entry that is not -1. */
+    for (uint32_t i = 0; rt->stat_files.fds && i < nworkers; i++)
         atomic_init(&rt->stat_files.fds[i], -1);
     for (uint32_t i = 0; ok && i < nworkers; i++) {
         struct weft__worker *w = &rt->workers[i];
@@ -435,19 +437,21 @@ static uint32_t runtime_destroy(struct weft_runtime *rt, uint32_t blocking_timeo
     return left;
 }
 
-/* True on one of rt's own workers: destroying rt there would wait for itself. */
-static bool on_own_worker(const struct weft_runtime *rt)
+/* True on one of rt's own workers or blocking-pool threads: destroying rt
+ * there would wait for itself (a pool thread for the whole of the blocking
+ * timeout, counting itself as a job left running). */
+static bool on_own_thread(const struct weft_runtime *rt)
 {
-    return weft__current && weft__current->rt == rt;
+    return (weft__current && weft__current->rt == rt) || weft__pool_of == rt;
 }
 
 void weft_runtime_destroy(struct weft_runtime *rt)
 {
     if (!rt)
         return;
-    if (on_own_worker(rt)) {
-        fputs("weft: weft_runtime_destroy called on one of the runtime's own workers: "
-              "refused (it would wait for itself)\n", stderr);
+    if (on_own_thread(rt)) {
+        fputs("weft: weft_runtime_destroy called on one of the runtime's own workers or "
+              "blocking-pool threads: refused (it would wait for itself)\n", stderr);
         return;
     }
     uint32_t timeout_ms = rt->blocking_shutdown_ms;
@@ -462,7 +466,7 @@ int weft_runtime_shutdown(struct weft_runtime *rt, uint32_t timeout_ms)
 {
     if (!rt)
         return -EINVAL;
-    if (on_own_worker(rt))
+    if (on_own_thread(rt))
         return -EDEADLK;
     return (int)runtime_destroy(rt, timeout_ms);
 }

@@ -73,13 +73,15 @@ struct counting_alloc {
     struct weft_allocator a;
     _Atomic long allocs, frees, bad_frees;
     _Atomic long fail_at; /* the allocation number that fails (and all after); -1: none */
+    _Atomic long calls;
+    bool once;            /* only allocation number fail_at fails */
 };
 
 static inline void *count_alloc(void *ctx, size_t size)
 {
     struct counting_alloc *ca = ctx;
-    long fail_at = atomic_load(&ca->fail_at);
-    if (fail_at >= 0 && atomic_load(&ca->allocs) >= fail_at)
+    long n = atomic_fetch_add(&ca->calls, 1), fail_at = atomic_load(&ca->fail_at);
+    if (fail_at >= 0 && (ca->once ? n == fail_at : n >= fail_at))
         return NULL;
     char *p = malloc(HDR + size);
     if (!p)

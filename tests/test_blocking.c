@@ -7,7 +7,8 @@
  * and without CAP_SYS_NICE). Shutdown with jobs queued and running is in
  * test_blocking_shutdown.c.
  *
- * Bad inputs tried: weft_spawn_blocking / weft_try_spawn_blocking with a NULL
+ * Bad inputs tried: a job that destroys or shuts down its own runtime
+ * (refused: -EDEADLK, at once); weft_spawn_blocking / weft_try_spawn_blocking with a NULL
  * runtime and with a NULL fn (-EINVAL, the join handle left empty: ops and
  * job NULL even when it held garbage); a waiting spawn made with a NULL
  * runtime or a NULL fn (ready at the first poll with -EINVAL, empty join, its
@@ -29,6 +30,8 @@
  * bounds asserted are the ones the design guarantees (a thread idles at least
  * its keep-alive, a shutdown waits at least its timeout). */
 #include "blocking_common.h"
+
+#include <criterion/redirect.h>
 
 /* ---- 100k jobs, from tasks and foreign threads ------------------------------------------ */
 
@@ -744,6 +747,36 @@ Test(blocking, bad_arguments, .timeout = 30)
     cr_assert_eq(atomic_load(&f.clones), 0);
     weft_runtime_destroy(rt);
     wait_pool_gone();
+}
+
+/* A blocking job that destroys or shuts down its own runtime: refused, as on
+ * a worker. Before, the destroy waited for the job, itself, for the whole
+ * blocking timeout, then called it a job left running (a helper's fault
+ * injection: 5002 ms); shutdown waited its timeout and returned 1. */
+static void *job_destroys_own_runtime(void *arg)
+{
+    struct weft_runtime *rt = arg;
+    double t0 = now_s();
+    int r = weft_runtime_shutdown(rt, 1000);
+    weft_runtime_destroy(rt); /* a line on stderr, nothing else */
+    double took = now_s() - t0;
+    return (void *)(intptr_t)(r == -EDEADLK && took < 0.5 ? 0 : r == -EDEADLK ? 1 : 2);
+}
+
+Test(blocking, a_job_cannot_destroy_its_own_runtime, .timeout = 30)
+{
+    struct weft_runtime_config cfg = base_cfg();
+    cfg.blocking_shutdown_ms = 3000;
+    struct weft_runtime *rt = start_cfg(&cfg);
+    struct weft_blocking_join h;
+    cr_redirect_stderr();
+    cr_assert_eq(weft_spawn_blocking(rt, job_destroys_own_runtime, rt, &h), 0);
+    cr_assert_eq(weft_block_on(rt, &h.base), 0, "the runtime did not survive its job's destroy");
+    cr_assert_eq(h.res, 0);
+    intptr_t v = (intptr_t)h.output;
+    weft_future_drop(&h.base);
+    cr_assert(v == 0, "%s", v == 1 ? "refused, but only after waiting" : "shutdown was not refused");
+    weft_runtime_destroy(rt);
 }
 
 Test(blocking, bad_config, .timeout = 30)

@@ -13,12 +13,14 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdalign.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -198,6 +200,46 @@ Test(config, out_of_memory_at_each_allocation, .timeout = 30)
     }
     cr_assert_eq(rc, 0);
     cr_assert_gt(k, 3, "create made fewer allocations than expected (%ld)", k);
+}
+
+/* Fails only the 0th, 1st, ... allocation of a create with 3 workers (the
+ * others succeed), until a create makes no more: each failure returns
+ * -ENOMEM, frees everything, and closes no descriptor it did not open. The
+ * per-worker stat descriptors' array was left all 0 (not -1) when an array
+ * allocated before it had failed, and the unwinding closed fd 0 once per
+ * worker (a helper's fault injection). */
+Test(config, out_of_memory_at_one_allocation, .timeout = 30)
+{
+    struct weft_runtime_config cfg = config(3);
+    struct counting_alloc ca;
+    struct stat before, after;
+    bool opened = fstat(0, &before) != 0;
+    if (opened) { /* no stdin here: put something at 0 to watch */
+        cr_assert_eq(open("/dev/null", O_RDONLY), 0);
+        cr_assert_eq(fstat(0, &before), 0);
+    }
+    cfg.allocator = &ca.a;
+    long k, total = 1000;
+    for (k = 0; k < total; k++) {
+        counting_init(&ca, k);
+        ca.once = true;
+        struct weft_runtime *rt = SENTINEL;
+        int rc = weft_runtime_create(&rt, &cfg);
+        if (rc == 0) {
+            total = atomic_load(&ca.calls);
+            weft_runtime_destroy(rt);
+        } else {
+            cr_assert_eq(rc, -ENOMEM, "allocation %ld failed: got %d", k, rc);
+            cr_assert_eq(rt, SENTINEL);
+        }
+        assert_balanced(&ca);
+        cr_assert_eq(fstat(0, &after), 0, "allocation %ld failing closed fd 0", k);
+        cr_assert(after.st_ino == before.st_ino && after.st_dev == before.st_dev,
+                  "allocation %ld failing closed fd 0 (now another file)", k);
+    }
+    cr_assert_gt(k, 3, "create made fewer allocations than expected (%ld)", k);
+    if (opened)
+        close(0);
 }
 
 /* A worker thread that cannot be created (address space limited to ~20 MiB
