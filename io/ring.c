@@ -122,15 +122,26 @@ static uint32_t ops_masked(void)
     return mask;
 }
 
+#define PROBE_OPS 256
+
 static void probe(struct weft__io *io)
 {
-    struct io_uring_probe *p = io_uring_get_probe_ring(&io->ring);
+    /* On the stack: liburing's io_uring_get_probe_ring mallocs, and its NULL
+     * on a failed malloc read as a kernel with no opcode at all, so that one
+     * worker gave -EOPNOTSUPP for every socket future while create succeeded
+     * (a helper's fault injection). A kernel without the probe (before 5.6)
+     * still reads as none. */
+    union {
+        struct io_uring_probe p;
+        unsigned char room[sizeof(struct io_uring_probe) +
+                           PROBE_OPS * sizeof(struct io_uring_probe_op)];
+    } pb;
+    memset(&pb, 0, sizeof pb);
+    bool ok = io_uring_register_probe(&io->ring, &pb.p, PROBE_OPS) >= 0;
     io->supported = UINT32_C(1) << OP_TIMER;
     for (uint32_t k = 0; k < OP_NKINDS; k++)
-        if (k != OP_TIMER && p && io_uring_opcode_supported(p, weft__op_opcode(k)))
+        if (k != OP_TIMER && ok && io_uring_opcode_supported(&pb.p, weft__op_opcode(k)))
             io->supported |= UINT32_C(1) << k;
-    if (p)
-        io_uring_free_probe(p);
     if (!(io->features & IORING_FEAT_CQE_SKIP)) /* the send of a send+recv would post */
         io->supported &= ~(UINT32_C(1) << OP_SEND_RECV);
     io->supported &= ~ops_masked();

@@ -16,11 +16,14 @@ struct weft_task;
 
 /* ---- configuration ------------------------------------------------------- */
 
-/* Where the runtime gets its memory: the runtime itself, its queues and every
- * task. `alloc` returns memory aligned for any object (like malloc) or NULL;
- * `free` gets back the size that was asked for. (Channels, the per-thread
- * state of weft_block_on and weft_join_all_init's duplicate check over more
- * than 16 children use malloc.) */
+/* Where the runtime gets its memory: the runtime itself, its queues, its
+ * rings' operation slots and timer heaps, and every task. `alloc` returns
+ * memory aligned for any object (like malloc) or NULL; `free` gets back the
+ * size that was asked for. (malloc serves the rest: channels, blocking jobs,
+ * whose handles may outlive the runtime, a listener's accept queue, the
+ * stall monitor, metrics snapshots and the task dump, the compute lane's
+ * bookkeeping, the per-thread state of weft_block_on, and
+ * weft_join_all_init's duplicate check over more than 16 children.) */
 struct weft_allocator {
     void *(*alloc)(void *ctx, size_t size);
     void (*free)(void *ctx, void *p, size_t size);
