@@ -556,6 +556,10 @@ static void *pool_thread(void *arg)
         if (!handed && !has_runnable(p))
             break;
     }
+    /* Before rt may be freed (by destroy, or by our release below): what
+     * runs on this thread from here on (its TLS destructors) is no longer
+     * rt's, and a new runtime may get rt's address. */
+    weft__pool_of = NULL;
     *slot.pprev = slot.next;
     if (slot.next)
         slot.next->pprev = slot.pprev;

@@ -368,6 +368,8 @@ struct weft_runtime {
 extern _Thread_local struct weft__worker *weft__current;
 /* The runtime whose blocking pool runs this thread, or NULL (blocking.c). */
 extern _Thread_local const struct weft_runtime *weft__pool_of;
+/* The runtime whose monitor thread this is, or NULL (metrics.c). */
+extern _Thread_local const struct weft_runtime *weft__monitor_of;
 
 /* Schedules a notified task (the caller hands over its reference). */
 void weft__schedule(struct weft_task *t, bool yield);

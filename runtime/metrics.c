@@ -430,9 +430,12 @@ static bool look_at(struct weft__monitor *m, uint32_t i)
     return true;
 }
 
+_Thread_local const struct weft_runtime *weft__monitor_of;
+
 static void *monitor_main(void *arg)
 {
     struct weft__monitor *m = arg;
+    weft__monitor_of = m->rt;
     bool jobs = false;
     uint64_t pace = m->period_ns;
     /* Acquire pairs with monitor_stop's release store. */

@@ -437,12 +437,14 @@ static uint32_t runtime_destroy(struct weft_runtime *rt, uint32_t blocking_timeo
     return left;
 }
 
-/* True on one of rt's own workers or blocking-pool threads: destroying rt
- * there would wait for itself (a pool thread for the whole of the blocking
- * timeout, counting itself as a job left running). */
+/* True on one of rt's own threads (workers, blocking pool, stall monitor):
+ * destroying rt there would wait for itself (a pool thread for the whole of
+ * the blocking timeout, counting itself as a job left running; the monitor
+ * would join itself and free its own state under its loop). */
 static bool on_own_thread(const struct weft_runtime *rt)
 {
-    return (weft__current && weft__current->rt == rt) || weft__pool_of == rt;
+    return (weft__current && weft__current->rt == rt) || weft__pool_of == rt ||
+           weft__monitor_of == rt;
 }
 
 void weft_runtime_destroy(struct weft_runtime *rt)
@@ -450,8 +452,9 @@ void weft_runtime_destroy(struct weft_runtime *rt)
     if (!rt)
         return;
     if (on_own_thread(rt)) {
-        fputs("weft: weft_runtime_destroy called on one of the runtime's own workers or "
-              "blocking-pool threads: refused (it would wait for itself)\n", stderr);
+        fputs("weft: weft_runtime_destroy called on one of the runtime's own threads (a "
+              "worker, a blocking job, the stall callback): refused (it would wait for "
+              "itself)\n", stderr);
         return;
     }
     uint32_t timeout_ms = rt->blocking_shutdown_ms;

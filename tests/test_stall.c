@@ -271,6 +271,37 @@ Test(stall, one_long_poll_reported_once, .timeout = 30)
     cr_assert_eq(m1.stalls, 1);
 }
 
+/* A stall callback that shuts its runtime down: refused (-EDEADLK). It runs
+ * on the monitor thread (or on the worker, for a report the monitor missed),
+ * and the shutdown joined the monitor from itself and freed it under its
+ * own loop: ASan heap-use-after-free in monitor_main (a helper's review). */
+struct self_shutdown {
+    struct weft_runtime *_Atomic rt;
+    _Atomic int calls, res;
+};
+
+static void shutdown_from_callback(const struct weft_stall *st, void *ctx)
+{
+    (void)st;
+    struct self_shutdown *x = ctx;
+    struct weft_runtime *rt = atomic_load(&x->rt);
+    if (rt && atomic_fetch_add(&x->calls, 1) == 0)
+        atomic_store(&x->res, weft_runtime_shutdown(rt, 0));
+}
+
+Test(stall, a_callback_cannot_shut_its_runtime_down, .timeout = 30)
+{
+    struct self_shutdown x = { .res = 1 };
+    struct weft_runtime *rt = start_cfg(2, 0, 10000, false, shutdown_from_callback, &x);
+    atomic_store(&x.rt, rt);
+    struct spinner s = { .spins = 1, .spin_s = 0.150 };
+    run_spinner(rt, &s);
+    weft_runtime_destroy(rt);
+    cr_assert_geq(atomic_load(&x.calls), 1, "no stall was reported");
+    cr_assert_eq(atomic_load(&x.res), -EDEADLK, "shutdown from the callback gave %d",
+                 atomic_load(&x.res));
+}
+
 /* Two 150 ms polls of one task, a yield between them: two reports, same id. */
 Test(stall, two_long_polls_two_reports, .timeout = 30)
 {

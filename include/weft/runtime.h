@@ -90,8 +90,8 @@ int weft_runtime_create(struct weft_runtime **out, const struct weft_runtime_con
  * (their joiners see -ECANCELED), cancels the blocking jobs not yet started
  * (-ECANCELED), waits up to config.blocking_shutdown_ms for running ones (a
  * line on stderr says how many it left behind), and frees the runtime. On
- * one of the runtime's own workers or blocking-pool threads (a blocking job)
- * it does nothing but say so on stderr (it would wait for itself). */
+ * one of the runtime's own threads (a worker, a blocking job, the stall
+ * callback) it does nothing but say so on stderr (it would wait for itself). */
 void weft_runtime_destroy(struct weft_runtime *rt);
 
 /* As weft_runtime_destroy, but waits at most `timeout_ms` (instead of
@@ -99,7 +99,7 @@ void weft_runtime_destroy(struct weft_runtime *rt);
  * how many it left behind (0 when all finished; their threads finish them
  * and exit on their own, keeping only the runtime's memory alive until
  * then). Also prints nothing. -EINVAL for a NULL rt, -EDEADLK on one of
- * its own workers or blocking-pool threads (nothing done). */
+ * its own threads (a worker, a blocking job, the stall callback; nothing done). */
 int weft_runtime_shutdown(struct weft_runtime *rt, uint32_t timeout_ms);
 
 /* Runs `f` to completion as a task on the workers (so its I/O has a ring)
