@@ -124,7 +124,9 @@ static uint32_t ops_masked(void)
 
 #define PROBE_OPS 256
 
-static void probe(struct weft__io *io)
+/* 0, or the error the kernel gave for the probe itself (not -EINVAL, a
+ * kernel before 5.6 without it, which reads as no opcode). */
+static int probe(struct weft__io *io)
 {
     /* On the stack: liburing's io_uring_get_probe_ring mallocs, and its NULL
      * on a failed malloc read as a kernel with no opcode at all, so that one
@@ -137,7 +139,10 @@ static void probe(struct weft__io *io)
                            PROBE_OPS * sizeof(struct io_uring_probe_op)];
     } pb;
     memset(&pb, 0, sizeof pb);
-    bool ok = io_uring_register_probe(&io->ring, &pb.p, PROBE_OPS) >= 0;
+    int r = io_uring_register_probe(&io->ring, &pb.p, PROBE_OPS);
+    if (r < 0 && r != -EINVAL)
+        return r;
+    bool ok = r >= 0;
     io->supported = UINT32_C(1) << OP_TIMER;
     for (uint32_t k = 0; k < OP_NKINDS; k++)
         if (k != OP_TIMER && ok && io_uring_opcode_supported(&pb.p, weft__op_opcode(k)))
@@ -145,6 +150,7 @@ static void probe(struct weft__io *io)
     if (!(io->features & IORING_FEAT_CQE_SKIP)) /* the send of a send+recv would post */
         io->supported &= ~(UINT32_C(1) << OP_SEND_RECV);
     io->supported &= ~ops_masked();
+    return 0;
 }
 
 int weft__io_init(struct weft__io *io, struct weft_runtime *rt, uint32_t index,
@@ -167,10 +173,12 @@ int weft__io_init(struct weft__io *io, struct weft_runtime *rt, uint32_t index,
     if (err)
         return err;
     io->has_ring = true;
-    probe(io);
-    io->efd = eventfd(0, EFD_CLOEXEC);
-    if (io->efd < 0) {
-        err = -errno;
+    err = probe(io);
+    if (!err) {
+        io->efd = eventfd(0, EFD_CLOEXEC);
+        err = io->efd < 0 ? -errno : 0;
+    }
+    if (err) {
         io_uring_queue_exit(&io->ring);
         io->has_ring = false;
         return err;
