@@ -124,15 +124,14 @@ static uint32_t ops_masked(void)
 
 #define PROBE_OPS 256
 
-/* 0, or the error the kernel gave for the probe itself (not -EINVAL, a
- * kernel before 5.6 without it, which reads as no opcode). */
+/* 0, or the error the kernel gave for the probe itself (every kernel that
+ * makes our rings, IORING_SETUP_R_DISABLED: 5.10, has the probe: 5.6). */
 static int probe(struct weft__io *io)
 {
     /* On the stack: liburing's io_uring_get_probe_ring mallocs, and its NULL
      * on a failed malloc read as a kernel with no opcode at all, so that one
      * worker gave -EOPNOTSUPP for every socket future while create succeeded
-     * (a helper's fault injection). A kernel without the probe (before 5.6)
-     * still reads as none. */
+     * (a helper's fault injection). */
     union {
         struct io_uring_probe p;
         unsigned char room[sizeof(struct io_uring_probe) +
@@ -140,12 +139,11 @@ static int probe(struct weft__io *io)
     } pb;
     memset(&pb, 0, sizeof pb);
     int r = io_uring_register_probe(&io->ring, &pb.p, PROBE_OPS);
-    if (r < 0 && r != -EINVAL)
+    if (r < 0)
         return r;
-    bool ok = r >= 0;
     io->supported = UINT32_C(1) << OP_TIMER;
     for (uint32_t k = 0; k < OP_NKINDS; k++)
-        if (k != OP_TIMER && ok && io_uring_opcode_supported(&pb.p, weft__op_opcode(k)))
+        if (k != OP_TIMER && io_uring_opcode_supported(&pb.p, weft__op_opcode(k)))
             io->supported |= UINT32_C(1) << k;
     if (!(io->features & IORING_FEAT_CQE_SKIP)) /* the send of a send+recv would post */
         io->supported &= ~(UINT32_C(1) << OP_SEND_RECV);

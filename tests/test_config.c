@@ -13,13 +13,20 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/io_uring.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
 #include <fcntl.h>
 #include <stdalign.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -240,6 +247,43 @@ Test(config, out_of_memory_at_one_allocation, .timeout = 30)
     cr_assert_gt(k, 3, "create made fewer allocations than expected (%ld)", k);
     if (opened)
         close(0);
+}
+
+/* The kernel refuses the opcode probe (a seccomp filter answers ENOMEM to
+ * io_uring_register(IORING_REGISTER_PROBE) alone): create fails with that
+ * error and frees everything. Before, a failed probe read as a kernel with no
+ * opcode, and every socket future on that worker gave -EOPNOTSUPP while
+ * create succeeded (a helper's fault injection). */
+Test(config, a_refused_opcode_probe_fails_create, .timeout = 30)
+{
+#if !defined(__x86_64__)
+    cr_skip_test("the filter below is written for x86-64");
+#else
+    struct sock_filter f[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 0, 5),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_register, 0, 3),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[1])),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, IORING_REGISTER_PROBE, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOMEM),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog prog = { sizeof f / sizeof f[0], f };
+    struct weft_runtime_config cfg = config(2);
+    struct counting_alloc ca;
+    counting_init(&ca, -1);
+    cfg.allocator = &ca.a;
+    /* Criterion runs each test in a process of its own: the filter ends with it. */
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 ||
+        prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) != 0)
+        cr_skip_test("no seccomp filter here: %s", strerror(errno));
+    struct weft_runtime *rt = SENTINEL;
+    int rc = weft_runtime_create(&rt, &cfg);
+    cr_assert_eq(rc, -ENOMEM, "create with a refused probe gave %d", rc);
+    cr_assert_eq(rt, SENTINEL);
+    assert_balanced(&ca);
+#endif
 }
 
 /* A worker thread that cannot be created (address space limited to ~20 MiB
