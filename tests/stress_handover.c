@@ -178,8 +178,10 @@ int main(int argc, char **argv)
      * worker waiting for the hog's pause on CPU 1: most rounds wake there. */
     bool kernel_did_it =
         !m.compute_handovers && (uint64_t)woke_on_0 * 10 >= (uint64_t)rounds * 9;
-    printf("stress_handover: rounds=%u handovers=%" PRIu64 " woke_on_cpu0=%u secs=%.2f %s\n",
-           rounds, m.compute_handovers, woke_on_0, (double)(now_ns() - t0) / 1e9,
+    printf("stress_handover: rounds=%u handovers=%" PRIu64 " slices=%" PRIu64
+           " woke_on_cpu0=%u secs=%.2f %s\n",
+           rounds, m.compute_handovers, m.compute_slices, woke_on_0,
+           (double)(now_ns() - t0) / 1e9,
            m.compute_handovers ? "OK"
            : kernel_did_it    ? "SKIP (the kernel put the worker on CPU 0 itself, round after round)"
                               : "FAIL");
