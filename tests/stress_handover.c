@@ -14,7 +14,9 @@
  * sleeps 1 ms, ROUNDS times (full: 400, small: 80). A worker woken while the
  * hog spins waits on CPU 1 until the compute job hands it CPU 0. Checked:
  * every round ends; at least one hand-over happened (unless nine rounds in
- * ten woke on CPU 0 without one: the kernel moved it itself, a SKIP); once
+ * ten woke on CPU 0 without one: the kernel moved it itself, a SKIP; or the
+ * rounds that woke on CPU 1 mostly ran there while the hog was mid-spin: the
+ * kernel let the worker run beside it, also a SKIP); once
  * the worker parks for good its affinity is back to the process's. Skips (exit 0) without
  * 2 CPUs or without the right to start a SCHED_FIFO thread and to raise a
  * lowered one back. A watchdog aborts after WATCHDOG_SECS. Bad inputs: none
@@ -41,7 +43,7 @@
 
 #define WATCHDOG_SECS 120
 
-static _Atomic int stop, job_running;
+static _Atomic int stop, job_running, hog_spinning;
 static struct cpu0_job cpu0 = { &job_running, &stop };
 
 static uint64_t now_ns(void)
@@ -65,8 +67,10 @@ static void *hog(void *arg)
     (void)arg;
     while (!atomic_load(&stop)) {
         uint64_t end = now_ns() + 3000000u;
+        atomic_store(&hog_spinning, 1);
         while (now_ns() < end && !atomic_load(&stop))
             ;
+        atomic_store(&hog_spinning, 0);
         usleep(1000);
     }
     return NULL;
@@ -76,7 +80,7 @@ static void *hog(void *arg)
  * 1 ms sleep. */
 struct rounds {
     struct weft_future base;
-    uint32_t left, woke_on_0;
+    uint32_t left, woke_on_0, beside_hog;
     bool sleeping;
     pid_t tid;
     struct weft_sleep s;
@@ -91,7 +95,12 @@ static enum weft_poll rounds_poll(struct weft_future *f, struct weft_cx *cx)
                 return WEFT_PENDING;
             weft_future_drop(&r->s.base);
             r->sleeping = false;
-            r->woke_on_0 += sched_getcpu() == 0;
+            int cpu = sched_getcpu();
+            r->woke_on_0 += cpu == 0;
+            /* On CPU 1 while the SCHED_FIFO hog is mid-spin: the kernel let
+             * us run beside it (its fair server gives other threads a share
+             * of a CPU an RT thread holds), so nobody waited for a CPU. */
+            r->beside_hog += cpu == 1 && atomic_load(&hog_spinning);
         }
         if (r->left == 0)
             return WEFT_READY;
@@ -147,7 +156,7 @@ int main(int argc, char **argv)
     CHECK(weft_block_on(rt, &j.base) == 0);
     CHECK(j.res == 0);
     struct rounds *done = weft_join_output(&j);
-    uint32_t woke_on_0 = done->woke_on_0;
+    uint32_t woke_on_0 = done->woke_on_0, beside_hog = done->beside_hog;
     pid_t tid = done->tid;
     weft_future_drop(&j.base);
     atomic_store(&stop, 1);
@@ -178,12 +187,20 @@ int main(int argc, char **argv)
      * worker waiting for the hog's pause on CPU 1: most rounds wake there. */
     bool kernel_did_it =
         !m.compute_handovers && (uint64_t)woke_on_0 * 10 >= (uint64_t)rounds * 9;
+    /* Or the rounds that woke on CPU 1 mostly ran there beside the spinning
+     * hog: the test's premise (CPU 1 is taken) did not hold, and there was
+     * nothing to hand over either (a guess at a rare CI failure, handovers=0
+     * with half the rounds on CPU 1; hand-overs that do not work leave the
+     * worker to wake on CPU 1 in the hog's pauses instead). */
+    bool not_waiting = !m.compute_handovers && woke_on_0 < rounds &&
+                       (uint64_t)beside_hog * 2 >= (uint64_t)(rounds - woke_on_0);
     printf("stress_handover: rounds=%u handovers=%" PRIu64 " slices=%" PRIu64
-           " woke_on_cpu0=%u secs=%.2f %s\n",
-           rounds, m.compute_handovers, m.compute_slices, woke_on_0,
+           " woke_on_cpu0=%u beside_hog=%u secs=%.2f %s\n",
+           rounds, m.compute_handovers, m.compute_slices, woke_on_0, beside_hog,
            (double)(now_ns() - t0) / 1e9,
            m.compute_handovers ? "OK"
            : kernel_did_it    ? "SKIP (the kernel put the worker on CPU 0 itself, round after round)"
+           : not_waiting      ? "SKIP (the worker ran on CPU 1 beside the SCHED_FIFO hog)"
                               : "FAIL");
-    return m.compute_handovers || kernel_did_it ? 0 : 1;
+    return m.compute_handovers || kernel_did_it || not_waiting ? 0 : 1;
 }
