@@ -300,6 +300,20 @@ static inline enum weft_poll weft__leaf_poll(struct weft_future *f, struct weft_
     return p;
 }
 
+/* weft__leaf_poll for a leaf that, polled again once READY, stays READY with
+ * its result (`resume` marks it finished): an accept or connect must not
+ * take or open another socket, a read must not read again. */
+static inline enum weft_poll weft__leaf_poll_once(struct weft_future *f, struct weft_cx *cx,
+                                                  enum weft_poll (*step)(struct weft_future *,
+                                                                         struct weft_cx *))
+{
+    if (f->resume)
+        return WEFT_READY;
+    enum weft_poll p = weft__leaf_poll(f, cx, step);
+    f->resume = p == WEFT_READY;
+    return p;
+}
+
 /* ---- bufring.c ----------------------------------------------------------- */
 int weft__bufring_init(struct weft__io *io, uint32_t nbufs, uint32_t size);
 void weft__bufring_fini(struct weft__io *io);

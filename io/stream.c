@@ -270,7 +270,7 @@ static void io_drop(struct weft_future *f)
 
 static enum weft_poll io_poll(struct weft_future *f, struct weft_cx *cx)
 {
-    return f->resume ? WEFT_READY : weft__leaf_poll(f, cx, io_step);
+    return weft__leaf_poll_once(f, cx, io_step);
 }
 
 static const struct weft_future_ops io_ops = { io_poll, io_drop };
@@ -391,7 +391,7 @@ static void recv_drop(struct weft_future *f)
 
 static enum weft_poll recv_poll(struct weft_future *f, struct weft_cx *cx)
 {
-    return f->resume ? WEFT_READY : weft__leaf_poll(f, cx, recv_step);
+    return weft__leaf_poll_once(f, cx, recv_step);
 }
 
 static const struct weft_future_ops recv_ops = { recv_poll, recv_drop };

@@ -497,21 +497,9 @@ static void accept_drop(struct weft_future *f)
     weft_future_drop(&a->backoff.base);
 }
 
-/* Polled again once READY, a leaf stays READY with its result: an accept
- * or connect must not take or open another socket. */
-static enum weft_poll once_ready(struct weft_future *f, struct weft_cx *cx,
-                                 enum weft_poll (*step)(struct weft_future *, struct weft_cx *))
-{
-    if (f->resume)
-        return WEFT_READY;
-    enum weft_poll p = weft__leaf_poll(f, cx, step);
-    f->resume = p == WEFT_READY;
-    return p;
-}
-
 static enum weft_poll accept_poll(struct weft_future *f, struct weft_cx *cx)
 {
-    return once_ready(f, cx, accept_step);
+    return weft__leaf_poll_once(f, cx, accept_step);
 }
 
 static const struct weft_future_ops accept_ops = { accept_poll, accept_drop };
@@ -582,7 +570,7 @@ static void connect_drop(struct weft_future *f)
 
 static enum weft_poll connect_poll(struct weft_future *f, struct weft_cx *cx)
 {
-    return once_ready(f, cx, connect_step);
+    return weft__leaf_poll_once(f, cx, connect_step);
 }
 
 static const struct weft_future_ops connect_ops = { connect_poll, connect_drop };
