@@ -498,7 +498,8 @@ struct thread_parker {
 };
 
 static pthread_key_t parker_key;
-static pthread_once_t parker_once = PTHREAD_ONCE_INIT;
+static _Atomic bool parker_key_made;
+static pthread_mutex_t parker_key_lock = PTHREAD_MUTEX_INITIALIZER;
 static _Thread_local struct thread_parker *thread_parker;
 
 static void parker_release(struct thread_parker *p)
@@ -514,9 +515,23 @@ static void parker_key_destroy(void *p)
     parker_release(p);
 }
 
-static void parker_key_create(void)
+/* Makes parker_key on first use: 0, or -EAGAIN while the process holds
+ * PTHREAD_KEYS_MAX keys (a later call tries again). Not pthread_once: a
+ * failed key creation must not leave the key unset for good. */
+static int parker_key_get(void)
 {
-    pthread_key_create(&parker_key, parker_key_destroy);
+    /* Acquire pairs with the release store below: parker_key is set. */
+    if (atomic_load_explicit(&parker_key_made, memory_order_acquire))
+        return 0;
+    pthread_mutex_lock(&parker_key_lock);
+    int err = 0;
+    if (!atomic_load_explicit(&parker_key_made, memory_order_relaxed)) {
+        err = pthread_key_create(&parker_key, parker_key_destroy);
+        if (!err)
+            atomic_store_explicit(&parker_key_made, true, memory_order_release);
+    }
+    pthread_mutex_unlock(&parker_key_lock);
+    return -err;
 }
 
 static struct weft_waker parker_clone(const void *data);
@@ -551,20 +566,24 @@ static struct weft_waker parker_clone(const void *data)
     return (struct weft_waker){ data, &parker_waker_ops };
 }
 
-/* The calling thread's parker, made on first use; NULL on ENOMEM. */
-static struct thread_parker *current_parker(void)
+/* The calling thread's parker in *out, made on first use. 0, -ENOMEM, or
+ * -EAGAIN when no thread-specific key could be had for it. */
+static int current_parker(struct thread_parker **out)
 {
     if (!thread_parker) {
-        pthread_once(&parker_once, parker_key_create);
+        int err = parker_key_get();
+        if (err)
+            return err;
         struct thread_parker *p = calloc(1, sizeof(*p));
         if (!p || pthread_setspecific(parker_key, p)) {
             free(p);
-            return NULL;
+            return -ENOMEM;
         }
         atomic_init(&p->refs, 1);
         thread_parker = p;
     }
-    return thread_parker;
+    *out = thread_parker;
+    return 0;
 }
 
 /* block_on runs the caller's future in a task, so that it is polled on a
@@ -603,12 +622,13 @@ int weft_block_on(struct weft_runtime *rt, struct weft_future *f)
         return -EINVAL;
     if (weft__current)
         return -EDEADLK;
-    struct thread_parker *p = current_parker();
-    if (!p)
-        return -ENOMEM;
+    struct thread_parker *p;
+    int err = current_parker(&p);
+    if (err)
+        return err;
     struct block_on_task b = { { &block_on_ops, 0 }, f, false };
     struct weft_join join;
-    int err = weft_spawn(rt, &b.base, sizeof(b), &join);
+    err = weft_spawn(rt, &b.base, sizeof(b), &join);
     if (err)
         return err;
     struct weft_waker waker = { p, &parker_waker_ops }; /* borrows the thread's reference */

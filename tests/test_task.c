@@ -7,7 +7,8 @@
  * with an allocator that fails (-ENOMEM); a join handle polled again after
  * READY; a detached handle polled; weft_block_on with a NULL runtime, a NULL
  * future, an empty future, ops without poll, and from inside a task
- * (-EDEADLK); weft_runtime_shutdown / _destroy from the runtime's own task
+ * (-EDEADLK), and in a process with no thread-specific key left (-EAGAIN,
+ * then 0 once one is freed); weft_runtime_shutdown / _destroy from the runtime's own task
  * (-EDEADLK / refused); a block_on
  * waker used after its thread exited;
  * weft_join_abort / weft_join_detach / weft_join_output on NULL and on a
@@ -18,6 +19,7 @@
 #include <criterion/criterion.h>
 
 #include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdalign.h>
@@ -705,6 +707,32 @@ Test(task, block_on_waker_outlives_its_thread, .timeout = 30)
     weft_waker_wake(&outlived[0]);
     weft_waker_drop(&outlived[1]);
     pthread_attr_destroy(&attr);
+    weft_runtime_destroy(rt);
+}
+
+/* The first weft_block_on of a process makes a thread-specific key for the
+ * threads' parkers. With every key taken it says -EAGAIN (before, the key
+ * was left unset, naming whatever key 0 was), and works once one is free. */
+Test(task, block_on_without_a_thread_key, .timeout = 30)
+{
+    struct weft_runtime *rt = start_rt(1, NULL);
+    struct weft_yield_now y;
+    pthread_key_t keys[PTHREAD_KEYS_MAX], last = 0;
+    int n = 0;
+
+    while (n < PTHREAD_KEYS_MAX && pthread_key_create(&keys[n], NULL) == 0)
+        last = keys[n++];
+    cr_assert(n > 0 && n < PTHREAD_KEYS_MAX, "took %d keys", n);
+    weft_yield_now_init(&y);
+    cr_assert_eq(weft_block_on(rt, &y.base), -EAGAIN);
+    cr_assert_eq(pthread_key_delete(last), 0);
+    n--;
+    weft_future_drop(&y.base);
+    weft_yield_now_init(&y);
+    cr_assert_eq(weft_block_on(rt, &y.base), 0, "a key is free again");
+    weft_future_drop(&y.base);
+    while (n-- > 0)
+        pthread_key_delete(keys[n]);
     weft_runtime_destroy(rt);
 }
 

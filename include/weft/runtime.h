@@ -105,7 +105,8 @@ int weft_runtime_shutdown(struct weft_runtime *rt, uint32_t timeout_ms);
 /* Runs `f` to completion as a task on the workers (so its I/O has a ring)
  * while the calling thread sleeps. `f` stays at its address and is not
  * dropped when it finishes. Returns 0, -EINVAL (NULL argument), -EDEADLK
- * (called on a worker thread, which must never block), -ENOMEM, -ESHUTDOWN, or
+ * (called on a worker thread, which must never block), -ENOMEM, -EAGAIN (the
+ * process has no thread-specific key left: PTHREAD_KEYS_MAX), -ESHUTDOWN, or
  * -ECANCELED when the runtime was destroyed first (then `f` was dropped). */
 int weft_block_on(struct weft_runtime *rt, struct weft_future *f);
 
