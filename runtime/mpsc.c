@@ -20,7 +20,12 @@
  * `head` (senders never read it): it takes the message when the stamp is
  * head + 1, then frees the slot by storing head + one_lap. A stamp of head
  * means empty, or a sender claimed the slot and is still copying; either way
- * the receiver waits, and that sender wakes it once it publishes.
+ * the receiver waits, and that sender wakes it once it publishes. A slot
+ * stores its stamp less its own index (a position less its index is its
+ * lap's first position), so that every slot starts at 0: the block comes
+ * zeroed from calloc, and the pages of a large ring are not touched before
+ * a message needs them (a 16 M-slot ring of 1 KiB messages once wrote all
+ * 17 GB at create).
  *
  * Orderings. A slot's stamp alone orders its message: the publishing store
  * is (at least) release and the receiver's load acquire, so the message is
@@ -53,7 +58,10 @@
  * joining) before the receiver picked it for a later slot. The receiver's
  * drop sets the mark bit first and then empties the list, waking each waiter:
  * a sender that joins the list afterwards reads tail after taking the lock,
- * so its retry sees the mark and gives -EPIPE. */
+ * so its retry sees the mark and gives -EPIPE. weft_mpsc_receiver_close does
+ * the same but keeps the receiver: it drains what is queued, then gets
+ * -EPIPE once head reaches the marked tail (every position claimed before
+ * the mark has been taken; none can be claimed after it). */
 #include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -99,9 +107,14 @@ struct weft_mpsc {
 /* States of both futures, kept in base.resume. */
 enum { FUT_IDLE = 0, FUT_WAITING = 1, FUT_DONE = -1 };
 
+static inline size_t index_of(const struct weft_mpsc *ch, size_t pos)
+{
+    return pos & (ch->mark - 1);
+}
+
 static inline struct slot *slot_at(struct weft_mpsc *ch, size_t pos)
 {
-    return (struct slot *)(ch->slots + (pos & (ch->mark - 1)) * ch->stride);
+    return (struct slot *)(ch->slots + index_of(ch, pos) * ch->stride);
 }
 
 static inline size_t next_pos(const struct weft_mpsc *ch, size_t pos)
@@ -129,16 +142,17 @@ static int ring_push(struct weft_mpsc *ch, const void *msg)
         if (tail & ch->mark)
             return -EPIPE;
         struct slot *s = slot_at(ch, tail);
+        size_t idx = index_of(ch, tail);
         /* Acquire pairs with the receiver's freeing store (its read of the
          * old message is done); seq_cst for handshake 2. */
-        size_t stamp = atomic_load(&s->stamp);
+        size_t stamp = atomic_load(&s->stamp) + idx;
         if (stamp == tail) {
             if (atomic_compare_exchange_weak_explicit(&ch->tail, &tail, next_pos(ch, tail),
                                                       memory_order_relaxed, memory_order_relaxed)) {
                 copy_msg(s->msg, msg, ch->msg_size);
                 /* Release pairs with ring_pop's load (the message is
                  * visible); seq_cst for handshake 1. */
-                atomic_store(&s->stamp, tail + 1);
+                atomic_store(&s->stamp, tail + 1 - idx);
                 return 0;
             }
             /* Lost the position to another sender; tail was reloaded. */
@@ -153,17 +167,17 @@ static int ring_push(struct weft_mpsc *ch, const void *msg)
 /* 0 or -EAGAIN (nothing published at head). Receiver only. */
 static int ring_pop(struct weft_mpsc *ch, void *out)
 {
-    size_t head = ch->head;
+    size_t head = ch->head, idx = index_of(ch, head);
     struct slot *s = slot_at(ch, head);
     /* Acquire pairs with ring_push's publishing store; seq_cst for the
      * receiver's re-check in handshake 1. */
-    if (atomic_load(&s->stamp) != head + 1)
+    if (atomic_load(&s->stamp) + idx != head + 1)
         return -EAGAIN;
     copy_msg(out, s->msg, ch->msg_size);
     ch->head = next_pos(ch, head);
     /* Release pairs with ring_push's load (our read is done before the slot
      * is reused); seq_cst: the receiver's store of handshake 2. */
-    atomic_store(&s->stamp, head + ch->one_lap);
+    atomic_store(&s->stamp, head + ch->one_lap - idx);
     return 0;
 }
 
@@ -286,6 +300,8 @@ static void waiter_leave(struct weft_mpsc *ch, struct weft__mpsc_waiter *w, bool
 
 int weft_mpsc_create(struct weft_mpsc **out, size_t capacity, size_t msg_size)
 {
+    if (out)
+        *out = NULL;
     if (!out || capacity == 0 || capacity > WEFT_MPSC_CAPACITY_MAX || msg_size == 0 ||
         msg_size > WEFT_CHANNEL_MSG_MAX)
         return -EINVAL;
@@ -293,7 +309,7 @@ int weft_mpsc_create(struct weft_mpsc **out, size_t capacity, size_t msg_size)
     size_t stride = (sizeof(struct slot) + msg_size + align - 1) & ~(align - 1);
     if (stride > (SIZE_MAX - sizeof(struct weft_mpsc)) / capacity)
         return -ENOMEM;
-    struct weft_mpsc *ch = malloc(sizeof(*ch) + capacity * stride);
+    struct weft_mpsc *ch = calloc(1, sizeof(*ch) + capacity * stride); /* every stamp 0 */
     if (!ch)
         return -ENOMEM;
     if (pthread_mutex_init(&ch->lock, NULL) != 0) {
@@ -315,8 +331,6 @@ int weft_mpsc_create(struct weft_mpsc **out, size_t capacity, size_t msg_size)
     awaker_init(&ch->rx);
     atomic_init(&ch->nwaiters, 0);
     ch->first = ch->last = NULL;
-    for (size_t i = 0; i < capacity; i++)
-        atomic_init(&slot_at(ch, i)->stamp, i);
     *out = ch;
     return 0;
 }
@@ -353,16 +367,30 @@ void weft_mpsc_sender_drop(struct weft_mpsc *ch)
     release(ch);
 }
 
+/* Marks tail: no send succeeds from now on; every waiting sender is woken
+ * and gives -EPIPE. Receiver only. */
+static void close_rx(struct weft_mpsc *ch)
+{
+    /* Relaxed: a sender that claimed a position before the mark still
+     * publishes its message (drained by a closed receiver, discarded by a
+     * dropped one); the blocked senders are ordered by the lock below (see
+     * the wait list comment). */
+    atomic_fetch_or_explicit(&ch->tail, ch->mark, memory_order_relaxed);
+    while (wake_first(ch))
+        ;
+}
+
+void weft_mpsc_receiver_close(struct weft_mpsc *ch)
+{
+    if (ch)
+        close_rx(ch);
+}
+
 void weft_mpsc_receiver_drop(struct weft_mpsc *ch)
 {
     if (!ch)
         return;
-    /* Relaxed: a sender racing with this may still queue a last message,
-     * which is discarded with the rest; the blocked senders are ordered by the
-     * lock below (see the wait list comment). */
-    atomic_fetch_or_explicit(&ch->tail, ch->mark, memory_order_relaxed);
-    while (wake_first(ch))
-        ;
+    close_rx(ch);
     awaker_unregister(&ch->rx);
     release(ch);
 }
@@ -387,8 +415,14 @@ static int recv_one(struct weft_mpsc *ch, void *out)
     /* Acquire pairs with the release of every sender's decrement (one release
      * sequence of RMWs): once the count is zero, everything sent is visible
      * to the pop below. Seq_cst: the receiver's re-check in handshake 1. */
-    if (atomic_load(&ch->senders) != 0)
-        return -EAGAIN;
+    if (atomic_load(&ch->senders) != 0) {
+        /* Closed by the receiver (only it sets the mark, so a relaxed load
+         * sees its own store): empty for good once head reaches the marked
+         * tail. Short of it, a sender is publishing a position claimed
+         * before the mark, and wakes us once it has. */
+        size_t tail = atomic_load_explicit(&ch->tail, memory_order_relaxed);
+        return (tail & ch->mark) && ch->head == (tail & ~ch->mark) ? -EPIPE : -EAGAIN;
+    }
     /* A message may have been published between the first pop and the last
      * sender's drop: look once more. No sender is left to wake. */
     return ring_pop(ch, out) == 0 ? 0 : -EPIPE;

@@ -64,6 +64,8 @@ static void oneshot_free(struct weft_oneshot *ch)
 
 int weft_oneshot_create(struct weft_oneshot **out, size_t msg_size)
 {
+    if (out)
+        *out = NULL;
     if (!out || msg_size == 0 || msg_size > WEFT_CHANNEL_MSG_MAX)
         return -EINVAL;
     struct weft_oneshot *ch = malloc(sizeof(*ch) + msg_size);

@@ -5,7 +5,10 @@
  *
  * PRODUCERS threads send N messages each through a capacity-64 mpsc to one
  * consumer thread, which checks that every (producer, seq) arrives exactly
- * once and in each producer's order. Then two threads play ping-pong through
+ * once and in each producer's order. Then rounds of the same with a
+ * receiver that closes the channel after a few messages and drains it: every
+ * message a send was told it queued must arrive (the producers send until
+ * -EPIPE). Then two threads play ping-pong through
  * two capacity-1 channels for N/10 rounds, first both parked, then against a
  * spinning echo. Then one thread answers N oneshots that another awaits, each
  * send racing with the registration. A blocked thread sleeps on a
@@ -128,6 +131,7 @@ struct prod_arg {
     struct weft_mpsc *ch;
     uint32_t id;
     uint64_t n;
+    uint64_t sent;  /* sends that said 0 */
     struct parker park;
     int err;
 };
@@ -148,17 +152,22 @@ static void *producer(void *arg)
             r = drive(&s.base, &s.res, &a->park);
         }
         a->err = r;
+        a->sent += r == 0;
         atomic_fetch_add_explicit(&progress, 1, memory_order_relaxed);
     }
     weft_mpsc_sender_drop(a->ch);
     return NULL;
 }
 
-/* Receives until -EPIPE, alternating try_recv and receive futures. */
-static int consume(struct weft_mpsc *ch, struct parker *p, uint64_t n)
+/* Receives until -EPIPE, alternating try_recv and receive futures, counting
+ * each producer's messages in got[]; closes the channel after `close_after`. */
+static int consume(struct weft_mpsc *ch, struct parker *p, uint64_t close_after,
+                   uint64_t got[PRODUCERS])
 {
-    uint64_t expect[PRODUCERS] = { 0 };
+    uint64_t *expect = got;
     for (uint64_t k = 0;; k++) {
+        if (k == close_after)
+            weft_mpsc_receiver_close(ch);
         struct msg m;
         int r = (k % 2) ? weft_mpsc_try_recv(ch, &m) : -EAGAIN;
         if (r == -EAGAIN) {
@@ -175,14 +184,13 @@ static int consume(struct weft_mpsc *ch, struct parker *p, uint64_t n)
         expect[m.producer]++;
         atomic_fetch_add_explicit(&progress, 1, memory_order_relaxed);
     }
-    for (int i = 0; i < PRODUCERS; i++)
-        if (expect[i] != n)
-            return -ENODATA;
     return 0;
 }
 
-/* PRODUCERS x n messages through `capacity`; 0 or a negative error. */
-static int run_mpsc(uint64_t n, size_t capacity)
+/* PRODUCERS x n messages through `capacity`, the receiver closing after
+ * close_after of them (UINT64_MAX: never; the producers send until -EPIPE
+ * then); 0 or a negative error. */
+static int run_mpsc_closing(uint64_t n, size_t capacity, uint64_t close_after)
 {
     struct weft_mpsc *ch;
     struct prod_arg a[PRODUCERS];
@@ -201,16 +209,38 @@ static int run_mpsc(uint64_t n, size_t capacity)
         if (pthread_create(&t[i], NULL, producer, &a[i]) != 0)
             abort();
     }
-    int r = consume(ch, &cp, n);
+    uint64_t got[PRODUCERS] = { 0 };
+    int r = consume(ch, &cp, close_after, got);
     for (int i = 0; i < PRODUCERS; i++)
         pthread_join(t[i], NULL);
     weft_mpsc_receiver_drop(ch);
     int stalled = watchdog_stop(dog);
-    for (int i = 0; i < PRODUCERS && r == 0; i++)
-        r = a[i].err ? a[i].err : parker_balanced(&a[i].park) ? 0 : -EMLINK;
+    for (int i = 0; i < PRODUCERS && r == 0; i++) {
+        if (got[i] != a[i].sent || (close_after == UINT64_MAX && got[i] != n))
+            r = -ENODATA; /* a message a send said it queued never came */
+        else if (a[i].err && a[i].err != (close_after == UINT64_MAX ? 0 : -EPIPE))
+            r = a[i].err;
+        else if (!parker_balanced(&a[i].park))
+            r = -EMLINK;
+    }
     if (r == 0 && !parker_balanced(&cp))
         r = -EMLINK; /* a waker was leaked or dropped twice */
     return stalled ? stalled : r;
+}
+
+static int run_mpsc(uint64_t n, size_t capacity)
+{
+    return run_mpsc_closing(n, capacity, UINT64_MAX);
+}
+
+/* `rounds` channels of capacity 4, each closed by its receiver after 0 to 63
+ * messages while the producers send for good. */
+static int run_close(uint64_t rounds)
+{
+    int r = 0;
+    for (uint64_t i = 0; i < rounds && r == 0; i++)
+        r = run_mpsc_closing(UINT64_MAX, 4, (i * 7) % 64);
+    return r;
 }
 
 /* ---- ping-pong through two capacity-1 channels ------------------------------------
@@ -393,8 +423,16 @@ int main(int argc, char **argv)
         fprintf(stderr, "mpsc: %s\n", strerror(-r));
         failed = 1;
     }
+    uint64_t closes = n / 1000 ? n / 1000 : 1;
+    r = run_close(closes);
+    double t2 = now_s();
+    printf("RESULT stress_sync mpsc_close_%llu_rounds %s %.3f s\n", (unsigned long long)closes,
+           r ? "FAIL" : "ok", t2 - t1);
+    if (r) {
+        fprintf(stderr, "mpsc close: %s\n", strerror(-r));
+        failed = 1;
+    }
     uint64_t rounds = n / 10 ? n / 10 : 1;
-    double t2 = t1;
     for (int spin = 0; spin < 2; spin++) {
         r = run_ping_pong(rounds, spin);
         double t = now_s();

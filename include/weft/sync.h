@@ -92,13 +92,18 @@ void weft_mpsc_sender_clone(struct weft_mpsc *ch);
 /* Releases a sender reference; after the last one the receiver drains what is queued, then gets -EPIPE. */
 void weft_mpsc_sender_drop(struct weft_mpsc *ch);
 
-/* Releases the receiver: queued messages are discarded, pending and later sends get -EPIPE. */
+/* Closes the channel but keeps the receiver: pending and later sends get -EPIPE (a message they
+ * were not given is not queued), and the receiver drains what was queued, then gets -EPIPE. */
+void weft_mpsc_receiver_close(struct weft_mpsc *ch);
+
+/* Releases the receiver: queued messages are discarded (close and drain first to keep them),
+ * pending and later sends get -EPIPE. */
 void weft_mpsc_receiver_drop(struct weft_mpsc *ch);
 
 /* Queues a copy of *msg without waiting (any sender, any thread); 0, -EAGAIN (full), -EPIPE (receiver gone) or -EINVAL (ch or msg NULL). */
 int weft_mpsc_try_send(struct weft_mpsc *ch, const void *msg);
 
-/* Takes the oldest message into *out (receiver); 0, -EAGAIN (empty), -EPIPE (empty and every sender released) or -EINVAL (ch or out NULL). */
+/* Takes the oldest message into *out (receiver); 0, -EAGAIN (empty), -EPIPE (empty, and every sender released or the receiver closed) or -EINVAL (ch or out NULL). */
 int weft_mpsc_try_recv(struct weft_mpsc *ch, void *out);
 
 /* Private: a pending send future's place in the channel's list of senders
@@ -126,7 +131,7 @@ struct weft_mpsc_send {
 void weft_mpsc_send_init(struct weft_mpsc_send *s, struct weft_mpsc *ch, const void *msg);
 
 /* Awaits the oldest message. Ready with res 0 (copied to out) or -EPIPE
- * (empty and every sender released). */
+ * (empty, and every sender released or the receiver closed). */
 struct weft_mpsc_recv {
     struct weft_future base;
     struct weft_mpsc *ch;
