@@ -163,7 +163,8 @@ static struct weft__job *take_all_jobs(struct blocking_pool *p)
 
 /* ---- the pool ------------------------------------------------------------------- */
 
-static bool may_raise_priority(void);
+static void save_base_priority(struct blocking_pool *p);
+static bool may_raise_priority(const struct blocking_pool *p);
 
 /* The CPUs this process may run on, less one for the workers; at least 1. */
 static uint32_t default_compute_max(void)
@@ -200,9 +201,10 @@ void weft__blocking_init(struct weft_runtime *rt, const struct weft_runtime_conf
                               ? 0
                               : (uint64_t)slice * 1000u;
     p->priority = cfg->blocking_priority;
+    save_base_priority(p);
     /* Lowering is only done when a thread can come back up: a thread stuck
      * low would take the pool's and the runtime's locks at low priority. */
-    p->demotes = p->priority != WEFT_BLOCKING_PRIO_NORMAL && may_raise_priority();
+    p->demotes = p->priority != WEFT_BLOCKING_PRIO_NORMAL && may_raise_priority(p);
 }
 
 void weft__blocking_fini(struct weft_runtime *rt)
@@ -261,21 +263,38 @@ static bool prio_lower(pid_t tid, uint32_t prio)
     return sched_setscheduler(tid, SCHED_IDLE, &sp) == 0;
 }
 
-/* The calling thread back to the workers' priority (SCHED_OTHER, nice 0). */
-static bool prio_restore(uint32_t prio)
+/* The workers' priority: the policy and nice value of the thread creating
+ * the runtime, which its workers inherit (not always SCHED_OTHER at nice 0:
+ * a server started with `nice -n 5` or `chrt -b` would otherwise have its
+ * pool threads put back above its workers). */
+static void save_base_priority(struct blocking_pool *p)
 {
-    if (prio == WEFT_BLOCKING_PRIO_NICE)
-        return setpriority(PRIO_PROCESS, 0, 0) == 0;
-    struct sched_param sp = { 0 };
-    return sched_setscheduler(0, SCHED_OTHER, &sp) == 0;
+    int policy = sched_getscheduler(0);
+    p->base_policy = policy < 0 ? SCHED_OTHER : policy & ~SCHED_RESET_ON_FORK;
+    if (sched_getparam(0, &p->base_param) != 0)
+        p->base_param = (struct sched_param){ 0 };
+    errno = 0;
+    int nice = getpriority(PRIO_PROCESS, 0); /* the calling thread's, on Linux */
+    p->base_nice = errno ? 0 : nice;
 }
 
-/* Whether this process may raise a thread back to nice 0 / SCHED_OTHER:
- * CAP_SYS_NICE, or RLIMIT_NICE of at least 20 (the kernel's can_nice). */
-static bool may_raise_priority(void)
+/* The calling thread back to the workers' priority. */
+static bool prio_restore(const struct blocking_pool *p)
+{
+    if (p->priority == WEFT_BLOCKING_PRIO_NICE)
+        return setpriority(PRIO_PROCESS, 0, p->base_nice) == 0;
+    return sched_setscheduler(0, p->base_policy, &p->base_param) == 0;
+}
+
+/* Whether this process may raise a thread back to the workers' priority:
+ * CAP_SYS_NICE, or (for a policy that is not real-time) RLIMIT_NICE of at
+ * least 20 - their nice value (the kernel's can_nice). */
+static bool may_raise_priority(const struct blocking_pool *p)
 {
     struct rlimit rl;
-    if (getrlimit(RLIMIT_NICE, &rl) == 0 && rl.rlim_cur >= 20)
+    bool rt = p->base_policy == SCHED_FIFO || p->base_policy == SCHED_RR;
+    if (!rt && getrlimit(RLIMIT_NICE, &rl) == 0 &&
+        (rl.rlim_cur == RLIM_INFINITY || (long long)rl.rlim_cur >= 20 - (long long)p->base_nice))
         return true;
     struct __user_cap_header_struct hdr = { _LINUX_CAPABILITY_VERSION_3, 0 };
     struct __user_cap_data_struct data[2];
@@ -293,7 +312,9 @@ bool weft__blocking_demote(struct weft_runtime *rt, uint64_t now)
         if (!s->job_start || atomic_load_explicit(&s->demoted, memory_order_relaxed) ||
             atomic_load_explicit(&s->ending, memory_order_relaxed))
             continue;
-        if (now - s->job_start >= DEMOTE_NS && prio_lower(s->tid, p->priority))
+        /* `now` was read before the lock: a job may have started since. */
+        if (now > s->job_start && now - s->job_start >= DEMOTE_NS &&
+            prio_lower(s->tid, p->priority))
             atomic_store_explicit(&s->demoted, true, memory_order_relaxed);
         else
             unlowered = true;
@@ -474,7 +495,7 @@ static void *pool_thread(void *arg)
      * workers' priority, before the first lock. (If it cannot be raised,
      * nothing here could raise it: the capability is gone.) */
     if (p->demotes)
-        prio_restore(p->priority);
+        prio_restore(p);
     pthread_mutex_lock(&p->lock);
     slot.next = p->slots;
     slot.pprev = &p->slots;
@@ -516,13 +537,13 @@ static void *pool_thread(void *arg)
              * meantime: the bookkeeping and the joiner's wake run at the
              * workers' priority. */
             bool low = atomic_exchange_explicit(&slot.demoted, false, memory_order_relaxed);
-            if (low && !prio_restore(p->priority))
+            if (low && !prio_restore(p))
                 retire = true; /* stuck low (capabilities dropped): a new thread takes over */
             pthread_mutex_lock(&p->lock);
             slot.job_start = 0;
             low = atomic_exchange_explicit(&slot.demoted, false, memory_order_relaxed);
             pthread_mutex_unlock(&p->lock);
-            if (low && !prio_restore(p->priority))
+            if (low && !prio_restore(p))
                 retire = true;
             job_finish(j, JOB_DONE);
             pthread_mutex_lock(&p->lock);
@@ -585,7 +606,8 @@ static void *pool_thread(void *arg)
 }
 
 /* Queues a job. With `bounded`, a full queue gives -EAGAIN, and `waiter`
- * (when not NULL) is put on the waiting list with a clone of `waker`. */
+ * (when not NULL) is put on the waiting list with a clone of `waker` and
+ * marked `waiting` (a thread that could not start gives -EAGAIN too). */
 static int pool_push(struct weft_runtime *rt, struct weft__job *j, bool bounded,
                      struct weft_spawn_blocking_wait *waiter, const struct weft_waker *waker)
 {
@@ -606,6 +628,7 @@ static int pool_push(struct weft_runtime *rt, struct weft__job *j, bool bounded,
                 p->whead = waiter;
             p->wtail = waiter;
             waiter->queued = 1;
+            waiter->waiting = 1;
         }
         pthread_mutex_unlock(&p->lock);
         return -EAGAIN;
@@ -818,9 +841,10 @@ static enum weft_poll wait_poll(struct weft_future *f, struct weft_cx *cx)
         w->res = -EINVAL;
         return WEFT_READY;
     }
+    struct blocking_pool *p = &w->rt->blocking;
+    bool given_room = false;
     if (w->waiting) {
         /* queued and notified change under the lock (a thread giving room). */
-        struct blocking_pool *p = &w->rt->blocking;
         pthread_mutex_lock(&p->lock);
         bool still = w->queued;
         if (still && !weft_waker_will_wake(&w->waker, cx->waker)) {
@@ -834,12 +858,21 @@ static enum weft_poll wait_poll(struct weft_future *f, struct weft_cx *cx)
             return WEFT_PENDING;
         }
         w->waiting = 0;
+        given_room = true; /* only a thread giving room takes a waiter off */
     }
     int err = spawn(w->rt, w->fn, w->arg, &w->join, true, false, w, cx->waker);
-    if (err == -EAGAIN) {
-        w->waiting = 1; /* on the list now */
+    if (w->waiting) { /* on the list now (not -EAGAIN alone: a thread that
+                       * could not start says so too, and nothing would wake us) */
         w->base.resume = 0;
         return WEFT_PENDING;
+    }
+    if (err && given_room) {
+        /* Room given to us goes unused (no memory, no thread, shutdown):
+         * pass it on, as a dropped waiter does. */
+        pthread_mutex_lock(&p->lock);
+        struct weft_waker next = take_room_waiter(p);
+        pthread_mutex_unlock(&p->lock);
+        wake_waiter(&next);
     }
     w->res = err;
     return WEFT_READY;

@@ -3,6 +3,7 @@
 #define WEFT_INTERNAL_H
 
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdalign.h>
 #include <stdatomic.h>
@@ -209,6 +210,8 @@ struct blocking_pool {
     _Atomic uint32_t notified;     /* changed under the lock; a spinning idle thread peeks */
     uint32_t max_threads, queue_max, priority;
     bool demotes;                  /* the monitor lowers long jobs (blocking.c) */
+    int base_policy, base_nice;    /* the workers' priority: their creator's */
+    struct sched_param base_param;
     uint64_t keepalive_ns;
     uint64_t jobs_done;
     uint32_t gone_holds;           /* threads that exited after the close, their holds on rt

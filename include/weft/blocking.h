@@ -62,14 +62,16 @@ int weft_spawn_blocking(struct weft_runtime *rt, weft_blocking_fn *fn, void *arg
 int weft_spawn_compute(struct weft_runtime *rt, weft_blocking_fn *fn, void *arg,
                        struct weft_blocking_join *join);
 /* As weft_spawn_blocking, but with a bounded queue (config.blocking_queue_max)
- * already holding that many jobs not yet started, returns -EAGAIN at once. */
+ * already holding that many jobs not yet started, returns -EAGAIN at once
+ * (also the usual thread creation error, when no pool thread could start). */
 int weft_try_spawn_blocking(struct weft_runtime *rt, weft_blocking_fn *fn, void *arg,
                             struct weft_blocking_join *join);
 
 /* A future that waits for room in the bounded queue, then queues fn(arg).
  * When ready, `res` is 0 and `join` holds the job's handle (drop it, or await
- * it, as any handle), or `res` is weft_try_spawn_blocking's error other than
- * -EAGAIN. Waiters get room in arrival order as far as the pool can tell;
+ * it, as any handle), or `res` is weft_spawn_blocking's error (-EAGAIN only
+ * as a thread creation error: no pool thread existed and none could start,
+ * so nothing would ever make room). Waiters get room in arrival order as far as the pool can tell;
  * a try_ spawn may still slip in first. Dropping it while it waits queues
  * nothing. Polled again once ready, it stays ready and queues nothing more. */
 struct weft_spawn_blocking_wait {
