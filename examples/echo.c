@@ -26,8 +26,12 @@
 struct conn {
     struct weft_future base;
     struct conn_sock sock;     /* the socket, on the server's list */
-    struct weft_recv rx[2];    /* this round's receive sends back the last one's bytes */
+    union {
+        struct weft_recv rx[2];      /* this round's receive sends back the last one's bytes */
+        struct conn_linger linger;   /* the close, once the echoes are out (server.h) */
+    };
     uint8_t cur;               /* the receive of this round */
+    bool lingering;            /* linger is live, not rx */
 };
 
 _Static_assert(sizeof(struct conn) <= 192, "an idle connection should stay small");
@@ -50,6 +54,13 @@ static enum weft_poll conn_poll(struct weft_future *f, struct weft_cx *cx)
         weft_send_recv_from_init(&self->rx[self->cur], rx, 0, (size_t)rx->result);
         weft_future_drop(&rx->base); /* holds nothing now */
     }
+    /* Close only once the client has every echo: at a stop (the reading
+     * side shut down) input may still come, and a close with input unread
+     * would reset the echoes still queued away (server.h). */
+    weft_future_drop(&self->rx[self->cur].base);
+    conn_linger_init(&self->linger, self->sock.fd);
+    self->lingering = true;
+    WEFT_AWAIT(f, cx, &self->linger);
     WEFT_ASYNC_END(f);
 }
 
@@ -57,9 +68,13 @@ static enum weft_poll conn_poll(struct weft_future *f, struct weft_cx *cx)
 static void conn_drop(struct weft_future *f)
 {
     struct conn *self = (struct conn *)f;
-    /* The sending receive first: it uses the other's buffer. */
-    weft_future_drop(&self->rx[self->cur].base);
-    weft_future_drop(&self->rx[!self->cur].base);
+    if (self->lingering) {
+        weft_future_drop(&self->linger.base);
+    } else {
+        /* The sending receive first: it uses the other's buffer. */
+        weft_future_drop(&self->rx[self->cur].base);
+        weft_future_drop(&self->rx[!self->cur].base);
+    }
     conn_close(&self->sock);
 }
 

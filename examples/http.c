@@ -49,7 +49,10 @@
  * examples/server.h holds the skeleton both example servers share (the
  * command line, signals, the accept loop, the graceful stop). At a stop, a
  * connection in the middle of a request is left to finish it (within the
- * drain timeout), and closes after its response; the others close at once. */
+ * drain timeout), and closes after its response; the others close at once.
+ * Every close (after an error reply or a "Connection: close" too) waits
+ * until the client's kernel has every response, or 2 s (server.h: a close
+ * with input unread would reset them away). */
 #include <assert.h>
 #include <time.h>
 
@@ -93,6 +96,7 @@ struct conn {
     union {
         struct weft_io tx;     /* the other sends */
         struct weft_blocking_join job; /* the /heavy work, with --heavy blocking */
+        struct conn_linger linger;     /* the close, once the responses are out */
     };
 };
 
@@ -458,16 +462,6 @@ static bool consume(struct conn *c, const unsigned char *data, size_t n)
     return true;
 }
 
-/* Before closing after an error reply: drops what the client sent and we did
- * not read, so that the close sends a FIN, not a reset that could make the
- * client lose the reply. Never blocks. */
-static void discard_input(int fd)
-{
-    char sink[512];
-    for (int i = 0; i < 64 && recv(fd, sink, sizeof(sink), MSG_DONTWAIT) > 0; i++)
-        ;
-}
-
 static enum weft_poll conn_poll(struct weft_future *f, struct weft_cx *cx)
 {
     struct conn *self = (struct conn *)f;
@@ -525,18 +519,21 @@ static enum weft_poll conn_poll(struct weft_future *f, struct weft_cx *cx)
                 weft_send_all_init(&self->tx, self->sock.fd, r, strlen(r));
                 WEFT_AWAIT(f, cx, &self->tx);
             }
-            discard_input(self->sock.fd);
-            WEFT_RETURN(f);
+            break; /* requests after it are dropped, not answered */
         }
         if (server_stopping() && !self->carry) {
             if (self->count) {
                 weft_send_all_init(&self->tx, self->sock.fd, batch, self->count * OK_LEN);
                 WEFT_AWAIT(f, cx, &self->tx);
             }
-            discard_input(self->sock.fd); /* requests sent after it: a FIN, not a reset */
-            WEFT_RETURN(f); /* stopping, and the request in hand is answered */
+            break; /* stopping, and the request in hand is answered */
         }
     }
+    /* Close only once the client has every response (server.h: a close
+     * with input unread would reset them away). */
+    weft_future_drop(&self->tx.base);
+    conn_linger_init(&self->linger, self->sock.fd);
+    WEFT_AWAIT(f, cx, &self->linger);
     WEFT_ASYNC_END(f);
 }
 
@@ -544,7 +541,7 @@ static enum weft_poll conn_poll(struct weft_future *f, struct weft_cx *cx)
 static void conn_drop(struct weft_future *f)
 {
     struct conn *self = (struct conn *)f;
-    weft_future_drop(&self->tx.base); /* whichever of tx and job is live: its drop runs */
+    weft_future_drop(&self->tx.base); /* whichever of tx, job and linger is live: its drop runs */
     weft_future_drop(&self->rx.base);
     free(self->carry);
     conn_close(&self->sock);

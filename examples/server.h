@@ -24,7 +24,9 @@
  *    the reading side of every connection not in the middle of a request (an
  *    idle one then sees end of stream and finishes; the others finish their
  *    request, see server_stopping() and close), and waits until the last
- *    connection task is gone or the drain timeout passes. main then destroys
+ *    connection task is gone or the drain timeout passes (a connection
+ *    closes once the client has all it was sent: conn_linger below; signals
+ *    that came with the first are part of the same stop). main then destroys
  *    the runtime, which drops the tasks still running (their drop closes the
  *    socket), and exits 0. A second signal during the drain ends it at once
  *    (the second Ctrl-C of an impatient user). */
@@ -40,6 +42,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -131,6 +135,65 @@ static void conns_stop(void)
     pthread_mutex_unlock(&conns.lock);
 }
 
+/* ---- closing without losing what was sent ------------------------------------------
+ * A socket closed while bytes the client sent are still unread (or that
+ * arrive after the close) makes the kernel answer with a reset, which throws
+ * away whatever the send queue still holds: a client reading a little late
+ * lost the responses before a `Connection: close` (RFC 9112, 9.6), or what
+ * an echo had sent before a stop. So a connection about to close first
+ * reads and drops its input until the client's kernel has taken everything
+ * (the send queue is empty), checking every 10 ms, for LINGER_NS at most (a
+ * client that never reads is not waited for longer; nor beyond the drain
+ * timeout, after which the stop drops the task). Not shutdown(SHUT_WR) first:
+ * a socket shut down both ways (a stop shuts the reading side) resets on any
+ * input. */
+#define LINGER_NS (2000 * WEFT_NS_PER_MS)
+
+/* Reads and drops what the client sent and we did not read. Never blocks. */
+static void discard_input(int fd)
+{
+    char sink[512];
+    for (int i = 0; i < 64 && recv(fd, sink, sizeof(sink), MSG_DONTWAIT) > 0; i++)
+        ;
+}
+
+/* Ready once fd's send queue is empty, or after LINGER_NS; drops input meanwhile. */
+struct conn_linger {
+    struct weft_future base;
+    int fd;
+    uint64_t deadline;
+    struct weft_sleep tick;
+};
+
+static enum weft_poll linger_poll(struct weft_future *f, struct weft_cx *cx)
+{
+    struct conn_linger *l = (struct conn_linger *)f;
+    WEFT_ASYNC_BEGIN(f);
+    for (;;) {
+        discard_input(l->fd);
+        int unsent;
+        if (ioctl(l->fd, SIOCOUTQ, &unsent) < 0 || unsent == 0 || weft_now_ns() >= l->deadline)
+            WEFT_RETURN(f);
+        weft_sleep_init(&l->tick, 10 * WEFT_NS_PER_MS);
+        WEFT_AWAIT(f, cx, &l->tick);
+        weft_future_drop(&l->tick.base);
+    }
+    WEFT_ASYNC_END(f);
+}
+
+static void linger_drop(struct weft_future *f)
+{
+    weft_future_drop(&((struct conn_linger *)f)->tick.base);
+}
+
+static const struct weft_future_ops linger_ops = { linger_poll, linger_drop };
+
+static void conn_linger_init(struct conn_linger *l, int fd)
+{
+    *l = (struct conn_linger){ .base = { &linger_ops, 0 }, .fd = fd,
+                               .deadline = weft_now_ns() + LINGER_NS };
+}
+
 /* ---- the server future ------------------------------------------------------------ */
 
 /* Ready as soon as one of two futures is; `which` says which (0: a, 1: b).
@@ -210,6 +273,12 @@ static enum weft_poll server_poll(struct weft_future *f, struct weft_cx *cx)
     weft_future_drop(&self->sig.base);
     weft_tcp_listener_close(self->l);
     conns_stop();
+    /* Signals that came with the one that stopped us (a SIGINT to the process
+     * group and a SIGTERM forwarded by a wrapper) are part of it: only one
+     * that comes during the drain ends it. */
+    while (poll(&(struct pollfd){ self->sfd, POLLIN, 0 }, 1, 0) == 1 &&
+           read(self->sfd, &self->si, sizeof(self->si)) == (ssize_t)sizeof(self->si))
+        ;
     /* The last connection could wake us, but polling the count every 10 ms
      * while draining is simpler and costs nothing the rest of the time. A
      * second SIGINT or SIGTERM meanwhile ends the drain at once. */

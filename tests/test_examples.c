@@ -13,7 +13,12 @@
  * refused), SIGTERM in the middle of a request (the request is answered when
  * its rest comes within the drain timeout, then the connection closes; when
  * it never comes, the server exits 0 at the drain timeout and the client sees
- * the connection closed without a response).
+ * the connection closed without a response); SIGINT and SIGTERM at once are
+ * one stop (the drain goes on); no response is lost to a reset at a close: a
+ * client with a small receive buffer that pipelined 1000 requests, a
+ * "Connection: close" and 2300 more gets 1001 responses then the end of
+ * stream, and one that pipelined until the server stopped reading, stopped
+ * meanwhile, gets only whole responses.
  *
  * Bad inputs tried: request lines without a version, with two spaces, with
  * HTTP/2.0, with a bare CR, an empty request line, garbage; bare LFs as line
@@ -665,6 +670,41 @@ Test(http, connection_close_is_honoured, .fini = kill_server, .timeout = 30)
     stop_server(SIGTERM, 5);
 }
 
+/* A client with a small receive buffer pipelines 1000 requests, one with
+ * "Connection: close", and 2300 more behind it, and reads only 300 ms
+ * later: it gets all 1001 responses, then the end of stream. Before, the
+ * server closed with input still unread, and the kernel's reset threw away
+ * the responses still queued (32 of 1001 arrived, then ECONNRESET). */
+Test(http, close_after_a_deep_pipeline_loses_no_response, .fini = kill_server, .timeout = 30)
+{
+    int port = start_server("weft-http", "5000");
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int small = 4096;
+    cr_assert_eq(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small), 0);
+    struct timeval tv = { 5, 0 };
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    cr_assert_eq(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    static const char one[] = "GET / HTTP/1.1\r\n\r\n", last[] = "GET / HTTP/1.1\r\nConnection: close\r\n\r\n";
+    size_t n1 = sizeof(one) - 1, len = 3300 * n1 + sizeof(last) - 1, at = 0;
+    char *reqs = malloc(len);
+    cr_assert(reqs);
+    for (int i = 0; i < 1000; i++, at += n1)
+        memcpy(reqs + at, one, n1);
+    memcpy(reqs + at, last, sizeof(last) - 1);
+    at += sizeof(last) - 1;
+    for (int i = 0; i < 2300; i++, at += n1)
+        memcpy(reqs + at, one, n1);
+    send_bytes(fd, reqs, len);
+    free(reqs);
+    sleep_us(300000);
+    expect_oks(fd, 1001);
+    expect_eof(fd);
+    close(fd);
+    stop_server(SIGTERM, 5);
+}
+
 Test(http, other_methods_get_405_and_close, .fini = kill_server, .timeout = 30)
 {
     int port = start_server("weft-http", "5000");
@@ -723,6 +763,77 @@ Test(http, sigterm_mid_request_answers_it_then_closes, .fini = kill_server, .tim
     expect_eof(fd); /* closed after the answer */
     close(fd);
     stop_server(0, 2.5); /* signal 0: already sent, just wait */
+}
+
+/* SIGINT and SIGTERM together (a Ctrl-C to the process group and a wrapper
+ * forwarding SIGTERM) are one stop: the drain goes on, and the request in
+ * hand is answered. Before, the second was taken for an impatient user's and
+ * ended the drain at once. */
+Test(http, two_signals_at_once_are_one_stop, .fini = kill_server, .timeout = 30)
+{
+    int port = start_server("weft-http", "5000");
+    int fd = dial(port);
+    send_bytes(fd, GET, 12);
+    sleep_us(100000);
+    cr_assert_eq(kill(server_pid, SIGINT), 0);
+    cr_assert_eq(kill(server_pid, SIGTERM), 0);
+    sleep_us(200000);
+    cr_assert_eq(waitpid(server_pid, NULL, WNOHANG), 0, "the drain ended at once");
+    send_str(fd, GET + 12);
+    expect_oks(fd, 1);
+    expect_eof(fd);
+    close(fd);
+    stop_server(0, 2.5);
+}
+
+/* A stop while a client that pipelined requests until its send blocked reads
+ * only 500 ms later: it gets whole responses only (the server closes once its
+ * send queue is empty, or after 2 s). Before, the close reset the
+ * connection with responses still queued: the client's last one was cut. */
+Test(http, stop_with_responses_queued_loses_none, .fini = kill_server, .timeout = 30)
+{
+    int port = start_server("weft-http", "3000");
+    int fd = dial(port);
+    cr_assert_eq(fcntl(fd, F_SETFL, O_NONBLOCK), 0);
+    /* Requests until the server stops reading (its send queue is full, so
+     * input is left unread): sends that find no room twice, 200 ms apart. */
+    static const char one[] = "GET / HTTP/1.1\r\n\r\n";
+    static char reqs[5000 * (sizeof(one) - 1)];
+    for (size_t i = 0; i < 5000; i++)
+        memcpy(reqs + i * (sizeof(one) - 1), one, sizeof(one) - 1);
+    size_t sent = 0, off = 0; /* off: where in reqs the next send starts */
+    for (int blocked = 0; blocked < 2;) {
+        ssize_t r = send(fd, reqs + off, sizeof reqs - off, MSG_NOSIGNAL);
+        if (r > 0) {
+            sent += (size_t)r;
+            off = (off + (size_t)r) % sizeof reqs;
+            blocked = 0;
+        } else {
+            cr_assert(r < 0 && errno == EAGAIN, "send: %s", strerror(errno));
+            blocked++;
+            sleep_us(200000);
+        }
+        cr_assert_lt(sent, (size_t)64 << 20, "64 MiB of requests and the server still reads");
+    }
+    sleep_us(300000);
+    cr_assert_eq(kill(server_pid, SIGTERM), 0);
+    sleep_us(500000);
+    cr_assert_eq(fcntl(fd, F_SETFL, 0), 0);
+    struct timeval tv = { 5, 0 };
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    static char buf[1 << 16];
+    size_t got = 0, whole_ok = 0;
+    for (ssize_t r; (r = recv(fd, buf, sizeof buf, 0)) > 0;) {
+        for (ssize_t i = 0; i < r; i++) /* every byte where a response's would be */
+            cr_assert_eq(buf[i], OK[(got + (size_t)i) % OK_LEN], "byte %zu", got + (size_t)i);
+        got += (size_t)r;
+    }
+    whole_ok = got / OK_LEN;
+    cr_assert_gt(whole_ok, 0);
+    cr_assert_eq(got % OK_LEN, 0, "the last of %zu responses was cut after %zu bytes", whole_ok,
+                 got % OK_LEN);
+    close(fd);
+    stop_server(0, 5);
 }
 
 Test(http, sigterm_mid_request_closes_at_drain_timeout, .fini = kill_server, .timeout = 30)
