@@ -474,8 +474,10 @@ static enum weft_poll conn_poll(struct weft_future *f, struct weft_cx *cx)
         weft_send_recv_init(&self->rx, self->sock.fd, batch, self->count * OK_LEN);
         self->count = 0;
         WEFT_AWAIT(f, cx, &self->rx);
-        if (self->rx.result <= 0) /* end of stream, or an error such as a reset */
+        if (self->rx.result < 0) /* an error such as a reset */
             WEFT_RETURN(f);
+        if (self->rx.result == 0) /* end of stream (or a stop's SHUT_RD): responses */
+            break;                /* may still be queued, so through the linger */
         bool ok = consume(self, self->rx.data, (size_t)self->rx.result);
         weft_future_drop(&self->rx.base); /* the buffer goes back to the ring */
         if (!ok)

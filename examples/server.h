@@ -26,7 +26,7 @@
  *    request, see server_stopping() and close), and waits until the last
  *    connection task is gone or the drain timeout passes (a connection
  *    closes once the client has all it was sent: conn_linger below; signals
- *    that came with the first are part of the same stop). main then destroys
+ *    that come within 100 ms of the first are part of the same stop). main then destroys
  *    the runtime, which drops the tasks still running (their drop closes the
  *    socket), and exits 0. A second signal during the drain ends it at once
  *    (the second Ctrl-C of an impatient user). */
@@ -43,6 +43,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <linux/sockios.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/ioctl.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
@@ -157,7 +159,9 @@ static void discard_input(int fd)
         ;
 }
 
-/* Ready once fd's send queue is empty, or after LINGER_NS; drops input meanwhile. */
+/* Ready once fd's send queue is empty, the connection is gone (a reset:
+ * what it held is lost anyway, though SIOCOUTQ still counts it), or after
+ * LINGER_NS; drops input meanwhile. */
 struct conn_linger {
     struct weft_future base;
     int fd;
@@ -172,7 +176,12 @@ static enum weft_poll linger_poll(struct weft_future *f, struct weft_cx *cx)
     for (;;) {
         discard_input(l->fd);
         int unsent;
-        if (ioctl(l->fd, SIOCOUTQ, &unsent) < 0 || unsent == 0 || weft_now_ns() >= l->deadline)
+        struct tcp_info ti;
+        socklen_t tl = sizeof ti;
+        bool gone = getsockopt(l->fd, IPPROTO_TCP, TCP_INFO, &ti, &tl) == 0 &&
+                    ti.tcpi_state != TCP_ESTABLISHED && ti.tcpi_state != TCP_CLOSE_WAIT;
+        if (gone || ioctl(l->fd, SIOCOUTQ, &unsent) < 0 || unsent == 0 ||
+            weft_now_ns() >= l->deadline)
             WEFT_RETURN(f);
         weft_sleep_init(&l->tick, 10 * WEFT_NS_PER_MS);
         WEFT_AWAIT(f, cx, &l->tick);
@@ -233,13 +242,27 @@ struct server {
     struct weft_tcp_listener *l;
     int sfd;                       /* signalfd of SIGINT and SIGTERM */
     int status;                    /* exit status: 1 after a fatal error */
-    uint64_t drain_ns, deadline;
+    uint64_t drain_ns, deadline, stopped_at;
     struct signalfd_siginfo si;
     struct weft_io sig;            /* the read of sfd into si */
     struct weft_accept accept;
     struct either first;           /* the signal or the accept */
     struct weft_sleep tick;        /* while draining */
 };
+
+/* While draining: reads the signals waiting; true if one came 100 ms or
+ * more after the stop began. Those that came with the one that stopped us
+ * (a SIGINT to the process group and a SIGTERM forwarded by a wrapper, which
+ * may reach us a moment apart) are part of the same stop, not an impatient
+ * user's second Ctrl-C. */
+static bool second_signal(struct server *self)
+{
+    bool second = false;
+    while (poll(&(struct pollfd){ self->sfd, POLLIN, 0 }, 1, 0) == 1 &&
+           read(self->sfd, &self->si, sizeof(self->si)) == (ssize_t)sizeof(self->si))
+        second |= weft_now_ns() - self->stopped_at >= 100 * WEFT_NS_PER_MS;
+    return second;
+}
 
 static enum weft_poll server_poll(struct weft_future *f, struct weft_cx *cx)
 {
@@ -273,18 +296,12 @@ static enum weft_poll server_poll(struct weft_future *f, struct weft_cx *cx)
     weft_future_drop(&self->sig.base);
     weft_tcp_listener_close(self->l);
     conns_stop();
-    /* Signals that came with the one that stopped us (a SIGINT to the process
-     * group and a SIGTERM forwarded by a wrapper) are part of it: only one
-     * that comes during the drain ends it. */
-    while (poll(&(struct pollfd){ self->sfd, POLLIN, 0 }, 1, 0) == 1 &&
-           read(self->sfd, &self->si, sizeof(self->si)) == (ssize_t)sizeof(self->si))
-        ;
     /* The last connection could wake us, but polling the count every 10 ms
      * while draining is simpler and costs nothing the rest of the time. A
      * second SIGINT or SIGTERM meanwhile ends the drain at once. */
-    self->deadline = weft_now_ns() + self->drain_ns;
-    while (atomic_load(&live) > 0 && weft_now_ns() < self->deadline &&
-           poll(&(struct pollfd){ self->sfd, POLLIN, 0 }, 1, 0) == 0) {
+    self->stopped_at = weft_now_ns();
+    self->deadline = self->stopped_at + self->drain_ns;
+    while (atomic_load(&live) > 0 && weft_now_ns() < self->deadline && !second_signal(self)) {
         weft_sleep_init(&self->tick, 10 * WEFT_NS_PER_MS);
         WEFT_AWAIT(f, cx, &self->tick);
         weft_future_drop(&self->tick.base);

@@ -276,14 +276,26 @@ static void save_base_priority(struct blocking_pool *p)
     errno = 0;
     int nice = getpriority(PRIO_PROCESS, 0); /* the calling thread's, on Linux */
     p->base_nice = errno ? 0 : nice;
+    /* SCHED_RESET_ON_FORK: the workers did not inherit a real-time policy
+     * (they run SCHED_OTHER) nor a negative nice value (0): sched(7). */
+    if (policy >= 0 && (policy & SCHED_RESET_ON_FORK)) {
+        if (p->base_policy == SCHED_FIFO || p->base_policy == SCHED_RR) {
+            p->base_policy = SCHED_OTHER;
+            p->base_param = (struct sched_param){ 0 };
+        }
+        if (p->base_nice < 0)
+            p->base_nice = 0;
+    }
 }
 
-/* The calling thread back to the workers' priority. */
+/* The calling thread back to the workers' priority: both the nice value and
+ * the policy, whichever was lowered (a thread started by a thread of another
+ * priority inherited that one). The nice value first: leaving SCHED_IDLE is
+ * judged against it (the kernel's can_nice). */
 static bool prio_restore(const struct blocking_pool *p)
 {
-    if (p->priority == WEFT_BLOCKING_PRIO_NICE)
-        return setpriority(PRIO_PROCESS, 0, p->base_nice) == 0;
-    return sched_setscheduler(0, p->base_policy, &p->base_param) == 0;
+    bool ok = setpriority(PRIO_PROCESS, 0, p->base_nice) == 0;
+    return sched_setscheduler(0, p->base_policy, &p->base_param) == 0 && ok;
 }
 
 /* Whether this process may raise a thread back to the workers' priority:
@@ -491,11 +503,12 @@ static void *pool_thread(void *arg)
     struct pool_slot slot = { .tid = (pid_t)syscall(SYS_gettid) };
     struct weft__slicer slicer = { .made = false };
     /* A thread inherits its creator's policy, and the creator may be a pool
-     * thread running lowered (a compute job that spawns): start at the
-     * workers' priority, before the first lock. (If it cannot be raised,
-     * nothing here could raise it: the capability is gone.) */
-    if (p->demotes)
-        prio_restore(p);
+     * thread running lowered (a compute job that spawns), or a thread of the
+     * program at another priority: start at the workers', before the first
+     * lock. (Where it cannot be raised, nothing here could raise it; the
+     * pool then lowers nothing, and a spawner above the workers' priority
+     * keeps its own: a failure is not an error.) */
+    prio_restore(p);
     pthread_mutex_lock(&p->lock);
     slot.next = p->slots;
     slot.pprev = &p->slots;

@@ -981,6 +981,54 @@ Test(blocking, thread_priority_follows_the_creator, .timeout = 30)
     wait_pool_gone();
 }
 
+/* A pool thread started by a thread of the program at another priority (nice
+ * 0, the workers at 5) runs its jobs at the workers' priority, also when the
+ * pool lowers nothing. And a creator at SCHED_FIFO with SCHED_RESET_ON_FORK
+ * has workers at SCHED_OTHER: so have the pool threads (before, they went to
+ * FIFO, above the workers). */
+static void *spawn_from_here(void *arg)
+{
+    struct weft_runtime *rt = arg;
+    if (setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 0) != 0)
+        return (void *)(uintptr_t)0xffff; /* may not raise itself: skipped */
+    return (void *)run_job_sched(rt, NULL);
+}
+
+Test(blocking, pool_threads_take_the_workers_priority_not_their_spawners, .timeout = 30)
+{
+    pid_t me = (pid_t)syscall(SYS_gettid);
+    cr_assert_eq(setpriority(PRIO_PROCESS, (id_t)me, 5), 0);
+    for (int normal = 0; normal < 2; normal++) {
+        struct weft_runtime_config cfg = base_cfg();
+        cfg.blocking_priority = normal ? WEFT_BLOCKING_PRIO_NORMAL : WEFT_BLOCKING_PRIO_DEFAULT;
+        struct weft_runtime *rt = start_cfg(&cfg);
+        pthread_t th;
+        void *v;
+        cr_assert_eq(pthread_create(&th, NULL, spawn_from_here, rt), 0);
+        pthread_join(th, &v);
+        if ((uintptr_t)v == 0xffff)
+            cr_skip_test("a thread may not raise its priority here");
+        cr_assert_eq((int)((uintptr_t)v & 0xff) - 20, 5, "a job ran at nice %d, the workers at 5",
+                     (int)((uintptr_t)v & 0xff) - 20);
+        weft_runtime_destroy(rt);
+    }
+    struct sched_param fifo = { 1 };
+    if (sched_setscheduler(0, SCHED_FIFO | SCHED_RESET_ON_FORK, &fifo) != 0)
+        cr_skip_test("no SCHED_FIFO here");
+    struct weft_runtime_config cfg = base_cfg();
+    cfg.blocking_priority = WEFT_BLOCKING_PRIO_DEFAULT;
+    struct weft_runtime *rt = start_cfg(&cfg);
+    struct sched_param other = { 0 };
+    cr_assert_eq(sched_setscheduler(0, SCHED_OTHER, &other), 0); /* only create ran FIFO */
+    uintptr_t v = run_job_sched(rt, NULL);
+    cr_assert_eq((int)(v >> 8), SCHED_OTHER, "a short job ran at policy %d", (int)(v >> 8));
+    v = run_job_sched(rt, (void *)2); /* lowered, then back */
+    v = run_job_sched(rt, NULL);
+    cr_assert_eq((int)(v >> 8), SCHED_OTHER, "after a lowered job: policy %d", (int)(v >> 8));
+    weft_runtime_destroy(rt);
+    wait_pool_gone();
+}
+
 /* The monitor lowers a job only after it ran 1 ms: it reads the clock before
  * taking the pool's lock, and a job that started meanwhile looked to have
  * run for 2^64 ns (the helper's count: 62 of 92,888 jobs of 20 us lowered at

@@ -18,7 +18,9 @@
  * client with a small receive buffer that pipelined 1000 requests, a
  * "Connection: close" and 2300 more gets 1001 responses then the end of
  * stream, and one that pipelined until the server stopped reading, stopped
- * meanwhile, gets only whole responses.
+ * meanwhile, gets only whole responses; a stop with responses queued on an
+ * idle connection and a request sent after it; a reset connection does not
+ * hold a stop for its linger.
  *
  * Bad inputs tried: request lines without a version, with two spaces, with
  * HTTP/2.0, with a bare CR, an empty request line, garbage; bare LFs as line
@@ -486,6 +488,21 @@ Test(echo, a_second_signal_ends_the_drain, .fini = kill_server, .timeout = 30)
     close(fd);
 }
 
+/* A client that flooded the server without reading resets its connection:
+ * the server does not wait for a send queue that will never empty (it still
+ * counts the lost bytes), so a stop right after ends at once. Before, the
+ * closing connection waited out its 2 s linger and held the drain. */
+Test(echo, a_reset_connection_does_not_linger, .fini = kill_server, .timeout = 30)
+{
+    int port = start_server("weft-echo", "5000");
+    int fd = stuck_client(port);
+    cr_assert_eq(weft_socket_set_linger(fd, true, 0), 0);
+    close(fd); /* a reset, the server's send queue full */
+    sleep_us(100000);
+    double took = stop_server(SIGTERM, 5);
+    cr_assert_lt(took, 1.0, "the stop waited %.2f s for a reset connection", took);
+}
+
 /* ---- http: the happy paths ------------------------------------------------------- */
 
 Test(http, single_request, .fini = kill_server, .timeout = 30)
@@ -765,6 +782,35 @@ Test(http, sigterm_mid_request_answers_it_then_closes, .fini = kill_server, .tim
     stop_server(0, 2.5); /* signal 0: already sent, just wait */
 }
 
+/* A stop while a client has responses queued that it has not read (its
+ * connection otherwise idle): the stop's end of stream goes through the
+ * linger too, so a request the client sends after the stop is dropped, not
+ * answered with a reset that destroys the queued responses (before: 58 of
+ * 320 arrived, then ECONNRESET). */
+Test(http, stop_then_a_late_request_loses_no_response, .fini = kill_server, .timeout = 30)
+{
+    int port = start_server("weft-http", "5000");
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int small = 4096;
+    cr_assert_eq(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small), 0);
+    struct timeval tv = { 5, 0 };
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    cr_assert_eq(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    for (int i = 0; i < 320; i++)
+        send_str(fd, GET);
+    sleep_us(300000);
+    cr_assert_eq(kill(server_pid, SIGTERM), 0);
+    sleep_us(100000);
+    send_str(fd, GET); /* after the stop */
+    sleep_us(200000);
+    expect_oks(fd, 320);
+    expect_eof(fd);
+    close(fd);
+    stop_server(0, 5);
+}
+
 /* SIGINT and SIGTERM together (a Ctrl-C to the process group and a wrapper
  * forwarding SIGTERM) are one stop: the drain goes on, and the request in
  * hand is answered. Before, the second was taken for an impatient user's and
@@ -775,8 +821,12 @@ Test(http, two_signals_at_once_are_one_stop, .fini = kill_server, .timeout = 30)
     int fd = dial(port);
     send_bytes(fd, GET, 12);
     sleep_us(100000);
+    /* Both waiting at once, whatever the scheduler does between the kills
+     * (and the server takes signals within 100 ms of the first as one). */
+    cr_assert_eq(kill(server_pid, SIGSTOP), 0);
     cr_assert_eq(kill(server_pid, SIGINT), 0);
     cr_assert_eq(kill(server_pid, SIGTERM), 0);
+    cr_assert_eq(kill(server_pid, SIGCONT), 0);
     sleep_us(200000);
     cr_assert_eq(waitpid(server_pid, NULL, WNOHANG), 0, "the drain ended at once");
     send_str(fd, GET + 12);
