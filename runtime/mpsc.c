@@ -371,19 +371,26 @@ void weft_mpsc_sender_drop(struct weft_mpsc *ch)
  * and gives -EPIPE. Receiver only. */
 static void close_rx(struct weft_mpsc *ch)
 {
-    /* Relaxed: a sender that claimed a position before the mark still
-     * publishes its message (drained by a closed receiver, discarded by a
-     * dropped one); the blocked senders are ordered by the lock below (see
-     * the wait list comment). */
-    atomic_fetch_or_explicit(&ch->tail, ch->mark, memory_order_relaxed);
+    /* A sender that claimed a position before the mark still publishes its
+     * message (drained by a closed receiver, discarded by a dropped one); the
+     * blocked senders are ordered by the lock below (see the wait list
+     * comment). */
+    atomic_fetch_or(&ch->tail, ch->mark); /* seq_cst: see weft_mpsc_receiver_close */
     while (wake_first(ch))
         ;
 }
 
 void weft_mpsc_receiver_close(struct weft_mpsc *ch)
 {
-    if (ch)
-        close_rx(ch);
+    if (!ch)
+        return;
+    close_rx(ch);
+    /* A receive future of the receiver pending in another task (the
+     * receiver is one handle, but its futures may wait elsewhere) sees the
+     * close: this wake's seq_cst load of rx.state comes after the mark (a
+     * seq_cst RMW, for this pairing), and recv_one's re-check reads tail
+     * seq_cst (awaker contract 3). */
+    awaker_wake(&ch->rx);
 }
 
 void weft_mpsc_receiver_drop(struct weft_mpsc *ch)
@@ -416,11 +423,11 @@ static int recv_one(struct weft_mpsc *ch, void *out)
      * sequence of RMWs): once the count is zero, everything sent is visible
      * to the pop below. Seq_cst: the receiver's re-check in handshake 1. */
     if (atomic_load(&ch->senders) != 0) {
-        /* Closed by the receiver (only it sets the mark, so a relaxed load
-         * sees its own store): empty for good once head reaches the marked
-         * tail. Short of it, a sender is publishing a position claimed
-         * before the mark, and wakes us once it has. */
-        size_t tail = atomic_load_explicit(&ch->tail, memory_order_relaxed);
+        /* Closed by the receiver: empty for good once head reaches the
+         * marked tail. Short of it, a sender is publishing a position claimed
+         * before the mark, and wakes us once it has. Seq_cst: the re-check
+         * of a receive future that a close from another task wakes. */
+        size_t tail = atomic_load(&ch->tail);
         return (tail & ch->mark) && ch->head == (tail & ~ch->mark) ? -EPIPE : -EAGAIN;
     }
     /* A message may have been published between the first pop and the last

@@ -93,14 +93,15 @@ void weft_mpsc_sender_clone(struct weft_mpsc *ch);
 void weft_mpsc_sender_drop(struct weft_mpsc *ch);
 
 /* Closes the channel but keeps the receiver: pending and later sends get -EPIPE (a message they
- * were not given is not queued), and the receiver drains what was queued, then gets -EPIPE. */
+ * were not given is not queued), and the receiver (a receive future pending in another task is
+ * woken) drains what was queued, then gets -EPIPE. */
 void weft_mpsc_receiver_close(struct weft_mpsc *ch);
 
 /* Releases the receiver: queued messages are discarded (close and drain first to keep them),
  * pending and later sends get -EPIPE. */
 void weft_mpsc_receiver_drop(struct weft_mpsc *ch);
 
-/* Queues a copy of *msg without waiting (any sender, any thread); 0, -EAGAIN (full), -EPIPE (receiver gone) or -EINVAL (ch or msg NULL). */
+/* Queues a copy of *msg without waiting (any sender, any thread); 0, -EAGAIN (full), -EPIPE (receiver gone or closed) or -EINVAL (ch or msg NULL). */
 int weft_mpsc_try_send(struct weft_mpsc *ch, const void *msg);
 
 /* Takes the oldest message into *out (receiver); 0, -EAGAIN (empty), -EPIPE (empty, and every sender released or the receiver closed) or -EINVAL (ch or out NULL). */
