@@ -145,6 +145,7 @@ struct wstats {
         budget_yields, lifo_hits, busy_ns, sqes, cqes, enters, spawns;
     _Atomic uint64_t live_delta;   /* task allocations - frees on this worker (read as int64_t) */
     _Atomic uint64_t busy_since;   /* when it last left its park; 0 while parked */
+    _Atomic uint64_t busy_seq;     /* odd while a park moves busy_since into busy_ns */
     /* The poll in progress, for the stall monitor: a seqlock whose sequence
      * is odd during a poll (sched.c's poll_begin/poll_end, metrics.c). */
     _Atomic uint64_t poll_seq;

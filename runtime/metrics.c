@@ -110,13 +110,22 @@ int weft_metrics_read(struct weft_runtime *rt, struct weft_metrics *m)
             .overflows = load(&st->overflows),
             .budget_yields = load(&st->budget_yields),
             .lifo_hits = load(&st->lifo_hits),
-            .busy_ns = load(&st->busy_ns),  /* plus the stretch in progress: */
             .sqes = load(&st->sqes),
             .cqes = load(&st->cqes),
             .enters = load(&st->enters),
             .queue_depth = queue_len(&w->run),
         };
-        uint64_t since = load(&st->busy_since);
+        /* busy_ns plus the stretch in progress, read as one (the park's
+         * seqlock, sched.c): acquire pairs with its release store of the
+         * even sequence; the acquire fence orders the two loads before the
+         * re-read, which sees the odd sequence if a park changed them. */
+        uint64_t seq, since;
+        do {
+            seq = atomic_load_explicit(&st->busy_seq, memory_order_acquire);
+            m->worker[i].busy_ns = load(&st->busy_ns);
+            since = load(&st->busy_since);
+            atomic_thread_fence(memory_order_acquire);
+        } while ((seq & 1) || atomic_load_explicit(&st->busy_seq, memory_order_relaxed) != seq);
         if (since && now > since)
             m->worker[i].busy_ns += now - since;
         m->spawned += load(&st->spawns);

@@ -358,9 +358,21 @@ static void park_worker(struct weft__worker *w)
          * timer; completions and timers it reaps may queue work here. Busy
          * time is counted up to here and from the wake-up on. */
         struct wstats *st = w->stats;
+        /* busy_ns and busy_since change together here: a seqlock, so that
+         * weft_metrics_read never sees the old busy_ns with busy_since
+         * already 0 (the stretch lost: busy time going backwards). The
+         * release fence orders the odd sequence before the field stores (a
+         * reader that sees one of those sees the odd sequence on its
+         * re-read); the release store publishes them with the even one. The
+         * clock is read inside, after the odd store. On x86, plain moves.
+         * (The wake-up below changes busy_since alone: no tear to hide.) */
+        uint64_t seq = atomic_load_explicit(&st->busy_seq, memory_order_relaxed);
+        atomic_store_explicit(&st->busy_seq, seq + 1, memory_order_relaxed);
+        atomic_thread_fence(memory_order_release);
         uint64_t now = weft_now_ns();
         stat_add(&st->busy_ns, now - atomic_load_explicit(&st->busy_since, memory_order_relaxed));
         atomic_store_explicit(&st->busy_since, 0, memory_order_relaxed);
+        atomic_store_explicit(&st->busy_seq, seq + 2, memory_order_release);
         stat_add(&st->parks, 1);
         bool unparked = weft__io_park(w->io);
         /* A compute job may have moved us while we slept (handover.c); a

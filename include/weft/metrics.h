@@ -120,7 +120,9 @@ struct weft_stall {
 /* The stall callback: runs on the monitor thread, once per stall, as the
  * poll goes on (it may have ended just before the call, and the task with
  * it; or, when the monitor was starved of CPU, on the worker right after
- * that poll). It must not block for long, nor destroy its runtime (refused:
+ * that poll). Calls can overlap (the monitor's for one worker, a worker's
+ * for its own stall), so it must be thread-safe; it must not block for long
+ * (on a worker it holds that worker), nor destroy its runtime (refused:
  * weft_runtime_shutdown gives -EDEADLK there). */
 typedef void weft_stall_fn(const struct weft_stall *stall, void *ctx);
 
