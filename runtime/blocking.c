@@ -201,6 +201,7 @@ void weft__blocking_init(struct weft_runtime *rt, const struct weft_runtime_conf
                               ? 0
                               : (uint64_t)slice * 1000u;
     p->priority = cfg->blocking_priority;
+    atomic_init(&p->monitor_dozing, 0);
     save_base_priority(p);
     /* Lowering is only done when a thread can come back up: a thread stuck
      * low would take the pool's and the runtime's locks at low priority. */
@@ -528,6 +529,15 @@ static void *pool_thread(void *arg)
             atomic_store_explicit(&slot.ending, false, memory_order_relaxed);
             pthread_mutex_unlock(&p->lock);
             wake_waiter(&k);
+            /* A monitor asleep at the stall detector's slower pace would
+             * look at this job late: wake it (metrics.c, monitor_main). The
+             * lock orders this load after the monitor's store of 1 whenever
+             * its look under the lock missed job_start (Dekker through the
+             * mutex); seq_cst, a plain load on x86. One syscall for the
+             * first job after a quiet spell, none for the jobs after it. */
+            if (!cpu && p->demotes && atomic_load(&p->monitor_dozing) &&
+                atomic_exchange(&p->monitor_dozing, 0))
+                syscall(SYS_futex, &p->monitor_dozing, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
             if (more)
                 start_reserved(rt);
             /* A compute job runs lowered from its first instruction, and

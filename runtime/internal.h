@@ -211,6 +211,8 @@ struct blocking_pool {
     _Atomic uint32_t notified;     /* changed under the lock; a spinning idle thread peeks */
     uint32_t max_threads, queue_max, priority;
     bool demotes;                  /* the monitor lowers long jobs (blocking.c) */
+    _Atomic uint32_t monitor_dozing; /* futex word: 1 while the monitor sleeps longer
+                                      * than its demotion pace (metrics.c) */
     int base_policy, base_nice;    /* the workers' priority: their creator's */
     struct sched_param base_param;
     uint64_t keepalive_ns;

@@ -445,16 +445,22 @@ static void *monitor_main(void *arg)
 {
     struct weft__monitor *m = arg;
     weft__monitor_of = m->rt;
+    struct blocking_pool *p = &m->rt->blocking;
     bool jobs = false;
     uint64_t pace = m->period_ns;
     /* Acquire pairs with monitor_stop's release store. */
     while (!atomic_load_explicit(&m->stop, memory_order_acquire)) {
         /* While blocking jobs run unlowered, look every DEMOTE_PERIOD_NS
          * for long ones to lower (blocking.c); else at the stall
-         * detector's pace. */
+         * detector's pace, and then a job that starts meanwhile wakes us
+         * (the dozing word, stored before the look that found no job). */
         uint64_t period = jobs && DEMOTE_PERIOD_NS < pace ? DEMOTE_PERIOD_NS : pace;
         struct timespec ts = { (time_t)(period / 1000000000u), (long)(period % 1000000000u) };
-        syscall(SYS_futex, &m->stop, FUTEX_WAIT_PRIVATE, 0, &ts, NULL, 0);
+        bool dozing = atomic_load_explicit(&p->monitor_dozing, memory_order_relaxed);
+        if (dozing)
+            syscall(SYS_futex, &p->monitor_dozing, FUTEX_WAIT_PRIVATE, 1, &ts, NULL, 0);
+        else
+            syscall(SYS_futex, &m->stop, FUTEX_WAIT_PRIVATE, 0, &ts, NULL, 0);
         bool polling = false;
         for (uint32_t i = 0; m->stalls && i < m->rt->nworkers; i++)
             polling |= look_at(m, i);
@@ -464,8 +470,17 @@ static void *monitor_main(void *arg)
          * instead of ~400 at the default. A poll seen brings the pace back. */
         pace = polling || !m->stalls ? m->period_ns
                                      : (2 * pace < m->threshold_ns ? 2 * pace : m->threshold_ns);
+        /* Seq_cst store before the look (which takes the pool's lock): a
+         * job that starts after the look sees it (blocking.c). Then stop's
+         * check, for monitor_stop's exchange (the other half of that pair). */
+        bool doze = p->demotes && pace > DEMOTE_PERIOD_NS;
+        if (doze)
+            atomic_store(&p->monitor_dozing, 1);
         jobs = weft__blocking_demote(m->rt, weft_now_ns());
+        if (doze && (jobs || atomic_load(&m->stop)))
+            atomic_store(&p->monitor_dozing, 0);
     }
+    atomic_store(&p->monitor_dozing, 0);
     return NULL;
 }
 
@@ -507,8 +522,10 @@ void weft__monitor_stop(struct weft_runtime *rt)
     struct weft__monitor *m = rt->monitor;
     if (!m)
         return;
-    atomic_store_explicit(&m->stop, 1, memory_order_release);
+    atomic_store(&m->stop, 1); /* seq_cst: before the exchange (monitor_main) */
     syscall(SYS_futex, &m->stop, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+    if (atomic_exchange(&rt->blocking.monitor_dozing, 0))
+        syscall(SYS_futex, &rt->blocking.monitor_dozing, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
     pthread_join(m->thread, NULL);
     free(m);
     rt->monitor = NULL;

@@ -1075,6 +1075,42 @@ Test(blocking, short_jobs_are_not_lowered_at_their_start, .timeout = 30)
     wait_pool_gone();
 }
 
+/* A job is lowered about 1 ms after it starts, whatever the stall
+ * detector's pace: a monitor that backed off to a slow pace (no poll seen,
+ * a threshold of 1 s) is woken by the first job after a quiet spell. Before,
+ * it looked 250-700 ms later. */
+static void *job_until_lowered(void *arg)
+{
+    (void)arg;
+    uint64_t t0 = weft_now_ns();
+    while (weft_now_ns() - t0 < 2000000000u)
+        if (sched_getscheduler(0) == SCHED_IDLE)
+            return (void *)(uintptr_t)(weft_now_ns() - t0);
+    return (void *)(uintptr_t)UINT64_MAX;
+}
+
+Test(blocking, a_job_is_lowered_soon_after_a_quiet_spell, .timeout = 30)
+{
+    if (!can_switch_back(WEFT_BLOCKING_PRIO_IDLE))
+        cr_skip_test("this process may not raise a thread again: nothing is lowered");
+    struct weft_runtime_config cfg = base_cfg();
+    cfg.blocking_priority = WEFT_BLOCKING_PRIO_DEFAULT;
+    cfg.stall_threshold_us = 1000000;
+    struct weft_runtime *rt = start_cfg(&cfg);
+    for (int i = 0; i < 3; i++) {
+        sleep_us(300000); /* quiet: the monitor slows down */
+        struct weft_blocking_join h;
+        cr_assert_eq(weft_spawn_blocking(rt, job_until_lowered, NULL, &h), 0);
+        cr_assert_eq(weft_block_on(rt, &h.base), 0);
+        uint64_t ns = (uint64_t)(uintptr_t)h.output;
+        weft_future_drop(&h.base);
+        cr_assert_lt(ns, 100000000u, "round %d: lowered after %.1f ms", i,
+                     ns == UINT64_MAX ? -1.0 : (double)ns / 1e6);
+    }
+    weft_runtime_destroy(rt);
+    wait_pool_gone();
+}
+
 /* Without CAP_SYS_NICE (and with RLIMIT_NICE at its default 0), a thread
  * cannot raise its priority again: the pool then lowers no job (a thread
  * stuck low would take the runtime's locks at low priority). Capabilities are per thread
