@@ -337,6 +337,10 @@ int weft_task_dump(struct weft_runtime *rt, FILE *out)
  * blocking.c), and when it only watches the pool and no job runs. */
 #define DEMOTE_PERIOD_NS 500000u
 #define IDLE_PERIOD_NS 20000000u
+/* After the last job seen, the monitor keeps the demotion pace this long
+ * before it dozes (and lets the next job wake it): jobs that come one after
+ * another then wake it never (a wake per job cost a futex call each). */
+#define QUIET_NS 10000000u
 
 struct mon_worker {
     uint64_t seq;        /* the odd sequence last seen, or an even one */
@@ -446,21 +450,25 @@ static void *monitor_main(void *arg)
     struct weft__monitor *m = arg;
     weft__monitor_of = m->rt;
     struct blocking_pool *p = &m->rt->blocking;
-    bool jobs = false;
-    uint64_t pace = m->period_ns;
+    bool fast = false;      /* look at the demotion pace */
+    uint64_t pace = m->period_ns, last_job = 0;
     /* Acquire pairs with monitor_stop's release store. */
-    while (!atomic_load_explicit(&m->stop, memory_order_acquire)) {
-        /* While blocking jobs run unlowered, look every DEMOTE_PERIOD_NS
-         * for long ones to lower (blocking.c); else at the stall
-         * detector's pace, and then a job that starts meanwhile wakes us
-         * (the dozing word, stored before the look that found no job). */
-        uint64_t period = jobs && DEMOTE_PERIOD_NS < pace ? DEMOTE_PERIOD_NS : pace;
+    while (!atomic_load(&m->stop)) {
+        /* While blocking jobs run unlowered, and for QUIET_NS after, look
+         * every DEMOTE_PERIOD_NS for long ones to lower (blocking.c); else
+         * at the stall detector's pace, dozing: a job that starts meanwhile
+         * wakes us (the dozing word, stored before the look that found no
+         * job). */
+        uint64_t period = fast && DEMOTE_PERIOD_NS < pace ? DEMOTE_PERIOD_NS : pace;
         struct timespec ts = { (time_t)(period / 1000000000u), (long)(period % 1000000000u) };
         bool dozing = atomic_load_explicit(&p->monitor_dozing, memory_order_relaxed);
-        if (dozing)
+        if (dozing) {
             syscall(SYS_futex, &p->monitor_dozing, FUTEX_WAIT_PRIVATE, 1, &ts, NULL, 0);
-        else
+            if (atomic_load_explicit(&p->monitor_dozing, memory_order_relaxed) == 0)
+                last_job = weft_now_ns(); /* a job woke us (or stop: it ends the loop) */
+        } else {
             syscall(SYS_futex, &m->stop, FUTEX_WAIT_PRIVATE, 0, &ts, NULL, 0);
+        }
         bool polling = false;
         for (uint32_t i = 0; m->stalls && i < m->rt->nworkers; i++)
             polling |= look_at(m, i);
@@ -473,12 +481,16 @@ static void *monitor_main(void *arg)
         /* Seq_cst store before the look (which takes the pool's lock): a
          * job that starts after the look sees it (blocking.c). Then stop's
          * check, for monitor_stop's exchange (the other half of that pair). */
-        bool doze = p->demotes && pace > DEMOTE_PERIOD_NS;
+        uint64_t now = weft_now_ns();
+        bool doze = p->demotes && pace > DEMOTE_PERIOD_NS && now - last_job >= QUIET_NS;
         if (doze)
             atomic_store(&p->monitor_dozing, 1);
-        jobs = weft__blocking_demote(m->rt, weft_now_ns());
+        bool jobs = weft__blocking_demote(m->rt, now);
+        if (jobs)
+            last_job = now;
         if (doze && (jobs || atomic_load(&m->stop)))
             atomic_store(&p->monitor_dozing, 0);
+        fast = p->demotes && now - last_job < QUIET_NS;
     }
     atomic_store(&p->monitor_dozing, 0);
     return NULL;
