@@ -14,9 +14,10 @@
  * (weft_send_recv_from: the buffer moves to the pair, and goes back to the
  * ring as soon as it is sent), so a connection never holds a buffer while it
  * waits, and any number of connections can echo at once: when a worker's
- * ring runs dry, its receives wait for buffers the sends give back (the bytes
- * wait in the socket meanwhile: none are lost). A client that sends but never
- * reads holds one buffer, until its socket's send buffer has room again.
+ * ring runs dry, its receives take a heap buffer of the same size instead
+ * (io/bufring.c), freed once its echo is sent. A client that sends but never
+ * reads holds one buffer (of the ring or the heap) until its socket's send
+ * buffer has room again, and never keeps the other connections waiting.
  *
  * At a stop the server shuts down the reading side of every connection, so a
  * connection echoes what it has already received, sees end of stream and

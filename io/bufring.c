@@ -5,11 +5,29 @@
  * the ring is mapped here and registered with io_uring_register_buf_ring.
  * Only the owner adds buffers (the ring's tail is ours); a buffer used by a
  * future on another thread comes back through the owner's remote list with
- * its slot (op.c). A receive that finds the ring empty (-ENOBUFS) waits here,
- * owned by the ring, and is resubmitted when a buffer comes back: the data
- * stays in the socket meanwhile, so none is lost. */
+ * its slot (op.c).
+ *
+ * A receive that finds the ring empty (-ENOBUFS) does not wait for a buffer
+ * to come back: a buffer can be held for good, by an echo's send to a peer
+ * that never reads (the send waits for room in its socket, and the buffer
+ * is the kernel's until it completes). 256 such peers per worker held every
+ * buffer of weft-echo, and every other connection of the worker waited
+ * behind them, a new one included. Instead the receive falls back to a heap
+ * buffer of the ring's buffer size (weft__bufring_wait): a plain recv(2),
+ * MSG_DONTWAIT, on this thread (the kernel is done with the slot: this was
+ * its final completion). With no data it goes back to the kernel with
+ * IORING_RECVSEND_POLL_FIRST, holding nothing: it takes a buffer only once
+ * data came, and if the ring is still empty then, falls back again, now
+ * with data to read. The heap buffer goes wherever a ring buffer would (a
+ * send moved from it, the future's drop) and is freed at the same points
+ * (op.c: release_products); its send always posts, so it is freed as soon
+ * as sent. A slow peer thus holds memory of its own, as with a buffer per
+ * connection, and never the worker's ring. Only when the heap buffer cannot
+ * be had (-ENOMEM) does the receive wait here for a ring buffer, as before:
+ * the data stays in the socket meanwhile, so none is lost. */
 #include <errno.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 
 #include "io.h"
 #include "../runtime/internal.h"
@@ -73,6 +91,9 @@ void weft__bufring_warm(struct weft__io *io)
 
 void weft__bufring_fini(struct weft__io *io)
 {
+    if (io->spare)
+        rt_free(io->rt, io->spare, io->buf_size);
+    io->spare = NULL;
     if (!io->br)
         return;
     io_uring_unregister_buf_ring(&io->ring, 0);
@@ -109,16 +130,46 @@ void weft__bufring_kick(struct weft__io *io)
     }
 }
 
+/* The ring is empty: receive into a heap buffer instead (top of file).
+ * False if none could be had. */
+static bool fallback(struct weft__io *io, struct weft__op *op)
+{
+    if (!io->spare)
+        io->spare = rt_alloc(io->rt, io->buf_size);
+    if (!io->spare)
+        return false;
+    ssize_t n = recv(op->fd, io->spare, io->buf_size, MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        /* Nothing to read yet (the kernel picks a buffer before it looks
+         * at the socket): wait for data in the kernel, holding nothing.
+         * The spare stays for the next fallback. */
+        op->off |= RB_POLL_FIRST;
+        io->inflight--; /* weft__op_submit counts it again */
+        weft__op_submit(io, op);
+        return true;
+    }
+    if (n > 0) {
+        op->addr = (uint64_t)(uintptr_t)io->spare; /* the slot's now (op.c frees it) */
+        op->off |= RB_HEAP;
+        io->spare = NULL;
+    }
+    weft__op_complete(io, op, n < 0 ? -errno : (int32_t)n, 0);
+    return true;
+}
+
 void weft__bufring_wait(struct weft__io *io, struct weft__op *op)
 {
     /* Buffers may have come back between the kernel's miss and this CQE:
-     * then nobody would resubmit it, so go again now. */
+     * then go again now, with the ring. */
     if (io->bufs_free > 0) {
         io->inflight--;
         weft__op_submit(io, op);
         return;
     }
-    /* Still counted in flight: the ring owns the slot until it completes. */
+    if (fallback(io, op))
+        return;
+    /* No memory for the fallback: wait for a ring buffer to come back.
+     * Still counted in flight: the ring owns the slot until it completes. */
     op->next = NULL;
     if (io->bufwait_tail)
         io->bufwait_tail->next = op;

@@ -66,6 +66,12 @@ enum op_kind {
     OP_NKINDS,
 };
 
+/* op->off of a receive from the buffer ring (OP_RECV_BUF, OP_SEND_RECV). */
+enum {
+    RB_POLL_FIRST = 1, /* wait for data before taking a buffer (bufring.c: fallback) */
+    RB_HEAP = 2,       /* received into a heap buffer at op->addr, not the ring */
+};
+
 /* The kinds the blocking pool does instead when the ring cannot (stream.c). */
 static inline bool weft__op_has_fallback(enum op_kind k)
 {
@@ -97,8 +103,10 @@ struct weft__op {
     uint32_t cqe_flags;
     int32_t fd;
     uint32_t len;
-    uint64_t addr;             /* buffer, iovec array or path */
-    uint64_t off;
+    uint64_t addr;             /* buffer, iovec array or path; OP_RECV_BUF with
+                                * RB_HEAP: the heap buffer it received into */
+    uint64_t off;              /* offset, mode, how; OP_RECV_BUF and
+                                * OP_SEND_RECV: RB_* flags */
     struct weft__io *io;       /* the owner */
     struct weft__op *next;     /* free list, buffer-wait list */
     struct weft__op *rnext;    /* remote list */
@@ -158,6 +166,7 @@ struct weft__io {
     bool bufs_warm;                    /* the buffers were faulted in (first receive) */
     size_t br_bytes;
     struct weft__op *bufwait_head, *bufwait_tail; /* receives waiting for a buffer */
+    unsigned char *spare;              /* a heap buffer for the fallback (bufring.c), or NULL */
     bool draining;                     /* shutdown: wakes go to the global queue */
 };
 
@@ -228,11 +237,20 @@ bool weft__op_ready(struct weft__op *op, const struct weft_waker *waker);
 /* Gives up the slot from any thread, finished or not (see the states). */
 void weft__op_release(struct weft__op *op);
 
-/* The slot holds a provided buffer the kernel picked for it. */
+/* The slot holds a provided buffer the kernel picked for it, or the heap
+ * buffer the ring's fallback received into (bufring.c). */
 static inline bool weft__op_has_buffer(const struct weft__op *op)
 {
     return (op->kind == OP_RECV_BUF || op->kind == OP_SEND_RECV) &&
-           (op->cqe_flags & IORING_CQE_F_BUFFER);
+           ((op->cqe_flags & IORING_CQE_F_BUFFER) || (op->off & RB_HEAP));
+}
+
+/* The bytes of a slot that has a buffer (weft__op_has_buffer). */
+static inline unsigned char *weft__op_buffer(const struct weft__op *op)
+{
+    if (op->off & RB_HEAP)
+        return (unsigned char *)(uintptr_t)op->addr;
+    return op->io->bufs + (size_t)(op->cqe_flags >> IORING_CQE_BUFFER_SHIFT) * op->io->buf_size;
 }
 
 /* The future took what its operation produced (a socket, a file): the slot

@@ -178,7 +178,8 @@ void weft__op_submit(struct weft__io *io, struct weft__op *op)
          * buffers held by connections that went quiet after an echo cannot
          * starve the rest, yet the common round costs one CQE. */
         struct weft__op *h = op->u.sr.held;
-        op->u.sr.send_posts = h && (h->io != io || 2 * h->io->bufs_free <= h->io->nbufs);
+        op->u.sr.send_posts = h && (h->io != io || (h->off & RB_HEAP) ||
+                                    2 * h->io->bufs_free <= h->io->nbufs);
         io_uring_prep_send(sqe, fd, addr, op->len, MSG_NOSIGNAL | MSG_WAITALL);
         sqe->flags |= IOSQE_IO_LINK | (op->u.sr.send_posts ? 0 : IOSQE_CQE_SKIP_SUCCESS);
         io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)op | IO_UD_SEND_PART);
@@ -190,6 +191,8 @@ void weft__op_submit(struct weft__io *io, struct weft__op *op)
         break;
     case OP_RECV_BUF:
         prep_buffer_recv(io, sqe, fd);
+        if (op->off & RB_POLL_FIRST)
+            sqe->ioprio |= IORING_RECVSEND_POLL_FIRST;
         break;
     case OP_RECV:
         io_uring_prep_recv(sqe, fd, addr, op->len, 0);
@@ -300,7 +303,10 @@ static void release_products(struct weft__io *io, struct weft__op *op)
     else if (op->kind == OP_OPEN && op->res >= 0)
         close(op->res);
     op->fd = op->res = -1;
-    if (weft__op_has_buffer(op)) {
+    if (weft__op_has_buffer(op) && (op->off & RB_HEAP)) {
+        op->off = 0;
+        rt_free(io->rt, (void *)(uintptr_t)op->addr, io->buf_size);
+    } else if (weft__op_has_buffer(op)) {
         uint16_t bid = (uint16_t)(op->cqe_flags >> IORING_CQE_BUFFER_SHIFT);
         op->cqe_flags = 0; /* before the put, which may submit (and so reap) */
         weft__bufring_put(io, bid);

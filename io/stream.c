@@ -360,6 +360,7 @@ static enum weft_poll recv_step(struct weft_future *f, struct weft_cx *cx)
         r->op->fd = r->fd;
         r->op->addr = (uint64_t)(uintptr_t)r->send;
         r->op->len = r->send_len;
+        r->op->off = 0;
         if (kind == OP_SEND_RECV) {
             r->op->u.sr.held = r->held; /* the slot gives it back (op.c) */
             r->op->u.sr.send_err = 0;
@@ -376,8 +377,8 @@ static enum weft_poll recv_step(struct weft_future *f, struct weft_cx *cx)
     /* The slot keeps the buffer until the drop gives both back. */
     struct weft__op *op = r->op;
     r->result = op->res; /* the recv's, or the failed send's */
-    if (op->cqe_flags & IORING_CQE_F_BUFFER)
-        r->data = op->io->bufs + (size_t)(op->cqe_flags >> IORING_CQE_BUFFER_SHIFT) * op->io->buf_size;
+    if (weft__op_has_buffer(op))
+        r->data = weft__op_buffer(op);
     r->base.resume = 1;
     return WEFT_READY;
 }

@@ -9,6 +9,11 @@
  *   good (the clients' reads time out: the test fails, it does not hang).
  * - Connections that echo once and then go quiet do not starve the others:
  *   with 4 buffers, 6 quiet connections and a seventh doing 200 rounds.
+ * - Peers that send and never read do not starve the others: with 4
+ *   buffers, 8 such peers (each echo's send waits for good, holding its
+ *   buffer), a new connection still gets its echoes, and then each slow
+ *   peer, reading at last, gets every byte back in order (receives fall
+ *   back to heap buffers while the ring is empty).
  * - A connection echoing alone through a ring of 4 holds one buffer, and a
  *   round costs one completion (the worker's `cqes` over 300 rounds): the
  *   buffer goes back at the pair's own completion, not when the pair's slot
@@ -355,4 +360,82 @@ Test(sendfrom, failed_send_reports_its_error, .timeout = 20)
 {
     failed_send(1);
     failed_send(256);
+}
+
+/* ---- peers that send and never read -------------------------------------------------- */
+
+enum { SLOW = 8, SLOW_SOCKBUF = 4096, SLOW_RCVBUF = 64 * 1024 };
+
+/* Writes stream `seed` into the nonblocking `fd` until it has taken nothing
+ * for 200 ms (every queue on the way back is full); returns the bytes written. */
+static size_t fill_until_stuck(int fd, uint64_t seed)
+{
+    unsigned char out[1000];
+    size_t done = 0;
+    double quiet_since = now_s();
+    while (now_s() - quiet_since < 0.2) {
+        pat_fill(out, sizeof out, seed, done);
+        ssize_t n = write(fd, out, sizeof out);
+        if (n > 0) {
+            done += (size_t)n;
+            quiet_since = now_s();
+        } else {
+            cr_assert(n < 0 && errno == EAGAIN, "write: %s", strerror(errno));
+            sleep_us(1000);
+        }
+    }
+    return done;
+}
+
+Test(sendfrom, slow_readers_do_not_starve_the_others, .timeout = 60)
+{
+    /* 8 peers that send and never read, through a ring of 4: each echo's
+     * send waits for room in its socket for as long as its peer does not
+     * read, and the buffer it sends from is the kernel's until then. The
+     * first 4 hold every buffer of the ring; before, the other receives
+     * (a new connection's included) waited for one to come back, which
+     * never happened: the new connection got no echo. */
+    struct counting_alloc ca;
+    struct weft_runtime *rt = start_rt_opts((struct rt_opts){ .workers = 1, .io_buffers = 4 }, &ca);
+    int srv[SLOW + 1], cli[SLOW + 1];
+    struct weft_join j[SLOW + 1];
+    size_t sent[SLOW];
+    int small = SLOW_SOCKBUF, rcvbuf = SLOW_RCVBUF;
+    for (int i = 0; i < SLOW; i++) {
+        tcp_pair(rt, "127.0.0.1", &srv[i], &cli[i]);
+        /* Small, so that little fills them (a client buffer near the loopback
+         * MSS stalls TCP itself: window updates wait for the persist timer). */
+        cr_assert_eq(setsockopt(srv[i], SOL_SOCKET, SO_SNDBUF, &small, sizeof small), 0);
+        cr_assert_eq(setsockopt(cli[i], SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf), 0);
+        cr_assert_eq(setsockopt(cli[i], SOL_SOCKET, SO_SNDBUF, &small, sizeof small), 0);
+        cr_assert_eq(iot_spawn(rt, body_echo_from, NULL, (uint32_t)i, srv[i], &j[i]), 0);
+        cr_assert_eq(fcntl(cli[i], F_SETFL, fcntl(cli[i], F_GETFL) | O_NONBLOCK), 0);
+    }
+    for (int i = 0; i < SLOW; i++)
+        sent[i] = fill_until_stuck(cli[i], (uint64_t)i + 1);
+    /* A new connection: 20 rounds of 100 bytes, each read back at once. */
+    tcp_pair(rt, "127.0.0.1", &srv[SLOW], &cli[SLOW]);
+    cr_assert_eq(iot_spawn(rt, body_echo_from, NULL, SLOW, srv[SLOW], &j[SLOW]), 0);
+    struct echo_client c = { cli[SLOW], 99, 2000, 100, false };
+    echo_client_run(&c);
+    cr_assert(c.ok, "a new connection got no echo while slow readers held the ring");
+    /* The slow peers read at last: every byte back, in order. */
+    for (int i = 0; i < SLOW; i++) {
+        cr_assert_eq(fcntl(cli[i], F_SETFL, fcntl(cli[i], F_GETFL) & ~O_NONBLOCK), 0);
+        set_rcvtimeo(cli[i], 10000);
+        unsigned char *in = malloc(sent[i]);
+        cr_assert_not_null(in);
+        ssize_t got = read_full(cli[i], in, sent[i]);
+        cr_assert_eq(got, (ssize_t)sent[i], "peer %d: %zd of %zu bytes back", i, got, sent[i]);
+        cr_assert(pat_ok(in, sent[i], (uint64_t)i + 1, 0), "peer %d: bytes lost or reordered", i);
+        free(in);
+    }
+    for (int i = 0; i <= SLOW; i++) {
+        shutdown(cli[i], SHUT_WR);
+        struct iot out;
+        cr_assert_eq(iot_join(rt, &j[i], &out), 0);
+        cr_assert_eq(out.got, i < SLOW ? sent[i] : c.total);
+        close_pair(srv[i], cli[i]);
+    }
+    stop_rt(rt, &ca);
 }

@@ -176,8 +176,10 @@ void weft_connect_init(struct weft_connect *c, const char *addr, uint16_t port,
 /* Receives into a buffer of the worker's provided-buffer ring, so a connection
  * waiting for data holds no buffer. result: bytes received (0 at end of
  * stream) or -errno; the bytes are at `data` until the future is dropped, which
- * gives the buffer back. When the ring is empty the receive waits for a
- * buffer to come back (no data is lost). */
+ * gives the buffer back. When the ring is empty (its buffers held, say, by
+ * echoes to peers that do not read) the receive takes a heap buffer of the
+ * same size instead, freed where a ring buffer would go back: no receive
+ * waits for another connection's buffer. */
 struct weft_recv {
     struct weft_future base;
     int result;
@@ -207,8 +209,9 @@ void weft_send_recv_init(struct weft_recv *r, int fd, const void *buf, size_t le
  * receives on the same socket, as weft_send_recv_init. The buffer moves from
  * `from` (which then holds nothing: its drop gives nothing back) to `r`, and
  * goes back to the ring once sent: when `r` completes, or at once when the
- * ring runs low, so no number of connections echoing at once can hold every
- * buffer while they wait for their next bytes (an echo server's loop). result as weft_send_recv_init; -EINVAL
+ * ring runs low (or the buffer is a heap one, weft_recv), so no number of
+ * connections echoing at once can hold every buffer while they wait for
+ * their next bytes (an echo server's loop). result as weft_send_recv_init; -EINVAL
  * (at the first poll, `from` untouched) if `from` is NULL, is `r`, has not
  * completed with bytes in a buffer it still holds, or the range is empty or
  * beyond what it received. */
