@@ -452,6 +452,10 @@ static void *monitor_main(void *arg)
     struct blocking_pool *p = &m->rt->blocking;
     bool fast = false;      /* look at the demotion pace */
     uint64_t pace = m->period_ns, last_job = 0;
+    /* Dozing from the start: weft__monitor_start announced it before this
+     * thread existed (a job may start before we run), so the first job
+     * wakes us too. */
+    bool announced = p->demotes && pace > DEMOTE_PERIOD_NS;
     /* Acquire pairs with monitor_stop's release store. */
     while (!atomic_load(&m->stop)) {
         /* While blocking jobs run unlowered, and for QUIET_NS after, look
@@ -461,11 +465,13 @@ static void *monitor_main(void *arg)
          * job). */
         uint64_t period = fast && DEMOTE_PERIOD_NS < pace ? DEMOTE_PERIOD_NS : pace;
         struct timespec ts = { (time_t)(period / 1000000000u), (long)(period % 1000000000u) };
-        bool dozing = atomic_load_explicit(&p->monitor_dozing, memory_order_relaxed);
-        if (dozing) {
+        if (announced) {
+            /* On the word we announced, not on what it holds now: a job that
+             * started since our look took the 1 (and woke nobody), and this
+             * wait then returns at once. */
             syscall(SYS_futex, &p->monitor_dozing, FUTEX_WAIT_PRIVATE, 1, &ts, NULL, 0);
             if (atomic_load_explicit(&p->monitor_dozing, memory_order_relaxed) == 0)
-                last_job = weft_now_ns(); /* a job woke us (or stop: it ends the loop) */
+                last_job = weft_now_ns(); /* a job took it (or stop: it ends the loop) */
         } else {
             syscall(SYS_futex, &m->stop, FUTEX_WAIT_PRIVATE, 0, &ts, NULL, 0);
         }
@@ -482,14 +488,16 @@ static void *monitor_main(void *arg)
          * job that starts after the look sees it (blocking.c). Then stop's
          * check, for monitor_stop's exchange (the other half of that pair). */
         uint64_t now = weft_now_ns();
-        bool doze = p->demotes && pace > DEMOTE_PERIOD_NS && now - last_job >= QUIET_NS;
-        if (doze)
+        announced = p->demotes && pace > DEMOTE_PERIOD_NS && now - last_job >= QUIET_NS;
+        if (announced)
             atomic_store(&p->monitor_dozing, 1);
         bool jobs = weft__blocking_demote(m->rt, now);
         if (jobs)
             last_job = now;
-        if (doze && (jobs || atomic_load(&m->stop)))
+        if (announced && (jobs || atomic_load(&m->stop))) {
             atomic_store(&p->monitor_dozing, 0);
+            announced = false;
+        }
         fast = p->demotes && now - last_job < QUIET_NS;
     }
     atomic_store(&p->monitor_dozing, 0);
@@ -518,8 +526,13 @@ int weft__monitor_start(struct weft_runtime *rt, const struct weft_runtime_confi
     rt->stall_fn = cfg->on_stall ? cfg->on_stall : stall_to_stderr;
     rt->stall_ctx = cfg->on_stall ? cfg->stall_ctx : rt;
     rt->stall_threshold_ns = m->stalls ? m->threshold_ns : 0;
+    /* The monitor starts dozing (monitor_main): announced here, before any
+     * job can start (create has not returned), and before the thread runs. */
+    if (rt->blocking.demotes && m->period_ns > DEMOTE_PERIOD_NS)
+        atomic_store(&rt->blocking.monitor_dozing, 1);
     int err = -pthread_create(&m->thread, NULL, monitor_main, m);
     if (err) {
+        atomic_store(&rt->blocking.monitor_dozing, 0);
         rt->stall_threshold_ns = 0;
         free(m);
         return err;

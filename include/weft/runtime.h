@@ -17,7 +17,8 @@ struct weft_task;
 /* ---- configuration ------------------------------------------------------- */
 
 /* Where the runtime gets its memory: the runtime itself, its queues, its
- * rings' operation slots and timer heaps, and every task. `alloc` returns
+ * rings' operation slots and timer heaps, the heap buffers of receives that
+ * find a ring's buffers all taken, and every task. `alloc` returns
  * memory aligned for any object (like malloc) or NULL; `free` gets back the
  * size that was asked for. (malloc serves the rest: channels, blocking jobs,
  * whose handles may outlive the runtime, a listener's accept queue, the
