@@ -94,6 +94,8 @@ struct weft_mpsc {
     _Atomic size_t tail;      /* next position to claim; CAS by senders */
     char pad1[CACHE_LINE];
     size_t head;              /* next position to take; the receiver's alone */
+    _Atomic bool closed;      /* weft_mpsc_receiver_close ran (beside head: an empty
+                               * receive reads it, not the senders' tail line) */
     char pad2[CACHE_LINE];
     struct awaker rx;         /* read by every send, armed by a waiting receiver */
     char pad3[CACHE_LINE];
@@ -328,6 +330,7 @@ int weft_mpsc_create(struct weft_mpsc **out, size_t capacity, size_t msg_size)
     atomic_init(&ch->refs, 2);
     atomic_init(&ch->tail, 0);
     ch->head = 0;
+    atomic_init(&ch->closed, false);
     awaker_init(&ch->rx);
     atomic_init(&ch->nwaiters, 0);
     ch->first = ch->last = NULL;
@@ -385,11 +388,12 @@ void weft_mpsc_receiver_close(struct weft_mpsc *ch)
     if (!ch)
         return;
     close_rx(ch);
+    atomic_store(&ch->closed, true); /* seq_cst: after the mark; before the wake */
     /* A receive future of the receiver pending in another task (the
      * receiver is one handle, but its futures may wait elsewhere) sees the
-     * close: this wake's seq_cst load of rx.state comes after the mark (a
-     * seq_cst RMW, for this pairing), and recv_one's re-check reads tail
-     * seq_cst (awaker contract 3). */
+     * close: this wake's seq_cst load of rx.state comes after the store of
+     * `closed`, and recv_one's re-check reads it seq_cst (awaker contract
+     * 3). */
     awaker_wake(&ch->rx);
 }
 
@@ -424,11 +428,15 @@ static int recv_one(struct weft_mpsc *ch, void *out)
      * to the pop below. Seq_cst: the receiver's re-check in handshake 1. */
     if (atomic_load(&ch->senders) != 0) {
         /* Closed by the receiver: empty for good once head reaches the
-         * marked tail. Short of it, a sender is publishing a position claimed
-         * before the mark, and wakes us once it has. Seq_cst: the re-check
-         * of a receive future that a close from another task wakes. */
+         * marked tail (the mark was set before `closed`). Short of it, a
+         * sender is publishing a position claimed before the mark, and wakes
+         * us once it has. Seq_cst: the re-check of a receive future that a
+         * close from another task wakes. Open, the tail's line (every
+         * sender's) is not touched. */
+        if (!atomic_load(&ch->closed))
+            return -EAGAIN;
         size_t tail = atomic_load(&ch->tail);
-        return (tail & ch->mark) && ch->head == (tail & ~ch->mark) ? -EPIPE : -EAGAIN;
+        return ch->head == (tail & ~ch->mark) ? -EPIPE : -EAGAIN;
     }
     /* A message may have been published between the first pop and the last
      * sender's drop: look once more. No sender is left to wake. */

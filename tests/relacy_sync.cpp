@@ -45,6 +45,7 @@ struct chan {
     int next_seq;
     rl::atomic<int> woken[NTASK];
     rl::atomic<int> senders;
+    rl::atomic<bool> closed;
 
     void init(int nsenders, size_t cap = 2)
     {
@@ -68,6 +69,7 @@ struct chan {
         }
         next_seq = 1;
         senders($).store(nsenders, RLX);
+        closed($).store(false, RLX);
     }
 
     size_t next_pos(size_t pos) { return (pos & (MARK - 1)) + 1 < CAP ? pos + 1 : (pos & ~(size_t)(ONE_LAP - 1)) + ONE_LAP; }
@@ -183,11 +185,13 @@ struct chan {
             return 0;
         }
         if (senders($).load(SC) != 0) {
-            size_t t = tail($).load(SC);
+            if (!closed($).load(SC))
+                return -1;
 #ifdef EAGER_EPIPE
-            return (t & MARK) ? -2 : -1;
+            return -2;
 #else
-            return (t & MARK) && head($) == (t & ~(size_t)MARK) ? -2 : -1;
+            size_t t = tail($).load(SC);
+            return head($) == (t & ~(size_t)MARK) ? -2 : -1;
 #endif
         }
         return pop(out) == 0 ? 0 : -2;
@@ -197,6 +201,7 @@ struct chan {
     void close()
     {
         tail($).fetch_or(MARK, SC);
+        closed($).store(true, SC);
         aw_wake();
     }
     bool enqueue(int id)
