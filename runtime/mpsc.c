@@ -378,7 +378,9 @@ static void close_rx(struct weft_mpsc *ch)
      * message (drained by a closed receiver, discarded by a dropped one); the
      * blocked senders are ordered by the lock below (see the wait list
      * comment). */
-    atomic_fetch_or(&ch->tail, ch->mark); /* seq_cst: see weft_mpsc_receiver_close */
+    /* Before `closed` (weft_mpsc_receiver_close): a receive that sees the
+     * flag sees the marked tail. */
+    atomic_fetch_or(&ch->tail, ch->mark);
     while (wake_first(ch))
         ;
 }

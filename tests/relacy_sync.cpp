@@ -3,7 +3,8 @@
 // code. g++ -O2 -w relacy_sync.cpp && ./a.out [iterations]. Each of -DWEAK_PUBLISH,
 // -DWEAK_FREE, -DWEAK_AW, -DNO_RECHECK, -DNO_RETRY, -DNO_PASS_ON, -DSTALE_TURN,
 // -DEAGER_EPIPE (a closed receiver says -EPIPE before head reaches the marked
-// tail) re-creates a bug and is caught (livelock or assert) within a few
+// tail), -DCLOSED_FIRST (the flag before the mark), -DNO_CLOSE_WAKE,
+// -DWEAK_CLOSED (the flag release/acquire only) re-creates a bug and is caught (livelock or assert) within a few
 // thousand iterations; the model as is passes 1,000,000 per test.
 #include <relacy/relacy.hpp>
 
@@ -23,6 +24,13 @@
 #define AWLOAD rl::mo_seq_cst
 #endif
 #define SC rl::mo_seq_cst
+#ifdef WEAK_CLOSED
+#define CLOSED_ST rl::mo_release
+#define CLOSED_LD rl::mo_acquire
+#else
+#define CLOSED_ST rl::mo_seq_cst
+#define CLOSED_LD rl::mo_seq_cst
+#endif
 #define RLX rl::mo_relaxed
 
 enum { IDLE = 0, ARMED = 1, WAKING = 2 };
@@ -185,7 +193,7 @@ struct chan {
             return 0;
         }
         if (senders($).load(SC) != 0) {
-            if (!closed($).load(SC))
+            if (!closed($).load(CLOSED_LD))
                 return -1;
 #ifdef EAGER_EPIPE
             return -2;
@@ -200,9 +208,16 @@ struct chan {
     // of a receive future pending elsewhere.
     void close()
     {
-        tail($).fetch_or(MARK, SC);
+#ifdef CLOSED_FIRST
         closed($).store(true, SC);
+        tail($).fetch_or(MARK, SC);
+#else
+        tail($).fetch_or(MARK, SC);
+        closed($).store(true, CLOSED_ST);
+#endif
+#ifndef NO_CLOSE_WAKE
         aw_wake();
+#endif
     }
     bool enqueue(int id)
     {
@@ -515,6 +530,44 @@ struct close_drain : rl::test_suite<close_drain, 3> {
     }
 };
 
+// The receive future waits in task 1 on one thread; the receiver's close runs
+// on another; one sender. The receive must end (-2) once the sender's messages
+// are all taken; none lost.
+struct close_remote : rl::test_suite<close_remote, 3> {
+    chan ch;
+    int sent, got;
+    void before()
+    {
+        ch.init(1);
+        sent = got = 0;
+    }
+    void thread(unsigned t)
+    {
+        if (t == 0) {
+            int v;
+            for (;;) {
+                int r = ch.recv_blocking(1, &v, false);
+                if (r == -2)
+                    break;
+                RL_ASSERT(v == got);
+                got++;
+            }
+        } else if (t == 1) {
+            ch.close();
+        } else {
+            for (int v = 0; v < 2; v++) {
+                int r;
+                while ((r = ch.try_send(v)) == -1)
+                    rl::yield(1, $);
+                if (r != 0)
+                    break;
+                sent++;
+            }
+        }
+    }
+    void after() { RL_ASSERT(got == sent); }
+};
+
 int main(int argc, char **argv)
 {
     rl::test_params p;
@@ -526,5 +579,6 @@ int main(int argc, char **argv)
     ok = rl::simulate<pass_on>(p) && ok;
     ok = rl::simulate<turn_thief>(p) && ok;
     ok = rl::simulate<close_drain>(p) && ok;
+    ok = rl::simulate<close_remote>(p) && ok;
     return ok ? 0 : 1;
 }

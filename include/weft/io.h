@@ -259,7 +259,8 @@ void weft_shutdown_init(struct weft_io *io, int fd, int how);
 /* Closes `fd` through the ring. result: 0 or -errno. A socket with SO_LINGER
  * on and a timeout closes on the kernel's async workers, so its wait for
  * unsent data never holds the worker. No other operation on `fd` may be
- * pending (shut it down or drop them first: docs/io.md, Limits). */
+ * pending: every one must have completed or been dropped (a shutdown or an
+ * abort alone does not wait for that: docs/io.md, Limits). */
 void weft_close_init(struct weft_io *io, int fd);
 
 /* Socket options, synchronous; each returns 0 or -errno (-EBADF, -ENOTSOCK). */
