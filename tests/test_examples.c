@@ -223,10 +223,14 @@ static int run_status(const char *name, const char *const *args)
 
 /* ---- a client ---------------------------------------------------------------- */
 
-static int try_dial(int port)
+/* A client socket connected to `port`; its receive buffer `rcvbuf` bytes
+ * (set before the connect, which fixes the window), or the default for 0. */
+static int try_dial_rcvbuf(int port, int rcvbuf)
 {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     cr_assert(fd >= 0);
+    if (rcvbuf)
+        cr_assert_eq(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf), 0);
     struct timeval tv = { 5, 0 }; /* no read or write blocks a test for longer */
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
@@ -240,11 +244,21 @@ static int try_dial(int port)
     return fd;
 }
 
-static int dial(int port)
+static int try_dial(int port)
 {
-    int fd = try_dial(port);
+    return try_dial_rcvbuf(port, 0);
+}
+
+static int dial_rcvbuf(int port, int rcvbuf)
+{
+    int fd = try_dial_rcvbuf(port, rcvbuf);
     cr_assert(fd >= 0, "connect: %s", strerror(-fd));
     return fd;
+}
+
+static int dial(int port)
+{
+    return dial_rcvbuf(port, 0);
 }
 
 static void send_bytes(int fd, const void *p, size_t n)
@@ -695,14 +709,7 @@ Test(http, connection_close_is_honoured, .fini = kill_server, .timeout = 30)
 Test(http, close_after_a_deep_pipeline_loses_no_response, .fini = kill_server, .timeout = 30)
 {
     int port = start_server("weft-http", "5000");
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    int small = 4096;
-    cr_assert_eq(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small), 0);
-    struct timeval tv = { 5, 0 };
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    cr_assert_eq(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    int fd = dial_rcvbuf(port, 4096); /* a client that reads late: its window fills */
     static const char one[] = "GET / HTTP/1.1\r\n\r\n", last[] = "GET / HTTP/1.1\r\nConnection: close\r\n\r\n";
     size_t n1 = sizeof(one) - 1, len = 3300 * n1 + sizeof(last) - 1, at = 0;
     char *reqs = malloc(len);
@@ -790,14 +797,7 @@ Test(http, sigterm_mid_request_answers_it_then_closes, .fini = kill_server, .tim
 Test(http, stop_then_a_late_request_loses_no_response, .fini = kill_server, .timeout = 30)
 {
     int port = start_server("weft-http", "5000");
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    int small = 4096;
-    cr_assert_eq(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small), 0);
-    struct timeval tv = { 5, 0 };
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    cr_assert_eq(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    int fd = dial_rcvbuf(port, 4096); /* a client that reads late: its window fills */
     for (int i = 0; i < 320; i++)
         send_str(fd, GET);
     sleep_us(300000);
