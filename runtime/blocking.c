@@ -24,8 +24,8 @@
  * job only below the cap (`computing`, under the lock), so blocking jobs are
  * never held behind CPU-bound ones, and a thread that ends a compute job
  * takes the next one itself. A compute job is lowered by its own thread
- * before fn runs (blocking jobs wait for the monitor: see the priority
- * comment). Why the cap: measured with the stall demo (docs/blocking.md),
+ * before fn runs (blocking jobs wait for the monitor: blocking_prio.c).
+ * Why the cap: measured with the stall demo (docs/blocking.md),
  * a lowered job on every CPU still delays the workers by milliseconds now
  * and then (the scheduler leaves a normal thread queued behind a SCHED_IDLE
  * one, or does not move it to the other CPU), while one CPU kept free of
@@ -38,11 +38,9 @@
  * means one of them sees the other, so the wake is never lost. The state's
  * seq_cst store also releases the output to the handle's load. */
 #include <errno.h>
-#include <linux/capability.h>
 #include <linux/futex.h>
 #include <sched.h>
 #include <stdlib.h>
-#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -163,9 +161,6 @@ static struct weft__job *take_all_jobs(struct blocking_pool *p)
 
 /* ---- the pool ------------------------------------------------------------------- */
 
-static void save_base_priority(struct blocking_pool *p);
-static bool may_raise_priority(const struct blocking_pool *p);
-
 /* The CPUs this process may run on, less one for the workers; at least 1. */
 static uint32_t default_compute_max(void)
 {
@@ -202,10 +197,10 @@ void weft__blocking_init(struct weft_runtime *rt, const struct weft_runtime_conf
                               : (uint64_t)slice * 1000u;
     p->priority = cfg->blocking_priority;
     atomic_init(&p->monitor_dozing, 0);
-    save_base_priority(p);
+    weft__prio_init(p);
     /* Lowering is only done when a thread can come back up: a thread stuck
      * low would take the pool's and the runtime's locks at low priority. */
-    p->demotes = p->priority != WEFT_BLOCKING_PRIO_NORMAL && may_raise_priority(p);
+    p->demotes = p->priority != WEFT_BLOCKING_PRIO_NORMAL && weft__prio_may_raise(p);
 }
 
 void weft__blocking_fini(struct weft_runtime *rt)
@@ -224,116 +219,6 @@ static struct timespec deadline_after(uint64_t ns)
     ts.tv_sec += (time_t)(ns / 1000000000u + t / 1000000000u);
     ts.tv_nsec = (long)(t % 1000000000u);
     return ts;
-}
-
-/* ---- priority -------------------------------------------------------------------
- * Pool threads run at the workers' priority, and a job that runs long is
- * lowered while it runs: the stall monitor (metrics.c) calls
- * weft__blocking_demote every DEMOTE_NS / 2 or so while jobs run, which moves
- * any job past DEMOTE_NS to the configured lower priority (SCHED_IDLE by
- * default); the thread goes back up when the job returns. So short jobs cost
- * no syscall at all (measured: lowering around every job doubled the cost of
- * spawn_blocking_seq), and the pool's bookkeeping and the joiner's wake,
- * which take locks the workers take too, never run low: a low-priority
- * thread preempted while it holds such a lock would stall a worker until a
- * CPU falls idle (priority inversion). Going back up needs CAP_SYS_NICE or a
- * raised RLIMIT_NICE: without them the pool lowers nothing (checked once, at
- * creation); a thread that finds itself unable to (capabilities dropped
- * later) exits after its job and a new one starts at the workers' priority. */
-#define DEMOTE_NS 1000000u
-
-/* A pool thread as the monitor sees it; on the pool's list, under its lock. */
-struct pool_slot {
-    struct pool_slot *next, **pprev;
-    pid_t tid;
-    uint64_t job_start;     /* ns, while a job runs; else 0 (under the lock) */
-    _Atomic bool demoted;   /* lowered by the monitor during this job: set under
-                             * the lock, cleared by the thread */
-    _Atomic bool ending;    /* the job's fn returned: the monitor lowers it no
-                             * more (narrows the window in which it would lower
-                             * a thread about to take the lock; the second
-                             * exchange of `demoted` closes it) */
-};
-
-/* Lowers thread `tid` as `prio` says; false if that failed. */
-static bool prio_lower(pid_t tid, uint32_t prio)
-{
-    if (prio == WEFT_BLOCKING_PRIO_NICE)
-        return setpriority(PRIO_PROCESS, (id_t)tid, 19) == 0;
-    struct sched_param sp = { 0 };
-    return sched_setscheduler(tid, SCHED_IDLE, &sp) == 0;
-}
-
-/* The workers' priority: the policy and nice value of the thread creating
- * the runtime, which its workers inherit (not always SCHED_OTHER at nice 0:
- * a server started with `nice -n 5` or `chrt -b` would otherwise have its
- * pool threads put back above its workers). */
-static void save_base_priority(struct blocking_pool *p)
-{
-    int policy = sched_getscheduler(0);
-    p->base_policy = policy < 0 ? SCHED_OTHER : policy & ~SCHED_RESET_ON_FORK;
-    if (sched_getparam(0, &p->base_param) != 0)
-        p->base_param = (struct sched_param){ 0 };
-    errno = 0;
-    int nice = getpriority(PRIO_PROCESS, 0); /* the calling thread's, on Linux */
-    p->base_nice = errno ? 0 : nice;
-    /* SCHED_RESET_ON_FORK: the workers did not inherit a real-time policy
-     * (they run SCHED_OTHER) nor a negative nice value (0): sched(7). */
-    if (policy >= 0 && (policy & SCHED_RESET_ON_FORK)) {
-        if (p->base_policy == SCHED_FIFO || p->base_policy == SCHED_RR) {
-            p->base_policy = SCHED_OTHER;
-            p->base_param = (struct sched_param){ 0 };
-        }
-        if (p->base_nice < 0)
-            p->base_nice = 0;
-    }
-}
-
-/* The calling thread back to the workers' priority: both the nice value and
- * the policy, whichever was lowered (a thread started by a thread of another
- * priority inherited that one). The nice value first: leaving SCHED_IDLE is
- * judged against it (the kernel's can_nice). */
-static bool prio_restore(const struct blocking_pool *p)
-{
-    bool ok = setpriority(PRIO_PROCESS, 0, p->base_nice) == 0;
-    return sched_setscheduler(0, p->base_policy, &p->base_param) == 0 && ok;
-}
-
-/* Whether this process may raise a thread back to the workers' priority:
- * CAP_SYS_NICE, or (for a policy that is not real-time) RLIMIT_NICE of at
- * least 20 - their nice value (the kernel's can_nice). */
-static bool may_raise_priority(const struct blocking_pool *p)
-{
-    struct rlimit rl;
-    bool rt = p->base_policy == SCHED_FIFO || p->base_policy == SCHED_RR;
-    if (!rt && getrlimit(RLIMIT_NICE, &rl) == 0 &&
-        (rl.rlim_cur == RLIM_INFINITY || (long long)rl.rlim_cur >= 20 - (long long)p->base_nice))
-        return true;
-    struct __user_cap_header_struct hdr = { _LINUX_CAPABILITY_VERSION_3, 0 };
-    struct __user_cap_data_struct data[2];
-    return syscall(SYS_capget, &hdr, data) == 0 && (data[0].effective & (1u << CAP_SYS_NICE));
-}
-
-bool weft__blocking_demote(struct weft_runtime *rt, uint64_t now)
-{
-    struct blocking_pool *p = &rt->blocking;
-    if (!p->demotes)
-        return false;
-    pthread_mutex_lock(&p->lock);
-    bool unlowered = false;
-    for (struct pool_slot *s = p->slots; s; s = s->next) {
-        if (!s->job_start || atomic_load_explicit(&s->demoted, memory_order_relaxed) ||
-            atomic_load_explicit(&s->ending, memory_order_relaxed))
-            continue;
-        /* `now` was read before the lock: a job may have started since. */
-        if (now > s->job_start && now - s->job_start >= DEMOTE_NS &&
-            prio_lower(s->tid, p->priority))
-            atomic_store_explicit(&s->demoted, true, memory_order_relaxed);
-        else
-            unlowered = true;
-    }
-    pthread_mutex_unlock(&p->lock);
-    return unlowered;
 }
 
 /* Gives room freed in the queue to the first spawn waiting for it (under the
@@ -509,7 +394,7 @@ static void *pool_thread(void *arg)
      * lock. (Where it cannot be raised, nothing here could raise it; the
      * pool then lowers nothing, and a spawner above the workers' priority
      * keeps its own: a failure is not an error.) */
-    prio_restore(p);
+    weft__prio_restore(p);
     pthread_mutex_lock(&p->lock);
     slot.next = p->slots;
     slot.pprev = &p->slots;
@@ -546,7 +431,7 @@ static void *pool_thread(void *arg)
             bool sliced = false;
             if (cpu && p->demotes) {
                 bool can_slice = p->compute_slice_ns && weft__slice_ready(&slicer, rt, slot.tid);
-                if (prio_lower(0, p->priority)) {
+                if (weft__prio_lower(0, p->priority)) {
                     atomic_store_explicit(&slot.demoted, true, memory_order_relaxed);
                     sliced = can_slice && weft__slice_start(&slicer, p->compute_slice_ns);
                 }
@@ -560,13 +445,13 @@ static void *pool_thread(void *arg)
              * meantime: the bookkeeping and the joiner's wake run at the
              * workers' priority. */
             bool low = atomic_exchange_explicit(&slot.demoted, false, memory_order_relaxed);
-            if (low && !prio_restore(p))
+            if (low && !weft__prio_restore(p))
                 retire = true; /* stuck low (capabilities dropped): a new thread takes over */
             pthread_mutex_lock(&p->lock);
             slot.job_start = 0;
             low = atomic_exchange_explicit(&slot.demoted, false, memory_order_relaxed);
             pthread_mutex_unlock(&p->lock);
-            if (low && !prio_restore(p))
+            if (low && !weft__prio_restore(p))
                 retire = true;
             job_finish(j, JOB_DONE);
             pthread_mutex_lock(&p->lock);

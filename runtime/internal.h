@@ -223,6 +223,28 @@ struct blocking_pool {
     bool abandoned;                /* destroy stopped waiting: threads release their own */
 };
 
+/* A pool thread as the monitor sees it; on the pool's list, under its lock. */
+struct pool_slot {
+    struct pool_slot *next, **pprev;
+    pid_t tid;
+    uint64_t job_start;     /* ns, while a job runs; else 0 (under the lock) */
+    _Atomic bool demoted;   /* lowered by the monitor during this job: set under
+                             * the lock, cleared by the thread */
+    _Atomic bool ending;    /* the job's fn returned: the monitor lowers it no
+                             * more (narrows the window in which it would lower
+                             * a thread about to take the lock; the second
+                             * exchange of `demoted` closes it) */
+};
+
+/* ---- the pool's priorities (blocking_prio.c) ---- */
+/* Saves the workers' priority (the calling thread's: the runtime's creator). */
+void weft__prio_init(struct blocking_pool *p);
+/* Whether the process may raise a thread back to the workers' priority. */
+bool weft__prio_may_raise(const struct blocking_pool *p);
+/* Lowers thread `tid` (0: the caller) as `prio` says; false if that failed. */
+bool weft__prio_lower(pid_t tid, uint32_t prio);
+/* The calling thread back to the workers' priority; false if that failed. */
+bool weft__prio_restore(const struct blocking_pool *p);
 void weft__blocking_init(struct weft_runtime *rt, const struct weft_runtime_config *cfg);
 /* The monitor's call: lowers the priority of jobs running for over 1 ms.
  * Returns whether a job runs still unlowered (the monitor then looks again

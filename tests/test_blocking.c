@@ -903,7 +903,7 @@ static bool can_switch_back(uint32_t prio)
 /* A short job runs at the workers' priority (no syscall per job); a long one
  * is lowered by the monitor after about 1 ms, to the policy and nice value
  * asked for, if the process may raise the thread again (otherwise nothing is
- * lowered: blocking.c's priority comment). Once it is done, its thread is
+ * lowered: blocking_prio.c's comment). Once it is done, its thread is
  * back at the workers' priority. */
 static void check_priority_of(uint32_t prio, int want_policy, int want_nice, int own_policy,
                               int own_nice)
