@@ -63,7 +63,7 @@ struct weft_runtime_config {
     uint32_t blocking_shutdown_ms;  /* destroy waits this long for running jobs; 0: 5000 */
     uint32_t blocking_priority;     /* enum weft_blocking_priority */
     uint32_t compute_max_threads;   /* weft_spawn_compute jobs running at once, in [1, 65536];
-                                     * 0: the process's CPUs less one, at least 1; never
+                                     * 0: the creating thread's CPUs less one, at least 1; never
                                      * above blocking_max_threads - 1 (or 1) */
     uint32_t compute_slice_us;      /* a lowered compute job yields its CPU (and hands it to a
                                      * waiting worker) every this many us (docs/blocking.md),
