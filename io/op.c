@@ -303,14 +303,16 @@ static void release_products(struct weft__io *io, struct weft__op *op)
     else if (op->kind == OP_OPEN && op->res >= 0)
         close(op->res);
     op->fd = op->res = -1;
-    if (weft__op_has_buffer(op) && (op->off & RB_HEAP)) {
+    if (!weft__op_has_buffer(op))
+        return;
+    if (op->off & RB_HEAP) { /* the fallback's (bufring.c) */
         op->off = 0;
         rt_free(io->rt, (void *)(uintptr_t)op->addr, io->buf_size);
-    } else if (weft__op_has_buffer(op)) {
-        uint16_t bid = (uint16_t)(op->cqe_flags >> IORING_CQE_BUFFER_SHIFT);
-        op->cqe_flags = 0; /* before the put, which may submit (and so reap) */
-        weft__bufring_put(io, bid);
+        return;
     }
+    uint16_t bid = (uint16_t)(op->cqe_flags >> IORING_CQE_BUFFER_SHIFT);
+    op->cqe_flags = 0; /* before the put, which may submit (and so reap) */
+    weft__bufring_put(io, bid);
 }
 
 /* Frees a slot whose result the future consumed (or will never read). */

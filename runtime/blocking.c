@@ -416,13 +416,12 @@ static void *pool_thread(void *arg)
             wake_waiter(&k);
             /* A monitor asleep at the stall detector's slower pace would
              * look at this job late: wake it (metrics.c, monitor_main). The
-             * lock orders this load after the monitor's store of 1 whenever
-             * its look under the lock missed job_start (Dekker through the
-             * mutex); seq_cst, a plain load on x86. One syscall for the
-             * first job after a quiet spell, none for the jobs after it. */
-            if (!cpu && p->demotes && atomic_load(&p->monitor_dozing) &&
-                atomic_exchange(&p->monitor_dozing, 0))
-                syscall(SYS_futex, &p->monitor_dozing, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+             * lock orders the rouse's load after the monitor's store of 1
+             * whenever its look under the lock missed job_start (Dekker
+             * through the mutex). One syscall for the first job after a
+             * quiet spell, none for the jobs after it. */
+            if (!cpu && p->demotes)
+                weft__monitor_rouse(p);
             if (more)
                 start_reserved(rt);
             /* A compute job runs lowered from its first instruction, and

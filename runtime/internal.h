@@ -189,6 +189,10 @@ struct weft__monitor;
 /* Starts the stall monitor thread (unless the config turns it off). */
 int weft__monitor_start(struct weft_runtime *rt, const struct weft_runtime_config *cfg);
 void weft__monitor_stop(struct weft_runtime *rt);
+struct blocking_pool;
+/* Wakes a monitor dozing on p->monitor_dozing (metrics.c); one load when it
+ * does not doze. */
+void weft__monitor_rouse(struct blocking_pool *p);
 
 /* ---- the blocking pool (blocking.c) ----------------------------------------- */
 struct weft__jobq {

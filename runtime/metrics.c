@@ -542,15 +542,22 @@ int weft__monitor_start(struct weft_runtime *rt, const struct weft_runtime_confi
     return 0;
 }
 
+void weft__monitor_rouse(struct blocking_pool *p)
+{
+    /* Seq_cst load, then the exchange: the other halves of the monitor's
+     * store of 1 and its look (under the pool's lock) or its check of stop. */
+    if (atomic_load(&p->monitor_dozing) && atomic_exchange(&p->monitor_dozing, 0))
+        syscall(SYS_futex, &p->monitor_dozing, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+}
+
 void weft__monitor_stop(struct weft_runtime *rt)
 {
     struct weft__monitor *m = rt->monitor;
     if (!m)
         return;
-    atomic_store(&m->stop, 1); /* seq_cst: before the exchange (monitor_main) */
+    atomic_store(&m->stop, 1); /* seq_cst: before the rouse's load (monitor_main) */
     syscall(SYS_futex, &m->stop, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
-    if (atomic_exchange(&rt->blocking.monitor_dozing, 0))
-        syscall(SYS_futex, &rt->blocking.monitor_dozing, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+    weft__monitor_rouse(&rt->blocking);
     pthread_join(m->thread, NULL);
     free(m);
     rt->monitor = NULL;
