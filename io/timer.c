@@ -54,6 +54,8 @@ static void sift_down(struct weft__io *io, uint32_t i, struct timer_ent e)
 
 static bool heap_grow(struct weft__io *io)
 {
+    if (io->heap_cap > UINT32_MAX / 2)
+        return false; /* 2^31 timers on one worker: the index would wrap */
     uint32_t cap = io->heap_cap ? io->heap_cap * 2 : 64;
     struct timer_ent *h = rt_alloc(io->rt, cap * sizeof(*h));
     if (!h)

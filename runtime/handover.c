@@ -218,8 +218,16 @@ void weft__handover_undo(struct weft__worker *w)
      * affinity since, its choice stands. Before FREE: a looker may narrow
      * the worker again only once this is done, or it would save the old
      * narrowing as the mask to go back to. */
-    if (sched_getaffinity(0, sizeof now, &now) == 0 && CPU_COUNT(&now) == 1 && CPU_ISSET(cpu, &now))
+    if (sched_getaffinity(0, sizeof now, &now) == 0 && CPU_COUNT(&now) == 1 && CPU_ISSET(cpu, &now) &&
+        sched_setaffinity(0, sizeof was, &was) != 0) {
+        /* The old mask is no longer allowed (a cpuset shrank meanwhile):
+         * widen to every CPU, which the kernel cuts down to the allowed
+         * ones, rather than stay on one CPU for good. */
+        CPU_ZERO(&was);
+        for (int c = 0; c < CPU_SETSIZE; c++)
+            CPU_SET(c, &was);
         sched_setaffinity(0, sizeof was, &was);
+    }
     atomic_store_explicit(&w->handed, HANDED_FREE, memory_order_release);
 }
 

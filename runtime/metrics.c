@@ -21,6 +21,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <linux/futex.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
@@ -118,14 +119,21 @@ int weft_metrics_read(struct weft_runtime *rt, struct weft_metrics *m)
         /* busy_ns plus the stretch in progress, read as one (the park's
          * seqlock, sched.c): acquire pairs with its release store of the
          * even sequence; the acquire fence orders the two loads before the
-         * re-read, which sees the odd sequence if a park changed them. */
+         * re-read, which sees the odd sequence if a park changed them. A
+         * reader that keeps finding the sequence odd yields: the worker may
+         * be preempted inside its few instructions by this very thread (a
+         * real-time reader on the worker's CPU would otherwise spin for good). */
         uint64_t seq, since;
-        do {
+        for (unsigned spins = 1;; spins++) {
             seq = atomic_load_explicit(&st->busy_seq, memory_order_acquire);
             m->worker[i].busy_ns = load(&st->busy_ns);
             since = load(&st->busy_since);
             atomic_thread_fence(memory_order_acquire);
-        } while ((seq & 1) || atomic_load_explicit(&st->busy_seq, memory_order_relaxed) != seq);
+            if (!(seq & 1) && atomic_load_explicit(&st->busy_seq, memory_order_relaxed) == seq)
+                break;
+            if (spins % 64 == 0)
+                sched_yield();
+        }
         if (since && now > since)
             m->worker[i].busy_ns += now - since;
         m->spawned += load(&st->spawns);
