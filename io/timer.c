@@ -227,13 +227,25 @@ static enum weft_poll timeout_poll(struct weft_future *f, struct weft_cx *cx)
         return WEFT_READY;
     if (!t->inner || !t->inner->ops || !t->inner->ops->poll)
         return timeout_finish(t, -EINVAL);
+    bool had_budget = cx->budget > 0;
     if (weft_future_poll(t->inner, cx) == WEFT_READY) {
         weft_future_drop(&t->sleep.base);
         return timeout_finish(t, 0);
     }
     if (!t->sleep.base.ops)
         weft_sleep_init(&t->sleep, t->duration_ns);
-    if (weft_future_poll(&t->sleep.base, cx) == WEFT_PENDING)
+    /* An inner future that spent the whole budget (a read loop on a socket
+     * that always has data) would leave the sleep polled with none, pending
+     * without a look at its deadline, at every poll: the timeout never
+     * fired. The sleep gets one unit lent for its poll (Tokio's timeout polls
+     * its delay unconstrained in that case), taken back after. */
+    bool lend = had_budget && cx->budget == 0;
+    if (lend)
+        cx->budget = 1;
+    enum weft_poll due = weft_future_poll(&t->sleep.base, cx);
+    if (lend)
+        cx->budget = 0;
+    if (due == WEFT_PENDING)
         return WEFT_PENDING;
     if (t->sleep.result != 0)
         return timeout_finish(t, t->sleep.result); /* -ECANCELED: the runtime stops */

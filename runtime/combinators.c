@@ -26,12 +26,21 @@ void weft_yield_now_init(struct weft_yield_now *y)
 static enum weft_poll join_all_poll(struct weft_future *f, struct weft_cx *cx)
 {
     struct weft_join_all *j = (struct weft_join_all *)f;
-    for (size_t i = 0; i < j->n && j->remaining > 0; i++) {
+    /* Each poll starts one child further along (Tokio's join! does the
+     * same): a child that spends the cooperative budget at every poll would
+     * otherwise leave every child after it polled with none, so a sleep or a
+     * receive behind it never completed until it finished. */
+    size_t i = j->next;
+    for (size_t k = 0; k < j->n && j->remaining > 0; k++) {
         if (j->futs[i] && weft_future_poll(j->futs[i], cx) == WEFT_READY) {
             j->futs[i] = NULL;
             j->remaining--;
         }
+        if (++i == j->n)
+            i = 0;
     }
+    if (j->n && ++j->next == j->n)
+        j->next = 0;
     return j->remaining == 0 ? WEFT_READY : WEFT_PENDING;
 }
 
@@ -81,6 +90,6 @@ int weft_join_all_init(struct weft_join_all *j, struct weft_future **futs, size_
     int err = check_distinct(futs, n);
     if (err)
         return err;
-    *j = (struct weft_join_all){ { &join_all_ops, 0 }, futs, n, n };
+    *j = (struct weft_join_all){ { &join_all_ops, 0 }, futs, n, n, 0 };
     return 0;
 }

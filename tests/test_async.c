@@ -522,6 +522,138 @@ Test(async, await_join_handles_in_task, .timeout = 30)
     cr_assert_eq(atomic_load(&leaf_drops[6]), 1, "the aborted child is dropped");
 }
 
+/* ---- the cooperative budget against the combinators ------------------------------------- */
+
+/* A loop of sleeps that are already due: each is ready at once and spends a
+ * unit of the budget, so every poll of it ends with the budget spent (a
+ * read loop on a socket that always has data). It finishes at `until_ns`,
+ * or once *watch is NULL (a join-all sibling it waits for is ready). */
+struct hog {
+    struct weft_future base;
+    struct weft_sleep s;
+    uint64_t until_ns;
+    struct weft_future *const *watch;
+    uint64_t seen_ns; /* when it saw *watch go NULL, or 0 */
+};
+
+static enum weft_poll hog_poll(struct weft_future *f, struct weft_cx *cx)
+{
+    struct hog *h = (struct hog *)f;
+    WEFT_ASYNC_BEGIN(f);
+    while (weft_now_ns() < h->until_ns) {
+        if (h->watch && !*h->watch) {
+            h->seen_ns = weft_now_ns();
+            break;
+        }
+        weft_sleep_until_init(&h->s, 0);
+        WEFT_AWAIT(f, cx, &h->s);
+        weft_future_drop(&h->s.base);
+    }
+    WEFT_ASYNC_END(f);
+}
+
+static void hog_drop(struct weft_future *f)
+{
+    weft_future_drop(&((struct hog *)f)->s.base);
+}
+
+static const struct weft_future_ops hog_ops = { hog_poll, hog_drop };
+
+static void hog_init(struct hog *h, uint64_t for_ns, struct weft_future *const *watch)
+{
+    *h = (struct hog){ .base = { &hog_ops, 0 }, .until_ns = weft_now_ns() + for_ns,
+                       .watch = watch };
+}
+
+#define MS WEFT_NS_PER_MS
+
+/* A 20 ms timeout around a hog of 1 s. The timeout's sleep used to be polled
+ * after the hog had spent the budget, so it pended without looking at its
+ * deadline: the hog ran its whole second and the result was 0. */
+struct hog_timeout {
+    struct weft_future base;
+    struct hog hog;
+    struct weft_timeout to;
+    uint64_t t0, took;
+};
+
+static enum weft_poll hog_timeout_poll(struct weft_future *f, struct weft_cx *cx)
+{
+    struct hog_timeout *s = (struct hog_timeout *)f;
+    WEFT_ASYNC_BEGIN(f);
+    s->t0 = weft_now_ns();
+    hog_init(&s->hog, 1000 * MS, NULL);
+    weft_timeout_init(&s->to, &s->hog.base, 20 * MS);
+    WEFT_AWAIT(f, cx, &s->to);
+    s->took = weft_now_ns() - s->t0;
+    WEFT_ASYNC_END(f);
+}
+
+static void hog_timeout_drop(struct weft_future *f)
+{
+    weft_future_drop(&((struct hog_timeout *)f)->to.base);
+    weft_future_drop(&((struct hog_timeout *)f)->hog.base);
+}
+
+static const struct weft_future_ops hog_timeout_ops = { hog_timeout_poll, hog_timeout_drop };
+
+Test(async, a_timeout_fires_around_a_future_that_spends_the_budget, .timeout = 30)
+{
+    struct hog_timeout s = { .base = { &hog_timeout_ops, 0 } }, out;
+
+    run_spawned(&s.base, sizeof s, &out);
+    cr_assert_eq(out.to.result, -ETIMEDOUT, "result %d after %.1f ms", out.to.result,
+                 out.took / 1e6);
+    cr_assert_lt(out.took, 500 * MS, "timed out after %.1f ms", out.took / 1e6);
+}
+
+/* A join-all of a hog (up to 1 s, ending once its sibling is ready) and a
+ * 10 ms sleep. The join-all polled its children from the first on every
+ * poll, so the sleep always came after the hog had spent the budget and was
+ * never looked at: it was ready only when the hog gave up, 1 s later. */
+struct hog_join {
+    struct weft_future base;
+    struct hog hog;
+    struct weft_sleep s;
+    struct weft_future *ptrs[2];
+    struct weft_join_all ja;
+    uint64_t t0;
+};
+
+static enum weft_poll hog_join_poll(struct weft_future *f, struct weft_cx *cx)
+{
+    struct hog_join *s = (struct hog_join *)f;
+    WEFT_ASYNC_BEGIN(f);
+    s->t0 = weft_now_ns();
+    hog_init(&s->hog, 1000 * MS, &s->ptrs[1]);
+    weft_sleep_init(&s->s, 10 * MS);
+    s->ptrs[0] = &s->hog.base;
+    s->ptrs[1] = &s->s.base;
+    if (weft_join_all_init(&s->ja, s->ptrs, 2) != 0)
+        WEFT_RETURN(f);
+    WEFT_AWAIT(f, cx, &s->ja);
+    WEFT_ASYNC_END(f);
+}
+
+static void hog_join_drop(struct weft_future *f)
+{
+    weft_future_drop(&((struct hog_join *)f)->hog.base);
+    weft_future_drop(&((struct hog_join *)f)->s.base);
+}
+
+static const struct weft_future_ops hog_join_ops = { hog_join_poll, hog_join_drop };
+
+Test(async, a_join_all_child_that_spends_the_budget_does_not_starve_the_rest, .timeout = 30)
+{
+    struct hog_join s = { .base = { &hog_join_ops, 0 } }, out;
+
+    run_spawned(&s.base, sizeof s, &out);
+    cr_assert_eq(out.s.result, 0);
+    cr_assert_neq(out.hog.seen_ns, 0, "the 10 ms sleep was ready only after the 1 s hog");
+    cr_assert_lt(out.hog.seen_ns - out.t0, 500 * MS, "the sleep was ready after %.1f ms",
+                 (out.hog.seen_ns - out.t0) / 1e6);
+}
+
 /* ---- yield_now ---------------------------------------------------------------------------- */
 
 Test(async, yield_now_by_hand, .timeout = 30)

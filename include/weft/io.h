@@ -90,7 +90,9 @@ void weft_interval_init(struct weft_interval *iv, uint64_t period_ns);
  * come late by that much. A deadline around a compute job counts its time in
  * the compute lane's queue too. Around a weft_join_all, the drop ends the
  * join-all only: its children are the caller's, and their I/O goes on until
- * the caller drops them. */
+ * the caller drops them. An inner future that spends the whole cooperative
+ * budget at every poll (a loop over a socket that always has data) still
+ * times out: the deadline is looked at after it, with one unit lent. */
 struct weft_timeout {
     struct weft_future base;
     int result;

@@ -179,17 +179,21 @@ struct weft_yield_now {
 /* Initialises a yield-now future. */
 void weft_yield_now_init(struct weft_yield_now *y);
 
-/* Ready when all of `n` futures are. Each poll polls every child not yet ready;
- * futs[i] is set to NULL once child i is ready. The children stay owned by the
- * caller (read their outputs, then drop them). */
+/* Ready when all of `n` futures are. Each poll polls every child not yet ready,
+ * in turn, starting one child further along than the last poll did (so a
+ * child that spends the cooperative budget at every poll cannot starve the
+ * others); futs[i] is set to NULL once child i is ready. The children stay
+ * owned by the caller (read their outputs, then drop them). */
 struct weft_join_all {
     struct weft_future base;
     struct weft_future **futs;
     size_t n;
     size_t remaining;
+    size_t next; /* the child the next poll starts at */
 };
 
-/* Initialises a join-all over futs[0..n), polled in that order. Returns 0,
+/* Initialises a join-all over futs[0..n) (the first poll starts at futs[0],
+ * each later one a child further along). Returns 0,
  * -EINVAL for a NULL array with n > 0, a NULL / empty child or one listed
  * twice, or -ENOMEM (over 16 children, the duplicate check sorts a copy). */
 int weft_join_all_init(struct weft_join_all *j, struct weft_future **futs, size_t n);
