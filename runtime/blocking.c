@@ -226,7 +226,8 @@ static struct timespec deadline_after(uint64_t ns)
 static struct weft_waker take_room_waiter(struct blocking_pool *p)
 {
     struct weft_spawn_blocking_wait *w = p->whead;
-    if (!w)
+    /* Still full (jobs handed to idle threads count until taken): no room. */
+    if (!w || p->queued - p->cpu_queued >= p->queue_max)
         return (struct weft_waker){ 0 };
     p->whead = w->wnext;
     if (p->whead)
@@ -524,7 +525,10 @@ static int pool_push(struct weft_runtime *rt, struct weft__job *j, bool bounded,
         pthread_mutex_unlock(&p->lock);
         return -ESHUTDOWN;
     }
-    if (bounded && p->queue_max && p->queued - p->cpu_queued >= p->queue_max) {
+    /* The bound counts blocking jobs waiting for a thread; a job an idle
+     * thread is there to take is never refused (jobs handed to idle threads
+     * that have not woken yet stay counted until they do, microseconds). */
+    if (bounded && p->queue_max && p->idle == 0 && p->queued - p->cpu_queued >= p->queue_max) {
         if (waiter) {
             waiter->waker = weft_waker_clone(waker);
             waiter->wnext = NULL;

@@ -350,6 +350,46 @@ Test(blocking, bounded_queue_try_and_wait, .timeout = 60)
     wait_pool_gone();
 }
 
+/* The bound counts jobs waiting for a thread: with 8 idle threads and a
+ * queue of 2, a burst of 8 try_ spawns is taken whole (each has a thread);
+ * with all 8 busy, 2 more queue and the next is refused. The bound used to
+ * count jobs handed to idle threads that had not woken yet: 2-4 of the 8
+ * were taken. */
+Test(blocking, idle_threads_take_a_burst_past_the_bound, .timeout = 60)
+{
+    struct weft_runtime_config cfg = base_cfg();
+    cfg.blocking_max_threads = 8;
+    cfg.blocking_queue_max = 2;
+    struct weft_runtime *rt = start_cfg(&cfg);
+    struct weft_blocking_join h[11];
+
+    for (uintptr_t i = 0; i < 8; i++)
+        cr_assert_eq(weft_spawn_blocking(rt, job_gate_a, (void *)i, &h[i]), 0);
+    WAIT_UNTIL(atomic_load(&gate_a.started) == 8);
+    atomic_store(&gate_a.open, 1);
+    for (uintptr_t i = 0; i < 8; i++)
+        block_on_twice(rt, &h[i], i);
+    WAIT_UNTIL(metrics(rt).blocking_idle == 8);
+
+    int accepted = 0;
+    for (uintptr_t i = 0; i < 8; i++)
+        accepted += weft_try_spawn_blocking(rt, job_gate_b, (void *)(20 + i), &h[i]) == 0;
+    cr_assert_eq(accepted, 8, "%d of a burst of 8 taken by 8 idle threads", accepted);
+    WAIT_UNTIL(atomic_load(&gate_b.started) == 8);
+    cr_assert_eq(weft_try_spawn_blocking(rt, job_twice, (void *)30, &h[8]), 0);
+    cr_assert_eq(weft_try_spawn_blocking(rt, job_twice, (void *)31, &h[9]), 0);
+    cr_assert_eq(weft_try_spawn_blocking(rt, job_twice, (void *)32, &h[10]), -EAGAIN,
+                 "a third job queued behind 8 busy threads");
+    atomic_store(&gate_b.open, 1);
+    for (uintptr_t i = 0; i < 8; i++)
+        block_on_twice(rt, &h[i], 20 + i);
+    block_on_twice(rt, &h[8], 30);
+    block_on_twice(rt, &h[9], 31);
+    cr_assert_eq(atomic_load(&ran[32]), 0, "the refused try_ spawn ran");
+    weft_runtime_destroy(rt);
+    wait_pool_gone();
+}
+
 /* The same waits polled by hand: a waiter dropped while queued releases its
  * waker and nothing else; a waiter given room and dropped before it polls
  * again passes the room to the next one, which spawns at once. */

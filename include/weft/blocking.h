@@ -61,9 +61,10 @@ int weft_spawn_blocking(struct weft_runtime *rt, weft_blocking_fn *fn, void *arg
  * on I/O, sleeps or locks: those belong to weft_spawn_blocking. */
 int weft_spawn_compute(struct weft_runtime *rt, weft_blocking_fn *fn, void *arg,
                        struct weft_blocking_join *join);
-/* As weft_spawn_blocking, but with a bounded queue (config.blocking_queue_max)
- * already holding that many jobs not yet started, returns -EAGAIN at once
- * (also the usual thread creation error, when no pool thread could start). */
+/* As weft_spawn_blocking, but when no pool thread is idle and a bounded queue
+ * (config.blocking_queue_max) already holds that many jobs waiting for one,
+ * returns -EAGAIN at once (also the usual thread creation error, when no pool
+ * thread could start). */
 int weft_try_spawn_blocking(struct weft_runtime *rt, weft_blocking_fn *fn, void *arg,
                             struct weft_blocking_join *join);
 
