@@ -31,11 +31,13 @@ typedef void *weft_blocking_fn(void *arg);
 /* The join handle of a blocking job, a future. Awaiting it yields once the job
  * ran: `res` is 0 and `output` what fn returned; or `res` is -ECANCELED when
  * the runtime shut down before the job started (fn never ran). Dropping the
- * handle before that detaches the job: it still runs, its output is ignored. */
+ * handle before that detaches the job: it still runs, its output is ignored.
+ * A spawn that fails leaves the handle empty (ops NULL): check the spawn's
+ * result, an empty handle must not be awaited (weft_block_on gives -EINVAL). */
 struct weft_blocking_join {
     struct weft_future base;
     struct weft__job *job;  /* NULL once finished or dropped */
-    int32_t res;            /* when ready: 0, -ECANCELED, or -EINVAL (empty handle) */
+    int32_t res;            /* when ready: 0, -ECANCELED, or -EINVAL (polled again) */
     void *output;           /* when ready with res 0: fn's return value */
 };
 

@@ -4,6 +4,7 @@
 #ifndef WEFT_FUTURE_H
 #define WEFT_FUTURE_H
 
+#include <assert.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -137,9 +138,11 @@ static inline struct weft_cx weft_cx_from_waker(const struct weft_waker *w)
     return cx;
 }
 
-/* Polls `f` once. `f` must be initialised and not yet finished. */
+/* Polls `f` once. `f` must be initialised and not yet finished (an empty
+ * future, e.g. the handle of a spawn that failed, is a bug: an assert). */
 static inline enum weft_poll weft_future_poll(struct weft_future *f, struct weft_cx *cx)
 {
+    assert(f->ops && "polled an empty future (dropped, or its spawn failed)");
     return f->ops->poll(f, cx);
 }
 

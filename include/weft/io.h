@@ -116,8 +116,13 @@ struct weft_listen_opts {
  * sockets wait in a small queue until an accept future takes them. */
 struct weft_tcp_listener {
     int fd;
+#ifndef __cplusplus
     _Atomic(struct weft__acceptq *) q;
     _Atomic uint32_t entering;  /* accepts reading `q` as they start (tcp.c) */
+#else /* C++ has no _Atomic: the same size and alignment, touched only by tcp.c */
+    struct weft__acceptq *q;
+    uint32_t entering;
+#endif
 };
 
 /* Binds and listens on `addr` (a numeric IPv4 or IPv6 address such as
@@ -178,7 +183,7 @@ void weft_connect_init(struct weft_connect *c, const char *addr, uint16_t port,
 /* Receives into a buffer of the worker's provided-buffer ring, so a connection
  * waiting for data holds no buffer. result: bytes received (0 at end of
  * stream) or -errno; the bytes are at `data` until the future is dropped, which
- * gives the buffer back. When the ring is empty (its buffers held, say, by
+ * gives the buffer back (so drop it before the runtime is destroyed). When the ring is empty (its buffers held, say, by
  * echoes to peers that do not read) the receive takes a heap buffer of the
  * same size instead, freed where a ring buffer would go back: no receive
  * waits for another connection's buffer. */
@@ -265,7 +270,8 @@ void weft_shutdown_init(struct weft_io *io, int fd, int how);
  * abort alone does not wait for that: docs/io.md, Limits). */
 void weft_close_init(struct weft_io *io, int fd);
 
-/* Socket options, synchronous; each returns 0 or -errno (-EBADF, -ENOTSOCK). */
+/* Socket options, synchronous; each returns 0 or -errno (-EBADF, -ENOTSOCK;
+ * -EINVAL for a negative size or linger time). */
 int weft_tcp_set_nodelay(int fd, bool on);
 int weft_tcp_set_keepalive(int fd, bool on);
 int weft_socket_set_sndbuf(int fd, int bytes);
@@ -291,10 +297,13 @@ int weft_tcp_local_addr(int fd, char *buf, size_t len, uint16_t *port);
  * descriptor or -errno. `path` must stay valid until the future is dropped. */
 void weft_open_init(struct weft_io *io, const char *path, int flags, unsigned mode);
 
-/* Reads up to `len` bytes at `offset`. result: bytes (0 at end of file; fewer than `len` before it is possible: loop). */
+/* Reads up to `len` bytes at `offset` (UINT64_MAX: at the file position,
+ * advancing it, as read(2); other offsets past INT64_MAX give -EINVAL).
+ * result: bytes (0 at end of file; fewer than `len` before it is possible: loop). */
 void weft_read_at_init(struct weft_io *io, int fd, void *buf, size_t len, uint64_t offset);
 
-/* Writes up to `len` bytes at `offset` (once: may be short). It is write(2):
+/* Writes up to `len` bytes at `offset` (once: may be short; UINT64_MAX: at
+ * the file position, as for weft_read_at_init). It is write(2):
  * to a pipe or socket whose reader is gone it raises SIGPIPE, which kills
  * the process unless it is ignored (weft_send* on a socket never do). */
 void weft_write_at_init(struct weft_io *io, int fd, const void *buf, size_t len,

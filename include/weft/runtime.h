@@ -71,7 +71,8 @@ struct weft_runtime_config {
                                      * WEFT_COMPUTE_SLICE_OFF: never */
     /* The stall detector (weft/metrics.h). */
     uint32_t stall_threshold_us;    /* a poll longer than this is a stall; 0: 10000 (10 ms) */
-    bool no_stall_detector;         /* no monitor thread at all */
+    bool no_stall_detector;         /* no stall reports (the monitor thread
+                                     * still lowers long blocking jobs) */
     weft_stall_fn *on_stall;        /* NULL: one line on stderr per stall */
     void *stall_ctx;                /* passed to on_stall */
 };
@@ -105,7 +106,8 @@ int weft_runtime_shutdown(struct weft_runtime *rt, uint32_t timeout_ms);
 
 /* Runs `f` to completion as a task on the workers (so its I/O has a ring)
  * while the calling thread sleeps. `f` stays at its address and is not
- * dropped when it finishes. Returns 0, -EINVAL (NULL argument), -EDEADLK
+ * dropped when it finishes: drop it before destroying `rt` (a finished
+ * weft_recv still holds one of the runtime's buffers). Returns 0, -EINVAL (NULL argument), -EDEADLK
  * (called on a worker thread, which must never block), -ENOMEM, -EAGAIN (the
  * process has no thread-specific key left: PTHREAD_KEYS_MAX), -ESHUTDOWN, or
  * -ECANCELED when the runtime was destroyed first (then `f` was dropped). */
