@@ -390,11 +390,22 @@ static void arm_eventfd(struct weft__io *io)
     io->efd_armed = true;
 }
 
+/* How long a park may sleep before `deadline`: at most a day, so that a
+ * timer set centuries ahead (a deadline near 2^63 ns, not UINT64_MAX) never
+ * becomes a relative timeout the kernel's own arithmetic overflows (5.11's
+ * io_cqring_wait added it to the current time unchecked, and returned at
+ * once: the worker would spin). The park after a day's wait looks again. */
+static uint64_t park_ns(uint64_t deadline)
+{
+    uint64_t now = weft_now_ns(), d = deadline > now ? deadline - now : 0;
+    return d < 86400 * WEFT_NS_PER_SEC ? d : 86400 * WEFT_NS_PER_SEC;
+}
+
 static void futex_wait_until(struct park *p, uint64_t deadline)
 {
     struct timespec ts, *tsp = NULL;
     if (deadline != UINT64_MAX) {
-        uint64_t now = weft_now_ns(), d = deadline > now ? deadline - now : 0;
+        uint64_t d = park_ns(deadline);
         ts.tv_sec = (time_t)(d / WEFT_NS_PER_SEC);
         ts.tv_nsec = (long)(d % WEFT_NS_PER_SEC);
         tsp = &ts;
@@ -421,7 +432,7 @@ bool weft__io_park(struct weft__io *io)
             arm_eventfd(io);
             struct __kernel_timespec ts, *tsp = NULL;
             if (next != UINT64_MAX) {
-                uint64_t now = weft_now_ns(), d = next > now ? next - now : 0;
+                uint64_t d = park_ns(next);
                 ts.tv_sec = (int64_t)(d / WEFT_NS_PER_SEC);
                 ts.tv_nsec = (long long)(d % WEFT_NS_PER_SEC);
                 tsp = &ts;
