@@ -363,6 +363,11 @@ static void unreserve_thread(struct weft_runtime *rt)
 /* Starts a pool thread (the caller reserved it). 0 or -errno. */
 static int start_thread(struct weft_runtime *rt)
 {
+    /* A worker a compute job narrowed to its own CPU (handover.c) may be
+     * starting this thread mid-poll: put its affinity back first, or the
+     * new thread inherits the one CPU for good. */
+    if (weft__current)
+        weft__handover_undo(weft__current);
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
@@ -411,18 +416,9 @@ static void *pool_thread(void *arg)
             /* A compute job leaving its queue frees no room under queue_max. */
             struct weft_waker k = cpu ? (struct weft_waker){ 0 } : take_room_waiter(p);
             bool more = reserve_thread(rt, has_runnable(p));
-            slot.job_start = weft_now_ns();
             atomic_store_explicit(&slot.ending, false, memory_order_relaxed);
             pthread_mutex_unlock(&p->lock);
             wake_waiter(&k);
-            /* A monitor asleep at the stall detector's slower pace would
-             * look at this job late: wake it (metrics.c, monitor_main). The
-             * lock orders the rouse's load after the monitor's store of 1
-             * whenever its look under the lock missed job_start (Dekker
-             * through the mutex). One syscall for the first job after a
-             * quiet spell, none for the jobs after it. */
-            if (!cpu && p->demotes)
-                weft__monitor_rouse(p);
             if (more)
                 start_reserved(rt);
             /* A compute job runs lowered from its first instruction, and
@@ -436,6 +432,20 @@ static void *pool_thread(void *arg)
                     sliced = can_slice && weft__slice_start(&slicer, p->compute_slice_ns);
                 }
             }
+            /* The job's time starts here, after the pool's own work above
+             * (the waiter's wake, a thread start), which the monitor must
+             * never find lowered: counted from the take, a wake or a
+             * pthread_create held up past DEMOTE_NS ran at SCHED_IDLE (a
+             * helper's review). A monitor asleep at the stall detector's
+             * slower pace would look at this job late: wake it (metrics.c,
+             * monitor_main). Seq_cst store, then the rouse's seq_cst load:
+             * Dekker with the monitor's seq_cst store of the dozing word and
+             * its seq_cst load of job_start (blocking_prio.c), so either it
+             * sees this job or we see it dozing. One syscall for the first
+             * job after a quiet spell, none for the jobs after it. */
+            atomic_store(&slot.job_start, weft_now_ns());
+            if (!cpu && p->demotes)
+                weft__monitor_rouse(p);
             j->output = j->fn(j->arg);
             atomic_store_explicit(&slot.ending, true, memory_order_relaxed);
             if (sliced)
@@ -448,7 +458,7 @@ static void *pool_thread(void *arg)
             if (low && !weft__prio_restore(p))
                 retire = true; /* stuck low (capabilities dropped): a new thread takes over */
             pthread_mutex_lock(&p->lock);
-            slot.job_start = 0;
+            atomic_store_explicit(&slot.job_start, 0, memory_order_relaxed);
             low = atomic_exchange_explicit(&slot.demoted, false, memory_order_relaxed);
             pthread_mutex_unlock(&p->lock);
             if (low && !weft__prio_restore(p))

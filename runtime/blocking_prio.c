@@ -92,11 +92,14 @@ bool weft__blocking_demote(struct weft_runtime *rt, uint64_t now)
     pthread_mutex_lock(&p->lock);
     bool unlowered = false;
     for (struct pool_slot *s = p->slots; s; s = s->next) {
-        if (!s->job_start || atomic_load_explicit(&s->demoted, memory_order_relaxed) ||
+        /* Seq_cst: the other half of the pool thread's store and rouse
+         * (blocking.c), after the monitor's store of its dozing word. */
+        uint64_t start = atomic_load(&s->job_start);
+        if (!start || atomic_load_explicit(&s->demoted, memory_order_relaxed) ||
             atomic_load_explicit(&s->ending, memory_order_relaxed))
             continue;
         /* `now` was read before the lock: a job may have started since. */
-        if (now > s->job_start && now - s->job_start >= DEMOTE_NS &&
+        if (now > start && now - start >= DEMOTE_NS &&
             weft__prio_lower(s->tid, p->priority))
             atomic_store_explicit(&s->demoted, true, memory_order_relaxed);
         else

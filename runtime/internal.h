@@ -231,7 +231,9 @@ struct blocking_pool {
 struct pool_slot {
     struct pool_slot *next, **pprev;
     pid_t tid;
-    uint64_t job_start;     /* ns, while a job runs; else 0 (under the lock) */
+    _Atomic uint64_t job_start; /* ns, from just before the job's fn runs (after the
+                             * pool's own work, which never runs lowered); 0
+                             * between jobs (cleared under the lock) */
     _Atomic bool demoted;   /* lowered by the monitor during this job: set under
                              * the lock, cleared by the thread */
     _Atomic bool ending;    /* the job's fn returned: the monitor lowers it no

@@ -350,6 +350,11 @@ int weft_runtime_create(struct weft_runtime **out, const struct weft_runtime_con
         cfg = &defaults;
     if (!out)
         return -EINVAL;
+    /* Created in a task of another runtime, on a worker a compute job may
+     * have narrowed to one CPU (handover.c): the new threads (and the
+     * default compute cap, from the affinity) would inherit that. */
+    if (weft__current)
+        weft__handover_undo(weft__current);
     int err = check_config(cfg);
     if (err)
         return err;

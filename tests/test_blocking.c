@@ -1115,6 +1115,82 @@ Test(blocking, short_jobs_are_not_lowered_at_their_start, .timeout = 30)
     wait_pool_gone();
 }
 
+/* The pool's own work between two jobs never runs lowered: a thread that
+ * took a job and then woke a spawn waiting for room (here a wake that takes
+ * 5 ms, standing in for a preemption) was lowered in the middle of that
+ * wake, and the next job started at SCHED_IDLE before it had run at all: the
+ * job's time was counted from the take (a helper's review). */
+static _Atomic int room_wake_policy = -1, next_job_policy = -1;
+
+static void slow_room_wake(const void *d)
+{
+    (void)d;
+    spin_for(0.005);
+    atomic_store(&room_wake_policy, sched_getscheduler(0));
+}
+
+static void no_drop(const void *d)
+{
+    (void)d;
+}
+
+static struct weft_waker slow_clone(const void *d);
+static const struct weft_waker_ops slow_wake_ops = { slow_clone, slow_room_wake, slow_room_wake,
+                                                     no_drop };
+static struct weft_waker slow_clone(const void *d)
+{
+    return (struct weft_waker){ d, &slow_wake_ops };
+}
+
+static void *job_5ms(void *arg)
+{
+    spin_for(0.005);
+    return arg;
+}
+
+static void *job_note_policy(void *arg)
+{
+    atomic_store(&next_job_policy, sched_getscheduler(0));
+    return arg;
+}
+
+Test(blocking, the_pools_own_work_is_never_lowered, .timeout = 30)
+{
+    struct weft_runtime_config cfg = base_cfg();
+    cfg.blocking_priority = WEFT_BLOCKING_PRIO_DEFAULT;
+    cfg.blocking_max_threads = 1;
+    cfg.blocking_queue_max = 1;
+    struct weft_runtime *rt = start_cfg(&cfg);
+    if (!can_switch_back(WEFT_BLOCKING_PRIO_IDLE))
+        cr_skip_test("this process may not raise a thread again: nothing is lowered");
+    struct weft_blocking_join a, b;
+    cr_assert_eq(weft_spawn_blocking(rt, job_5ms, NULL, &a), 0);
+    WAIT_UNTIL(metrics(rt).blocking_queue_depth == 0); /* a runs: the thread is busy */
+    cr_assert_eq(weft_spawn_blocking(rt, job_note_policy, NULL, &b), 0); /* fills the queue */
+    struct weft_spawn_blocking_wait w;
+    weft_spawn_blocking_wait_init(&w, rt, job_noop, NULL);
+    struct weft_waker k = { NULL, &slow_wake_ops };
+    struct weft_cx cx = weft_cx_from_waker(&k);
+    cr_assert_eq(weft_future_poll(&w.base, &cx), WEFT_PENDING, "room in a full queue");
+    cr_assert_eq(weft_block_on(rt, &a.base), 0);
+    cr_assert_eq(weft_block_on(rt, &b.base), 0);
+    weft_future_drop(&a.base);
+    weft_future_drop(&b.base);
+    WAIT_UNTIL(atomic_load(&room_wake_policy) >= 0);
+    cr_assert_eq(weft_future_poll(&w.base, &cx), WEFT_READY);
+    cr_assert_eq(w.res, 0);
+    cr_assert_eq(weft_block_on(rt, &w.join.base), 0);
+    weft_future_drop(&w.join.base);
+    weft_future_drop(&w.base);
+    weft_runtime_destroy(rt);
+    wait_pool_gone();
+    cr_assert_eq(atomic_load(&room_wake_policy), SCHED_OTHER,
+                 "the pool's wake of a waiting spawn ran at policy %d",
+                 atomic_load(&room_wake_policy));
+    cr_assert_eq(atomic_load(&next_job_policy), SCHED_OTHER,
+                 "the next job started at policy %d", atomic_load(&next_job_policy));
+}
+
 /* A job is lowered about 1 ms after it starts, whatever the stall
  * detector's pace: a monitor that backed off to a slow pace (no poll seen,
  * a threshold of 1 s) is woken by the first job after a quiet spell, and so

@@ -290,3 +290,50 @@ Test(handover, a_moved_worker_woken_without_a_task_widens_back, .timeout = 30)
     cr_assert_eq(atomic_load(&w->handed), 0, "still marked as moved");
     weft_runtime_destroy(rt);
 }
+
+/* A worker moved in the middle of a poll (the looker narrows a worker that is
+ * runnable, which a poll preempted by another thread is) and starting a pool
+ * thread from that poll: the thread used to inherit the one CPU, for good,
+ * and so did every job it ran (a helper's review; the move is made by hand
+ * here, as the looker would). */
+static void *cpus_of_this_thread(void *arg)
+{
+    (void)arg;
+    cpu_set_t s;
+    CHECK(sched_getaffinity(0, sizeof s, &s) == 0);
+    return (void *)(uintptr_t)CPU_COUNT(&s);
+}
+
+static struct weft_blocking_join narrowed_job;
+static _Atomic int narrowed_spawn = 1;
+
+static enum weft_poll spawn_while_moved(struct weft_future *f, struct weft_cx *cx)
+{
+    (void)f, (void)cx;
+    struct weft__worker *w = weft__current;
+    CHECK(weft__handover_move(w, atomic_load(&w->tid), sched_getcpu()));
+    atomic_store(&narrowed_spawn, weft_spawn_blocking(weft_runtime_current(), cpus_of_this_thread,
+                                                      NULL, &narrowed_job));
+    return WEFT_READY;
+}
+
+static const struct weft_future_ops spawn_while_moved_ops = { spawn_while_moved, NULL };
+
+Test(handover, a_thread_started_by_a_moved_worker_gets_every_cpu, .timeout = 30)
+{
+    cpu_set_t all;
+    cr_assert_eq(sched_getaffinity(0, sizeof all, &all), 0);
+    if (CPU_COUNT(&all) < 2)
+        cr_skip_test("needs 2 CPUs");
+    struct weft_runtime *rt = start();
+    struct weft_future f = { &spawn_while_moved_ops, 0 };
+    cr_assert_eq(weft_block_on(rt, &f), 0);
+    cr_assert_eq(atomic_load(&narrowed_spawn), 0);
+    cr_assert_eq(weft_block_on(rt, &narrowed_job.base), 0);
+    cr_assert_eq(narrowed_job.res, 0);
+    int n = (int)(uintptr_t)narrowed_job.output;
+    weft_future_drop(&narrowed_job.base);
+    weft_runtime_destroy(rt);
+    cr_assert_eq(n, CPU_COUNT(&all), "the pool thread runs on %d CPU(s) of %d", n,
+                 CPU_COUNT(&all));
+}
