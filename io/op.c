@@ -318,6 +318,8 @@ static void release_products(struct weft__io *io, struct weft__op *op)
 /* Frees a slot whose result the future consumed (or will never read). */
 static void free_done(struct weft__io *io, struct weft__op *op)
 {
+    if (op->kind == OP_ACCEPT) /* a claimed multishot, kept counted (tcp.c: accept_final) */
+        io->inflight--;
     release_products(io, op);
     weft__op_free(io, op);
 }

@@ -420,12 +420,20 @@ bool weft__io_park(struct weft__io *io)
         next = weft__timers_run(io);
     uint32_t expect = PARK_EMPTY;
     /* A timer that just fired woke a task: run it rather than sleep; nor
-     * sleep while receives wait for a buffer the ring has (bufring.c: kick).
+     * sleep while receives wait for a buffer the ring has (bufring.c: kick),
+     * nor with slots on the remote list: their pusher's unpark may be the one
+     * the worker's loop just took (weft__io_take_unpark) and dropped as
+     * bringing no task, and a dropping thread waits for this list's pass (a
+     * helper's review: a drop off the owner hung for good). The relaxed load
+     * sees such a push: that take's acquire exchange pairs with the
+     * unparker's release, which follows the push; a push after this load
+     * unparks after it too, and finds EMPTY or PARKED, never lost.
      * Release CAS: an unparker that sees PARKED (acquire) also sees `efd` as
      * this thread left it (a failed weft__io_start closes it and sets -1, and
      * the unparker then takes the futex). On failure
      * (NOTIFIED) the unpark came first: consume it below without sleeping. */
     if (io->wakes == wakes && !weft__bufring_kick_due(io) &&
+        !atomic_load_explicit(&io->remote, memory_order_relaxed) &&
         atomic_compare_exchange_strong_explicit(&io->park.state, &expect, PARK_PARKED,
                                                 memory_order_release, memory_order_relaxed)) {
         if (io->has_ring) {

@@ -339,18 +339,22 @@ void weft_tcp_listener_close(struct weft_tcp_listener *l)
 
 static void accept_final(struct weft__io *io, struct weft__op *op, struct weft__acceptq *q)
 {
-    io->inflight--;
     q->pausing = false;
     uint32_t a = 1;
     /* Seq_cst: the store half of the Dekker with the acceptor, which
      * registers and then reads `armed` (the wake below comes after). */
     if (atomic_compare_exchange_strong(&q->armed, &a, 0)) {
+        io->inflight--;
         weft__op_free(io, op);
     } else {
-        /* The closer claimed the slot: hand it over as any finished op. */
+        /* The closer claimed the slot: hand it over as any finished op. A
+         * DONE slot stays counted in flight until the closer's release
+         * frees it (free_done), so a destroy cannot free the slab under it. */
         uint32_t s = OPS_PENDING;
-        if (!atomic_compare_exchange_strong(&op->state, &s, OPS_DONE))
+        if (!atomic_compare_exchange_strong(&op->state, &s, OPS_DONE)) {
+            io->inflight--;
             weft__op_orphan_final(io, op, s);
+        }
     }
     /* Woken after the disarm, so the acceptor's re-check sees armed == 0. */
     awaker_wake(&q->waker);
