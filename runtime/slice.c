@@ -27,7 +27,11 @@
  * lets SIGURG in while it runs and puts the thread's mask back after.
  * The handler stays installed; a SIGURG that no slice timer of the thread
  * it lands on sent does nothing (its payload is not trusted: a program's
- * own timer may send SIGURG with a payload of its own). */
+ * own timer may send SIGURG with a payload of its own), but, being handled
+ * rather than ignored, it interrupts a slow syscall of that thread with
+ * EINTR (docs/blocking.md says so; Go's SIGURG has the same effect).
+ * Blocking SIGURG in pool threads outside slices would spare blocking jobs,
+ * but every process a job starts would inherit the blocked signal: not done. */
 #include <errno.h>
 #include <pthread.h>
 #include <sched.h>
