@@ -379,6 +379,9 @@ void weft__accept_complete(struct weft__io *io, struct weft__op *op, int32_t res
             atomic_store(&q->backoff_until, weft_now_ns() + ACCEPT_BACKOFF_NS);
         atomic_store(&q->error, res);
     }
+    /* Counted as a wake, as an op's completion is (op.c): a park whose
+     * arming reaped this (a full SQ) must not sleep past the acceptor. */
+    io->wakes++;
     if (flags & IORING_CQE_F_MORE)
         awaker_wake(&q->waker);
     else
