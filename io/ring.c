@@ -392,9 +392,9 @@ static void arm_eventfd(struct weft__io *io)
 
 /* How long a park may sleep before `deadline`: at most a day, so that a
  * timer set centuries ahead (a deadline near 2^63 ns, not UINT64_MAX) never
- * becomes a relative timeout the kernel's own arithmetic overflows (5.11's
- * io_cqring_wait added it to the current time unchecked, and returned at
- * once: the worker would spin). The park after a day's wait looks again. */
+ * becomes a relative timeout near the kernel's limits (a kernel that adds it
+ * to the current time without saturating would return at once, and the
+ * worker would spin; this one does not). The park after a day looks again. */
 static uint64_t park_ns(uint64_t deadline)
 {
     uint64_t now = weft_now_ns(), d = deadline > now ? deadline - now : 0;

@@ -322,8 +322,18 @@ void weft_tcp_listener_close(struct weft_tcp_listener *l)
     uint32_t a = 1;
     /* Claiming the multishot (1 -> 2) keeps its slot alive until our release,
      * which cancels it on its ring; its final CQE closes what it queued. */
-    if (atomic_compare_exchange_strong(&q->armed, &a, 2))
+    if (atomic_compare_exchange_strong(&q->armed, &a, 2)) {
+        /* The claimed slot keeps its worker, so the runtime, alive until
+         * the owner takes our release's push (it stays counted in flight:
+         * accept_final); the unpark that follows the push comes after, when
+         * a destroying runtime may already be freed: hold its memory across
+         * (a review: ASan use-after-free in weft__io_unpark with a delay
+         * injected between the push and the unpark). */
+        struct weft_runtime *rt = q->op->io->rt;
+        weft__runtime_hold(rt);
         weft__op_release(q->op);
+        weft__runtime_release(rt);
+    }
     awaker_wake(&q->waker); /* a waiting accept finishes with -EBADF */
     /* The descriptor is closed by the last reference: at once when nothing
      * else holds one, else when the multishot's final CQE is reaped or the

@@ -92,7 +92,9 @@ void weft_interval_init(struct weft_interval *iv, uint64_t period_ns);
  * join-all only: its children are the caller's, and their I/O goes on until
  * the caller drops them. An inner future that spends the whole cooperative
  * budget at every poll (a loop over a socket that always has data) still
- * times out: the deadline is looked at after it, with one unit lent. */
+ * times out: the deadline is looked at after it, with one unit lent (when
+ * the timeout itself was polled with budget left, as a task's poll and
+ * weft_join_all's rotation give it). */
 struct weft_timeout {
     struct weft_future base;
     int result;

@@ -72,7 +72,8 @@ struct weft_runtime_config {
     /* The stall detector (weft/metrics.h). */
     uint32_t stall_threshold_us;    /* a poll longer than this is a stall; 0: 10000 (10 ms) */
     bool no_stall_detector;         /* no stall reports (the monitor thread
-                                     * still lowers long blocking jobs) */
+                                     * stays if it lowers long blocking jobs:
+                                     * blocking_priority not NORMAL) */
     weft_stall_fn *on_stall;        /* NULL: one line on stderr per stall */
     void *stall_ctx;                /* passed to on_stall */
 };
