@@ -213,8 +213,14 @@ void weft__io_cancel_all(struct weft__io *io);
 /* Owner, out of its park: consumes an unpark that came since the park's
  * return (during its reaping turn); true if there was one. */
 bool weft__io_take_unpark(struct weft__io *io);
-/* Ends the owner's weft__io_park (or makes the next one return). Any thread. */
+/* Ends the owner's weft__io_park (or makes the next one return). Any thread.
+ * True if the owner was asleep in it (and so was woken). */
 bool weft__io_unpark(struct weft__io *io);
+/* weft__io_unpark in two steps: the mark (true if the owner was asleep: it
+ * must then be kicked awake), and the kick, which may come later, outside a
+ * lock (runtime/idle.c decides under its lock from the mark). */
+bool weft__io_unpark_mark(struct weft__io *io);
+void weft__io_unpark_kick(struct weft__io *io);
 /* Reaps every CQE in the ring and dispatches it (owner only). */
 void weft__io_reap(struct weft__io *io);
 /* Reports once per kind that the kernel lacks an operation. */

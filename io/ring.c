@@ -471,12 +471,23 @@ bool weft__io_take_unpark(struct weft__io *io)
 
 bool weft__io_unpark(struct weft__io *io)
 {
-    /* Release pairs with the acquire exchange at the end of weft__io_park;
-     * acquire with the parker's release CAS to PARKED (efd below: fixed
-     * from before the first park until the runtime's memory goes). */
-    if (atomic_exchange_explicit(&io->park.state, PARK_NOTIFIED, memory_order_acq_rel) !=
-        PARK_PARKED)
+    if (!weft__io_unpark_mark(io))
         return false;
+    weft__io_unpark_kick(io);
+    return true;
+}
+
+bool weft__io_unpark_mark(struct weft__io *io)
+{
+    /* Release pairs with the acquire exchange at the end of weft__io_park;
+     * acquire with the parker's release CAS to PARKED (efd in the kick:
+     * fixed from before the first park until the runtime's memory goes). */
+    return atomic_exchange_explicit(&io->park.state, PARK_NOTIFIED, memory_order_acq_rel) ==
+           PARK_PARKED;
+}
+
+void weft__io_unpark_kick(struct weft__io *io)
+{
     if (io->efd >= 0) {
         uint64_t one = 1;
         ssize_t r = write(io->efd, &one, sizeof(one));
@@ -485,7 +496,6 @@ bool weft__io_unpark(struct weft__io *io)
     } else {
         syscall(SYS_futex, &io->park.state, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
     }
-    return true;
 }
 
 void weft__io_cancel_all(struct weft__io *io)

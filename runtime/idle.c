@@ -43,6 +43,7 @@
 #include <assert.h>
 
 #include "internal.h"
+#include "../io/io.h"
 
 #define SEARCH_MASK UINT32_C(0xffff)
 #define UNPARK_ONE  (UINT32_C(1) << 16)
@@ -123,10 +124,9 @@ static bool should_wake(struct idle *idle)
     return searching(s) == 0 && unparked(s) < idle->nworkers;
 }
 
-/* True if listed worker `i` is out of its park, running what its own ring
- * woke (sched.c: park_worker). A hint, read relaxed: a wrong guess only
- * makes the wakeup slower to act, never lost, as the worker consumes it at
- * its next park either way. */
+/* True if listed worker `i` looks out of its park, running what its own
+ * ring woke (sched.c: park_worker). A hint, read relaxed, that only spares
+ * a running worker the mark below (a spurious wakeup at its next park). */
 static bool runs(const struct weft__worker *workers, uint32_t i)
 {
     return atomic_load_explicit(&workers[i].stats->busy_since, memory_order_relaxed) != 0;
@@ -134,31 +134,53 @@ static bool runs(const struct weft__worker *workers, uint32_t i)
 
 /* Picks a parked worker other than `skip` to wake, one asleep if there is
  * one (the last to park first), and counts it as unparked and searching;
- * returns its index, or -1 when no wakeup is needed. A listed worker that is
- * running (none asleep) is counted unparked only: it will act on the wakeup
- * at its next park, and until then must not hold a searcher's place, which
- * would keep the others from searching (idle_to_searching's cap). */
+ * returns its index, or -1 when no wakeup is needed; *asleep says whether
+ * it was found asleep, already marked, and so must be kicked (outside the
+ * lock: weft__io_unpark_kick), else it is to be unparked as usual. A listed
+ * worker that is running (none asleep) is counted unparked only: it will
+ * act on the wakeup at its next park, and until then must not hold a
+ * searcher's place, which would keep the others from searching
+ * (idle_to_searching's cap).
+ *
+ * Asleep means its park word was PARKED when we marked it (NOTIFIED), here
+ * under the lock, not a guess from the busy hint: a worker its own ring woke
+ * a moment before looked asleep, was counted searching while it ran a long
+ * poll, and every notify was refused meanwhile (should_wake sees a
+ * searcher), a task in the global queue waiting for that poll (a helper's
+ * review: 100 ms in 4 of 700 trials; 300 ms in 12 of 12 with a delay
+ * injected before the unpark). The mark and the worker's own exchanges of
+ * its park word are RMWs of one word, so one order: PARKED means the worker
+ * is between its CAS to PARKED and its closing exchange, which then reads
+ * NOTIFIED (acquire, pairing with the mark's release) and sends it to
+ * weft__idle_wake_self, which takes this lock after we drop it and so finds
+ * it off the list, counted searching, as we counted it. Another value means
+ * it is awake: it keeps the NOTIFIED we left (a spurious wakeup at its next
+ * park, which finds it still listed) and is not counted searching. */
 int64_t weft__idle_worker_to_notify(struct idle *idle, const struct weft__worker *workers,
-                                    uint32_t skip)
+                                    uint32_t skip, bool *asleep)
 {
+    *asleep = false;
     if (!should_wake(idle))
         return -1;
     pthread_mutex_lock(&idle->lock);
     int64_t worker = -1;
     uint32_t pick = UINT32_MAX;
-    bool busy = false;
-    for (uint32_t k = idle->nsleepers; k-- > 0;) {
-        if (idle->sleepers[k] == skip)
-            continue;
-        bool r = runs(workers, idle->sleepers[k]);
-        if (pick == UINT32_MAX || !r) {
-            pick = k;
-            busy = r;
+    if (should_wake(idle)) {
+        for (uint32_t k = idle->nsleepers; k-- > 0;) {
+            uint32_t i = idle->sleepers[k];
+            if (i == skip)
+                continue;
+            if (!runs(workers, i) && weft__io_unpark_mark(workers[i].io)) {
+                pick = k;
+                *asleep = true;
+                break;
+            }
+            if (pick == UINT32_MAX)
+                pick = k; /* running: the one to take if none is asleep */
         }
-        if (!r)
-            break;
     }
-    if (pick != UINT32_MAX && should_wake(idle)) {
+    if (pick != UINT32_MAX) {
+        bool busy = !*asleep;
         worker = idle->sleepers[pick];
         idle->taken_busy[worker] = busy;
         atomic_fetch_add_explicit(&idle->state, UNPARK_ONE | (busy ? 0u : 1u),

@@ -127,10 +127,11 @@ bool weft__idle_to_parked(struct idle *idle, uint32_t worker, bool searching);
 enum idle_wake { IDLE_STILL_PARKED, IDLE_NOTIFIED, IDLE_TAKEN_BUSY, IDLE_SELF };
 enum idle_wake weft__idle_wake_self(struct idle *idle, uint32_t worker, bool has_work);
 /* A parked worker to wake, other than `skip` (or -1); one asleep rather
- * than one still listed while it runs. */
+ * than one still listed while it runs (*asleep: found asleep and marked,
+ * to be kicked; else to be unparked). */
 struct weft__worker;
 int64_t weft__idle_worker_to_notify(struct idle *idle, const struct weft__worker *workers,
-                                    uint32_t skip);
+                                    uint32_t skip, bool *asleep);
 
 /* ---- metrics (metrics.c) ---------------------------------------------------
  * Per-worker counters, written only by their worker with a relaxed load and

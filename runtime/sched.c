@@ -167,9 +167,16 @@ void weft__notify_parked_except(struct weft_runtime *rt, uint32_t skip)
     struct weft__worker *me = weft__current;
     if (me && me->listed && me->rt == rt)
         leave_list(me);
-    int64_t i = weft__idle_worker_to_notify(&rt->idle, rt->workers, skip);
-    if (i >= 0)
+    bool asleep;
+    int64_t i = weft__idle_worker_to_notify(&rt->idle, rt->workers, skip, &asleep);
+    if (i < 0)
+        return;
+    if (asleep) { /* marked under the idle lock: only the wakeup is left */
+        atomic_fetch_add_explicit(&rt->workers[i].stats->unparks, 1, memory_order_relaxed);
+        weft__io_unpark_kick(rt->workers[i].io);
+    } else {
         weft__worker_unpark(&rt->workers[i]);
+    }
 }
 
 /* The last searcher re-checks every queue before it sleeps (see idle.c); if
