@@ -346,12 +346,19 @@ int weft_spawn_named(struct weft_runtime *rt, const struct weft_future *f, size_
 
     t->owned = 0;
     struct weft__worker *w = weft__current;
+    /* Ids: the spawner in the low 9 bits (worker index + 1, up to 256; 0
+     * for any other thread), its own count above, so no two repeat before
+     * 2^55 spawns of one spawner. (The worker above a count of 2^40 used to
+     * wrap into another worker's ids: a review's white-box repro, where the
+     * task dump then left out a task stuck in its first poll.) */
+    _Static_assert(WEFT_MAX_WORKERS < 512, "a worker's index + 1 fits the id's 9 low bits");
     if (w && w->rt == rt) {
         uint64_t n = atomic_load_explicit(&w->stats->spawns, memory_order_relaxed);
         stat_add(&w->stats->spawns, 1);
-        t->id = ((uint64_t)(w->index + 1) << 40) | n;
-    } else
-        t->id = atomic_fetch_add_explicit(&rt->foreign_ids, 1, memory_order_relaxed) + 1;
+        t->id = (n << 9) | (w->index + 1);
+    } else {
+        t->id = (atomic_fetch_add_explicit(&rt->foreign_ids, 1, memory_order_relaxed) + 1) << 9;
+    }
     if (join)
         *join = (struct weft_join){ .base = { &join_ops, 0 }, .task = t };
     weft__schedule(t, false);

@@ -31,6 +31,7 @@
 #include <weft.h>
 
 #include "common.h"
+#include "internal.h"
 
 /* ---- the probe future: counts polls and drops, runs a per-test step ------- */
 
@@ -767,4 +768,57 @@ Test(task, block_on_bad_input, .timeout = 30)
     weft_join_detach(NULL);
     cr_assert_null(weft_join_output(NULL));
     weft_runtime_destroy(rt);
+}
+
+/* ---- task ids ------------------------------------------------------------------ */
+
+/* Task ids never repeat: a worker's spawn count used to be OR-ed below its
+ * index at bit 40, so past 2^40 spawns it ran into the ids of another
+ * worker (or its own first ones), and the dump, which leaves out a running
+ * task whose id it already listed, hid a task stuck in its first poll (a
+ * review). White-box: the count is set to what 2^40 spawns leave. */
+static uint64_t id_first, id_after_wrap, id_foreign;
+
+static enum weft_poll ready_now_poll(struct weft_future *f, struct weft_cx *cx)
+{
+    (void)f, (void)cx;
+    return WEFT_READY;
+}
+
+static const struct weft_future_ops done_ops = { ready_now_poll, NULL };
+
+static enum weft_poll spawn_two_poll(struct weft_future *f, struct weft_cx *cx)
+{
+    (void)f, (void)cx;
+    struct weft_future child = { &done_ops, 0 };
+    struct weft_join a, b;
+    struct weft__worker *w = weft__current;
+    atomic_store_explicit(&w->stats->spawns, 0, memory_order_relaxed);
+    CHECK(weft_spawn(weft_runtime_current(), &child, sizeof child, &a) == 0);
+    id_first = a.task->id;
+    atomic_store_explicit(&w->stats->spawns, UINT64_C(1) << 40, memory_order_relaxed);
+    CHECK(weft_spawn(weft_runtime_current(), &child, sizeof child, &b) == 0);
+    id_after_wrap = b.task->id;
+    weft_future_drop(&a.base);
+    weft_future_drop(&b.base);
+    return WEFT_READY;
+}
+
+static const struct weft_future_ops spawn_two_ops = { spawn_two_poll, NULL };
+
+Test(task, ids_do_not_repeat_after_2_to_the_40_spawns, .timeout = 30)
+{
+    struct weft_runtime *rt = start_rt(1, NULL);
+    struct weft_future f = { &spawn_two_ops, 0 };
+    cr_assert_eq(weft_block_on(rt, &f), 0);
+    struct weft_future g = { &done_ops, 0 };
+    struct weft_join j;
+    cr_assert_eq(weft_spawn(rt, &g, sizeof g, &j), 0); /* from this thread: a foreign id */
+    id_foreign = j.task->id;
+    weft_future_drop(&j.base);
+    weft_runtime_destroy(rt);
+    cr_assert_neq(id_first, id_after_wrap, "two spawns of one worker got id %llu",
+                  (unsigned long long)id_first);
+    cr_assert_neq(id_foreign, id_first);
+    cr_assert_neq(id_foreign, id_after_wrap);
 }
