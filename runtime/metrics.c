@@ -20,6 +20,7 @@
  * task by contract. */
 #include <errno.h>
 #include <inttypes.h>
+#include <stdarg.h>
 #include <linux/futex.h>
 #include <stdlib.h>
 #include <string.h>
@@ -163,16 +164,30 @@ int weft_metrics_read(struct weft_runtime *rt, struct weft_metrics *m)
     return 0;
 }
 
-static void print_hist(FILE *out, const char *name, const struct weft_histogram *h)
+/* fprintf that notes a failure in *bad. The dumps judge their writes by the
+ * calls' results, not by ferror: the error flag is sticky, and one set
+ * before the dump is not its failure (a review: -EIO with every line
+ * written). */
+static void say(FILE *out, bool *bad, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void say(FILE *out, bool *bad, const char *fmt, ...)
 {
-    fprintf(out, "%-14s samples %" PRIu64, name, h->count);
+    va_list ap;
+    va_start(ap, fmt);
+    if (vfprintf(out, fmt, ap) < 0)
+        *bad = true;
+    va_end(ap);
+}
+
+static void print_hist(FILE *out, bool *bad, const char *name, const struct weft_histogram *h)
+{
+    say(out, bad, "%-14s samples %" PRIu64, name, h->count);
     if (h->count) {
         static const double qs[] = { 0.5, 0.9, 0.99, 0.999, 1.0 };
         static const char *const qn[] = { "p50", "p90", "p99", "p99.9", "max" };
         for (size_t i = 0; i < sizeof(qs) / sizeof(qs[0]); i++)
-            fprintf(out, "  %s<%.1fus", qn[i], (double)weft_histogram_quantile(h, qs[i]) / 1e3);
+            say(out, bad, "  %s<%.1fus", qn[i], (double)weft_histogram_quantile(h, qs[i]) / 1e3);
     }
-    fputc('\n', out);
+    say(out, bad, "\n");
 }
 
 int weft_metrics_dump(struct weft_runtime *rt, FILE *out)
@@ -183,33 +198,33 @@ int weft_metrics_dump(struct weft_runtime *rt, FILE *out)
     if (!m)
         return -ENOMEM;
     weft_metrics_read(rt, m);
-    fprintf(out, "weft runtime: %u workers, %" PRIu64 " live tasks, %" PRIu64
+    bool bad = false;
+    say(out, &bad, "weft runtime: %u workers, %" PRIu64 " live tasks, %" PRIu64
                  " spawned, global queue %" PRIu64 ", remote schedules %" PRIu64
                  ", stalls %" PRIu64 "\n",
             m->workers, m->live_tasks, m->spawned, m->global_queue_depth, m->remote_schedules,
             m->stalls);
-    fprintf(out, "%-3s %10s %9s %7s %8s %8s %10s %6s %7s %8s %9s %10s %10s %9s %5s\n", "w",
+    say(out, &bad, "%-3s %10s %9s %7s %8s %8s %10s %6s %7s %8s %9s %10s %10s %9s %5s\n", "w",
             "polls", "busy_ms", "steals", "parks", "unparks", "local", "ovfl", "budget",
             "lifo", "enters", "sqes", "cqes", "steal_ops", "queue");
     for (uint32_t i = 0; i < m->workers; i++) {
         const struct weft_worker_metrics *w = &m->worker[i];
-        fprintf(out, "%-3u %10" PRIu64 " %9.1f %7" PRIu64 " %8" PRIu64 " %8" PRIu64 " %10" PRIu64
+        say(out, &bad, "%-3u %10" PRIu64 " %9.1f %7" PRIu64 " %8" PRIu64 " %8" PRIu64 " %10" PRIu64
                      " %6" PRIu64 " %7" PRIu64 " %8" PRIu64 " %9" PRIu64 " %10" PRIu64
                      " %10" PRIu64 " %9" PRIu64 " %5" PRIu64 "\n",
                 i, w->polls, (double)w->busy_ns / 1e6, w->steals, w->parks, w->unparks,
                 w->local_schedules, w->overflows, w->budget_yields, w->lifo_hits, w->enters,
                 w->sqes, w->cqes, w->steal_ops, w->queue_depth);
     }
-    fprintf(out, "blocking pool: %" PRIu64 " threads (%" PRIu64 " idle, %" PRIu64
+    say(out, &bad, "blocking pool: %" PRIu64 " threads (%" PRIu64 " idle, %" PRIu64
                  " computing), %" PRIu64 " queued, %" PRIu64 " jobs done, %" PRIu64
                  " compute slices, %" PRIu64 " handed over\n",
             m->blocking_threads, m->blocking_idle, m->compute_running, m->blocking_queue_depth,
             m->blocking_jobs, m->compute_slices, m->compute_handovers);
-    print_hist(out, "poll time", &m->poll_ns);
-    print_hist(out, "sched latency", &m->sched_latency);
+    print_hist(out, &bad, "poll time", &m->poll_ns);
+    print_hist(out, &bad, "sched latency", &m->sched_latency);
     free(m);
-    fflush(out);
-    return ferror(out) ? -EIO : 0;
+    return bad || fflush(out) == EOF ? -EIO : 0;
 }
 
 /* ---- the task dump ----------------------------------------------------------------- */
@@ -321,24 +336,24 @@ int weft_task_dump(struct weft_runtime *rt, FILE *out)
         return (int)n;
     }
     uint32_t now = (uint32_t)(weft_now_ns() >> POLLED_SHIFT);
-    fprintf(out, "%-20s %-10s %14s  %s\n", "task", "state", "since poll ms", "name");
+    bool bad = false;
+    say(out, &bad, "%-20s %-10s %14s  %s\n", "task", "state", "since poll ms", "name");
     for (int64_t i = 0; i < n; i++) {
         const struct task_line *l = &lines[i];
         double ms = (double)((uint64_t)(uint32_t)(now - l->polled) << POLLED_SHIFT) / 1e6;
-        fprintf(out, "%-20" PRIu64 " %-10s %14.1f  %s\n", l->id, state_name(l->state), ms,
+        say(out, &bad, "%-20" PRIu64 " %-10s %14.1f  %s\n", l->id, state_name(l->state), ms,
                 l->name ? l->name : "-");
     }
     struct weft_metrics *m = malloc(sizeof(*m));
     if (m) {
         weft_metrics_read(rt, m);
         if (m->live_tasks > (uint64_t)n)
-            fprintf(out, "(and about %" PRIu64 " tasks not polled yet, or finished and still "
+            say(out, &bad, "(and about %" PRIu64 " tasks not polled yet, or finished and still "
                          "referenced)\n", m->live_tasks - (uint64_t)n);
         free(m);
     }
     free(lines);
-    fflush(out);
-    return ferror(out) ? -EIO : (int)n;
+    return bad || fflush(out) == EOF ? -EIO : (int)n;
 }
 
 /* ---- the stall monitor ----------------------------------------------------------- */

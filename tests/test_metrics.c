@@ -24,7 +24,9 @@
  *
  * Bad inputs tried: NULL runtime and NULL output to weft_metrics_read,
  * weft_metrics_dump and weft_task_dump (-EINVAL); a dump to a FILE opened
- * read-only (-EIO, both dumps); weft_histogram_bucket_min of 118 (one past the
+ * read-only (-EIO, both dumps, also once its error flag is set) and to a
+ * writable one whose error flag an earlier failure set (both succeed);
+ * weft_histogram_bucket_min of 118 (one past the
  * last bucket) and UINT32_MAX (UINT64_MAX); weft_histogram_quantile of NULL
  * and of an empty histogram (0), of q < 0 and q > 1 (clamped to 0 and 1), of
  * a sample in the last bucket (UINT64_MAX, its open top). test_stall.c lists
@@ -898,7 +900,18 @@ Test(metrics, dump_is_readable_text, .timeout = 30)
     cr_assert_not_null(ro);
     cr_assert_eq(weft_metrics_dump(rt, ro), -EIO);
     cr_assert_eq(weft_task_dump(rt, ro), -EIO);
+    cr_assert_eq(weft_task_dump(rt, ro), -EIO, "again, its error flag now set");
     fclose(ro);
+    /* A writable FILE whose error flag an earlier, unrelated failure set (a
+     * read of a write-only stream): the dumps write every line and succeed
+     * (ferror is sticky; they gave -EIO). */
+    FILE *sticky = fopen("/dev/null", "w");
+    cr_assert_not_null(sticky);
+    cr_assert_eq(fgetc(sticky), EOF);
+    cr_assert(ferror(sticky));
+    cr_assert_eq(weft_metrics_dump(rt, sticky), 0);
+    cr_assert_geq(weft_task_dump(rt, sticky), 0);
+    fclose(sticky);
     weft_runtime_destroy(rt);
 }
 
