@@ -103,7 +103,11 @@ int weft_metrics_dump(struct weft_runtime *rt, FILE *out);
  * poll and every park, so it may be short by up to WEFT_METRICS_SAMPLE polls'
  * time), and name. Tasks never polled yet, and finished tasks a join handle
  * still holds, are only counted, roughly, on a last line. Returns the number
- * of tasks listed, -EINVAL or -ENOMEM or -EIO. */
+ * of tasks listed, -EINVAL or -ENOMEM or -EIO. A diagnostic: it copies each
+ * worker's task list under that list's lock, which the worker takes to add
+ * or remove a task, so with a million tasks a worker may wait ~0.1-0.3 s;
+ * call it from a thread at the workers' priority (a lowered one, such as a
+ * long blocking job, holds the lock longer). */
 int weft_task_dump(struct weft_runtime *rt, FILE *out);
 
 /* ---- the stall detector ------------------------------------------------------ */

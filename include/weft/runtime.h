@@ -168,7 +168,8 @@ void weft_join_detach(struct weft_join *join);
  * (an idle task is queued for it; a worker drops it, or destroy's sweep), and
  * the joiner sees -ECANCELED, unless the poll in progress finished the task:
  * then 0 and its output. No effect on a finished task or a detached handle.
- * Callable from any thread. */
+ * Callable from any thread, but not racing a drop or detach of the same
+ * handle on another thread (the handle is the caller's, as any future). */
 void weft_join_abort(const struct weft_join *join);
 
 /* ---- basic futures --------------------------------------------------------- */
