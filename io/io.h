@@ -216,11 +216,15 @@ bool weft__io_take_unpark(struct weft__io *io);
 /* Ends the owner's weft__io_park (or makes the next one return). Any thread.
  * True if the owner was asleep in it (and so was woken). */
 bool weft__io_unpark(struct weft__io *io);
-/* weft__io_unpark in two steps: the mark (true if the owner was asleep: it
- * must then be kicked awake), and the kick, which may come later, outside a
- * lock (runtime/idle.c decides under its lock from the mark). */
+/* weft__io_unpark in two steps, for an owner asleep in its loop's park
+ * only: the mark (true if it was, and is now marked: it must then be kicked
+ * awake; false: nothing written), and the kick, which may come later,
+ * outside a lock (runtime/idle.c decides under its lock from the mark). */
 bool weft__io_unpark_mark(struct weft__io *io);
 void weft__io_unpark_kick(struct weft__io *io);
+/* weft__io_park from inside a poll (op.c: wait_done): the park word says
+ * NESTED, so a notifier does not take the worker for one asleep in its loop. */
+bool weft__io_park_nested(struct weft__io *io);
 /* Reaps every CQE in the ring and dispatches it (owner only). */
 void weft__io_reap(struct weft__io *io);
 /* Reports once per kind that the kernel lacks an operation. */

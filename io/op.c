@@ -469,7 +469,7 @@ static void wait_done(struct op_waiter *w)
     /* Acquire pairs with signal_waiter's release. */
     while (!atomic_load_explicit(&w->done, memory_order_acquire)) {
         if (w->io)
-            unparked |= weft__io_park(w->io); /* keeps our own ring going meanwhile */
+            unparked |= weft__io_park_nested(w->io); /* keeps our own ring going meanwhile */
         else
             syscall(SYS_futex, &w->done, FUTEX_WAIT_PRIVATE, 0, NULL, NULL, 0);
     }

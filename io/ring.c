@@ -401,7 +401,7 @@ static uint64_t park_ns(uint64_t deadline)
     return d < 86400 * WEFT_NS_PER_SEC ? d : 86400 * WEFT_NS_PER_SEC;
 }
 
-static void futex_wait_until(struct park *p, uint64_t deadline)
+static void futex_wait_until(struct park *p, uint64_t deadline, uint32_t parked)
 {
     struct timespec ts, *tsp = NULL;
     if (deadline != UINT64_MAX) {
@@ -410,10 +410,12 @@ static void futex_wait_until(struct park *p, uint64_t deadline)
         ts.tv_nsec = (long)(d % WEFT_NS_PER_SEC);
         tsp = &ts;
     }
-    syscall(SYS_futex, &p->state, FUTEX_WAIT_PRIVATE, PARK_PARKED, tsp, NULL, 0);
+    syscall(SYS_futex, &p->state, FUTEX_WAIT_PRIVATE, parked, tsp, NULL, 0);
 }
 
-bool weft__io_park(struct weft__io *io)
+/* weft__io_park, announcing itself as `parked`: PARK_PARKED in the worker's
+ * loop, PARK_NESTED inside a poll (weft__io_park_nested). */
+static bool park_as(struct weft__io *io, uint32_t parked)
 {
     uint64_t next = UINT64_MAX, wakes = io->wakes;
     if (io->nheap)
@@ -434,7 +436,7 @@ bool weft__io_park(struct weft__io *io)
      * (NOTIFIED) the unpark came first: consume it below without sleeping. */
     if (io->wakes == wakes && !weft__bufring_kick_due(io) &&
         !atomic_load_explicit(&io->remote, memory_order_relaxed) &&
-        atomic_compare_exchange_strong_explicit(&io->park.state, &expect, PARK_PARKED,
+        atomic_compare_exchange_strong_explicit(&io->park.state, &expect, parked,
                                                 memory_order_release, memory_order_relaxed)) {
         if (io->has_ring) {
             arm_eventfd(io);
@@ -450,7 +452,7 @@ bool weft__io_park(struct weft__io *io)
              * (the read stays armed for the next park). */
             enter(io, io->wakes == wakes ? tsp : NULL, io->wakes == wakes);
         } else {
-            futex_wait_until(&io->park, next);
+            futex_wait_until(&io->park, next, parked);
         }
     }
     /* Acquire pairs with the unparker's release: what it wrote before
@@ -458,6 +460,16 @@ bool weft__io_park(struct weft__io *io)
     uint32_t was = atomic_exchange_explicit(&io->park.state, PARK_EMPTY, memory_order_acquire);
     weft__io_tick(io);
     return was == PARK_NOTIFIED;
+}
+
+bool weft__io_park(struct weft__io *io)
+{
+    return park_as(io, PARK_PARKED);
+}
+
+bool weft__io_park_nested(struct weft__io *io)
+{
+    return park_as(io, PARK_NESTED);
 }
 
 bool weft__io_take_unpark(struct weft__io *io)
@@ -471,7 +483,11 @@ bool weft__io_take_unpark(struct weft__io *io)
 
 bool weft__io_unpark(struct weft__io *io)
 {
-    if (!weft__io_unpark_mark(io))
+    /* Release pairs with the acquire exchange at the end of weft__io_park;
+     * acquire with the parker's release CAS to PARKED or NESTED (efd in the
+     * kick: fixed from before the first park until the runtime's memory goes). */
+    uint32_t was = atomic_exchange_explicit(&io->park.state, PARK_NOTIFIED, memory_order_acq_rel);
+    if (was != PARK_PARKED && was != PARK_NESTED)
         return false;
     weft__io_unpark_kick(io);
     return true;
@@ -479,11 +495,12 @@ bool weft__io_unpark(struct weft__io *io)
 
 bool weft__io_unpark_mark(struct weft__io *io)
 {
-    /* Release pairs with the acquire exchange at the end of weft__io_park;
-     * acquire with the parker's release CAS to PARKED (efd in the kick:
-     * fixed from before the first park until the runtime's memory goes). */
-    return atomic_exchange_explicit(&io->park.state, PARK_NOTIFIED, memory_order_acq_rel) ==
-           PARK_PARKED;
+    /* Only a worker asleep in its loop's park is marked (PARKED ->
+     * NOTIFIED); any other word is left as it is, for a plain unpark. The
+     * orderings as weft__io_unpark's; a failed CAS writes nothing. */
+    uint32_t parked = PARK_PARKED;
+    return atomic_compare_exchange_strong_explicit(&io->park.state, &parked, PARK_NOTIFIED,
+                                                   memory_order_acq_rel, memory_order_relaxed);
 }
 
 void weft__io_unpark_kick(struct weft__io *io)

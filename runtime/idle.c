@@ -126,7 +126,7 @@ static bool should_wake(struct idle *idle)
 
 /* True if listed worker `i` looks out of its park, running what its own
  * ring woke (sched.c: park_worker). A hint, read relaxed, that only spares
- * a running worker the mark below (a spurious wakeup at its next park). */
+ * a running worker the mark's CAS below. */
 static bool runs(const struct weft__worker *workers, uint32_t i)
 {
     return atomic_load_explicit(&workers[i].stats->busy_since, memory_order_relaxed) != 0;
@@ -148,14 +148,19 @@ static bool runs(const struct weft__worker *workers, uint32_t i)
  * poll, and every notify was refused meanwhile (should_wake sees a
  * searcher), a task in the global queue waiting for that poll (a helper's
  * review: 100 ms in 4 of 700 trials; 300 ms in 12 of 12 with a delay
- * injected before the unpark). The mark and the worker's own exchanges of
- * its park word are RMWs of one word, so one order: PARKED means the worker
- * is between its CAS to PARKED and its closing exchange, which then reads
- * NOTIFIED (acquire, pairing with the mark's release) and sends it to
- * weft__idle_wake_self, which takes this lock after we drop it and so finds
- * it off the list, counted searching, as we counted it. Another value means
- * it is awake: it keeps the NOTIFIED we left (a spurious wakeup at its next
- * park, which finds it still listed) and is not counted searching. */
+ * injected before the unpark). The mark (a CAS PARKED -> NOTIFIED) and the
+ * worker's own CAS and exchanges of its park word are RMWs of one word, so
+ * one order: PARKED means the worker is between its CAS to PARKED in its
+ * loop's park and its closing exchange, which then reads NOTIFIED (acquire,
+ * pairing with the mark's release) and sends it to weft__idle_wake_self,
+ * which takes this lock after we drop it and so finds it off the list,
+ * counted searching, as we counted it. A park nested in a poll (op.c:
+ * wait_done) says NESTED instead: woken, that worker goes on with its poll,
+ * and counted searching it would hold the searcher's place all the while
+ * (the same refusal of every notify; a review, with a delay injected).
+ * Any other word is left untouched: the worker is awake or in a poll, and
+ * taken as the running one (the caller's plain unpark marks and, for a
+ * nested park, kicks it). */
 int64_t weft__idle_worker_to_notify(struct idle *idle, const struct weft__worker *workers,
                                     uint32_t skip, bool *asleep)
 {

@@ -21,7 +21,10 @@
 #include <time.h>
 #include <unistd.h>
 
-enum { PARK_EMPTY = 0, PARK_PARKED = 1, PARK_NOTIFIED = 2 };
+/* PARK_NESTED: a worker's ring park nested in a poll (io/op.c: wait_done),
+ * not its loop's: woken, it goes on with that poll, so a notifier must not
+ * count it as a sleeping worker it woke to search (runtime/idle.c). */
+enum { PARK_EMPTY = 0, PARK_PARKED = 1, PARK_NOTIFIED = 2, PARK_NESTED = 3 };
 
 struct park {
     _Atomic uint32_t state;
