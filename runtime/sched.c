@@ -346,9 +346,8 @@ static bool has_local_work(struct weft__worker *w)
  * runs them, counted as parked, and comes back here without the two trips
  * through the list's lock: a notifier that picks it meanwhile finds it busy,
  * and its unpark, left on the park word, is consumed at the next park (or
- * right after the reaping turn, below; until then that notifier's count of
- * it as searching stands, so no other worker is woken meanwhile); a listed
- * worker that notifies leaves the list first (weft__notify_parked).
+ * right after the reaping turn, below, which takes it off the list at once);
+ * a listed worker that notifies leaves the list first (weft__notify_parked).
  * It does not steal while listed: wakeups bring the siblings' work to it. */
 static void park_worker(struct weft__worker *w)
 {
@@ -392,11 +391,10 @@ static void park_worker(struct weft__worker *w)
         if (atomic_load_explicit(&rt->shutdown, memory_order_acquire) || !w->listed)
             return; /* (the reaping turn may have notified, leaving the list) */
         /* A notifier may have taken us off the list during the park's
-         * reaping turn (after its exchange of the park word): it judged us
-         * asleep (busy_since was 0) and counted us searching. Left for the
-         * next park, that count would stand while we run what the turn
-         * queued, and keep every other worker from being woken meanwhile
-         * (a helper's review). One relaxed load when nobody came. */
+         * reaping turn, after our closing exchange (it found us awake and
+         * counted us unparked, the busy pick): its unpark is on the word.
+         * Taken here, we leave the list now rather than at the next park.
+         * One relaxed load when nobody came. */
         if (!unparked) {
             unparked = weft__io_take_unpark(w->io);
             /* The unpark taken may be shutdown's (stop_workers stores
