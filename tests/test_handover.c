@@ -185,6 +185,16 @@ static struct weft_runtime *start(void)
     return rt;
 }
 
+/* The test thread's CPUs; skips the test on fewer than 2. */
+static cpu_set_t cpus_or_skip(void)
+{
+    cpu_set_t all;
+    cr_assert_eq(sched_getaffinity(0, sizeof all, &all), 0);
+    if (CPU_COUNT(&all) < 2)
+        cr_skip_test("needs 2 CPUs");
+    return all;
+}
+
 Test(handover, waiting_worker_gets_the_compute_cpu, .timeout = 60)
 {
     if (!hog_allowed())
@@ -264,10 +274,7 @@ Test(handover, pinned_worker_left_alone, .timeout = 60)
  * looker's own (weft__handover_move), done by hand on the parked worker. */
 Test(handover, a_moved_worker_woken_without_a_task_widens_back, .timeout = 30)
 {
-    cpu_set_t all;
-    cr_assert_eq(sched_getaffinity(0, sizeof all, &all), 0);
-    if (CPU_COUNT(&all) < 2)
-        cr_skip_test("needs 2 CPUs");
+    cpu_set_t all = cpus_or_skip();
     struct weft_runtime *rt = start();
     struct weft__worker *w = &rt->workers[0];
     pid_t tid;
@@ -321,10 +328,7 @@ static const struct weft_future_ops spawn_while_moved_ops = { spawn_while_moved,
 
 Test(handover, a_thread_started_by_a_moved_worker_gets_every_cpu, .timeout = 30)
 {
-    cpu_set_t all;
-    cr_assert_eq(sched_getaffinity(0, sizeof all, &all), 0);
-    if (CPU_COUNT(&all) < 2)
-        cr_skip_test("needs 2 CPUs");
+    cpu_set_t all = cpus_or_skip();
     struct weft_runtime *rt = start();
     struct weft_future f = { &spawn_while_moved_ops, 0 };
     cr_assert_eq(weft_block_on(rt, &f), 0);
