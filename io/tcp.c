@@ -374,17 +374,15 @@ static void accept_final(struct weft__io *io, struct weft__op *op, struct weft__
 void weft__accept_complete(struct weft__io *io, struct weft__op *op, int32_t res, uint32_t flags)
 {
     struct weft__acceptq *q = op->u.acceptq;
+    bool more = flags & IORING_CQE_F_MORE, pause = false;
     if (res >= 0) {
         /* Closed: nobody will take it (the last reference drains the queue). */
         if (atomic_load_explicit(&q->closed, memory_order_relaxed) || !acceptq_push(q, res))
             close(res);
         uint32_t len = atomic_load_explicit(&q->tail, memory_order_relaxed) -
                        atomic_load_explicit(&q->head, memory_order_relaxed);
-        if (len >= ACCEPTQ_PAUSE && !q->pausing) {
-            q->pausing = true;
-            weft__op_cancel(io, op);
-        }
-    } else if (!(flags & IORING_CQE_F_MORE) && res != -ECANCELED) {
+        pause = more && len >= ACCEPTQ_PAUSE && !q->pausing;
+    } else if (!more && res != -ECANCELED) {
         if (res == -EMFILE || res == -ENFILE || res == -ENOBUFS || res == -ENOMEM)
             atomic_store(&q->backoff_until, weft_now_ns() + ACCEPT_BACKOFF_NS);
         atomic_store(&q->error, res);
@@ -392,10 +390,18 @@ void weft__accept_complete(struct weft__io *io, struct weft__op *op, int32_t res
     /* Counted as a wake, as an op's completion is (op.c): a park whose
      * arming reaped this (a full SQ) must not sleep past the acceptor. */
     io->wakes++;
-    if (flags & IORING_CQE_F_MORE)
-        awaker_wake(&q->waker);
-    else
+    if (!more) {
         accept_final(io, op, q); /* wakes, and may free q */
+        return;
+    }
+    awaker_wake(&q->waker);
+    if (pause) {
+        q->pausing = true;
+        /* Last: making room for the cancel's SQE may reap (a submit's
+         * -EBUSY on old kernels), and so run this multishot's final CQE,
+         * which frees op and may free q. */
+        weft__op_cancel(io, op);
+    }
 }
 
 /* ---- the accept future ----------------------------------------------------------------- */
