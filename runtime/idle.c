@@ -11,14 +11,20 @@
  *   wakes a parked worker only if nobody is searching and some worker is
  *   parked: a searcher is bound to find the new work.
  * - A worker about to park first decrements `state` with a seq_cst RMW
- *   (weft__idle_to_parked). If it was the last searcher, it then re-checks
- *   every queue (sched.c: stay_if_work_pending) and, if it finds anything,
- *   stays up to take it itself.
+ *   (weft__idle_to_parked). If no searcher is left (it was the last one, or
+ *   it was not searching and nobody is), it then re-checks every queue
+ *   (sched.c: stay_if_work_pending) and, if it finds anything, stays up to
+ *   take it itself.
  *
  * Either the pusher's read of `state` comes after the parker's decrement in
- * the seq_cst order, and it sees no searcher and wakes someone; or it comes
+ * the seq_cst order, and it sees the parker parked and wakes someone unless
+ * a searcher is left (whose own decrement comes later still); or it comes
  * before, and then the push (before the pusher's fence) is visible to the
- * parker's re-check (after its RMW). Both orders end with the work found.
+ * parker's re-check (after its RMW), or to that of a searcher still left.
+ * Every order ends with the work found. (A parker that was refused a search
+ * by the cap below re-checks too when nobody searches any more: the searcher
+ * that refused it may have found other work, and a pusher that read `state`
+ * before the parker's decrement saw nobody parked and woke nobody.)
  *
  * A worker's pushes to its own queue that it will run itself skip the notify
  * and so the fence (its LIFO slot, a backlog under sched.c's notify
@@ -76,8 +82,12 @@ bool weft__idle_from_searching(struct idle *idle)
     return searching(prev) == 1;
 }
 
-/* Returns true if the caller was the last searcher (it must then re-check
- * every queue before sleeping). */
+/* Returns true if no other worker is searching once the caller parks (it
+ * must then re-check every queue before sleeping): the last searcher, and
+ * also a worker that was not searching (idle_to_searching refused it) when
+ * no searcher is left, since a pusher that read `state` before this RMW may
+ * have seen nobody parked, and the searcher that refused it may since have
+ * found other work, leaving nobody bound to find the push. */
 bool weft__idle_to_parked(struct idle *idle, uint32_t worker, bool is_searching)
 {
     pthread_mutex_lock(&idle->lock);
@@ -86,7 +96,7 @@ bool weft__idle_to_parked(struct idle *idle, uint32_t worker, bool is_searching)
     uint32_t prev = atomic_fetch_sub_explicit(&idle->state, dec, memory_order_seq_cst);
     idle->sleepers[idle->nsleepers++] = worker;
     pthread_mutex_unlock(&idle->lock);
-    return is_searching && searching(prev) == 1;
+    return searching(prev) == (is_searching ? 1u : 0u);
 }
 
 /* A parked worker that woke up: if it is off the sleepers list, a notifier

@@ -179,8 +179,8 @@ void weft__notify_parked_except(struct weft_runtime *rt, uint32_t skip)
     }
 }
 
-/* The last searcher re-checks every queue before it sleeps (see idle.c); if
- * it finds work, it stays up and takes it itself. */
+/* A parker that leaves no searcher behind re-checks every queue before it
+ * sleeps (see idle.c); if it finds work, it stays up and takes it itself. */
 static void stay_if_work_pending(struct weft__worker *w)
 {
     struct weft_runtime *rt = w->rt;
