@@ -422,6 +422,15 @@ void weft_send_recv_init(struct weft_recv *r, int fd, const void *buf, size_t le
 void weft_send_recv_from_init(struct weft_recv *r, struct weft_recv *from, size_t off,
                               size_t len)
 {
+    if (from == r && r->base.ops == &recv_ops) {
+        /* Its own source: left as it is (a fresh init would lose the slot
+         * and buffer it holds until the runtime's destroy), but failed, so
+         * its poll gives -EINVAL and its drop gives them back. */
+        r->result = -EINVAL;
+        r->data = NULL;
+        r->base.resume = 1;
+        return;
+    }
     bool ok = from && from != r && from->base.ops == &recv_ops && from->base.resume &&
               from->op && weft__op_has_buffer(from->op) && from->result > 0 && len > 0 &&
               off < (size_t)from->result && len <= (size_t)from->result - off;

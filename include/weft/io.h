@@ -223,7 +223,8 @@ void weft_send_recv_init(struct weft_recv *r, int fd, const void *buf, size_t le
  * their next bytes (an echo server's loop). result as weft_send_recv_init; -EINVAL
  * (at the first poll, `from` untouched) if `from` is NULL, is `r`, has not
  * completed with bytes in a buffer it still holds, or the range is empty or
- * beyond what it received. */
+ * beyond what it received (`from` being `r`, r keeps what it holds for its
+ * drop to give back). */
 void weft_send_recv_from_init(struct weft_recv *r, struct weft_recv *from, size_t off,
                               size_t len);
 
