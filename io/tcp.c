@@ -117,7 +117,9 @@ static int format_addr(const struct sockaddr_storage *ss, char *buf, size_t len,
     } else {
         return -EAFNOSUPPORT;
     }
-    if (!inet_ntop(ss->ss_family, src, buf, (socklen_t)len))
+    /* inet_ntop takes a socklen_t: a length past its range must not be cut
+     * to its low bits (2^32 + 5 would give 5); any address fits in 64. */
+    if (!inet_ntop(ss->ss_family, src, buf, (socklen_t)(len < 64 ? len : 64)))
         return -ENOSPC;
     *port = p; /* only on success, as every out-parameter */
     return 0;

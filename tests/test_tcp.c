@@ -22,7 +22,8 @@
  * same listener, an I/O future polled off the workers, writev with a negative
  * count and with more than IOV_MAX buffers, shutdown with how = 99 and on a
  * descriptor that is not open, send_all on one, socket options on a pipe, a bad descriptor and negative sizes, addresses of an unconnected
- * socket, into a short buffer and into NULL, send after our own SHUT_WR. */
+ * socket, into a short buffer, into NULL and with a length past 4 GiB, send
+ * after our own SHUT_WR. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
@@ -502,6 +503,12 @@ Test(tcp, socket_options_and_addresses, .timeout = 20)
     cr_assert_eq(weft_tcp_local_addr(lone, a, sizeof a, &port), 0);
     cr_assert_str_eq(a, "0.0.0.0");
     cr_assert_eq(port, 0);
+#if SIZE_MAX > UINT32_MAX
+    /* A length past 4 GiB is not cut to its low 32 bits (5: -ENOSPC). */
+    memset(a, 'x', sizeof a);
+    cr_assert_eq(weft_tcp_local_addr(lone, a, ((size_t)1 << 32) + 5, &port), 0);
+    cr_assert_str_eq(a, "0.0.0.0");
+#endif
     close(lone);
     close(p[0]);
     close(p[1]);
