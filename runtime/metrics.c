@@ -64,7 +64,12 @@ uint64_t weft_histogram_quantile(const struct weft_histogram *h, double q)
         q = 0;
     if (q > 1)
         q = 1;
-    uint64_t rank = (uint64_t)(q * (double)h->count + 0.999999), seen = 0;
+    /* At most the count: near 2^64, q * count rounds up to 2^64, which no
+     * uint64_t holds (the conversion would be undefined). */
+    double x = q * (double)h->count + 0.999999;
+    uint64_t rank = x < 0x1p64 ? (uint64_t)x : h->count, seen = 0;
+    if (rank > h->count)
+        rank = h->count;
     if (rank == 0)
         rank = 1;
     for (uint32_t i = 0; i < HIST_BUCKETS; i++) {

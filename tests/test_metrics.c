@@ -29,7 +29,8 @@
  * weft_histogram_bucket_min of 118 (one past the
  * last bucket) and UINT32_MAX (UINT64_MAX); weft_histogram_quantile of NULL
  * and of an empty histogram (0), of q < 0 and q > 1 (clamped to 0 and 1), of
- * a sample in the last bucket (UINT64_MAX, its open top). test_stall.c lists
+ * a sample in the last bucket (UINT64_MAX, its open top), of a count of
+ * UINT64_MAX (q = 1 and 0.5 in the bucket holding all but one). test_stall.c lists
  * the bad inputs of the stall detector and the task dump. */
 #include "metrics_common.h"
 
@@ -57,6 +58,17 @@ Test(metrics, null_arguments, .timeout = 30)
     cr_assert_eq(weft_histogram_quantile(NULL, 1.0), 0);
     cr_assert_eq(weft_histogram_bucket_min(WEFT_HIST_BUCKETS), UINT64_MAX);
     cr_assert_eq(weft_histogram_bucket_min(UINT32_MAX), UINT64_MAX);
+    /* A count near 2^64: q * count rounds to 2^64 (was converted to an
+     * integer as it was, undefined: 128 came back). */
+    struct weft_histogram *h = calloc(1, sizeof *h);
+    cr_assert_not_null(h);
+    h->count = UINT64_MAX;
+    h->buckets[2] = 1;
+    h->buckets[5] = UINT64_MAX - 1;
+    cr_assert_eq(weft_histogram_quantile(h, 1.0), weft_histogram_bucket_min(6));
+    cr_assert_eq(weft_histogram_quantile(h, 0.5), weft_histogram_bucket_min(6));
+    cr_assert_eq(weft_histogram_quantile(h, 0.0), weft_histogram_bucket_min(3));
+    free(h);
     free(m);
     weft_runtime_destroy(rt);
 }
