@@ -49,7 +49,10 @@
  * examples/server.h holds the skeleton both example servers share (the
  * command line, signals, the accept loop, the graceful stop). At a stop, a
  * connection in the middle of a request is left to finish it (within the
- * drain timeout), and closes after its response; the others close at once.
+ * drain timeout), and closes after its response (a client that keeps
+ * pipelining gets the requests already sent answered, no new ones read: its
+ * reading side is shut once the request in hand is done); the others close
+ * at once.
  * Every close (after an error reply or a "Connection: close" too) waits
  * until the client's kernel has every response, or 2 s (server.h: a close
  * with input unread would reset them away). */
@@ -91,6 +94,7 @@ struct conn {
     uint32_t carry_len, carry_cap;
     uint64_t skip;             /* bytes of a request body still to come, to skip */
     uint8_t reply;             /* the error to answer after them (REPLY_*), or 0 */
+    uint8_t shut;              /* read side shut down at a stop (a partial request left) */
     unsigned char *carry;      /* the start of a request split across reads, or NULL */
     struct weft_recv rx;       /* sends the last batch's responses, then reads */
     union {
@@ -522,6 +526,17 @@ static enum weft_poll conn_poll(struct weft_future *f, struct weft_cx *cx)
                 WEFT_AWAIT(f, cx, &self->tx);
             }
             break; /* requests after it are dropped, not answered */
+        }
+        /* Stopping, and the request that was in hand at the stop is
+         * complete, yet this read ended inside a later one: shut the reading
+         * side as the stop does for idle connections (the bytes already
+         * queued are still read and answered, then end of stream). Without
+         * it a client that keeps pipelining, its reads never ending on a
+         * request boundary, held the connection (and the exit) until the
+         * drain timeout, which then reset it. */
+        if (server_stopping() && self->carry && self->count && !self->shut) {
+            shutdown(self->sock.fd, SHUT_RD);
+            self->shut = 1;
         }
         if (server_stopping() && !self->carry) {
             if (self->count) {

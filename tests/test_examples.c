@@ -886,6 +886,59 @@ Test(http, stop_with_responses_queued_loses_none, .fini = kill_server, .timeout 
     stop_server(0, 5);
 }
 
+/* A stop while a client keeps pipelining, its writes straddling requests so
+ * that no read ends between two: once the request in hand is answered the
+ * server stops reading (the requests already sent are answered), the
+ * connection ends and the server exits, well before the 5 s drain timeout,
+ * with whole responses only. Before, the connection held on to the drain
+ * timeout, which then reset it. */
+Test(http, a_client_pipelining_through_a_stop_is_closed_soon, .fini = kill_server, .timeout = 30)
+{
+    int port = start_server("weft-http", "5000");
+    int fd = dial(port);
+    cr_assert_eq(fcntl(fd, F_SETFL, O_NONBLOCK), 0);
+    static const char get[] = GET;
+    size_t glen = sizeof(get) - 1, sent = 0, got = 0;
+    static char buf[1 << 16];
+    double t0 = now_s(), stop_at = 0, eof_at = 0;
+    bool writing = true;
+    while (!eof_at && now_s() - t0 < 8) {
+        if (writing) { /* the end of one request and the start of the next */
+            size_t k = sent ? glen : glen / 2, at = sent % glen;
+            char chunk[2 * sizeof get];
+            for (size_t i = 0; i < k; i++)
+                chunk[i] = get[(at + i) % glen];
+            ssize_t r = send(fd, chunk, k, MSG_NOSIGNAL);
+            if (r > 0)
+                sent += (size_t)r;
+            else if (errno != EAGAIN)
+                writing = false; /* the server may reset a late send */
+        }
+        ssize_t r;
+        while ((r = recv(fd, buf, sizeof buf, 0)) > 0) {
+            for (ssize_t i = 0; i < r; i++)
+                cr_assert_eq(buf[i], OK[(got + (size_t)i) % OK_LEN], "byte %zu", got + (size_t)i);
+            got += (size_t)r;
+        }
+        if (r == 0)
+            eof_at = now_s();
+        else
+            cr_assert(errno == EAGAIN, "recv: %s", strerror(errno));
+        if (!stop_at && now_s() - t0 > 0.3) {
+            cr_assert_gt(got, 0, "no response in 0.3 s");
+            cr_assert_eq(kill(server_pid, SIGTERM), 0);
+            stop_at = now_s();
+        }
+        sleep_us(2000);
+    }
+    cr_assert(eof_at, "the connection was still open 8 s in");
+    cr_assert_lt(eof_at - stop_at, 2.5, "the connection ended %.2f s after the stop",
+                 eof_at - stop_at);
+    cr_assert_eq(got % OK_LEN, 0, "the last response was cut after %zu bytes", got % OK_LEN);
+    close(fd);
+    stop_server(0, 2.5);
+}
+
 Test(http, sigterm_mid_request_closes_at_drain_timeout, .fini = kill_server, .timeout = 30)
 {
     int port = start_server("weft-http", "300");
