@@ -244,7 +244,9 @@ struct weft_io {
 };
 
 /* Receives up to `len` bytes into `buf` (the caller's; it must stay valid
- * until the future is dropped). result: bytes (0 at end of stream) or -errno. */
+ * until the future is dropped). result: bytes (0 at end of stream) or -errno.
+ * With len 0 it waits until the socket is readable and gives 0, as the
+ * kernel's receive does: not a way to test for end of stream. */
 void weft_recv_into_init(struct weft_io *io, int fd, void *buf, size_t len);
 
 /* Sends once: result is the bytes sent (possibly fewer than `len`) or -errno
