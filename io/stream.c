@@ -11,6 +11,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "io.h"
@@ -44,6 +45,33 @@ static uint32_t clamp_len(uint64_t len)
     return len > INT_MAX ? INT_MAX : (uint32_t)len;
 }
 
+/* An open the kernel always runs on its async workers (O_CREAT, O_TRUNC,
+ * O_TMPFILE: io_openat_force_async) never gets the O_NONBLOCK first try its
+ * inline issue gives every other open, so a FIFO with no peer held it (and
+ * the task) until one came, where the pool answers at once. Such an open is
+ * sent with O_NONBLOCK, cleared after unless asked for; -EAGAIN (a lease to
+ * break) sends it again without (`done` set: unused by a ring open), to wait
+ * on the kernel's worker, which a drop's cancel interrupts. */
+static bool open_adds_nonblock(const struct weft_io *io)
+{
+    int flags = (int)io->len;
+    return io->kind == IO_OPEN && !io->done &&
+           (flags & (O_CREAT | O_TRUNC | (O_TMPFILE & ~O_DIRECTORY))) &&
+           !(flags & (O_NONBLOCK | O_PATH));
+}
+
+/* Clears the O_NONBLOCK open_adds_nonblock added; the descriptor or -errno. */
+static int clear_nonblock(int fd)
+{
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0) {
+        int e = -errno;
+        close(fd);
+        return e;
+    }
+    return fd;
+}
+
 /* Starts the next operation of `io`; returns 0 or the error to finish with. */
 static int io_start(struct weft_io *io, struct weft_cx *cx)
 {
@@ -62,7 +90,7 @@ static int io_start(struct weft_io *io, struct weft_cx *cx)
         op->addr += io->done;
         op->len = clamp_len(io->len - io->done);
     } else if (io->kind == IO_OPEN) {
-        op->len = (uint32_t)io->len; /* the flags */
+        op->len = (uint32_t)io->len | (open_adds_nonblock(io) ? O_NONBLOCK : 0); /* the flags */
     }
     weft__op_submit(op->io, op);
     return 0;
@@ -150,11 +178,21 @@ static long open_job(struct weft_io *io)
     }
     int extra = flags & (O_NONBLOCK | O_PATH) ? 0 : O_NONBLOCK;
     int fd = open(io->buf, flags | extra | O_CLOEXEC, (mode_t)io->off), fl;
-    if (fd < 0 && errno == EAGAIN && extra) {
-        /* A lease to break (or an NFS delegation): wait for it, as the ring's
-         * blocking retry does. A FIFO never says EAGAIN here. */
-        extra = 0;
-        fd = open(io->buf, flags | O_CLOEXEC, (mode_t)io->off);
+    /* A lease to break (or an NFS delegation): the first try started the
+     * break; wait for it, as the ring's blocking retry does, but by trying
+     * again in steps (1 ms doubling up to CANCEL_POLL_MS) rather than in one
+     * blocking open, which no drop could stop for up to lease-break-time (45
+     * s by default) while the ring's is cancelled at once: the drop sets
+     * `done` (as for a read) and the job gives up at the next step. A FIFO
+     * never says EAGAIN here. */
+    for (long ms = 1; fd < 0 && errno == EAGAIN && extra; ms = ms < CANCEL_POLL_MS ? 2 * ms : ms) {
+        /* Acquire pairs with the drop's release store. */
+        if (__atomic_load_n(&io->done, __ATOMIC_ACQUIRE)) {
+            errno = ECANCELED;
+            return -1;
+        }
+        nanosleep(&(struct timespec){ 0, ms * 1000000L }, NULL);
+        fd = open(io->buf, flags | extra | O_CLOEXEC, (mode_t)io->off);
     }
     if (fd >= 0 && extra &&
         ((fl = fcntl(fd, F_GETFL)) < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0)) {
@@ -177,6 +215,13 @@ static void *file_job(void *arg)
         break;
     case IO_READ:
     case IO_WRITE:
+        /* As the ring says for any descriptor (a pipe's or socket's too,
+         * which plain_io would read at the position): io.h's -EINVAL. */
+        if (io->off != UINT64_MAX && io->off > (uint64_t)INT64_MAX) {
+            errno = EINVAL;
+            r = -1;
+            break;
+        }
         r = plain_io(io, io->kind == IO_WRITE);
         break;
     case IO_FSYNC:
@@ -226,6 +271,14 @@ static enum weft_poll io_step(struct weft_future *f, struct weft_cx *cx)
             weft__op_take(io->op); /* an opened file is ours now */
             weft__op_release(io->op);
             io->op = NULL;
+            if (open_adds_nonblock(io)) {
+                if (res == -EAGAIN) {
+                    io->done = 1; /* again, waiting for the lease */
+                    continue;
+                }
+                if (res >= 0)
+                    res = clear_nonblock(res);
+            }
         }
         if (io->kind == IO_SEND_ALL && res > 0) {
             io->done += (uint64_t)res;
@@ -251,8 +304,8 @@ static void io_drop(struct weft_future *f)
          * and wait for it. A file it opened is closed; a close it never ran is
          * done here. */
         weft__job_cancel(io->job);
-        if (io->kind == IO_READ || io->kind == IO_WRITE)
-            __atomic_store_n(&io->done, 1, __ATOMIC_RELEASE); /* stops its wait_ready */
+        if (io->kind == IO_READ || io->kind == IO_WRITE || io->kind == IO_OPEN)
+            __atomic_store_n(&io->done, 1, __ATOMIC_RELEASE); /* stops its wait_ready or lease wait */
         bool ran = weft__job_wait(io->job);
         if (ran && io->kind == IO_OPEN) {
             int res;

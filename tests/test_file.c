@@ -18,7 +18,9 @@
  * off any worker (-ENXIO); reads at and far beyond the end of file (0); a read
  * of a pipe's write end and a write to its read end (-EBADF), a zero-length
  * read of an empty pipe (0), a FIFO with no reader opened for writing
- * (-ENXIO). An open of a file under a lease waits for the lease to break. */
+ * (-ENXIO, with O_CREAT too), a write to a pipe at an offset past INT64_MAX
+ * (-EINVAL). An open of a file under a lease waits for the lease to break,
+ * and its abort does not. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
@@ -482,7 +484,7 @@ Test(file, bad_inputs_through_the_blocking_pool, .timeout = 30)
 
 struct pipes {
     int p[2];
-    char fifo[128];
+    char fifo[128], file[128];
     char buf[16];
 };
 
@@ -493,22 +495,43 @@ static enum weft_poll body_pipes(struct ft *t, struct weft_cx *cx)
     DO_IO(t, cx, weft_read_at_init(&t->io, P->p[1], P->buf, sizeof P->buf, 0));
     DO_IO(t, cx, weft_write_at_init(&t->io, P->p[0], "x", 1, 0));
     DO_IO(t, cx, weft_read_at_init(&t->io, P->p[0], P->buf, 0, 0));
+    DO_IO(t, cx, weft_write_at_init(&t->io, P->p[1], "x", 1, UINT64_MAX - 1));
     DO_IO(t, cx, weft_open_init(&t->io, P->fifo, O_WRONLY, 0));
+    DO_IO(t, cx, weft_open_init(&t->io, P->fifo, O_WRONLY | O_CREAT, 0600));
     DO_IO(t, cx, weft_open_init(&t->io, P->fifo, O_RDONLY, 0));
+    DO_IO(t, cx, weft_open_init(&t->io, P->fifo, O_RDONLY | O_CREAT, 0600));
+    DO_IO(t, cx, weft_open_init(&t->io, P->file, O_RDWR | O_CREAT | O_TRUNC, 0600));
+    DO_IO(t, cx, weft_open_init(&t->io, P->file, O_RDONLY | O_CREAT | O_NONBLOCK, 0600));
     WEFT_ASYNC_END(&t->base);
 }
 
+/* The descriptor of operation k, checked: close-on-exec, O_NONBLOCK as asked. */
+static void check_opened(const struct ft *out, uint32_t k, bool nonblock)
+{
+    int fd = out->res[k];
+    cr_assert_geq(fd, 0, "open %u gave %d", k, fd);
+    int fl = fcntl(fd, F_GETFL);
+    cr_assert(fl >= 0 && !(fl & O_NONBLOCK) == !nonblock, "open %u: flags 0%o", k, fl);
+    cr_assert(fcntl(fd, F_GETFD) & FD_CLOEXEC);
+    close(fd);
+}
+
 /* An empty pipe, and a FIFO nobody has open: a read of the write end, a write
- * to the read end (-EBADF), a zero-length read (0), and opening the FIFO for
- * writing (-ENXIO) or reading (a blocking descriptor) answer at once through
- * the pool as through the ring. The pool waited for readiness before the
- * syscall and opened without O_NONBLOCK: each of these hung it for good (a
- * helper's review), and the drop and destroy with it. */
+ * to the read end (-EBADF), a zero-length read (0), a write at an offset past
+ * INT64_MAX (-EINVAL: the pool wrote it at the pipe's position), and opening
+ * the FIFO for writing (-ENXIO) or reading (a blocking descriptor), with
+ * O_CREAT too, answer at once through the pool as through the ring. The pool
+ * waited for readiness before the syscall and opened without O_NONBLOCK: each
+ * of these hung it for good (a helper's review), and the drop and destroy with
+ * it; the ring's opens with O_CREAT (which the kernel sends to its workers
+ * with no non-blocking first try) waited for the FIFO's peer for good (a
+ * later review). O_NONBLOCK comes back as asked, a regular file's too. */
 static void pipes_and_fifos(enum path path)
 {
     struct pipes P;
     cr_assert_eq(pipe2(P.p, O_CLOEXEC), 0);
     path_in_dir(P.fifo, sizeof P.fifo, "fifo");
+    path_in_dir(P.file, sizeof P.file, "file");
     cr_assert_eq(mkfifo(P.fifo, 0600), 0);
     struct weft_runtime *rt = start_rt_opts((struct rt_opts){ .workers = 1,
                                                               .no_io_uring = path == NO_RING },
@@ -517,17 +540,15 @@ static void pipes_and_fifos(enum path path)
     struct ft out = run_ft(rt, body_pipes, &P);
     double took = now_s() - t0;
     weft_runtime_destroy(rt);
-    cr_assert_eq(out.n, 5);
-    const int want[] = { -EBADF, -EBADF, 0, -ENXIO };
-    for (uint32_t k = 0; k < 4; k++)
+    cr_assert_eq(out.n, 10);
+    const int want[] = { -EBADF, -EBADF, 0, -EINVAL, -ENXIO, -ENXIO };
+    for (uint32_t k = 0; k < 6; k++)
         cr_assert_eq(out.res[k], want[k], "operation %u gave %d, not %d", k, out.res[k], want[k]);
-    int fd = out.res[4];
-    cr_assert_geq(fd, 0, "opening the FIFO for reading gave %d", fd);
-    int fl = fcntl(fd, F_GETFL);
-    cr_assert(fl >= 0 && !(fl & O_NONBLOCK), "the FIFO's descriptor is non-blocking (0%o)", fl);
-    cr_assert(fcntl(fd, F_GETFD) & FD_CLOEXEC);
-    cr_assert_lt(took, 1.0, "the five took %.3f s", took);
-    close(fd);
+    check_opened(&out, 6, false);
+    check_opened(&out, 7, false);
+    check_opened(&out, 8, false);
+    check_opened(&out, 9, true);
+    cr_assert_lt(took, 1.0, "the ten took %.3f s", took);
     close(P.p[0]);
     close(P.p[1]);
     assert_no_fd_leak();
@@ -598,6 +619,65 @@ Test(file, an_open_waits_for_a_lease_to_break, .timeout = 30)
 Test(file, an_open_waits_for_a_lease_to_break_through_the_blocking_pool, .timeout = 30)
 {
     leased_open(NO_RING);
+}
+
+static _Atomic int lease_broken;
+
+static void note_lease_break(int sig)
+{
+    (void)sig;
+    atomic_store(&lease_broken, 1);
+}
+
+/* An open waiting for a lease its holder keeps (the kernel's lease-break-time
+ * is 45 s by default), aborted: the abort's drop returns at once, and no
+ * descriptor is left. The pool's open waited in one blocking open(2), which
+ * nothing could stop: the drop waited for the lease (a review). */
+static void leased_open_aborted(enum path path)
+{
+    char p[128];
+    close(create_in_dir(p, sizeof p, "leased"));
+    lease_fd = open(p, O_RDONLY | O_CLOEXEC);
+    cr_assert_geq(lease_fd, 0);
+    atomic_store(&lease_broken, 0);
+    struct sigaction sa = { .sa_handler = note_lease_break }, old;
+    cr_assert_eq(sigaction(SIGIO, &sa, &old), 0);
+    if (fcntl(lease_fd, F_SETLEASE, F_RDLCK) != 0) {
+        int e = errno;
+        close(lease_fd);
+        sigaction(SIGIO, &old, NULL);
+        cr_skip_test("no lease on a file here (F_SETLEASE: %s)", strerror(e));
+    }
+    struct weft_runtime *rt = start_rt_opts((struct rt_opts){ .workers = 1,
+                                                              .no_io_uring = path == NO_RING },
+                                            NULL);
+    struct weft_join j;
+    cr_assert_eq(spawn_ft(rt, body_open_for_writing, p, 0, &j), 0);
+    WAIT_UNTIL(atomic_load(&lease_broken)); /* the open waits for the break */
+    sleep_us(20000);
+    double t0 = now_s();
+    weft_join_abort(&j);
+    cr_assert_eq(weft_block_on(rt, &j.base), 0);
+    double took = now_s() - t0;
+    cr_assert_eq(j.res, -ECANCELED);
+    weft_future_drop(&j.base);
+    weft_runtime_destroy(rt);
+    fcntl(lease_fd, F_SETLEASE, F_UNLCK);
+    sigaction(SIGIO, &old, NULL);
+    close(lease_fd);
+    cr_assert_lt(took, 0.5, "the abort waited %.3f s for the lease", took);
+    assert_no_fd_leak();
+}
+
+Test(file, an_open_waiting_for_a_lease_is_aborted_at_once, .timeout = 30)
+{
+    leased_open_aborted(RING);
+}
+
+Test(file, an_open_waiting_for_a_lease_is_aborted_at_once_through_the_blocking_pool,
+     .timeout = 30)
+{
+    leased_open_aborted(NO_RING);
 }
 
 /* ---- dropping a read in flight ------------------------------------------------------------------- */

@@ -293,10 +293,11 @@ int weft_tcp_local_addr(int fd, char *buf, size_t len, uint16_t *port);
  * When the ring cannot do a file operation (a kernel without the opcode, or
  * a runtime without io_uring), it runs on the blocking pool instead, with the
  * same results; dropping such a future takes back a job not started, stops a
- * read or write still waiting for its descriptor within 50 ms, and waits for
- * one inside its syscall (a read or write of a pipe or socket never waits
- * there: it writes what there is room for, as the ring does; an open never
- * waits for a FIFO's peer). */
+ * read or write still waiting for its descriptor, or an open waiting for a
+ * lease to break, within 50 ms, and waits for one inside its syscall (a read
+ * or write of a pipe or socket never waits there: it writes what there is
+ * room for, as the ring does; an open never waits for a FIFO's peer, on
+ * either path, O_CREAT or O_TRUNC included). */
 
 /* Opens `path` (open(2) flags and mode; O_CLOEXEC is added). result: the file
  * descriptor or -errno. `path` must stay valid until the future is dropped. */
