@@ -754,11 +754,24 @@ Test(timer, abort_sleeping_task_drops_on_other_worker, .timeout = 30)
  * which is no worker, drops one still pending and one whose timer fired. */
 static struct weft_sleep ext[2];
 
+/* The sleeps are initialised here, just before their first poll: initialised
+ * on the test thread, a first poll that came 10 ms later (a loaded ctest -j2
+ * run: the spawn's first poll waited that long) found ext[1] ready and the
+ * CHECK aborted. One that is ready all the same (this worker preempted for
+ * 10 ms between the two calls) is dropped and started again. */
 static enum weft_poll body_poll_ext(struct tk *t, struct weft_cx *cx)
 {
+    static const uint64_t dur[2] = { 100 * MS, 10 * MS };
     (void)t;
-    for (int k = 0; k < 2; k++)
-        CHECK(weft_future_poll(&ext[k].base, cx) == WEFT_PENDING);
+    for (int k = 0; k < 2; k++) {
+        for (int tries = 1;; tries++) {
+            weft_sleep_init(&ext[k], dur[k]);
+            if (weft_future_poll(&ext[k].base, cx) == WEFT_PENDING)
+                break;
+            weft_future_drop(&ext[k].base);
+            CHECK(tries < 50);
+        }
+    }
     return WEFT_READY;
 }
 
@@ -766,8 +779,6 @@ Test(timer, drop_from_non_worker_thread, .timeout = 30)
 {
     struct counting_alloc ca;
     struct weft_runtime *rt = start_rt_io(2, &ca, false);
-    weft_sleep_init(&ext[0], 100 * MS);
-    weft_sleep_init(&ext[1], 10 * MS);
     run_tk(rt, body_poll_ext, NULL, 0);
     sleep_us(40000); /* ext[1] fires meanwhile, waking a finished task */
     weft_future_drop(&ext[0].base);
