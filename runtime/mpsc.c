@@ -94,6 +94,9 @@ struct weft_mpsc {
     _Atomic size_t tail;      /* next position to claim; CAS by senders */
     char pad1[CACHE_LINE];
     size_t head;              /* next position to take; the receiver's alone */
+    size_t rx_waiting;        /* receive futures pending (registered); the receiver's alone:
+                               * several of one task share the armed waker, so only the
+                               * last one dropped pending may unregister it */
     _Atomic bool closed;      /* weft_mpsc_receiver_close ran (beside head: an empty
                                * receive reads it, not the senders' tail line) */
     char pad2[CACHE_LINE];
@@ -330,6 +333,7 @@ int weft_mpsc_create(struct weft_mpsc **out, size_t capacity, size_t msg_size)
     atomic_init(&ch->refs, 2);
     atomic_init(&ch->tail, 0);
     ch->head = 0;
+    ch->rx_waiting = 0;
     atomic_init(&ch->closed, false);
     awaker_init(&ch->rx);
     atomic_init(&ch->nwaiters, 0);
@@ -520,7 +524,10 @@ static enum weft_poll recv_poll(struct weft_future *f, struct weft_cx *cx)
     int res = recv_one(ch, r->out);
     if (res == -EAGAIN) {
         awaker_register(&ch->rx, cx->waker);
-        r->base.resume = FUT_WAITING;
+        if (r->base.resume != FUT_WAITING) {
+            ch->rx_waiting++;
+            r->base.resume = FUT_WAITING;
+        }
         /* The re-check of handshake 1. */
         res = recv_one(ch, r->out);
         if (res == -EAGAIN) {
@@ -530,6 +537,8 @@ static enum weft_poll recv_poll(struct weft_future *f, struct weft_cx *cx)
     }
     /* If we registered, the slot may stay armed with this task's waker: at
      * worst one spurious wake later, and no clone at the next wait. */
+    if (r->base.resume == FUT_WAITING)
+        ch->rx_waiting--;
     r->res = res;
     r->base.resume = FUT_DONE;
     return WEFT_READY;
@@ -538,7 +547,10 @@ static enum weft_poll recv_poll(struct weft_future *f, struct weft_cx *cx)
 static void recv_drop(struct weft_future *f)
 {
     struct weft_mpsc_recv *r = (struct weft_mpsc_recv *)f;
-    if (r->base.resume == FUT_WAITING)
+    /* Another receive future of the receiver still pending (in the same
+     * task: a join_all of two receives, one under a timeout that fired)
+     * relies on the armed waker: leave it. */
+    if (r->base.resume == FUT_WAITING && --r->ch->rx_waiting == 0)
         awaker_unregister(&r->ch->rx);
 }
 

@@ -4,7 +4,7 @@
 // -DWEAK_FREE, -DWEAK_AW, -DNO_RECHECK, -DNO_RETRY, -DNO_PASS_ON, -DSTALE_TURN,
 // -DEAGER_EPIPE (a closed receiver says -EPIPE before head reaches the marked
 // tail), -DCLOSED_FIRST (the flag before the mark), -DNO_CLOSE_WAKE,
-// -DWEAK_CLOSED (the flag release/acquire only) re-creates a bug and is caught (livelock or assert) within a few
+// -DWEAK_CLOSED (the flag release/acquire only), -DNO_WAITING_COUNT re-creates a bug and is caught (livelock or assert) within a few
 // thousand iterations; the model as is passes 1,000,000 per test.
 #include <relacy/relacy.hpp>
 
@@ -54,6 +54,7 @@ struct chan {
     rl::atomic<int> woken[NTASK];
     rl::atomic<int> senders;
     rl::atomic<bool> closed;
+    rl::var<int> rx_waiting; // receive futures pending (the receiver's alone)
 
     void init(int nsenders, size_t cap = 2)
     {
@@ -78,6 +79,7 @@ struct chan {
         next_seq = 1;
         senders($).store(nsenders, RLX);
         closed($).store(false, RLX);
+        rx_waiting($) = 0;
     }
 
     size_t next_pos(size_t pos) { return (pos & (MARK - 1)) + 1 < CAP ? pos + 1 : (pos & ~(size_t)(ONE_LAP - 1)) + ONE_LAP; }
@@ -419,6 +421,62 @@ struct unregister_race : rl::test_suite<unregister_race, 2> {
     }
 };
 
+// Two receive futures of one task pending at once (a join_all of two
+// receives, one under a timeout that fires): the first is dropped pending, and
+// the second must still be woken by the message. -DNO_WAITING_COUNT (the drop
+// always unregisters, as before) loses the wake.
+struct two_receives : rl::test_suite<two_receives, 2> {
+    chan ch;
+    void before() { ch.init(1); }
+    // One poll of a receive future of task 1; *waiting is the future's state.
+    int poll_recv(bool *waiting, int *v)
+    {
+        int r = ch.try_recv(v);
+        if (r == -1) {
+            ch.aw_register(1);
+            if (!*waiting) {
+                *waiting = true;
+                ch.rx_waiting($) = ch.rx_waiting($) + 1;
+            }
+            r = ch.try_recv(v);
+        }
+        if (r != -1 && *waiting) {
+            *waiting = false;
+            ch.rx_waiting($) = ch.rx_waiting($) - 1;
+        }
+        return r;
+    }
+    void drop_recv(bool *waiting)
+    {
+        if (!*waiting)
+            return;
+        ch.rx_waiting($) = ch.rx_waiting($) - 1;
+#ifndef NO_WAITING_COUNT
+        if (ch.rx_waiting($) == 0)
+#endif
+            ch.aw_unregister();
+    }
+    void thread(unsigned t)
+    {
+        if (t == 0) {
+            bool w1 = false, w2 = false;
+            int v = -1;
+            if (poll_recv(&w1, &v) == 0 || poll_recv(&w2, &v) == 0) {
+                RL_ASSERT(v == 7);
+                return;
+            }
+            drop_recv(&w1);
+            int r;
+            do // the task sleeps until woken, then polls the second again
+                ch.wait(1);
+            while ((r = poll_recv(&w2, &v)) == -1);
+            RL_ASSERT(r == 0 && v == 7);
+        } else {
+            RL_ASSERT(ch.try_send(7) == 0);
+        }
+    }
+};
+
 // Sender task 2 is chosen for a freed slot but dropped before it polls again:
 // its turn must pass to sender task 3, or 3 sleeps forever.
 struct pass_on : rl::test_suite<pass_on, 3> {
@@ -576,6 +634,7 @@ int main(int argc, char **argv)
     bool ok = rl::simulate<mpsc_test>(p);
     ok = rl::simulate<sender_race>(p) && ok;
     ok = rl::simulate<unregister_race>(p) && ok;
+    ok = rl::simulate<two_receives>(p) && ok;
     ok = rl::simulate<pass_on>(p) && ok;
     ok = rl::simulate<turn_thief>(p) && ok;
     ok = rl::simulate<close_drain>(p) && ok;

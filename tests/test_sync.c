@@ -442,6 +442,38 @@ Test(mpsc, waiting_senders_take_turns, .timeout = 20)
         cr_assert_eq(live(&c[i]), 0);
 }
 
+/* Two receive futures of the receiver pending in one task (a join_all of two
+ * receives, one under a timeout that fires): dropping one leaves the other
+ * woken by the next message. The drop used to unregister the one shared
+ * waker: the message then sat queued and the task slept for good. */
+Test(mpsc, two_pending_receives_one_dropped, .timeout = 20)
+{
+    struct weft_mpsc *ch = mpsc_u32(4);
+    struct counter c = { 0 };
+    struct weft_mpsc_recv r1, r2;
+    uint32_t o1 = 0, o2 = 0;
+    weft_mpsc_recv_init(&r1, ch, &o1);
+    weft_mpsc_recv_init(&r2, ch, &o2);
+    cr_assert_eq(poll_with(&r1, &c), WEFT_PENDING);
+    cr_assert_eq(poll_with(&r2, &c), WEFT_PENDING);
+    weft_future_drop(&r1.base);
+    cr_assert_eq(put(ch, 9), 0);
+    cr_assert_eq(wakes(&c), 1, "a message sent, the pending receive's task not woken");
+    cr_assert_eq(poll_with(&r2, &c), WEFT_READY);
+    cr_assert_eq(r2.res, 0);
+    cr_assert_eq(o2, 9);
+    weft_future_drop(&r2.base);
+    /* Both dropped pending: nothing is left registered. */
+    weft_mpsc_recv_init(&r1, ch, &o1);
+    weft_mpsc_recv_init(&r2, ch, &o2);
+    cr_assert_eq(poll_with(&r1, &c), WEFT_PENDING);
+    cr_assert_eq(poll_with(&r2, &c), WEFT_PENDING);
+    weft_future_drop(&r2.base);
+    weft_future_drop(&r1.base);
+    cr_assert_eq(live(&c), 0, "a waker left registered after both drops");
+    mpsc_close(ch);
+}
+
 Test(mpsc, dropped_pending_send_unregisters_and_passes_wake_on, .timeout = 20)
 {
     struct weft_mpsc *ch = mpsc_u32(1);

@@ -15,6 +15,9 @@
  *     uses the try_ call, or awaits a send future under weft_block_on.
  *  5. A future dropped while pending unregisters its waker; nothing points at
  *     it afterwards (a wake already under way may still reach its task once).
+ *     Receive futures of one mpsc receiver pending together (in one task: a
+ *     join_all of two receives) share one registration, which stays until the
+ *     last of them is dropped or ready.
  *  6. The futures count against the cooperative budget (WEFT_COOP_BUDGET) when
  *     they complete, as Tokio's do, so a task that finds its channel always
  *     ready still lets the others run.
@@ -128,7 +131,10 @@ struct weft_mpsc_send {
     struct weft__mpsc_waiter waiter; /* private */
 };
 
-/* Prepares a send of *msg on behalf of a sender reference the caller holds; msg must stay valid until ready. */
+/* Prepares a send of *msg on behalf of a sender reference the caller holds; msg must stay valid until ready.
+ * Waiting sends are woken in turn, one per freed slot, but a send that finds
+ * room takes it at once, so under constant fresh sends a waiting one may wait
+ * on (Tokio's bounded sender hands a freed slot to the first waiter). */
 void weft_mpsc_send_init(struct weft_mpsc_send *s, struct weft_mpsc *ch, const void *msg);
 
 /* Awaits the oldest message. Ready with res 0 (copied to out) or -EPIPE
