@@ -327,10 +327,10 @@ static bool find_thread(struct weft_runtime *rt)
  * outside the lock (their joiners see -ECANCELED); a waiting destroy is told. */
 static struct weft__job *orphaned_jobs(struct blocking_pool *p)
 {
+    if (p->closed) /* a thread fewer, and one fewer starting */
+        pthread_cond_broadcast(&p->gone);
     if (p->threads > 0)
         return NULL;
-    if (p->closed)
-        pthread_cond_broadcast(&p->gone);
     return take_all_jobs(p);
 }
 
@@ -409,6 +409,7 @@ static void *pool_thread(void *arg)
     p->slots = &slot;
     p->starting--;
     bool retire = false;
+    struct weft__job *untold = NULL; /* a job left running by destroy, told last */
     for (;;) {
         struct weft__job *j = take_job(p);
         if (j) {
@@ -460,11 +461,29 @@ static void *pool_thread(void *arg)
             pthread_mutex_lock(&p->lock);
             atomic_store_explicit(&slot.job_start, 0, memory_order_relaxed);
             low = atomic_exchange_explicit(&slot.demoted, false, memory_order_relaxed);
+            if (p->abandoned) {
+                /* Destroy gave up waiting for this job: leave the runtime
+                 * first (its memory, through its allocator, may go with our
+                 * hold), and only then tell the handle, so that a program
+                 * that awaits the handle of a job left running knows the
+                 * runtime is done with its allocator (a lifecycle review:
+                 * the runtime was freed through it after the handle was
+                 * ready, once the program had freed it). */
+                p->jobs_done++;
+                p->computing -= cpu;
+                untold = j;
+                break;
+            }
+            /* Destroy waits for us while we tell it (a bounded wait). */
+            p->telling++;
             pthread_mutex_unlock(&p->lock);
             if (low && !weft__prio_restore(p))
                 retire = true;
             job_finish(j, JOB_DONE);
             pthread_mutex_lock(&p->lock);
+            p->telling--;
+            if (p->closed)
+                pthread_cond_broadcast(&p->gone);
             p->jobs_done++;
             p->computing -= cpu;
             if (retire)
@@ -506,10 +525,10 @@ static void *pool_thread(void *arg)
     weft__slice_fini(&slicer); /* a syscall under the lock, once per thread */
     if (p->closed && !p->abandoned) {
         /* Destroy is waiting for us: it releases our hold on rt (so that the
-         * runtime is freed on its thread, before it returns). */
+         * runtime is freed on its thread, before it returns). Told at every
+         * exit: past its timeout it still waits for the threads in no job. */
         p->gone_holds++;
-        if (p->threads == 0)
-            pthread_cond_broadcast(&p->gone);
+        pthread_cond_broadcast(&p->gone);
         pthread_mutex_unlock(&p->lock);
         return NULL;
     }
@@ -519,7 +538,9 @@ static void *pool_thread(void *arg)
     pthread_mutex_unlock(&p->lock);
     if (more)
         start_reserved(rt);
-    weft__runtime_release(rt); /* may free rt: nothing after this */
+    weft__runtime_release(rt); /* may free rt: nothing of it after this */
+    if (untold)
+        job_finish(untold, JOB_DONE); /* its own allocation */
     return NULL;
 }
 
@@ -656,9 +677,19 @@ uint32_t weft__blocking_shutdown(struct weft_runtime *rt, uint32_t timeout_ms,
     while (p->threads > 0 && pthread_cond_timedwait(&p->gone, &p->lock, &until) != ETIMEDOUT)
         ;
     /* Idle threads (and those handed a job the close then cancelled, or not
-     * started yet) are on their way out; the rest are in a job. */
-    uint32_t left = p->threads - p->idle - atomic_load_explicit(&p->notified,
-                                                               memory_order_relaxed) - p->starting;
+     * started yet) are on their way out, running nothing of the program's:
+     * wait for them past the timeout (they only need the lock), or they would
+     * free the runtime, through its allocator, after a return that says
+     * nothing is left (a lifecycle review: weft_runtime_shutdown(rt, 0) with
+     * idle pool threads gave 0, and the allocator was used afterwards). The
+     * rest are in a job. No thread becomes idle, notified or starting once
+     * the pool is closed. Nor do we leave behind one that has run its job
+     * and is telling its handle (`telling`): the handle would be ready
+     * before the runtime is freed. */
+    while (p->idle + atomic_load_explicit(&p->notified, memory_order_relaxed) + p->starting +
+               p->telling > 0)
+        pthread_cond_wait(&p->gone, &p->lock);
+    uint32_t left = p->threads;
     p->abandoned = true; /* the rest release their own holds */
     *gone_holds = p->gone_holds;
     pthread_mutex_unlock(&p->lock);

@@ -213,6 +213,7 @@ struct blocking_pool {
     uint32_t computing, compute_max; /* compute jobs running; at most this many */
     uint64_t compute_slice_ns;     /* a lowered compute job yields this often; 0: never */
     uint32_t starting;             /* threads started and not yet running their loop */
+    uint32_t telling;              /* threads past their job, telling its handle (job_finish) */
     _Atomic uint32_t notified;     /* changed under the lock; a spinning idle thread peeks */
     uint32_t max_threads, queue_max, priority;
     bool demotes;                  /* the monitor lowers long jobs (blocking.c) */
@@ -397,6 +398,7 @@ struct weft_runtime {
     weft_stall_fn *stall_fn;
     void *stall_ctx;
     uint32_t blocking_shutdown_ms;
+    uint32_t fork_gen;             /* the process's fork generation at create (runtime.c) */
 };
 
 /* The worker running on this thread, or NULL. */

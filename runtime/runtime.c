@@ -342,6 +342,31 @@ static void drop_all_tasks(struct weft_runtime *rt)
     owned_shutdown(rt);
 }
 
+/* ---- fork ------------------------------------------------------------------------
+ * A child of fork() has none of the runtime's threads: a destroy there would
+ * wait for workers that do not exist (for good: an atexit handler that
+ * destroys the runtime hung every child that called exit()), and a block_on
+ * for a poll nobody makes. Each fork's child counts one more generation; a
+ * runtime made in an earlier one is the parent's, and is refused. */
+
+static _Atomic uint32_t fork_gen;
+static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
+
+static void fork_child(void)
+{
+    atomic_fetch_add_explicit(&fork_gen, 1, memory_order_relaxed);
+}
+
+static void fork_watch(void)
+{
+    pthread_atfork(NULL, NULL, fork_child);
+}
+
+static bool forked_since(const struct weft_runtime *rt)
+{
+    return rt->fork_gen != atomic_load_explicit(&fork_gen, memory_order_relaxed);
+}
+
 int weft_runtime_create(struct weft_runtime **out, const struct weft_runtime_config *cfg)
 {
     struct weft_runtime_config defaults;
@@ -374,6 +399,8 @@ int weft_runtime_create(struct weft_runtime **out, const struct weft_runtime_con
     rt->blocking_shutdown_ms = cfg->blocking_shutdown_ms ? cfg->blocking_shutdown_ms
                                                          : DEFAULT_BLOCKING_SHUTDOWN_MS;
     atomic_init(&rt->live, LIVE_BIAS);
+    pthread_once(&fork_once, fork_watch);
+    rt->fork_gen = atomic_load_explicit(&fork_gen, memory_order_relaxed);
     rt->idle.nworkers = nworkers;
     atomic_init(&rt->idle.state, nworkers << 16); /* all unparked, none searching */
     for (uint32_t i = 0; i < nworkers; i++)
@@ -462,6 +489,11 @@ void weft_runtime_destroy(struct weft_runtime *rt)
               "itself)\n", stderr);
         return;
     }
+    if (forked_since(rt)) {
+        fputs("weft: weft_runtime_destroy called in a child process of fork(): refused (the "
+              "runtime's threads are the parent's)\n", stderr);
+        return;
+    }
     uint32_t timeout_ms = rt->blocking_shutdown_ms;
     uint32_t left = runtime_destroy(rt, timeout_ms);
     if (left)
@@ -476,6 +508,8 @@ int weft_runtime_shutdown(struct weft_runtime *rt, uint32_t timeout_ms)
         return -EINVAL;
     if (on_own_thread(rt))
         return -EDEADLK;
+    if (forked_since(rt))
+        return -ECHILD;
     return (int)runtime_destroy(rt, timeout_ms);
 }
 
@@ -627,6 +661,8 @@ int weft_block_on(struct weft_runtime *rt, struct weft_future *f)
         return -EINVAL;
     if (weft__current)
         return -EDEADLK;
+    if (forked_since(rt))
+        return -ECHILD;
     struct thread_parker *p;
     int err = current_parker(&p);
     if (err)

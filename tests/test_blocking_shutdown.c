@@ -340,3 +340,82 @@ Test(blocking, job_in_block_on_released_by_shutdown, .timeout = 60)
     wait_pool_gone();
 }
 
+
+/* weft_runtime_shutdown(rt, 0) with idle pool threads only (every job done):
+ * it returns 0, and the runtime must be gone by then, allocator and all. The
+ * idle threads used to be left on their way out: one of them then freed the
+ * runtime through the allocator after the return, with the workers' eventfds
+ * open until then (a lifecycle review: 23 rounds of 100). */
+Test(blocking, shutdown_zero_with_idle_threads_frees_the_runtime_first, .timeout = 120)
+{
+    enum { THREADS = 16, ROUNDS = 40 };
+    struct counting_alloc ca;
+    for (int round = 0; round < ROUNDS; round++) {
+        struct weft_runtime_config cfg = base_cfg();
+        cfg.blocking_keepalive_ms = 60000;
+        counting_init(&ca, -1);
+        cfg.allocator = &ca.a;
+        struct weft_runtime *rt = start_cfg(&cfg);
+        atomic_store(&arrived, 0);
+        atomic_store(&go, 0);
+        for (uintptr_t i = 0; i < THREADS; i++)
+            cr_assert_eq(weft_spawn_blocking(rt, job_rendezvous, (void *)i, NULL), 0);
+        WAIT_UNTIL(atomic_load(&arrived) == THREADS);
+        atomic_store(&go, 1);
+        WAIT_UNTIL(metrics(rt).blocking_idle == THREADS);
+        cr_assert_eq(weft_runtime_shutdown(rt, 0), 0);
+        cr_assert_eq(atomic_load(&ca.allocs), atomic_load(&ca.frees),
+                     "round %d: shutdown gave 0 with the runtime still held (%ld allocations "
+                     "live)", round, atomic_load(&ca.allocs) - atomic_load(&ca.frees));
+        assert_balanced(&ca);
+    }
+    wait_pool_gone();
+}
+
+static _Atomic int late_go, late_started;
+
+static void *job_until_late_go(void *arg)
+{
+    (void)arg;
+    atomic_store(&late_started, 1);
+    while (!atomic_load(&late_go))
+        sleep_us(200);
+    return NULL;
+}
+
+/* A job left running by a shutdown: once its handle is ready (the program's
+ * only sign that the job ended), the runtime is done with its allocator. It
+ * used to be freed through it after that, on the job's thread (a lifecycle
+ * review: an arena freed once the handle was ready, then written by the
+ * runtime's free; 3 runs of 40). */
+Test(blocking, left_job_handle_ready_after_the_runtime_is_freed, .timeout = 120)
+{
+    enum { ROUNDS = 40 };
+    struct counting_alloc ca;
+    for (int round = 0; round < ROUNDS; round++) {
+        struct weft_runtime_config cfg = base_cfg();
+        cfg.workers = 1;
+        counting_init(&ca, -1);
+        cfg.allocator = &ca.a;
+        struct weft_runtime *rt = start_cfg(&cfg);
+        struct weft_blocking_join h;
+        atomic_store(&late_go, 0);
+        atomic_store(&late_started, 0);
+        cr_assert_eq(weft_spawn_blocking(rt, job_until_late_go, NULL, &h), 0);
+        WAIT_UNTIL(atomic_load(&late_started));
+        cr_assert_eq(weft_runtime_shutdown(rt, 1), 1);
+        atomic_store(&late_go, 1);
+        static struct fw fw; /* a clone may be woken just after the handle is ready */
+        struct weft_waker w = { &fw, &fw_ops };
+        struct weft_cx cx = weft_cx_from_waker(&w);
+        double deadline = now_s() + WAIT_SECS;
+        while (weft_future_poll(&h.base, &cx) == WEFT_PENDING)
+            cr_assert(now_s() < deadline, "the job left running never ended");
+        cr_assert_eq(h.res, 0);
+        cr_assert_eq(atomic_load(&ca.allocs), atomic_load(&ca.frees),
+                     "round %d: the job's handle was ready with the runtime still held", round);
+        assert_balanced(&ca);
+        weft_future_drop(&h.base);
+    }
+    wait_pool_gone();
+}

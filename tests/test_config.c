@@ -26,7 +26,9 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <signal.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -454,4 +456,56 @@ Test(config, runtime_current, .timeout = 30)
     weft_runtime_destroy(a);
     weft_runtime_destroy(b);
     cr_assert_null(weft_runtime_current());
+}
+
+/* ---- fork ----------------------------------------------------------------------------------- */
+
+static struct weft_runtime *forked_rt;
+
+static void destroy_forked_rt(void)
+{
+    weft_runtime_destroy(forked_rt);
+}
+
+static enum weft_poll ready_at_once(struct weft_future *f, struct weft_cx *cx)
+{
+    (void)f, (void)cx;
+    return WEFT_READY;
+}
+
+static const struct weft_future_ops ready_ops = { ready_at_once, NULL };
+
+/* A child of fork() has none of the runtime's threads: its weft_block_on
+ * gives -ECHILD, its weft_runtime_shutdown -ECHILD, and its destroy (an
+ * atexit handler's, as the child calls exit) does nothing. Both used to wait
+ * for good for workers that do not exist in the child (a lifecycle review:
+ * every child hung). The parent's runtime is unharmed. */
+Test(config, a_forked_child_refuses_the_parents_runtime, .timeout = 30)
+{
+    struct weft_runtime_config cfg = config(2);
+    cr_assert_eq(weft_runtime_create(&forked_rt, &cfg), 0);
+    fflush(NULL);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        struct weft_future f = { &ready_ops, 0 };
+        int rc = weft_block_on(forked_rt, &f);
+        int rc2 = weft_runtime_shutdown(forked_rt, 0);
+        destroy_forked_rt(); /* as an atexit handler would (_exit: no leak check in the child) */
+        _exit(rc == -ECHILD && rc2 == -ECHILD ? 0 : 3);
+    }
+    int status = 0;
+    double deadline = now_s() + 10;
+    pid_t r;
+    while ((r = waitpid(pid, &status, WNOHANG)) == 0 && now_s() < deadline)
+        sleep_us(1000);
+    if (r == 0) {
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        cr_assert_fail("the child hung (in weft_block_on or in its atexit destroy)");
+    }
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the child's calls did not give -ECHILD");
+    struct weft_future f = { &ready_ops, 0 };
+    cr_assert_eq(weft_block_on(forked_rt, &f), 0, "the parent's runtime");
+    weft_runtime_destroy(forked_rt);
 }

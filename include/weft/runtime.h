@@ -94,22 +94,30 @@ int weft_runtime_create(struct weft_runtime **out, const struct weft_runtime_con
  * (-ECANCELED), waits up to config.blocking_shutdown_ms for running ones (a
  * line on stderr says how many it left behind), and frees the runtime. On
  * one of the runtime's own threads (a worker, a blocking job, the stall
- * callback) it does nothing but say so on stderr (it would wait for itself). */
+ * callback) it does nothing but say so on stderr (it would wait for itself);
+ * likewise in a child process of fork() (the runtime's threads are the
+ * parent's: a runtime does not survive fork, and the child must not use it;
+ * so an atexit handler that destroys it is safe in a child that calls exit). */
 void weft_runtime_destroy(struct weft_runtime *rt);
 
 /* As weft_runtime_destroy, but waits at most `timeout_ms` (instead of
  * config.blocking_shutdown_ms) for blocking jobs still running, and returns
- * how many it left behind (0 when all finished; their threads finish them
- * and exit on their own, keeping only the runtime's memory alive until
- * then). Also prints nothing. -EINVAL for a NULL rt, -EDEADLK on one of
- * its own threads (a worker, a blocking job, the stall callback; nothing done). */
+ * how many it left behind (0 when all finished: then nothing of the runtime
+ * is left but what tasks held by handles and wakers keep, lifetimes rule 11;
+ * otherwise their threads finish them and exit on their own, keeping the
+ * runtime's memory, its allocator's use and the workers' eventfds until
+ * then: a left job's join handle is ready only after its thread let go of
+ * the runtime). Also prints nothing. -EINVAL for a NULL rt, -EDEADLK on one
+ * of its own threads (a worker, a blocking job, the stall callback; nothing
+ * done), -ECHILD in a child process of fork() (nothing done). */
 int weft_runtime_shutdown(struct weft_runtime *rt, uint32_t timeout_ms);
 
 /* Runs `f` to completion as a task on the workers (so its I/O has a ring)
  * while the calling thread sleeps. `f` stays at its address and is not
  * dropped when it finishes: drop it before destroying `rt` (a finished
  * weft_recv still holds one of the runtime's buffers). Returns 0, -EINVAL (NULL argument), -EDEADLK
- * (called on a worker thread, which must never block), -ENOMEM, -EAGAIN (the
+ * (called on a worker thread, which must never block), -ECHILD (in a child
+ * process of fork(): no worker there would poll it), -ENOMEM, -EAGAIN (the
  * process has no thread-specific key left: PTHREAD_KEYS_MAX), -ESHUTDOWN, or
  * -ECANCELED when the runtime was destroyed first (then `f` was dropped). */
 int weft_block_on(struct weft_runtime *rt, struct weft_future *f);
