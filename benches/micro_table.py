@@ -5,9 +5,11 @@ usage: micro_table.py RESULTDIR
 
 Reads every RESULTDIR/<program>.<run>.txt: lines `RESULT <runtime> <name> <value>`
 (median ns/op of that run unless the name ends in a unit) and `MAXRSS_KB <kb>`
-(from /usr/bin/time). Takes the median per (runtime, name) across runs, so one
-noisy run cannot move the result, and checks weft's target: <= 0.8x Tokio and
-faster than Go (lower is better), against whichever peers have the benchmark.
+(from /usr/bin/time). The value columns are the median per (runtime, name)
+across runs; the ratio columns, and the verdicts on weft's target (<= 0.8x
+Tokio and faster than Go, lower is better, against whichever peers have the
+benchmark), are the median of the run-by-run ratios (the programs of one run
+shared the machine's state), as benches/io_table.py gives them.
 """
 import collections
 import glob
@@ -27,27 +29,34 @@ def fmt(v):
     return "-" if v is None else f"{v:,.1f}"
 
 
-def ratio(a, b):
-    return f"{a / b:.2f}x" if a is not None and b else "-"
+def paired(vals, a, b, n):
+    """Median over the runs that have both of a's value / b's, or None."""
+    ra, rb = vals.get((a, n), {}), vals.get((b, n), {})
+    r = [ra[k] / rb[k] for k in ra if k in rb and rb[k]]
+    return statistics.median(r) if r else None
+
+
+def ratio(r):
+    return "-" if r is None else f"{r:.2f}x"
 
 
 def main(d):
-    vals = collections.defaultdict(list)  # (runtime, name) -> per-run values
+    vals = collections.defaultdict(dict)  # (runtime, name) -> {run: value}
     rss = collections.defaultdict(list)   # program -> per-run peak RSS (KiB)
     failed, names = [], list(ORDER)
     files = sorted(glob.glob(os.path.join(d, "*.*.txt")))
     for f in files:
-        prog = os.path.basename(f).rsplit(".", 2)[0]
+        prog, run, _ = os.path.basename(f).rsplit(".", 2)
         for line in open(f, errors="replace"):
             if m := re.match(r"RESULT (\S+) (.+) (\S+)\s*$", line):
-                vals[(m[1], m[2])].append(float(m[3]))
+                vals[(m[1], m[2])][run] = float(m[3])
                 if m[2] not in names:
                     names.append(m[2])
             elif m := re.match(r"MAXRSS_KB (\d+)", line):
                 rss[prog].append(int(m[1]))
             elif line.startswith(("Command exited with non-zero", "Command terminated by signal")):
                 failed.append(f"{os.path.basename(f)}: {line.strip()}")
-    med = {k: statistics.median(v) for k, v in vals.items()}
+    med = {k: statistics.median(v.values()) for k, v in vals.items()}
     runtimes = ["weft", "tokio", "go"]
     runtimes += sorted({rt for rt, _ in med} - set(runtimes))  # unexpected extras
     names = [n for n in names if any((rt, n) in med for rt in runtimes)]
@@ -59,22 +68,20 @@ def main(d):
             meta[k.strip()] = v.strip()
     print(f"_{meta.get('date', '?')}; `{meta.get('command', '?')}`; RUNS={meta.get('runs', '?')} "
           f"WORKERS={meta.get('workers', '?')} REPS={meta.get('reps', '?')}; "
-          f"median across runs of each run's median, ns/op (lower is better)_\n")
+          f"median across runs of each run's median, ns/op (lower is better); ratios: median "
+          f"of the run-by-run ratios_\n")
     print("| benchmark | " + " | ".join(runtimes) +
-          f" | weft/tokio | weft/go | target (<={TOKIO_RATIO}x tokio, < go) | met? |")
+          f" | weft/tokio | weft/go | target (<={TOKIO_RATIO}x tokio, < 1x go) | met? |")
     print("|---" * (len(runtimes) + 5) + "|")
     for n in names:
-        w, t, g = (med.get((rt, n)) for rt in ("weft", "tokio", "go"))
-        bounds = []  # (limit, strict) for the peers that have this benchmark
-        if t is not None:
-            bounds.append((TOKIO_RATIO * t, False))
-        if g is not None:
-            bounds.append((g, True))
-        target = " & ".join(("< " if s else "<= ") + fmt(b) for b, s in bounds) or "-"
-        met = "-" if w is None or not bounds else (
-            "yes" if all(w < b if s else w <= b for b, s in bounds) else "**no**")
+        rt_, rg = paired(vals, "weft", "tokio", n), paired(vals, "weft", "go", n)
+        bounds = [(r, lim, strict) for r, lim, strict in ((rt_, TOKIO_RATIO, False), (rg, 1.0, True))
+                  if r is not None]
+        met = "-" if not bounds else (
+            "yes" if all(r < lim if s else r <= lim for r, lim, s in bounds) else "**no**")
+        target = " & ".join(("< " if s else "<= ") + f"{lim}x" for _, lim, s in bounds) or "-"
         cells = [fmt(med.get((rt, n))) for rt in runtimes]
-        print(f"| {n} | " + " | ".join(cells) + f" | {ratio(w, t)} | {ratio(w, g)} | {target} | {met} |")
+        print(f"| {n} | " + " | ".join(cells) + f" | {ratio(rt_)} | {ratio(rg)} | {target} | {met} |")
 
     print()
     for prog in sorted(rss):
