@@ -258,6 +258,8 @@ static enum weft_poll io_step(struct weft_future *f, struct weft_cx *cx)
         } else if (!io->op) {
             res = io_start(io, cx);
             if (res == -EOPNOTSUPP && weft__op_has_fallback(io_kinds[io->kind].op)) {
+                if (io->kind == IO_OPEN)
+                    io->done = 0; /* the ring's retry mark: the job's stop flag from here on */
                 res = file_job_start(io, cx);
                 if (res == 0)
                     continue; /* registers the waker with the job */
