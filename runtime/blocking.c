@@ -777,8 +777,12 @@ static enum weft_poll join_poll(struct weft_future *f, struct weft_cx *cx)
         return WEFT_READY;
     }
     int res;
-    if (!weft__job_poll(h->job, cx->waker, &res, &h->output))
+    if (!weft_coop_take(cx)) /* one unit of the budget, as the task's join handle */
         return WEFT_PENDING;
+    if (!weft__job_poll(h->job, cx->waker, &res, &h->output)) {
+        cx->budget++; /* no progress: give the unit back */
+        return WEFT_PENDING;
+    }
     h->res = res;
     weft__job_release(h->job);
     h->job = NULL;

@@ -420,8 +420,14 @@ static enum weft_poll join_poll(struct weft_future *f, struct weft_cx *cx)
         j->res = -EINVAL; /* detached, or already joined once */
         return WEFT_READY;
     }
-    if (!can_read_output(j->task, cx->waker))
+    /* One unit of the cooperative budget, as every leaf (and Tokio's
+     * JoinHandle): a loop awaiting many finished handles still yields. */
+    if (!weft_coop_take(cx))
         return WEFT_PENDING;
+    if (!can_read_output(j->task, cx->waker)) {
+        cx->budget++; /* no progress: give the unit back */
+        return WEFT_PENDING;
+    }
     j->joined = 1;
     j->res = j->task->result;
     return WEFT_READY;

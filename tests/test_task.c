@@ -262,6 +262,41 @@ Test(task, spawn_join_output, .timeout = 30)
     cr_assert_eq(atomic_load(&c.drops), 1);
 }
 
+/* A join handle takes one unit of the cooperative budget when it is ready,
+ * as every leaf (and Tokio's JoinHandle): with none left, a finished task's
+ * handle is pending and wakes its task (a yield), and a pending handle gives
+ * its unit back. Before, a loop awaiting many finished handles never yielded. */
+Test(task, a_join_handle_spends_the_budget, .timeout = 30)
+{
+    struct weft_runtime *rt = start_rt(1, NULL);
+    struct ctl c = { 0 }, h = { 0 };
+    struct weft_join j, k;
+    spawn_probe(rt, &c, step_ready, &j);
+    WAIT_UNTIL(atomic_load(&c.drops) == 1); /* finished */
+    struct weft_waker w = { &sig_wakes, &sig_ops };
+    struct weft_cx cx = weft_cx_from_waker(&w);
+    cx.budget = 0;
+    unsigned seen = atomic_load(&sig_wakes);
+    cr_assert_eq(weft_future_poll(&j.base, &cx), WEFT_PENDING, "ready with no budget left");
+    cr_assert(cx.budget_spent);
+    cr_assert_eq(atomic_load(&sig_wakes), seen + 1, "the task was not woken to yield");
+    cx.budget = 2;
+    cr_assert_eq(weft_future_poll(&j.base, &cx), WEFT_READY);
+    cr_assert_eq(cx.budget, 1u);
+    cr_assert_eq(j.res, 0);
+    weft_future_drop(&j.base);
+    /* Pending: the unit comes back. */
+    h.after_go = WEFT_READY;
+    spawn_probe(rt, &h, step_hold, &k);
+    WAIT_UNTIL(atomic_load(&h.entered));
+    cr_assert_eq(weft_future_poll(&k.base, &cx), WEFT_PENDING);
+    cr_assert_eq(cx.budget, 1u, "a pending handle kept its unit");
+    atomic_store(&h.go, 1);
+    cr_assert_eq(join_wait(&k), 0);
+    weft_future_drop(&k.base);
+    weft_runtime_destroy(rt);
+}
+
 Test(task, wake_during_poll_polls_once_more, .timeout = 30)
 {
     struct weft_runtime *rt = start_rt(4, NULL);

@@ -30,7 +30,8 @@ typedef void *weft_blocking_fn(void *arg);
 
 /* The join handle of a blocking job, a future. Awaiting it yields once the job
  * ran: `res` is 0 and `output` what fn returned; or `res` is -ECANCELED when
- * the runtime shut down before the job started (fn never ran). Dropping the
+ * the runtime shut down before the job started (fn never ran). It spends one
+ * unit of the cooperative budget when ready, as a task's join handle. Dropping the
  * handle before that detaches the job: it still runs, its output is ignored.
  * A spawn that fails leaves the handle empty (ops NULL): check the spawn's
  * result, an empty handle must not be awaited (weft_block_on gives -EINVAL). */

@@ -134,7 +134,9 @@ uint32_t weft_runtime_workers(const struct weft_runtime *rt);
  * leaves its output fields as they are). Its join handle is itself a future:
  * awaiting it yields 0 once the task finished (then weft_join_output gives the
  * finished future, where the output fields are), or -ECANCELED if it was
- * aborted or the runtime shut down first. */
+ * aborted or the runtime shut down first. Like every leaf it spends one unit
+ * of the cooperative budget when ready (with none left it wakes its task and
+ * is pending: a yield), as Tokio's JoinHandle does. */
 
 struct weft_join {
     struct weft_future base;
