@@ -581,6 +581,27 @@ static enum weft_poll body_open_for_writing(struct ft *t, struct weft_cx *cx)
     WEFT_ASYNC_END(&t->base);
 }
 
+/* Makes the file p ("leased", 128 bytes) under a read lease this process
+ * holds (lease_fd), with `on_break` as the SIGIO handler (the old one in
+ * *old), or skips the test where the file system has no lease; then starts a
+ * runtime of one worker on `path`. */
+static struct weft_runtime *lease_and_start(enum path path, char *p, void (*on_break)(int),
+                                            struct sigaction *old)
+{
+    close(create_in_dir(p, 128, "leased"));
+    lease_fd = open(p, O_RDONLY | O_CLOEXEC);
+    cr_assert_geq(lease_fd, 0);
+    struct sigaction sa = { .sa_handler = on_break };
+    cr_assert_eq(sigaction(SIGIO, &sa, old), 0);
+    if (fcntl(lease_fd, F_SETLEASE, F_RDLCK) != 0) {
+        int e = errno;
+        close(lease_fd);
+        sigaction(SIGIO, old, NULL);
+        cr_skip_test("no lease on a file here (F_SETLEASE: %s)", strerror(e));
+    }
+    return start_rt_opts((struct rt_opts){ .workers = 1, .no_io_uring = path == NO_RING }, NULL);
+}
+
 /* A file under a read lease: opening it for writing breaks the lease (its
  * holder, this process, gets SIGIO and gives it up) and then succeeds, as
  * through the ring. The pool's open with O_NONBLOCK first said -EAGAIN
@@ -588,20 +609,8 @@ static enum weft_poll body_open_for_writing(struct ft *t, struct weft_cx *cx)
 static void leased_open(enum path path)
 {
     char p[128];
-    close(create_in_dir(p, sizeof p, "leased"));
-    lease_fd = open(p, O_RDONLY | O_CLOEXEC);
-    cr_assert_geq(lease_fd, 0);
-    struct sigaction sa = { .sa_handler = release_lease }, old;
-    cr_assert_eq(sigaction(SIGIO, &sa, &old), 0);
-    if (fcntl(lease_fd, F_SETLEASE, F_RDLCK) != 0) {
-        int e = errno;
-        close(lease_fd);
-        sigaction(SIGIO, &old, NULL);
-        cr_skip_test("no lease on a file here (F_SETLEASE: %s)", strerror(e));
-    }
-    struct weft_runtime *rt = start_rt_opts((struct rt_opts){ .workers = 1,
-                                                              .no_io_uring = path == NO_RING },
-                                            NULL);
+    struct sigaction old;
+    struct weft_runtime *rt = lease_and_start(path, p, release_lease, &old);
     struct ft out = run_ft(rt, body_open_for_writing, p);
     weft_runtime_destroy(rt);
     sigaction(SIGIO, &old, NULL);
@@ -636,21 +645,9 @@ static void note_lease_break(int sig)
 static void leased_open_aborted(enum path path)
 {
     char p[128];
-    close(create_in_dir(p, sizeof p, "leased"));
-    lease_fd = open(p, O_RDONLY | O_CLOEXEC);
-    cr_assert_geq(lease_fd, 0);
+    struct sigaction old;
     atomic_store(&lease_broken, 0);
-    struct sigaction sa = { .sa_handler = note_lease_break }, old;
-    cr_assert_eq(sigaction(SIGIO, &sa, &old), 0);
-    if (fcntl(lease_fd, F_SETLEASE, F_RDLCK) != 0) {
-        int e = errno;
-        close(lease_fd);
-        sigaction(SIGIO, &old, NULL);
-        cr_skip_test("no lease on a file here (F_SETLEASE: %s)", strerror(e));
-    }
-    struct weft_runtime *rt = start_rt_opts((struct rt_opts){ .workers = 1,
-                                                              .no_io_uring = path == NO_RING },
-                                            NULL);
+    struct weft_runtime *rt = lease_and_start(path, p, note_lease_break, &old);
     struct weft_join j;
     cr_assert_eq(spawn_ft(rt, body_open_for_writing, p, 0, &j), 0);
     WAIT_UNTIL(atomic_load(&lease_broken)); /* the open waits for the break */
