@@ -59,6 +59,19 @@ void weft__io_unsupported(struct weft__io *io, enum op_kind kind, const char *na
     uint32_t bit = UINT32_C(1) << kind;
     if (io->warned & bit)
         return;
+    if ((kind == OP_RECV_BUF || kind == OP_SEND_RECV) && io->has_ring &&
+        (io->supported & (UINT32_C(1) << (kind == OP_RECV_BUF ? OP_RECV : OP_SEND)))) {
+        /* The opcode is there (weft_recv_into, weft_send work): what is
+         * missing is the provided-buffer ring (5.19), or for the pair also
+         * CQE_SKIP_SUCCESS (5.17). Say so, and keep the opcode's own line. */
+        io->warned |= bit;
+        fprintf(stderr, "weft: io_uring %s not available (kernel too old): %s fails with "
+                        "EOPNOTSUPP\n",
+                kind == OP_RECV_BUF ? "provided-buffer rings are"
+                                    : "provided-buffer rings or CQE_SKIP_SUCCESS are",
+                kind == OP_RECV_BUF ? "weft_recv" : "weft_send_recv(_from)");
+        return;
+    }
     for (uint32_t k = 0; k < OP_NKINDS; k++) /* one line per opcode: both receives are "recv" */
         if (weft__op_opcode((enum op_kind)k) == weft__op_opcode(kind))
             io->warned |= UINT32_C(1) << k;
@@ -263,7 +276,20 @@ void weft__io_free(struct weft__io *io)
 void weft__io_reap(struct weft__io *io)
 {
     struct io_uring_cqe *cqe;
-    while (io_uring_peek_cqe(&io->ring, &cqe) == 0) {
+    /* __io_uring_peek_cqe, not io_uring_peek_cqe: on an empty CQ the latter
+     * enters the kernel (GETEVENTS) whenever IORING_SQ_TASKRUN or
+     * IORING_SQ_CQ_OVERFLOW is set, an io_uring_enter per emptying that the
+     * turn does not count and that can repeat while completions keep coming.
+     * What the kernel still holds is left to the next turn (kernel_pending
+     * makes weft__io_has_events true). A liburing timeout CQE (kernels
+     * without EXT_ARG) comes back as an error with no CQE: skip it. */
+    for (;;) {
+        int e = __io_uring_peek_cqe(&io->ring, &cqe, NULL);
+        if (!cqe) {
+            if (e)
+                continue;
+            break;
+        }
         uint64_t ud = cqe->user_data;
         int32_t res = cqe->res;
         uint32_t flags = cqe->flags;
