@@ -166,6 +166,19 @@ static struct ft run_ft(struct weft_runtime *rt, body_fn *body, void *arg)
     return out;
 }
 
+/* Aborts the task of `j` and awaits it (-ECANCELED); returns the seconds
+ * that took. */
+static double abort_timed(struct weft_runtime *rt, struct weft_join *j)
+{
+    double t0 = now_s();
+    weft_join_abort(j);
+    cr_assert_eq(weft_block_on(rt, &j->base), 0);
+    double took = now_s() - t0;
+    cr_assert_eq(j->res, -ECANCELED);
+    weft_future_drop(&j->base);
+    return took;
+}
+
 /* One operation, awaited; its result goes to res[n++]. One per source line. */
 #define DO_IO(t, cx, init)                                 \
     do {                                                   \
@@ -652,12 +665,7 @@ static void leased_open_aborted(enum path path)
     cr_assert_eq(spawn_ft(rt, body_open_for_writing, p, 0, &j), 0);
     WAIT_UNTIL(atomic_load(&lease_broken)); /* the open waits for the break */
     sleep_us(20000);
-    double t0 = now_s();
-    weft_join_abort(&j);
-    cr_assert_eq(weft_block_on(rt, &j.base), 0);
-    double took = now_s() - t0;
-    cr_assert_eq(j.res, -ECANCELED);
-    weft_future_drop(&j.base);
+    double took = abort_timed(rt, &j);
     weft_runtime_destroy(rt);
     fcntl(lease_fd, F_SETLEASE, F_UNLCK);
     sigaction(SIGIO, &old, NULL);
@@ -919,17 +927,12 @@ Test(file, pool_write_to_a_silent_pipe_drops_promptly, .timeout = 30)
     struct weft_join j;
     cr_assert_eq(spawn_ft(rt, body_big_pipe_write, arg, 0, &j), 0);
     sleep_us(100000);
-    double t0 = now_s();
-    weft_join_abort(&j);
-    cr_assert_eq(weft_block_on(rt, &j.base), 0);
-    double took = now_s() - t0;
-    cr_assert_eq(j.res, -ECANCELED);
-    weft_future_drop(&j.base);
+    double took = abort_timed(rt, &j);
     cr_assert_lt(took, 0.5, "the abort took %.3f s: the write waited for a reader", took);
     /* And with the runtime destroyed under the waiting write. */
     cr_assert_eq(spawn_ft(rt, body_big_pipe_write, arg, 0, NULL), 0);
     sleep_us(100000);
-    t0 = now_s();
+    double t0 = now_s();
     weft_runtime_destroy(rt);
     took = now_s() - t0;
     cr_assert_lt(took, 0.5, "the destroy took %.3f s: the write waited for a reader", took);
