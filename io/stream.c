@@ -60,7 +60,8 @@ static bool open_adds_nonblock(const struct weft_io *io)
            !(flags & (O_NONBLOCK | O_PATH));
 }
 
-/* Clears the O_NONBLOCK open_adds_nonblock added; the descriptor or -errno. */
+/* Clears the O_NONBLOCK an open added (the ring's, open_adds_nonblock, or the
+ * pool's, open_job); the descriptor, or -errno with it closed. */
 static int clear_nonblock(int fd)
 {
     int fl = fcntl(fd, F_GETFL);
@@ -177,7 +178,7 @@ static long open_job(struct weft_io *io)
         return -1;
     }
     int extra = flags & (O_NONBLOCK | O_PATH) ? 0 : O_NONBLOCK;
-    int fd = open(io->buf, flags | extra | O_CLOEXEC, (mode_t)io->off), fl;
+    int fd = open(io->buf, flags | extra | O_CLOEXEC, (mode_t)io->off);
     /* A lease to break (or an NFS delegation): the first try started the
      * break; wait for it, as the ring's blocking retry does, but by trying
      * again in steps (1 ms doubling up to CANCEL_POLL_MS) rather than in one
@@ -194,11 +195,11 @@ static long open_job(struct weft_io *io)
         nanosleep(&(struct timespec){ 0, ms * 1000000L }, NULL);
         fd = open(io->buf, flags | extra | O_CLOEXEC, (mode_t)io->off);
     }
-    if (fd >= 0 && extra &&
-        ((fl = fcntl(fd, F_GETFL)) < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0)) {
-        int e = errno;
-        close(fd);
-        errno = e;
+    if (fd < 0 || !extra)
+        return fd;
+    fd = clear_nonblock(fd);
+    if (fd < 0) {
+        errno = -fd;
         return -1;
     }
     return fd;
