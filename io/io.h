@@ -42,6 +42,7 @@
 #include <sys/socket.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "weft.h"
@@ -93,6 +94,11 @@ struct op_waiter {
     struct weft__io *io;       /* the waiter's own ring (woken through it), or NULL: futex */
 };
 
+/* A timer (OP_TIMER) uses only the slot's head, up to `off`, and takes a
+ * short slot of that size from a slab of its own (op.c), with its deadline
+ * and heap index in the places of `addr` and `len`: a million sleeping tasks
+ * hold 88 bytes of slot each rather than 152. Code that may see a timer
+ * touches nothing past the head (op.c: release_products tests the kind first). */
 struct weft__op {
     _Atomic uint32_t state;
     uint8_t kind;
@@ -102,18 +108,24 @@ struct weft__op {
     int32_t res;
     uint32_t cqe_flags;
     int32_t fd;
-    uint32_t len;
-    uint64_t addr;             /* buffer, iovec array or path; OP_RECV_BUF with
+    union {
+        uint32_t len;
+        uint32_t heap_idx;     /* OP_TIMER: its index in the heap */
+    };
+    union {
+        uint64_t addr;         /* buffer, iovec array or path; OP_RECV_BUF with
                                 * RB_HEAP: the heap buffer it received into */
-    uint64_t off;              /* offset, mode, how; OP_RECV_BUF and
-                                * OP_SEND_RECV: RB_* flags */
+        uint64_t deadline;     /* OP_TIMER: on the weft_now_ns clock */
+    };
     struct weft__io *io;       /* the owner */
     struct weft__op *next;     /* free list, buffer-wait list */
     struct weft__op *rnext;    /* remote list */
     struct op_waiter *waiter;  /* with OPS_WAITER */
     struct awaker waker;
+    /* ---- the end of a timer's short slot (TIMER_SLOT) ---- */
+    uint64_t off;              /* offset, mode, how; OP_RECV_BUF and
+                                * OP_SEND_RECV: RB_* flags */
     union {
-        struct { uint64_t deadline; uint32_t heap_idx; } timer;
         struct { struct sockaddr_in6 sa; uint32_t salen; struct __kernel_timespec ts; } conn;
         struct msghdr msg;
         struct weft__acceptq *acceptq;
@@ -123,6 +135,9 @@ struct weft__op {
         struct { struct weft__op *held; bool send_posts; int32_t send_err; } sr;
     } u;
 };
+
+/* The bytes of a timer's short slot. */
+#define TIMER_SLOT offsetof(struct weft__op, off)
 
 /* A timer heap entry: the deadline kept beside the slot so that sifting never
  * touches the slots. */
@@ -152,8 +167,8 @@ struct weft__io {
     uint32_t inflight;                 /* slots owned by the kernel or the heap */
     uint64_t wakes;                    /* completions delivered to a future */
     struct wstats *stats;              /* the worker's metrics: sqes, cqes, enters */
-    /* slab */
-    struct weft__op *free;
+    /* slabs: full slots, and timers' short ones (TIMER_SLOT) */
+    struct weft__op *free, *tfree;
     struct slab_chunk *chunks;
     /* timers: a binary min-heap */
     struct timer_ent *heap;

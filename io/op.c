@@ -25,10 +25,15 @@
 
 #define SLAB_CHUNK 256
 
+/* SLAB_CHUNK slots of one size: full ones, or timers' short ones. */
 struct slab_chunk {
     struct slab_chunk *next;
-    struct weft__op ops[SLAB_CHUNK];
+    size_t bytes;
+    _Alignas(struct weft__op) unsigned char mem[];
 };
+
+_Static_assert(TIMER_SLOT % _Alignof(struct weft__op) == 0, "short slots stay aligned");
+_Static_assert(TIMER_SLOT == 88, "a timer's slot (io.h): update the comment there");
 
 static const struct { uint8_t opcode; const char *name; } kind_info[OP_NKINDS] = {
     [OP_TIMER] = { IORING_OP_NOP, "timer" },
@@ -59,16 +64,20 @@ const char *weft__op_name(enum op_kind kind)
 
 /* ---- the slab --------------------------------------------------------------- */
 
-static bool slab_grow(struct weft__io *io)
+/* Slots of `stride` bytes onto the free list *list. */
+static bool slab_grow(struct weft__io *io, struct weft__op **list, size_t stride)
 {
-    struct slab_chunk *c = rt_alloc(io->rt, sizeof(*c));
+    size_t bytes = sizeof(struct slab_chunk) + SLAB_CHUNK * stride;
+    struct slab_chunk *c = rt_alloc(io->rt, bytes);
     if (!c)
         return false;
     c->next = io->chunks;
+    c->bytes = bytes;
     io->chunks = c;
     for (uint32_t i = SLAB_CHUNK; i-- > 0;) {
-        c->ops[i].next = io->free;
-        io->free = &c->ops[i];
+        struct weft__op *op = (struct weft__op *)(void *)(c->mem + i * stride);
+        op->next = *list;
+        *list = op;
     }
     return true;
 }
@@ -77,19 +86,28 @@ void weft__slab_fini(struct weft__io *io)
 {
     for (struct slab_chunk *c = io->chunks, *next; c; c = next) {
         next = c->next;
-        rt_free(io->rt, c, sizeof(*c));
+        rt_free(io->rt, c, c->bytes);
     }
     io->chunks = NULL;
-    io->free = NULL;
+    io->free = io->tfree = NULL;
+}
+
+/* The free list of a kind's slots, and their size. */
+static struct weft__op **free_list(struct weft__io *io, uint8_t kind, size_t *stride)
+{
+    *stride = kind == OP_TIMER ? TIMER_SLOT : sizeof(struct weft__op);
+    return kind == OP_TIMER ? &io->tfree : &io->free;
 }
 
 struct weft__op *weft__op_alloc(struct weft__io *io, enum op_kind kind,
                                 const struct weft_waker *waker)
 {
-    if (!io->free && !slab_grow(io))
+    size_t stride;
+    struct weft__op **list = free_list(io, (uint8_t)kind, &stride);
+    if (!*list && !slab_grow(io, list, stride))
         return NULL;
-    struct weft__op *op = io->free;
-    io->free = op->next;
+    struct weft__op *op = *list;
+    *list = op->next;
     atomic_init(&op->state, OPS_PENDING);
     op->kind = (uint8_t)kind;
     op->borrowed = 0;
@@ -109,8 +127,10 @@ struct weft__op *weft__op_alloc(struct weft__io *io, enum op_kind kind,
 
 void weft__op_free(struct weft__io *io, struct weft__op *op)
 {
-    op->next = io->free;
-    io->free = op;
+    size_t stride;
+    struct weft__op **list = free_list(io, op->kind, &stride);
+    op->next = *list;
+    *list = op;
 }
 
 /* ---- SQEs ------------------------------------------------------------------- */

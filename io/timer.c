@@ -21,7 +21,7 @@
 static void heap_set(struct weft__io *io, uint32_t i, struct timer_ent e)
 {
     io->heap[i] = e;
-    e.op->u.timer.heap_idx = i;
+    e.op->heap_idx = i;
 }
 
 static void sift_up(struct weft__io *io, uint32_t i, struct timer_ent e)
@@ -75,13 +75,13 @@ static bool timer_insert(struct weft__io *io, struct weft__op *op)
     if (io->nheap == io->heap_cap && !heap_grow(io))
         return false;
     io->inflight++;
-    sift_up(io, io->nheap++, (struct timer_ent){ op->u.timer.deadline, op });
+    sift_up(io, io->nheap++, (struct timer_ent){ op->deadline, op });
     return true;
 }
 
 void weft__timer_remove(struct weft__io *io, struct weft__op *op)
 {
-    uint32_t i = op->u.timer.heap_idx;
+    uint32_t i = op->heap_idx;
     struct timer_ent last = io->heap[--io->nheap];
     if (i == io->nheap)
         return;
@@ -121,7 +121,7 @@ static enum weft_poll sleep_step(struct weft_future *f, struct weft_cx *cx)
         }
         int err = weft__op_start(cx, &s->op, OP_TIMER);
         if (!err) {
-            s->op->u.timer.deadline = s->deadline_ns;
+            s->op->deadline = s->deadline_ns;
             if (timer_insert(s->op->io, s->op))
                 return WEFT_PENDING;
             /* Never in the heap (it could not grow): ours to free at once. */
