@@ -225,8 +225,8 @@ static enum weft_poll timeout_poll(struct weft_future *f, struct weft_cx *cx)
     struct weft_timeout *t = (struct weft_timeout *)f;
     if (t->base.resume)
         return WEFT_READY;
-    if (!t->inner || !t->inner->ops || !t->inner->ops->poll)
-        return timeout_finish(t, -EINVAL);
+    if (!t->inner || t->inner == &t->base || !t->inner->ops || !t->inner->ops->poll)
+        return timeout_finish(t, -EINVAL); /* around itself: it would recurse for good */
     bool had_budget = cx->budget > 0;
     if (weft_future_poll(t->inner, cx) == WEFT_READY) {
         weft_future_drop(&t->sleep.base);

@@ -7,8 +7,9 @@
  * the first poll, no timer); a sleep, interval and timeout polled off any
  * worker (-ENXIO at once, no waker kept); interval periods 0 (-EINVAL at every
  * poll) and UINT64_MAX (one tick, then none); timeout around NULL, around an
- * empty future and around one whose ops have no poll (-EINVAL; the last
- * jumped to address 0); an allocator that fails the first timer slot and the
+ * empty future, around one whose ops have no poll (-EINVAL; the last
+ * jumped to address 0) and around itself (-EINVAL; it recursed until the
+ * stack overflowed); an allocator that fails the first timer slot and the
  * growth of a full timer heap (-ENOMEM, the other timers unaffected); a socket
  * future on a runtime without io_uring (-EOPNOTSUPP; a file read there goes
  * through the blocking pool instead).
@@ -358,6 +359,12 @@ Test(timer, off_worker_and_bad_arguments, .timeout = 10)
         cr_assert_eq(to.result, want[k], "timeout %d: %d", k, to.result);
         weft_future_drop(&to.base);
     }
+    /* Around itself: its poll would poll itself until the stack ran out. */
+    struct weft_timeout self;
+    weft_timeout_init(&self, &self.base, 10 * MS);
+    cr_assert_eq(weft_future_poll(&self.base, &cx), WEFT_READY);
+    cr_assert_eq(self.result, -EINVAL, "a timeout around itself: %d", self.result);
+    weft_future_drop(&self.base);
     weft_future_drop(&never);
     cr_assert_eq(atomic_load(&never_drops), 1, "inner dropped %d times", atomic_load(&never_drops));
     cr_assert_eq(atomic_load(&dw_clones), atomic_load(&dw_drops), "a waker clone was kept");
