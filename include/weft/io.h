@@ -103,8 +103,8 @@ struct weft_timeout {
     struct weft_sleep sleep;   /* started at the first poll that finds `inner` pending */
 };
 
-/* Initialises a timeout around `inner` (NULL, empty, without a poll or `t` itself gives -EINVAL). The
- * duration runs from the first poll; a ready inner future never starts a timer. */
+/* Initialises a timeout around `inner` (NULL, empty, without a poll or `t` itself gives
+ * -EINVAL). The duration runs from the first poll; a ready inner future never starts a timer. */
 void weft_timeout_init(struct weft_timeout *t, struct weft_future *inner, uint64_t duration_ns);
 
 /* ---- TCP --------------------------------------------------------------------- */
