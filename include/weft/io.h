@@ -185,10 +185,11 @@ void weft_connect_init(struct weft_connect *c, const char *addr, uint16_t port,
 /* Receives into a buffer of the worker's provided-buffer ring, so a connection
  * waiting for data holds no buffer. result: bytes received (0 at end of
  * stream) or -errno; the bytes are at `data` until the future is dropped, which
- * gives the buffer back (so drop it before the runtime is destroyed). When the ring is empty (its buffers held, say, by
- * echoes to peers that do not read) the receive takes a heap buffer of the
- * same size instead, freed where a ring buffer would go back: no receive
- * waits for another connection's buffer. */
+ * gives the buffer back (so drop it before the runtime is destroyed). When
+ * the ring is empty (its buffers held, say, by echoes to peers that do not
+ * read) the receive takes a heap buffer of the same size instead, freed where
+ * a ring buffer would go back: no receive waits for another connection's
+ * buffer. */
 struct weft_recv {
     struct weft_future base;
     int result;
