@@ -486,3 +486,48 @@ void weft_join_abort(const struct weft_join *join)
     if (join && join->task)
         remote_abort(join->task);
 }
+
+/* Acquire pairs with complete()'s release, as a join's poll: a caller that
+ * sees true may read what the task left behind (its side effects). */
+static bool is_finished(const struct weft_task *t)
+{
+    return atomic_load_explicit(&t->state, memory_order_acquire) & TASK_COMPLETE;
+}
+
+bool weft_join_is_finished(const struct weft_join *join)
+{
+    return join && join->task && is_finished(join->task);
+}
+
+/* ---- abort handles: a task reference, nothing else ---------------------------- */
+
+int weft_join_abort_handle(const struct weft_join *join, struct weft_abort_handle *out)
+{
+    if (!out)
+        return -EINVAL;
+    out->task = NULL;
+    if (!join || !join->task)
+        return -EINVAL;
+    ref_inc(join->task); /* the join handle holds one: the count is not 0 */
+    out->task = join->task;
+    return 0;
+}
+
+void weft_abort_handle_abort(const struct weft_abort_handle *h)
+{
+    if (h && h->task)
+        remote_abort(h->task);
+}
+
+bool weft_abort_handle_is_finished(const struct weft_abort_handle *h)
+{
+    return h && h->task && is_finished(h->task);
+}
+
+void weft_abort_handle_drop(struct weft_abort_handle *h)
+{
+    if (h && h->task) {
+        ref_dec(h->task);
+        h->task = NULL;
+    }
+}

@@ -17,6 +17,11 @@
  * from 4 threads, each waiting every 16 wakes until the task has seen its
  * count, so most wakes find the task idle: a lost one stalls a producer.
  *
+ * Phase 3 spawns waves of WAVE never-ready tasks (full: 10, small: 1) and
+ * stops each through an abort handle while its join handle is dropped and
+ * its waker woken on two other threads: each dropped exactly once, never
+ * polled concurrently, finished as its abort handle sees it.
+ *
  * A watchdog exits with status 2 if a wave or phase 2 takes over 60 s.
  * Prints one line per phase; exits 0 only on success. */
 #ifndef _GNU_SOURCE
@@ -347,6 +352,72 @@ static void run_wakes(uint64_t total)
     weft_waker_drop(&chain.w);
 }
 
+/* ---- phase 3: abort handles ----------------------------------------------------------- */
+
+static struct weft_join victims[WAVE];
+static struct weft_abort_handle aborters[WAVE];
+
+/* Never ready: publishes its waker at the first poll (a wake may then poll
+ * it again). */
+static enum weft_poll victim_poll(struct weft_future *f, struct weft_cx *cx)
+{
+    uint32_t i = ((struct target *)f)->i;
+    if (atomic_exchange(&in_poll[i], 1))
+        atomic_fetch_add(&concurrent_polls, 1);
+    if (atomic_fetch_add(&polls[i], 1) == 0) {
+        wakers[i] = weft_waker_clone(cx->waker);
+        atomic_store_explicit(&ready[i], 1, memory_order_release);
+    }
+    atomic_store(&in_poll[i], 0);
+    return WEFT_PENDING;
+}
+
+static const struct weft_future_ops victim_ops = { victim_poll, target_drop };
+
+/* One thread each: drops every join handle; aborts every task through its
+ * abort handle; wakes every task that published a waker. */
+static void *victim_side(void *arg)
+{
+    uintptr_t role = (uintptr_t)arg;
+    for (uint32_t i = 0; i < WAVE; i++) {
+        if (role == 0)
+            weft_future_drop(&victims[i].base);
+        else if (role == 1)
+            weft_abort_handle_abort(&aborters[i]);
+        else if (atomic_load_explicit(&ready[i], memory_order_acquire))
+            weft_waker_wake_by_ref(&wakers[i]);
+    }
+    return NULL;
+}
+
+/* WAVE never-ready tasks, each stopped by its abort handle while its join
+ * handle is dropped and its waker woken on two other threads: each is
+ * dropped once, never polled concurrently, finished on its abort handle. */
+static void run_aborts(void)
+{
+    pthread_t th[3];
+    reset_wave();
+    for (uint32_t i = 0; i < WAVE; i++) {
+        struct target t = { { &victim_ops, 0 }, i };
+        CHECK(weft_spawn(rt, &t.base, sizeof t, &victims[i]) == 0);
+        CHECK(weft_join_abort_handle(&victims[i], &aborters[i]) == 0);
+    }
+    for (uintptr_t r = 0; r < 3; r++)
+        CHECK(pthread_create(&th[r], NULL, victim_side, (void *)r) == 0);
+    for (int r = 0; r < 3; r++)
+        pthread_join(th[r], NULL);
+    while (atomic_load(&dropped) < WAVE)
+        usleep(200);
+    for (uint32_t i = 0; i < WAVE; i++) {
+        CHECK(atomic_load(&drops[i]) == 1);
+        CHECK(weft_abort_handle_is_finished(&aborters[i]));
+        weft_abort_handle_drop(&aborters[i]);
+        if (atomic_load_explicit(&ready[i], memory_order_acquire))
+            weft_waker_drop(&wakers[i]);
+    }
+    CHECK(atomic_load(&dropped) == WAVE && atomic_load(&concurrent_polls) == 0);
+}
+
 int main(int argc, char **argv)
 {
     bool full = argc < 2 || strcmp(argv[1], "small") != 0;
@@ -384,6 +455,13 @@ int main(int argc, char **argv)
     printf("stress_sched wakes: wakes=%" PRIu64 " polls=%" PRIu64 " seen=%" PRIu64
            " secs=%.2f OK\n", wakes, atomic_load(&chain.polls), atomic_load(&chain.seen),
            (double)(t2 - t1) / 1e9);
+    arm_watchdog("phase 3 (abort handles)");
+    uint32_t abort_waves = full ? 10 : 1;
+    for (wave_no = 0; wave_no < abort_waves; wave_no++)
+        run_aborts();
+    int64_t t3 = now_ns();
+    printf("stress_sched aborts: tasks=%u secs=%.2f OK\n", abort_waves * WAVE,
+           (double)(t3 - t2) / 1e9);
     arm_watchdog("shutdown");
     weft_runtime_destroy(rt);
     return 0;

@@ -11,8 +11,10 @@
  * then 0 once one is freed); weft_runtime_shutdown / _destroy from the runtime's own task
  * (-EDEADLK / refused); a block_on
  * waker used after its thread exited;
- * weft_join_abort / weft_join_detach / weft_join_output on NULL and on a
- * detached handle. */
+ * weft_join_abort / weft_join_detach / weft_join_output / weft_join_is_finished
+ * on NULL and on a detached handle; weft_join_abort_handle with a NULL or
+ * detached join and a NULL out, abort handles NULL, empty, used twice and
+ * kept past weft_runtime_destroy. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
@@ -477,6 +479,137 @@ Test(task, abort_and_detach_after_completion, .timeout = 30)
     join_drop(&jd, -EINVAL, &d);
     weft_runtime_destroy(rt);
     cr_assert_eq(atomic_load(&c.drops) + atomic_load(&d.drops), 2);
+}
+
+/* ---- is_finished and abort handles ------------------------------------------------------ */
+
+/* An abort handle outlives its join handle and still stops the task;
+ * is_finished follows the task on both handles. */
+Test(task, abort_handle_stops_a_task_whose_join_handle_is_gone, .timeout = 30)
+{
+    struct weft_runtime *rt = start_rt(2, NULL);
+    struct ctl c = { .drop_wakes_kept = true };
+    struct weft_join j;
+    struct weft_abort_handle h;
+
+    spawn_probe(rt, &c, step_keep, &j);
+    WAIT_UNTIL(atomic_load(&c.kept_set));
+    cr_assert_not(weft_join_is_finished(&j), "a pending task is not finished");
+    cr_assert_eq(weft_join_abort_handle(&j, &h), 0);
+    cr_assert_not(weft_abort_handle_is_finished(&h));
+    weft_future_drop(&j.base);
+    sleep_us(2000);
+    cr_assert_eq(atomic_load(&c.drops), 0, "dropping the join handle stopped the task");
+    weft_abort_handle_abort(&h);
+    WAIT_UNTIL(weft_abort_handle_is_finished(&h));
+    cr_assert_eq(atomic_load(&c.drops), 1);
+    weft_abort_handle_abort(&h); /* again, on a finished task: nothing */
+    weft_abort_handle_drop(&h);
+    cr_assert_null(h.task);
+    weft_abort_handle_drop(&h); /* an empty one: nothing */
+    cr_assert_eq(atomic_load(&c.polls), 1);
+    weft_runtime_destroy(rt);
+    cr_assert_eq(atomic_load(&c.drops), 1);
+}
+
+/* A finished task: is_finished at once, an abort through a handle taken
+ * afterwards changes nothing, the output is intact. */
+Test(task, abort_handle_of_a_finished_task_changes_nothing, .timeout = 30)
+{
+    struct weft_runtime *rt = start_rt(2, NULL);
+    struct ctl c = { 0 };
+    struct weft_join j;
+    struct weft_abort_handle h;
+
+    finish_while_joining(rt, &c, &j);
+    cr_assert(weft_join_is_finished(&j));
+    cr_assert_eq(weft_join_abort_handle(&j, &h), 0);
+    cr_assert(weft_abort_handle_is_finished(&h));
+    weft_abort_handle_abort(&h);
+    cr_assert_eq(poll_join(&j), WEFT_READY);
+    cr_assert_eq(j.res, 0, "an abort after the finish cancelled it: %d", j.res);
+    struct probe *out = weft_join_output(&j);
+    cr_assert(out && out->out == 1001);
+    join_drop(&j, -EINVAL, &c);
+    weft_abort_handle_drop(&h); /* the last reference: frees the task */
+    weft_runtime_destroy(rt);
+}
+
+/* Bad inputs: a NULL or detached join handle, a NULL out; NULL and empty
+ * abort handles. A handle kept past weft_runtime_destroy: the destroy
+ * cancelled its task, and its drop afterwards is safe (ASan). */
+Test(task, abort_handle_bad_inputs_and_outliving_the_runtime, .timeout = 30)
+{
+    struct weft_runtime *rt = start_rt(1, NULL);
+    struct ctl c = { .drop_wakes_kept = true }, d = { .after_go = WEFT_READY };
+    struct weft_join j, jd;
+    struct weft_abort_handle h = { (struct weft_task *)&h }, none = { NULL };
+
+    cr_assert_eq(weft_join_abort_handle(NULL, &h), -EINVAL);
+    cr_assert_null(h.task, "a failed call leaves the handle empty");
+    cr_assert_not(weft_join_is_finished(NULL));
+    spawn_probe(rt, &d, step_hold, &jd);
+    weft_join_detach(&jd);
+    cr_assert_eq(weft_join_abort_handle(&jd, &h), -EINVAL);
+    cr_assert_not(weft_join_is_finished(&jd));
+    atomic_store(&d.go, 1);
+    weft_abort_handle_abort(NULL);
+    weft_abort_handle_abort(&none);
+    cr_assert_not(weft_abort_handle_is_finished(NULL));
+    cr_assert_not(weft_abort_handle_is_finished(&none));
+    weft_abort_handle_drop(NULL);
+    weft_abort_handle_drop(&none);
+
+    spawn_probe(rt, &c, step_keep, &j);
+    cr_assert_eq(weft_join_abort_handle(&j, NULL), -EINVAL);
+    cr_assert_eq(weft_join_abort_handle(&j, &h), 0);
+    WAIT_UNTIL(atomic_load(&c.kept_set));
+    weft_future_drop(&j.base);
+    weft_runtime_destroy(rt);
+    cr_assert_eq(atomic_load(&c.drops), 1, "destroy dropped the task");
+    cr_assert(weft_abort_handle_is_finished(&h));
+    weft_abort_handle_abort(&h);
+    weft_abort_handle_drop(&h);
+}
+
+struct abort_race {
+    struct weft_join j;
+    struct weft_abort_handle h;
+    _Atomic int go;
+};
+
+static void *race_abort(void *arg)
+{
+    struct abort_race *r = arg;
+    spin_until(&r->go);
+    weft_abort_handle_abort(&r->h);
+    return NULL;
+}
+
+/* An abort handle used on one thread while the join handle is dropped on
+ * another (which weft_join_abort must not race): every task is stopped and
+ * dropped once, and nothing is touched after its free (ASan). */
+Test(task, abort_handle_races_the_join_handles_drop, .timeout = 60)
+{
+    struct weft_runtime *rt = start_rt(2, NULL);
+    for (int round = 0; round < 500; round++) {
+        struct ctl c = { .drop_wakes_kept = true };
+        struct abort_race r = { .go = 0 };
+        pthread_t th;
+        spawn_probe(rt, &c, step_keep, &r.j);
+        cr_assert_eq(weft_join_abort_handle(&r.j, &r.h), 0);
+        cr_assert_eq(pthread_create(&th, NULL, race_abort, &r), 0);
+        if (round % 2)
+            WAIT_UNTIL(atomic_load(&c.kept_set)); /* idle, or still queued */
+        atomic_store(&r.go, 1);
+        weft_future_drop(&r.j.base);
+        pthread_join(th, NULL);
+        WAIT_UNTIL(weft_abort_handle_is_finished(&r.h));
+        weft_abort_handle_drop(&r.h);
+        cr_assert_eq(atomic_load(&c.drops), 1, "round %d: dropped %u times", round,
+                     atomic_load(&c.drops));
+    }
+    weft_runtime_destroy(rt);
 }
 
 /* ---- joining from elsewhere, detaching ------------------------------------------------ */

@@ -182,6 +182,31 @@ void weft_join_detach(struct weft_join *join);
  * handle on another thread (the handle is the caller's, as any future). */
 void weft_join_abort(const struct weft_join *join);
 
+/* True once the task finished or was cancelled (awaiting the handle is then ready at
+ * once); false before that, and for a NULL, empty or detached handle. Any thread. */
+bool weft_join_is_finished(const struct weft_join *join);
+
+/* An abort handle (Tokio's AbortHandle): aborts a task from any thread, any number of
+ * times, whatever becomes of its join handle meanwhile (dropped, detached, or dropped on
+ * another thread at the same moment). It holds the task's memory, not its output, until
+ * weft_abort_handle_drop; like a join handle it may be dropped after weft_runtime_destroy. */
+struct weft_abort_handle {
+    struct weft_task *task; /* NULL: empty */
+};
+
+/* Makes *out an abort handle of join's task. 0, or -EINVAL (NULL out; NULL, empty or
+ * detached join: *out is then empty). */
+int weft_join_abort_handle(const struct weft_join *join, struct weft_abort_handle *out);
+
+/* As weft_join_abort, with no restriction on threads; no effect on an empty handle. */
+void weft_abort_handle_abort(const struct weft_abort_handle *h);
+
+/* As weft_join_is_finished; false for a NULL or empty handle. */
+bool weft_abort_handle_is_finished(const struct weft_abort_handle *h);
+
+/* Gives up the handle's hold on the task and leaves it empty; no effect on an empty one. */
+void weft_abort_handle_drop(struct weft_abort_handle *h);
+
 /* ---- basic futures --------------------------------------------------------- */
 
 /* Ready on its second poll: the task goes to the back of its worker's queue
