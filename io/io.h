@@ -164,6 +164,7 @@ struct weft__io {
     uint32_t warned;                   /* bit per op_kind already reported missing */
     bool has_ring;                     /* false: io_uring unavailable, timers only */
     bool fd_registered;                /* entered by its registered index (owner's) */
+    bool dropped_reported;             /* -EBADR (lost completions) was reported */
     uint32_t inflight;                 /* slots owned by the kernel or the heap */
     uint64_t wakes;                    /* completions delivered to a future */
     struct wstats *stats;              /* the worker's metrics: sqes, cqes, enters */

@@ -379,6 +379,16 @@ static void enter(struct weft__io *io, struct __kernel_timespec *ts, unsigned wa
             ret = io_uring_submit_and_get_events(&io->ring);
         if (ret == -EBUSY) /* CQ overflowing: make room and go again */
             weft__io_reap(io);
+        /* The kernel could not keep an overflowing completion (its overflow
+         * list's allocation failed): some operation will never complete.
+         * Nothing to recover; say so once rather than hang in silence. The
+         * SQEs went in (the kernel checks this while waiting, after them). */
+        if (ret == -EBADR && !io->dropped_reported) {
+            io->dropped_reported = true;
+            fprintf(stderr, "weft: worker %u: the kernel dropped io_uring completions "
+                    "(-EBADR: out of memory); the futures waiting for them never finish\n",
+                    io->index);
+        }
     } while (ret == -EBUSY);
 }
 
