@@ -79,17 +79,21 @@ static bool timer_insert(struct weft__io *io, struct weft__op *op)
     return true;
 }
 
+/* Puts `e` at index i and moves it whichever way its deadline says. */
+static void heap_fix(struct weft__io *io, uint32_t i, struct timer_ent e)
+{
+    if (i > 0 && e.deadline < io->heap[(i - 1) / 2].deadline)
+        sift_up(io, i, e);
+    else
+        sift_down(io, i, e);
+}
+
 void weft__timer_remove(struct weft__io *io, struct weft__op *op)
 {
     uint32_t i = op->heap_idx;
     struct timer_ent last = io->heap[--io->nheap];
-    if (i == io->nheap)
-        return;
-    /* The last entry takes the hole and moves whichever way it must. */
-    if (i > 0 && last.deadline < io->heap[(i - 1) / 2].deadline)
-        sift_up(io, i, last);
-    else
-        sift_down(io, i, last);
+    if (i != io->nheap)
+        heap_fix(io, i, last); /* the last entry takes the hole */
 }
 
 uint64_t weft__timers_run(struct weft__io *io)
@@ -165,6 +169,25 @@ void weft_sleep_until_init(struct weft_sleep *s, uint64_t deadline_ns)
 void weft_sleep_init(struct weft_sleep *s, uint64_t duration_ns)
 {
     weft_sleep_until_init(s, sat_add(weft_now_ns(), duration_ns));
+}
+
+int weft_sleep_reset(struct weft_sleep *s, uint64_t deadline_ns)
+{
+    if (!s)
+        return -EINVAL;
+    struct weft__op *op = s->op;
+    /* Relaxed: on its owner nobody else moves a PENDING timer (the owner's
+     * own turn fires it; a dropper is this future's holder, us). */
+    if (op && op->io == weft__io_current() &&
+        atomic_load_explicit(&op->state, memory_order_relaxed) == OPS_PENDING) {
+        s->deadline_ns = op->deadline = deadline_ns;
+        heap_fix(op->io, op->heap_idx, (struct timer_ent){ deadline_ns, op });
+        return 0;
+    }
+    /* Fired, another worker's, or none: the next poll takes a new timer. */
+    weft__op_drop(&s->op);
+    weft_sleep_until_init(s, deadline_ns);
+    return 0;
 }
 
 /* ---- interval --------------------------------------------------------------------- */

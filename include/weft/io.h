@@ -61,6 +61,13 @@ void weft_sleep_init(struct weft_sleep *s, uint64_t duration_ns);
  * deadline is ready at the first poll). */
 void weft_sleep_until_init(struct weft_sleep *s, uint64_t deadline_ns);
 
+/* Moves the sleep's deadline to `deadline_ns`, whether it was waiting, finished or
+ * dropped (Tokio's Sleep::reset): it is pending again until then; poll it again to wait.
+ * On the worker that holds its timer, before it fired, the timer moves in place (no
+ * allocation: an idle timeout pushed back at every read costs one heap sift); else it is
+ * let go and the next poll takes a new one. 0, or -EINVAL (NULL). */
+int weft_sleep_reset(struct weft_sleep *s, uint64_t deadline_ns);
+
 /* Ticks every `period_ns`: the first poll is ready at once, and each poll
  * after a READY waits for the next tick. Ticks missed while the task was busy
  * are skipped (counted in `missed`), not delivered in a burst. */

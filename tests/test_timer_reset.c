@@ -1,0 +1,177 @@
+/* tests/test_timer_reset.c: weft_sleep_reset (io/timer.c): a waiting timer
+ * moved later and earlier in place, a finished sleep made pending again, a
+ * reset from a thread that is no worker (the timer is let go and the next
+ * poll takes a new one), a deadline moved into the past.
+ *
+ * Bad inputs tried: a NULL sleep (-EINVAL); a reset of a dropped sleep and
+ * of one never polled (both work as a fresh sleep until that deadline). */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <criterion/criterion.h>
+
+#include <errno.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include <weft.h>
+
+#include "common.h"
+
+#define MS WEFT_NS_PER_MS
+#define LATE_MAX (250 * MS) /* generous: shared CI machines, sanitizers */
+#define HOUR (3600 * WEFT_NS_PER_SEC)
+
+/* The case a task runs; a step of it may leave the task pending. */
+enum kase { LATER, EARLIER, AFTER_FIRED, INTO_THE_PAST, FROM_A_THREAD };
+
+struct rs {
+    struct weft_future base;
+    enum kase kase;
+    struct weft_sleep s;
+    uint64_t reset_at, want;          /* when the reset ran, the deadline it set */
+    uint64_t woke;                    /* when the sleep was found ready */
+    const struct weft__op *first_op;  /* the timer before the reset */
+    bool in_place;                    /* the same timer after the reset */
+    int rc, result;
+    struct weft_waker waker;          /* FROM_A_THREAD: for the thread's wake */
+};
+
+static void reset_to(struct rs *r, uint64_t deadline)
+{
+    r->first_op = r->s.op;
+    r->reset_at = weft_now_ns();
+    r->want = deadline;
+    r->rc = weft_sleep_reset(&r->s, deadline);
+    r->in_place = r->first_op && r->s.op == r->first_op;
+}
+
+static _Atomic(struct rs *) live; /* FROM_A_THREAD: the task's copy */
+
+/* Returns PENDING without a wake, to resume here when something wakes the
+ * task: the sleep's timer, or the test thread. */
+#define PARK(f)                      \
+    do {                             \
+        (f)->resume = __LINE__;      \
+        return WEFT_PENDING;         \
+    case __LINE__:;                  \
+    } while (0)
+
+static enum weft_poll rs_poll(struct weft_future *f, struct weft_cx *cx)
+{
+    struct rs *r = (struct rs *)f;
+    WEFT_ASYNC_BEGIN(f);
+    weft_sleep_init(&r->s, r->kase == EARLIER || r->kase == FROM_A_THREAD ? HOUR : 20 * MS);
+    if (r->kase == AFTER_FIRED) {
+        WEFT_AWAIT(f, cx, &r->s);
+        reset_to(r, weft_now_ns() + 30 * MS);
+    } else if (r->kase == FROM_A_THREAD) {
+        cr_assert_eq(weft_future_poll(&r->s.base, cx), WEFT_PENDING);
+        r->waker = weft_waker_clone(cx->waker);
+        atomic_store(&live, r); /* seq_cst: the sleep is the thread's from here */
+        PARK(f);
+    } else {
+        cr_assert_eq(weft_future_poll(&r->s.base, cx), WEFT_PENDING);
+        uint64_t now = weft_now_ns();
+        reset_to(r, r->kase == LATER     ? now + 80 * MS
+                    : r->kase == EARLIER ? now + 20 * MS
+                                         : now - 5 * MS);
+    }
+    WEFT_AWAIT(f, cx, &r->s); /* woken by the timer only */
+    r->woke = weft_now_ns();
+    r->result = r->s.result;
+    WEFT_ASYNC_END(f);
+}
+
+static void rs_drop(struct weft_future *f)
+{
+    weft_future_drop(&((struct rs *)f)->s.base);
+}
+
+static const struct weft_future_ops rs_ops = { rs_poll, rs_drop };
+
+/* Runs case k in a task (FROM_A_THREAD: resets the sleep from this thread,
+ * no worker, once the task waits, then wakes it) and checks that the sleep
+ * ended at its new deadline, never before. */
+static struct rs run_case(enum kase k)
+{
+    struct weft_runtime *rt = start_rt(2, NULL);
+    struct rs r = { .base = { &rs_ops, 0 }, .kase = k };
+    struct weft_join j;
+    atomic_store(&live, NULL);
+    cr_assert_eq(weft_spawn(rt, &r.base, sizeof r, &j), 0);
+    if (k == FROM_A_THREAD) {
+        WAIT_UNTIL(atomic_load(&live));
+        struct rs *task = atomic_load(&live);
+        reset_to(task, weft_now_ns() + 30 * MS);
+        weft_waker_wake(&task->waker);
+    }
+    cr_assert_eq(weft_block_on(rt, &j.base), 0);
+    cr_assert_eq(j.res, 0);
+    struct rs out = *(struct rs *)weft_join_output(&j);
+    weft_future_drop(&j.base);
+    weft_runtime_destroy(rt);
+    cr_assert_eq(out.rc, 0);
+    cr_assert_eq(out.result, 0, "the sleep ended with %d", out.result);
+    cr_assert_geq(out.woke, out.want, "woke %lld ns before the new deadline",
+                  (long long)(out.want - out.woke));
+    cr_assert_leq(out.woke, out.want + LATE_MAX, "woke %.1f ms after the new deadline",
+                  (double)(out.woke - out.want) / MS);
+    return out;
+}
+
+Test(timer_reset, a_waiting_timer_moved_later_waits_for_the_new_deadline, .timeout = 30)
+{
+    struct rs out = run_case(LATER);
+    cr_assert(out.in_place, "the timer was not moved in place");
+}
+
+Test(timer_reset, a_waiting_timer_moved_earlier_fires_then, .timeout = 30)
+{
+    struct rs out = run_case(EARLIER);
+    cr_assert(out.in_place, "the timer was not moved in place");
+}
+
+Test(timer_reset, a_finished_sleep_is_pending_again, .timeout = 30)
+{
+    struct rs out = run_case(AFTER_FIRED);
+    cr_assert_null(out.first_op, "a finished sleep kept its timer");
+}
+
+Test(timer_reset, a_deadline_moved_into_the_past_fires_at_once, .timeout = 30)
+{
+    struct rs out = run_case(INTO_THE_PAST);
+    cr_assert(out.in_place);
+    cr_assert_leq(out.woke, out.reset_at + LATE_MAX);
+}
+
+/* Off the timer's worker the timer is let go (its slot freed by its owner)
+ * and the next poll takes a new one: the hour-long timer is gone. */
+Test(timer_reset, a_reset_from_another_thread_takes_a_new_timer, .timeout = 30)
+{
+    struct rs out = run_case(FROM_A_THREAD);
+    cr_assert_not(out.in_place, "a reset off the worker moved the timer in place");
+}
+
+Test(timer_reset, bad_inputs, .timeout = 30)
+{
+    cr_assert_eq(weft_sleep_reset(NULL, 0), -EINVAL);
+    struct weft_runtime *rt = start_rt(1, NULL);
+    struct weft_sleep s;
+    weft_sleep_init(&s, HOUR);
+    uint64_t t0 = weft_now_ns();
+    cr_assert_eq(weft_sleep_reset(&s, t0), 0); /* never polled: now due */
+    cr_assert_eq(s.deadline_ns, t0);
+    cr_assert_eq(weft_block_on(rt, &s.base), 0);
+    cr_assert_eq(s.result, 0, "%d", s.result);
+    weft_future_drop(&s.base);
+    cr_assert_null(s.base.ops);
+    uint64_t t1 = weft_now_ns();
+    cr_assert_eq(weft_sleep_reset(&s, t1 + 10 * MS), 0); /* dropped: a fresh sleep */
+    cr_assert_not_null(s.base.ops);
+    cr_assert_eq(weft_block_on(rt, &s.base), 0); /* a task on the workers */
+    cr_assert_eq(s.result, 0, "%d", s.result);
+    cr_assert_geq(weft_now_ns(), t1 + 10 * MS, "the fresh sleep ended early");
+    weft_future_drop(&s.base);
+    weft_runtime_destroy(rt);
+}
