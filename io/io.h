@@ -62,7 +62,7 @@ enum op_kind {
     OP_READ,
     OP_WRITE,
     OP_FSYNC,
-    OP_ACCEPT,       /* the listener's multishot accept */
+    OP_ACCEPT,       /* the listener's accept: multishot, or single-shot re-armed (tcp.c) */
     OP_SEND_RECV,    /* a send linked to a recv from the buffer ring */
     OP_NKINDS,
 };
@@ -71,6 +71,13 @@ enum op_kind {
 enum {
     RB_POLL_FIRST = 1, /* wait for data before taking a buffer (bufring.c: fallback) */
     RB_HEAP = 2,       /* received into a heap buffer at op->addr, not the ring */
+};
+
+/* op->off of an OP_ACCEPT (tcp.c: the single-shot fallback). */
+enum {
+    ACC_SINGLE = 1,    /* a single-shot accept, resubmitted by each completion */
+    ACC_PROBE = 2,     /* single-shot after the multishot's -EINVAL: not yet known
+                        * to be the kernel's refusal of the multishot flag */
 };
 
 /* The kinds the blocking pool does instead when the ring cannot (stream.c). */
@@ -128,7 +135,9 @@ struct weft__op {
     union {
         struct { struct sockaddr_in6 sa; uint32_t salen; struct __kernel_timespec ts; } conn;
         struct msghdr msg;
-        struct weft__acceptq *acceptq;
+        /* OP_ACCEPT: its listener's queue; while single-shot, the links
+         * of the ring's list of them (`accepts`, tcp.c). */
+        struct { struct weft__acceptq *q; struct weft__op *next, **pprev; } acc;
         /* OP_SEND_RECV of a buffer moved from a receive: that receive's
          * slot, given up once the send is known done (op.c: submit), and
          * whether the send posts on success; the send's error then. */
@@ -184,6 +193,13 @@ struct weft__io {
     struct weft__op *bufwait_head, *bufwait_tail; /* receives waiting for a buffer */
     unsigned char *spare;              /* a heap buffer for the fallback (bufring.c), or NULL */
     bool draining;                     /* shutdown: wakes go to the global queue */
+    /* accepts (owner only; tcp.c: the single-shot fallback) */
+    bool accept_single;                /* the kernel refused multishot accept: listeners
+                                        * arm single-shot accepts on this ring */
+    bool accept_refuse_sim;            /* WEFT_IO_NO_OPS=accept_multishot: the multishot's
+                                        * SQE carries a flag the kernel refuses (EINVAL) */
+    bool accepts_stopped;              /* shutdown: single-shot accepts are not resubmitted */
+    struct weft__op *accepts;          /* the single-shot accepts armed on this ring */
 };
 
 /* user_data of CQEs that are not a slot's */
@@ -300,7 +316,8 @@ void weft__op_send_done(struct weft__op *op, int32_t res);
 /* Owner: the completion of a slot. */
 void weft__op_complete(struct weft__io *io, struct weft__op *op, int32_t res, uint32_t flags);
 /* Owner: submits a cancel of the slot's operation, its CQE ignored (a
- * multishot accept pausing; an orphan's cancels are op.c's own). */
+ * multishot accept pausing, a single-shot one at shutdown; an orphan's
+ * cancels are op.c's own). */
 void weft__op_cancel(struct weft__io *io, struct weft__op *op);
 /* Owner: the final completion of a slot whose future let go (state `s`). */
 void weft__op_orphan_final(struct weft__io *io, struct weft__op *op, uint32_t s);
@@ -378,7 +395,10 @@ void weft__bufring_wait(struct weft__io *io, struct weft__op *op);
 bool weft__bufring_unwait(struct weft__io *io, struct weft__op *op);
 
 /* ---- tcp.c ------------------------------------------------------------------- */
-/* Owner: one CQE of the multishot accept. */
+/* Owner: one CQE of a listener's accept (multishot or single-shot). */
 void weft__accept_complete(struct weft__io *io, struct weft__op *op, int32_t res, uint32_t flags);
+/* Owner, at shutdown: cancels the ring's single-shot accepts and stops
+ * resubmitting them (a kernel without multishot accept has no CANCEL_ANY). */
+void weft__accepts_cancel(struct weft__io *io);
 
 #endif

@@ -257,7 +257,16 @@ void weft__op_submit(struct weft__io *io, struct weft__op *op)
         io_uring_prep_fsync(sqe, fd, op->off ? IORING_FSYNC_DATASYNC : 0);
         break;
     case OP_ACCEPT:
+        if (op->off & ACC_SINGLE) { /* the kernel refused the multishot (tcp.c) */
+            io_uring_prep_accept(sqe, fd, NULL, NULL, SOCK_CLOEXEC);
+            break;
+        }
         io_uring_prep_multishot_accept(sqe, fd, NULL, NULL, SOCK_CLOEXEC);
+        /* The simulation of a kernel before 5.19 (WEFT_IO_NO_OPS): there, any
+         * accept flag in ioprio, IORING_ACCEPT_MULTISHOT included, is -EINVAL;
+         * this kernel says the same for a bit it does not know either. */
+        if (io->accept_refuse_sim)
+            sqe->ioprio |= 1u << 15;
         break;
     case OP_TIMER:
     case OP_NKINDS:

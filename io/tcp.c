@@ -40,7 +40,35 @@
  * SQE names its number and may still wait for the owner's next enter when the
  * close comes, and a number closed at once could be reused by a new socket,
  * whose connections the stale multishot would take (Go's netFD defers its
- * close to the last reference the same way). */
+ * close to the last reference the same way).
+ *
+ * Kernels without multishot accept (5.10-5.18: the accept opcode is there,
+ * and the probe says so, but the IORING_ACCEPT_MULTISHOT flag is -EINVAL).
+ * The kernel's own answer decides, per ring: the first multishot's final CQE
+ * of -EINVAL resubmits the same slot at once as a single-shot accept, marked
+ * ACC_PROBE; when that one brings a socket, the refusal was the flag's, and
+ * the ring arms single-shot accepts from then on (`accept_single`). A
+ * single-shot -EINVAL is the socket's own error (not listening), which the
+ * next accept gets, as a multishot's would be; the ring is not switched. (A
+ * proxy at init, such as the provided-buffer ring's registration, also 5.19,
+ * failing, was not chosen: it is true of mainline kernels only, and the
+ * answer costs one failed SQE per ring, once.) A single-shot accept is the
+ * same slot, armed and owned the same way; only its completions differ: each
+ * one is final for the kernel, and the owner resubmits the slot at once
+ * (accept_rearm), still armed, unless the queue reached ACCEPTQ_PAUSE (then
+ * it disarms, as the multishot's pause does, and the next accept re-arms once
+ * the queue is empty), the listener is closing, or it was an error (handled
+ * as a multishot's final CQE: -EMFILE gives the same back-off). No new
+ * ordering: the decision reads `closed`, `armed` and the slot's state
+ * relaxed, and rests on the owner's program order. A closer's cancel of the
+ * slot is queued by the owner itself (op.c: the remote list's pass, or the
+ * acceptor's own claim in arm), which first stores ORPHAN in the slot: if
+ * that came before this completion, the owner sees its own store and does
+ * not resubmit (the new accept would escape the cancel); if it comes after,
+ * the cancel's SQE follows the resubmitted one and finds it. `closed` and
+ * `armed` only spare an SQE when a close is on its way. At shutdown the ring cancels each single-shot accept by its slot
+ * (weft__accepts_cancel, from the owner's list `io->accepts`, which
+ * accept_final leaves), since IORING_ASYNC_CANCEL_ANY came with 5.19 too. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -349,8 +377,41 @@ void weft_tcp_listener_close(struct weft_tcp_listener *l)
 
 /* ---- the multishot's completions (owner) --------------------------------------------- */
 
+/* The ring's list of its single-shot accepts (owner only). */
+static void accepts_link(struct weft__io *io, struct weft__op *op)
+{
+    op->u.acc.next = io->accepts;
+    if (io->accepts)
+        io->accepts->u.acc.pprev = &op->u.acc.next;
+    op->u.acc.pprev = &io->accepts;
+    io->accepts = op;
+}
+
+static void accepts_unlink(struct weft__op *op)
+{
+    if (!op->u.acc.pprev)
+        return; /* taken off by weft__accepts_cancel */
+    *op->u.acc.pprev = op->u.acc.next;
+    if (op->u.acc.next)
+        op->u.acc.next->u.acc.pprev = op->u.acc.pprev;
+    op->u.acc.pprev = NULL;
+}
+
+void weft__accepts_cancel(struct weft__io *io)
+{
+    io->accepts_stopped = true; /* first: no completion resubmits one from here on */
+    for (struct weft__op *op; (op = io->accepts);) {
+        /* Off the list before the cancel: getting its SQE may reap, and
+         * so end any of them (accept_final), this one included. */
+        accepts_unlink(op);
+        weft__op_cancel(io, op);
+    }
+}
+
 static void accept_final(struct weft__io *io, struct weft__op *op, struct weft__acceptq *q)
 {
+    if (op->off & ACC_SINGLE)
+        accepts_unlink(op);
     q->pausing = false;
     uint32_t a = 1;
     /* Seq_cst: the store half of the Dekker with the acceptor, which
@@ -373,10 +434,52 @@ static void accept_final(struct weft__io *io, struct weft__op *op, struct weft__
     acceptq_unref(q);
 }
 
+/* A single-shot accept's completion, or the multishot's -EINVAL (the
+ * fallback, top of the file): true if the slot went back to the kernel,
+ * armed as before, and the CQE is handled; false to end it as a multishot's
+ * final CQE is ended (its socket queued, its error kept, the slot disarmed). */
+static bool accept_rearm(struct weft__io *io, struct weft__op *op, struct weft__acceptq *q,
+                         int32_t res)
+{
+    if (res < 0 && (res != -EINVAL || (op->off & ACC_SINGLE)))
+        return false; /* an error for the next accept, or a cancel */
+    /* Relaxed loads (top of the file): the state is this thread's own
+     * ORPHAN once it queued a cancel of the slot, which a resubmitted accept
+     * would escape; a cancel it queues later comes after the SQE below.
+     * `closed` and `armed` spare an SQE when a close is on its way. */
+    if (io->accepts_stopped || atomic_load_explicit(&q->closed, memory_order_relaxed) ||
+        atomic_load_explicit(&q->armed, memory_order_relaxed) != 1 ||
+        atomic_load_explicit(&op->state, memory_order_relaxed) != OPS_PENDING)
+        return false;
+    if (res < 0) { /* the multishot refused: maybe the flag (5.10-5.18) */
+        op->off = ACC_SINGLE | ACC_PROBE;
+        accepts_link(io, op);
+    } else {
+        if (op->off & ACC_PROBE) { /* the socket accepts: the flag was refused */
+            io->accept_single = true;
+            op->off = ACC_SINGLE;
+        }
+        uint32_t len = atomic_load_explicit(&q->tail, memory_order_relaxed) -
+                       atomic_load_explicit(&q->head, memory_order_relaxed);
+        if (len + 1 >= ACCEPTQ_PAUSE)
+            return false; /* the pause: queued and disarmed as a final CQE */
+        if (!acceptq_push(q, res))
+            close(res);
+        io->wakes++; /* as in weft__accept_complete */
+        awaker_wake(&q->waker);
+    }
+    io->inflight--; /* weft__op_submit counts it again */
+    weft__op_submit(io, op);
+    return true;
+}
+
 void weft__accept_complete(struct weft__io *io, struct weft__op *op, int32_t res, uint32_t flags)
 {
-    struct weft__acceptq *q = op->u.acceptq;
+    struct weft__acceptq *q = op->u.acc.q;
     bool more = flags & IORING_CQE_F_MORE, pause = false;
+    /* A running multishot's CQEs (F_MORE) never take this branch. */
+    if (!more && ((op->off & ACC_SINGLE) || res == -EINVAL) && accept_rearm(io, op, q, res))
+        return;
     if (res >= 0) {
         /* Closed: nobody will take it (the last reference drains the queue). */
         if (atomic_load_explicit(&q->closed, memory_order_relaxed) || !acceptq_push(q, res))
@@ -416,7 +519,12 @@ static int arm(struct weft_cx *cx, struct weft__acceptq *q)
         return err;
     awaker_unregister(&op->waker); /* the queue's awaker wakes the acceptor */
     op->fd = q->lfd;
-    op->u.acceptq = q;
+    op->u.acc.q = q;
+    op->off = 0;
+    if (op->io->accept_single) { /* the kernel refused the multishot (top of the file) */
+        op->off = ACC_SINGLE;
+        accepts_link(op->io, op);
+    }
     /* Relaxed: the acceptor's own reference keeps q alive meanwhile. */
     atomic_fetch_add_explicit(&q->refs, 1, memory_order_relaxed);
     q->op = op;

@@ -407,6 +407,28 @@ static inline rlim_t raise_nofile(rlim_t want)
 }
 
 
+/* Makes the runtimes this test creates from here on run as on a kernel
+ * without multishot accept (5.10-5.18): the kernel refuses it with EINVAL and
+ * listeners fall back to single-shot accepts (io/tcp.c). Each test runs in a
+ * process of its own, so this stays in the test. */
+static inline void without_multishot_accept(void)
+{
+    cr_assert_eq(setenv("WEFT_IO_NO_OPS", "accept_multishot", 1), 0);
+}
+
+/* SQEs the runtime's rings have submitted so far (the metrics' sum). */
+static inline uint64_t rt_sqes(struct weft_runtime *rt)
+{
+    struct weft_metrics *m = malloc(sizeof *m);
+    cr_assert_not_null(m);
+    cr_assert_eq(weft_metrics_read(rt, m), 0);
+    uint64_t n = 0;
+    for (uint32_t i = 0; i < m->workers; i++)
+        n += m->worker[i].sqes;
+    free(m);
+    return n;
+}
+
 /* FNV-1a, continued from `h` (start with FNV_START). */
 #define FNV_START UINT64_C(0xcbf29ce484222325)
 static inline uint64_t fnv(uint64_t h, const unsigned char *p, size_t len)

@@ -10,7 +10,10 @@
  * writes into a 4 KiB send buffer with send_all still delivering everything,
  * a peer's reset (while a receive is pending, and before any operation),
  * connect refused, and connect timing out (a full backlog; a non-routable
- * address). Cancellation and migration are in test_tcp_cancel.c, the load
+ * address), an accept on a listening socket shut down under it (-EINVAL, for
+ * it and the next; the worker keeps its multishot accept for the next
+ * listener, and on a kernel without one, the single-shot fallback takes each
+ * connection). Cancellation and migration are in test_tcp_cancel.c, the load
  * tests (32 MiB, 10k connections, EMFILE, a 2-buffer ring, the budget) in
  * test_tcp_load.c.
  *
@@ -973,4 +976,78 @@ Test(tcp, missing_socket_opcodes_give_eopnotsupp, .timeout = 20)
     close(cli);
     close(lfd);
     stop_rt(rt, &ca);
+}
+
+/* Accepts t->n connections, closing each; t->res is the first error, or 0. */
+static enum weft_poll body_accept_n(struct iot *t, struct weft_cx *cx)
+{
+    WEFT_ASYNC_BEGIN(&t->base);
+    for (t->i = 0; t->i < t->n; t->i++) {
+        weft_accept_init(&t->acc, t->lst);
+        WEFT_AWAIT(&t->base, cx, &t->acc.base);
+        t->res = t->acc.result < 0 ? t->acc.result : 0;
+        if (t->res < 0)
+            WEFT_RETURN(&t->base);
+        close(t->acc.result);
+        weft_future_drop(&t->acc.base);
+    }
+    WEFT_ASYNC_END(&t->base);
+}
+
+/* A listening socket shut down under its pending accept (shutdown(2) with
+ * SHUT_RD stops it listening): the accept ends with -EINVAL, as accept(2)
+ * would, and so does the next one, at once: no hang, no loop. The single-shot
+ * fallback (io/tcp.c) must not take that -EINVAL for the kernel refusing
+ * multishot accept: the next listener on the same worker still takes its 100
+ * pending connections with a multishot (a few SQEs); on a kernel without
+ * multishot accept, with one single-shot accept each. */
+static void shut_down_listener(bool single)
+{
+    enum { CLIENTS = 100 };
+    if (single)
+        without_multishot_accept();
+    struct counting_alloc ca;
+    struct weft_runtime *rt = start_rt(1, &ca);
+    struct weft_tcp_listener l;
+    listen_any(&l, "127.0.0.1");
+    struct weft_join j;
+    cr_assert_eq(iot_spawn(rt, body_accept, &l, 0, -1, &j), 0);
+    sleep_us(50000); /* armed in the kernel, the worker parked */
+    cr_assert_eq(shutdown(l.fd, SHUT_RD), 0);
+    struct iot out;
+    cr_assert_eq(iot_join(rt, &j, &out), 0);
+    cr_assert_eq(out.res, -EINVAL, "the pending accept got %d", out.res);
+    cr_assert_eq(iot_run(rt, body_accept, &l, -1).res, -EINVAL);
+    weft_tcp_listener_close(&l);
+
+    uint16_t port = listen_any(&l, "127.0.0.1");
+    int cli[CLIENTS];
+    cli_dial_n(cli, CLIENTS, "127.0.0.1", port);
+    uint64_t sqes = rt_sqes(rt);
+    struct iot t = iot_make(body_accept_n, NULL, 0, -1);
+    t.lst = &l;
+    t.n = CLIENTS;
+    cr_assert_eq(weft_block_on(rt, &t.base), 0);
+    weft_future_drop(&t.base);
+    cr_assert_eq(t.res, 0, "accept: %d", t.res);
+    sqes = rt_sqes(rt) - sqes;
+    fprintf(stderr, "after a shut-down listener: %d accepts, %" PRIu64 " SQEs\n", CLIENTS, sqes);
+    if (single)
+        cr_assert_geq(sqes, CLIENTS);
+    else
+        cr_assert_lt(sqes, CLIENTS / 2, "the worker no longer arms multishot accepts");
+    close_fds(cli, CLIENTS);
+    weft_tcp_listener_close(&l);
+    stop_rt(rt, &ca);
+}
+
+Test(tcp, accept_on_a_shut_down_listener_gives_einval, .timeout = 20)
+{
+    const char *no = getenv("WEFT_IO_NO_OPS"); /* ctest's *_accept_single runs */
+    shut_down_listener(no && strstr(no, "accept_multishot"));
+}
+
+Test(tcp, accept_on_a_shut_down_listener_gives_einval_single_shot, .timeout = 20)
+{
+    shut_down_listener(true);
 }

@@ -121,7 +121,8 @@ struct weft_listen_opts {
     bool reuseport;            /* SO_REUSEPORT, for one listener per worker */
 };
 
-/* A listening socket. Accepts run as one multishot accept underneath; accepted
+/* A listening socket. Accepts run as one multishot accept underneath (one
+ * single-shot accept at a time, resubmitted, on kernels before 5.19); accepted
  * sockets wait in a small queue until an accept future takes them. */
 struct weft_tcp_listener {
     int fd;
