@@ -66,7 +66,8 @@
  * that came before this completion, the owner sees its own store and does
  * not resubmit (the new accept would escape the cancel); if it comes after,
  * the cancel's SQE follows the resubmitted one and finds it. `closed` and
- * `armed` only spare an SQE when a close is on its way. At shutdown the ring cancels each single-shot accept by its slot
+ * `armed` only spare an SQE when a close is on its way. At shutdown the ring
+ * cancels each single-shot accept by its slot
  * (weft__accepts_cancel, from the owner's list `io->accepts`, which
  * accept_final leaves), since IORING_ASYNC_CANCEL_ANY came with 5.19 too. */
 #include <arpa/inet.h>
