@@ -330,8 +330,12 @@ int weft_tcp_listen(struct weft_tcp_listener *l, const char *addr, uint16_t port
 
 int weft_tcp_listener_port(const struct weft_tcp_listener *l)
 {
-    /* Relaxed: a close may store -1 from another thread (no order rides on it). */
-    int fd = l ? __atomic_load_n(&l->fd, __ATOMIC_RELAXED) : -1;
+    /* Relaxed: a close may store -1 from another thread (no order rides on
+     * it). A listener with no queue was never listened (a zeroed one's fd 0
+     * is not its own) or is closing. */
+    int fd = l && atomic_load_explicit(&l->q, memory_order_relaxed)
+                 ? __atomic_load_n(&l->fd, __ATOMIC_RELAXED)
+                 : -1;
     if (fd < 0)
         return -EBADF;
     struct sockaddr_storage ss;

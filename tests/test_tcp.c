@@ -20,7 +20,7 @@
  * Bad inputs tried: connect to "not-an-address" and to a NULL address, listen
  * on "bogus", listen with a NULL listener, listen on a port in use without
  * SO_REUSEPORT (and with it on both, which must work), the port of a closed
- * listener, recv / recv_into / send / close on a descriptor that is not open
+ * listener and of a zeroed one while fd 0 is a listening socket, recv / recv_into / send / close on a descriptor that is not open
  * and on a pipe, accept on a closed listener, a second accept pending on the
  * same listener, an I/O future polled off the workers, writev with a negative
  * count and with more than IOV_MAX buffers, shutdown with how = 99 and on a
@@ -901,6 +901,20 @@ Test(tcp, bad_inputs, .timeout = 20)
     cr_assert_eq(weft_tcp_listen(&l2, "127.0.0.1", port, NULL), -EADDRINUSE);
     weft_tcp_listener_close(&l);
     cr_assert_eq(weft_tcp_listener_port(&l), -EBADF);
+    /* A zeroed listener, never listened, while descriptor 0 is a listening
+     * socket (as under inetd or socket activation): not that socket's port. */
+    int saved = dup(0), lfd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sin = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    cr_assert(saved >= 0 && lfd >= 0 && bind(lfd, (struct sockaddr *)&sin, sizeof sin) == 0);
+    cr_assert(listen(lfd, 1) == 0 && dup2(lfd, 0) == 0);
+    struct weft_tcp_listener zeroed;
+    memset(&zeroed, 0, sizeof zeroed);
+    cr_assert_eq(weft_tcp_listener_port(&zeroed), -EBADF, "a zeroed listener read fd 0's port");
+    weft_tcp_listener_close(&zeroed); /* nothing to close: fd 0 stays open */
+    cr_assert_neq(fcntl(0, F_GETFD), -1, "closing a zeroed listener closed fd 0");
+    cr_assert(dup2(saved, 0) == 0);
+    close(saved);
+    close(lfd);
     /* With SO_REUSEPORT on both, two listeners share a port. */
     struct weft_listen_opts o = { .reuseport = true };
     cr_assert_eq(weft_tcp_listen(&l, "127.0.0.1", 0, &o), 0);

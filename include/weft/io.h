@@ -143,8 +143,8 @@ struct weft_tcp_listener {
 int weft_tcp_listen(struct weft_tcp_listener *l, const char *addr, uint16_t port,
                     const struct weft_listen_opts *opts);
 
-/* The port the listener is bound to, or -EBADF for a closed listener (one
- * closing meanwhile on another thread may give either). */
+/* The port the listener is bound to, or -EBADF for a closed listener or one never
+ * listened (zeroed); one closing meanwhile on another thread may give either. */
 int weft_tcp_listener_port(const struct weft_tcp_listener *l);
 
 /* Stops accepting and closes the listener; sockets accepted but not yet taken
