@@ -22,11 +22,12 @@
  * SO_REUSEPORT (and with it on both, which must work), the port of a closed
  * listener and of a zeroed one while fd 0 is a listening socket, recv /
  * recv_into / send / close on a descriptor that is not open and on a pipe,
- * accept on a closed listener, a second accept pending on the same listener, an I/O future polled off the workers, writev with a negative
- * count and with more than IOV_MAX buffers, shutdown with how = 99 and on a
- * descriptor that is not open, send_all on one, socket options on a pipe, a bad descriptor and negative sizes, addresses of an unconnected
- * socket, into a short buffer, into NULL and with a length past 4 GiB, send
- * after our own SHUT_WR. */
+ * accept on a closed listener, a second accept pending on the same listener,
+ * an I/O future polled off the workers, writev with a negative count and with
+ * more than IOV_MAX buffers, shutdown with how = 99 and on a descriptor that
+ * is not open, send_all on one, socket options on a pipe, a bad descriptor and
+ * negative sizes, addresses of an unconnected socket, into a short buffer,
+ * into NULL and with a length past 4 GiB, send after our own SHUT_WR. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
