@@ -72,6 +72,8 @@
  * accept_final leaves), since IORING_ASYNC_CANCEL_ANY came with 5.19 too. */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <inttypes.h>
+#include <net/if.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
@@ -111,7 +113,24 @@ struct weft__acceptq {
 
 /* ---- addresses -------------------------------------------------------------------- */
 
-/* Parses a numeric IPv4/IPv6 address into `sa`; returns its length or 0. */
+/* An IPv6 scope: an interface name ("eth0") or index ("2"); false if none. */
+static bool parse_scope(const char *s, uint32_t *id)
+{
+    if (*s >= '0' && *s <= '9') {
+        char *end;
+        errno = 0;
+        unsigned long v = strtoul(s, &end, 10);
+        if (*end || errno || v > UINT32_MAX)
+            return false;
+        *id = (uint32_t)v;
+        return true;
+    }
+    *id = *s ? if_nametoindex(s) : 0;
+    return *id != 0;
+}
+
+/* Parses a numeric IPv4/IPv6 address, an IPv6 one with a scope too
+ * ("fe80::1%eth0"), into `sa`; returns its length or 0. */
 static socklen_t parse_addr(const char *addr, uint16_t port, struct sockaddr_in6 *sa)
 {
     memset(sa, 0, sizeof(*sa));
@@ -122,6 +141,16 @@ static socklen_t parse_addr(const char *addr, uint16_t port, struct sockaddr_in6
         in4->sin_family = AF_INET;
         in4->sin_port = htons(port);
         return sizeof(*in4);
+    }
+    char host[INET6_ADDRSTRLEN];
+    const char *pct = strchr(addr, '%');
+    if (pct) {
+        size_t n = (size_t)(pct - addr);
+        if (n >= sizeof host || !parse_scope(pct + 1, &sa->sin6_scope_id))
+            return 0;
+        memcpy(host, addr, n);
+        host[n] = '\0';
+        addr = host;
     }
     if (inet_pton(AF_INET6, addr, &sa->sin6_addr) == 1) {
         sa->sin6_family = AF_INET6;
@@ -135,6 +164,7 @@ static int format_addr(const struct sockaddr_storage *ss, char *buf, size_t len,
 {
     const void *src;
     uint16_t p;
+    uint32_t scope = 0;
     if (ss->ss_family == AF_INET) {
         const struct sockaddr_in *in4 = (const struct sockaddr_in *)ss;
         src = &in4->sin_addr;
@@ -143,6 +173,7 @@ static int format_addr(const struct sockaddr_storage *ss, char *buf, size_t len,
         const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)ss;
         src = &in6->sin6_addr;
         p = ntohs(in6->sin6_port);
+        scope = in6->sin6_scope_id;
     } else {
         return -EAFNOSUPPORT;
     }
@@ -150,6 +181,16 @@ static int format_addr(const struct sockaddr_storage *ss, char *buf, size_t len,
      * to its low bits (2^32 + 5 would give 5); any address fits in 64. */
     if (!inet_ntop(ss->ss_family, src, buf, (socklen_t)(len < 64 ? len : 64)))
         return -ENOSPC;
+    if (scope) { /* "%eth0", or "%7" for an interface gone meanwhile */
+        char name[IF_NAMESIZE];
+        if (!if_indextoname(scope, name))
+            snprintf(name, sizeof name, "%" PRIu32, scope);
+        size_t n = strlen(buf), m = strlen(name);
+        if (n + 1 + m >= len)
+            return -ENOSPC;
+        buf[n] = '%';
+        memcpy(buf + n + 1, name, m + 1);
+    }
     *port = p; /* only on success, as every out-parameter */
     return 0;
 }
@@ -342,7 +383,7 @@ int weft_tcp_listener_port(const struct weft_tcp_listener *l)
     socklen_t sl = sizeof(ss);
     if (getsockname(fd, (struct sockaddr *)&ss, &sl) < 0)
         return -errno;
-    char buf[INET6_ADDRSTRLEN];
+    char buf[WEFT_ADDR_STRLEN];
     uint16_t port;
     int err = format_addr(&ss, buf, sizeof(buf), &port);
     return err ? err : port;

@@ -546,7 +546,7 @@ static inline struct weft_runtime *start_rt_pair(uint32_t workers, struct counti
 
 static inline void check_addr(int fd, bool peer, const char *want, uint16_t want_port)
 {
-    char a[INET6_ADDRSTRLEN];
+    char a[WEFT_ADDR_STRLEN];
     uint16_t port = 0;
     int err = peer ? weft_tcp_peer_addr(fd, a, sizeof a, &port)
                    : weft_tcp_local_addr(fd, a, sizeof a, &port);

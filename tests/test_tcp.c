@@ -1,7 +1,8 @@
 /* tests/test_tcp.c: TCP over the per-worker io_uring (io/tcp.c, io/stream.c,
  * io/bufring.c, io/op.c), over real sockets on 127.0.0.1 and ::1: every
  * operation, each over IPv4 and again over IPv6 (listen on port 0, accept,
- * connect, weft_recv from the buffer ring with a small io_buffer_size,
+ * connect; a link-local IPv6 address with its scope, this host's own, where
+ * an interface has one), weft_recv from the buffer ring with a small io_buffer_size,
  * recv_into, send, send_all, writev, shutdown(SHUT_WR) both ways, close
  * through the ring (one lingering on unsent data must not freeze its worker),
  * short writes, a peer's reset; connect timeouts over IPv4,
@@ -27,14 +28,19 @@
  * more than IOV_MAX buffers, shutdown with how = 99 and on a descriptor that
  * is not open, send_all on one, socket options on a pipe, a bad descriptor and
  * negative sizes, addresses of an unconnected socket, into a short buffer,
- * into NULL and with a length past 4 GiB, send after our own SHUT_WR. */
+ * into NULL and with a length past 4 GiB, send after our own SHUT_WR;
+ * scopes: empty, an unknown interface, past 2^32, negative, trailing junk, on
+ * an IPv4 address, after a host part too long; a scoped address into a
+ * buffer one byte short (-ENOSPC). */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
 #include <criterion/criterion.h>
 
+#include <ifaddrs.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <net/if.h>
 
 #include <weft.h>
 
@@ -51,7 +57,7 @@ static void check_connect_accept(const char *addr)
     int srv = t.fd, cli = t.res;
     cr_assert_geq(srv, 0, "accept: %s", strerror(-srv));
     cr_assert_geq(cli, 0, "connect: %s", strerror(-cli));
-    char a[INET6_ADDRSTRLEN];
+    char a[WEFT_ADDR_STRLEN];
     uint16_t cport = 0;
     cr_assert_eq(weft_tcp_local_addr(cli, a, sizeof a, &cport), 0);
     cr_assert_neq(cport, 0);
@@ -95,6 +101,60 @@ Test(tcp, listen_accept_connect_ipv6, .timeout = 20)
     if (!have_ipv6_loopback())
         cr_skip_test("IPv6 loopback (::1) is not available here");
     check_connect_accept("::1");
+}
+
+/* A link-local IPv6 address of this host and its interface, or false. */
+static bool link_local(char *addr, size_t len, char *ifname, unsigned *index)
+{
+    struct ifaddrs *all, *i;
+    bool found = false;
+    if (getifaddrs(&all) != 0)
+        return false;
+    for (i = all; i && !found; i = i->ifa_next) {
+        const struct sockaddr_in6 *sa = (const struct sockaddr_in6 *)i->ifa_addr;
+        if (!sa || sa->sin6_family != AF_INET6 || !IN6_IS_ADDR_LINKLOCAL(&sa->sin6_addr))
+            continue;
+        found = inet_ntop(AF_INET6, &sa->sin6_addr, addr, (socklen_t)len) != NULL;
+        snprintf(ifname, IF_NAMESIZE, "%s", i->ifa_name);
+        *index = if_nametoindex(i->ifa_name);
+    }
+    freeifaddrs(all);
+    return found && *index;
+}
+
+/* A link-local address needs its scope: listen, connect and both ends'
+ * addresses with "fe80::...%ifname" (the connection stays inside this host,
+ * as over loopback); the scope as a number; scopes that are wrong. */
+Test(tcp, link_local_ipv6_with_a_scope, .timeout = 20)
+{
+    char ll[INET6_ADDRSTRLEN], ifname[IF_NAMESIZE], with[WEFT_ADDR_STRLEN], a[WEFT_ADDR_STRLEN];
+    unsigned index;
+    if (!link_local(ll, sizeof ll, ifname, &index))
+        cr_skip_test("no interface here has a link-local IPv6 address");
+    snprintf(with, sizeof with, "%s%%%s", ll, ifname);
+    check_connect_accept(with);
+
+    struct weft_tcp_listener l;
+    snprintf(with, sizeof with, "%s%%%u", ll, index);
+    cr_assert_eq(weft_tcp_listen(&l, with, 0, NULL), 0, "the scope as a number");
+    uint16_t port;
+    cr_assert_eq(weft_tcp_local_addr(l.fd, a, sizeof a, &port), 0);
+    snprintf(with, sizeof with, "%s%%%s", ll, ifname);
+    cr_assert_str_eq(a, with, "printed with the interface's name");
+    size_t need = strlen(with) + 1;
+    cr_assert_eq(weft_tcp_local_addr(l.fd, a, need - 1, &port), -ENOSPC);
+    cr_assert_eq(weft_tcp_local_addr(l.fd, a, need, &port), 0);
+    weft_tcp_listener_close(&l);
+
+    const char *bad[] = { "%", "%nosuchif0", "%4294967296", "%-1", "%1x" };
+    for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+        snprintf(with, sizeof with, "%s%s", ll, bad[k]);
+        cr_assert_eq(weft_tcp_listen(&l, with, 0, NULL), -EINVAL, "%s", with);
+    }
+    snprintf(with, sizeof with, "127.0.0.1%%%s", ifname);
+    cr_assert_eq(weft_tcp_listen(&l, with, 0, NULL), -EINVAL, "IPv4 has no scope");
+    cr_assert_eq(weft_tcp_listen(&l, "fe80:0000:0000:0000:0000:0000:0000:0000:1%1", 0, NULL),
+                 -EINVAL, "a host part too long");
 }
 
 /* ---- weft_recv: the provided-buffer ring --------------------------------------- */

@@ -136,9 +136,9 @@ struct weft_tcp_listener {
 };
 
 /* Binds and listens on `addr` (a numeric IPv4 or IPv6 address such as
- * "127.0.0.1" or "::1"; NULL: "0.0.0.0"; "::" takes IPv4 too, as the
- * system's IPV6_V6ONLY default says) and `port` (0: any free port), with
- * SO_REUSEADDR. `opts` may be NULL. Synchronous. Returns 0, or -EINVAL (NULL
+ * "127.0.0.1", "::1" or, with its scope, "fe80::1%eth0"; NULL: "0.0.0.0";
+ * "::" takes IPv4 too, as the system's IPV6_V6ONLY default says) and `port`
+ * (0: any free port), with SO_REUSEADDR. `opts` may be NULL. Synchronous. Returns 0, or -EINVAL (NULL
  * listener, bad address), -EADDRINUSE, -ENOMEM or another socket error. */
 int weft_tcp_listen(struct weft_tcp_listener *l, const char *addr, uint16_t port,
                     const struct weft_listen_opts *opts);
@@ -173,8 +173,8 @@ struct weft_accept {
 /* Initialises an accept on `l`. */
 void weft_accept_init(struct weft_accept *a, struct weft_tcp_listener *l);
 
-/* Connects to `addr`:`port` (numeric IPv4 or IPv6; no scope: a "fe80::1%eth0"
- * link-local address is not supported, -EINVAL). result: the connected
+/* Connects to `addr`:`port` (numeric IPv4 or IPv6, a link-local one with its scope:
+ * "fe80::1%eth0" or "fe80::1%2"). result: the connected
  * socket (yours to close), or -errno: -ECONNREFUSED, -ETIMEDOUT (after
  * `timeout_ns`, if not 0), -EINVAL (bad address). */
 struct weft_connect {
@@ -293,8 +293,12 @@ int weft_socket_set_rcvbuf(int fd, int bytes);
 /* Sets SO_LINGER; `seconds` 0 makes close send a reset. */
 int weft_socket_set_linger(int fd, bool on, int seconds);
 
-/* Writes the peer's (or the local) numeric address into buf[len] and its port
- * into *port. Returns 0 or -errno (-ENOTCONN, -ENOSPC for a short buffer). */
+/* Room for any address weft prints: IPv6 with a scope ("fe80::1%eth0") included. */
+#define WEFT_ADDR_STRLEN 64
+
+/* Writes the peer's (or the local) numeric address into buf[len] (an IPv6 one with a
+ * scope as "fe80::1%eth0"; WEFT_ADDR_STRLEN always fits) and its port into *port.
+ * Returns 0 or -errno (-ENOTCONN, -ENOSPC for a short buffer). */
 int weft_tcp_peer_addr(int fd, char *buf, size_t len, uint16_t *port);
 int weft_tcp_local_addr(int fd, char *buf, size_t len, uint16_t *port);
 
