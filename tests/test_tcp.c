@@ -2,8 +2,8 @@
  * io/bufring.c, io/op.c), over real sockets on 127.0.0.1 and ::1: every
  * operation, each over IPv4 and again over IPv6 (listen on port 0, accept,
  * connect; a link-local IPv6 address with its scope, this host's own, where
- * an interface has one), weft_recv from the buffer ring with a small io_buffer_size,
- * recv_into, send, send_all, writev, shutdown(SHUT_WR) both ways, close
+ * an interface has one), weft_recv from the buffer ring with a small
+ * io_buffer_size, recv_into, send, send_all, writev, shutdown(SHUT_WR) both ways, close
  * through the ring (one lingering on unsent data must not freeze its worker),
  * short writes, a peer's reset; connect timeouts over IPv4,
  * against a full backlog and against weft_tcp_listen's backlog option), the
