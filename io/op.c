@@ -92,19 +92,17 @@ void weft__slab_fini(struct weft__io *io)
     io->free = io->tfree = NULL;
 }
 
-/* The free list of a kind's slots, and their size. */
-static struct weft__op **free_list(struct weft__io *io, uint8_t kind, size_t *stride)
+/* The free list of a kind's slots. */
+static struct weft__op **free_list(struct weft__io *io, uint8_t kind)
 {
-    *stride = kind == OP_TIMER ? TIMER_SLOT : sizeof(struct weft__op);
     return kind == OP_TIMER ? &io->tfree : &io->free;
 }
 
 struct weft__op *weft__op_alloc(struct weft__io *io, enum op_kind kind,
                                 const struct weft_waker *waker)
 {
-    size_t stride;
-    struct weft__op **list = free_list(io, (uint8_t)kind, &stride);
-    if (!*list && !slab_grow(io, list, stride))
+    struct weft__op **list = free_list(io, (uint8_t)kind);
+    if (!*list && !slab_grow(io, list, kind == OP_TIMER ? TIMER_SLOT : sizeof(struct weft__op)))
         return NULL;
     struct weft__op *op = *list;
     *list = op->next;
@@ -127,8 +125,7 @@ struct weft__op *weft__op_alloc(struct weft__io *io, enum op_kind kind,
 
 void weft__op_free(struct weft__io *io, struct weft__op *op)
 {
-    size_t stride;
-    struct weft__op **list = free_list(io, op->kind, &stride);
+    struct weft__op **list = free_list(io, op->kind);
     op->next = *list;
     *list = op;
 }

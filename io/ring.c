@@ -392,13 +392,18 @@ static void enter(struct weft__io *io, struct __kernel_timespec *ts, unsigned wa
         if (ret == -EBUSY) /* CQ overflowing: make room and go again */
             weft__io_reap(io);
         /* The kernel could not keep an overflowing completion (its overflow
-         * list's allocation failed): some operation will never complete.
-         * Nothing to recover; say so once rather than hang in silence. The
-         * SQEs went in (the kernel checks this while waiting, after them). */
+         * list's allocation failed) and says so at a waiting enter. Which
+         * one is unknown: an operation's (its future, and a drop that waits
+         * for it, wait for good; its slot stays in flight, so the shutdown
+         * drain and weft_runtime_destroy never end) or the wake eventfd's
+         * read (never re-armed: this worker no longer hears unparks, and
+         * the runtime's wakeups may stall). Nothing to recover; say so once
+         * per worker rather than hang in silence. The SQEs went in. */
         if (ret == -EBADR && !io->dropped_reported) {
             io->dropped_reported = true;
             fprintf(stderr, "weft: worker %u: the kernel dropped io_uring completions "
-                    "(-EBADR: out of memory); the futures waiting for them never finish\n",
+                    "(-EBADR: out of memory); an operation or this worker's wake-up is "
+                    "lost: tasks may hang, and weft_runtime_destroy may not return\n",
                     io->index);
         }
     } while (ret == -EBUSY);

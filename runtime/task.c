@@ -513,6 +513,15 @@ int weft_join_abort_handle(const struct weft_join *join, struct weft_abort_handl
     return 0;
 }
 
+void weft_abort_handle_clone(const struct weft_abort_handle *h, struct weft_abort_handle *out)
+{
+    if (!out)
+        return;
+    out->task = h ? h->task : NULL;
+    if (out->task)
+        ref_inc(out->task); /* h holds one: the count is not 0 */
+}
+
 void weft_abort_handle_abort(const struct weft_abort_handle *h)
 {
     if (h && h->task)

@@ -72,6 +72,7 @@ static inline void spin_until(_Atomic int *flag)
 struct counting_alloc {
     struct weft_allocator a;
     _Atomic long allocs, frees, bad_frees;
+    _Atomic long bytes;   /* asked for and not yet freed */
     _Atomic long fail_at; /* the allocation number that fails (and all after); -1: none */
     _Atomic long calls;
     bool once;            /* only allocation number fail_at fails */
@@ -88,6 +89,7 @@ static inline void *count_alloc(void *ctx, size_t size)
         return NULL;
     memcpy(p, &size, sizeof size);
     atomic_fetch_add(&ca->allocs, 1);
+    atomic_fetch_add(&ca->bytes, (long)size);
     return p + HDR;
 }
 
@@ -102,6 +104,7 @@ static inline void count_free(void *ctx, void *q, size_t size)
     if (!q)
         return;
     atomic_fetch_add(&ca->frees, 1);
+    atomic_fetch_sub(&ca->bytes, (long)asked);
     free((char *)q - HDR);
 }
 

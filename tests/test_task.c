@@ -14,7 +14,8 @@
  * weft_join_abort / weft_join_detach / weft_join_output / weft_join_is_finished
  * on NULL and on a detached handle; weft_join_abort_handle with a NULL or
  * detached join and a NULL out, abort handles NULL, empty, used twice and
- * kept past weft_runtime_destroy. */
+ * kept past weft_runtime_destroy (and cloned then); clones of NULL and
+ * empty handles, a clone into NULL. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
@@ -487,10 +488,11 @@ Test(task, abort_and_detach_after_completion, .timeout = 30)
  * is_finished follows the task on both handles. */
 Test(task, abort_handle_stops_a_task_whose_join_handle_is_gone, .timeout = 30)
 {
-    struct weft_runtime *rt = start_rt(2, NULL);
+    struct counting_alloc ca;
+    struct weft_runtime *rt = start_rt(2, &ca);
     struct ctl c = { .drop_wakes_kept = true };
     struct weft_join j;
-    struct weft_abort_handle h;
+    struct weft_abort_handle h, h2;
 
     spawn_probe(rt, &c, step_keep, &j);
     WAIT_UNTIL(atomic_load(&c.kept_set));
@@ -498,18 +500,23 @@ Test(task, abort_handle_stops_a_task_whose_join_handle_is_gone, .timeout = 30)
     cr_assert_eq(weft_join_abort_handle(&j, &h), 0);
     cr_assert_not(weft_abort_handle_is_finished(&h));
     weft_future_drop(&j.base);
+    weft_abort_handle_clone(&h, &h2);
+    cr_assert_eq(h2.task, h.task);
     sleep_us(2000);
     cr_assert_eq(atomic_load(&c.drops), 0, "dropping the join handle stopped the task");
-    weft_abort_handle_abort(&h);
+    weft_abort_handle_abort(&h2);
     WAIT_UNTIL(weft_abort_handle_is_finished(&h));
+    cr_assert(weft_abort_handle_is_finished(&h2));
     cr_assert_eq(atomic_load(&c.drops), 1);
     weft_abort_handle_abort(&h); /* again, on a finished task: nothing */
     weft_abort_handle_drop(&h);
     cr_assert_null(h.task);
     weft_abort_handle_drop(&h); /* an empty one: nothing */
     cr_assert_eq(atomic_load(&c.polls), 1);
+    weft_abort_handle_drop(&h2); /* the last reference: the task's memory goes */
     weft_runtime_destroy(rt);
     cr_assert_eq(atomic_load(&c.drops), 1);
+    assert_balanced(&ca); /* no reference kept by a handle's drop */
 }
 
 /* A finished task: is_finished at once, an abort through a handle taken
@@ -559,6 +566,13 @@ Test(task, abort_handle_bad_inputs_and_outliving_the_runtime, .timeout = 30)
     cr_assert_not(weft_abort_handle_is_finished(&none));
     weft_abort_handle_drop(NULL);
     weft_abort_handle_drop(&none);
+    struct weft_abort_handle copy = { (struct weft_task *)&copy };
+    weft_abort_handle_clone(NULL, &copy);
+    cr_assert_null(copy.task, "a clone of nothing is empty");
+    copy.task = (struct weft_task *)&copy;
+    weft_abort_handle_clone(&none, &copy);
+    cr_assert_null(copy.task, "a clone of an empty handle is empty");
+    weft_abort_handle_clone(&none, NULL);
 
     spawn_probe(rt, &c, step_keep, &j);
     cr_assert_eq(weft_join_abort_handle(&j, NULL), -EINVAL);
@@ -569,12 +583,15 @@ Test(task, abort_handle_bad_inputs_and_outliving_the_runtime, .timeout = 30)
     cr_assert_eq(atomic_load(&c.drops), 1, "destroy dropped the task");
     cr_assert(weft_abort_handle_is_finished(&h));
     weft_abort_handle_abort(&h);
+    weft_abort_handle_clone(&h, &copy); /* after destroy too */
     weft_abort_handle_drop(&h);
+    cr_assert(weft_abort_handle_is_finished(&copy));
+    weft_abort_handle_drop(&copy);
 }
 
 struct abort_race {
     struct weft_join j;
-    struct weft_abort_handle h;
+    struct weft_abort_handle h, mine; /* the test's, the thread's clone */
     _Atomic int go;
 };
 
@@ -582,7 +599,8 @@ static void *race_abort(void *arg)
 {
     struct abort_race *r = arg;
     spin_until(&r->go);
-    weft_abort_handle_abort(&r->h);
+    weft_abort_handle_abort(&r->mine);
+    weft_abort_handle_drop(&r->mine);
     return NULL;
 }
 
@@ -598,6 +616,7 @@ Test(task, abort_handle_races_the_join_handles_drop, .timeout = 60)
         pthread_t th;
         spawn_probe(rt, &c, step_keep, &r.j);
         cr_assert_eq(weft_join_abort_handle(&r.j, &r.h), 0);
+        weft_abort_handle_clone(&r.h, &r.mine);
         cr_assert_eq(pthread_create(&th, NULL, race_abort, &r), 0);
         if (round % 2)
             WAIT_UNTIL(atomic_load(&c.kept_set)); /* idle, or still queued */

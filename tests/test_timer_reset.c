@@ -1,7 +1,9 @@
 /* tests/test_timer_reset.c: weft_sleep_reset (io/timer.c): a waiting timer
  * moved later and earlier in place, a finished sleep made pending again, a
  * reset from a thread that is no worker (the timer is let go and the next
- * poll takes a new one), a deadline moved into the past.
+ * poll takes a new one), a deadline moved into the past. And what a waiting
+ * sleep costs the runtime: a short slot (io/io.h: TIMER_SLOT) and a heap
+ * entry.
  *
  * Bad inputs tried: a NULL sleep (-EINVAL); a reset of a dropped sleep and
  * of one never polled (both work as a fresh sleep until that deadline). */
@@ -174,4 +176,60 @@ Test(timer_reset, bad_inputs, .timeout = 30)
     cr_assert_geq(weft_now_ns(), t1 + 10 * MS, "the fresh sleep ended early");
     weft_future_drop(&s.base);
     weft_runtime_destroy(rt);
+}
+
+/* ---- what a waiting timer costs ---------------------------------------------------- */
+
+#define NSLEEPS 1000
+
+struct many {
+    struct weft_future base;
+    struct counting_alloc *ca;
+    long before, after;
+    struct weft_sleep s[NSLEEPS];
+};
+
+/* Starts NSLEEPS hour-long sleeps in one poll, measuring the runtime's
+ * memory around it; then finishes (dropping them). */
+static enum weft_poll many_poll(struct weft_future *f, struct weft_cx *cx)
+{
+    struct many *m = (struct many *)f;
+    m->before = atomic_load(&m->ca->bytes);
+    for (int i = 0; i < NSLEEPS; i++) {
+        weft_sleep_init(&m->s[i], HOUR);
+        cr_assert_eq(weft_future_poll(&m->s[i].base, cx), WEFT_PENDING);
+    }
+    m->after = atomic_load(&m->ca->bytes);
+    return WEFT_READY;
+}
+
+static void many_drop(struct weft_future *f)
+{
+    struct many *m = (struct many *)f;
+    for (int i = 0; i < NSLEEPS; i++)
+        weft_future_drop(&m->s[i].base);
+}
+
+static const struct weft_future_ops many_ops = { many_poll, many_drop };
+
+/* 1000 waiting sleeps take four chunks of 256 short slots (88 bytes) and a
+ * heap of 1024 entries (16 bytes): about 106 bytes each. Full 152-byte
+ * slots would make it about 171. */
+Test(timer_reset, a_waiting_sleep_takes_a_short_slot, .timeout = 30)
+{
+    struct counting_alloc ca;
+    struct weft_runtime *rt = start_rt(1, &ca);
+    static struct many m; /* 40 KB: spawn copies it into the task */
+    m = (struct many){ .base = { &many_ops, 0 }, .ca = &ca };
+    struct weft_join j;
+    cr_assert_eq(weft_spawn(rt, &m.base, sizeof m, &j), 0);
+    cr_assert_eq(weft_block_on(rt, &j.base), 0);
+    const struct many *out = weft_join_output(&j);
+    cr_assert_not_null(out);
+    double per = (double)(out->after - out->before) / NSLEEPS;
+    weft_future_drop(&j.base);
+    stop_rt(rt, &ca);
+    cr_assert_gt(per, 88, "%.1f bytes per waiting sleep: less than its slot?", per);
+    cr_assert_leq(per, 120, "%.1f bytes per waiting sleep (a short slot and a heap entry "
+                  "make about 106)", per);
 }

@@ -111,7 +111,8 @@ struct weft_timeout {
 };
 
 /* Initialises a timeout around `inner` (NULL, empty, without a poll or `t` itself gives
- * -EINVAL). The duration runs from the first poll; a ready inner future never starts a timer. */
+ * -EINVAL). The duration runs from the first poll; a ready inner future never starts a timer.
+ * A longer cycle (two timeouts around each other) recurses, as any future polling itself. */
 void weft_timeout_init(struct weft_timeout *t, struct weft_future *inner, uint64_t duration_ns);
 
 /* ---- TCP --------------------------------------------------------------------- */

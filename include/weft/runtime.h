@@ -189,14 +189,21 @@ bool weft_join_is_finished(const struct weft_join *join);
 /* An abort handle (Tokio's AbortHandle): aborts a task from any thread, any number of
  * times, whatever becomes of its join handle meanwhile (dropped, detached, or dropped on
  * another thread at the same moment). It holds the task's memory, not its output, until
- * weft_abort_handle_drop; like a join handle it may be dropped after weft_runtime_destroy. */
+ * weft_abort_handle_drop. Abort, is_finished, clone and drop all stay valid after
+ * weft_runtime_destroy (the task is then finished). One handle is one owner's, as any
+ * future: give each thread its own clone rather than drop one handle while another thread
+ * aborts through it. */
 struct weft_abort_handle {
     struct weft_task *task; /* NULL: empty */
 };
 
-/* Makes *out an abort handle of join's task. 0, or -EINVAL (NULL out; NULL, empty or
- * detached join: *out is then empty). */
+/* Makes *out an abort handle of join's task, called by the join handle's owner (not racing
+ * its drop or detach). 0, or -EINVAL (NULL out; NULL, empty or detached join: *out is
+ * then empty). */
 int weft_join_abort_handle(const struct weft_join *join, struct weft_abort_handle *out);
+
+/* Makes *out another handle of h's task (empty if h is NULL or empty). Any thread. */
+void weft_abort_handle_clone(const struct weft_abort_handle *h, struct weft_abort_handle *out);
 
 /* As weft_join_abort, with no restriction on threads; no effect on an empty handle. */
 void weft_abort_handle_abort(const struct weft_abort_handle *h);
