@@ -108,6 +108,7 @@ static bool link_local(char *addr, size_t len, char *ifname, unsigned *index)
 {
     struct ifaddrs *all, *i;
     bool found = false;
+    *index = 0;
     if (getifaddrs(&all) != 0)
         return false;
     for (i = all; i && !found; i = i->ifa_next) {
@@ -128,7 +129,7 @@ static bool link_local(char *addr, size_t len, char *ifname, unsigned *index)
 Test(tcp, link_local_ipv6_with_a_scope, .timeout = 20)
 {
     char ll[INET6_ADDRSTRLEN], ifname[IF_NAMESIZE], with[WEFT_ADDR_STRLEN], a[WEFT_ADDR_STRLEN];
-    unsigned index;
+    unsigned index = 0;
     if (!link_local(ll, sizeof ll, ifname, &index))
         cr_skip_test("no interface here has a link-local IPv6 address");
     snprintf(with, sizeof with, "%s%%%s", ll, ifname);
