@@ -12,14 +12,18 @@
  *   HTTP/1.1 200 OK\r\nContent-Length: 13\r\nContent-Type: text/plain\r\n\r\nHello, World!
  *
  * on a keep-alive connection, and each HEAD the same without the body (RFC
- * 9110 9.1: a general-purpose server supports both). Pipelined requests are
- * answered in order, with one send for all the complete requests a read
- * brought (one more per BATCH responses past the first BATCH, and one more
- * where the kind of response changes, a HEAD among GETs say), from static
- * buffers that hold each response BATCH times. A request's body
- * (Content-Length) is skipped. After "Connection: close", or an HTTP/1.0
- * request without "Connection: keep-alive", the response is the last: the
- * connection closes. An error is answered, then the connection is closed:
+ * 9110 9.1: a general-purpose server supports both). An HTTP/1.0 request
+ * with "Connection: keep-alive" gets "Connection: keep-alive" before the
+ * empty line too (the 1.0 negotiation of RFC 2068 19.7.1: a 1.0 client
+ * takes a response without it for the last); HTTP/1.1 responses never carry
+ * it. Pipelined requests are answered in order, with one send for all the
+ * complete requests a read brought (one more per BATCH responses past the
+ * first BATCH, and one more where the kind of response changes, a HEAD among
+ * GETs say), from static buffers that hold each response BATCH times. A
+ * request's body (Content-Length) is skipped. After "Connection: close", or
+ * an HTTP/1.0 request without "Connection: keep-alive", the response is the
+ * last: the connection closes. An error is answered, then the connection is
+ * closed:
  *  - 400 when a request line is not `METHOD SP target SP HTTP/1.x`, a field
  *    line is not `name ":" value` (a control character in the value, a space
  *    before the colon), a line ends in a bare LF (seen as soon as it comes),
@@ -73,12 +77,15 @@
 #define MIN(a, b) ((a) < (b) ? (a) : (b))
 
 /* The 200 responses: to a GET, or to a HEAD (the same head, no body; RFC
- * 9110 9.3.2). Indexed by a request's kind: oks[0], the GET's, is the hot
- * path. */
-enum { OK_HEAD = 1, OK_KINDS = 2 };
+ * 9110 9.3.2), each also with "Connection: keep-alive" for an HTTP/1.0
+ * request that asked to be kept alive (a 1.0 client assumes a close
+ * otherwise). Indexed by a request's kind, OK_HEAD | OK_KEEP: oks[0],
+ * HTTP/1.1's GET, is the hot path. */
+enum { OK_HEAD = 1, OK_KEEP = 2, OK_KINDS = 4 };
 #define OK_STATUS "HTTP/1.1 200 OK\r\nContent-Length: 13\r\nContent-Type: text/plain\r\n"
+#define OK_CONN "Connection: keep-alive\r\n"
 #define OK_BODY "Hello, World!"
-#define OK_LONGEST OK_STATUS "\r\n" OK_BODY
+#define OK_LONGEST OK_STATUS OK_CONN "\r\n" OK_BODY
 #define OK_ENTRY(s) { s, sizeof(s) - 1 }
 static const struct {
     const char *s;
@@ -86,6 +93,8 @@ static const struct {
 } oks[OK_KINDS] = {
     [0] = OK_ENTRY(OK_STATUS "\r\n" OK_BODY),
     [OK_HEAD] = OK_ENTRY(OK_STATUS "\r\n"),
+    [OK_KEEP] = OK_ENTRY(OK_STATUS OK_CONN "\r\n" OK_BODY),
+    [OK_HEAD | OK_KEEP] = OK_ENTRY(OK_STATUS OK_CONN "\r\n"),
 };
 /* oks[k], BATCH times over (filled by main) */
 static char batch[OK_KINDS][BATCH * (sizeof(OK_LONGEST) - 1)];
@@ -410,7 +419,7 @@ static size_t scan(struct conn *c, const unsigned char *p, size_t len)
             return len;
         }
         bool last = h.close || (h.http10 && !h.keep_alive);
-        unsigned kind = h.no_body ? OK_HEAD : 0;
+        unsigned kind = (h.no_body ? OK_HEAD : 0) | (h.http10 && !last ? OK_KEEP : 0);
         if (kind != c->kind) {
             if (c->count) {
                 c->more = 1;
