@@ -1,5 +1,5 @@
 /* http.c: weft-http, a minimal HTTP/1.1 server answering every GET with
- * "Hello, World!".
+ * "Hello, World!" (and every HEAD with the same head).
  *
  *   weft-http [--port P] [--workers N] [--addr A] [--drain-ms MS]
  *             [--heavy inline|blocking|compute] [--heavy-ms MS]
@@ -11,18 +11,25 @@
  *
  *   HTTP/1.1 200 OK\r\nContent-Length: 13\r\nContent-Type: text/plain\r\n\r\nHello, World!
  *
- * on a keep-alive connection. Pipelined requests are answered in order, with
- * one send for all the complete requests a read brought (one more per BATCH
- * responses past the first BATCH), from a static buffer that holds the
- * response BATCH times. A GET's body (Content-Length) is skipped. After
- * "Connection: close", or an HTTP/1.0 request without "Connection:
- * keep-alive", the response is the last: the connection closes. An error is
- * answered, then the connection is closed:
+ * on a keep-alive connection, and each HEAD the same without the body (RFC
+ * 9110 9.1: a general-purpose server supports both). An HTTP/1.0 request
+ * with "Connection: keep-alive" gets "Connection: keep-alive" before the
+ * empty line too (the 1.0 negotiation of RFC 2068 19.7.1: a 1.0 client
+ * takes a response without it for the last); HTTP/1.1 responses never carry
+ * it. Pipelined requests are answered in order, with one send for all the
+ * complete requests a read brought (one more per BATCH responses past the
+ * first BATCH, and one more where the kind of response changes, a HEAD among
+ * GETs say), from static buffers that hold each response BATCH times. A
+ * request's body (Content-Length) is skipped. After "Connection: close", or
+ * an HTTP/1.0 request without "Connection: keep-alive", the response is the
+ * last: the connection closes. An error is answered, then the connection is
+ * closed:
  *  - 400 when a request line is not `METHOD SP target SP HTTP/1.x`, a field
  *    line is not `name ":" value` (a control character in the value, a space
  *    before the colon), a line ends in a bare LF (seen as soon as it comes),
  *    or Content-Length is not a number (or two differ);
- *  - 405 for any method but GET;
+ *  - 405 for any method but GET and HEAD (case matters: "get" is not GET),
+ *    with "Allow: GET, HEAD";
  *  - 411 with Transfer-Encoding: a body of unknown length is not read;
  *  - 431 when the head of a request passes 8 KiB (MAX_HEAD).
  * The requests before the bad one are answered first. Empty lines before a
@@ -34,13 +41,16 @@
  * parsed straight from the provided buffer the bytes arrived in; only a
  * request split across reads needs memory of its own, the `carry` buffer:
  * malloc'd when that happens, grown up to MAX_HEAD plus one read, and freed as
- * soon as no partial request is left. Nothing is allocated per request.
+ * soon as no partial request is left. (It also keeps the requests of a read
+ * that come after a change in the kind of response, until the responses
+ * before them are sent.) Nothing is allocated per request.
  *
  * The stall demo (docs/blocking.md): with --heavy, a request for the path
- * /heavy first burns about --heavy-ms (default 5) ms of CPU, calibrated at
- * start; `inline` does it in the connection's task, on the worker (the stall
- * detector then names the task "http-conn"), `blocking` through
- * weft_spawn_blocking, `compute` through weft_spawn_compute, awaited.
+ * /heavy (a GET or a HEAD) first burns about --heavy-ms (default 5) ms of
+ * CPU, calibrated at start; `inline` does it in the connection's task, on
+ * the worker (the stall detector then names the task "http-conn"),
+ * `blocking` through weft_spawn_blocking, `compute` through
+ * weft_spawn_compute, awaited.
  * --blocking-prio normal|nice|idle sets the pool threads' OS priority
  * (default: the runtime's), --blocking-threads the pool's cap (default: the
  * runtime's, 512), --compute-slice-us how often a compute job yields (default
@@ -66,17 +76,35 @@
 #define BATCH 32        /* responses per send */
 #define MIN(a, b) ((a) < (b) ? (a) : (b))
 
-static const char OK[] =
-    "HTTP/1.1 200 OK\r\nContent-Length: 13\r\nContent-Type: text/plain\r\n\r\nHello, World!";
-#define OK_LEN (sizeof(OK) - 1)
-static char batch[BATCH * OK_LEN]; /* OK, BATCH times over (filled by main) */
+/* The 200 responses: to a GET, or to a HEAD (the same head, no body; RFC
+ * 9110 9.3.2), each also with "Connection: keep-alive" for an HTTP/1.0
+ * request that asked to be kept alive (a 1.0 client assumes a close
+ * otherwise). Indexed by a request's kind, OK_HEAD | OK_KEEP: oks[0],
+ * HTTP/1.1's GET, is the hot path. */
+enum { OK_HEAD = 1, OK_KEEP = 2, OK_KINDS = 4 };
+#define OK_STATUS "HTTP/1.1 200 OK\r\nContent-Length: 13\r\nContent-Type: text/plain\r\n"
+#define OK_CONN "Connection: keep-alive\r\n"
+#define OK_BODY "Hello, World!"
+#define OK_LONGEST OK_STATUS OK_CONN "\r\n" OK_BODY
+#define OK_ENTRY(s) { s, sizeof(s) - 1 }
+static const struct {
+    const char *s;
+    uint32_t len;
+} oks[OK_KINDS] = {
+    [0] = OK_ENTRY(OK_STATUS "\r\n" OK_BODY),
+    [OK_HEAD] = OK_ENTRY(OK_STATUS "\r\n"),
+    [OK_KEEP] = OK_ENTRY(OK_STATUS OK_CONN "\r\n" OK_BODY),
+    [OK_HEAD | OK_KEEP] = OK_ENTRY(OK_STATUS OK_CONN "\r\n"),
+};
+/* oks[k], BATCH times over (filled by main) */
+static char batch[OK_KINDS][BATCH * (sizeof(OK_LONGEST) - 1)];
 
 /* What ends a connection after the responses before it: an error reply, or
  * none (REPLY_CLOSE: the client asked to close). */
 enum { REPLY_NONE, REPLY_400, REPLY_405, REPLY_411, REPLY_431, REPLY_CLOSE };
 static const char *const replies[] = {
     [REPLY_400] = "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-    [REPLY_405] = "HTTP/1.1 405 Method Not Allowed\r\nAllow: GET\r\nContent-Length: 0\r\n"
+    [REPLY_405] = "HTTP/1.1 405 Method Not Allowed\r\nAllow: GET, HEAD\r\nContent-Length: 0\r\n"
                   "Connection: close\r\n\r\n",
     [REPLY_411] = "HTTP/1.1 411 Length Required\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
     [REPLY_431] = "HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\n"
@@ -89,12 +117,15 @@ static const char *const replies[] = {
 struct conn {
     struct weft_future base;
     struct conn_sock sock;     /* the socket, on the server's list; sock.partial: carry != NULL */
-    uint32_t count;            /* 200 responses still to send */
+    uint32_t count;            /* 200 responses still to send, all of one kind (`kind`) */
     uint32_t heavy;            /* of which for /heavy, with --heavy: work to do first */
     uint32_t carry_len, carry_cap;
     uint64_t skip;             /* bytes of a request body still to come, to skip */
     uint8_t reply;             /* the error to answer after them (REPLY_*), or 0 */
     uint8_t shut;              /* read side shut down at a stop (a partial request left) */
+    uint8_t kind;              /* the kind of those responses: oks[kind] */
+    uint8_t more;              /* the carry buffer holds requests answered with another kind,
+                                * counted once those responses are sent */
     unsigned char *carry;      /* the start of a request split across reads, or NULL */
     struct weft_recv rx;       /* sends the last batch's responses, then reads */
     union {
@@ -238,11 +269,13 @@ static void classes_init(void)
 struct head {
     int reply;                 /* REPLY_NONE, or the error to answer */
     bool http10, close, keep_alive, has_length;
+    bool no_body;              /* a HEAD: the response has no body */
     uint64_t body;             /* Content-Length */
 };
 
-/* Checks a request line (without its CRLF): REPLY_NONE for a GET, REPLY_405
- * for another method, REPLY_400 when it is not `METHOD SP target SP HTTP/1.x`. */
+/* Checks a request line (without its CRLF): REPLY_NONE for a GET or a HEAD,
+ * REPLY_405 for another method, REPLY_400 when it is not
+ * `METHOD SP target SP HTTP/1.x`. */
 static int check_line(const unsigned char *s, size_t n, struct head *h)
 {
     size_t i = 0, method, target;
@@ -258,7 +291,10 @@ static int check_line(const unsigned char *s, size_t n, struct head *h)
     if (n - i != 8 || memcmp(s + i, "HTTP/1.", 7) != 0 || s[i + 7] < '0' || s[i + 7] > '9')
         return REPLY_400;
     h->http10 = s[i + 7] == '0';
-    return method == 3 && memcmp(s, "GET", 3) == 0 ? REPLY_NONE : REPLY_405;
+    if (method == 3 && memcmp(s, "GET", 3) == 0)
+        return REPLY_NONE;
+    h->no_body = method == 4 && memcmp(s, "HEAD", 4) == 0;
+    return h->no_body ? REPLY_NONE : REPLY_405;
 }
 
 /* s[0..n) equals the lower-case `lower`, whatever the case of s. */
@@ -359,10 +395,12 @@ static size_t parse_head(const unsigned char *p, size_t len, struct head *h)
 }
 
 /* Counts the complete requests at the start of p[0..len) into c->count,
- * stopping at a bad one (c->reply) or one after which the connection closes
- * (REPLY_CLOSE). Returns the bytes they take, with the bodies of those that
- * had one (skipped; what has yet to come is in c->skip); the rest is the
- * start of a request still incomplete. */
+ * stopping at a bad one (c->reply), one after which the connection closes
+ * (REPLY_CLOSE), or one whose response is of another kind than those
+ * counted (c->more: it is counted once they are sent). Returns the bytes
+ * they take, with the bodies of those that had one (skipped; what has yet
+ * to come is in c->skip); the rest is the start of a request still
+ * incomplete, or (c->more) requests still to count. */
 static size_t scan(struct conn *c, const unsigned char *p, size_t len)
 {
     size_t pos = 0, head;
@@ -380,16 +418,25 @@ static size_t scan(struct conn *c, const unsigned char *p, size_t len)
             c->reply = (uint8_t)h.reply;
             return len;
         }
+        bool last = h.close || (h.http10 && !h.keep_alive);
+        unsigned kind = (h.no_body ? OK_HEAD : 0) | (h.http10 && !last ? OK_KEEP : 0);
+        if (kind != c->kind) {
+            if (c->count) {
+                c->more = 1;
+                return pos;
+            }
+            c->kind = (uint8_t)kind;
+        }
         c->count++;
         if (heavy_mode && is_heavy(p + pos, head))
             c->heavy++;
         pos += head;
-        if (h.body) { /* a GET with a body: skipped, as RFC 9110 9.3.1 lets it be */
+        if (h.body) { /* a body: skipped, as RFC 9110 9.3.1 and 9.3.2 let it be */
             uint64_t here = MIN(h.body, (uint64_t)(len - pos));
             pos += (size_t)here;
             c->skip = h.body - here;
         }
-        if (h.close || (h.http10 && !h.keep_alive)) {
+        if (last) {
             c->reply = REPLY_CLOSE; /* answered, then the connection closes */
             return len;
         }
@@ -435,8 +482,9 @@ static bool carry_append(struct conn *c, const unsigned char *p, size_t n)
 }
 
 /* Takes the n bytes a read brought: counts the requests they complete (and a
- * bad one), and keeps the start of an unfinished one in the carry buffer.
- * Returns false when out of memory. */
+ * bad one), and keeps the start of an unfinished one in the carry buffer,
+ * with the requests left to count when the kind of response changed
+ * (c->more). With n == 0, counts those. Returns false when out of memory. */
 static bool consume(struct conn *c, const unsigned char *data, size_t n)
 {
     if (c->skip) { /* the rest of a body */
@@ -445,14 +493,16 @@ static bool consume(struct conn *c, const unsigned char *data, size_t n)
         data += k;
         n -= k;
     }
+    assert(n || c->carry); /* n == 0: c->more, whose requests wait in the carry buffer */
     if (c->carry) { /* the rest of a split request: parse from the carry buffer */
-        if (!carry_append(c, data, n))
+        if (n && !carry_append(c, data, n))
             return false;
         data = c->carry;
         n = c->carry_len;
     }
+    c->more = 0;
     size_t used = scan(c, data, n), left = n - used;
-    if (left > MAX_HEAD)
+    if (left > MAX_HEAD && !c->more) /* (more: whole requests, at most CARRY_MAX) */
         c->reply = REPLY_431;
     if (left == 0 || c->reply) {
         if (c->carry)
@@ -466,6 +516,13 @@ static bool consume(struct conn *c, const unsigned char *data, size_t n)
     return true;
 }
 
+/* Sets up the send of n (at most BATCH) of the connection's 200 responses. */
+static void oks_send_init(struct conn *c, uint32_t n)
+{
+    assert(n <= BATCH);
+    weft_send_all_init(&c->tx, c->sock.fd, batch[c->kind], n * oks[c->kind].len);
+}
+
 static enum weft_poll conn_poll(struct weft_future *f, struct weft_cx *cx)
 {
     struct conn *self = (struct conn *)f;
@@ -473,19 +530,33 @@ static enum weft_poll conn_poll(struct weft_future *f, struct weft_cx *cx)
     if (!conn_join(&self->sock))
         WEFT_RETURN(f); /* accepted just before a stop */
     for (;;) {
-        /* The responses of the last batch, and the next read: one linked
-         * pair in the kernel, one completion for both. */
-        weft_send_recv_init(&self->rx, self->sock.fd, batch, self->count * OK_LEN);
-        self->count = 0;
-        WEFT_AWAIT(f, cx, &self->rx);
-        if (self->rx.result < 0) /* an error such as a reset */
-            WEFT_RETURN(f);
-        if (self->rx.result == 0) /* end of stream (or a stop's SHUT_RD): responses */
-            break;                /* may still be queued, so through the linger */
-        bool ok = consume(self, self->rx.data, (size_t)self->rx.result);
-        weft_future_drop(&self->rx.base); /* the buffer goes back to the ring */
-        if (!ok)
-            WEFT_RETURN(f);
+        if (!self->more) {
+            /* The responses of the last batch, and the next read: one linked
+             * pair in the kernel, one completion for both. */
+            weft_send_recv_init(&self->rx, self->sock.fd, batch[self->kind],
+                                self->count * oks[self->kind].len);
+            self->count = 0;
+            WEFT_AWAIT(f, cx, &self->rx);
+            if (self->rx.result < 0) /* an error such as a reset */
+                WEFT_RETURN(f);
+            if (self->rx.result == 0) /* end of stream (or a stop's SHUT_RD): responses */
+                break;                /* may still be queued, so through the linger */
+            bool ok = consume(self, self->rx.data, (size_t)self->rx.result);
+            weft_future_drop(&self->rx.base); /* the buffer goes back to the ring */
+            if (!ok)
+                WEFT_RETURN(f);
+        } else {
+            /* The last read brought requests with another kind of response
+             * after this batch's (a HEAD among GETs): this batch goes out on
+             * its own, then they are counted from the carry buffer, no read
+             * between. A rare case; GET's path stays one send and one read. */
+            oks_send_init(self, self->count);
+            self->count = 0;
+            WEFT_AWAIT(f, cx, &self->tx);
+            weft_future_drop(&self->tx.base);
+            if (self->tx.result < 0 || !consume(self, NULL, 0))
+                WEFT_RETURN(f);
+        }
 
         /* The /heavy requests' work, before their responses go out. */
         if (self->heavy) {
@@ -507,7 +578,7 @@ static enum weft_poll conn_poll(struct weft_future *f, struct weft_cx *cx)
          * to the next read. All but the last batch are sent here (a rare,
          * deep pipeline). */
         while (self->count > BATCH) {
-            weft_send_all_init(&self->tx, self->sock.fd, batch, BATCH * OK_LEN);
+            oks_send_init(self, BATCH);
             WEFT_AWAIT(f, cx, &self->tx);
             weft_future_drop(&self->tx.base);
             if (self->tx.result < 0)
@@ -516,7 +587,7 @@ static enum weft_poll conn_poll(struct weft_future *f, struct weft_cx *cx)
         }
         if (self->reply) {
             if (self->count) {
-                weft_send_all_init(&self->tx, self->sock.fd, batch, self->count * OK_LEN);
+                oks_send_init(self, self->count);
                 WEFT_AWAIT(f, cx, &self->tx);
                 weft_future_drop(&self->tx.base);
             }
@@ -540,7 +611,7 @@ static enum weft_poll conn_poll(struct weft_future *f, struct weft_cx *cx)
         }
         if (server_stopping() && !self->carry) {
             if (self->count) {
-                weft_send_all_init(&self->tx, self->sock.fd, batch, self->count * OK_LEN);
+                oks_send_init(self, self->count);
                 WEFT_AWAIT(f, cx, &self->tx);
             }
             break; /* stopping, and the request in hand is answered */
@@ -576,8 +647,9 @@ static void conn_start(struct weft_runtime *rt, int fd)
 int main(int argc, char **argv)
 {
     classes_init();
-    for (size_t i = 0; i < BATCH; i++)
-        memcpy(batch + i * OK_LEN, OK, OK_LEN);
+    for (size_t k = 0; k < OK_KINDS; k++)
+        for (size_t i = 0; i < BATCH; i++)
+            memcpy(batch[k] + i * oks[k].len, oks[k].s, oks[k].len);
     static const char *const extra[] = { "heavy", "heavy-ms", "blocking-prio", "blocking-threads",
                                          "compute-slice-us", NULL };
     static const struct server_def def = {

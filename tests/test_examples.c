@@ -4,23 +4,26 @@
  * and talks to it over plain blocking sockets on 127.0.0.1.
  *
  * Tested: the startup line; echo of 100 KB written in odd-sized chunks, and
- * of many connections at once; HTTP: one request, keep-alive, 16 pipelined
- * requests in one write (exactly 16 responses, in order), a request split
- * across two writes 50 ms apart, 300 pipelined requests of varied sizes
- * dribbled in odd-sized writes (requests split at every possible place, more
- * than one send's batch); graceful stop: SIGTERM/SIGINT with idle connections
- * (exit 0 at once, the clients see end of stream, new connections are
- * refused), SIGTERM in the middle of a request (the request is answered when
- * its rest comes within the drain timeout, then the connection closes; when
- * it never comes, the server exits 0 at the drain timeout and the client sees
- * the connection closed without a response); SIGINT and SIGTERM at once are
- * one stop (the drain goes on); no response is lost to a reset at a close: a
- * client with a small receive buffer that pipelined 1000 requests, a
- * "Connection: close" and 2300 more gets 1001 responses then the end of
- * stream, and one that pipelined until the server stopped reading, stopped
- * meanwhile, gets only whole responses; a stop with responses queued on an
- * idle connection and a request sent after it; a reset connection does not
- * hold a stop for its linger.
+ * of many connections at once; HTTP: one request, keep-alive (an HTTP/1.0
+ * request's answered with "Connection: keep-alive"), 16 pipelined requests in
+ * one write (exactly 16 responses, in order), a request split across two
+ * writes 50 ms apart, 300 pipelined requests of varied sizes dribbled in
+ * odd-sized writes (requests split at every possible place, more than one
+ * send's batch); HEAD: the head of a GET's response and no body, alone,
+ * pipelined between GETs (exact bytes), more than a batch of them before
+ * GETs, runs of GETs, HEADs and their HTTP/1.0 keep-alive forms dribbled;
+ * graceful stop: SIGTERM/SIGINT with idle connections (exit 0 at once, the
+ * clients see end of stream, new connections are refused), SIGTERM in the
+ * middle of a request (the request is answered when its rest comes within the
+ * drain timeout, then the connection closes; when it never comes, the server
+ * exits 0 at the drain timeout and the client sees the connection closed
+ * without a response); SIGINT and SIGTERM at once are one stop (the drain
+ * goes on); no response is lost to a reset at a close: a client with a small
+ * receive buffer that pipelined 1000 requests, a "Connection: close" and 2300
+ * more gets 1001 responses then the end of stream, and one that pipelined
+ * until the server stopped reading, stopped meanwhile, gets only whole
+ * responses; a stop with responses queued on an idle connection and a request
+ * sent after it; a reset connection does not hold a stop for its linger.
  *
  * Bad inputs tried: request lines without a version, with two spaces, with
  * HTTP/2.0, with a bare CR, an empty request line, garbage; bare LFs as line
@@ -29,14 +32,15 @@
  * without a name, with a CR, a control character or a NUL in the value;
  * Content-Length not a number, negative, or twice with different values
  * (400, then the connection closes); a good request pipelined before a bad
- * one (its 200 first) and one after it (never answered); POST, HEAD and a
- * lower-case method (405 and close); Transfer-Encoding: chunked (411 and
- * close); 9 KiB and 20 KiB of head without CRLFCRLF, and a complete request
- * whose head is over 8 KiB (431 and close); bad command lines (exit 2) and a
- * port in use (exit 1). Also: a GET's body is skipped (whole, split across
- * reads, a body that looks like a request), and "Connection: close" or
- * HTTP/1.0 without keep-alive closes after that response, unanswered
- * requests pipelined behind it.
+ * one (its 200 first) and one after it (never answered); POST, PUT, OPTIONS,
+ * lower-case and near-miss methods (405 with "Allow: GET, HEAD", and close);
+ * Transfer-Encoding: chunked (411 and close); 9 KiB and 20 KiB of head
+ * without CRLFCRLF, and a complete request whose head is over 8 KiB (431 and
+ * close); bad command lines (exit 2) and a port in use (exit 1). Also: a
+ * GET's body is skipped (whole, split across reads, a body that looks like a
+ * request), and "Connection: close" or HTTP/1.0 without keep-alive (GET or
+ * HEAD) closes after that response, unanswered requests pipelined behind it.
+
  *
  * The executables are found at ../examples/ relative to this test's own
  * executable (/proc/self/exe), which is where the build tree puts them
@@ -72,9 +76,19 @@
 
 #define OK "HTTP/1.1 200 OK\r\nContent-Length: 13\r\nContent-Type: text/plain\r\n\r\nHello, World!"
 #define OK_LEN (sizeof(OK) - 1)
+/* The answer to a HEAD: OK without its body. */
+#define HEAD_OK "HTTP/1.1 200 OK\r\nContent-Length: 13\r\nContent-Type: text/plain\r\n\r\n"
+/* The answers to an HTTP/1.0 request with "Connection: keep-alive". */
+#define OK_KEEP                                                                                  \
+    "HTTP/1.1 200 OK\r\nContent-Length: 13\r\nContent-Type: text/plain\r\nConnection: keep-alive\r\n" \
+    "\r\nHello, World!"
+#define HEAD_OK_KEEP                                                                             \
+    "HTTP/1.1 200 OK\r\nContent-Length: 13\r\nContent-Type: text/plain\r\nConnection: keep-alive\r\n" \
+    "\r\n"
 #define R400 "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 #define R405                                                                           \
-    "HTTP/1.1 405 Method Not Allowed\r\nAllow: GET\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    "HTTP/1.1 405 Method Not Allowed\r\nAllow: GET, HEAD\r\nContent-Length: 0\r\n"          \
+    "Connection: close\r\n\r\n"
 #define R411 "HTTP/1.1 411 Length Required\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 #define R431                                                                           \
     "HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
@@ -532,7 +546,7 @@ Test(http, keep_alive_three_requests, .fini = kill_server, .timeout = 30)
     int fd = start_and_dial("weft-http");
     for (int i = 0; i < 3; i++) {
         send_str(fd, i == 1 ? "GET /a?b=c HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n" : GET);
-        expect_oks(fd, 1);
+        expect_str(fd, i == 1 ? OK_KEEP : OK);
     }
     expect_quiet_then_stop(fd, 50);
 }
@@ -584,6 +598,110 @@ Test(http, many_pipelined_requests_dribbled, .fini = kill_server, .timeout = 30)
             sleep_us(1000);
     }
     expect_oks(fd, N);
+    expect_quiet_then_stop(fd, 100);
+}
+
+/* A HEAD gets the head of a GET's response, Content-Length: 13 included, and
+ * no body; the connection stays open. Before, 405 and close. */
+Test(http, head_gets_the_head_of_a_get, .fini = kill_server, .timeout = 30)
+{
+    int fd = start_and_dial("weft-http");
+    send_str(fd, "HEAD / HTTP/1.1\r\nHost: x\r\n\r\n");
+    expect_str(fd, HEAD_OK);
+    expect_quiet(fd, 100); /* no body follows, and no close */
+    send_str(fd, GET);
+    expect_oks(fd, 1);
+    send_str(fd, "HEAD /a?b=c HTTP/1.1\r\n\r\n");
+    expect_str(fd, HEAD_OK);
+    expect_quiet_then_stop(fd, 100);
+}
+
+/* HEADs pipelined among GETs, in one write: each answered in order, and none
+ * sent a body (the bytes are exact). Then more HEADs than one send's batch
+ * before GETs, and a HEAD with a body (skipped). Before, the first HEAD got
+ * 405 and the connection closed. */
+Test(http, head_pipelined_between_gets, .fini = kill_server, .timeout = 30)
+{
+    int fd = start_and_dial("weft-http");
+    send_str(fd, GET "HEAD / HTTP/1.1\r\n\r\n" GET);
+    expect_str(fd, OK HEAD_OK OK);
+    expect_quiet(fd, 50);
+    static const char head[] = "HEAD /h HTTP/1.1\r\nHost: x\r\n\r\n";
+    static char reqs[40 * sizeof(head) + 3 * sizeof(GET)], want[40 * sizeof(HEAD_OK) + 3 * OK_LEN];
+    size_t rn = 0, wn = 0;
+    for (int i = 0; i < 40; i++) {
+        rn += (size_t)sprintf(reqs + rn, "%s", head);
+        wn += (size_t)sprintf(want + wn, "%s", HEAD_OK);
+    }
+    for (int i = 0; i < 3; i++) {
+        rn += (size_t)sprintf(reqs + rn, "%s", GET);
+        wn += (size_t)sprintf(want + wn, "%s", OK);
+    }
+    send_bytes(fd, reqs, rn);
+    expect(fd, want, wn);
+    send_str(fd, "HEAD / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello" GET);
+    expect_str(fd, HEAD_OK OK);
+    expect_quiet_then_stop(fd, 100);
+}
+
+/* An HTTP/1.0 request with "Connection: keep-alive" is answered with
+ * "Connection: keep-alive" (a 1.0 client such as ab -k takes a response
+ * without it for the last), and the connection stays open for the next;
+ * HTTP/1.1 responses on the same connection, before and after, pipelined or
+ * not, stay without it. Before, the header was missing. */
+Test(http, http10_keep_alive_is_answered_and_kept, .fini = kill_server, .timeout = 30)
+{
+    int fd = start_and_dial("weft-http");
+    send_str(fd, "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    expect_str(fd, OK_KEEP);
+    expect_quiet(fd, 100); /* still open */
+    send_str(fd, "GET /b HTTP/1.0\r\nHost: x\r\nConnection: Keep-Alive\r\n\r\n");
+    expect_str(fd, OK_KEEP);
+    send_str(fd, "HEAD / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    expect_str(fd, HEAD_OK_KEEP);
+    send_str(fd, GET);
+    expect_str(fd, OK);
+    send_str(fd, GET "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+                     "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n" GET);
+    expect_str(fd, OK OK_KEEP OK_KEEP OK);
+    expect_quiet_then_stop(fd, 100);
+}
+
+/* 300 pipelined requests of the four kinds of response (GET, HEAD, each in
+ * HTTP/1.1 and in HTTP/1.0 with keep-alive), in runs of 1 to 40, dribbled
+ * in odd-sized writes: the responses come in order, byte for byte. */
+Test(http, mixed_kinds_pipelined_and_dribbled, .fini = kill_server, .timeout = 30)
+{
+    int fd = start_and_dial("weft-http");
+    static const char *const reqs[4] = {
+        GET,
+        "HEAD /x HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET /y HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+        "HEAD / HTTP/1.0\r\nHost: x\r\nConnection: Keep-Alive\r\n\r\n",
+    };
+    static const char *const resps[4] = { OK, HEAD_OK, OK_KEEP, HEAD_OK_KEEP };
+    enum { N = 300 };
+    static char all[N * 64], want[N * 128];
+    static const int runs[] = { 1, 40, 3, 1, 1, 33, 2, 7 };
+    size_t len = 0, wn = 0;
+    for (int i = 0, r = 0, left = 0, kind = 0; i < N; i++, left--) {
+        if (left == 0) { /* the next run, of another kind */
+            left = runs[r % 8];
+            kind = (kind + 1 + r % 3) % 4;
+            r++;
+        }
+        len += (size_t)sprintf(all + len, "%s", reqs[kind]);
+        wn += (size_t)sprintf(want + wn, "%s", resps[kind]);
+    }
+    for (size_t off = 0, k = 0; off < len; k++) {
+        size_t n = (size_t[]){ 1, 333, 17, 4099, 2 }[k % 5];
+        n = n < len - off ? n : len - off;
+        send_bytes(fd, all + off, n);
+        off += n;
+        if (k % 7 == 0)
+            sleep_us(1000);
+    }
+    expect(fd, want, wn);
     expect_quiet_then_stop(fd, 100);
 }
 
@@ -701,6 +819,29 @@ Test(http, connection_close_is_honoured, .fini = kill_server, .timeout = 30)
     stop_server(SIGTERM, 5);
 }
 
+/* HTTP/1.0 without keep-alive (none asked, or "close" too): the response,
+ * without "Connection: keep-alive", then the close, for a GET and for a
+ * HEAD. (Before, a GET passed and a HEAD got 405.) */
+Test(http, http10_without_keep_alive_closes, .fini = kill_server, .timeout = 30)
+{
+    int port = start_server("weft-http", "5000");
+    static const char *const reqs[] = {
+        "GET / HTTP/1.0\r\n\r\n",
+        "GET / HTTP/1.0\r\nHost: x\r\nConnection: keep-alive, close\r\n\r\n" GET,
+        "HEAD / HTTP/1.0\r\n\r\n" GET,
+        "HEAD / HTTP/1.0\r\nConnection: close\r\n\r\n",
+    };
+    static const char *const want[] = { OK, OK, HEAD_OK, HEAD_OK };
+    for (size_t i = 0; i < sizeof(reqs) / sizeof(reqs[0]); i++)
+        expect_reply_and_close(port, reqs[i], strlen(reqs[i]), want[i]);
+    /* After keep-alive ones of both kinds, the last. */
+    static const char three[] = "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+                                "HEAD / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+                                "GET / HTTP/1.0\r\n\r\n" GET;
+    expect_reply_and_close(port, three, sizeof(three) - 1, OK_KEEP HEAD_OK_KEEP OK);
+    stop_server(SIGTERM, 5);
+}
+
 /* A client with a small receive buffer pipelines 1000 requests, one with
  * "Connection: close", and 2300 more behind it, and reads only 300 ms
  * later: it gets all 1001 responses, then the end of stream. Before, the
@@ -729,16 +870,25 @@ Test(http, close_after_a_deep_pipeline_loses_no_response, .fini = kill_server, .
     stop_server(SIGTERM, 5);
 }
 
+/* Methods but GET and HEAD (case matters) get 405 with "Allow: GET, HEAD"
+ * and close; the requests before are answered (a HEAD's without a body).
+ * Before, Allow said GET alone. */
 Test(http, other_methods_get_405_and_close, .fini = kill_server, .timeout = 30)
 {
     int port = start_server("weft-http", "5000");
     static const char *const reqs[] = {
         "POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
-        "HEAD / HTTP/1.1\r\n\r\n",
+        "PUT / HTTP/1.1\r\n\r\n",
+        "OPTIONS * HTTP/1.1\r\n\r\n",
         "get / HTTP/1.1\r\n\r\n",
+        "head / HTTP/1.1\r\n\r\n",
+        "HEADS / HTTP/1.1\r\n\r\n",
+        "HEA / HTTP/1.1\r\n\r\n",
     };
     for (size_t i = 0; i < sizeof(reqs) / sizeof(reqs[0]); i++)
         expect_reply_and_close(port, reqs[i], strlen(reqs[i]), R405);
+    static const char after[] = "HEAD / HTTP/1.1\r\n\r\n" GET "DELETE / HTTP/1.1\r\n\r\n" GET;
+    expect_reply_and_close(port, after, sizeof(after) - 1, HEAD_OK OK R405);
     stop_server(SIGTERM, 5);
 }
 
