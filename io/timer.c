@@ -234,6 +234,13 @@ void weft_interval_init(struct weft_interval *iv, uint64_t period_ns)
     weft_sleep_until_init(&iv->sleep, weft_now_ns());
 }
 
+int weft_interval_reset(struct weft_interval *iv)
+{
+    if (!iv)
+        return -EINVAL;
+    return weft_sleep_reset(&iv->sleep, sat_add(weft_now_ns(), iv->period_ns));
+}
+
 /* ---- timeout ----------------------------------------------------------------------- */
 
 static enum weft_poll timeout_finish(struct weft_timeout *t, int result)

@@ -1,12 +1,13 @@
 /* tests/test_timer_reset.c: weft_sleep_reset (io/timer.c): a waiting timer
  * moved later and earlier in place, a finished sleep made pending again, a
  * reset from a thread that is no worker (the timer is let go and the next
- * poll takes a new one), a deadline moved into the past. And what a waiting
- * sleep costs the runtime: a short slot (io/io.h: TIMER_SLOT) and a heap
- * entry.
+ * poll takes a new one), a deadline moved into the past; an interval reset.
+ * And what a waiting sleep costs the runtime: a short slot (io/io.h:
+ * TIMER_SLOT) and a heap entry.
  *
- * Bad inputs tried: a NULL sleep (-EINVAL); a reset of a dropped sleep and
- * of one never polled (both work as a fresh sleep until that deadline). */
+ * Bad inputs tried: a NULL sleep and a NULL interval (-EINVAL); a reset of a
+ * dropped sleep and of one never polled (both work as a fresh sleep until
+ * that deadline). */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
@@ -176,6 +177,56 @@ Test(timer_reset, bad_inputs, .timeout = 30)
     cr_assert_geq(weft_now_ns(), t1 + 10 * MS, "the fresh sleep ended early");
     weft_future_drop(&s.base);
     weft_runtime_destroy(rt);
+}
+
+/* ---- weft_interval_reset ------------------------------------------------------------- */
+
+struct ivr {
+    struct weft_future base;
+    struct weft_interval iv;
+    struct weft_sleep s;
+    uint64_t t_reset, t_tick;
+    int rc;
+};
+
+/* Ticks (at once), waits 20 ms of a 40 ms period, resets: the next tick is
+ * 40 ms after the reset, not 20. */
+static enum weft_poll ivr_poll(struct weft_future *f, struct weft_cx *cx)
+{
+    struct ivr *r = (struct ivr *)f;
+    WEFT_ASYNC_BEGIN(f);
+    weft_interval_init(&r->iv, 40 * MS);
+    WEFT_AWAIT(f, cx, &r->iv);
+    weft_sleep_init(&r->s, 20 * MS);
+    WEFT_AWAIT(f, cx, &r->s);
+    r->t_reset = weft_now_ns();
+    r->rc = weft_interval_reset(&r->iv);
+    WEFT_AWAIT(f, cx, &r->iv);
+    r->t_tick = weft_now_ns();
+    WEFT_ASYNC_END(f);
+}
+
+static void ivr_drop(struct weft_future *f)
+{
+    weft_future_drop(&((struct ivr *)f)->iv.base);
+    weft_future_drop(&((struct ivr *)f)->s.base);
+}
+
+static const struct weft_future_ops ivr_ops = { ivr_poll, ivr_drop };
+
+Test(timer_reset, an_interval_reset_ticks_a_period_after_it, .timeout = 30)
+{
+    cr_assert_eq(weft_interval_reset(NULL), -EINVAL);
+    struct weft_runtime *rt = start_rt(2, NULL);
+    struct ivr r = { .base = { &ivr_ops, 0 } };
+    cr_assert_eq(weft_block_on(rt, &r.base), 0);
+    weft_future_drop(&r.base);
+    weft_runtime_destroy(rt);
+    cr_assert_eq(r.rc, 0);
+    cr_assert_eq(r.iv.ticks, 2);
+    cr_assert_geq(r.t_tick, r.t_reset + 40 * MS, "ticked %.1f ms after the reset",
+                  (double)(r.t_tick - r.t_reset) / MS);
+    cr_assert_leq(r.t_tick, r.t_reset + 40 * MS + LATE_MAX);
 }
 
 /* ---- what a waiting timer costs ---------------------------------------------------- */

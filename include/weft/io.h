@@ -83,6 +83,10 @@ struct weft_interval {
 /* Initialises an interval of `period_ns` (> 0, else every poll gives -EINVAL). */
 void weft_interval_init(struct weft_interval *iv, uint64_t period_ns);
 
+/* Makes the next tick one period from now (Tokio's Interval::reset: a heartbeat
+ * postponed by other traffic), through weft_sleep_reset. 0, or -EINVAL (NULL). */
+int weft_interval_reset(struct weft_interval *iv);
+
 /* Polls `inner` until it is ready or `duration_ns` passes; at the deadline the
  * inner future is dropped (cancelling its I/O) and result is -ETIMEDOUT. On
  * time, result is 0 and the inner future is left as it finished, for the
