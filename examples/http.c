@@ -493,7 +493,9 @@ static bool consume(struct conn *c, const unsigned char *data, size_t n)
         data += k;
         n -= k;
     }
-    assert(n || c->carry); /* n == 0: c->more, whose requests wait in the carry buffer */
+    if (n == 0 && !c->carry)
+        return true; /* the read was all body: nothing to count */
+    assert(n || c->more); /* n == 0 here: c->more, whose requests wait in the carry buffer */
     if (c->carry) { /* the rest of a split request: parse from the carry buffer */
         if (n && !carry_append(c, data, n))
             return false;
