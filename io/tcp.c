@@ -448,7 +448,10 @@ void weft__accepts_cancel(struct weft__io *io)
     io->accepts_stopped = true; /* first: no completion resubmits one from here on */
     for (struct weft__op *op; (op = io->accepts);) {
         /* Off the list before the cancel: getting its SQE may reap, and
-         * so end any of them (accept_final), this one included. */
+         * so end any of them (accept_final), this one included. Its cancel
+         * then names a freed slot, which is harmless: no poll runs inside
+         * that reap, so nothing takes the slot again before the cancel
+         * reaches the kernel, which finds nothing (-ENOENT, ignored). */
         accepts_unlink(op);
         weft__op_cancel(io, op);
     }
