@@ -579,6 +579,20 @@ Test(http, request_split_across_two_writes, .fini = kill_server, .timeout = 30)
     expect_quiet_then_stop(fd, 50);
 }
 
+/* Sends all[0..len) in odd-sized writes, pausing now and then, so that
+ * requests are split everywhere. */
+static void dribble(int fd, const char *all, size_t len)
+{
+    for (size_t off = 0, k = 0; off < len; k++) {
+        size_t n = (size_t[]){ 1, 333, 17, 4099, 2 }[k % 5];
+        n = n < len - off ? n : len - off;
+        send_bytes(fd, all + off, n);
+        off += n;
+        if (k % 7 == 0)
+            sleep_us(1000);
+    }
+}
+
 Test(http, many_pipelined_requests_dribbled, .fini = kill_server, .timeout = 30)
 {
     int fd = start_and_dial("weft-http");
@@ -588,15 +602,7 @@ Test(http, many_pipelined_requests_dribbled, .fini = kill_server, .timeout = 30)
     for (int i = 0; i < N; i++)
         len += (size_t)sprintf(all + len, "GET /%d HTTP/1.1\r\nHost: x\r\nX-Pad: %.*s\r\n\r\n", i,
                                i % 40, "........................................");
-    /* Odd-sized writes, so that requests are split everywhere. */
-    for (size_t off = 0, k = 0; off < len; k++) {
-        size_t n = (size_t[]){ 1, 333, 17, 4099, 2 }[k % 5];
-        n = n < len - off ? n : len - off;
-        send_bytes(fd, all + off, n);
-        off += n;
-        if (k % 7 == 0)
-            sleep_us(1000);
-    }
+    dribble(fd, all, len);
     expect_oks(fd, N);
     expect_quiet_then_stop(fd, 100);
 }
@@ -693,14 +699,7 @@ Test(http, mixed_kinds_pipelined_and_dribbled, .fini = kill_server, .timeout = 3
         len += (size_t)sprintf(all + len, "%s", reqs[kind]);
         wn += (size_t)sprintf(want + wn, "%s", resps[kind]);
     }
-    for (size_t off = 0, k = 0; off < len; k++) {
-        size_t n = (size_t[]){ 1, 333, 17, 4099, 2 }[k % 5];
-        n = n < len - off ? n : len - off;
-        send_bytes(fd, all + off, n);
-        off += n;
-        if (k % 7 == 0)
-            sleep_us(1000);
-    }
+    dribble(fd, all, len);
     expect(fd, want, wn);
     expect_quiet_then_stop(fd, 100);
 }
