@@ -113,14 +113,15 @@ struct weft__acceptq {
 
 /* ---- addresses -------------------------------------------------------------------- */
 
-/* An IPv6 scope: an interface name ("eth0") or index ("2"); false if none. */
+/* An IPv6 scope: an interface's name ("eth0") or index ("2"); false if it
+ * names none. */
 static bool parse_scope(const char *s, uint32_t *id)
 {
     if (*s >= '0' && *s <= '9') {
-        char *end;
+        char *end, name[IF_NAMESIZE];
         errno = 0;
         unsigned long v = strtoul(s, &end, 10);
-        if (*end || errno || v > UINT32_MAX)
+        if (*end || errno || v > UINT32_MAX || !if_indextoname((unsigned)v, name))
             return false;
         *id = (uint32_t)v;
         return true;

@@ -29,9 +29,9 @@
  * is not open, send_all on one, socket options on a pipe, a bad descriptor and
  * negative sizes, addresses of an unconnected socket, into a short buffer,
  * into NULL and with a length past 4 GiB, send after our own SHUT_WR;
- * scopes: empty, an unknown interface, past 2^32, negative, trailing junk, on
- * an IPv4 address, after a host part too long; a scoped address into a
- * buffer one byte short (-ENOSPC). */
+ * scopes: empty, an unknown interface (by name and by index), past 2^32,
+ * negative, trailing junk, on an IPv4 address, after a host part too long; a
+ * scoped address into a buffer one byte short (-ENOSPC). */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
@@ -147,7 +147,7 @@ Test(tcp, link_local_ipv6_with_a_scope, .timeout = 20)
     cr_assert_eq(weft_tcp_local_addr(l.fd, a, need, &port), 0);
     weft_tcp_listener_close(&l);
 
-    const char *bad[] = { "%", "%nosuchif0", "%4294967296", "%-1", "%1x" };
+    const char *bad[] = { "%", "%nosuchif0", "%999999", "%4294967296", "%-1", "%1x" };
     for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
         snprintf(with, sizeof with, "%s%s", ll, bad[k]);
         cr_assert_eq(weft_tcp_listen(&l, with, 0, NULL), -EINVAL, "%s", with);

@@ -63,6 +63,8 @@ void weft_sleep_until_init(struct weft_sleep *s, uint64_t deadline_ns);
 
 /* Moves the sleep's deadline to `deadline_ns`, whether it was waiting, finished or
  * dropped (Tokio's Sleep::reset): it is pending again until then; poll it again to wait.
+ * Call it from the task that polls the sleep (the future is that task's); from anywhere
+ * else, with that task not polling, wake the task after it, as nothing else will.
  * On the worker that holds its timer, before it fired, the timer moves in place (no
  * allocation: an idle timeout pushed back at every read costs one heap sift); else it is
  * let go and the next poll takes a new one. 0, or -EINVAL (NULL). */
@@ -179,7 +181,8 @@ struct weft_accept {
 void weft_accept_init(struct weft_accept *a, struct weft_tcp_listener *l);
 
 /* Connects to `addr`:`port` (numeric IPv4 or IPv6, a link-local one with its scope:
- * "fe80::1%eth0" or "fe80::1%2"). result: the connected
+ * "fe80::1%eth0" or "fe80::1%2"; without one the kernel refuses it, -EINVAL; on any
+ * other address a scope is ignored). result: the connected
  * socket (yours to close), or -errno: -ECONNREFUSED, -ETIMEDOUT (after
  * `timeout_ns`, if not 0), -EINVAL (bad address). */
 struct weft_connect {
@@ -302,8 +305,10 @@ int weft_socket_set_linger(int fd, bool on, int seconds);
 #define WEFT_ADDR_STRLEN 64
 
 /* Writes the peer's (or the local) numeric address into buf[len] (an IPv6 one with a
- * scope as "fe80::1%eth0"; WEFT_ADDR_STRLEN always fits) and its port into *port.
- * Returns 0 or -errno (-ENOTCONN, -ENOSPC for a short buffer). */
+ * scope as "fe80::1%eth0"; WEFT_ADDR_STRLEN always fits, and the string's length plus
+ * one is enough) and its port into *port. Returns 0 or -errno: -ENOTCONN, -ENOSPC (a
+ * short buffer), -EINVAL (NULL buf or port), -EBADF, -ENOTSOCK, -EAFNOSUPPORT (not an
+ * IPv4 or IPv6 socket). */
 int weft_tcp_peer_addr(int fd, char *buf, size_t len, uint16_t *port);
 int weft_tcp_local_addr(int fd, char *buf, size_t len, uint16_t *port);
 

@@ -170,14 +170,15 @@ int weft_spawn_named(struct weft_runtime *rt, const struct weft_future *f, size_
  * that, or when the task was cancelled. */
 void *weft_join_output(const struct weft_join *join);
 
-/* Lets the task run on without a handle. The handle is left detached:
- * polling it gives -EINVAL. */
+/* Lets the task run on without a handle (as dropping the handle does: neither stops
+ * the task; weft_join_abort does). The handle is left detached: polling it gives
+ * -EINVAL. */
 void weft_join_detach(struct weft_join *join);
 
 /* Asks the task to stop: its future is dropped at its next scheduling point
  * (an idle task is queued for it; a worker drops it, or destroy's sweep), and
  * the joiner sees -ECANCELED, unless the poll in progress finished the task:
- * then 0 and its output. No effect on a finished task or a detached handle.
+ * then 0 and its output. No effect on a finished task or a NULL, empty or detached handle.
  * Callable from any thread, but not racing a drop or detach of the same
  * handle on another thread (the handle is the caller's, as any future). */
 void weft_join_abort(const struct weft_join *join);
@@ -202,16 +203,19 @@ struct weft_abort_handle {
  * then empty). */
 int weft_join_abort_handle(const struct weft_join *join, struct weft_abort_handle *out);
 
-/* Makes *out another handle of h's task (empty if h is NULL or empty). Any thread. */
+/* Makes *out another handle of h's task (empty if h is NULL or empty; nothing if out
+ * is NULL). Any thread. */
 void weft_abort_handle_clone(const struct weft_abort_handle *h, struct weft_abort_handle *out);
 
-/* As weft_join_abort, with no restriction on threads; no effect on an empty handle. */
+/* As weft_join_abort, with no restriction on threads; no effect on a NULL or empty
+ * handle, nor on a finished task. */
 void weft_abort_handle_abort(const struct weft_abort_handle *h);
 
 /* As weft_join_is_finished; false for a NULL or empty handle. */
 bool weft_abort_handle_is_finished(const struct weft_abort_handle *h);
 
-/* Gives up the handle's hold on the task and leaves it empty; no effect on an empty one. */
+/* Gives up the handle's hold on the task and leaves it empty; no effect on a NULL or
+ * empty one. */
 void weft_abort_handle_drop(struct weft_abort_handle *h);
 
 /* ---- basic futures --------------------------------------------------------- */
