@@ -178,9 +178,10 @@ void weft_join_detach(struct weft_join *join);
 /* Asks the task to stop: its future is dropped at its next scheduling point
  * (an idle task is queued for it; a worker drops it, or destroy's sweep), and
  * the joiner sees -ECANCELED, unless the poll in progress finished the task:
- * then 0 and its output. No effect on a finished task or a NULL, empty or detached handle.
- * Callable from any thread, but not racing a drop or detach of the same
- * handle on another thread (the handle is the caller's, as any future). */
+ * then 0 and its output. No effect on a finished task or a NULL, empty or
+ * detached handle. Callable from any thread, but not racing a drop or detach
+ * of the same handle on another thread (the handle is the caller's, as any
+ * future; an abort handle has no such rule). */
 void weft_join_abort(const struct weft_join *join);
 
 /* True once the task finished or was cancelled (awaiting the handle is then ready at
