@@ -145,8 +145,9 @@ struct weft_tcp_listener {
 /* Binds and listens on `addr` (a numeric IPv4 or IPv6 address such as
  * "127.0.0.1", "::1" or, with its scope, "fe80::1%eth0"; NULL: "0.0.0.0";
  * "::" takes IPv4 too, as the system's IPV6_V6ONLY default says) and `port`
- * (0: any free port), with SO_REUSEADDR. `opts` may be NULL. Synchronous. Returns 0, or -EINVAL (NULL
- * listener, bad address), -EADDRINUSE, -ENOMEM or another socket error. */
+ * (0: any free port), with SO_REUSEADDR. `opts` may be NULL. Synchronous.
+ * Returns 0, or -EINVAL (NULL listener, bad address), -EADDRINUSE, -ENOMEM or
+ * another socket error. */
 int weft_tcp_listen(struct weft_tcp_listener *l, const char *addr, uint16_t port,
                     const struct weft_listen_opts *opts);
 
