@@ -4,6 +4,7 @@
  *   weft-http [--port P] [--workers N] [--addr A] [--drain-ms MS]
  *             [--heavy inline|blocking|compute] [--heavy-ms MS]
  *             [--blocking-prio P] [--blocking-threads N] [--compute-slice-us US|off]
+ *             [--idle-ms MS]
  *
  * The protocol is the one the peer servers of the benchmarks speak. A request
  * is a head (request line and field lines, each ended by CRLF, then an empty
@@ -35,7 +36,7 @@
  * The requests before the bad one are answered first. Empty lines before a
  * request line are skipped (RFC 9112 2.2).
  *
- * Memory: a connection is one task holding a `struct conn` (224 bytes on
+ * Memory: a connection is one task holding a `struct conn` (232 bytes on
  * x86-64) and, while it waits, the slot of its pending receive: about 410
  * bytes of RSS per idle connection, measured with 10,000 of them. Requests are
  * parsed straight from the provided buffer the bytes arrived in; only a
@@ -65,7 +66,12 @@
  * at once.
  * Every close (after an error reply or a "Connection: close" too) waits
  * until the client's kernel has every response, or 2 s (server.h: a close
- * with input unread would reset them away). */
+ * with input unread would reset them away).
+ *
+ * --idle-ms MS (off by default): a request must come whole within MS of the
+ * last one's (or of the accept); a silent client, or one that trickles a
+ * head byte by byte, is closed then (its read dropped, the socket closed at
+ * once). A weft_sleep beside the read, re-armed at each read. */
 #include <assert.h>
 #include <time.h>
 
@@ -126,9 +132,12 @@ struct conn {
     uint8_t kind;              /* the kind of those responses: oks[kind] */
     uint8_t more;              /* the carry buffer holds requests answered with another kind,
                                 * counted once those responses are sent */
+    uint8_t idle_out;          /* --idle-ms: no whole request came in time */
     unsigned char *carry;      /* the start of a request split across reads, or NULL */
+    uint64_t idle_until;       /* --idle-ms: the read's deadline for a request to come whole */
     struct weft_recv rx;       /* sends the last batch's responses, then reads */
     union {
+        struct weft_sleep idle; /* --idle-ms: beside rx, while it waits */
         struct weft_io tx;     /* the other sends */
         struct weft_blocking_join job; /* the /heavy work, with --heavy blocking */
         struct conn_linger linger;     /* the close, once the responses are out */
@@ -195,6 +204,8 @@ static void *heavy_job(void *arg)
     return (void *)(uintptr_t)burn(heavy_iters * (uintptr_t)arg, (uintptr_t)arg);
 }
 
+static unsigned long idle_ms; /* --idle-ms, or 0: no deadline */
+
 static bool http_option(const char *opt, const char *value)
 {
     if (strcmp(opt, "heavy") == 0) {
@@ -205,6 +216,10 @@ static bool http_option(const char *opt, const char *value)
         return heavy_mode >= 0;
     }
     char *end;
+    if (strcmp(opt, "idle-ms") == 0) {
+        idle_ms = strtoul(value, &end, 10);
+        return *value && !*end && idle_ms > 0 && idle_ms <= 3600000;
+    }
     if (strcmp(opt, "heavy-ms") == 0) {
         heavy_ms = strtoul(value, &end, 10);
         return *value && !*end && heavy_ms > 0 && heavy_ms <= 10000;
@@ -525,6 +540,20 @@ static void oks_send_init(struct conn *c, uint32_t n)
     weft_send_all_init(&c->tx, c->sock.fd, batch[c->kind], n * oks[c->kind].len);
 }
 
+/* WEFT_AWAIT of the connection's read, unless its idle deadline (--idle-ms)
+ * passes first: then idle_out is set and the read is left pending. */
+#define AWAIT_READ_OR_IDLE(f, cx, self)                                     \
+    do {                                                                    \
+        (f)->resume = __LINE__;                                             \
+        __attribute__((fallthrough));                                       \
+    case __LINE__:                                                          \
+        if (weft_future_poll(&(self)->rx.base, (cx)) == WEFT_PENDING) {     \
+            if (weft_future_poll(&(self)->idle.base, (cx)) == WEFT_PENDING) \
+                return WEFT_PENDING;                                        \
+            (self)->idle_out = 1;                                           \
+        }                                                                   \
+    } while (0)
+
 static enum weft_poll conn_poll(struct weft_future *f, struct weft_cx *cx)
 {
     struct conn *self = (struct conn *)f;
@@ -538,7 +567,20 @@ static enum weft_poll conn_poll(struct weft_future *f, struct weft_cx *cx)
             weft_send_recv_init(&self->rx, self->sock.fd, batch[self->kind],
                                 self->count * oks[self->kind].len);
             self->count = 0;
-            WEFT_AWAIT(f, cx, &self->rx);
+            if (!idle_ms) {
+                WEFT_AWAIT(f, cx, &self->rx);
+            } else {
+                /* A request must come whole within --idle-ms of the last
+                 * one's (or of the accept): a silent client, or one that
+                 * trickles a head byte by byte, is closed then. */
+                if (!self->carry)
+                    self->idle_until = weft_now_ns() + idle_ms * WEFT_NS_PER_MS;
+                weft_sleep_until_init(&self->idle, self->idle_until);
+                AWAIT_READ_OR_IDLE(f, cx, self);
+                weft_future_drop(&self->idle.base);
+                if (self->idle_out)
+                    WEFT_RETURN(f); /* conn_drop drops the read (a cancel) and closes */
+            }
             if (self->rx.result < 0) /* an error such as a reset */
                 WEFT_RETURN(f);
             if (self->rx.result == 0) /* end of stream (or a stop's SHUT_RD): responses */
@@ -653,11 +695,11 @@ int main(int argc, char **argv)
         for (size_t i = 0; i < BATCH; i++)
             memcpy(batch[k] + i * oks[k].len, oks[k].s, oks[k].len);
     static const char *const extra[] = { "heavy", "heavy-ms", "blocking-prio", "blocking-threads",
-                                         "compute-slice-us", NULL };
+                                         "compute-slice-us", "idle-ms", NULL };
     static const struct server_def def = {
         "weft-http", conn_start, READ_SIZE, extra,
         " [--heavy inline|blocking|compute] [--heavy-ms MS] [--blocking-prio normal|nice|idle]"
-        " [--blocking-threads N] [--compute-slice-us US|off]",
+        " [--blocking-threads N] [--compute-slice-us US|off] [--idle-ms MS]",
         http_option, http_configure,
     };
     return server_main(argc, argv, &def);

@@ -12,6 +12,8 @@
  * send's batch); HEAD: the head of a GET's response and no body, alone,
  * pipelined between GETs (exact bytes), more than a batch of them before
  * GETs, runs of GETs, HEADs and their HTTP/1.0 keep-alive forms dribbled;
+ * --idle-ms: a silent and a trickling client closed at the deadline, not
+ * before, an active one kept;
  * graceful stop: SIGTERM/SIGINT with idle connections (exit 0 at once, the
  * clients see end of stream, new connections are refused), SIGTERM in the
  * middle of a request (the request is answered when its rest comes within the
@@ -36,7 +38,8 @@
  * lower-case and near-miss methods (405 with "Allow: GET, HEAD", and close);
  * Transfer-Encoding: chunked (411 and close); 9 KiB and 20 KiB of head
  * without CRLFCRLF, and a complete request whose head is over 8 KiB (431 and
- * close); bad command lines (exit 2) and a port in use (exit 1). Also: a
+ * close); bad command lines (exit 2; --idle-ms 0, past an hour, not a
+ * number) and a port in use (exit 1). Also: a
  * GET's body is skipped (whole, split across reads, a body that looks like a
  * request), and "Connection: close" or HTTP/1.0 without keep-alive (GET or
  * HEAD) closes after that response, unanswered requests pipelined behind it.
@@ -882,6 +885,53 @@ Test(http, close_after_a_deep_pipeline_loses_no_response, .fini = kill_server, .
 /* Methods but GET and HEAD (case matters) get 405 with "Allow: GET, HEAD"
  * and close; the requests before are answered (a HEAD's without a body).
  * Before, Allow said GET alone. */
+/* Seconds from t0 until the server ends the connection (end of stream or a
+ * reset); fails if bytes come instead, or nothing within `limit` s. */
+static double closed_after(int fd, double t0, double limit)
+{
+    struct pollfd p = { fd, POLLIN, 0 };
+    cr_assert_eq(poll(&p, 1, (int)(limit * 1000)), 1, "still open after %.1f s", limit);
+    char c;
+    ssize_t r = recv(fd, &c, 1, 0);
+    cr_assert(r == 0 || (r < 0 && errno == ECONNRESET), "bytes instead of a close");
+    return now_s() - t0;
+}
+
+/* --idle-ms 300: a request must come whole within 300 ms of the accept or of
+ * the last request. A silent client is closed then, not before; one that
+ * trickles a head a byte every 50 ms too (bytes do not move the deadline);
+ * one that sends whole requests 100 ms apart is answered, and kept. */
+Test(http, idle_ms_closes_silent_and_trickling_clients, .fini = kill_server, .timeout = 30)
+{
+    const char *const idle[] = { "--idle-ms", "300", NULL };
+    int port = start_server_with("weft-http", "5000", idle);
+    double t0 = now_s();
+    int silent = dial(port);
+    double t = closed_after(silent, t0, 3);
+    cr_assert(t >= 0.29, "a silent client closed after %.3f s, before its 300 ms", t);
+    close(silent);
+
+    int trickle = dial(port);
+    t0 = now_s();
+    send_str(trickle, "GET / HTTP/1.1\r\nX-Slow: ");
+    struct pollfd p = { trickle, POLLIN, 0 };
+    while (poll(&p, 1, 50) == 0) {
+        cr_assert(now_s() - t0 < 1.5, "a trickling client kept its connection 1.5 s");
+        send(trickle, "a", 1, MSG_NOSIGNAL);
+    }
+    t = closed_after(trickle, t0, 1);
+    cr_assert(t >= 0.25, "closed after %.3f s", t);
+    close(trickle);
+
+    int active = dial(port);
+    for (int i = 0; i < 8; i++) {
+        sleep_us(100000);
+        send_str(active, GET);
+        expect_oks(active, 1);
+    }
+    expect_quiet_then_stop(active, 50);
+}
+
 Test(http, other_methods_get_405_and_close, .fini = kill_server, .timeout = 30)
 {
     int port = start_server("weft-http", "5000");
@@ -1203,6 +1253,7 @@ Test(cli, bad_options_exit_2, .fini = kill_server, .timeout = 30)
         { "--blocking-prio", "low", NULL }, { "--blocking-threads", "0", NULL },
         { "--blocking-threads", "65537", NULL }, { "--compute-slice-us", "49", NULL },
         { "--compute-slice-us", "1000001", NULL }, { "--compute-slice-us", "on", NULL },
+        { "--idle-ms", "0", NULL }, { "--idle-ms", "3600001", NULL }, { "--idle-ms", "x", NULL },
     };
     for (size_t i = 0; i < sizeof(bad_http) / sizeof(bad_http[0]); i++)
         cr_assert_eq(run_status("weft-http", bad_http[i]), 2, "http case %zu", i);
