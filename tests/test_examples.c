@@ -897,18 +897,18 @@ static double closed_after(int fd, double t0, double limit)
     return now_s() - t0;
 }
 
-/* --idle-ms 300: a request must come whole within 300 ms of the accept or of
+/* --idle-ms 500: a request must come whole within 500 ms of the accept or of
  * the last request. A silent client is closed then, not before; one that
  * trickles a head a byte every 50 ms too (bytes do not move the deadline);
  * one that sends whole requests 100 ms apart is answered, and kept. */
 Test(http, idle_ms_closes_silent_and_trickling_clients, .fini = kill_server, .timeout = 30)
 {
-    const char *const idle[] = { "--idle-ms", "300", NULL };
+    const char *const idle[] = { "--idle-ms", "500", NULL };
     int port = start_server_with("weft-http", "5000", idle);
     double t0 = now_s();
     int silent = dial(port);
     double t = closed_after(silent, t0, 3);
-    cr_assert(t >= 0.29, "a silent client closed after %.3f s, before its 300 ms", t);
+    cr_assert(t >= 0.49, "a silent client closed after %.3f s, before its 500 ms", t);
     close(silent);
 
     int trickle = dial(port);
@@ -916,11 +916,11 @@ Test(http, idle_ms_closes_silent_and_trickling_clients, .fini = kill_server, .ti
     send_str(trickle, "GET / HTTP/1.1\r\nX-Slow: ");
     struct pollfd p = { trickle, POLLIN, 0 };
     while (poll(&p, 1, 50) == 0) {
-        cr_assert(now_s() - t0 < 1.5, "a trickling client kept its connection 1.5 s");
+        cr_assert(now_s() - t0 < 2.5, "a trickling client kept its connection 2.5 s");
         send(trickle, "a", 1, MSG_NOSIGNAL);
     }
     t = closed_after(trickle, t0, 1);
-    cr_assert(t >= 0.25, "closed after %.3f s", t);
+    cr_assert(t >= 0.45, "closed after %.3f s", t);
     close(trickle);
 
     int active = dial(port);
