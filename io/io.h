@@ -234,6 +234,13 @@ void weft__io_tick(struct weft__io *io);
  * or held back by the kernel, slots pushed by other threads, a timer due. No
  * syscall. */
 bool weft__io_has_events(struct weft__io *io);
+/* Counts, in the worker's metrics, an io_uring_enter about to submit what
+ * is queued (and whether the CQ is overflowing). Owner only. */
+void weft__io_count_enter(struct weft__io *io);
+
+/* The setup flags of the ring (metrics' ring_flags): 0 for a plain ring,
+ * UINT32_MAX for none. Set before the workers start; any thread. */
+uint32_t weft__io_ring_flags(const struct weft__io *io);
 /* Submits the queued SQEs, if any (one io_uring_enter that also reaps). */
 void weft__io_flush(struct weft__io *io);
 /* Sleeps until an unpark, a completion or the next timer, then reaps.

@@ -132,12 +132,19 @@ void weft__op_free(struct weft__io *io, struct weft__op *op)
 
 /* ---- SQEs ------------------------------------------------------------------- */
 
+void weft__io_count_enter(struct weft__io *io)
+{
+    stat_add(&io->stats->sqes, io_uring_sq_ready(&io->ring));
+    stat_add(&io->stats->enters, 1);
+    if (IO_URING_READ_ONCE(*io->ring.sq.kflags) & IORING_SQ_CQ_OVERFLOW)
+        stat_add(&io->stats->cq_overflows, 1);
+}
+
 /* The SQ is full: submit what is queued to make room. -EBUSY means the CQ
  * is overflowing: reaping makes room there first. */
 static void make_room(struct weft__io *io)
 {
-    stat_add(&io->stats->sqes, io_uring_sq_ready(&io->ring));
-    stat_add(&io->stats->enters, 1);
+    weft__io_count_enter(io);
     if (io_uring_submit(&io->ring) == -EBUSY)
         weft__io_reap(io);
 }

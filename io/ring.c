@@ -383,8 +383,7 @@ static void enter(struct weft__io *io, struct __kernel_timespec *ts, unsigned wa
     struct io_uring_cqe *cqe;
     int ret;
     do {
-        stat_add(&io->stats->sqes, io_uring_sq_ready(&io->ring));
-        stat_add(&io->stats->enters, 1);
+        weft__io_count_enter(io);
         if (wait_nr)
             ret = io_uring_submit_and_wait_timeout(&io->ring, &cqe, wait_nr, ts, NULL);
         else
@@ -407,6 +406,11 @@ static void enter(struct weft__io *io, struct __kernel_timespec *ts, unsigned wa
                     io->index);
         }
     } while (ret == -EBUSY);
+}
+
+uint32_t weft__io_ring_flags(const struct weft__io *io)
+{
+    return io->has_ring ? io->ring.flags & ~(unsigned)IORING_SETUP_R_DISABLED : UINT32_MAX;
 }
 
 void weft__io_flush(struct weft__io *io)

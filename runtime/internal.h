@@ -143,7 +143,7 @@ struct hist {
 
 struct wstats {
     _Atomic uint64_t polls, steals, steal_ops, parks, local_schedules, overflows,
-        budget_yields, lifo_hits, busy_ns, sqes, cqes, enters, spawns;
+        budget_yields, lifo_hits, busy_ns, sqes, cqes, enters, cq_overflows, spawns;
     _Atomic uint64_t live_delta;   /* task allocations - frees on this worker (read as int64_t) */
     _Atomic uint64_t busy_since;   /* when it last left its park; 0 while parked */
     _Atomic uint64_t busy_seq;     /* odd while a park moves busy_since into busy_ns */

@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "../io/io.h"
 
 /* ---- histograms ---------------------------------------------------------------- */
 
@@ -120,7 +121,9 @@ int weft_metrics_read(struct weft_runtime *rt, struct weft_metrics *m)
             .sqes = load(&st->sqes),
             .cqes = load(&st->cqes),
             .enters = load(&st->enters),
+            .cq_overflows = load(&st->cq_overflows),
             .queue_depth = queue_len(&w->run),
+            .ring_flags = weft__io_ring_flags(w->io),
         };
         /* busy_ns plus the stretch in progress, read as one (the park's
          * seqlock, sched.c): acquire pairs with its release store of the
@@ -221,6 +224,14 @@ int weft_metrics_dump(struct weft_runtime *rt, FILE *out)
                 w->local_schedules, w->overflows, w->budget_yields, w->lifo_hits, w->enters,
                 w->sqes, w->cqes, w->steal_ops, w->queue_depth);
     }
+    uint64_t cq_overflows = 0;
+    for (uint32_t i = 0; i < m->workers; i++)
+        cq_overflows += m->worker[i].cq_overflows;
+    if (m->worker[0].ring_flags == WEFT_NO_RING)
+        say(out, &bad, "io_uring: none (timers only, files on the blocking pool)\n");
+    else
+        say(out, &bad, "io_uring: setup flags %#" PRIx32 ", completion queue overflows %" PRIu64
+                     "\n", m->worker[0].ring_flags, cq_overflows);
     say(out, &bad, "blocking pool: %" PRIu64 " threads (%" PRIu64 " idle, %" PRIu64
                  " computing), %" PRIu64 " queued, %" PRIu64 " jobs done, %" PRIu64
                  " compute slices, %" PRIu64 " handed over\n",

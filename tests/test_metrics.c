@@ -599,6 +599,8 @@ Test(metrics, no_ring_no_io_counts, .timeout = 30)
     WAIT_NO_TASKS(rt);
     snap(rt, &m1);
     cr_assert_eq(SUM(&m1, sqes) + SUM(&m1, cqes) + SUM(&m1, enters), 0);
+    for (uint32_t i = 0; i < m1.workers; i++)
+        cr_assert_eq(m1.worker[i].ring_flags, WEFT_NO_RING);
     cr_assert_eq(SUM(&m1, polls), 6 + 101);
     weft_runtime_destroy(rt);
 }
@@ -862,7 +864,8 @@ Test(metrics, long_polls_and_waits_in_histograms, .timeout = 30)
 /* ---- weft_metrics_dump ------------------------------------------------------------------------ */
 
 /* The dump is one summary line, a header, one line per worker (its polls as
- * the snapshot says), the blocking pool, and the two histograms. */
+ * the snapshot says), the rings' setup flags and overflows, the blocking
+ * pool, and the two histograms. */
 Test(metrics, dump_is_readable_text, .timeout = 30)
 {
     struct weft_runtime *rt = start_rt(2, NULL);
@@ -886,7 +889,7 @@ Test(metrics, dump_is_readable_text, .timeout = 30)
     char *save = NULL;
     for (char *l = strtok_r(text, "\n", &save); l && n < 64; l = strtok_r(NULL, "\n", &save))
         lines[n++] = l;
-    cr_assert_eq(n, (int)m1.workers + 5, "%d lines", n);
+    cr_assert_eq(n, (int)m1.workers + 6, "%d lines", n);
     unsigned workers;
     uint64_t live, spawned;
     cr_assert_eq(sscanf(lines[0], "weft runtime: %u workers, %" SCNu64 " live tasks, %" SCNu64
@@ -903,9 +906,15 @@ Test(metrics, dump_is_readable_text, .timeout = 30)
         cr_assert_eq(idx, i);
         cr_assert_eq(polls, m1.worker[i].polls);
     }
-    cr_assert_eq(strncmp(lines[2 + m1.workers], "blocking pool:", 14), 0);
-    cr_assert_eq(strncmp(lines[3 + m1.workers], "poll time", 9), 0);
-    cr_assert_eq(strncmp(lines[4 + m1.workers], "sched latency", 13), 0);
+    unsigned flags;
+    uint64_t overflows;
+    cr_assert_eq(sscanf(lines[2 + m1.workers], "io_uring: setup flags %x, completion queue "
+                        "overflows %" SCNu64, &flags, &overflows), 2, "%s", lines[2 + m1.workers]);
+    cr_assert_eq(flags, m1.worker[0].ring_flags);
+    cr_assert_eq(overflows, 0);
+    cr_assert_eq(strncmp(lines[3 + m1.workers], "blocking pool:", 14), 0);
+    cr_assert_eq(strncmp(lines[4 + m1.workers], "poll time", 9), 0);
+    cr_assert_eq(strncmp(lines[5 + m1.workers], "sched latency", 13), 0);
     free(text);
 
     FILE *ro = fopen("/dev/null", "r");

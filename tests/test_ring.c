@@ -3,8 +3,13 @@
  * that overflows loses nothing. With io_entries = 8 the SQ holds 8 SQEs and
  * the CQ 128 CQEs; one task starts 1000 reads of /dev/zero in one poll (each
  * completes as soon as it is submitted), so the SQ fills over and over and the
- * CQ overflows into the kernel's list. Every read must complete, with its
- * bytes.
+ * CQ overflows into the kernel's list (the worker's cq_overflows metric must
+ * have seen it). Every read must complete, with its bytes.
+ *
+ * A ring takes the best rung of the setup ladder this kernel has (probed
+ * here with io_uring_setup itself), and 200 tasks started in one poll, each
+ * queueing a read, go to the kernel in a handful of io_uring_enter calls
+ * (one per tick), not one per SQE.
  *
  * Each worker registers its ring with its own thread (io_uring_register_ring_fd)
  * and undoes that as it exits. A runtime destroyed on a worker of another
@@ -28,9 +33,12 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
+#include <linux/io_uring.h>
 #include <netinet/in.h>
 #include <stdatomic.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <weft.h>
@@ -102,8 +110,149 @@ Test(ring, full_sq_and_overflowing_cq_lose_nothing, .timeout = 30)
     m->fd = open_zero();
     cr_assert_eq(weft_block_on(rt, &m->base), 0);
     cr_assert_eq(m->ok, READS, "%d of %d reads completed with their bytes", m->ok, READS);
+    struct weft_metrics *mx = malloc(sizeof *mx);
+    cr_assert_not_null(mx);
+    cr_assert_eq(weft_metrics_read(rt, mx), 0);
+    cr_assert_geq(mx->worker[0].cq_overflows, 1, "the CQ never overflowed: the test tests less");
+    free(mx);
     close(m->fd);
     free(m);
+    weft_runtime_destroy(rt);
+}
+
+/* ---- the setup ladder ------------------------------------------------------ */
+
+/* io/ring.c's setup ladder (docs/io.md), best first. */
+static const uint32_t ladder[] = {
+    IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_COOP_TASKRUN |
+        IORING_SETUP_TASKRUN_FLAG | IORING_SETUP_SUBMIT_ALL,
+    IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG | IORING_SETUP_SUBMIT_ALL,
+    0,
+};
+
+/* 0 when this kernel creates a ring with `flags` (as the runtime asks:
+ * disabled, with its own CQ size), else -errno. */
+static int kernel_takes(uint32_t flags)
+{
+    struct io_uring_params p = { .flags = flags | IORING_SETUP_R_DISABLED | IORING_SETUP_CQSIZE,
+                                 .cq_entries = 256 * 16 };
+    int fd = (int)syscall(__NR_io_uring_setup, 256, &p);
+    if (fd < 0)
+        return -errno;
+    close(fd);
+    return 0;
+}
+
+/* Every worker's ring gets the best rung of the ladder this kernel takes
+ * (from WEFT_IO_RUNG's, when the ctest entry sets it): a rung that broke (a
+ * flag the kernel refuses) would otherwise drop every ring a rung lower in
+ * silence, and every other test would still pass there. */
+Test(ring, rings_take_the_best_setup_this_kernel_has, .timeout = 10)
+{
+    const char *e = getenv("WEFT_IO_RUNG");
+    size_t rung = e && (e[0] == '1' || e[0] == '2') && !e[1] ? (size_t)(e[0] - '0') : 0;
+    int err = -EINVAL;
+    while (rung < sizeof ladder / sizeof ladder[0] && (err = kernel_takes(ladder[rung])) == -EINVAL)
+        rung++;
+    struct weft_runtime *rt = start_one_worker(0, true);
+    struct weft_metrics *mx = malloc(sizeof *mx);
+    cr_assert_not_null(mx);
+    cr_assert_eq(weft_metrics_read(rt, mx), 0);
+    if (err == 0) {
+        cr_log_info("this kernel's ring: rung %zu, flags %#x", rung, ladder[rung]);
+        cr_assert_eq(mx->worker[0].ring_flags & ~(uint32_t)IORING_SETUP_CQSIZE, ladder[rung],
+                     "ring flags %#x, rung %zu is %#x", mx->worker[0].ring_flags, rung,
+                     ladder[rung]);
+    } else {
+        cr_log_info("no ring here (%d): timers only", err);
+        cr_assert_eq(mx->worker[0].ring_flags, WEFT_NO_RING);
+    }
+    free(mx);
+    weft_runtime_destroy(rt);
+}
+
+/* ---- one io_uring_enter per tick ------------------------------------------- */
+
+enum { TICK_TASKS = 200 };
+
+struct zread {
+    struct weft_future base;
+    int fd;
+    _Atomic int *ok;
+    struct weft_io io;
+    unsigned char buf[LEN];
+};
+
+static enum weft_poll zread_poll(struct weft_future *f, struct weft_cx *cx)
+{
+    struct zread *z = (struct zread *)f;
+    WEFT_ASYNC_BEGIN(f);
+    weft_read_at_init(&z->io, z->fd, z->buf, LEN, 0);
+    WEFT_AWAIT(f, cx, &z->io);
+    if (z->io.result == LEN)
+        atomic_fetch_add(z->ok, 1);
+    weft_future_drop(&z->io.base);
+    WEFT_ASYNC_END(f);
+}
+
+static const struct weft_future_ops zread_ops = { zread_poll, NULL };
+
+struct fanout {
+    struct weft_future base;
+    int fd, spawned;
+    _Atomic int ok;
+    struct weft_join joins[TICK_TASKS];
+    struct weft_future *futs[TICK_TASKS];
+    struct weft_join_all all;
+};
+
+static enum weft_poll fanout_poll(struct weft_future *f, struct weft_cx *cx)
+{
+    struct fanout *o = (struct fanout *)f;
+    WEFT_ASYNC_BEGIN(f);
+    for (int i = 0; i < TICK_TASKS; i++) {
+        struct zread z = { .base = { &zread_ops, 0 }, .fd = o->fd, .ok = &o->ok };
+        if (weft_spawn(weft_runtime_current(), &z.base, sizeof z, &o->joins[i]) != 0)
+            break;
+        o->futs[o->spawned++] = &o->joins[i].base;
+    }
+    if (weft_join_all_init(&o->all, o->futs, (size_t)o->spawned) != 0)
+        WEFT_RETURN(f);
+    WEFT_AWAIT(f, cx, &o->all);
+    for (int i = 0; i < o->spawned; i++)
+        weft_future_drop(&o->joins[i].base);
+    WEFT_ASYNC_END(f);
+}
+
+static const struct weft_future_ops fanout_ops = { fanout_poll, NULL };
+
+/* 200 tasks started by one poll each queue one read; the worker polls them
+ * in runs of event_interval (61) and submits each run's SQEs with one
+ * io_uring_enter (its tick), so a handful of enters carries all 200 SQEs.
+ * Submitting each SQE as it is queued would take 200. */
+Test(ring, a_ticks_sqes_go_in_one_enter, .timeout = 30)
+{
+    struct weft_runtime *rt = start_one_worker(0, true);
+    struct fanout *o = calloc(1, sizeof *o);
+    cr_assert_not_null(o);
+    o->base.ops = &fanout_ops;
+    o->fd = open_zero();
+    struct weft_metrics *m0 = malloc(sizeof *m0), *m1 = malloc(sizeof *m1);
+    cr_assert(m0 && m1);
+    cr_assert_eq(weft_metrics_read(rt, m0), 0);
+    cr_assert_eq(weft_block_on(rt, &o->base), 0);
+    cr_assert_eq(weft_metrics_read(rt, m1), 0);
+    cr_assert_eq(o->spawned, TICK_TASKS);
+    cr_assert_eq(atomic_load(&o->ok), TICK_TASKS, "%d reads with their bytes", o->ok);
+    uint64_t sqes = m1->worker[0].sqes - m0->worker[0].sqes;
+    uint64_t enters = m1->worker[0].enters - m0->worker[0].enters;
+    cr_log_info("%" PRIu64 " SQEs in %" PRIu64 " io_uring_enter calls", sqes, enters);
+    cr_assert_geq(sqes, TICK_TASKS);
+    cr_assert_leq(enters, 16, "%" PRIu64 " enters for %" PRIu64 " SQEs", enters, sqes);
+    free(m0);
+    free(m1);
+    close(o->fd);
+    free(o);
     weft_runtime_destroy(rt);
 }
 

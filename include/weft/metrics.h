@@ -60,8 +60,16 @@ struct weft_worker_metrics {
     uint64_t sqes;               /* SQEs submitted */
     uint64_t cqes;               /* CQEs reaped */
     uint64_t enters;             /* io_uring_enter calls */
+    uint64_t cq_overflows;       /* enters that found its completion queue full, the kernel
+                                  * holding completions back (none lost; a larger
+                                  * config.io_entries avoids it) */
     uint64_t queue_depth;        /* tasks in its run queue now */
+    uint32_t ring_flags;         /* the IORING_SETUP_* flags its ring was created with (the
+                                  * best rung of docs/io.md's ladder this kernel takes); 0: a
+                                  * plain ring; WEFT_NO_RING: none (no io_uring) */
 };
+
+#define WEFT_NO_RING UINT32_MAX
 
 struct weft_metrics {
     uint32_t workers;
