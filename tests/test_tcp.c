@@ -1,7 +1,7 @@
 /* tests/test_tcp.c: TCP over the per-worker io_uring (io/tcp.c, io/stream.c,
  * io/bufring.c, io/op.c), over real sockets on 127.0.0.1 and ::1: every
  * operation, each over IPv4 and again over IPv6 (listen on port 0, accept,
- * connect; a link-local IPv6 address with its scope, this host's own, where
+ * connect; listen again on a port with a connection in TIME_WAIT; a link-local IPv6 address with its scope, this host's own, where
  * an interface has one), weft_recv from the buffer ring with a small
  * io_buffer_size, recv_into, send, send_all, writev, shutdown(SHUT_WR) both ways, close
  * through the ring (one lingering on unsent data must not freeze its worker),
@@ -81,6 +81,29 @@ static void check_connect_accept(const char *addr)
     stop_rt(rt, &ca);
 }
 
+/* The server's side of a connection closes first, so its socket waits in
+ * TIME_WAIT on the listener's port; the listener closes, and a new one
+ * listens on that port at once: SO_REUSEADDR (without it, -EADDRINUSE for
+ * a minute: a server restarted after serving could not come back). */
+static void listen_again_over_time_wait_on(const char *addr)
+{
+    struct counting_alloc ca;
+    struct weft_runtime *rt = start_rt(2, &ca);
+    int srv, cli;
+    tcp_pair(rt, addr, &srv, &cli); /* its listener closed */
+    char a[WEFT_ADDR_STRLEN], c;
+    uint16_t port = 0;
+    cr_assert_eq(weft_tcp_local_addr(srv, a, sizeof a, &port), 0);
+    close(srv);
+    cr_assert_eq(read(cli, &c, 1), 0, "the server's FIN");
+    close(cli); /* its FIN acknowledged: the server's side is in TIME_WAIT */
+    struct weft_tcp_listener l;
+    int err = weft_tcp_listen(&l, addr, port, NULL);
+    cr_assert_eq(err, 0, "listen again on [%s]:%u: %s", addr, port, strerror(-err));
+    weft_tcp_listener_close(&l);
+    stop_rt(rt, &ca);
+}
+
 /* Runs `fn` over IPv4 loopback, then over IPv6 loopback where there is one. */
 static void each_family(void (*fn)(const char *addr))
 {
@@ -101,6 +124,11 @@ Test(tcp, listen_accept_connect_ipv6, .timeout = 20)
     if (!have_ipv6_loopback())
         cr_skip_test("IPv6 loopback (::1) is not available here");
     check_connect_accept("::1");
+}
+
+Test(tcp, listen_again_over_time_wait, .timeout = 20)
+{
+    each_family(listen_again_over_time_wait_on);
 }
 
 /* A link-local IPv6 address of this host and its interface, or false. */
