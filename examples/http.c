@@ -23,8 +23,8 @@
  * GETs say), from static buffers that hold each response BATCH times. A
  * request's body (Content-Length) is skipped. After "Connection: close", or
  * an HTTP/1.0 request without "Connection: keep-alive", the response is the
- * last: the connection closes. An error is answered, then the connection is
- * closed:
+ * last, and says "Connection: close" (RFC 9112 9.6): the connection closes.
+ * An error is answered, then the connection is closed:
  *  - 400 when a request line is not `METHOD SP target SP HTTP/1.x`, a field
  *    line is not `name ":" value` (a control character in the value, a space
  *    before the colon), a line ends in a bare LF (seen as soon as it comes),
@@ -85,11 +85,14 @@
 /* The 200 responses: to a GET, or to a HEAD (the same head, no body; RFC
  * 9110 9.3.2), each also with "Connection: keep-alive" for an HTTP/1.0
  * request that asked to be kept alive (a 1.0 client assumes a close
- * otherwise). Indexed by a request's kind, OK_HEAD | OK_KEEP: oks[0],
- * HTTP/1.1's GET, is the hot path. */
-enum { OK_HEAD = 1, OK_KEEP = 2, OK_KINDS = 4 };
+ * otherwise), or with "Connection: close" for the last request of a
+ * connection (RFC 9112 9.6: one that asked to close, or a 1.0 one that did
+ * not ask to be kept alive). Indexed by a request's kind, OK_HEAD | OK_KEEP
+ * or OK_HEAD | OK_CLOSE: oks[0], HTTP/1.1's GET, is the hot path. */
+enum { OK_HEAD = 1, OK_KEEP = 2, OK_CLOSE = 4, OK_KINDS = 8 };
 #define OK_STATUS "HTTP/1.1 200 OK\r\nContent-Length: 13\r\nContent-Type: text/plain\r\n"
 #define OK_CONN "Connection: keep-alive\r\n"
+#define OK_LAST "Connection: close\r\n"
 #define OK_BODY "Hello, World!"
 #define OK_LONGEST OK_STATUS OK_CONN "\r\n" OK_BODY
 #define OK_ENTRY(s) { s, sizeof(s) - 1 }
@@ -101,6 +104,8 @@ static const struct {
     [OK_HEAD] = OK_ENTRY(OK_STATUS "\r\n"),
     [OK_KEEP] = OK_ENTRY(OK_STATUS OK_CONN "\r\n" OK_BODY),
     [OK_HEAD | OK_KEEP] = OK_ENTRY(OK_STATUS OK_CONN "\r\n"),
+    [OK_CLOSE] = OK_ENTRY(OK_STATUS OK_LAST "\r\n" OK_BODY),
+    [OK_HEAD | OK_CLOSE] = OK_ENTRY(OK_STATUS OK_LAST "\r\n"),
 };
 /* oks[k], BATCH times over (filled by main) */
 static char batch[OK_KINDS][BATCH * (sizeof(OK_LONGEST) - 1)];
@@ -434,7 +439,7 @@ static size_t scan(struct conn *c, const unsigned char *p, size_t len)
             return len;
         }
         bool last = h.close || (h.http10 && !h.keep_alive);
-        unsigned kind = (h.no_body ? OK_HEAD : 0) | (h.http10 && !last ? OK_KEEP : 0);
+        unsigned kind = (h.no_body ? OK_HEAD : 0) | (last ? OK_CLOSE : h.http10 ? OK_KEEP : 0);
         if (kind != c->kind) {
             if (c->count) {
                 c->more = 1;
@@ -692,7 +697,7 @@ int main(int argc, char **argv)
 {
     classes_init();
     for (size_t k = 0; k < OK_KINDS; k++)
-        for (size_t i = 0; i < BATCH; i++)
+        for (size_t i = 0; oks[k].s && i < BATCH; i++)
             memcpy(batch[k] + i * oks[k].len, oks[k].s, oks[k].len);
     static const char *const extra[] = { "heavy", "heavy-ms", "blocking-prio", "blocking-threads",
                                          "compute-slice-us", "idle-ms", NULL };

@@ -88,6 +88,14 @@
 #define HEAD_OK_KEEP                                                                             \
     "HTTP/1.1 200 OK\r\nContent-Length: 13\r\nContent-Type: text/plain\r\nConnection: keep-alive\r\n" \
     "\r\n"
+/* The last answers of a connection: to "Connection: close", or to HTTP/1.0
+ * without keep-alive (RFC 9112 9.6). */
+#define OK_CLOSE                                                                                \
+    "HTTP/1.1 200 OK\r\nContent-Length: 13\r\nContent-Type: text/plain\r\nConnection: close\r\n" \
+    "\r\nHello, World!"
+#define HEAD_OK_CLOSE                                                                           \
+    "HTTP/1.1 200 OK\r\nContent-Length: 13\r\nContent-Type: text/plain\r\nConnection: close\r\n" \
+    "\r\n"
 #define R400 "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 #define R405                                                                           \
     "HTTP/1.1 405 Method Not Allowed\r\nAllow: GET, HEAD\r\nContent-Length: 0\r\n"          \
@@ -812,8 +820,9 @@ Test(http, empty_lines_before_a_request_are_skipped, .fini = kill_server, .timeo
     expect_quiet_then_stop(fd, 50);
 }
 
-/* "Connection: close", and HTTP/1.0 without keep-alive: the response, then
- * the close; requests pipelined after it are not answered. */
+/* "Connection: close", and HTTP/1.0 without keep-alive: the response, which
+ * says "Connection: close", then the close; requests pipelined after it are
+ * not answered. (Before, the response did not say it: RFC 9112 9.6.) */
 Test(http, connection_close_is_honoured, .fini = kill_server, .timeout = 30)
 {
     int port = start_server("weft-http", "5000");
@@ -824,16 +833,18 @@ Test(http, connection_close_is_honoured, .fini = kill_server, .timeout = 30)
         "GET / HTTP/1.0\r\nConnection: close, keep-alive\r\n\r\n",
     };
     for (size_t i = 0; i < sizeof(reqs) / sizeof(reqs[0]); i++)
-        expect_reply_and_close(port, reqs[i], strlen(reqs[i]), OK);
+        expect_reply_and_close(port, reqs[i], strlen(reqs[i]), OK_CLOSE);
     /* After a keep-alive one, as many as asked. */
     static const char three[] = GET GET "GET / HTTP/1.1\r\nConnection: close\r\n\r\n" GET;
-    expect_reply_and_close(port, three, sizeof(three) - 1, OK OK OK);
+    expect_reply_and_close(port, three, sizeof(three) - 1, OK OK OK_CLOSE);
+    static const char head[] = GET "HEAD / HTTP/1.1\r\nConnection: close\r\n\r\n";
+    expect_reply_and_close(port, head, sizeof(head) - 1, OK HEAD_OK_CLOSE);
     stop_server(SIGTERM, 5);
 }
 
 /* HTTP/1.0 without keep-alive (none asked, or "close" too): the response,
- * without "Connection: keep-alive", then the close, for a GET and for a
- * HEAD. (Before, a GET passed and a HEAD got 405.) */
+ * with "Connection: close", then the close, for a GET and for a HEAD.
+ * (Before, a GET passed and a HEAD got 405.) */
 Test(http, http10_without_keep_alive_closes, .fini = kill_server, .timeout = 30)
 {
     int port = start_server("weft-http", "5000");
@@ -843,14 +854,14 @@ Test(http, http10_without_keep_alive_closes, .fini = kill_server, .timeout = 30)
         "HEAD / HTTP/1.0\r\n\r\n" GET,
         "HEAD / HTTP/1.0\r\nConnection: close\r\n\r\n",
     };
-    static const char *const want[] = { OK, OK, HEAD_OK, HEAD_OK };
+    static const char *const want[] = { OK_CLOSE, OK_CLOSE, HEAD_OK_CLOSE, HEAD_OK_CLOSE };
     for (size_t i = 0; i < sizeof(reqs) / sizeof(reqs[0]); i++)
         expect_reply_and_close(port, reqs[i], strlen(reqs[i]), want[i]);
     /* After keep-alive ones of both kinds, the last. */
     static const char three[] = "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
                                 "HEAD / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
                                 "GET / HTTP/1.0\r\n\r\n" GET;
-    expect_reply_and_close(port, three, sizeof(three) - 1, OK_KEEP HEAD_OK_KEEP OK);
+    expect_reply_and_close(port, three, sizeof(three) - 1, OK_KEEP HEAD_OK_KEEP OK_CLOSE);
     stop_server(SIGTERM, 5);
 }
 
@@ -876,7 +887,8 @@ Test(http, close_after_a_deep_pipeline_loses_no_response, .fini = kill_server, .
     send_bytes(fd, reqs, len);
     free(reqs);
     sleep_us(300000);
-    expect_oks(fd, 1001);
+    expect_oks(fd, 1000);
+    expect_str(fd, OK_CLOSE);
     expect_eof(fd);
     close(fd);
     stop_server(SIGTERM, 5);
