@@ -499,6 +499,27 @@ bool weft_join_is_finished(const struct weft_join *join)
     return join && join->task && is_finished(join->task);
 }
 
+/* ---- ids ------------------------------------------------------------------------ */
+
+uint64_t weft_task_id(void)
+{
+    /* w->running is this thread's own: set for the poll, NULL around it. */
+    struct weft__worker *w = weft__current;
+    return w && w->running ? w->running->id : 0;
+}
+
+/* t->id is written before weft_spawn returns the handle: whoever holds the
+ * handle got it after that. */
+uint64_t weft_join_id(const struct weft_join *join)
+{
+    return join && join->task ? join->task->id : 0;
+}
+
+uint64_t weft_abort_handle_id(const struct weft_abort_handle *h)
+{
+    return h && h->task ? h->task->id : 0;
+}
+
 /* ---- abort handles: a task reference, nothing else ---------------------------- */
 
 int weft_join_abort_handle(const struct weft_join *join, struct weft_abort_handle *out)

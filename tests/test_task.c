@@ -15,13 +15,15 @@
  * on NULL and on a detached handle; weft_join_abort_handle with a NULL or
  * detached join and a NULL out, abort handles NULL, empty, used twice and
  * kept past weft_runtime_destroy (and cloned then); clones of NULL and
- * empty handles, a clone into NULL. */
+ * empty handles, a clone into NULL; task ids of NULL, empty, detached and
+ * dropped handles, and weft_task_id off the tasks' polls. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
 #include <criterion/criterion.h>
 
 #include <errno.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <pthread.h>
 #include <sched.h>
@@ -587,6 +589,117 @@ Test(task, abort_handle_bad_inputs_and_outliving_the_runtime, .timeout = 30)
     weft_abort_handle_drop(&h);
     cr_assert(weft_abort_handle_is_finished(&copy));
     weft_abort_handle_drop(&copy);
+}
+
+/* ---- task ids ---------------------------------------------------------------------------- */
+
+enum { ID_TASKS = 200 };
+
+struct id_slot {
+    _Atomic uint64_t seen; /* weft_task_id() in the task's poll */
+    uint64_t want;         /* weft_join_id() of its handle */
+};
+static struct id_slot id_slots[2 * ID_TASKS];
+static _Atomic int ids_seen;
+
+struct id_task {
+    struct weft_future base;
+    struct id_slot *slot;
+};
+
+static enum weft_poll id_task_poll(struct weft_future *f, struct weft_cx *cx)
+{
+    (void)cx;
+    atomic_store(&((struct id_task *)f)->slot->seen, weft_task_id());
+    atomic_fetch_add(&ids_seen, 1);
+    return WEFT_READY;
+}
+
+static void id_task_drop(struct weft_future *f)
+{
+    (void)f;
+    CHECK(weft_task_id() == 0); /* a drop is no poll */
+}
+
+static const struct weft_future_ops id_task_ops = { id_task_poll, id_task_drop };
+
+/* Spawns a task for slots[0..n), notes its handle's id, and detaches it. */
+static void spawn_ids(struct weft_runtime *rt, struct id_slot *slots, int n)
+{
+    for (int i = 0; i < n; i++) {
+        struct id_task t = { { &id_task_ops, 0 }, &slots[i] };
+        struct weft_join j;
+        CHECK(weft_spawn(rt, &t.base, sizeof t, &j) == 0);
+        slots[i].want = weft_join_id(&j);
+        weft_join_detach(&j);
+        CHECK(weft_join_id(&j) == 0);
+    }
+}
+
+struct id_spawner {
+    struct weft_future base;
+    uint64_t own;
+};
+
+static enum weft_poll id_spawner_poll(struct weft_future *f, struct weft_cx *cx)
+{
+    (void)cx;
+    ((struct id_spawner *)f)->own = weft_task_id();
+    spawn_ids(weft_runtime_current(), id_slots + ID_TASKS, ID_TASKS);
+    return WEFT_READY;
+}
+
+static const struct weft_future_ops id_spawner_ops = { id_spawner_poll, NULL };
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* Inside each of 400 tasks (200 spawned by the test's thread, 200 by a
+ * block_on's task on a worker), weft_task_id says its handle's id; all are
+ * nonzero and distinct, the block_on's own too. 0 on a thread that is no
+ * worker, in a future's drop, for NULL, empty and detached handles; an abort
+ * handle has its join handle's id. */
+Test(task, ids_name_the_running_task_and_never_repeat, .timeout = 30)
+{
+    struct weft_runtime *rt = start_rt(2, NULL);
+    cr_assert_eq(weft_task_id(), 0, "the test's thread polls no task");
+    spawn_ids(rt, id_slots, ID_TASKS);
+    struct id_spawner sp = { { &id_spawner_ops, 0 }, 0 };
+    cr_assert_eq(weft_block_on(rt, &sp.base), 0);
+    WAIT_UNTIL(atomic_load(&ids_seen) == 2 * ID_TASKS);
+    uint64_t all[2 * ID_TASKS + 1];
+    for (int i = 0; i < 2 * ID_TASKS; i++) {
+        cr_assert_neq(id_slots[i].want, 0, "task %d", i);
+        cr_assert_eq(atomic_load(&id_slots[i].seen), id_slots[i].want,
+                     "task %d saw id %" PRIu64 ", its handle says %" PRIu64, i,
+                     atomic_load(&id_slots[i].seen), id_slots[i].want);
+        all[i] = id_slots[i].want;
+    }
+    cr_assert_neq(sp.own, 0, "the block_on's task");
+    all[2 * ID_TASKS] = sp.own;
+    qsort(all, 2 * ID_TASKS + 1, sizeof all[0], cmp_u64);
+    for (int i = 1; i <= 2 * ID_TASKS; i++)
+        cr_assert_neq(all[i], all[i - 1], "id %" PRIu64 " given twice", all[i]);
+
+    struct ctl c = { .drop_wakes_kept = true };
+    struct weft_join j;
+    struct weft_abort_handle h, empty = { NULL };
+    spawn_probe(rt, &c, step_keep, &j);
+    cr_assert_eq(weft_join_abort_handle(&j, &h), 0);
+    cr_assert_neq(weft_join_id(&j), 0);
+    cr_assert_eq(weft_abort_handle_id(&h), weft_join_id(&j));
+    cr_assert_eq(weft_join_id(NULL), 0);
+    cr_assert_eq(weft_abort_handle_id(NULL), 0);
+    cr_assert_eq(weft_abort_handle_id(&empty), 0);
+    weft_join_abort(&j);
+    join_drop(&j, -ECANCELED, &c);
+    cr_assert_eq(weft_join_id(&j), 0, "a dropped handle");
+    weft_abort_handle_drop(&h);
+    cr_assert_eq(weft_abort_handle_id(&h), 0);
+    weft_runtime_destroy(rt);
 }
 
 struct abort_race {

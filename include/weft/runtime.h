@@ -219,6 +219,23 @@ bool weft_abort_handle_is_finished(const struct weft_abort_handle *h);
  * empty one. */
 void weft_abort_handle_drop(struct weft_abort_handle *h);
 
+/* ---- task ids ----------------------------------------------------------------
+ * Each task has an id (Tokio's task::Id): nonzero, never given to another task of the
+ * same runtime (tasks of two runtimes may share one), the id weft_task_dump and the stall
+ * reports print. */
+
+/* The id of the task whose future the calling thread is polling now (a block_on's too),
+ * or 0 outside a task's poll: a thread that is no worker, a future's drop, a blocking
+ * job. */
+uint64_t weft_task_id(void);
+
+/* The id of the handle's task (what weft_task_id says inside it), from any thread; 0 for
+ * a NULL, empty or detached handle. */
+uint64_t weft_join_id(const struct weft_join *join);
+
+/* As weft_join_id, for an abort handle; 0 for a NULL or empty one. */
+uint64_t weft_abort_handle_id(const struct weft_abort_handle *h);
+
 /* ---- basic futures --------------------------------------------------------- */
 
 /* Ready on its second poll: the task goes to the back of its worker's queue
