@@ -157,6 +157,32 @@ static bool fallback(struct weft__io *io, struct weft__op *op)
     return true;
 }
 
+/* A kernel without provided-buffer rings (before 5.19; WEFT_IO_NO_OPS=
+ * buf_ring here): a receive goes to the kernel as a recv of one byte with
+ * MSG_PEEK (op.c: prep_peek), which waits for data holding no buffer (its
+ * byte lands in a scratch byte of the worker's) and fails as the receive
+ * would (-ENOTSOCK on a pipe, -ECONNRESET); then the data is read into a
+ * heap buffer as the fallback above does. A pair's send posts its own CQE
+ * first (op.c: submit), so the send is done here. One heap buffer per
+ * receive that brings data: memory per message, which the ring saves on
+ * newer kernels. */
+void weft__bufring_peeked(struct weft__io *io, struct weft__op *op, int32_t res)
+{
+    /* The end of the stream, an error, a pair whose send failed (-ECANCELED,
+     * send_err set), or an orphan whose cancel came too late: final as it
+     * is. */
+    if (res <= 0 || atomic_load_explicit(&op->state, memory_order_relaxed) != OPS_PENDING) {
+        weft__op_complete(io, op, res, 0);
+        return;
+    }
+    if (op->kind == OP_SEND_RECV) { /* the send is done: a receive from here on */
+        weft__op_drop(&op->u.sr.held);
+        op->kind = OP_RECV_BUF;
+    }
+    if (!fallback(io, op))
+        weft__op_complete(io, op, -ENOMEM, 0);
+}
+
 void weft__bufring_wait(struct weft__io *io, struct weft__op *op)
 {
     /* Buffers may have come back between the kernel's miss and this CQE:

@@ -172,6 +172,8 @@ struct weft__io {
     uint32_t supported;                /* bit per op_kind the kernel can do */
     uint32_t warned;                   /* bit per op_kind already reported missing */
     bool has_ring;                     /* false: io_uring unavailable, timers only */
+    _Atomic uint32_t ring_flags;       /* the metrics' copy: setup flags, or UINT32_MAX for
+                                        * no ring; relaxed, a value read on its own */
     bool fd_registered;                /* entered by its registered index (owner's) */
     bool dropped_reported;             /* -EBADR (lost completions) was reported */
     uint32_t inflight;                 /* slots owned by the kernel or the heap */
@@ -192,6 +194,8 @@ struct weft__io {
     size_t br_bytes;
     struct weft__op *bufwait_head, *bufwait_tail; /* receives waiting for a buffer */
     unsigned char *spare;              /* a heap buffer for the fallback (bufring.c), or NULL */
+    unsigned char peek_byte;           /* without `br`: where a receive's MSG_PEEK of one
+                                        * byte lands (bufring.c: weft__bufring_peeked) */
     bool draining;                     /* shutdown: wakes go to the global queue */
     /* accepts (owner only; tcp.c: the single-shot fallback) */
     bool accept_single;                /* the kernel refused multishot accept: listeners
@@ -238,8 +242,8 @@ bool weft__io_has_events(struct weft__io *io);
  * is queued (and whether the CQ is overflowing). Owner only. */
 void weft__io_count_enter(struct weft__io *io);
 
-/* The setup flags of the ring (metrics' ring_flags): 0 for a plain ring,
- * UINT32_MAX for none. Set before the workers start; any thread. */
+/* The setup flags of the ring (metrics' ring_flags; IORING_SETUP_CQSIZE
+ * alone for a plain ring), UINT32_MAX for none. Any thread. */
 uint32_t weft__io_ring_flags(const struct weft__io *io);
 /* Submits the queued SQEs, if any (one io_uring_enter that also reaps). */
 void weft__io_flush(struct weft__io *io);
@@ -396,6 +400,9 @@ static inline bool weft__bufring_kick_due(const struct weft__io *io)
 {
     return io->bufwait_head && io->bufs_free > 0;
 }
+/* Without a buffer ring: a receive's peek completed (`res`: 1, 0 at the end
+ * of the stream, or an error); reads into a heap buffer. */
+void weft__bufring_peeked(struct weft__io *io, struct weft__op *op, int32_t res);
 /* Parks a receive that found the ring empty until a buffer comes back. */
 void weft__bufring_wait(struct weft__io *io, struct weft__op *op);
 /* Removes a parked receive; false if it was not parked. */

@@ -159,6 +159,14 @@ struct io_uring_sqe *weft__io_sqe(struct weft__io *io)
     }
 }
 
+/* Without a buffer ring: wait for data (or the end of the stream, or an
+ * error) by peeking at one byte, into a scratch byte nobody reads
+ * (bufring.c: weft__bufring_peeked reads the data itself). */
+static void prep_peek(struct weft__io *io, struct io_uring_sqe *sqe, int fd)
+{
+    io_uring_prep_recv(sqe, fd, &io->peek_byte, 1, MSG_PEEK);
+}
+
 /* A receive into a buffer the kernel picks from the worker's ring. */
 static void prep_buffer_recv(struct weft__io *io, struct io_uring_sqe *sqe, int fd)
 {
@@ -201,19 +209,29 @@ void weft__op_submit(struct weft__io *io, struct weft__op *op)
          * the send posts on success too, and the buffer goes back at once:
          * buffers held by connections that went quiet after an echo cannot
          * starve the rest, yet the common round costs one CQE. */
+        /* Without a buffer ring (a kernel before 5.19) the send always
+         * posts: such a kernel may lack CQE_SKIP_SUCCESS (5.17) too. */
         struct weft__op *h = op->u.sr.held;
-        op->u.sr.send_posts = h && (h->io != io || (h->off & RB_HEAP) ||
-                                    2 * h->io->bufs_free <= h->io->nbufs);
+        op->u.sr.send_posts = !io->br || (h && (h->io != io || (h->off & RB_HEAP) ||
+                                                2 * h->io->bufs_free <= h->io->nbufs));
         io_uring_prep_send(sqe, fd, addr, op->len, MSG_NOSIGNAL | MSG_WAITALL);
         sqe->flags |= IOSQE_IO_LINK | (op->u.sr.send_posts ? 0 : IOSQE_CQE_SKIP_SUCCESS);
         io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)op | IO_UD_SEND_PART);
         sqe = weft__io_sqe(io);
+        if (!io->br) {
+            prep_peek(io, sqe, fd);
+            break;
+        }
         prep_buffer_recv(io, sqe, fd);
         /* The peer answers what we just sent: nothing to read yet, so wait
          * for data rather than try (and fail) first. */
         sqe->ioprio |= IORING_RECVSEND_POLL_FIRST;
         break;
     case OP_RECV_BUF:
+        if (!io->br) {
+            prep_peek(io, sqe, fd);
+            break;
+        }
         prep_buffer_recv(io, sqe, fd);
         if (op->off & RB_POLL_FIRST)
             sqe->ioprio |= IORING_RECVSEND_POLL_FIRST;

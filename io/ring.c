@@ -59,19 +59,6 @@ void weft__io_unsupported(struct weft__io *io, enum op_kind kind, const char *na
     uint32_t bit = UINT32_C(1) << kind;
     if (io->warned & bit)
         return;
-    if ((kind == OP_RECV_BUF || kind == OP_SEND_RECV) && io->has_ring &&
-        (io->supported & (UINT32_C(1) << (kind == OP_RECV_BUF ? OP_RECV : OP_SEND)))) {
-        /* The opcode is there (weft_recv_into, weft_send work): what is
-         * missing is the provided-buffer ring (5.19), or for the pair also
-         * CQE_SKIP_SUCCESS (5.17). Say so, and keep the opcode's own line. */
-        io->warned |= bit;
-        fprintf(stderr, "weft: io_uring %s not available (kernel too old): %s fails with "
-                        "EOPNOTSUPP\n",
-                kind == OP_RECV_BUF ? "provided-buffer rings are"
-                                    : "provided-buffer rings or CQE_SKIP_SUCCESS are",
-                kind == OP_RECV_BUF ? "weft_recv" : "weft_send_recv(_from)");
-        return;
-    }
     for (uint32_t k = 0; k < OP_NKINDS; k++) /* one line per opcode: both receives are "recv" */
         if (weft__op_opcode((enum op_kind)k) == weft__op_opcode(kind))
             io->warned |= UINT32_C(1) << k;
@@ -167,8 +154,6 @@ static int probe(struct weft__io *io)
     for (uint32_t k = 0; k < OP_NKINDS; k++)
         if (k != OP_TIMER && io_uring_opcode_supported(&pb.p, weft__op_opcode(k)))
             io->supported |= UINT32_C(1) << k;
-    if (!(io->features & IORING_FEAT_CQE_SKIP)) /* the send of a send+recv would post */
-        io->supported &= ~(UINT32_C(1) << OP_SEND_RECV);
     io->supported &= ~ops_masked();
     return 0;
 }
@@ -182,6 +167,7 @@ int weft__io_init(struct weft__io *io, struct weft_runtime *rt, uint32_t index,
     io->efd = -1;
     atomic_init(&io->remote, NULL);
     atomic_init(&io->park.state, PARK_EMPTY);
+    atomic_init(&io->ring_flags, UINT32_MAX);
     io->supported = UINT32_C(1) << OP_TIMER;
     if (cfg->no_io_uring) {
         io->warned = ~UINT32_C(0); /* asked for: no line on stderr about it */
@@ -193,6 +179,8 @@ int weft__io_init(struct weft__io *io, struct weft_runtime *rt, uint32_t index,
     if (err)
         return err;
     io->has_ring = true;
+    atomic_store_explicit(&io->ring_flags, io->ring.flags & ~(unsigned)IORING_SETUP_R_DISABLED,
+                          memory_order_relaxed);
     /* The kernel's own answer, not a probe, tells whether multishot accept
      * is there (tcp.c: the fallback); this makes it say no. */
     io->accept_refuse_sim = no_ops_lists("accept_multishot");
@@ -206,11 +194,16 @@ int weft__io_init(struct weft__io *io, struct weft_runtime *rt, uint32_t index,
         io->has_ring = false;
         return err;
     }
-    err = weft__bufring_init(io, cfg->io_buffers ? cfg->io_buffers : DEFAULT_BUFFERS,
-                             cfg->io_buffer_size ? cfg->io_buffer_size : DEFAULT_BUFFER_SIZE);
+    io->buf_size = cfg->io_buffer_size ? cfg->io_buffer_size : DEFAULT_BUFFER_SIZE;
+    /* WEFT_IO_NO_OPS=buf_ring: as a kernel without provided-buffer rings. */
+    err = no_ops_lists("buf_ring")
+              ? -EINVAL
+              : weft__bufring_init(io, cfg->io_buffers ? cfg->io_buffers : DEFAULT_BUFFERS,
+                                   io->buf_size);
     if (err == -EINVAL || err == -EOPNOTSUPP) {
-        /* kernel without buffer rings */
-        io->supported &= ~((UINT32_C(1) << OP_RECV_BUF) | (UINT32_C(1) << OP_SEND_RECV));
+        /* A kernel without buffer rings (before 5.19): receives wait with a
+         * peek, then read into heap buffers (bufring.c); that takes the recv
+         * opcode, as the ring's receives do. */
         err = 0;
     }
     if (err)
@@ -237,6 +230,7 @@ int weft__io_start(struct weft__io *io)
     weft__bufring_fini(io);
     io_uring_queue_exit(&io->ring);
     io->has_ring = false;
+    atomic_store_explicit(&io->ring_flags, UINT32_MAX, memory_order_relaxed);
     weft__io_free(io); /* no unparker yet: none acts before the first park */
     io->supported = UINT32_C(1) << OP_TIMER;
     return err;
@@ -332,6 +326,10 @@ void weft__io_reap(struct weft__io *io)
             weft__op_complete(io, op, res < 0 ? res : -EIO, 0);
             continue;
         }
+        if (!io->br && (op->kind == OP_RECV_BUF || op->kind == OP_SEND_RECV)) {
+            weft__bufring_peeked(io, op, res); /* no buffer ring: its peek */
+            continue;
+        }
         if (flags & IORING_CQE_F_BUFFER)
             io->bufs_free--;
         if (op->kind == OP_ACCEPT) {
@@ -410,7 +408,7 @@ static void enter(struct weft__io *io, struct __kernel_timespec *ts, unsigned wa
 
 uint32_t weft__io_ring_flags(const struct weft__io *io)
 {
-    return io->has_ring ? io->ring.flags & ~(unsigned)IORING_SETUP_R_DISABLED : UINT32_MAX;
+    return atomic_load_explicit(&io->ring_flags, memory_order_relaxed);
 }
 
 void weft__io_flush(struct weft__io *io)

@@ -601,6 +601,15 @@ Test(metrics, no_ring_no_io_counts, .timeout = 30)
     cr_assert_eq(SUM(&m1, sqes) + SUM(&m1, cqes) + SUM(&m1, enters), 0);
     for (uint32_t i = 0; i < m1.workers; i++)
         cr_assert_eq(m1.worker[i].ring_flags, WEFT_NO_RING);
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    cr_assert_not_null(f);
+    cr_assert_eq(weft_metrics_dump(rt, f), 0);
+    fclose(f);
+    cr_assert_not_null(strstr(text, "\nio_uring: none (timers only, files on the blocking pool)\n"),
+                       "%s", text);
+    free(text);
     cr_assert_eq(SUM(&m1, polls), 6 + 101);
     weft_runtime_destroy(rt);
 }

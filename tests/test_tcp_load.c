@@ -489,7 +489,7 @@ static uint64_t accept_burst(void)
 Test(load, accept_burst_loses_no_connection, .timeout = 30)
 {
     uint64_t sqes = accept_burst();
-    const char *no = getenv("WEFT_IO_NO_OPS"); /* ctest's *_accept_single runs */
+    const char *no = getenv("WEFT_IO_NO_OPS"); /* ctest's *_old_kernel runs */
     if (!no || !strstr(no, "accept_multishot")) /* the multishot: a few arms in all */
         cr_assert_lt(sqes, PENDING_CLIENTS / 2, "%" PRIu64 " SQEs for %d accepts", sqes,
                      PENDING_CLIENTS);

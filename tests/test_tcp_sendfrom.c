@@ -129,6 +129,7 @@ enum { ROUNDS = 300 };
 
 Test(sendfrom, a_round_costs_one_completion, .timeout = 30)
 {
+    skip_without_buffer_ring();
     long cqes = echo_rounds(4, 100, ROUNDS, worker0_cqes);
     cr_assert_lt(cqes, ROUNDS * 11 / 10, "%ld completions for %d rounds", cqes, ROUNDS);
 }
@@ -137,6 +138,7 @@ enum { WARM_ROUNDS = 600 };
 
 Test(sendfrom, the_ring_buffers_are_faulted_in_before_the_first_receive, .timeout = 30)
 {
+    skip_without_buffer_ring();
     /* The default ring: 256 buffers of 4 KiB, each on its own page; each
      * round's receive takes the ring's next buffer. */
     long faults = echo_rounds(0, 64, WARM_ROUNDS, minor_faults);
@@ -180,6 +182,7 @@ static long echo_one_round(struct rt_opts o, long *start)
 
 Test(sendfrom, the_buffers_are_faulted_in_by_the_first_receive_up_to_16_MiB, .timeout = 30)
 {
+    skip_without_buffer_ring();
     /* The default ring, 1 MiB: untouched until a receive, then resident. */
     long start, grown = echo_one_round((struct rt_opts){ .workers = 1 }, &start);
     cr_assert_lt(start, 1l << 20, "%ld bytes resident before any receive", start);
@@ -330,6 +333,7 @@ static enum weft_poll body_from_itself(struct iot *t, struct weft_cx *cx)
 
 Test(sendfrom, a_receive_made_from_itself_keeps_its_buffer_to_give_back, .timeout = 20)
 {
+    skip_without_buffer_ring();
     struct counting_alloc ca;
     int srv, cli;
     struct weft_runtime *rt = start_rt_opts((struct rt_opts){ .workers = 1, .io_buffers = 4 }, &ca);

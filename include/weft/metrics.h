@@ -65,8 +65,8 @@ struct weft_worker_metrics {
                                   * config.io_entries avoids it) */
     uint64_t queue_depth;        /* tasks in its run queue now */
     uint32_t ring_flags;         /* the IORING_SETUP_* flags its ring was created with (the
-                                  * best rung of docs/io.md's ladder this kernel takes); 0: a
-                                  * plain ring; WEFT_NO_RING: none (no io_uring) */
+                                  * best rung of docs/io.md's ladder this kernel takes, and
+                                  * CQSIZE; CQSIZE alone: a plain ring); WEFT_NO_RING: none */
 };
 
 #define WEFT_NO_RING UINT32_MAX

@@ -229,11 +229,11 @@ void weft_abort_handle_drop(struct weft_abort_handle *h);
  * job. */
 uint64_t weft_task_id(void);
 
-/* The id of the handle's task (what weft_task_id says inside it), from any thread; 0 for
- * a NULL, empty or detached handle. */
+/* The id of the handle's task (what weft_task_id says inside it), from any thread but not
+ * racing a drop or detach of the same handle; 0 for a NULL, empty or detached handle. */
 uint64_t weft_join_id(const struct weft_join *join);
 
-/* As weft_join_id, for an abort handle; 0 for a NULL or empty one. */
+/* As weft_join_id, for an abort handle (not racing its drop); 0 for a NULL or empty one. */
 uint64_t weft_abort_handle_id(const struct weft_abort_handle *h);
 
 /* ---- basic futures --------------------------------------------------------- */
