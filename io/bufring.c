@@ -158,29 +158,51 @@ static bool fallback(struct weft__io *io, struct weft__op *op)
 }
 
 /* A kernel without provided-buffer rings (before 5.19; WEFT_IO_NO_OPS=
- * buf_ring here): a receive goes to the kernel as a recv of one byte with
- * MSG_PEEK (op.c: prep_peek), which waits for data holding no buffer (its
- * byte lands in a scratch byte of the worker's) and fails as the receive
- * would (-ENOTSOCK on a pipe, -ECONNRESET); then the data is read into a
- * heap buffer as the fallback above does. A pair's send posts its own CQE
- * first (op.c: submit), so the send is done here. One heap buffer per
- * receive that brings data: memory per message, which the ring saves on
- * newer kernels. */
+ * buf_ring here), peek mode: a receive goes to the kernel as a recv of one
+ * byte with MSG_PEEK (op.c: prep_peek), which waits for data holding no
+ * buffer (its byte lands in a scratch byte of the worker's) and fails as the
+ * receive would (-ENOTSOCK on a pipe, -ECONNRESET); then the data is read
+ * into a heap buffer as the fallback above does (one allocation per receive
+ * that brings data, which the ring saves on newer kernels; -ENOMEM when there
+ * is none, the data left queued for the next receive). A pair's send goes
+ * alone (op.c: submit), not linked: before 5.19 the kernel may end a send
+ * short rather than finish it (MSG_WAITALL is retried from 5.19, and 5.15.90),
+ * and a link broken there would lose the receive, or (5.10, 5.11) keep it
+ * after a short send. So weft__bufring_sent sends the rest itself, as
+ * weft_send_all does, and only then peeks. */
 void weft__bufring_peeked(struct weft__io *io, struct weft__op *op, int32_t res)
 {
-    /* The end of the stream, an error, a pair whose send failed (-ECANCELED,
-     * send_err set), or an orphan whose cancel came too late: final as it
-     * is. */
-    if (res <= 0 || atomic_load_explicit(&op->state, memory_order_relaxed) != OPS_PENDING) {
+    /* An error, or an orphan whose cancel came too late: final as it is. A
+     * peek of 0 (the end of the stream, or an empty datagram, which a peek
+     * leaves queued) goes to the read too, which consumes it. */
+    if (res < 0 || atomic_load_explicit(&op->state, memory_order_relaxed) != OPS_PENDING) {
         weft__op_complete(io, op, res, 0);
         return;
     }
-    if (op->kind == OP_SEND_RECV) { /* the send is done: a receive from here on */
-        weft__op_drop(&op->u.sr.held);
-        op->kind = OP_RECV_BUF;
-    }
     if (!fallback(io, op))
         weft__op_complete(io, op, -ENOMEM, 0);
+}
+
+void weft__bufring_sent(struct weft__io *io, struct weft__op *op, int32_t res)
+{
+    bool pending = atomic_load_explicit(&op->state, memory_order_relaxed) == OPS_PENDING;
+    if (pending && res > 0 && (uint32_t)res < op->len) { /* short: the rest */
+        op->addr += (uint64_t)res;
+        op->len -= (uint32_t)res;
+        io->inflight--; /* weft__op_submit counts it again */
+        weft__op_submit(io, op);
+        return;
+    }
+    if (pending && res >= 0 && (uint32_t)res == op->len) { /* all sent: now the receive */
+        weft__op_drop(&op->u.sr.held);
+        op->kind = OP_RECV_BUF;
+        op->off = 0;
+        io->inflight--;
+        weft__op_submit(io, op);
+        return;
+    }
+    /* The send's error (0 for bytes left: -EIO), or an orphan: final. */
+    weft__op_complete(io, op, res < 0 ? res : -EIO, 0);
 }
 
 void weft__bufring_wait(struct weft__io *io, struct weft__op *op)

@@ -172,8 +172,9 @@ struct weft__io {
     uint32_t supported;                /* bit per op_kind the kernel can do */
     uint32_t warned;                   /* bit per op_kind already reported missing */
     bool has_ring;                     /* false: io_uring unavailable, timers only */
-    _Atomic uint32_t ring_flags;       /* the metrics' copy: setup flags, or UINT32_MAX for
-                                        * no ring; relaxed, a value read on its own */
+    /* The metrics' copies, relaxed (values read on their own): the setup
+     * flags (UINT32_MAX: no ring), the provided-buffer ring's buffers (0: none). */
+    _Atomic uint32_t ring_flags, ring_bufs;
     bool fd_registered;                /* entered by its registered index (owner's) */
     bool dropped_reported;             /* -EBADR (lost completions) was reported */
     uint32_t inflight;                 /* slots owned by the kernel or the heap */
@@ -245,6 +246,9 @@ void weft__io_count_enter(struct weft__io *io);
 /* The setup flags of the ring (metrics' ring_flags; IORING_SETUP_CQSIZE
  * alone for a plain ring), UINT32_MAX for none. Any thread. */
 uint32_t weft__io_ring_flags(const struct weft__io *io);
+/* The buffers of its provided-buffer ring (metrics' ring_buffers), 0 for
+ * none (peek mode, bufring.c). Any thread. */
+uint32_t weft__io_ring_buffers(const struct weft__io *io);
 /* Submits the queued SQEs, if any (one io_uring_enter that also reaps). */
 void weft__io_flush(struct weft__io *io);
 /* Sleeps until an unpark, a completion or the next timer, then reaps.
@@ -401,8 +405,11 @@ static inline bool weft__bufring_kick_due(const struct weft__io *io)
     return io->bufwait_head && io->bufs_free > 0;
 }
 /* Without a buffer ring: a receive's peek completed (`res`: 1, 0 at the end
- * of the stream, or an error); reads into a heap buffer. */
+ * of the stream or an empty datagram, or an error); reads into a heap buffer. */
 void weft__bufring_peeked(struct weft__io *io, struct weft__op *op, int32_t res);
+/* Without a buffer ring: a send+recv pair's send completed (it goes alone);
+ * sends the rest of a short one, then the receive as a peek. */
+void weft__bufring_sent(struct weft__io *io, struct weft__op *op, int32_t res);
 /* Parks a receive that found the ring empty until a buffer comes back. */
 void weft__bufring_wait(struct weft__io *io, struct weft__op *op);
 /* Removes a parked receive; false if it was not parked. */

@@ -202,6 +202,16 @@ void weft__op_submit(struct weft__io *io, struct weft__op *op)
     void *addr = (void *)(uintptr_t)op->addr;
     switch ((enum op_kind)op->kind) {
     case OP_SEND_RECV:
+        if (!io->br) {
+            /* No buffer ring (bufring.c: peek mode): the send goes alone,
+             * without MSG_WAITALL (before 5.19 the kernel may not finish a
+             * short one); weft__bufring_sent sends the rest, then peeks. */
+            op->u.sr.send_posts = true;
+            io_uring_prep_send(sqe, fd, addr, op->len, MSG_NOSIGNAL);
+            io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)op | IO_UD_SEND_PART);
+            io->inflight++;
+            return;
+        }
         /* The send posts a CQE only if it fails, and then the recv none.
          * A buffer moved from a receive goes back to the ring at the final
          * CQE, or at the recv's -ENOBUFS (the send is done by then); when
@@ -209,19 +219,14 @@ void weft__op_submit(struct weft__io *io, struct weft__op *op)
          * the send posts on success too, and the buffer goes back at once:
          * buffers held by connections that went quiet after an echo cannot
          * starve the rest, yet the common round costs one CQE. */
-        /* Without a buffer ring (a kernel before 5.19) the send always
-         * posts: such a kernel may lack CQE_SKIP_SUCCESS (5.17) too. */
         struct weft__op *h = op->u.sr.held;
-        op->u.sr.send_posts = !io->br || (h && (h->io != io || (h->off & RB_HEAP) ||
-                                                2 * h->io->bufs_free <= h->io->nbufs));
+        op->u.sr.send_posts = !(io->features & IORING_FEAT_CQE_SKIP) ||
+                              (h && (h->io != io || (h->off & RB_HEAP) ||
+                                     2 * h->io->bufs_free <= h->io->nbufs));
         io_uring_prep_send(sqe, fd, addr, op->len, MSG_NOSIGNAL | MSG_WAITALL);
         sqe->flags |= IOSQE_IO_LINK | (op->u.sr.send_posts ? 0 : IOSQE_CQE_SKIP_SUCCESS);
         io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)op | IO_UD_SEND_PART);
         sqe = weft__io_sqe(io);
-        if (!io->br) {
-            prep_peek(io, sqe, fd);
-            break;
-        }
         prep_buffer_recv(io, sqe, fd);
         /* The peer answers what we just sent: nothing to read yet, so wait
          * for data rather than try (and fail) first. */

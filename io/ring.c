@@ -118,10 +118,11 @@ static bool no_ops_lists(const char *name)
 
 /* The kinds WEFT_IO_NO_OPS names ("recv,openat": the names of the missing-
  * operation messages), treated as missing as on an older kernel, so that the
- * tests cover what happens then. Timers are no opcode: never masked. One more
- * name is no opcode: "accept_multishot" makes the kernel refuse the multishot
- * accept as 5.10-5.18 do (weft__io_init), so that the listeners' single-shot
- * fallback (tcp.c) runs here. */
+ * tests cover what happens then. Timers are no opcode: never masked. Two more
+ * names are no opcode: "accept_multishot" makes the kernel refuse the
+ * multishot accept as 5.10-5.18 do (weft__io_init), so that the listeners'
+ * single-shot fallback (tcp.c) runs here, and "buf_ring" leaves the rings
+ * without a provided-buffer ring, as before 5.19 (bufring.c: peek mode). */
 static uint32_t ops_masked(void)
 {
     uint32_t mask = 0;
@@ -168,6 +169,7 @@ int weft__io_init(struct weft__io *io, struct weft_runtime *rt, uint32_t index,
     atomic_init(&io->remote, NULL);
     atomic_init(&io->park.state, PARK_EMPTY);
     atomic_init(&io->ring_flags, UINT32_MAX);
+    atomic_init(&io->ring_bufs, 0);
     io->supported = UINT32_C(1) << OP_TIMER;
     if (cfg->no_io_uring) {
         io->warned = ~UINT32_C(0); /* asked for: no line on stderr about it */
@@ -200,6 +202,8 @@ int weft__io_init(struct weft__io *io, struct weft_runtime *rt, uint32_t index,
               ? -EINVAL
               : weft__bufring_init(io, cfg->io_buffers ? cfg->io_buffers : DEFAULT_BUFFERS,
                                    io->buf_size);
+    if (!err)
+        atomic_store_explicit(&io->ring_bufs, io->nbufs, memory_order_relaxed);
     if (err == -EINVAL || err == -EOPNOTSUPP) {
         /* A kernel without buffer rings (before 5.19): receives wait with a
          * peek, then read into heap buffers (bufring.c); that takes the recv
@@ -231,6 +235,7 @@ int weft__io_start(struct weft__io *io)
     io_uring_queue_exit(&io->ring);
     io->has_ring = false;
     atomic_store_explicit(&io->ring_flags, UINT32_MAX, memory_order_relaxed);
+    atomic_store_explicit(&io->ring_bufs, 0, memory_order_relaxed);
     weft__io_free(io); /* no unparker yet: none acts before the first park */
     io->supported = UINT32_C(1) << OP_TIMER;
     return err;
@@ -315,6 +320,10 @@ void weft__io_reap(struct weft__io *io)
             continue;
         }
         if (ud & IO_UD_SEND_PART) {
+            if (!io->br) { /* no buffer ring: the pair's send went alone */
+                weft__bufring_sent(io, op, res);
+                continue;
+            }
             if (op->u.sr.send_posts) {
                 /* Not the final CQE: the recv's comes after (op.c: submit). */
                 weft__op_send_done(op, res);
@@ -326,7 +335,7 @@ void weft__io_reap(struct weft__io *io)
             weft__op_complete(io, op, res < 0 ? res : -EIO, 0);
             continue;
         }
-        if (!io->br && (op->kind == OP_RECV_BUF || op->kind == OP_SEND_RECV)) {
+        if (!io->br && op->kind == OP_RECV_BUF) {
             weft__bufring_peeked(io, op, res); /* no buffer ring: its peek */
             continue;
         }
@@ -409,6 +418,11 @@ static void enter(struct weft__io *io, struct __kernel_timespec *ts, unsigned wa
 uint32_t weft__io_ring_flags(const struct weft__io *io)
 {
     return atomic_load_explicit(&io->ring_flags, memory_order_relaxed);
+}
+
+uint32_t weft__io_ring_buffers(const struct weft__io *io)
+{
+    return atomic_load_explicit(&io->ring_bufs, memory_order_relaxed);
 }
 
 void weft__io_flush(struct weft__io *io)

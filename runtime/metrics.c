@@ -124,6 +124,7 @@ int weft_metrics_read(struct weft_runtime *rt, struct weft_metrics *m)
             .cq_overflows = load(&st->cq_overflows),
             .queue_depth = queue_len(&w->run),
             .ring_flags = weft__io_ring_flags(w->io),
+            .ring_buffers = weft__io_ring_buffers(w->io),
         };
         /* busy_ns plus the stretch in progress, read as one (the park's
          * seqlock, sched.c): acquire pairs with its release store of the
@@ -229,9 +230,14 @@ int weft_metrics_dump(struct weft_runtime *rt, FILE *out)
         cq_overflows += m->worker[i].cq_overflows;
     if (m->worker[0].ring_flags == WEFT_NO_RING)
         say(out, &bad, "io_uring: none (timers only, files on the blocking pool)\n");
+    else if (m->worker[0].ring_buffers)
+        say(out, &bad, "io_uring: setup flags %#" PRIx32 ", %" PRIu32 " ring buffers, "
+                     "completion queue overflows %" PRIu64 "\n", m->worker[0].ring_flags,
+            m->worker[0].ring_buffers, cq_overflows);
     else
-        say(out, &bad, "io_uring: setup flags %#" PRIx32 ", completion queue overflows %" PRIu64
-                     "\n", m->worker[0].ring_flags, cq_overflows);
+        say(out, &bad, "io_uring: setup flags %#" PRIx32 ", no buffer ring (receives into heap "
+                     "buffers), completion queue overflows %" PRIu64 "\n",
+            m->worker[0].ring_flags, cq_overflows);
     say(out, &bad, "blocking pool: %" PRIu64 " threads (%" PRIu64 " idle, %" PRIu64
                  " computing), %" PRIu64 " queued, %" PRIu64 " jobs done, %" PRIu64
                  " compute slices, %" PRIu64 " handed over\n",

@@ -417,7 +417,7 @@ static inline void without_multishot_accept(void)
 }
 
 /* Skips a test of the provided-buffer ring's own mechanics where the rings
- * have none: WEFT_IO_NO_OPS=buf_ring (ctest's *_no_buf_ring entries), as on
+ * have none: WEFT_IO_NO_OPS=buf_ring (ctest's *_old_kernel entries), as on
  * a kernel before 5.19, where receives wait with a peek and read into heap
  * buffers (io/bufring.c). */
 static inline void skip_without_buffer_ring(void)

@@ -915,11 +915,14 @@ Test(metrics, dump_is_readable_text, .timeout = 30)
         cr_assert_eq(idx, i);
         cr_assert_eq(polls, m1.worker[i].polls);
     }
-    unsigned flags;
+    unsigned flags, bufs;
     uint64_t overflows;
-    cr_assert_eq(sscanf(lines[2 + m1.workers], "io_uring: setup flags %x, completion queue "
-                        "overflows %" SCNu64, &flags, &overflows), 2, "%s", lines[2 + m1.workers]);
+    cr_assert_eq(sscanf(lines[2 + m1.workers], "io_uring: setup flags %x, %u ring buffers, "
+                        "completion queue overflows %" SCNu64, &flags, &bufs, &overflows), 3,
+                 "%s", lines[2 + m1.workers]);
     cr_assert_eq(flags, m1.worker[0].ring_flags);
+    cr_assert_eq(bufs, 256, "the default ring");
+    cr_assert_eq(bufs, m1.worker[0].ring_buffers);
     cr_assert_eq(overflows, 0);
     cr_assert_eq(strncmp(lines[3 + m1.workers], "blocking pool:", 14), 0);
     cr_assert_eq(strncmp(lines[4 + m1.workers], "poll time", 9), 0);

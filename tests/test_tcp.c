@@ -3,10 +3,11 @@
  * operation, each over IPv4 and again over IPv6 (listen on port 0, accept,
  * connect; listen again on a port with a connection in TIME_WAIT; a
  * link-local IPv6 address with its scope, this host's own, where an
- * interface has one), weft_recv (also as on a kernel without buffer rings) from the buffer ring with a small
- * io_buffer_size, recv_into, send, send_all, writev, shutdown(SHUT_WR) both ways, close
- * through the ring (one lingering on unsent data must not freeze its worker),
- * short writes, a peer's reset; connect timeouts over IPv4,
+ * interface has one), weft_recv from the buffer ring with a small
+ * io_buffer_size (and as on a kernel without buffer rings: peeks, heap
+ * buffers, an empty datagram), recv_into, send, send_all, writev,
+ * shutdown(SHUT_WR) both ways, close through the ring (one lingering on
+ * unsent data must not freeze its worker), short writes, a peer's reset; connect timeouts over IPv4,
  * against a full backlog and against weft_tcp_listen's backlog option), the
  * socket option and address helpers with their values read back, short
  * writes into a 4 KiB send buffer with send_all still delivering everything,
@@ -889,12 +890,42 @@ Test(tcp, recv_without_a_buffer_ring, .timeout = 40)
     each_family(recv_from_buffer_ring_on);
     struct counting_alloc ca;
     struct weft_runtime *rt = start_rt(1, &ca);
+    struct weft_metrics *m = malloc(sizeof *m);
+    cr_assert(m && weft_metrics_read(rt, m) == 0);
+    cr_assert_eq(m->worker[0].ring_buffers, 0, "the metrics say the ring has no buffer ring");
+    free(m);
     int p[2];
     cr_assert_eq(pipe(p), 0);
     cr_assert_eq(iot_run(rt, body_recv_res, NULL, p[0]).res, -ENOTSOCK);
     close(p[0]);
     close(p[1]);
     stop_rt(rt, &ca);
+}
+
+/* An empty datagram is a receive of 0, and the next receive gets the next
+ * datagram: with the buffer ring, and without one (where a peek of 0 leaves
+ * the empty datagram queued: the read after it must consume it, or every
+ * receive after it gave 0 at once). */
+static void empty_datagram_then_another(void)
+{
+    struct counting_alloc ca;
+    struct weft_runtime *rt = start_rt(1, &ca);
+    int sv[2];
+    cr_assert_eq(socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, sv), 0);
+    cr_assert_eq(send(sv[1], "", 0, 0), 0);
+    cr_assert_eq(send(sv[1], "abc", 3, 0), 3);
+    cr_assert_eq(iot_run(rt, body_recv_res, NULL, sv[0]).res, 0);
+    cr_assert_eq(iot_run(rt, body_recv_res, NULL, sv[0]).res, 3);
+    close(sv[0]);
+    close(sv[1]);
+    stop_rt(rt, &ca);
+}
+
+Test(tcp, an_empty_datagram_is_a_receive_of_0, .timeout = 20)
+{
+    empty_datagram_then_another();
+    cr_assert_eq(setenv("WEFT_IO_NO_OPS", "buf_ring", 1), 0);
+    empty_datagram_then_another();
 }
 
 static enum weft_poll body_accept(struct iot *t, struct weft_cx *cx)

@@ -207,7 +207,8 @@ void weft_connect_init(struct weft_connect *c, const char *addr, uint16_t port,
  * read) the receive takes a heap buffer of the same size instead, freed where
  * a ring buffer would go back: no receive waits for another connection's
  * buffer. A kernel without buffer rings (before 5.19) gets a heap buffer for
- * every receive that brings data (docs/io.md). */
+ * every receive that brings data (docs/io.md), and -ENOMEM when none can be
+ * had (the data stays queued for the next receive). */
 struct weft_recv {
     struct weft_future base;
     int result;
@@ -228,8 +229,9 @@ void weft_recv_init(struct weft_recv *r, int fd);
  * hand-written io_uring servers). result: the bytes received (0 at end of
  * stream), or the send's error (-EPIPE, -ECONNRESET; then nothing was
  * received), or the receive's. `buf` must stay valid until the future is
- * dropped. On kernels before 5.19 (no buffer ring) the send posts its own
- * completion too: two per round. -EINVAL (at the first poll) if `len` is above the most one send moves
+ * dropped. On kernels before 5.19 (no buffer ring) the send goes alone, the
+ * rest of a short one again, and the receive after it: two completions or
+ * more per round. -EINVAL (at the first poll) if `len` is above the most one send moves
  * (INT_MAX rounded down to a page: 2 GiB - 4 KiB with 4 KiB pages). */
 void weft_send_recv_init(struct weft_recv *r, int fd, const void *buf, size_t len);
 

@@ -67,6 +67,9 @@ struct weft_worker_metrics {
     uint32_t ring_flags;         /* the IORING_SETUP_* flags its ring was created with (the
                                   * best rung of docs/io.md's ladder this kernel takes, and
                                   * CQSIZE; CQSIZE alone: a plain ring); WEFT_NO_RING: none */
+    uint32_t ring_buffers;       /* buffers of its provided-buffer ring (config.io_buffers); 0:
+                                  * none (a kernel before 5.19: receives read into heap
+                                  * buffers, docs/io.md) */
 };
 
 #define WEFT_NO_RING UINT32_MAX
