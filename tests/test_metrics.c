@@ -588,6 +588,18 @@ static enum weft_poll body_short_sleeps(struct mt *t, struct weft_cx *cx)
     WEFT_ASYNC_END(&t->base);
 }
 
+/* weft_metrics_dump's text (free it). */
+static char *dump_text(struct weft_runtime *rt)
+{
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    cr_assert_not_null(f);
+    cr_assert_eq(weft_metrics_dump(rt, f), 0);
+    fclose(f);
+    return text;
+}
+
 /* Without io_uring, timers still work and the ring counters stay 0. */
 Test(metrics, no_ring_no_io_counts, .timeout = 30)
 {
@@ -601,12 +613,7 @@ Test(metrics, no_ring_no_io_counts, .timeout = 30)
     cr_assert_eq(SUM(&m1, sqes) + SUM(&m1, cqes) + SUM(&m1, enters), 0);
     for (uint32_t i = 0; i < m1.workers; i++)
         cr_assert_eq(m1.worker[i].ring_flags, WEFT_NO_RING);
-    char *text = NULL;
-    size_t len = 0;
-    FILE *f = open_memstream(&text, &len);
-    cr_assert_not_null(f);
-    cr_assert_eq(weft_metrics_dump(rt, f), 0);
-    fclose(f);
+    char *text = dump_text(rt);
     cr_assert_not_null(strstr(text, "\nio_uring: none (timers only, files on the blocking pool)\n"),
                        "%s", text);
     free(text);
@@ -883,12 +890,7 @@ Test(metrics, dump_is_readable_text, .timeout = 30)
     WAIT_UNTIL(atomic_load(&done) == 4);
     WAIT_NO_TASKS(rt);
     snap(rt, &m1);
-    char *text = NULL;
-    size_t len = 0;
-    FILE *f = open_memstream(&text, &len);
-    cr_assert_not_null(f);
-    cr_assert_eq(weft_metrics_dump(rt, f), 0);
-    fclose(f);
+    char *text = dump_text(rt);
     cr_assert_not_null(strstr(text, "blocking pool"));
     cr_assert_not_null(strstr(text, "poll time"));
     cr_assert_not_null(strstr(text, "sched latency"));
