@@ -62,8 +62,8 @@
  * connection in the middle of a request is left to finish it (within the
  * drain timeout), and closes after its response (a client that keeps
  * pipelining gets the requests already sent answered, no new ones read: its
- * reading side is shut once the request in hand is done); the others close
- * at once.
+ * reading side is shut once the request in hand is done; the response to
+ * the request in hand says "Connection: close"); the others close at once.
  * Every close (after an error reply or a "Connection: close" too) waits
  * until the client's kernel has every response, or 2 s (server.h: a close
  * with input unread would reset them away).
@@ -659,11 +659,22 @@ static enum weft_poll conn_poll(struct weft_future *f, struct weft_cx *cx)
             self->shut = 1;
         }
         if (server_stopping() && !self->carry) {
+            /* Stopping, and the request in hand is complete: its response
+             * is the last and says "Connection: close" (RFC 9112 9.6), the
+             * ones before it as they were. */
+            if (self->count > 1) {
+                oks_send_init(self, self->count - 1);
+                WEFT_AWAIT(f, cx, &self->tx);
+                weft_future_drop(&self->tx.base);
+                if (self->tx.result < 0)
+                    WEFT_RETURN(f);
+            }
             if (self->count) {
-                oks_send_init(self, self->count);
+                self->kind = (uint8_t)((self->kind & OK_HEAD) | OK_CLOSE);
+                oks_send_init(self, 1);
                 WEFT_AWAIT(f, cx, &self->tx);
             }
-            break; /* stopping, and the request in hand is answered */
+            break;
         }
     }
     /* Close only once the client has every response (server.h: a close
