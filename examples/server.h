@@ -142,26 +142,33 @@ static void conns_stop(void)
  * arrive after the close) makes the kernel answer with a reset, which throws
  * away whatever the send queue still holds: a client reading a little late
  * lost the responses before a `Connection: close` (RFC 9112, 9.6), or what
- * an echo had sent before a stop. So a connection about to close first
- * reads and drops its input until the client's kernel has taken everything
- * (the send queue is empty), checking every 10 ms, for LINGER_NS at most (a
+ * an echo had sent before a stop; and a client whose last bytes were still
+ * on their way got a reset for an end of stream. So a connection about to
+ * close first reads and drops its input until the client's kernel has taken
+ * everything (the send queue is empty) and no more input comes, checking
+ * every 10 ms, for LINGER_NS at most (a
  * client that never reads is not waited for longer; nor beyond the drain
  * timeout, after which the stop drops the task). Not shutdown(SHUT_WR) first:
  * a socket shut down both ways (a stop shuts the reading side) resets on any
  * input. */
 #define LINGER_NS (2000 * WEFT_NS_PER_MS)
 
-/* Reads and drops what the client sent and we did not read. Never blocks. */
-static void discard_input(int fd)
+/* Reads and drops what the client sent and we did not read, up to 1 MiB.
+ * Never blocks. True when there was some. */
+static bool discard_input(int fd)
 {
-    char sink[512];
-    for (int i = 0; i < 64 && recv(fd, sink, sizeof(sink), MSG_DONTWAIT) > 0; i++)
-        ;
+    char sink[4096];
+    int i = 0;
+    while (i < 256 && recv(fd, sink, sizeof(sink), MSG_DONTWAIT) > 0)
+        i++;
+    return i > 0;
 }
 
-/* Ready once fd's send queue is empty, the connection is gone (a reset:
- * what it held is lost anyway, though SIOCOUTQ still counts it), or after
- * LINGER_NS; drops input meanwhile. */
+/* Ready once fd's send queue is empty and no input came since the last
+ * look (a client that sent more before it saw the end gets its end of
+ * stream, not a reset), the connection is gone (a reset: what it held is
+ * lost anyway, though SIOCOUTQ still counts it), or after LINGER_NS; drops
+ * input meanwhile. */
 struct conn_linger {
     struct weft_future base;
     int fd;
@@ -174,13 +181,13 @@ static enum weft_poll linger_poll(struct weft_future *f, struct weft_cx *cx)
     struct conn_linger *l = (struct conn_linger *)f;
     WEFT_ASYNC_BEGIN(f);
     for (;;) {
-        discard_input(l->fd);
+        bool input = discard_input(l->fd);
         int unsent;
         struct tcp_info ti;
         socklen_t tl = sizeof ti;
         bool gone = getsockopt(l->fd, IPPROTO_TCP, TCP_INFO, &ti, &tl) == 0 &&
                     ti.tcpi_state != TCP_ESTABLISHED && ti.tcpi_state != TCP_CLOSE_WAIT;
-        if (gone || ioctl(l->fd, SIOCOUTQ, &unsent) < 0 || unsent == 0 ||
+        if (gone || ioctl(l->fd, SIOCOUTQ, &unsent) < 0 || (unsent == 0 && !input) ||
             weft_now_ns() >= l->deadline)
             WEFT_RETURN(f);
         weft_sleep_init(&l->tick, 10 * WEFT_NS_PER_MS);

@@ -542,6 +542,51 @@ Test(echo, a_reset_connection_does_not_linger, .fini = kill_server, .timeout = 3
     cr_assert_lt(took, 1.0, "the stop waited %.2f s for a reset connection", took);
 }
 
+/* A stop while a client has echoes queued that it has not read (it sent
+ * until the server stopped reading): once it reads, it gets every byte the
+ * server read back, in order, then the end of stream; never a reset that
+ * throws the queued echoes away (server.h: conn_linger). */
+Test(echo, stop_with_echoes_queued_loses_none, .fini = kill_server, .timeout = 30)
+{
+    int port = start_server("weft-echo", "3000");
+    int fd = dial_rcvbuf(port, 4096);
+    cr_assert_eq(fcntl(fd, F_SETFL, O_NONBLOCK), 0);
+    static unsigned char buf[1 << 16];
+    size_t sent = 0;
+    for (int blocked = 0; blocked < 2;) { /* until no room twice, 200 ms apart */
+        for (size_t i = 0; i < sizeof buf; i++)
+            buf[i] = (unsigned char)((sent + i) % 251);
+        ssize_t r = send(fd, buf, sizeof buf, MSG_NOSIGNAL);
+        if (r > 0) {
+            sent += (size_t)r;
+            blocked = 0;
+        } else {
+            cr_assert(r < 0 && errno == EAGAIN, "send: %s", strerror(errno));
+            blocked++;
+            sleep_us(200000);
+        }
+        cr_assert_lt(sent, (size_t)64 << 20, "64 MiB sent and the server still reads");
+    }
+    sleep_us(300000);
+    cr_assert_eq(kill(server_pid, SIGTERM), 0);
+    sleep_us(500000);
+    cr_assert_eq(fcntl(fd, F_SETFL, 0), 0);
+    struct timeval tv = { 5, 0 };
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    size_t got = 0;
+    ssize_t r;
+    while ((r = recv(fd, buf, sizeof buf, 0)) > 0) {
+        for (ssize_t i = 0; i < r; i++)
+            cr_assert_eq(buf[i], (unsigned char)((got + (size_t)i) % 251), "byte %zu",
+                         got + (size_t)i);
+        got += (size_t)r;
+    }
+    cr_assert_eq(r, 0, "after %zu of %zu bytes: %s", got, sent, strerror(errno));
+    cr_assert_gt(got, 0);
+    close(fd);
+    stop_server(0, 5);
+}
+
 /* ---- http: the happy paths ------------------------------------------------------- */
 
 Test(http, single_request, .fini = kill_server, .timeout = 30)
@@ -552,12 +597,19 @@ Test(http, single_request, .fini = kill_server, .timeout = 30)
     expect_quiet_then_stop(fd, 100);
 }
 
-Test(http, keep_alive_three_requests, .fini = kill_server, .timeout = 30)
+/* HTTP/1.1 is kept alive without asking, and its responses never say
+ * "Connection: keep-alive", asked or not; HTTP/1.0's do when it asks. */
+Test(http, keep_alive_four_requests, .fini = kill_server, .timeout = 30)
 {
+    static const char *const reqs[] = {
+        GET, "GET /a?b=c HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n", GET,
+        "GET / HTTP/1.1\r\nConnection: keep-alive\r\n\r\n",
+    };
+    static const char *const want[] = { OK, OK_KEEP, OK, OK };
     int fd = start_and_dial("weft-http");
-    for (int i = 0; i < 3; i++) {
-        send_str(fd, i == 1 ? "GET /a?b=c HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n" : GET);
-        expect_str(fd, i == 1 ? OK_KEEP : OK);
+    for (int i = 0; i < 4; i++) {
+        send_str(fd, reqs[i]);
+        expect_str(fd, want[i]);
     }
     expect_quiet_then_stop(fd, 50);
 }
@@ -974,6 +1026,16 @@ Test(http, oversized_head_gets_431_and_close, .fini = kill_server, .timeout = 30
     /* A complete request, but its head is over 8 KiB. */
     memcpy(big + 9000, "\r\n\r\n", 4);
     expect_reply_and_close(port, big, 9004, R431);
+    /* The limit is exact: a head of 8,192 bytes is answered, of 8,193 not. */
+    memcpy(big + 8188, "\r\n\r\n", 4);
+    int fd = dial(port);
+    send_bytes(fd, big, 8192);
+    expect_str(fd, OK);
+    expect_quiet(fd, 50); /* and the connection stays open */
+    close(fd);
+    memset(big + 8188, 'a', 4);
+    memcpy(big + 8189, "\r\n\r\n", 4);
+    expect_reply_and_close(port, big, 8193, R431);
     stop_server(SIGTERM, 5);
 }
 
@@ -1142,8 +1204,10 @@ Test(http, stop_with_responses_queued_loses_none, .fini = kill_server, .timeout 
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
     static char buf[1 << 16];
     struct oks_check ok = { 0 };
-    for (ssize_t r; (r = recv(fd, buf, sizeof buf, 0)) > 0;)
+    ssize_t r;
+    while ((r = recv(fd, buf, sizeof buf, 0)) > 0)
         oks_check_take(&ok, buf, (size_t)r);
+    cr_assert_eq(r, 0, "not an end of stream: %s", strerror(errno)); /* nor a reset */
     cr_assert_gt(oks_check_end(&ok), 0);
     close(fd);
     stop_server(0, 5);
