@@ -592,7 +592,15 @@ Test(blocking, handle_polled_from_foreign_thread, .timeout = 60)
 
     cr_assert_eq(weft_spawn_blocking(rt, job_twice, (void *)51, &h1), 0);
     WAIT_UNTIL(metrics(rt).blocking_jobs == 2);
-    cr_assert_eq(poll_with(&h1.base, &f1), WEFT_READY);
+    /* Finished, but with no budget left the handle yields (blocking.h). */
+    struct weft_waker k = { &f1, &fw_ops };
+    struct weft_cx cx = weft_cx_from_waker(&k);
+    cx.budget = 0;
+    cr_assert_eq(weft_future_poll(&h1.base, &cx), WEFT_PENDING);
+    cr_assert_eq(atomic_load(&f1.woken), 1, "the task is woken to run again later");
+    cx.budget = 1;
+    cr_assert_eq(weft_future_poll(&h1.base, &cx), WEFT_READY);
+    cr_assert_eq(cx.budget, 0);
     cr_assert_eq(h1.res, 0);
     cr_assert_eq((uintptr_t)h1.output, twice_plus_one(51));
     cr_assert_eq(atomic_load(&f1.clones), 0, "a finished job's handle kept a waker");
@@ -601,8 +609,6 @@ Test(blocking, handle_polled_from_foreign_thread, .timeout = 60)
     weft_future_drop(&h1.base);
     cr_assert_null(h1.base.ops);
     weft_future_drop(&h1.base); /* twice: harmless */
-    struct weft_waker k = { &f1, &fw_ops };
-    struct weft_cx cx = weft_cx_from_waker(&k);
     cr_assert_eq(ops->poll(&h1.base, &cx), WEFT_READY);
     cr_assert_eq(h1.res, -EINVAL);
     cr_assert_eq(atomic_load(&f1.clones), 0);
