@@ -27,6 +27,7 @@
 #include <weft.h>
 
 #include "common.h"
+#include "internal.h" /* the idle protocol's counts, tested directly */
 
 #define MAX_TASKS 40000
 
@@ -824,4 +825,35 @@ Test(sched, foreign_spawn_racing_destroy_keeps_runtime_alive, .timeout = 30)
     cr_assert_eq((intptr_t)res, 0, "the spawn began before destroy: it succeeds (then is cancelled)");
     cr_assert_leq(atomic_load(&drops[1]), 1);
     assert_balanced(&slow_ca);
+}
+
+/* ---- the idle protocol's counts (idle.c) ----------------------------------------- */
+
+/* At most half of the workers search at once; a parker re-checks the queues
+ * when no searcher is left after it: the last searcher, and also a worker
+ * that was refused a search (the searcher that refused it may have found
+ * other work since, leaving nobody bound to find a push made meanwhile).
+ * Either rule broken loses no wakeup in most runs, only now and then (docs/
+ * design.md), so they are checked here on the counts themselves. */
+Test(sched, idle_search_cap_and_who_rechecks_before_parking, .timeout = 10)
+{
+    uint32_t sleepers[4];
+    uint8_t taken[4] = { 0 };
+    struct idle idle = { .nworkers = 4, .sleepers = sleepers, .taken_busy = taken };
+    atomic_init(&idle.state, 4u << 16); /* all unparked, none searching */
+    cr_assert_eq(pthread_mutex_init(&idle.lock, NULL), 0);
+
+    cr_assert(weft__idle_to_searching(&idle));
+    cr_assert(weft__idle_to_searching(&idle));
+    cr_assert_not(weft__idle_to_searching(&idle), "a third searcher of 4 workers");
+    cr_assert_not(weft__idle_from_searching(&idle), "the last searcher was not the last");
+    cr_assert(weft__idle_to_searching(&idle), "half again: room for one");
+
+    cr_assert_not(weft__idle_to_parked(&idle, 3, false), "two searchers left: no re-check");
+    cr_assert_not(weft__idle_to_parked(&idle, 0, true), "one searcher left: no re-check");
+    cr_assert(weft__idle_to_parked(&idle, 1, true), "the last searcher re-checks");
+    cr_assert(weft__idle_to_parked(&idle, 2, false), "a refused worker with none left re-checks");
+    cr_assert_eq(idle.nsleepers, 4);
+    cr_assert_eq(atomic_load(&idle.state), 0, "none unparked, none searching");
+    pthread_mutex_destroy(&idle.lock);
 }

@@ -498,6 +498,80 @@ Test(timer, expired_sleeps_spend_the_budget, .timeout = 30)
     assert_balanced(&ca);
 }
 
+/* ---- event_interval: how often a busy worker turns its ring ------------------- */
+
+/* Task A spins (wakes itself at every poll, counting them) and marks the
+ * count at its first poll past B's deadline; B sleeps 1 ms, ROUNDS times,
+ * and notes how many more polls A had before B's timer woke it: the polls a
+ * due timer waited for its worker to turn the ring. */
+#define ROUNDS 20
+static _Atomic uint64_t spins, spin_due, spin_mark;
+static _Atomic bool spin_stop;
+static uint64_t lags[ROUNDS];
+
+static enum weft_poll body_spin(struct tk *t, struct weft_cx *cx)
+{
+    (void)t;
+    if (atomic_load(&spin_stop))
+        return WEFT_READY;
+    uint64_t n = atomic_fetch_add(&spins, 1) + 1, due = atomic_load(&spin_due);
+    if (due && !atomic_load(&spin_mark) && weft_now_ns() >= due)
+        atomic_store(&spin_mark, n);
+    weft_waker_wake_by_ref(cx->waker);
+    return WEFT_PENDING;
+}
+
+static enum weft_poll body_sleep_rounds(struct tk *t, struct weft_cx *cx)
+{
+    WEFT_ASYNC_BEGIN(&t->base);
+    for (t->i = 0; t->i < ROUNDS; t->i++) {
+        atomic_store(&spin_mark, 0);
+        t->d = weft_now_ns() + 1 * MS;
+        atomic_store(&spin_due, t->d);
+        weft_sleep_until_init(&t->s, t->d);
+        WEFT_AWAIT(&t->base, cx, &t->s);
+        weft_future_drop(&t->s.base);
+        uint64_t mark = atomic_load(&spin_mark); /* 0: B came first */
+        lags[t->i] = mark ? atomic_load(&spins) - mark : 0;
+    }
+    atomic_store(&spin_stop, true);
+    WEFT_ASYNC_END(&t->base);
+}
+
+/* The largest lag over the rounds, on one worker turning its ring every
+ * `interval` polls (0: the default). */
+static uint64_t max_timer_lag(uint32_t interval)
+{
+    struct counting_alloc ca;
+    struct weft_runtime *rt = start_rt_opts((struct rt_opts){ .workers = 1,
+                                                              .event_interval = interval }, &ca);
+    atomic_store(&spin_stop, false);
+    atomic_store(&spin_due, 0);
+    struct weft_join a;
+    cr_assert_eq(spawn_tk(rt, body_spin, NULL, 0, &a), 0);
+    run_tk(rt, body_sleep_rounds, NULL, 1);
+    cr_assert_eq(weft_block_on(rt, &a.base), 0);
+    weft_future_drop(&a.base);
+    weft_runtime_destroy(rt);
+    assert_balanced(&ca);
+    uint64_t max = 0;
+    for (int i = 0; i < ROUNDS; i++)
+        max = lags[i] > max ? lags[i] : max;
+    return max;
+}
+
+/* runtime.h: "a busy worker reaps completions at least every this many
+ * polls". With 1, a due timer waits a poll or two of the busy task; with
+ * the default (61) some of 20 rounds wait many more (the chance that all 20
+ * land within 8 polls of a turn is about 1e-18). */
+Test(timer, event_interval_sets_how_soon_a_busy_worker_fires_timers, .timeout = 30)
+{
+    uint64_t every = max_timer_lag(1), dflt = max_timer_lag(0);
+    cr_assert_leq(every, 3, "event_interval 1: a due timer waited %" PRIu64 " polls", every);
+    cr_assert_geq(dflt, 8, "the default: a due timer waited at most %" PRIu64 " polls", dflt);
+    cr_assert_leq(dflt, 61 + 3, "the default: a due timer waited %" PRIu64 " polls", dflt);
+}
+
 /* 200 sleeps of 50 ms awaited at once through one join_all: a pending leaf
  * gives its unit of the budget back, so every poll reaches all 200 (they
  * were armed at the first) and the task is polled a handful of times. Each
