@@ -501,16 +501,17 @@ static int stuck_client(int port)
     }
 }
 
-/* A client that never reads: the drain timeout (300 ms) ends the wait and
- * the server exits 0. */
+/* A client that never reads: the drain timeout (1 s) ends the wait and the
+ * server exits 0, soon after. */
 
 Test(echo, sigterm_with_a_client_not_reading_exits_at_drain_timeout, .fini = kill_server,
      .timeout = 30)
 {
-    int port = start_server("weft-echo", "300");
+    int port = start_server("weft-echo", "1000");
     int fd = stuck_client(port);
     double took = stop_server(SIGTERM, 3);
-    cr_assert(took >= 0.25, "exited after %.2f s, before the 300 ms drain timeout", took);
+    cr_assert(took >= 0.95, "exited after %.2f s, before the 1 s drain timeout", took);
+    cr_assert(took < 1.8, "exited %.2f s after the stop: the drain timeout is 1 s", took);
     close(fd);
 }
 
@@ -852,6 +853,13 @@ Test(http, get_with_a_body_skips_it, .fini = kill_server, .timeout = 30)
     close(fd);
     static const char te[] = "GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
     expect_reply_and_close(port, te, sizeof(te) - 1, R411);
+    static const char *const codings[] = { "gzip, chunked", "identity", "" }; /* any value */
+    for (size_t i = 0; i < sizeof(codings) / sizeof(codings[0]); i++) {
+        char req[128];
+        int n = snprintf(req, sizeof req, "GET / HTTP/1.1\r\nTransfer-Encoding: %s\r\n\r\n",
+                         codings[i]);
+        expect_reply_and_close(port, req, (size_t)n, R411);
+    }
     stop_server(SIGTERM, 5);
 }
 
@@ -1266,12 +1274,13 @@ Test(http, a_client_pipelining_through_a_stop_is_closed_soon, .fini = kill_serve
 
 Test(http, sigterm_mid_request_closes_at_drain_timeout, .fini = kill_server, .timeout = 30)
 {
-    int port = start_server("weft-http", "300");
+    int port = start_server("weft-http", "1000");
     int fd = dial(port);
     send_bytes(fd, GET, 12);
     sleep_us(100000);
     double took = stop_server(SIGTERM, 3);
-    cr_assert(took >= 0.25, "exited after %.2f s, before the 300 ms drain timeout", took);
+    cr_assert(took >= 0.95, "exited after %.2f s, before the 1 s drain timeout", took);
+    cr_assert(took < 1.8, "exited %.2f s after the stop: the drain timeout is 1 s", took);
     expect_eof(fd); /* no response: the request never completed */
     close(fd);
 }
@@ -1356,7 +1365,7 @@ Test(cli, bad_options_exit_2, .fini = kill_server, .timeout = 30)
     static const char *const bad[][4] = {
         { "--port", "70000", NULL }, { "--port", "-1", NULL }, { "--workers", "x", NULL },
         { "--workers", "100000", NULL }, { "--bogus", NULL }, { "extra", NULL },
-        { "--drain-ms", "", NULL },
+        { "--drain-ms", "", NULL }, { "--workers", "257", NULL }, { "--port", "65536", NULL },
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         cr_assert_eq(run_status("weft-echo", bad[i]), 2, "case %zu", i);

@@ -272,6 +272,21 @@ Test(ring, bad_io_config, .timeout = 10)
         cr_assert_eq(weft_runtime_create(&rt, &cfg), -EINVAL, "case %zu", i);
         cr_assert_null(rt);
     }
+    /* Each documented bound itself is taken. */
+    static const struct { uint32_t entries, buffers, size; } good[] = {
+        { 8, 0, 0 }, { 4096, 0, 0 }, { 0, 1, 0 }, { 0, 32768, 64 }, { 0, 1, 1u << 20 },
+    };
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+        struct weft_runtime_config cfg;
+        weft_runtime_config_init(&cfg);
+        cfg.workers = 1;
+        cfg.io_entries = good[i].entries;
+        cfg.io_buffers = good[i].buffers;
+        cfg.io_buffer_size = good[i].size;
+        struct weft_runtime *rt = NULL;
+        cr_assert_eq(weft_runtime_create(&rt, &cfg), 0, "good case %zu", i);
+        weft_runtime_destroy(rt);
+    }
 }
 
 /* ---- a runtime destroyed on another runtime's worker -------------------- */
