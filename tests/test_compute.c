@@ -180,6 +180,70 @@ Test(compute, cap_leaves_a_thread_and_queue_room, .timeout = 60)
     weft_runtime_destroy(rt);
 }
 
+/* The default cap: the creating thread's CPUs less one, at least 1 (every
+ * other test sets one). One more compute job than that waits. */
+Test(compute, default_cap_is_the_cpus_less_one, .timeout = 60)
+{
+    cpu_set_t set;
+    cr_assert_eq(sched_getaffinity(0, sizeof set, &set), 0);
+    uint32_t cap = CPU_COUNT(&set) > 1 ? (uint32_t)CPU_COUNT(&set) - 1 : 1;
+    if (cap > 63)
+        cr_skip_test("%u CPUs: too many jobs to hold at once here", cap + 1);
+    reset_counts(UINT32_MAX); /* wait for the gate */
+    struct weft_runtime *rt = start(0, WEFT_BLOCKING_PRIO_NORMAL);
+    struct weft_blocking_join h[64];
+    for (uintptr_t i = 0; i <= cap; i++)
+        cr_assert_eq(weft_spawn_compute(rt, job_counted, (void *)i, &h[i]), 0);
+    WAIT_UNTIL(atomic_load(&started) == cap);
+    sleep_us(20000);
+    cr_assert_eq(atomic_load(&started), cap, "%u compute jobs at once by default, %u CPUs",
+                 atomic_load(&started), CPU_COUNT(&set));
+    atomic_store(&open_gate, 1);
+    for (uintptr_t i = 0; i <= cap; i++)
+        cr_assert_eq(join(rt, &h[i]), i * 2 + 1);
+    weft_runtime_destroy(rt);
+}
+
+/* Jobs that note the order they started in. */
+static _Atomic int order_n, order[4];
+
+static void *job_note(void *arg)
+{
+    atomic_store(&order[atomic_fetch_add(&order_n, 1)], (int)(uintptr_t)arg);
+    return arg;
+}
+
+/* A pool thread that comes free takes a queued blocking job before a
+ * compute job queued earlier (docs/blocking.md), also when the compute cap
+ * is not reached: one thread (so a cap of 1, and no compute job running)
+ * held by a gated blocking job while a compute job, then a blocking job,
+ * queue. */
+Test(compute, a_free_thread_takes_blocking_jobs_first, .timeout = 60)
+{
+    reset_counts(UINT32_MAX);
+    atomic_store(&order_n, 0);
+    struct weft_runtime_config cfg;
+    weft_runtime_config_init(&cfg);
+    cfg.workers = 2;
+    cfg.blocking_priority = WEFT_BLOCKING_PRIO_NORMAL;
+    cfg.blocking_max_threads = 1;
+    struct weft_runtime *rt = NULL;
+    cr_assert_eq(weft_runtime_create(&rt, &cfg), 0);
+    struct weft_blocking_join a, b, c;
+    cr_assert_eq(weft_spawn_blocking(rt, job_counted, (void *)1, &a), 0);
+    WAIT_UNTIL(atomic_load(&started) == 1);
+    cr_assert_eq(weft_spawn_compute(rt, job_note, (void *)2, &c), 0);
+    cr_assert_eq(weft_spawn_blocking(rt, job_note, (void *)3, &b), 0);
+    atomic_store(&open_gate, 1);
+    cr_assert_eq(join(rt, &a), 3);
+    cr_assert_eq(join(rt, &b), 3);
+    cr_assert_eq(join(rt, &c), 2);
+    cr_assert_eq(atomic_load(&order_n), 2);
+    cr_assert_eq(atomic_load(&order[0]), 3, "the compute job queued first ran first");
+    cr_assert_eq(atomic_load(&order[1]), 2);
+    weft_runtime_destroy(rt);
+}
+
 /* The calling thread's policy. */
 static void *job_policy(void *arg)
 {
@@ -445,6 +509,37 @@ Test(compute, sliced_while_lowered, .timeout = 60)
     struct sigaction sa;
     cr_assert_eq(sigaction(SIGURG, NULL, &sa), 0);
     cr_assert(sa.sa_handler != SIG_DFL && sa.sa_handler != SIG_IGN, "no SIGURG handler");
+    weft_runtime_destroy(slice_rt);
+}
+
+/* Spins until the slice count rose by 40 (20 s at most); returns the CPU
+ * time it took, in ns. */
+static void *job_cpu_for_40_slices(void *arg)
+{
+    (void)arg;
+    struct timespec a, b;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &a);
+    uint64_t s0 = slices_now();
+    double end = now_s() + 20.0;
+    while (now_s() < end && slices_now() - s0 < 40)
+        ;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &b);
+    return (void *)(uintptr_t)((b.tv_sec - a.tv_sec) * 1000000000 + (b.tv_nsec - a.tv_nsec));
+}
+
+/* The default slice, 250 us (runtime.h): a slice counts only once the job
+ * had half of it on a CPU, so 40 of them take 10 ms of the job's CPU time,
+ * whatever else runs (2.5 ms slices would take 100). */
+Test(compute, the_default_slice_is_250_us, .timeout = 60)
+{
+    if (!may_raise_back())
+        cr_skip_test("this process may not raise a thread back (no CAP_SYS_NICE)");
+    start_sliced(0);
+    struct weft_blocking_join h;
+    cr_assert_eq(weft_spawn_compute(slice_rt, job_cpu_for_40_slices, NULL, &h), 0);
+    uintptr_t ns = join(slice_rt, &h);
+    cr_assert_lt(ns, 40 * 1000000u, "40 slices took %.1f ms of CPU", (double)ns / 1e6);
+    cr_assert_geq(ns, 40 * 125000u, "40 slices took %.1f ms of CPU", (double)ns / 1e6);
     weft_runtime_destroy(slice_rt);
 }
 

@@ -236,6 +236,53 @@ Test(metrics, yields_counted_exactly, .timeout = 30)
     weft_runtime_destroy(rt);
 }
 
+/* ---- the dump's rows ----------------------------------------------------------------- */
+
+static char *dump_text(struct weft_runtime *rt)
+{
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    cr_assert_not_null(f);
+    cr_assert_eq(weft_metrics_dump(rt, f), 0);
+    fclose(f);
+    return text;
+}
+
+/* weft_metrics_dump's worker rows say what weft_metrics_read does, column
+ * by column (by the header's names), for the counts that stay still while
+ * the runtime is idle (not busy_ms, parks, unparks and the ring's: a parked
+ * worker's timer or wake may move them between the two reads). */
+static void check_dump_rows(struct weft_runtime *rt, const struct weft_metrics *m)
+{
+    char *text = dump_text(rt), *save = NULL;
+    char *line = strtok_r(text, "\n", &save); /* the runtime's line */
+    line = strtok_r(NULL, "\n", &save);
+    static const char *const names[] = { "w", "polls", "busy_ms", "steals", "parks", "unparks",
+                                         "local", "ovfl", "budget", "lifo", "enters", "sqes",
+                                         "cqes", "steal_ops", "queue" };
+    enum { COLS = sizeof(names) / sizeof(names[0]) };
+    char *hsave = NULL, *h = strtok_r(line, " ", &hsave);
+    for (int c = 0; c < COLS; c++, h = strtok_r(NULL, " ", &hsave))
+        cr_assert(h && strcmp(h, names[c]) == 0, "column %d of the header: %s", c, h ? h : "-");
+    for (uint32_t i = 0; i < m->workers; i++) {
+        line = strtok_r(NULL, "\n", &save);
+        cr_assert_not_null(line);
+        double v[COLS];
+        char *end = line;
+        for (int c = 0; c < COLS; c++)
+            v[c] = strtod(end, &end);
+        const struct weft_worker_metrics *w = &m->worker[i];
+        const double want[COLS] = { i, w->polls, v[2], w->steals, v[4], v[5], w->local_schedules,
+                                    w->overflows, w->budget_yields, w->lifo_hits, v[10], v[11],
+                                    v[12], w->steal_ops, w->queue_depth };
+        for (int c = 0; c < COLS; c++)
+            cr_assert_eq(v[c], want[c], "worker %u, %s: %.0f in the dump, %.0f read", i,
+                         names[c], v[c], want[c]);
+    }
+    free(text);
+}
+
 /* ---- steals ------------------------------------------------------------------------- */
 
 #define STEAL_CHILDREN 33
@@ -319,6 +366,7 @@ Test(metrics, steals_count_the_tasks_moved, .timeout = 60)
         cr_assert_eq(m1.worker[wa].polls - m0.worker[wa].polls, 1 + on_a);
         /* The child left in A's LIFO slot ran from it. */
         cr_assert_eq(m1.worker[wa].lifo_hits - m0.worker[wa].lifo_hits, 1);
+        check_dump_rows(rt, &m1); /* steals and steal_ops differ here */
     }
     weft_runtime_destroy(rt);
 }
@@ -589,17 +637,6 @@ static enum weft_poll body_short_sleeps(struct mt *t, struct weft_cx *cx)
 }
 
 /* weft_metrics_dump's text (free it). */
-static char *dump_text(struct weft_runtime *rt)
-{
-    char *text = NULL;
-    size_t len = 0;
-    FILE *f = open_memstream(&text, &len);
-    cr_assert_not_null(f);
-    cr_assert_eq(weft_metrics_dump(rt, f), 0);
-    fclose(f);
-    return text;
-}
-
 /* Without io_uring, timers still work and the ring counters stay 0. */
 Test(metrics, no_ring_no_io_counts, .timeout = 30)
 {
@@ -892,6 +929,7 @@ Test(metrics, dump_is_readable_text, .timeout = 30)
     WAIT_UNTIL(atomic_load(&done) == 4);
     WAIT_NO_TASKS(rt);
     snap(rt, &m1);
+    check_dump_rows(rt, &m1);
     char *text = dump_text(rt);
     cr_assert_not_null(strstr(text, "blocking pool"));
     cr_assert_not_null(strstr(text, "poll time"));
