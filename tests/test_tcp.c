@@ -367,9 +367,14 @@ static enum weft_poll body_send_x(struct iot *t, struct weft_cx *cx)
 static enum weft_poll body_bad_io(struct iot *t, struct weft_cx *cx)
 {
     static const struct iovec iov[1] = { { "x", 1 } };
+    static struct iovec iov_max[IOV_MAX];
     const char *what = t->arg;
     WEFT_ASYNC_BEGIN(&t->base);
-    if (strcmp(what, "writev -1") == 0)
+    for (int i = 0; i < IOV_MAX; i++)
+        iov_max[i] = (struct iovec){ "x", 1 };
+    if (strcmp(what, "writev IOV_MAX") == 0)
+        weft_writev_init(&t->io, t->fd, iov_max, IOV_MAX); /* the most it takes */
+    else if (strcmp(what, "writev -1") == 0)
         weft_writev_init(&t->io, t->fd, iov, -1);
     else if (strcmp(what, "writev IOV_MAX+1") == 0)
         weft_writev_init(&t->io, t->fd, iov, IOV_MAX + 1);
@@ -1085,7 +1090,8 @@ Test(tcp, bad_inputs, .timeout = 20)
     cr_assert_eq(iot_run(rt, body_send_x, NULL, 999999).res, -EBADF);
     close(p[0]);
     close(p[1]);
-    /* writev with a negative count and with more than IOV_MAX; shutdown with a
+    /* writev with a negative count and with more than IOV_MAX (IOV_MAX itself
+     * works, below); shutdown with a
      * bad `how` and on a descriptor that is not open; send_all on one. */
     int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     cr_assert_geq(s, 0);
@@ -1095,6 +1101,15 @@ Test(tcp, bad_inputs, .timeout = 20)
     cr_assert_eq(iot_run(rt, body_bad_io, "shutdown 99", 999999).res, -EBADF);
     cr_assert_eq(iot_run(rt, body_bad_io, "send_all", 999999).res, -EBADF);
     close(s);
+    int sp[2];
+    cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp), 0);
+    cr_assert_eq(iot_run(rt, body_bad_io, "writev IOV_MAX", sp[0]).res, IOV_MAX);
+    char got[IOV_MAX];
+    cr_assert_eq(recv(sp[1], got, sizeof got, MSG_WAITALL), IOV_MAX);
+    cr_assert_eq(got[0], 'x');
+    cr_assert_eq(got[IOV_MAX - 1], 'x');
+    close(sp[0]);
+    close(sp[1]);
 
     /* Polled off the workers, an I/O future is ready at once with -ENXIO. */
     struct weft_waker w = { NULL, &noop_waker_ops };

@@ -310,6 +310,33 @@ static enum weft_poll body_first_poll(struct tk *t, struct weft_cx *cx)
     return WEFT_READY;
 }
 
+/* The heap's order after the earliest fires: sleeps of 100, 300 and 600 ms
+ * and 5 s taken in that order on one worker (so 5 s sits below 300 ms);
+ * once 100 ms fires, 300 ms must come up to the top: each of the three fires
+ * on time (a sift that moved the later child up left 300 ms below 600 ms,
+ * firing 300 ms late). */
+Test(timer, the_next_earliest_fires_after_the_earliest, .timeout = 30)
+{
+    struct counting_alloc ca;
+    struct weft_runtime *rt = start_rt_io(1, &ca, false);
+    static const uint64_t ms[] = { 100, 300, 600, 5000 };
+    struct weft_join j[4];
+    for (uint32_t i = 0; i < 4; i++) {
+        spawn_sleep(rt, i, ms[i] * MS, &j[i]);
+        WAIT_UNTIL(atomic_load(&polled_once) == i + 1); /* its timer is in: the next goes after */
+    }
+    for (uint32_t i = 0; i < 3; i++) {
+        cr_assert_eq(weft_block_on(rt, &j[i].base), 0);
+        weft_future_drop(&j[i].base);
+        check_rec(&recs[i], ms[i] * MS, 0, ms[i] == 100 ? "100 ms" : ms[i] == 300 ? "300 ms"
+                                                                                : "600 ms");
+    }
+    weft_join_abort(&j[3]);
+    weft_future_drop(&j[3].base);
+    weft_runtime_destroy(rt);
+    assert_balanced(&ca);
+}
+
 Test(timer, ready_at_first_poll_starts_no_timer, .timeout = 30)
 {
     struct counting_alloc ca;
