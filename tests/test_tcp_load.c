@@ -980,6 +980,73 @@ Test(load, budget_bounds_ios_ready_per_poll, .timeout = 30)
     stop_rt(rt, &ca);
 }
 
+/* A finished leaf that finds no budget left yields (stays pending; the task
+ * is woken) and, given one unit, is ready and spends it. 0 when so, else
+ * the step that went wrong. */
+static int spends_one_unit(struct weft_future *f, struct weft_cx *cx)
+{
+    uint32_t saved = cx->budget;
+    cx->budget = 0;
+    enum weft_poll without = weft_future_poll(f, cx);
+    cx->budget = 1;
+    enum weft_poll with = without == WEFT_PENDING ? weft_future_poll(f, cx) : WEFT_PENDING;
+    int res = without != WEFT_PENDING ? 1 : with != WEFT_READY ? 2 : cx->budget != 0 ? 3 : 0;
+    cx->budget = saved;
+    return res;
+}
+
+/* A receive (t->u64 0) or a connect to port t->u64, started, then given
+ * 20 ms to finish before spends_one_unit: t->res its answer, t->n the
+ * future's result. */
+static enum weft_poll body_leaf_budget(struct iot *t, struct weft_cx *cx)
+{
+    struct weft_future *f = t->u64 ? &t->conn.base : &t->r.base;
+    WEFT_ASYNC_BEGIN(&t->base);
+    if (t->u64)
+        weft_connect_init(&t->conn, "127.0.0.1", (uint16_t)t->u64, 0);
+    else
+        weft_recv_init(&t->r, t->fd);
+    if (weft_future_poll(f, cx) != WEFT_PENDING) { /* submitted, not yet done */
+        t->res = 10;
+        WEFT_RETURN(&t->base);
+    }
+    weft_sleep_init(&t->sl, 20 * WEFT_NS_PER_MS);
+    WEFT_AWAIT(&t->base, cx, &t->sl.base);
+    t->res = spends_one_unit(f, cx);
+    t->n = (uint32_t)(t->u64 ? t->conn.result : t->r.result);
+    if (t->u64 && t->conn.result >= 0)
+        close(t->conn.result);
+    WEFT_ASYNC_END(&t->base);
+}
+
+/* weft_recv and weft_connect take their unit of the budget (docs/io.md), as
+ * the weft_io operations and accepts above do. */
+Test(load, budget_taken_by_a_receive_and_a_connect, .timeout = 30)
+{
+    struct counting_alloc ca;
+    int srv, cli;
+    struct weft_runtime *rt = start_rt_pair(1, &ca, &srv, &cli);
+    write_full(cli, "abc", 3);
+    struct iot t = iot_run(rt, body_leaf_budget, NULL, srv);
+    cr_assert_eq(t.res, 0, "weft_recv: step %d", t.res);
+    cr_assert_eq(t.n, 3);
+    int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t alen = sizeof a;
+    cr_assert_eq(bind(l, (struct sockaddr *)&a, sizeof a), 0);
+    cr_assert_eq(listen(l, 4), 0);
+    cr_assert_eq(getsockname(l, (struct sockaddr *)&a, &alen), 0);
+    struct iot c = iot_make(body_leaf_budget, NULL, 0, -1);
+    c.u64 = ntohs(a.sin_port);
+    cr_assert_eq(weft_block_on(rt, &c.base), 0);
+    weft_future_drop(&c.base);
+    cr_assert_eq(c.res, 0, "weft_connect: step %d", c.res);
+    cr_assert_lt(c.n, (uint32_t)INT32_MAX, "connect: %d", (int)c.n);
+    close(l);
+    close_pair(srv, cli);
+    stop_rt(rt, &ca);
+}
+
 Test(load, budget_bounds_accepts_per_poll, .timeout = 30)
 {
     struct counting_alloc ca;
