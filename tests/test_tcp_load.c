@@ -486,6 +486,58 @@ static uint64_t accept_burst(void)
     return sqes;
 }
 
+/* One accept on t->lst: t->res its result. */
+static enum weft_poll body_accept_one(struct iot *t, struct weft_cx *cx)
+{
+    WEFT_ASYNC_BEGIN(&t->base);
+    weft_accept_init(&t->acc, t->lst);
+    WEFT_AWAIT(&t->base, cx, &t->acc.base);
+    t->res = t->acc.result;
+    WEFT_ASYNC_END(&t->base);
+}
+
+/* A listener whose accepts stop after the first: its multishot keeps
+ * accepting into the queue only until 128 sockets wait there, then pauses
+ * (docs/io.md), and the rest of the clients wait in the kernel's backlog
+ * (no descriptor of ours); once accepts come again, every client is
+ * accepted, none closed. */
+Test(load, the_accept_queue_pauses_at_128, .timeout = 30)
+{
+    struct counting_alloc ca;
+    struct weft_runtime *rt = start_rt(1, &ca);
+    struct weft_tcp_listener l;
+    uint16_t port = listen_any(&l, "127.0.0.1");
+    struct accept_all *aa = calloc(1, sizeof *aa);
+    cr_assert_not_null(aa);
+    aa->l = &l;
+    int first = cli_connect("127.0.0.1", port);
+    struct iot t = iot_make(body_accept_one, NULL, 0, -1);
+    t.lst = &l;
+    cr_assert_eq(weft_block_on(rt, &t.base), 0); /* arms the multishot, takes one */
+    weft_future_drop(&t.base);
+    cr_assert_geq(t.res, 0, "accept: %d", t.res);
+    int fds0 = count_fds();
+    int cli[PENDING_CLIENTS];
+    for (int i = 0; i < PENDING_CLIENTS; i += 10) { /* paced: the pause's cancel lands */
+        cli_dial_n(cli + i, 10, "127.0.0.1", port);
+        sleep_us(1000);
+    }
+    sleep_us(200000);
+    int queued = count_fds() - fds0 - PENDING_CLIENTS;
+    cr_assert_leq(queued, 200, "%d accepted sockets wait in the listener's queue", queued);
+    cr_assert_geq(queued, 128, "only %d accepted before the pause", queued);
+    struct weft_join j;
+    cr_assert_eq(iot_spawn(rt, body_accept_all, aa, 0, -1, &j), 0);
+    wait_accepted(aa);
+    cr_assert_eq(atomic_load(&aa->accepted), PENDING_CLIENTS, "accept: %d", atomic_load(&aa->err));
+    cr_assert_eq(iot_join(rt, &j, NULL), 0);
+    cr_assert_eq(count_closed_by_peer(cli, PENDING_CLIENTS), 0);
+    close(t.res);
+    close(first);
+    close_pending(aa, cli);
+    stop_rt(rt, &ca);
+}
+
 Test(load, accept_burst_loses_no_connection, .timeout = 30)
 {
     uint64_t sqes = accept_burst();
