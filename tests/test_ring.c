@@ -101,14 +101,43 @@ static int open_zero(void)
     return fd;
 }
 
-Test(ring, full_sq_and_overflowing_cq_lose_nothing, .timeout = 30)
+/* A task that keeps its worker from parking until told to stop. */
+static _Atomic int busy_stop;
+
+static enum weft_poll busy_poll(struct weft_future *f, struct weft_cx *cx)
+{
+    (void)f;
+    if (atomic_load(&busy_stop))
+        return WEFT_READY;
+    weft_waker_wake_by_ref(cx->waker);
+    return WEFT_PENDING;
+}
+
+static const struct weft_future_ops busy_ops = { busy_poll, NULL };
+
+/* 1000 reads through 8 SQ entries and a CQ of 128: the SQ fills and the CQ
+ * overflows; every read completes with its bytes. Once while the worker
+ * parks between turns, once while another task keeps it from parking, when
+ * only its turn can see the overflow (the ring's CQ_OVERFLOW flag) and flush
+ * it. */
+static void many_reads(bool keep_busy)
 {
     struct weft_runtime *rt = start_one_worker(8, false);
+    struct weft_future busy = { &busy_ops, 0 };
+    struct weft_join bj;
+    atomic_store(&busy_stop, 0);
+    if (keep_busy)
+        cr_assert_eq(weft_spawn(rt, &busy, sizeof busy, &bj), 0);
     struct many *m = calloc(1, sizeof *m);
     cr_assert_not_null(m);
     m->base.ops = &many_ops;
     m->fd = open_zero();
     cr_assert_eq(weft_block_on(rt, &m->base), 0);
+    atomic_store(&busy_stop, 1);
+    if (keep_busy) {
+        cr_assert_eq(weft_block_on(rt, &bj.base), 0);
+        weft_future_drop(&bj.base);
+    }
     cr_assert_eq(m->ok, READS, "%d of %d reads completed with their bytes", m->ok, READS);
     struct weft_metrics *mx = malloc(sizeof *mx);
     cr_assert_not_null(mx);
@@ -118,6 +147,16 @@ Test(ring, full_sq_and_overflowing_cq_lose_nothing, .timeout = 30)
     close(m->fd);
     free(m);
     weft_runtime_destroy(rt);
+}
+
+Test(ring, full_sq_and_overflowing_cq_lose_nothing, .timeout = 30)
+{
+    many_reads(false);
+}
+
+Test(ring, an_overflowing_cq_is_flushed_by_a_busy_worker, .timeout = 30)
+{
+    many_reads(true);
 }
 
 /* ---- the setup ladder ------------------------------------------------------ */
