@@ -17,7 +17,8 @@
  *
  * A worker moved while asleep and woken by something that brings no task
  * widens back before it sleeps again (third test, white-box: the move is
- * made by hand).
+ * made by hand); an affinity the program set after a move stands (last
+ * test, white-box on the test thread).
  *
  * Bad inputs: none reach this path from the API (the looker runs only
  * inside the runtime); a worker whose own affinity excludes the looker's CPU
@@ -340,4 +341,35 @@ Test(handover, a_thread_started_by_a_moved_worker_gets_every_cpu, .timeout = 30)
     weft_runtime_destroy(rt);
     cr_assert_eq(n, CPU_COUNT(&all), "the pool thread runs on %d CPU(s) of %d", n,
                  CPU_COUNT(&all));
+}
+
+/* The widening puts back only the looker's narrowing (docs/blocking.md):
+ * when the program set the thread's affinity itself after the move, its
+ * choice stands. White-box, on the test thread: moved to one CPU, then set
+ * by "the program" to the other; the undo leaves it there (and a plain move
+ * and undo gives every CPU back). */
+Test(handover, an_affinity_the_program_set_after_a_move_stands, .timeout = 10)
+{
+    cpu_set_t all = cpus_or_skip();
+    int a = -1, b = -1;
+    for (int c = 0; c < CPU_SETSIZE && b < 0; c++)
+        if (CPU_ISSET(c, &all))
+            *(a < 0 ? &a : &b) = c;
+    static struct weft__worker w; /* only its hand-over fields are used */
+    pid_t tid = (pid_t)syscall(SYS_gettid);
+    cpu_set_t now, other;
+    cr_assert(weft__handover_move(&w, tid, a));
+    weft__handover_undo(&w);
+    cr_assert_eq(sched_getaffinity(0, sizeof now, &now), 0);
+    cr_assert(CPU_EQUAL(&now, &all), "a move and its undo left %d CPU(s)", CPU_COUNT(&now));
+
+    cr_assert(weft__handover_move(&w, tid, a));
+    CPU_ZERO(&other);
+    CPU_SET(b, &other);
+    cr_assert_eq(sched_setaffinity(0, sizeof other, &other), 0); /* the program's own choice */
+    weft__handover_undo(&w);
+    cr_assert_eq(sched_getaffinity(0, sizeof now, &now), 0);
+    cr_assert(CPU_EQUAL(&now, &other), "the undo overwrote the program's affinity");
+    cr_assert_eq(atomic_load(&w.handed), 0);
+    cr_assert_eq(sched_setaffinity(0, sizeof all, &all), 0);
 }
