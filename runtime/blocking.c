@@ -363,14 +363,15 @@ static void unreserve_thread(struct weft_runtime *rt)
 /* Starts a pool thread (the caller reserved it). 0 or -errno. */
 static int start_thread(struct weft_runtime *rt)
 {
-    /* A worker a compute job narrowed to its own CPU (handover.c) may be
-     * starting this thread mid-poll: put its affinity back first, or the
-     * new thread inherits the one CPU for good. */
-    if (weft__current)
-        weft__handover_undo(weft__current);
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    /* A worker a compute job narrowed to its own CPU (handover.c) may be
+     * starting this thread mid-poll, or be narrowed while it does: give the
+     * thread the worker's own affinity, or it inherits the one CPU for good. */
+    cpu_set_t mask;
+    bool own_mask = weft__current && weft__handover_own_mask(weft__current, &mask) &&
+                    pthread_attr_setaffinity_np(&attr, sizeof mask, &mask) == 0;
     /* A creator running lowered (a compute job that spawns, a job the
      * monitor lowered) would hand the new thread SCHED_IDLE until its first
      * instruction raises it: on a busy CPU that start took ~240 ms per busy
@@ -384,6 +385,14 @@ static int start_thread(struct weft_runtime *rt)
                           pthread_attr_setschedparam(&attr, &p->base_param) == 0;
     pthread_t th;
     int err = -pthread_create(&th, &attr, pool_thread, rt);
+    if (err == -EINVAL && own_mask) {
+        /* The mask is no longer allowed (a cpuset shrank): every CPU, which
+         * the kernel cuts down to the allowed ones (as handover.c's undo). */
+        for (int c = 0; c < CPU_SETSIZE; c++)
+            CPU_SET(c, &mask);
+        pthread_attr_setaffinity_np(&attr, sizeof mask, &mask);
+        err = -pthread_create(&th, &attr, pool_thread, rt);
+    }
     if (err == -EPERM && explicit_sched) { /* not allowed to raise it: inherit, as before */
         pthread_attr_setinheritsched(&attr, PTHREAD_INHERIT_SCHED);
         err = -pthread_create(&th, &attr, pool_thread, rt);

@@ -231,6 +231,29 @@ void weft__handover_undo(struct weft__worker *w)
     atomic_store_explicit(&w->handed, HANDED_FREE, memory_order_release);
 }
 
+bool weft__handover_own_mask(struct weft__worker *w, cpu_set_t *mask)
+{
+    /* Only the worker (the caller) leaves SET, so once FREE is seen on both
+     * sides of the read, no narrowing happened in between (BUSY back to FREE
+     * is a looker that gave up without narrowing). Acquire pairs with the
+     * looker's releasing store of SET: handed_mask is written. */
+    for (;;) {
+        uint32_t h = atomic_load_explicit(&w->handed, memory_order_acquire);
+        if (h == HANDED_SET) {
+            *mask = w->handed_mask;
+            return true;
+        }
+        if (h == HANDED_BUSY) { /* a looker between its claim and its SET */
+            sched_yield();
+            continue;
+        }
+        if (sched_getaffinity(0, sizeof *mask, mask) != 0)
+            return false;
+        if (atomic_load_explicit(&w->handed, memory_order_acquire) == HANDED_FREE)
+            return true;
+    }
+}
+
 uint64_t weft__handovers(void)
 {
     return atomic_load_explicit(&handovers, memory_order_relaxed);

@@ -283,6 +283,10 @@ void weft__looker_fini(struct weft__looker *l);
 void weft__looker_look(struct weft__looker *l, int cpu);
 /* The worker: takes its own affinity back if a looker narrowed it. */
 void weft__handover_undo(struct weft__worker *w);
+/* The worker, about to start a thread: *mask becomes its affinity as it is
+ * apart from a looker's narrowing, even one made meanwhile. False when the
+ * affinity cannot be read (the new thread then inherits). */
+bool weft__handover_own_mask(struct weft__worker *w, cpu_set_t *mask);
 /* Narrows worker w (thread tid) to `cpu`, saving its affinity for undo; false
  * when another looker holds it or the affinity excludes cpu. */
 bool weft__handover_move(struct weft__worker *w, pid_t tid, int cpu);
