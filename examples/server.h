@@ -142,36 +142,48 @@ static void conns_stop(void)
  * arrive after the close) makes the kernel answer with a reset, which throws
  * away whatever the send queue still holds: a client reading a little late
  * lost the responses before a `Connection: close` (RFC 9112, 9.6), or what
- * an echo had sent before a stop; and a client whose last bytes were still
- * on their way got a reset for an end of stream. So a connection about to
- * close first reads and drops its input until the client's kernel has taken
- * everything (the send queue is empty) and no more input comes, checking
- * every 10 ms, for LINGER_NS at most (a
+ * an echo had sent before a stop. So a connection about to close first
+ * reads and drops its input until the client's kernel has taken everything
+ * (the send queue is empty), checking every 10 ms, for LINGER_NS at most (a
  * client that never reads is not waited for longer; nor beyond the drain
- * timeout, after which the stop drops the task). Not shutdown(SHUT_WR) first:
- * a socket shut down both ways (a stop shuts the reading side) resets on any
- * input. */
+ * timeout, after which the stop drops the task). Then, so that a client
+ * whose last bytes were still on their way gets its end of stream rather
+ * than a reset, it drains what still comes until a look finds none, for
+ * DRAIN_LOOKS looks at most (a client that keeps sending is reset then, as
+ * it would be anyway); each look ACKs at once what it read (TCP_QUICKACK),
+ * so that bytes a client's Nagle holds back for that ACK come before the
+ * next look. A look drops at most DROP_MAX while the client still has
+ * responses to read (it may flood without reading for the whole LINGER_NS),
+ * DRAIN_MAX after. Not shutdown(SHUT_WR) first: a socket shut down both ways
+ * (a stop shuts the reading side) resets on any input. */
 #define LINGER_NS (2000 * WEFT_NS_PER_MS)
+#define DRAIN_LOOKS 10
+#define DROP_MAX (32 * 1024)
+#define DRAIN_MAX (1024 * 1024)
 
-/* Reads and drops what the client sent and we did not read, up to 1 MiB.
- * Never blocks. True when there was some. */
-static bool discard_input(int fd)
+/* Reads and drops up to `max` bytes of what the client sent and we did not
+ * read. Never blocks. True when there was some. */
+static bool discard_input(int fd, size_t max)
 {
     char sink[4096];
-    int i = 0;
-    while (i < 256 && recv(fd, sink, sizeof(sink), MSG_DONTWAIT) > 0)
-        i++;
-    return i > 0;
+    size_t got = 0;
+    ssize_t n;
+    while (got < max && (n = recv(fd, sink, sizeof(sink), MSG_DONTWAIT)) > 0)
+        got += (size_t)n;
+    if (got) {
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof one);
+    }
+    return got > 0;
 }
 
-/* Ready once fd's send queue is empty and no input came since the last
- * look (a client that sent more before it saw the end gets its end of
- * stream, not a reset), the connection is gone (a reset: what it held is
- * lost anyway, though SIOCOUTQ still counts it), or after LINGER_NS; drops
- * input meanwhile. */
+/* Ready once fd's send queue is empty and input has stopped (above), the
+ * connection is gone (a reset: what it held is lost anyway, though SIOCOUTQ
+ * still counts it), or after LINGER_NS; drops input meanwhile. */
 struct conn_linger {
     struct weft_future base;
     int fd;
+    uint8_t drains;             /* looks that found input after the send queue emptied */
     uint64_t deadline;
     struct weft_sleep tick;
 };
@@ -181,14 +193,15 @@ static enum weft_poll linger_poll(struct weft_future *f, struct weft_cx *cx)
     struct conn_linger *l = (struct conn_linger *)f;
     WEFT_ASYNC_BEGIN(f);
     for (;;) {
-        bool input = discard_input(l->fd);
         int unsent;
         struct tcp_info ti;
         socklen_t tl = sizeof ti;
         bool gone = getsockopt(l->fd, IPPROTO_TCP, TCP_INFO, &ti, &tl) == 0 &&
                     ti.tcpi_state != TCP_ESTABLISHED && ti.tcpi_state != TCP_CLOSE_WAIT;
-        if (gone || ioctl(l->fd, SIOCOUTQ, &unsent) < 0 || (unsent == 0 && !input) ||
-            weft_now_ns() >= l->deadline)
+        if (gone || ioctl(l->fd, SIOCOUTQ, &unsent) < 0 || weft_now_ns() >= l->deadline)
+            WEFT_RETURN(f);
+        bool input = discard_input(l->fd, unsent ? DROP_MAX : DRAIN_MAX);
+        if (unsent == 0 && (!input || ++l->drains > DRAIN_LOOKS))
             WEFT_RETURN(f);
         weft_sleep_init(&l->tick, 10 * WEFT_NS_PER_MS);
         WEFT_AWAIT(f, cx, &l->tick);
