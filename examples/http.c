@@ -31,7 +31,9 @@
  *    or Content-Length is not a number (or two differ);
  *  - 405 for any method but GET and HEAD (case matters: "get" is not GET),
  *    with "Allow: GET, HEAD";
- *  - 411 with Transfer-Encoding: a body of unknown length is not read;
+ *  - 411 with Transfer-Encoding whose final coding is chunked: a body of
+ *    unknown length is not read (any other final coding gets 400, RFC 9112
+ *    6.3: the body's length cannot be known);
  *  - 431 when the head of a request passes 8 KiB (MAX_HEAD).
  * The requests before the bad one are answered first. Empty lines before a
  * request line are skipped (RFC 9112 2.2).
@@ -289,6 +291,7 @@ static void classes_init(void)
 struct head {
     int reply;                 /* REPLY_NONE, or the error to answer */
     bool http10, close, keep_alive, has_length;
+    bool te, te_chunked;       /* Transfer-Encoding; its last coding is chunked */
     bool no_body;              /* a HEAD: the response has no body */
     uint64_t body;             /* Content-Length */
 };
@@ -376,7 +379,13 @@ static bool check_field(const unsigned char *s, size_t n, struct head *h)
         h->has_length = true;
         h->body = len;
     } else if (name == 17 && same_name(s, "transfer-encoding", 17)) {
-        h->reply = REPLY_411; /* a body of unknown length: not read */
+        /* Judged at the head's end (a second field line continues the list):
+         * only the last coding counts. */
+        size_t t = vn;
+        while (t > 0 && v[t - 1] != ',' && v[t - 1] != ' ' && v[t - 1] != '\t')
+            t--;
+        h->te = true;
+        h->te_chunked = vn - t == 7 && same_name(v + t, "chunked", 7);
     } else if (name == 10 && same_name(s, "connection", 10)) {
         connection_options(v, vn, h);
     }
@@ -404,6 +413,8 @@ static size_t parse_head(const unsigned char *p, size_t len, struct head *h)
             if (h->reply != REPLY_NONE)
                 return 0;
         } else if (n == 0) {
+            if (h->te) /* a body of unknown length, not read; or of no length at all */
+                h->reply = h->te_chunked ? REPLY_411 : REPLY_400;
             return (size_t)(lf + 1 - p);
         } else if (!check_field(s, n, h)) {
             h->reply = REPLY_400;

@@ -36,7 +36,8 @@
  * (400, then the connection closes); a good request pipelined before a bad
  * one (its 200 first) and one after it (never answered); POST, PUT, OPTIONS,
  * lower-case and near-miss methods (405 with "Allow: GET, HEAD", and close);
- * Transfer-Encoding: chunked (411 and close); 9 KiB and 20 KiB of head
+ * Transfer-Encoding: chunked (411 and close) and codings that do not end
+ * in chunked, empty or not (400 and close); 9 KiB and 20 KiB of head
  * without CRLFCRLF, and a complete request whose head is over 8 KiB (431 and
  * close); bad command lines (exit 2; --idle-ms 0, past an hour, not a
  * number) and a port in use (exit 1). Also: a
@@ -826,7 +827,8 @@ Test(http, malformed_request_gets_400_and_close, .fini = kill_server, .timeout =
 /* A body on a GET is skipped, whole, split, or in the next read (alone
  * too); it is
  * never read as a request (a 35-byte body that looks like one). A body of
- * unknown length (Transfer-Encoding) gets 411 and close. */
+ * unknown length (Transfer-Encoding, chunked last) gets 411 and close, one
+ * of no knowable length (another coding last) 400. */
 Test(http, get_with_a_body_skips_it, .fini = kill_server, .timeout = 30)
 {
     int port = start_server("weft-http", "5000");
@@ -853,12 +855,26 @@ Test(http, get_with_a_body_skips_it, .fini = kill_server, .timeout = 30)
     close(fd);
     static const char te[] = "GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
     expect_reply_and_close(port, te, sizeof(te) - 1, R411);
-    static const char *const codings[] = { "gzip, chunked", "identity", "" }; /* any value */
+    /* The final coding decides (RFC 9112 6.3): chunked, a body not read (411);
+     * any other, a body whose length cannot be known (400). A second field
+     * line continues the list. */
+    static const struct {
+        const char *fields, *want;
+    } codings[] = {
+        { "Transfer-Encoding: gzip, CHUNKED", R411 },
+        { "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked", R411 },
+        { "Transfer-Encoding: chunked, gzip", R400 },
+        { "Transfer-Encoding: identity", R400 },
+        { "Transfer-Encoding: chunked\r\nTransfer-Encoding: gzip", R400 },
+        { "Transfer-Encoding:", R400 },
+        { "Transfer-Encoding: xchunked", R400 },
+    };
     for (size_t i = 0; i < sizeof(codings) / sizeof(codings[0]); i++) {
-        char req[128];
-        int n = snprintf(req, sizeof req, "GET / HTTP/1.1\r\nTransfer-Encoding: %s\r\n\r\n",
-                         codings[i]);
-        expect_reply_and_close(port, req, (size_t)n, R411);
+        char req[160];
+        int n = snprintf(req, sizeof req, GET "GET / HTTP/1.1\r\n%s\r\n\r\n", codings[i].fields);
+        char want[512];
+        snprintf(want, sizeof want, OK "%s", codings[i].want); /* the request before it answered */
+        expect_reply_and_close(port, req, (size_t)n, want);
     }
     stop_server(SIGTERM, 5);
 }
