@@ -62,10 +62,11 @@
  * examples/server.h holds the skeleton both example servers share (the
  * command line, signals, the accept loop, the graceful stop). At a stop, a
  * connection in the middle of a request is left to finish it (within the
- * drain timeout), and closes after its response (a client that keeps
- * pipelining gets the requests already sent answered, no new ones read: its
- * reading side is shut once the request in hand is done; the response to
- * the request in hand says "Connection: close"); the others close at once.
+ * drain timeout), and closes after its response, which says "Connection:
+ * close"; a client that keeps pipelining gets the requests already sent
+ * answered, no new ones read (its reading side is shut once the request in
+ * hand is done), and as which of them is the last is not known when it is
+ * answered, none says "Connection: close". The others close at once.
  * Every close (after an error reply or a "Connection: close" too) waits
  * until the client's kernel has every response, or 2 s (server.h: a close
  * with input unread would reset them away).

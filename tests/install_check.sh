@@ -3,7 +3,7 @@
 # Installs the build into a scratch prefix and builds the README's first
 # program against it the two ways the README gives: pkg-config, and CMake's
 # find_package (the shared and the static target). Checks the soname and
-# that find_package refuses another minor version (README: Versions).
+# that find_package refuses the next minor version (README: Versions).
 set -eu
 B=$1 S=$2 LIBDIR=$3 VER=$4
 T=$(mktemp -d)
@@ -44,7 +44,7 @@ cmake -S "$T/app" -B "$T/app/b" -DWANT="$VER" -DCMAKE_PREFIX_PATH="$P" >/dev/nul
 cmake --build "$T/app/b" >/dev/null
 check_run "$T/app/b/hello"
 check_run "$T/app/b/hello_static"
-if cmake -S "$T/app" -B "$T/app/b1" -DWANT="${VER%.*}.$((${VER#*.} - 1))" \
+if cmake -S "$T/app" -B "$T/app/b1" -DWANT="${VER%.*}.$((${VER#*.} + 1))" \
     -DCMAKE_PREFIX_PATH="$P" >/dev/null 2>&1; then
     echo "FAIL: find_package accepted another minor version than $VER"
     exit 1

@@ -1247,7 +1247,7 @@ static void *job_until_lowered(void *arg)
     uint64_t t0 = weft_now_ns();
     while (weft_now_ns() - t0 < 2000000000u)
         if (sched_getscheduler(0) == SCHED_IDLE)
-            return (void *)(uintptr_t)(weft_now_ns() - t0);
+            return (void *)(uintptr_t)weft_now_ns(); /* when it saw itself lowered */
     return (void *)(uintptr_t)UINT64_MAX;
 }
 
@@ -1264,19 +1264,23 @@ Test(blocking, a_job_is_lowered_soon_after_a_quiet_spell, .timeout = 30)
         if (i > 0) /* round 0: right after create, before the monitor's first look */
             sleep_us(300000); /* quiet: the monitor slows down */
         struct weft_blocking_join h;
+        uint64_t spawned = weft_now_ns(); /* before the pool's own start time */
         cr_assert_eq(weft_spawn_blocking(rt, job_until_lowered, NULL, &h), 0);
         cr_assert_eq(weft_block_on(rt, &h.base), 0);
-        uint64_t ns = (uint64_t)(uintptr_t)h.output;
+        uint64_t seen = (uint64_t)(uintptr_t)h.output;
+        uint64_t ns = seen == UINT64_MAX ? UINT64_MAX : seen - spawned;
         weft_future_drop(&h.base);
         cr_assert_lt(ns, 100000000u, "round %d: lowered after %.1f ms", i,
                      ns == UINT64_MAX ? -1.0 : (double)ns / 1e6);
         fastest = ns < fastest ? ns : fastest;
     }
-    /* "Lowers a job that has run for 1 ms" (blocking.h): in the fastest round,
-     * soon after 1 ms (the monitor looks every 0.5 ms while jobs run), and not
-     * long before (the job's clock starts a little after the pool's). */
+    /* "Lowers a job that has run for 1 ms" (blocking.h), timed from before
+     * the spawn (the pool notes a job's start after that, so never before
+     * 1 ms; a job preempted between its start and its first look could see
+     * itself lowered at once by its own clock): in the fastest round soon
+     * after 1 ms (the monitor looks every 0.5 ms while jobs run). */
     cr_assert_lt(fastest, 5000000u, "lowered after %.2f ms at the soonest", (double)fastest / 1e6);
-    cr_assert_geq(fastest, 500000u, "lowered after %.2f ms", (double)fastest / 1e6);
+    cr_assert_geq(fastest, 1000000u, "lowered after %.2f ms", (double)fastest / 1e6);
     weft_runtime_destroy(rt);
     wait_pool_gone();
 }
