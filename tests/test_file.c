@@ -209,6 +209,7 @@ static const struct weft_waker nop_waker = { NULL, &nop_ops };
 struct rt_files {
     char path[128];
     int fd, cloexec, closed_errno;
+    off_t pos;                 /* the file position after the reads at it */
     char b[8][16];
 };
 
@@ -229,6 +230,10 @@ static enum weft_poll body_roundtrip(struct ft *t, struct weft_cx *cx)
     DO_IO(t, cx, weft_read_at_init(&t->io, F->fd, F->b[4], 10, 103));     /* at EOF */
     DO_IO(t, cx, weft_read_at_init(&t->io, F->fd, F->b[5], 10, UINT64_C(1) << 40));
     DO_IO(t, cx, weft_read_at_init(&t->io, F->fd, F->b[6], 0, 0));        /* empty read */
+    lseek(F->fd, 2, SEEK_SET); /* UINT64_MAX: at the file position, which moves */
+    DO_IO(t, cx, weft_read_at_init(&t->io, F->fd, F->b[7], 2, UINT64_MAX));
+    DO_IO(t, cx, weft_read_at_init(&t->io, F->fd, F->b[7] + 8, 2, UINT64_MAX));
+    F->pos = lseek(F->fd, 0, SEEK_CUR);
     DO_IO(t, cx, weft_fsync_init(&t->io, F->fd, false));
     DO_IO(t, cx, weft_fsync_init(&t->io, F->fd, true));
     F->cloexec = (fcntl(F->fd, F_GETFD) & FD_CLOEXEC) != 0;
@@ -255,7 +260,7 @@ static void roundtrip(enum path path)
     memset(&F, 0xff, sizeof F);
     path_in_dir(F.path, sizeof F.path, "a");
     struct ft out = run_ft(rt, body_roundtrip, &F);
-    /* Which path the 14 operations took: SQEs on the rings, or pool jobs. */
+    /* Which path the 16 operations took: SQEs on the rings, or pool jobs. */
     struct weft_metrics *m = malloc(sizeof *m);
     cr_assert_eq(weft_metrics_read(rt, m), 0);
     uint64_t sqes = 0;
@@ -273,8 +278,8 @@ static void roundtrip(enum path path)
     free(m);
     weft_runtime_destroy(rt);
     cr_assert_geq(out.res[0], 0, "open: %d", out.res[0]);
-    const int want[] = { 0, 11, 3, 5, 5, 10, 2, 0, 0, 0, 0, 0, 0, -EBADF };
-    cr_assert_eq(out.n, 14);
+    const int want[] = { 0, 11, 3, 5, 5, 10, 2, 0, 0, 0, 2, 2, 0, 0, 0, -EBADF };
+    cr_assert_eq(out.n, 16);
     for (uint32_t k = 1; k < out.n; k++)
         cr_assert_eq(out.res[k], want[k], "operation %u gave %d, not %d", k, out.res[k], want[k]);
     cr_assert_eq(memcmp(F.b[0], "hello", 5), 0);
@@ -282,6 +287,9 @@ static void roundtrip(enum path path)
     cr_assert_eq(memcmp(F.b[2], "\0\0\0\0\0\0\0\0\0\0", 10), 0, "the hole did not read as zeros");
     cr_assert_eq(memcmp(F.b[3], "YZ", 2), 0);
     cr_assert_eq((unsigned char)F.b[3][2], 0xff, "a short read wrote past its count");
+    cr_assert_eq(memcmp(F.b[7], "ll", 2), 0, "a read at the file position read elsewhere");
+    cr_assert_eq(memcmp(F.b[7] + 8, "o ", 2), 0);
+    cr_assert_eq(F.pos, 6, "the reads at the file position left it at %lld", (long long)F.pos);
     cr_assert_eq(F.cloexec, 1, "O_CLOEXEC was not added");
     cr_assert_eq(F.closed_errno, EBADF, "the ring's close left the fd open");
     struct stat st;

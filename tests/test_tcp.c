@@ -344,10 +344,11 @@ Test(tcp, send_send_all_writev_recv_into, .timeout = 40)
 
 /* ---- half-close, close -------------------------------------------------------------- */
 
+/* weft_shutdown of t->fd's writing side (t->arg NULL) or its reading side. */
 static enum weft_poll body_shutdown_wr(struct iot *t, struct weft_cx *cx)
 {
     WEFT_ASYNC_BEGIN(&t->base);
-    weft_shutdown_init(&t->io, t->fd, SHUT_WR);
+    weft_shutdown_init(&t->io, t->fd, t->arg ? SHUT_RD : SHUT_WR);
     WEFT_AWAIT(&t->base, cx, &t->io.base);
     t->res = t->io.result;
     WEFT_ASYNC_END(&t->base);
@@ -446,6 +447,17 @@ static void half_close_both_ways_on(const char *addr)
     memset(buf, 0, sizeof buf);
     cr_assert_eq(read_full(cli, buf, 16), 16);
     cr_assert_str_eq(buf, "after-half-close");
+    close_pair(srv, cli);
+
+    /* We shut our reading side only: our sends still go out, and the peer
+     * sees no end of stream. */
+    tcp_pair(rt, addr, &srv, &cli);
+    cr_assert_eq(iot_run(rt, body_shutdown_wr, "rd", srv).res, 0);
+    cr_assert_eq(iot_run(rt, body_send_x, NULL, srv).res, 1);
+    cr_assert_eq(read_full(cli, buf, 1), 1);
+    cr_assert_eq(buf[0], 'x');
+    cr_assert_eq(recv(cli, buf, 1, MSG_DONTWAIT), -1, "the peer saw an end of stream");
+    cr_assert_eq(errno, EAGAIN);
     close_pair(srv, cli);
     stop_rt(rt, &ca);
 }
@@ -558,6 +570,16 @@ Test(tcp, socket_options_and_addresses, .timeout = 20)
     struct weft_runtime *rt = start_rt(1, NULL);
     int srv, cli;
     tcp_pair(rt, "127.0.0.1", &srv, &cli);
+
+    /* A listener on a NULL address listens on every IPv4 address (io.h). */
+    struct weft_tcp_listener any;
+    cr_assert_eq(weft_tcp_listen(&any, NULL, 0, NULL), 0);
+    char any_addr[INET6_ADDRSTRLEN];
+    uint16_t any_port;
+    cr_assert_eq(weft_tcp_local_addr(any.fd, any_addr, sizeof any_addr, &any_port), 0);
+    cr_assert_str_eq(any_addr, "0.0.0.0");
+    cr_assert_eq(any_port, weft_tcp_listener_port(&any));
+    weft_tcp_listener_close(&any);
 
     cr_assert_eq(weft_tcp_set_nodelay(srv, true), 0);
     cr_assert_neq(get_int(srv, IPPROTO_TCP, TCP_NODELAY), 0);
@@ -904,6 +926,14 @@ Test(tcp, recv_without_a_buffer_ring, .timeout = 40)
     cr_assert_eq(iot_run(rt, body_recv_res, NULL, p[0]).res, -ENOTSOCK);
     close(p[0]);
     close(p[1]);
+    /* The heap buffer holds io_buffer_size bytes, as a ring buffer would. */
+    int sv[2];
+    static char page[4096];
+    cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    write_full(sv[1], page, sizeof page);
+    cr_assert_eq(iot_run(rt, body_recv_res, NULL, sv[0]).res, 4096);
+    close(sv[0]);
+    close(sv[1]);
     stop_rt(rt, &ca);
 }
 

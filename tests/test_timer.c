@@ -310,6 +310,34 @@ static enum weft_poll body_first_poll(struct tk *t, struct weft_cx *cx)
     return WEFT_READY;
 }
 
+/* This process's CPU time so far, in ns. */
+static uint64_t process_cpu_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (uint64_t)ts.tv_sec * WEFT_NS_PER_SEC + (uint64_t)ts.tv_nsec;
+}
+
+/* A worker waiting for its one timer sleeps in its park until the deadline
+ * (the park's timeout is the next timer's, docs/io.md): a 300 ms sleep costs
+ * the process a few ms of CPU, not 300 of a spinning worker. */
+Test(timer, a_worker_sleeps_until_its_next_timer, .timeout = 30)
+{
+    struct counting_alloc ca;
+    struct weft_runtime *rt = start_rt_io(1, &ca, false);
+    struct weft_join j;
+    spawn_sleep(rt, 0, 300 * MS, &j);
+    WAIT_UNTIL(atomic_load(&polled_once) == 1);
+    uint64_t cpu0 = process_cpu_ns();
+    cr_assert_eq(weft_block_on(rt, &j.base), 0);
+    uint64_t cpu = process_cpu_ns() - cpu0;
+    weft_future_drop(&j.base);
+    check_rec(&recs[0], 300 * MS, 0, "300 ms");
+    weft_runtime_destroy(rt);
+    assert_balanced(&ca);
+    cr_assert_lt(cpu, 100 * MS, "%.1f ms of CPU while the worker waited 300 ms", (double)cpu / 1e6);
+}
+
 /* The heap's order after the earliest fires: sleeps of 100, 300 and 600 ms
  * and 5 s taken in that order on one worker (so 5 s sits below 300 ms);
  * once 100 ms fires, 300 ms must come up to the top: each of the three fires
