@@ -544,21 +544,18 @@ Test(echo, a_reset_connection_does_not_linger, .fini = kill_server, .timeout = 3
     cr_assert_lt(took, 1.0, "the stop waited %.2f s for a reset connection", took);
 }
 
-/* A stop while a client has echoes queued that it has not read (it sent
- * until the server stopped reading): once it reads, it gets every byte the
- * server read back, in order, then the end of stream; never a reset that
- * throws the queued echoes away (server.h: conn_linger). */
-Test(echo, stop_with_echoes_queued_loses_none, .fini = kill_server, .timeout = 30)
+/* ---- a stop while a client has output queued ---------------------------------------- */
+
+/* Sends on the non-blocking fd what `next` gives for each stream offset (a
+ * chunk starting there) until a send finds no room twice, 200 ms apart: the
+ * server stopped reading, its send queue full. Returns the bytes sent. */
+static size_t send_until_blocked(int fd, const void *(*next)(size_t at, size_t *len))
 {
-    int port = start_server("weft-echo", "3000");
-    int fd = dial_rcvbuf(port, 4096);
-    cr_assert_eq(fcntl(fd, F_SETFL, O_NONBLOCK), 0);
-    static unsigned char buf[1 << 16];
     size_t sent = 0;
-    for (int blocked = 0; blocked < 2;) { /* until no room twice, 200 ms apart */
-        for (size_t i = 0; i < sizeof buf; i++)
-            buf[i] = (unsigned char)((sent + i) % 251);
-        ssize_t r = send(fd, buf, sizeof buf, MSG_NOSIGNAL);
+    for (int blocked = 0; blocked < 2;) {
+        size_t len;
+        const void *p = next(sent, &len);
+        ssize_t r = send(fd, p, len, MSG_NOSIGNAL);
         if (r > 0) {
             sent += (size_t)r;
             blocked = 0;
@@ -569,13 +566,43 @@ Test(echo, stop_with_echoes_queued_loses_none, .fini = kill_server, .timeout = 3
         }
         cr_assert_lt(sent, (size_t)64 << 20, "64 MiB sent and the server still reads");
     }
+    return sent;
+}
+
+/* Then the stop, and the client reads only 500 ms later (blocking, 5 s at
+ * most per read). */
+static void stop_then_read_late(int fd)
+{
     sleep_us(300000);
     cr_assert_eq(kill(server_pid, SIGTERM), 0);
     sleep_us(500000);
     cr_assert_eq(fcntl(fd, F_SETFL, 0), 0);
     struct timeval tv = { 5, 0 };
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    size_t got = 0;
+}
+
+/* Bytes of a pattern: byte i of the stream is i % 251. */
+static const void *pattern_at(size_t at, size_t *len)
+{
+    static unsigned char buf[1 << 16];
+    for (size_t i = 0; i < sizeof buf; i++)
+        buf[i] = (unsigned char)((at + i) % 251);
+    *len = sizeof buf;
+    return buf;
+}
+
+/* A stop while a client has echoes queued that it has not read (it sent
+ * until the server stopped reading): once it reads, it gets every byte the
+ * server read back, in order, then the end of stream; never a reset that
+ * throws the queued echoes away (server.h: conn_linger). */
+Test(echo, stop_with_echoes_queued_loses_none, .fini = kill_server, .timeout = 30)
+{
+    int port = start_server("weft-echo", "3000");
+    int fd = dial_rcvbuf(port, 4096);
+    cr_assert_eq(fcntl(fd, F_SETFL, O_NONBLOCK), 0);
+    size_t sent = send_until_blocked(fd, pattern_at), got = 0;
+    stop_then_read_late(fd);
+    static unsigned char buf[1 << 16];
     ssize_t r;
     while ((r = recv(fd, buf, sizeof buf, 0)) > 0) {
         for (ssize_t i = 0; i < r; i++)
@@ -1191,6 +1218,18 @@ static size_t oks_check_end(const struct oks_check *c)
     return c->got / OK_LEN;
 }
 
+/* Requests, 5,000 in a row, from the one at stream offset `at` on. */
+static const void *requests_at(size_t at, size_t *len)
+{
+    static const char one[] = "GET / HTTP/1.1\r\n\r\n";
+    static char reqs[5000 * (sizeof(one) - 1)];
+    if (!reqs[0])
+        for (size_t i = 0; i < 5000; i++)
+            memcpy(reqs + i * (sizeof(one) - 1), one, sizeof(one) - 1);
+    *len = sizeof reqs - at % sizeof reqs;
+    return reqs + at % sizeof reqs;
+}
+
 /* A stop while a client that pipelined requests until its send blocked reads
  * only 500 ms later: it gets whole responses only (the server closes once its
  * send queue is empty, or after 2 s). Before, the close reset the
@@ -1200,32 +1239,8 @@ Test(http, stop_with_responses_queued_loses_none, .fini = kill_server, .timeout 
     int port = start_server("weft-http", "3000");
     int fd = dial(port);
     cr_assert_eq(fcntl(fd, F_SETFL, O_NONBLOCK), 0);
-    /* Requests until the server stops reading (its send queue is full, so
-     * input is left unread): sends that find no room twice, 200 ms apart. */
-    static const char one[] = "GET / HTTP/1.1\r\n\r\n";
-    static char reqs[5000 * (sizeof(one) - 1)];
-    for (size_t i = 0; i < 5000; i++)
-        memcpy(reqs + i * (sizeof(one) - 1), one, sizeof(one) - 1);
-    size_t sent = 0, off = 0; /* off: where in reqs the next send starts */
-    for (int blocked = 0; blocked < 2;) {
-        ssize_t r = send(fd, reqs + off, sizeof reqs - off, MSG_NOSIGNAL);
-        if (r > 0) {
-            sent += (size_t)r;
-            off = (off + (size_t)r) % sizeof reqs;
-            blocked = 0;
-        } else {
-            cr_assert(r < 0 && errno == EAGAIN, "send: %s", strerror(errno));
-            blocked++;
-            sleep_us(200000);
-        }
-        cr_assert_lt(sent, (size_t)64 << 20, "64 MiB of requests and the server still reads");
-    }
-    sleep_us(300000);
-    cr_assert_eq(kill(server_pid, SIGTERM), 0);
-    sleep_us(500000);
-    cr_assert_eq(fcntl(fd, F_SETFL, 0), 0);
-    struct timeval tv = { 5, 0 };
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    send_until_blocked(fd, requests_at); /* the server then leaves input unread */
+    stop_then_read_late(fd);
     static char buf[1 << 16];
     struct oks_check ok = { 0 };
     ssize_t r;

@@ -564,6 +564,25 @@ Test(mpsc, senders_gone_receiver_drains_then_epipe, .timeout = 20)
     cr_assert_eq(live(&c), 0);
 }
 
+/* A receive whose message waits: with no budget left it yields (pending,
+ * its task woken, nothing taken); given one unit it takes the message
+ * (`want` in *out) and spends the unit. */
+static void recv_spends_the_budget(struct weft_future *f, struct counter *c, const uint32_t *out,
+                                   uint32_t want)
+{
+    struct weft_waker w = { c, &counter_ops };
+    struct weft_cx cx = weft_cx_from_waker(&w);
+    int woken = wakes(c);
+    cx.budget = 0;
+    cr_assert_eq(weft_future_poll(f, &cx), WEFT_PENDING);
+    cr_assert_eq(wakes(c), woken + 1, "the task is woken to run again later");
+    cr_assert_eq(*out, 0, "nothing was taken");
+    cx.budget = 1;
+    cr_assert_eq(weft_future_poll(f, &cx), WEFT_READY);
+    cr_assert_eq(cx.budget, 0);
+    cr_assert_eq(*out, want);
+}
+
 Test(mpsc, spent_budget_yields, .timeout = 20)
 {
     struct weft_mpsc *ch = mpsc_u32(2);
@@ -583,18 +602,12 @@ Test(mpsc, spent_budget_yields, .timeout = 20)
     cr_assert_eq(cx.budget, 0);
     weft_future_drop(&s.base);
 
-    /* The receive too: a message waits, but with no budget left the receive
-     * yields and leaves it queued. */
+    /* The receive too. */
     struct weft_mpsc_recv r;
     uint32_t out = 0;
     weft_mpsc_recv_init(&r, ch, &out);
-    cr_assert_eq(weft_future_poll(&r.base, &cx), WEFT_PENDING);
-    cr_assert_eq(wakes(&c), 2);
-    cx.budget = 1;
-    cr_assert_eq(weft_future_poll(&r.base, &cx), WEFT_READY);
-    cr_assert_eq(cx.budget, 0);
+    recv_spends_the_budget(&r.base, &c, &out, 4);
     cr_assert_eq(r.res, 0);
-    cr_assert_eq(out, 4);
     weft_future_drop(&r.base);
     mpsc_close(ch);
 }
@@ -604,23 +617,14 @@ Test(oneshot, spent_budget_yields, .timeout = 20)
 {
     struct weft_oneshot *ch;
     struct counter c = { 0 };
-    struct weft_waker w = { &c, &counter_ops };
-    struct weft_cx cx = weft_cx_from_waker(&w);
     uint32_t v = 7, out = 0;
     struct weft_oneshot_recv r;
 
     cr_assert_eq(weft_oneshot_create(&ch, sizeof v), 0);
     cr_assert_eq(weft_oneshot_send(ch, &v), 0);
     weft_oneshot_recv_init(&r, ch, &out);
-    cx.budget = 0;
-    cr_assert_eq(weft_future_poll(&r.base, &cx), WEFT_PENDING);
-    cr_assert_eq(wakes(&c), 1, "the task is woken to run again later");
-    cr_assert_eq(out, 0, "nothing was taken");
-    cx.budget = 1;
-    cr_assert_eq(weft_future_poll(&r.base, &cx), WEFT_READY);
-    cr_assert_eq(cx.budget, 0);
+    recv_spends_the_budget(&r.base, &c, &out, 7);
     cr_assert_eq(r.res, 0);
-    cr_assert_eq(out, 7);
     weft_future_drop(&r.base);
     cr_assert_eq(live(&c), 0);
 }
